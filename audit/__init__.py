@@ -1,0 +1,1 @@
+"""Audit records: who used which secret, where, when, and what came of it."""

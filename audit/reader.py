@@ -1,0 +1,99 @@
+"""Reading and filtering audit records for `proxy logs`."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from config.errors import UsageError
+
+_RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`1h`, `30m`, `2d`, or an RFC 3339 time such as `2026-11-21T10:00Z`."""
+    now = now or datetime.now(UTC)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        return now - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise UsageError(
+            f"--since {text!r}: use a duration (30m, 1h, 2d) or a time (2026-11-21T10:00Z)"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def record_time(record: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(record["ts"]).replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Filter:
+    secret: str | None = None
+    agent: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+
+    def accepts(self, record: dict[str, Any]) -> bool:
+        if self.secret is not None and self.secret not in record.get("secrets", []):
+            return False
+        if self.agent is not None and record.get("agent") != self.agent:
+            return False
+        if self.status is not None and record.get("decision") != self.status:
+            return False
+        return self.since is None or record_time(record) >= self.since
+
+
+def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a line cut by a full disk; the rest of the file still reads
+        if isinstance(record, dict):
+            yield record
+
+
+def read_records(path: Path, selection: Filter) -> list[dict[str, Any]]:
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    return [r for r in _parse_lines(lines) if selection.accepts(r)]
+
+
+def follow(
+    path: Path, selection: Filter, start: int, interval: float = 0.2
+) -> Iterator[dict[str, Any]]:
+    """Records appended after byte offset `start`, forever."""
+    position = start
+    pending = b""
+    while True:
+        try:
+            with path.open("rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            position += len(chunk)
+            pending += chunk
+            complete, _, pending = pending.rpartition(b"\n")
+            yield from (r for r in _parse_lines(complete.split(b"\n")) if selection.accepts(r))
+        else:
+            time.sleep(interval)

@@ -1,0 +1,49 @@
+"""The one decision record per request: fields fixed by INTERFACE.md, never a value."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def rfc3339(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class AuditRecord:
+    request_id: str
+    method: str
+    url: str
+    ts: str = ""
+    agent: str | None = None
+    env: str | None = None
+    host: str | None = None
+    secrets: list[str] = field(default_factory=list)
+    styles: list[str] = field(default_factory=list)
+    decision: str = "allowed"
+    reason: str | None = None
+    status: int | None = None
+    duration_ms: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    redactions: int = 0
+    started: float = field(default_factory=time.time, repr=False)
+    _clock: float = field(default_factory=time.perf_counter, repr=False)
+
+    def block(self, reason: str, status: int) -> None:
+        self.decision = "blocked"
+        self.reason = reason
+        self.status = status
+
+    def finish(self) -> dict[str, Any]:
+        self.ts = rfc3339(self.started)
+        self.duration_ms = round((time.perf_counter() - self._clock) * 1000, 3)
+        record = asdict(self)
+        del record["started"], record["_clock"]
+        ordered = {"ts": record.pop("ts"), "request_id": record.pop("request_id")}
+        ordered.update(record)
+        return ordered

@@ -1,0 +1,77 @@
+"""One writer task appends JSONL records; fsyncs are grouped so the disk sets no pace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("blindkey.audit")
+AUDIT_FILE = "audit.jsonl"
+# Group commit: take whatever queued while the previous fsync ran, up to this many.
+MAX_BATCH = 1024
+
+
+def audit_file(audit_dir: Path) -> Path:
+    return audit_dir / AUDIT_FILE
+
+
+class AuditWriter:
+    def __init__(self, audit_dir: Path, *, fsync: bool = True) -> None:
+        self.path = audit_file(audit_dir)
+        self.fsync = fsync
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._fd: int | None = None
+        self.failures = 0
+
+    async def start(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    def submit(self, record: dict[str, Any]) -> None:
+        self.queue.put_nowait(record)
+
+    def _write(self, payload: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(payload)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self.fsync:
+            os.fsync(self._fd)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        done = False
+        while not done:
+            batch = [await self.queue.get()]
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            records = [r for r in batch if r is not None]
+            done = len(records) != len(batch)
+            if not records:
+                continue
+            # One write() per batch with O_APPEND: whole lines, never interleaved or torn.
+            payload = b"".join(orjson.dumps(r) + b"\n" for r in records)
+            try:
+                await loop.run_in_executor(None, self._write, payload)
+            except OSError as exc:
+                self.failures += len(records)
+                log.error("audit write failed (%s); %d records lost", exc.strerror, len(records))
+
+    async def close(self) -> None:
+        """Flush everything queued, then stop."""
+        if self._task is not None:
+            self.queue.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

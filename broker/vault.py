@@ -1,0 +1,97 @@
+"""The embedded default backend: an AES-256-GCM encrypted file, replaced atomically."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from config.atomic import locked, write_atomic
+from config.errors import BlindkeyError
+from config.paths import Paths
+
+_MAGIC = b"BKV1"
+_NONCE = 12
+# env -> name -> value
+VaultData = dict[str, dict[str, str]]
+
+
+class VaultError(BlindkeyError):
+    """The vault or its key is missing, unreadable or does not decrypt."""
+
+
+def ensure_key(paths: Paths) -> None:
+    """Make the 256-bit vault key (0600) once; never overwrite an existing one."""
+    try:
+        fd = os.open(paths.vault_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(AESGCM.generate_key(bit_length=256))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class FileVault:
+    def __init__(self, paths: Paths) -> None:
+        self.path = paths.vault_file
+        self.key_path = paths.vault_key
+        self.lock_path = paths.lock_file
+
+    def _cipher(self) -> AESGCM:
+        try:
+            key = self.key_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise VaultError(f"{self.key_path}: vault key missing; run `blindkey init`") from exc
+        except PermissionError as exc:
+            raise VaultError(f"{self.key_path}: permission denied reading the vault key") from exc
+        if len(key) != 32:
+            raise VaultError(f"{self.key_path}: not a 256-bit key")
+        return AESGCM(key)
+
+    def load(self) -> VaultData:
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except PermissionError as exc:
+            raise VaultError(f"{self.path}: permission denied reading the vault") from exc
+        if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _NONCE + 16:
+            raise VaultError(f"{self.path}: not a blindkey vault")
+        nonce = blob[len(_MAGIC) : len(_MAGIC) + _NONCE]
+        try:
+            plain = self._cipher().decrypt(nonce, blob[len(_MAGIC) + _NONCE :], _MAGIC)
+        except InvalidTag as exc:
+            raise VaultError(f"{self.path}: does not decrypt with {self.key_path}") from exc
+        data = orjson.loads(plain)
+        if not isinstance(data, dict):
+            raise VaultError(f"{self.path}: unexpected content")
+        return data
+
+    def _store(self, data: VaultData) -> None:
+        nonce = os.urandom(_NONCE)
+        sealed = self._cipher().encrypt(nonce, orjson.dumps(data), _MAGIC)
+        write_atomic(self.path, _MAGIC + nonce + sealed)
+
+    def update(self, change: Callable[[VaultData], None]) -> VaultData:
+        with locked(self.lock_path):
+            data = self.load()
+            change(data)
+            self._store({env: values for env, values in data.items() if values})
+            return data
+
+    def set(self, env: str, name: str, value: str) -> None:
+        self.update(lambda data: data.setdefault(env, {}).__setitem__(name, value))
+
+    def delete(self, env: str, name: str) -> bool:
+        found = False
+
+        def change(data: VaultData) -> None:
+            nonlocal found
+            found = data.get(env, {}).pop(name, None) is not None
+
+        self.update(change)
+        return found

@@ -1,0 +1,1 @@
+"""Settings, paths and the on-disk configuration of blindkey."""

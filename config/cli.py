@@ -1,0 +1,29 @@
+"""`blindkey config check`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from config.console import say
+from config.paths import Paths
+from config.settings import load_settings
+
+
+def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:
+    file = Path(args.config) if args.config else paths.config_file
+    settings = load_settings(file)
+    say(
+        f"{file}: ok ({len(settings.allowlist.entries)} allowlist entries, "
+        f"{len(settings.secrets)} secret policies, backend {settings.backend}, "
+        f"environment {settings.active_env})"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = sub.add_parser("config", help="validate the configuration")
+    c = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = c.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")
+    p.add_argument("--config", metavar="FILE", help="file to check (default: the home's)")
+    p.set_defaults(func=cmd_config_check, needs_home=False)

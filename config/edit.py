@@ -1,0 +1,48 @@
+"""Edits of config.toml made by the CLI; comments and layout the user wrote are kept."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.items import Table
+
+from config.atomic import locked, write_atomic
+from config.errors import ConfigError
+from config.settings import Settings, parse_settings
+
+
+def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Settings:
+    """Apply `change` to the document; the file is replaced only if the result is valid."""
+    with locked(lock):
+        try:
+            document = tomlkit.parse(file.read_text("utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{file}: no such file; run `blindkey init`") from exc
+        except tomlkit.exceptions.ParseError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+        change(document)
+        settings = parse_settings(file, document.unwrap())
+        write_atomic(file, tomlkit.dumps(document).encode("utf-8"))
+        return settings
+
+
+def table(document: tomlkit.TOMLDocument, *keys: str) -> Table:
+    """The table at `keys`, created (as a real [section]) when missing."""
+    current: Any = document
+    for key in keys:
+        if key not in current:
+            current[key] = tomlkit.table(is_super_table=key == "secrets")
+        current = current[key]
+        if not isinstance(current, Table):
+            raise ConfigError(f"[{'.'.join(keys)}] must be a table")
+    table_: Table = current
+    return table_
+
+
+def string_array(values: Iterable[str]) -> Any:
+    array = tomlkit.array()
+    array.extend(values)
+    return array

@@ -1,0 +1,155 @@
+"""Host names and allowlist entries, normalised the one way every check uses."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+import idna
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class HostError(ValueError):
+    """A host or allowlist entry that blindkey refuses to interpret."""
+
+
+def normalize_host(raw: str) -> str:
+    """Lowercase, drop one trailing dot, IDNA-encode; reject ambiguous numeric forms.
+
+    IPv6 literals come back without brackets in their compressed form; IPv4 literals
+    only in canonical dotted-quad form, since `2130706433` or `0x7f.1` are loopback in
+    disguise to most resolvers.
+    """
+    host = raw.strip()
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError as exc:
+            raise HostError(f"invalid IPv6 literal {raw!r}") from exc
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        raise HostError("empty host")
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError as exc:
+            raise HostError(f"invalid host {raw!r}") from exc
+    lowered = host.lower()
+    last_label = lowered.rsplit(".", 1)[-1]
+    if _NUMERIC_LABEL.match(last_label):
+        try:
+            address = ipaddress.IPv4Address(lowered)
+        except ValueError as exc:
+            raise HostError(
+                f"host {raw!r} is a non-canonical IPv4 address; write it as a.b.c.d"
+            ) from exc
+        return str(address)
+    try:
+        encoded = idna.encode(lowered, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise HostError(f"invalid host name {raw!r}: {exc}") from exc
+    if not all(_LABEL.match(label) for label in encoded.split(".")):
+        raise HostError(f"invalid host name {raw!r}")
+    return encoded
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address a normalised host names, when it is an IP literal."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """`api.github.com` or `*.stripe.com` (any subdomain, never the apex)."""
+
+    host: str
+    wildcard: bool
+
+    @classmethod
+    def parse(cls, raw: str) -> HostPattern:
+        text = raw.strip()
+        if text.startswith("*."):
+            return cls(host=normalize_host(text[2:]), wildcard=True)
+        if "*" in text:
+            raise HostError(f"{raw!r}: a wildcard may only be a leading '*.'")
+        return cls(host=normalize_host(text), wildcard=False)
+
+    def matches(self, host: str) -> bool:
+        if self.wildcard:
+            return host.endswith("." + self.host)
+        return host == self.host
+
+    def __str__(self) -> str:
+        return f"*.{self.host}" if self.wildcard else self.host
+
+
+@dataclass(frozen=True)
+class AllowEntry:
+    """One allowlist entry: a scheme, a host pattern and a port, all exact."""
+
+    scheme: str
+    pattern: HostPattern
+    port: int
+    text: str
+
+    @classmethod
+    def parse(cls, raw: str) -> AllowEntry:
+        text = raw.strip()
+        scheme = "https"
+        rest = text
+        if "://" in text:
+            scheme, rest = text.split("://", 1)
+            scheme = scheme.lower()
+            if scheme not in DEFAULT_PORTS:
+                raise HostError(f"{raw!r}: scheme must be http or https")
+        if not rest or any(ch in rest for ch in "/?#@ \t\r\n"):
+            raise HostError(f"{raw!r}: expected host, host:port or scheme://host[:port]")
+        host_part, port = _split_port(rest, raw)
+        pattern = HostPattern.parse(host_part)
+        if pattern.wildcard and ip_literal(pattern.host) is not None:
+            raise HostError(f"{raw!r}: a wildcard cannot cover an IP address")
+        return cls(
+            scheme=scheme,
+            pattern=pattern,
+            port=port if port is not None else DEFAULT_PORTS[scheme],
+            text=text,
+        )
+
+    def matches(self, scheme: str, host: str, port: int) -> bool:
+        return scheme == self.scheme and port == self.port and self.pattern.matches(host)
+
+    @property
+    def names_ip(self) -> bool:
+        return not self.pattern.wildcard and ip_literal(self.pattern.host) is not None
+
+
+def _split_port(rest: str, raw: str) -> tuple[str, int | None]:
+    if rest.startswith("["):
+        close = rest.find("]")
+        if close < 0:
+            raise HostError(f"{raw!r}: unclosed '['")
+        host, tail = rest[: close + 1], rest[close + 1 :]
+        if not tail:
+            return host, None
+        if not tail.startswith(":"):
+            raise HostError(f"{raw!r}: unexpected text after ']'")
+        return host, parse_port(tail[1:], raw)
+    if rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        return host, parse_port(port_text, raw)
+    return rest, None
+
+
+def parse_port(text: str, raw: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise HostError(f"{raw!r}: port must be a number from 1 to 65535")
+    return int(text)

@@ -1,0 +1,302 @@
+"""The settings model and its loading from config.toml, with errors that name the key."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+from config.hosts import AllowEntry, HostError, HostPattern
+
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+TIERS = ("open", "controlled", "restricted")
+RELEASE_CHANNELS = ("proxy", "env", "exec")
+BACKENDS = ("file",)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 1000,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KiB": 1024,
+    "MiB": 2**20,
+    "GiB": 2**30,
+}
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    require_agent_token: bool = True
+    upstream_timeout: float = 30.0
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_request_body: int = 10 * 2**20
+
+
+@dataclass(frozen=True)
+class AllowlistSettings:
+    entries: tuple[AllowEntry, ...] = ()
+    private_ranges: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecretPolicy:
+    tier: str = "open"
+    hosts: tuple[HostPattern, ...] = ()
+    agents: tuple[str, ...] = ("*",)
+    release: tuple[str, ...] = ("proxy",)
+
+    def allows_agent(self, agent: str) -> bool:
+        return "*" in self.agents or agent in self.agents
+
+    def allows_host(self, host: str) -> bool:
+        return not self.hosts or any(pattern.matches(host) for pattern in self.hosts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    allowlist: AllowlistSettings = field(default_factory=AllowlistSettings)
+    secrets: Mapping[str, SecretPolicy] = field(default_factory=dict)
+    backend: str = "file"
+    environments: tuple[str, ...] = ("development", "staging", "production")
+    active_env: str = "development"
+
+    def policy(self, name: str) -> SecretPolicy:
+        return self.secrets.get(name, SecretPolicy())
+
+
+DEFAULT_CONFIG = """\
+# blindkey configuration. `blindkey config check` validates this file;
+# `blindkey allowlist ...` and `blindkey secrets set ...` edit it for you.
+
+[proxy]
+host = "127.0.0.1"
+port = 8765
+require_agent_token = true        # false: anonymous local callers act as agent "anonymous"
+upstream_timeout = "30s"
+ca_file = ""                      # extra CA bundle for upstream TLS
+
+[limits]
+max_request_body = "10MiB"        # bodies that must be buffered (body/form injection)
+
+[backend]
+kind = "file"                     # the encrypted file vault next to this file
+
+[environments]
+names = ["development", "staging", "production"]
+active = "development"
+
+[allowlist]
+# host (https:443), host:port (https), *.example.com, http://host[:port], https://host:port
+hosts = []
+private_ranges = []               # CIDRs a resolved hostname may land in
+
+# [secrets.GITHUB_TOKEN]          # metadata only; values live in the backend
+# tier = "open"                   # open | controlled | restricted
+# hosts = ["api.github.com"]      # empty: any allowlisted host
+# agents = ["*"]
+# release = ["proxy"]             # channels that may hand out the value: proxy, env, exec
+"""
+
+
+def parse_duration(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "30s", "500ms" or "2m"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f'expected a duration such as "30s", "500ms" or "2m", got {value!r}')
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError('expected a size such as "10MiB"')
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f'expected a size such as "10MiB" or "512KiB", got {value!r}')
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2) or "B"]
+    if size <= 0:
+        raise ValueError("a size must be greater than zero")
+    return size
+
+
+class _Section:
+    """Reads one table, remembering which keys were used so unknown ones are reported."""
+
+    def __init__(self, file: Path, name: str, table: object) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: [{name}] must be a table")
+        self.file, self.name, self.table = file, name, table
+        self.known: list[str] = []
+
+    def get(self, key: str, default: Any, convert: Callable[[Any], Any]) -> Any:
+        self.known.append(key)
+        if key not in self.table:
+            return default
+        try:
+            return convert(self.table[key])
+        except (ValueError, TypeError, HostError) as exc:
+            raise ConfigError(f"{self.file}: [{self.name}] {key}: {exc}") from exc
+
+    def finish(self) -> None:
+        for key in self.table:
+            if key not in self.known:
+                hint = difflib.get_close_matches(key, self.known, n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(
+                    f"{self.file}: [{self.name}] unknown key {key!r}{suggestion}; "
+                    f"known keys: {', '.join(self.known)}"
+                )
+
+
+def _typed(kind: type, label: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"expected {label}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _string_list(item: Callable[[str], Any] = str) -> Callable[[Any], tuple[Any, ...]]:
+    def convert(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        return tuple(item(v) for v in value)
+
+    return convert
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 65536:
+        raise ValueError(f"expected a port number from 0 to 65535, got {value!r}")
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return convert
+
+
+def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
+    if not SECRET_NAME.match(name):
+        raise ConfigError(f"{file}: [secrets.{name}] is not a valid secret name")
+    section = _Section(file, f"secrets.{name}", table)
+    release = section.get("release", ("proxy",), _string_list(_one_of(RELEASE_CHANNELS)))
+    policy = SecretPolicy(
+        tier=section.get("tier", "open", _one_of(TIERS)),
+        hosts=section.get("hosts", (), _string_list(HostPattern.parse)),
+        agents=section.get("agents", ("*",), _string_list()),
+        release=release,
+    )
+    section.finish()
+    return policy
+
+
+_SECTIONS = ("proxy", "limits", "backend", "environments", "allowlist", "secrets")
+
+
+def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
+    for key in data:
+        if key not in _SECTIONS:
+            hint = difflib.get_close_matches(key, _SECTIONS, n=1)
+            suggestion = f" (did you mean [{hint[0]}]?)" if hint else ""
+            raise ConfigError(f"{file}: unknown section [{key}]{suggestion}")
+
+    proxy = _Section(file, "proxy", data.get("proxy", {}))
+    proxy_settings = ProxySettings(
+        host=proxy.get("host", "127.0.0.1", _typed(str, "a host address")),
+        port=proxy.get("port", 8765, _port),
+        require_agent_token=proxy.get("require_agent_token", True, _typed(bool, "true or false")),
+        upstream_timeout=proxy.get("upstream_timeout", 30.0, parse_duration),
+        ca_file=proxy.get("ca_file", "", _typed(str, "a file path")),
+    )
+    proxy.finish()
+    if proxy_settings.ca_file and not Path(proxy_settings.ca_file).expanduser().is_file():
+        raise ConfigError(f"{file}: [proxy] ca_file: no such file {proxy_settings.ca_file!r}")
+
+    limits = _Section(file, "limits", data.get("limits", {}))
+    limit_settings = LimitSettings(
+        max_request_body=limits.get("max_request_body", 10 * 2**20, parse_size),
+    )
+    limits.finish()
+
+    backend = _Section(file, "backend", data.get("backend", {}))
+    backend_kind = backend.get("kind", "file", _one_of(BACKENDS))
+    backend.finish()
+
+    envs = _Section(file, "environments", data.get("environments", {}))
+    names = envs.get("names", ("development", "staging", "production"), _string_list())
+    active = envs.get("active", "development", _typed(str, "an environment name"))
+    envs.finish()
+    if active not in names:
+        raise ConfigError(
+            f"{file}: [environments] active: {active!r} is not one of names {list(names)}"
+        )
+
+    allow = _Section(file, "allowlist", data.get("allowlist", {}))
+    allowlist = AllowlistSettings(
+        entries=allow.get("hosts", (), _string_list(AllowEntry.parse)),
+        private_ranges=allow.get("private_ranges", (), _string_list(ipaddress.ip_network)),
+    )
+    allow.finish()
+
+    secrets_table = data.get("secrets", {})
+    if not isinstance(secrets_table, dict):
+        raise ConfigError(f"{file}: [secrets] must be a table of [secrets.NAME] tables")
+    secrets = {name: _secret_policy(file, name, table) for name, table in secrets_table.items()}
+    return Settings(
+        proxy=proxy_settings,
+        limits=limit_settings,
+        allowlist=allowlist,
+        secrets=secrets,
+        backend=backend_kind,
+        environments=names,
+        active_env=active,
+    )
+
+
+def load_settings(file: Path) -> Settings:
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{file}: no such file; run `blindkey init` to create it") from exc
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+    return parse_settings(file, data)

@@ -1,0 +1,1 @@
+"""The daemon agents talk to: request protocol, injection, egress guard, redaction."""

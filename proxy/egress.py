@@ -1,0 +1,134 @@
+"""The egress guard: which scheme/host/port may be called, and which addresses dialled.
+
+Hostnames are resolved by `VettingResolver`, which hands aiohttp only addresses that
+passed `address_allowed`, so the address checked is the address connected to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from config.hosts import AllowEntry, IPAddress, ip_literal
+from config.settings import AllowlistSettings, IPNetwork
+from proxy.errors import ProxyError
+from proxy.protocol import Target
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_EXTRA_BLOCKED = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "100.64.0.0/10",
+        "198.18.0.0/15",
+        "255.255.255.255/32",
+        "fd00:ec2::/32",
+    )
+)
+
+
+class BlockedAddressError(OSError):
+    """Every address a hostname resolved to is one blindkey will not dial."""
+
+    def __init__(self, host: str, addresses: Iterable[str]) -> None:
+        super().__init__(f"{host} resolves only to blocked addresses")
+        self.host = host
+        self.addresses = tuple(addresses)
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries: mapped, NAT64, 6to4 or Teredo."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    if not address.is_global or address.is_multicast or address.is_reserved:
+        return False
+    if any(address in network for network in _EXTRA_BLOCKED if network.version == address.version):
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return is_public(inner)
+    return True
+
+
+class EgressGuard:
+    def __init__(self, settings: AllowlistSettings, own_port: int | None = None) -> None:
+        self.entries = settings.entries
+        self.private_ranges: tuple[IPNetwork, ...] = settings.private_ranges
+        self.own_port = own_port
+
+    def check(self, target: Target) -> AllowEntry:
+        for entry in self.entries:
+            if entry.matches(target.scheme, target.host, target.port):
+                break
+        else:
+            raise ProxyError(
+                "host_not_allowed",
+                f"{target.scheme}://{target.host_header} is not on the allowlist; a human can "
+                f"add it with `blindkey allowlist add`",
+            )
+        literal = ip_literal(target.host)
+        if literal is not None and self._is_self(literal, target.port):
+            raise ProxyError("blocked_address", "the proxy will not call itself")
+        return entry
+
+    def _is_self(self, address: IPAddress, port: int) -> bool:
+        return port == self.own_port and (address.is_loopback or address.is_unspecified)
+
+    def address_allowed(self, address: IPAddress) -> bool:
+        if any(
+            address in network
+            for network in self.private_ranges
+            if network.version == address.version
+        ):
+            return True
+        return is_public(address)
+
+
+class VettingResolver(AbstractResolver):
+    """Resolve with the system resolver, then drop every address the guard refuses."""
+
+    def __init__(self, guard: EgressGuard) -> None:
+        self.guard = guard
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        allowed = [
+            r for r in results if self.guard.address_allowed(ipaddress.ip_address(r["host"]))
+        ]
+        if not allowed:
+            raise BlockedAddressError(host, (r["host"] for r in results))
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def blocked_cause(exc: BaseException) -> BlockedAddressError | None:
+    """Find our refusal inside the exception aiohttp wrapped it in."""
+    seen: set[int] = set()
+    current: Any = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BlockedAddressError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "os_error", None) or current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,51 @@
+"""The proxy's error codes and the one function that turns a failure into a response."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+STATUS = {
+    "bad_request": 400,
+    "unauthenticated": 401,
+    "host_not_allowed": 403,
+    "blocked_address": 403,
+    "secret_denied": 403,
+    "approval_required": 403,
+    "forbidden_origin": 403,
+    "unknown_secret": 404,
+    "body_too_large": 413,
+    "upstream_error": 502,
+    "broker_unavailable": 503,
+    "upstream_timeout": 504,
+}
+REQUEST_ID_HEADER = "X-Blindkey-Request-Id"
+
+
+class ProxyError(Exception):
+    """A refusal or failure with a code from INTERFACE.md's error table.
+
+    Messages are written by blindkey itself; anything from upstream or a URL must have
+    passed the redactor before it is put in one.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in STATUS:
+            raise ValueError(f"unknown error code {code}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return STATUS[self.code]
+
+
+def error_response(error: ProxyError, request_id: str) -> web.Response:
+    body = orjson.dumps({"error": error.code, "message": error.message, "request_id": request_id})
+    return web.Response(
+        status=error.status,
+        body=body,
+        content_type="application/json",
+        headers={REQUEST_ID_HEADER: request_id},
+    )

@@ -1,0 +1,238 @@
+"""`/proxy`: parse, authenticate, check, inject, forward, stream back redacted, audit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from audit.record import AuditRecord
+from broker.protocol import BrokerDenied
+from proxy.egress import blocked_cause
+from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
+from proxy.inject import inject_body, inject_headers, inject_query
+from proxy.protocol import PREFIX, ProxySpec, parse_spec
+
+if TYPE_CHECKING:
+    from proxy.redact import Redactor
+    from proxy.runtime import Grant, ProxyRuntime
+
+log = logging.getLogger("blindkey.proxy")
+RUNTIME: web.AppKey[ProxyRuntime] = web.AppKey("runtime")
+REQUEST_ID = "blindkey.request_id"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin"}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
+# What aiohttp decodes for us, so every byte is scanned before the agent sees it.
+DECODABLE = ("gzip", "deflate")
+CHUNK = 2**16
+
+
+def _decoded_headers(request: web.Request) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+
+
+def _upstream_headers(request: web.Request, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+    listed = {
+        token.strip().lower()
+        for value in request.headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _NOT_FORWARDED or lowered in listed or lowered.startswith(PREFIX):
+            continue
+        headers.add(name, value)
+    headers["Accept-Encoding"] = ", ".join(DECODABLE)
+    return headers
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ProxyError(
+            "body_too_large",
+            f"request body exceeds the {limit}-byte limit for Body-*/Form-* injection",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ProxyError(
+                "body_too_large",
+                f"request body exceeds the {limit}-byte limit for Body-*/Form-* injection",
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _CountingBody:
+    """Streams the agent's body upstream while counting it for the audit record."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.request.content.iter_chunked(CHUNK):
+            self.size += len(chunk)
+            yield chunk
+
+
+def _upstream_failure(exc: BaseException, spec: ProxySpec, redactor: Redactor) -> ProxyError:
+    target = spec.target
+    where = f"{target.host_header}"
+    blocked = blocked_cause(exc)
+    if blocked is not None:
+        return ProxyError(
+            "blocked_address",
+            f"{target.host} resolves only to addresses blindkey "
+            "does not dial (private, loopback, link-local or reserved); a human can "
+            "permit a range with [allowlist] private_ranges",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return ProxyError("upstream_error", f"cannot resolve {target.host}")
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return ProxyError("upstream_timeout", f"{where} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return ProxyError("upstream_error", f"cannot connect to {where}")
+    detail, _ = redactor.redact_text(type(exc).__name__)
+    return ProxyError("upstream_error", f"{where} failed: {detail}")
+
+
+def _audit_url(spec: ProxySpec, shown_path: str) -> str:
+    target = spec.target
+    return f"{target.scheme}://{target.host_header}{shown_path}"
+
+
+async def handle_proxy(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    request_id: str = request[REQUEST_ID]
+    record = AuditRecord(
+        request_id=request_id,
+        method=request.headers.get("X-AS-Method", request.method)[:16],
+        url=request.headers.get("X-AS-Target-URL", "")[:2048],
+    )
+    try:
+        return await _proxy(runtime, request, record)
+    except ProxyError as exc:
+        record.block(exc.code, exc.status)
+        return error_response(exc, request_id)
+    finally:
+        runtime.audit.submit(record.finish())
+
+
+async def _proxy(
+    runtime: ProxyRuntime, request: web.Request, record: AuditRecord
+) -> web.StreamResponse:
+    raw = _decoded_headers(request)
+    spec = parse_spec(request.method, raw)
+    target = spec.target
+    record.method, record.host = spec.method, target.host
+    record.secrets, record.styles = spec.secret_names, spec.styles
+    agent, env, outcome = await runtime.resolve(spec.token, spec.secret_names, target.host)
+    record.agent, record.env = agent, env
+    runtime.guard.check(target)
+    if isinstance(outcome, BrokerDenied):
+        raise ProxyError(outcome.code, str(outcome))
+    return await _forward(runtime, request, spec, outcome, raw, record)
+
+
+async def _forward(
+    runtime: ProxyRuntime,
+    request: web.Request,
+    spec: ProxySpec,
+    grant: Grant,
+    raw: list[tuple[str, str]],
+    record: AuditRecord,
+) -> web.StreamResponse:
+    target = spec.target
+    headers = _upstream_headers(request, raw)
+    inject_headers(headers, spec.injections, grant.values)
+    path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
+    record.url = _audit_url(spec, shown)
+    counter: _CountingBody | None = None
+    body: bytes | _CountingBody | None = None
+    if spec.buffers_body:
+        original = await _read_limited(request, runtime.settings.limits.max_request_body)
+        body, content_type = inject_body(
+            original, request.headers.get("Content-Type", ""), spec.injections, grant.values
+        )
+        headers["Content-Type"] = content_type
+        record.bytes_in = len(body)
+    elif request.body_exists:
+        counter = body = _CountingBody(request)
+        if request.content_length is not None:
+            headers["Content-Length"] = str(request.content_length)
+    url = URL(f"{target.scheme}://{target.host_header}{path_query}", encoded=True)
+    session = runtime.session
+    assert session is not None
+    redactor = grant.redactor
+    try:
+        upstream = await session.request(
+            spec.method, url, headers=headers, data=body, allow_redirects=False
+        )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise _upstream_failure(exc, spec, redactor) from None
+    async with upstream:
+        if counter is not None:
+            record.bytes_in = counter.size
+        encoding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "", *DECODABLE):
+            raise ProxyError(
+                "upstream_error",
+                f"{target.host_header} answered with content "
+                f"encoding {encoding[:32]!r}, which blindkey cannot scan",
+            )
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name.lower() in _NOT_RETURNED:
+                continue
+            clean, count = redactor.redact_text(value)
+            record.redactions += count
+            response.headers.add(name, clean)
+        response.headers[REQUEST_ID_HEADER] = record.request_id
+        record.status = upstream.status
+        await response.prepare(request)
+        stream = redactor.stream()
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = stream.feed(chunk)
+                if out:
+                    record.bytes_out += len(out)
+                    await response.write(out)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone; all we can do is cut the stream so the agent sees a failure.
+            log.warning(
+                "%s: upstream failed mid-stream (%s)", record.request_id, type(exc).__name__
+            )
+            record.redactions += stream.count
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        tail = stream.finish()
+        record.redactions += stream.count
+        if tail:
+            record.bytes_out += len(tail)
+            await response.write(tail)
+        await response.write_eof()
+        return response

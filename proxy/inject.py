@@ -1,0 +1,109 @@
+"""Putting secret values where the agent asked: headers, query, JSON body, form."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+import orjson
+from multidict import CIMultiDict
+
+from proxy.errors import ProxyError
+from proxy.protocol import Injection
+
+_UNSAFE_IN_HEADER = ("\r", "\n", "\0")
+
+
+def inject_headers(
+    headers: CIMultiDict[str], injections: Sequence[Injection], values: Mapping[str, str]
+) -> None:
+    for injection in injections:
+        value = values[injection.secret]
+        if injection.style == "bearer":
+            name, text = "Authorization", f"Bearer {value}"
+        elif injection.style == "basic":
+            encoded = base64.b64encode(value.encode("utf-8")).decode("ascii")
+            name, text = "Authorization", f"Basic {encoded}"
+        elif injection.style == "header":
+            name, text = injection.key, value
+        else:
+            continue
+        if any(ch in text for ch in _UNSAFE_IN_HEADER):
+            raise ProxyError(
+                "bad_request",
+                f"secret {injection.secret} contains a line break and cannot be sent in a header",
+            )
+        headers.popall(name, None)
+        headers[name] = text
+
+
+def _replace_params(query: str, updates: Mapping[str, str]) -> str:
+    """Replace or append parameters; untouched pairs keep their exact encoding."""
+    kept = (
+        [
+            pair
+            for pair in query.split("&")
+            if pair
+            and parse_qsl(pair, keep_blank_values=True)
+            and parse_qsl(pair, keep_blank_values=True)[0][0] not in updates
+        ]
+        if query
+        else []
+    )
+    added = [f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in updates.items()]
+    return "&".join([*kept, *added])
+
+
+def inject_query(
+    path_query: str, injections: Sequence[Injection], values: Mapping[str, str]
+) -> tuple[str, str]:
+    """(path and query to send, the same with `{NAME}` in place of each value, for audit)."""
+    queries = [i for i in injections if i.style == "query"]
+    if not queries:
+        return path_query, path_query
+    path, _, query = path_query.partition("?")
+    real = _replace_params(query, {i.key: values[i.secret] for i in queries})
+    shown = _replace_params(query, {i.key: "\0" + i.secret for i in queries})
+    for injection in queries:
+        shown = shown.replace(quote("\0" + injection.secret, safe=""), "{" + injection.secret + "}")
+    return f"{path}?{real}", f"{path}?{shown}"
+
+
+def _set_path(document: dict[str, Any], path: str, value: str) -> None:
+    parts = path.split(".")
+    node = document
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ProxyError("bad_request", f"body path {path!r}: {part!r} is not an object")
+        node = child
+    node[parts[-1]] = value
+
+
+def inject_body(
+    body: bytes, content_type: str, injections: Sequence[Injection], values: Mapping[str, str]
+) -> tuple[bytes, str]:
+    """The new body and its content type, for Body-* (JSON) or Form-* injections."""
+    fields = [i for i in injections if i.style in ("body", "form")]
+    if not fields:
+        return body, content_type
+    if fields[0].style == "body":
+        try:
+            document = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise ProxyError("bad_request", "Body-* injection needs a JSON request body") from exc
+        if not isinstance(document, dict):
+            raise ProxyError("bad_request", "Body-* injection needs a JSON object body")
+        for injection in fields:
+            _set_path(document, injection.key, values[injection.secret])
+        return orjson.dumps(document), "application/json"
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProxyError("bad_request", "Form-* injection needs a UTF-8 urlencoded body") from exc
+    updates = {i.key: values[i.secret] for i in fields}
+    pairs = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if k not in updates]
+    pairs.extend(updates.items())
+    return urlencode(pairs).encode("ascii"), "application/x-www-form-urlencoded"

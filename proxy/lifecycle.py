@@ -1,0 +1,248 @@
+"""`blindkey proxy start|stop|status|reload`: pid file, detaching, signals at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from config.errors import BlindkeyError
+from config.paths import Paths
+from config.settings import load_settings
+from proxy.server import ProxyServer
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 20.0
+EXIT_NOT_RUNNING = 3
+
+
+@dataclass(frozen=True)
+class Running:
+    pid: int
+    status: dict[str, Any]
+
+
+def _lock_pid_file(paths: Paths) -> int:
+    """Hold an exclusive lock on the pid file for the life of this process."""
+    fd = os.open(paths.pid_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = _read_pid(paths)
+        raise BlindkeyError(
+            f"the proxy is already running (pid {pid}); `blindkey proxy stop` first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _read_pid(paths: Paths) -> int | None:
+    try:
+        return int(paths.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def running(paths: Paths) -> Running | None:
+    """The live proxy of this home, judged by its lock, not by a pid that may be reused."""
+    try:
+        fd = os.open(paths.pid_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _read_pid(paths)
+        if pid is None:
+            return None
+        try:
+            status = orjson.loads(paths.status_file.read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            status = {}
+        return Running(pid=pid, status=status)
+    finally:
+        os.close(fd)
+    return None
+
+
+def health(host: str, port: int, timeout: float = 1.0) -> bool:
+    # A wildcard listener is reached over loopback.
+    connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    connection = http.client.HTTPConnection(connect_host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def run_foreground(paths: Paths, host: str | None, port: int | None) -> int:
+    settings = load_settings(paths.config_file)
+    lock_fd = _lock_pid_file(paths)
+    try:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            uvloop.install()
+        asyncio.run(
+            _serve_until_signal(
+                paths,
+                settings,
+                host or settings.proxy.host,
+                settings.proxy.port if port is None else port,
+            )
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid_file.unlink()
+        os.close(lock_fd)
+    return 0
+
+
+async def _serve_until_signal(paths: Paths, settings: Any, host: str, port: int) -> None:
+    server = ProxyServer(paths, settings, host=host, port=port)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(server.reload(), name="sighup-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    sys.stderr.write(
+        f"blindkey proxy listening on http://{host}:{server.port} (pid {os.getpid()})\n"
+    )
+    sys.stderr.flush()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def start_detached(paths: Paths, host: str | None, port: int | None) -> Running:
+    current = running(paths)
+    if current is not None:
+        raise BlindkeyError(
+            f"the proxy is already running (pid {current.pid}); `blindkey proxy stop` first"
+        )
+    settings = load_settings(paths.config_file)
+    command = [sys.executable, "-m", "proxy", "proxy", "start", "--foreground"]
+    if host is not None:
+        command += ["--host", host]
+    if port is not None:
+        command += ["--port", str(port)]
+    log_fd = os.open(paths.proxy_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_start = os.lseek(log_fd, 0, os.SEEK_END)
+    try:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(log_fd)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise BlindkeyError(
+                _failure_line(paths, log_start)
+                or f"the proxy exited with status {child.returncode}"
+            )
+        current = running(paths)
+        port = current.status.get("port") if current is not None else None
+        if (
+            current is not None
+            and port
+            and health(current.status.get("host", settings.proxy.host), int(port))
+        ):
+            return current
+        time.sleep(0.02)
+    child.terminate()
+    raise BlindkeyError(
+        f"the proxy did not become healthy within {START_TIMEOUT:.0f}s; see {paths.proxy_log}"
+    )
+
+
+def _failure_line(paths: Paths, offset: int) -> str | None:
+    try:
+        with paths.proxy_log.open("rb") as handle:
+            handle.seek(offset)
+            lines = handle.read().decode("utf-8", "replace").strip().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("blindkey: "):
+            return line[len("blindkey: ") :]
+    return lines[-1] if lines else None
+
+
+def stop(paths: Paths) -> int | None:
+    """Stop the running proxy; return its pid, or None when nothing ran."""
+    current = running(paths)
+    if current is None:
+        return None
+    os.kill(current.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if running(paths) is None:
+            return current.pid
+        time.sleep(0.05)
+    raise BlindkeyError(f"the proxy (pid {current.pid}) did not stop within {STOP_TIMEOUT:.0f}s")
+
+
+def reload(paths: Paths) -> dict[str, Any]:
+    current = running(paths)
+    if current is None:
+        raise BlindkeyError("the proxy is not running; start it with `blindkey proxy start`")
+    before = current.status.get("config_generation")
+    os.kill(current.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = running(paths)
+        if now is None:
+            raise BlindkeyError("the proxy stopped while reloading")
+        if now.status.get("config_generation") != before or now.status.get("config_error"):
+            return now.status
+    raise BlindkeyError("the proxy did not confirm the reload within 5s")
+
+
+def describe(current: Running) -> dict[str, Any]:
+    status = current.status
+    started = status.get("started")
+    return {
+        "running": True,
+        "pid": current.pid,
+        "host": status.get("host"),
+        "port": status.get("port"),
+        "uptime_s": round(time.time() - started, 1) if started else None,
+        "broker": status.get("broker"),
+        "broker_pid": status.get("broker_pid"),
+        "backend": status.get("backend"),
+        "env": status.get("env"),
+        "config_error": status.get("config_error"),
+        "healthy": bool(status.get("port"))
+        and health(str(status.get("host")), int(status["port"])),
+    }

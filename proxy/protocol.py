@@ -1,0 +1,205 @@
+"""The AgentSecrets request protocol: X-AS-* headers parsed into one `ProxySpec`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from config.hosts import DEFAULT_PORTS, HostError, ip_literal, normalize_host, parse_port
+from config.settings import SECRET_NAME
+from proxy.errors import ProxyError
+
+PREFIX = "x-as-"
+STYLES = ("bearer", "basic", "header", "query", "body", "form")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+_FORBIDDEN_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+    }
+)
+_FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE"})
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str  # normalised: lowercase, IDNA, no trailing dot, IPv6 without brackets
+    port: int
+    path_query: str  # as sent (already percent-encoded), never empty
+    original: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def is_ip(self) -> bool:
+        return ip_literal(self.host) is not None
+
+
+@dataclass(frozen=True)
+class Injection:
+    style: str
+    key: str  # header name, query parameter, body path or form field; "" for bearer/basic
+    secret: str
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    target: Target
+    method: str
+    token: str | None
+    injections: tuple[Injection, ...]
+
+    @property
+    def secret_names(self) -> list[str]:
+        return sorted({i.secret for i in self.injections})
+
+    @property
+    def styles(self) -> list[str]:
+        return sorted({i.style for i in self.injections})
+
+    @property
+    def buffers_body(self) -> bool:
+        return any(i.style in ("body", "form") for i in self.injections)
+
+
+def _bad(message: str) -> ProxyError:
+    return ProxyError("bad_request", message)
+
+
+def parse_target(text: str | None) -> Target:
+    if not text:
+        raise _bad("X-AS-Target-URL is required: the absolute http(s) URL to call")
+    if _URL_FORBIDDEN.search(text):
+        raise _bad("X-AS-Target-URL must not contain spaces or control characters")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise _bad("X-AS-Target-URL is not a valid URL") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise _bad("X-AS-Target-URL must be an absolute http:// or https:// URL")
+    netloc = parts.netloc
+    if not netloc:
+        raise _bad("X-AS-Target-URL has no host")
+    if "@" in netloc:
+        raise _bad("X-AS-Target-URL must not contain userinfo (user@host)")
+    if "\\" in text.split("?", 1)[0]:
+        raise _bad("X-AS-Target-URL must not contain backslashes")
+    host_text, port = netloc, DEFAULT_PORTS[scheme]
+    if netloc.startswith("["):
+        close = netloc.find("]")
+        if close < 0:
+            raise _bad("X-AS-Target-URL has an unclosed IPv6 bracket")
+        host_text, rest = netloc[: close + 1], netloc[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise _bad("X-AS-Target-URL has text after the IPv6 address")
+            port = _port(rest[1:], text)
+    elif ":" in netloc:
+        host_text, port_text = netloc.rsplit(":", 1)
+        port = _port(port_text, text)
+    try:
+        host = normalize_host(host_text)
+    except HostError as exc:
+        raise _bad(f"X-AS-Target-URL: {exc}") from exc
+    path = parts.path or "/"
+    path_query = f"{path}?{parts.query}" if parts.query else path
+    return Target(scheme=scheme, host=host, port=port, path_query=path_query, original=text)
+
+
+def _port(text: str, url: str) -> int:
+    try:
+        return parse_port(text, "X-AS-Target-URL")
+    except HostError as exc:
+        raise _bad("X-AS-Target-URL has an invalid port") from exc
+
+
+def _injection(name: str, value: str) -> Injection:
+    """`name` is the header name as sent, minus `X-AS-Inject-`."""
+    lowered = name.lower()
+    if lowered in ("bearer", "basic"):
+        style, key = lowered, ""
+    else:
+        style, sep, key = name.partition("-")
+        style = style.lower()
+        if style not in ("header", "query", "body", "form") or not sep:
+            raise _bad(
+                f"unknown injection header X-AS-Inject-{name}; styles: "
+                "Bearer, Basic, Header-<Name>, Query-<param>, Body-<a.b>, Form-<field>"
+            )
+        if not key:
+            raise _bad(f"X-AS-Inject-{name} names no {style} to inject into")
+        if style == "header":
+            if (
+                not _TOKEN.match(key)
+                or key.lower() in _FORBIDDEN_HEADERS
+                or key.lower().startswith(PREFIX)
+            ):
+                raise _bad(f"X-AS-Inject-{name}: {key!r} is not a header blindkey will set")
+        elif style == "body" and any(not part for part in key.split(".")):
+            raise _bad(f"X-AS-Inject-{name}: empty segment in body path {key!r}")
+    secret = value.strip()
+    if not SECRET_NAME.match(secret):
+        raise _bad(f"X-AS-Inject-{name}: invalid secret name (expected {SECRET_NAME.pattern})")
+    return Injection(style=style, key=key, secret=secret)
+
+
+def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
+    """Read the X-AS-* headers; `raw_headers` keeps the case the caller sent."""
+    target_url = as_method = token = None
+    injections: list[Injection] = []
+    for name, value in raw_headers:
+        lowered = name.lower()
+        if not lowered.startswith(PREFIX):
+            continue
+        if lowered == "x-as-target-url":
+            if target_url is not None:
+                raise _bad("X-AS-Target-URL given more than once")
+            target_url = value.strip()
+        elif lowered == "x-as-method":
+            as_method = value.strip().upper()
+        elif lowered == "x-as-agent-token":
+            token = value.strip()
+        elif lowered.startswith("x-as-inject-"):
+            injections.append(_injection(name[len("x-as-inject-") :], value))
+    target = parse_target(target_url)
+    if not injections:
+        raise _bad("at least one X-AS-Inject-* header is required")
+    seen = set()
+    for injection in injections:
+        slot = (
+            ("authorization", "")
+            if injection.style in ("bearer", "basic")
+            else (
+                injection.style,
+                injection.key.lower() if injection.style == "header" else injection.key,
+            )
+        )
+        if injection.style == "header" and injection.key.lower() == "authorization":
+            slot = ("authorization", "")
+        if slot in seen:
+            raise _bad(f"two injections write the same place ({injection.style} {injection.key})")
+        seen.add(slot)
+    if {"body", "form"} <= {i.style for i in injections}:
+        raise _bad("a request cannot inject both Body-* and Form-* fields")
+    verb = as_method or method
+    if not _TOKEN.match(verb) or verb.upper() in _FORBIDDEN_METHODS:
+        raise _bad(f"method {verb[:16]!r} cannot be proxied")
+    return ProxySpec(
+        target=target, method=verb.upper(), token=token or None, injections=tuple(injections)
+    )

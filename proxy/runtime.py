@@ -1,0 +1,178 @@
+"""Everything a running proxy holds: settings, the guard, the broker link, the redactor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from audit.writer import AuditWriter
+from broker.client import BrokerClient
+from broker.protocol import BrokerDenied, BrokerUnavailable, Message
+from config.errors import ConfigError
+from config.paths import Paths
+from config.settings import Settings, load_settings
+from proxy.egress import EgressGuard, VettingResolver
+from proxy.errors import STATUS, ProxyError
+from proxy.redact import Redactor
+
+log = logging.getLogger("blindkey.proxy")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the broker released for one request."""
+
+    agent: str
+    env: str
+    values: dict[str, str]
+    redactor: Redactor
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.proxy.ca_file:
+        context.load_verify_locations(settings.proxy.ca_file)
+    return context
+
+
+class ProxyRuntime:
+    def __init__(self, paths: Paths, settings: Settings, audit: AuditWriter) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.audit = audit
+        self.own_port: int | None = None
+        self.guard = EgressGuard(settings.allowlist)
+        self.broker = BrokerClient(paths.broker_socket, on_push=self._on_push)
+        self._redactor = Redactor({})
+        self._redactor_values: dict[str, str] = {}
+        self._redactor_generation = -1
+        self._redactor_lock = asyncio.Lock()
+        self.session: aiohttp.ClientSession | None = None
+        self.config_error: str | None = None
+        self.config_generation = 0
+        self._retired: list[aiohttp.ClientSession] = []
+
+    async def open_session(self) -> None:
+        self.session = self._new_session(self.settings)
+
+    def _new_session(self, settings: Settings) -> aiohttp.ClientSession:
+        timeout = settings.proxy.upstream_timeout
+        connector = aiohttp.TCPConnector(
+            resolver=VettingResolver(self.guard),
+            ssl=_ssl_context(settings),
+            ttl_dns_cache=10,
+            limit=0,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+            ),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    def set_port(self, port: int) -> None:
+        self.own_port = port
+        self.guard.own_port = port
+
+    async def reload(self) -> bool:
+        """Re-read config.toml; a bad file is refused and the running settings kept."""
+        try:
+            settings = load_settings(self.paths.config_file)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("config refused, keeping the running one: %s", exc)
+            return False
+        previous = self.settings
+        self.settings = settings
+        self.config_error = None
+        self.config_generation += 1
+        self.guard.entries = settings.allowlist.entries
+        self.guard.private_ranges = settings.allowlist.private_ranges
+        session = self.session
+        if session is None:
+            return True
+        upstream_changed = (settings.proxy.upstream_timeout, settings.proxy.ca_file) != (
+            previous.proxy.upstream_timeout,
+            previous.proxy.ca_file,
+        )
+        if upstream_changed:
+            self.session = self._new_session(settings)
+            # In-flight requests keep the old pool until they finish.
+            self._retired.append(session)
+        elif settings.allowlist != previous.allowlist:
+            # Cached resolutions were vetted against the old private_ranges.
+            connector = session.connector
+            if isinstance(connector, aiohttp.TCPConnector):
+                connector.clear_dns_cache()
+        return True
+
+    def _on_push(self, message: Message) -> None:
+        if message.get("event") == "invalidate":
+            self._redactor_generation = -1
+
+    async def resolve(
+        self, token: str | None, names: list[str], host: str
+    ) -> tuple[str, str, Grant | BrokerDenied]:
+        """(agent, env, grant or the broker's refusal); raises for unauthenticated callers."""
+        try:
+            reply = await self.broker.call("resolve", token=token, names=names, host=host)
+        except BrokerUnavailable as exc:
+            raise ProxyError(
+                "broker_unavailable",
+                "the secret broker is not answering; it is being restarted, retry shortly",
+            ) from exc
+        except BrokerDenied as exc:
+            raise ProxyError(_known_code(exc.code), str(exc)) from exc
+        agent, env = str(reply["agent"]), str(reply["env"])
+        denied = reply.get("denied")
+        if denied:
+            return agent, env, BrokerDenied(str(denied["error"]), str(denied["message"]))
+        values: dict[str, str] = dict(reply["values"])
+        redactor = await self._current_redactor(int(reply["generation"]), values)
+        return agent, env, Grant(agent=agent, env=env, values=values, redactor=redactor)
+
+    async def _current_redactor(self, generation: int, needed: Mapping[str, str]) -> Redactor:
+        async with self._redactor_lock:
+            if generation != self._redactor_generation:
+                try:
+                    reply = await self.broker.call("redaction_set")
+                except BrokerUnavailable as exc:
+                    raise ProxyError(
+                        "broker_unavailable", "the secret broker is not answering"
+                    ) from exc
+                values = dict(reply["values"])
+                self._redactor = Redactor(values)
+                self._redactor_values = values
+                self._redactor_generation = int(reply["generation"])
+            redactor, known = self._redactor, self._redactor_values
+        if all(known.get(name) == value for name, value in needed.items()):
+            return redactor
+        # The set changed between resolve and fetch: never stream without the used values.
+        return Redactor({**known, **needed})
+
+    async def close(self) -> None:
+        for session in [*self._retired, self.session]:
+            if session is not None:
+                await session.close()
+        await self.broker.close()
+
+    def status_fields(self) -> dict[str, Any]:
+        return {
+            "backend": self.settings.backend,
+            "env": self.settings.active_env,
+            "config_error": self.config_error,
+            "config_generation": self.config_generation,
+        }
+
+
+def _known_code(code: str) -> str:
+    return code if code in STATUS else "bad_request"

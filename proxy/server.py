@@ -1,0 +1,168 @@
+"""`ProxyServer`: start in a fixed order, reload in place, shut down in the reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from audit.writer import AuditWriter
+from config.atomic import write_atomic
+from config.errors import BlindkeyError
+from config.paths import Paths
+from config.settings import Settings
+from proxy.app import build_app
+from proxy.runtime import ProxyRuntime
+from proxy.supervisor import BrokerSupervisor
+
+log = logging.getLogger("blindkey.proxy")
+CONFIG_POLL = 0.25
+DRAIN_TIMEOUT = 10.0
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BlindkeyError(
+                f"port {port} on {host} is already in use; stop what holds it or choose "
+                "another with --port"
+            ) from exc
+        raise BlindkeyError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class ProxyServer:
+    def __init__(
+        self, paths: Paths, settings: Settings, *, host: str, port: int, audit_fsync: bool = True
+    ) -> None:
+        self.paths = paths
+        self.host = host
+        self.requested_port = port
+        self.port = port
+        self.audit = AuditWriter(paths.audit_dir, fsync=audit_fsync)
+        self.runtime = ProxyRuntime(paths, settings, self.audit)
+        self.supervisor = BrokerSupervisor(paths.broker_socket, self._broker_state)
+        self.broker_state = "starting"
+        self.broker_pid: int | None = None
+        self.started = time.time()
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._config_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        try:
+            st = self.paths.config_file.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_mtime_ns, st.st_size)
+
+    def _broker_state(self, state: str, pid: int | None) -> None:
+        self.broker_state, self.broker_pid = state, pid
+        self.write_status()
+
+    async def start(self) -> None:
+        sock = bind_socket(self.host, self.requested_port)
+        self.port = sock.getsockname()[1]
+        self.runtime.set_port(self.port)
+        try:
+            await self.audit.start()
+            await self.supervisor.start()
+            await self.runtime.open_session()
+            self._runner = web.AppRunner(
+                build_app(self.runtime, self.host),
+                access_log=None,
+                shutdown_timeout=DRAIN_TIMEOUT,
+                handler_cancellation=True,
+            )
+            await self._runner.setup()
+            await web.SockSite(self._runner, sock).start()
+        except BaseException:
+            sock.close()
+            await self._stop_parts()
+            raise
+        self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        self.write_status()
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(CONFIG_POLL)
+            stamp = self._stamp()
+            if stamp != self._config_stamp:
+                self._config_stamp = stamp
+                await self.reload()
+
+    async def reload(self) -> bool:
+        self._config_stamp = self._stamp()
+        ok = await self.runtime.reload()
+        self.write_status()
+        return ok
+
+    def write_status(self) -> None:
+        status = {
+            "pid": os.getpid(),
+            "host": self.host,
+            "port": self.port,
+            "started": self.started,
+            "broker": self.broker_state,
+            "broker_pid": self.broker_pid,
+            **self.runtime.status_fields(),
+        }
+        with contextlib.suppress(OSError):
+            write_atomic(self.paths.status_file, orjson.dumps(status))
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests, stop the broker, flush the audit."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self._stop_parts()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.status_file.unlink()
+
+    async def _stop_parts(self) -> None:
+        await self.supervisor.stop()
+        await self.runtime.close()
+        await self.audit.close()
+
+
+async def serve(
+    paths: Paths,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    on_ready: Callable[[ProxyServer], None] | None = None,
+) -> None:
+    server = ProxyServer(paths, settings, host=host, port=port)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        if shutdown_trigger is None:
+            await asyncio.Event().wait()
+        else:
+            await shutdown_trigger()
+    finally:
+        await server.stop()
