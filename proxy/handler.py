@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blindkey.proxy")
 RUNTIME: web.AppKey[ProxyRuntime] = web.AppKey("runtime")
-REQUEST_ID = "blindkey.request_id"
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -126,7 +126,7 @@ def _audit_url(spec: ProxySpec, shown_path: str) -> str:
 
 async def handle_proxy(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    request_id: str = request[REQUEST_ID]
+    request_id = request[REQUEST_ID]
     record = AuditRecord(
         request_id=request_id,
         method=request.headers.get("X-AS-Method", request.method)[:16],

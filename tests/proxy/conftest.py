@@ -1,0 +1,115 @@
+"""An in-process proxy with its real broker subprocess, and a loopback upstream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from broker.agents import AgentStore
+from broker.vault import FileVault
+from config.edit import edit_config, string_array
+from config.edit import table as toml_table
+from config.paths import Paths
+from config.settings import load_settings
+from proxy.server import ProxyServer
+from tests.upstream import RELEASE_SSE, start_upstream
+
+SECRET = "ghp_Zx9Q7vLm2Kp4Rt8Wn3Yb6Hc1Jd5Fs0Ga"
+OTHER = "sk_live_4eC39HqLyjWDarjtT1zdp7dc0000"
+BASIC = "octocat:s3cr3t-Passw0rd-Value"
+
+
+@dataclass
+class Env:
+    paths: Paths
+    server: ProxyServer
+    upstream_port: int
+    upstream: web.AppRunner
+    token: str
+    session: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/proxy"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}"
+
+    def release_sse(self) -> None:
+        self.upstream.app[RELEASE_SSE].set()
+
+    def headers(self, path: str = "/echo", **extra: str) -> dict[str, str]:
+        headers = {"X-AS-Agent-Token": self.token, "X-AS-Target-URL": self.base + path}
+        # Python names (X_AS_Method) become header names; names already spelled with "-" stay.
+        headers.update({k if "-" in k else k.replace("_", "-"): v for k, v in extra.items()})
+        return headers
+
+    async def call(self, method: str = "GET", path: str = "/echo", *, headers: dict[str, str] | None = None,
+                   **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+        async with self.session.request(method, self.url, headers=headers, **kwargs) as response:
+            body = await response.read()
+            return response.status, dict(response.headers), body
+
+    def configure(self, change: Any) -> None:
+        edit_config(self.paths.config_file, self.paths.lock_file, change)
+
+
+def set_secret_policy(paths: Paths, name: str, **fields: Any) -> None:
+    def change(document: Any) -> None:
+        section = toml_table(document, "secrets", name)
+        for key, value in fields.items():
+            section[key] = string_array(value) if isinstance(value, list) else value
+
+    edit_config(paths.config_file, paths.lock_file, change)
+
+
+@pytest.fixture
+async def env(home: Paths) -> AsyncIterator[Env]:
+    upstream, port = await start_upstream()
+
+    def allow(document: Any) -> None:
+        toml_table(document, "allowlist")["hosts"] = string_array([f"http://127.0.0.1:{port}"])
+        toml_table(document, "proxy")["upstream_timeout"] = "1s"
+        toml_table(document, "limits")["max_request_body"] = "64KiB"
+
+    edit_config(home.config_file, home.lock_file, allow)
+    vault = FileVault(home)
+    vault.set("development", "GITHUB_TOKEN", SECRET)
+    vault.set("development", "STRIPE_KEY", OTHER)
+    vault.set("development", "BASIC_PAIR", BASIC)
+    token = AgentStore(home.agents_file, home.lock_file).add("tester")
+    server = ProxyServer(home, load_settings(home.config_file), host="127.0.0.1", port=0)
+    await server.start()
+    session = aiohttp.ClientSession(auto_decompress=False)
+    try:
+        yield Env(home, server, port, upstream, token, session)
+    finally:
+        upstream.app[RELEASE_SSE].set()
+        await session.close()
+        await server.stop()
+        await upstream.cleanup()
+
+
+async def eventually_status(env: Env, expected: int, headers: dict[str, str], timeout: float = 1.0,
+                            method: str = "GET", code: str | None = None) -> float:
+    """Repeat a call until it answers `expected` (and error `code`); return how long it took."""
+    import asyncio
+    import time
+
+    import orjson
+
+    start = time.monotonic()
+    while True:
+        status, _, body = await env.call(method, headers=headers)
+        elapsed = time.monotonic() - start
+        if status == expected and (code is None or orjson.loads(body)["error"] == code):
+            return elapsed
+        if elapsed > timeout:
+            raise AssertionError(f"still {status} after {elapsed:.2f}s, wanted {expected}")
+        await asyncio.sleep(0.02)
