@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -171,14 +172,15 @@ async def _forward(
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
     record.url = _audit_url(spec, shown)
     counter: _CountingBody | None = None
-    body: bytes | _CountingBody | None = None
+    body: io.BytesIO | _CountingBody | None = None
     if spec.buffers_body:
         original = await _read_limited(request, runtime.settings.limits.max_request_body)
-        body, content_type = inject_body(
+        injected, content_type = inject_body(
             original, request.headers.get("Content-Type", ""), spec.injections, grant.values
         )
         headers["Content-Type"] = content_type
-        record.bytes_in = len(body)
+        body = io.BytesIO(injected)
+        record.bytes_in = len(injected)
     elif request.body_exists:
         counter = body = _CountingBody(request)
         if request.content_length is not None:

@@ -65,6 +65,19 @@ async def chunks(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def big(request: web.Request) -> web.StreamResponse:
+    """Streams `n` bytes of a repeating pattern in 64 KiB chunks."""
+    size = int(request.query.get("n", "0"))
+    block = (b"0123456789abcdef" * 4096)
+    response = web.StreamResponse()
+    await response.prepare(request)
+    while size > 0:
+        await response.write(block[:size])
+        size -= len(block)
+    await response.write_eof()
+    return response
+
+
 async def hang(request: web.Request) -> web.Response:
     await asyncio.sleep(3600)
     return web.Response()
@@ -85,6 +98,7 @@ def make_app() -> web.Application:
     app.router.add_get("/br", brotli_claimed)
     app.router.add_get("/sse", sse)
     app.router.add_get("/chunks", chunks)
+    app.router.add_get("/big", big)
     app.router.add_get("/hang", hang)
     app.router.add_get("/reset", reset)
     app.router.add_route("*", "/{tail:.*}", echo)
