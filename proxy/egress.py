@@ -55,15 +55,16 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
 
 
 def is_public(address: IPAddress) -> bool:
-    if not address.is_global or address.is_multicast or address.is_reserved:
-        return False
-    if any(address in network for network in _EXTRA_BLOCKED if network.version == address.version):
-        return False
     if isinstance(address, ipaddress.IPv6Address):
+        # An IPv6 form that carries an IPv4 address is judged by the address it carries.
         inner = embedded_ipv4(address)
         if inner is not None:
             return is_public(inner)
-    return True
+    if not address.is_global or address.is_multicast or address.is_reserved:
+        return False
+    return not any(
+        address in network for network in _EXTRA_BLOCKED if network.version == address.version
+    )
 
 
 class EgressGuard:
