@@ -47,3 +47,21 @@ def run_cli(home: Paths) -> RunCli:
         )
 
     return run
+
+
+@pytest.fixture
+def upstream_port() -> Iterator[int]:
+    """The misbehaving loopback upstream of tests/upstream.py, in a process of its own."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.upstream"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("PORT "), line
+        yield int(line.split()[1])
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()

@@ -78,6 +78,11 @@ async def big(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def slow(request: web.Request) -> web.Response:
+    await asyncio.sleep(float(request.query.get("s", "1")))
+    return web.Response(text="slow done")
+
+
 async def hang(request: web.Request) -> web.Response:
     await asyncio.sleep(3600)
     return web.Response()
@@ -99,6 +104,7 @@ def make_app() -> web.Application:
     app.router.add_get("/sse", sse)
     app.router.add_get("/chunks", chunks)
     app.router.add_get("/big", big)
+    app.router.add_get("/slow", slow)
     app.router.add_get("/hang", hang)
     app.router.add_get("/reset", reset)
     app.router.add_route("*", "/{tail:.*}", echo)
@@ -116,11 +122,18 @@ async def start_upstream() -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-def main() -> None:
-    """Run standalone: `python -m tests.upstream PORT` (used by the end-to-end tests)."""
-    import sys
+async def _serve_forever() -> None:
+    runner, port = await start_upstream()
+    print(f"PORT {port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
 
-    web.run_app(make_app(), host="127.0.0.1", port=int(sys.argv[1]), print=None)
+
+def main() -> None:
+    """Run standalone (`python -m tests.upstream`); prints `PORT n` once listening."""
+    asyncio.run(_serve_forever())
 
 
 if __name__ == "__main__":
