@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import zlib
 
 import orjson
@@ -24,7 +25,12 @@ async def echo(request: web.Request) -> web.Response:
     return web.Response(
         body=orjson.dumps(payload),
         content_type="application/json",
-        headers={"X-Echo-Authorization": auth, "Set-Cookie": f"session={auth}"},
+        headers={
+            "X-Echo-Authorization": auth,
+            # A digest lets a test see which value arrived without the proxy redacting it.
+            "X-Echo-Authorization-Sha256": hashlib.sha256(auth.encode()).hexdigest(),
+            "Set-Cookie": f"session={auth}",
+        },
     )
 
 
