@@ -19,21 +19,23 @@ RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Paths]:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
     """A fresh, initialised BLINDKEY_HOME used by in-process code and spawned CLIs alike."""
     root = tmp_path / "home"
     monkeypatch.setenv("BLINDKEY_HOME", str(root))
     paths = resolve_paths()
     init_config(paths)
     ensure_key(paths)
-    yield paths
+    return paths
 
 
 @pytest.fixture
 def run_cli(home: Paths) -> RunCli:
     """Run `blindkey ARGS...` in a subprocess, as a user would; never raises on failure."""
 
-    def run(*args: str, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, input: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "BLINDKEY_HOME": str(home.config_dir)}
         return subprocess.run(
             [sys.executable, "-m", "proxy", *args],

@@ -36,7 +36,9 @@ async def echo(request: web.Request) -> web.Response:
 
 async def redirect(request: web.Request) -> web.Response:
     # Reflects whatever query it got into Location, as careless APIs do.
-    return web.Response(status=302, headers={"Location": f"https://elsewhere.example/next?{request.query_string}"})
+    return web.Response(
+        status=302, headers={"Location": f"https://elsewhere.example/next?{request.query_string}"}
+    )
 
 
 async def gzipped(request: web.Request) -> web.Response:
@@ -74,7 +76,7 @@ async def chunks(request: web.Request) -> web.StreamResponse:
 async def big(request: web.Request) -> web.StreamResponse:
     """Streams `n` bytes of a repeating pattern in 64 KiB chunks."""
     size = int(request.query.get("n", "0"))
-    block = (b"0123456789abcdef" * 4096)
+    block = b"0123456789abcdef" * 4096
     response = web.StreamResponse()
     await response.prepare(request)
     while size > 0:

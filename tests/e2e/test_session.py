@@ -26,15 +26,33 @@ VALUES = {
 
 def every_form(value: str) -> set[bytes]:
     raw = value.encode()
-    forms = set(encodings(value)) | {raw, base64.b64encode(raw), quote(value).encode(),
-                                     quote_plus(value).encode(), raw.hex().encode()}
+    forms = set(encodings(value)) | {
+        raw,
+        base64.b64encode(raw),
+        quote(value).encode(),
+        quote_plus(value).encode(),
+        raw.hex().encode(),
+    }
     # Long enough to mean the value, short enough to catch a partial leak.
     return {f for f in forms if len(f) >= 8}
 
 
-def curl(port: int, token: str, target: str, *headers: str, data: str | None = None) -> tuple[int, bytes]:
-    command = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/proxy",
-               "-H", f"X-AS-Agent-Token: {token}", "-H", f"X-AS-Target-URL: {target}"]
+def curl(
+    port: int, token: str, target: str, *headers: str, data: str | None = None
+) -> tuple[int, bytes]:
+    command = [
+        "curl",
+        "-sS",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        f"http://127.0.0.1:{port}/proxy",
+        "-H",
+        f"X-AS-Agent-Token: {token}",
+        "-H",
+        f"X-AS-Target-URL: {target}",
+    ]
     for header in headers:
         command += ["-H", header]
     if data is not None:
@@ -66,10 +84,21 @@ def test_whole_session(run_cli: RunCli, home: Paths, upstream_port: int) -> None
             ("basic", "/echo", ["X-AS-Inject-Basic: BASIC_PAIR"], None),
             ("header", "/echo", ["X-AS-Inject-Header-X-Api-Key: API_KEY"], None),
             ("query", "/echo?page=2", ["X-AS-Inject-Query-api_key: API_KEY"], None),
-            ("body", "/echo", ["X-AS-Inject-Body-auth.token: GITHUB_TOKEN",
-                               "Content-Type: application/json"], '{"auth": {}}'),
-            ("form", "/echo", ["X-AS-Inject-Form-secret: API_KEY",
-                               "Content-Type: application/x-www-form-urlencoded"], "a=1"),
+            (
+                "body",
+                "/echo",
+                ["X-AS-Inject-Body-auth.token: GITHUB_TOKEN", "Content-Type: application/json"],
+                '{"auth": {}}',
+            ),
+            (
+                "form",
+                "/echo",
+                [
+                    "X-AS-Inject-Form-secret: API_KEY",
+                    "Content-Type: application/x-www-form-urlencoded",
+                ],
+                "a=1",
+            ),
         ]
         for style, path, headers, data in calls:
             status, body = curl(port, token, upstream + path, *headers, data=data)

@@ -50,8 +50,14 @@ class Env:
         headers.update({k if "-" in k else k.replace("_", "-"): v for k, v in extra.items()})
         return headers
 
-    async def call(self, method: str = "GET", path: str = "/echo", *, headers: dict[str, str] | None = None,
-                   **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+    async def call(
+        self,
+        method: str = "GET",
+        path: str = "/echo",
+        *,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, dict[str, str], bytes]:
         async with self.session.request(method, self.url, headers=headers, **kwargs) as response:
             body = await response.read()
             return response.status, dict(response.headers), body
@@ -96,8 +102,14 @@ async def env(home: Paths) -> AsyncIterator[Env]:
         await upstream.cleanup()
 
 
-async def eventually_status(env: Env, expected: int, headers: dict[str, str], timeout: float = 1.0,
-                            method: str = "GET", code: str | None = None) -> float:
+async def eventually_status(
+    env: Env,
+    expected: int,
+    headers: dict[str, str],
+    timeout: float = 1.0,
+    method: str = "GET",
+    code: str | None = None,
+) -> float:
     """Repeat a call until it answers `expected` (and error `code`); return how long it took."""
     import asyncio
     import time

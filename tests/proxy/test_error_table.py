@@ -16,7 +16,9 @@ from config.edit import table as toml_table
 from tests.proxy.conftest import OTHER, SECRET, Env, eventually_status, set_secret_policy
 
 
-def assert_error(status: int, headers: dict[str, str], body: bytes, code: str, expected: int) -> dict[str, Any]:
+def assert_error(
+    status: int, headers: dict[str, str], body: bytes, code: str, expected: int
+) -> dict[str, Any]:
     assert status == expected, body
     assert headers["Content-Type"].startswith("application/json")
     error = orjson.loads(body)
@@ -36,22 +38,38 @@ def assert_error(status: int, headers: dict[str, str], body: bytes, code: str, e
         ({"X-AS-Target-URL": "ftp://127.0.0.1/x", "X-AS-Inject-Bearer": "GITHUB_TOKEN"}, "http"),
         ({"X-AS-Target-URL": "file:///etc/passwd", "X-AS-Inject-Bearer": "GITHUB_TOKEN"}, "http"),
         ({"X-AS-Target-URL": "http://127.0.0.1:1/"}, "X-AS-Inject"),
-        ({"X-AS-Target-URL": "http://127.0.0.1:1/", "X-AS-Inject-Bearer": "BAD NAME"}, "secret name"),
-        ({"X-AS-Target-URL": "http://127.0.0.1:1/", "X-AS-Inject-Cookie-x": "GITHUB_TOKEN"}, "unknown"),
-        ({"X-AS-Target-URL": "http://user@127.0.0.1:1/", "X-AS-Inject-Bearer": "GITHUB_TOKEN"}, "userinfo"),
+        (
+            {"X-AS-Target-URL": "http://127.0.0.1:1/", "X-AS-Inject-Bearer": "BAD NAME"},
+            "secret name",
+        ),
+        (
+            {"X-AS-Target-URL": "http://127.0.0.1:1/", "X-AS-Inject-Cookie-x": "GITHUB_TOKEN"},
+            "unknown",
+        ),
+        (
+            {"X-AS-Target-URL": "http://user@127.0.0.1:1/", "X-AS-Inject-Bearer": "GITHUB_TOKEN"},
+            "userinfo",
+        ),
         ({"X-AS-Target-URL": "http://2130706433/", "X-AS-Inject-Bearer": "GITHUB_TOKEN"}, "IPv4"),
-        ({"X-AS-Target-URL": "http://127.0.0.1:99999/", "X-AS-Inject-Bearer": "GITHUB_TOKEN"}, "port"),
+        (
+            {"X-AS-Target-URL": "http://127.0.0.1:99999/", "X-AS-Inject-Bearer": "GITHUB_TOKEN"},
+            "port",
+        ),
     ],
 )
 async def test_bad_request(env: Env, headers: dict[str, str], fragment: str) -> None:
-    status, response_headers, body = await env.call(headers={"X-AS-Agent-Token": env.token, **headers})
+    status, response_headers, body = await env.call(
+        headers={"X-AS-Agent-Token": env.token, **headers}
+    )
     error = assert_error(status, response_headers, body, "bad_request", 400)
     assert fragment in error["message"]
 
 
 async def test_unknown_path_is_bad_request(env: Env) -> None:
     async with env.session.get(f"http://127.0.0.1:{env.server.port}/nope") as response:
-        assert_error(response.status, dict(response.headers), await response.read(), "bad_request", 400)
+        assert_error(
+            response.status, dict(response.headers), await response.read(), "bad_request", 400
+        )
 
 
 async def test_missing_token(env: Env) -> None:
@@ -74,9 +92,16 @@ async def test_revoked_token_stops_within_a_second(env: Env) -> None:
 
 
 async def test_host_not_allowed(env: Env) -> None:
-    for target in (f"http://127.0.0.1:{env.upstream_port + 1}/", f"https://127.0.0.1:{env.upstream_port}/",
-                   "https://api.github.com/user"):
-        headers = {"X-AS-Agent-Token": env.token, "X-AS-Target-URL": target, "X-AS-Inject-Bearer": "GITHUB_TOKEN"}
+    for target in (
+        f"http://127.0.0.1:{env.upstream_port + 1}/",
+        f"https://127.0.0.1:{env.upstream_port}/",
+        "https://api.github.com/user",
+    ):
+        headers = {
+            "X-AS-Agent-Token": env.token,
+            "X-AS-Target-URL": target,
+            "X-AS-Inject-Bearer": "GITHUB_TOKEN",
+        }
         assert_error(*await env.call(headers=headers), "host_not_allowed", 403)
 
 
@@ -85,8 +110,11 @@ async def test_allowlisted_name_resolving_to_loopback_is_blocked(env: Env) -> No
         toml_table(document, "allowlist")["hosts"].append(f"http://localhost:{env.upstream_port}")
 
     env.configure(change)
-    headers = {"X-AS-Agent-Token": env.token, "X-AS-Target-URL": f"http://localhost:{env.upstream_port}/echo",
-               "X-AS-Inject-Bearer": "GITHUB_TOKEN"}
+    headers = {
+        "X-AS-Agent-Token": env.token,
+        "X-AS-Target-URL": f"http://localhost:{env.upstream_port}/echo",
+        "X-AS-Inject-Bearer": "GITHUB_TOKEN",
+    }
     await eventually_status(env, 403, headers, code="blocked_address")
     assert_error(*await env.call(headers=headers), "blocked_address", 403)
 
@@ -98,8 +126,11 @@ async def test_private_ranges_permit_a_resolved_loopback(env: Env) -> None:
         section["private_ranges"] = string_array(["127.0.0.0/8"])
 
     env.configure(change)
-    headers = {"X-AS-Agent-Token": env.token, "X-AS-Target-URL": f"http://localhost:{env.upstream_port}/echo",
-               "X-AS-Inject-Bearer": "GITHUB_TOKEN"}
+    headers = {
+        "X-AS-Agent-Token": env.token,
+        "X-AS-Target-URL": f"http://localhost:{env.upstream_port}/echo",
+        "X-AS-Inject-Bearer": "GITHUB_TOKEN",
+    }
     await eventually_status(env, 200, headers)
 
 
@@ -130,8 +161,14 @@ async def test_secret_bound_to_another_host_never_reaches_this_one(env: Env) -> 
 
 @pytest.mark.parametrize(
     "extra",
-    [{"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
-     {"Host": "evil.example"}, {"Host": "evil.example:8765"}, {"Host": "127.0.0.1.nip.io"}],
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Host": "evil.example"},
+        {"Host": "evil.example:8765"},
+        {"Host": "127.0.0.1.nip.io"},
+    ],
 )
 async def test_forbidden_origin(env: Env, extra: dict[str, str]) -> None:
     headers = {**env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"), **extra}
@@ -139,13 +176,20 @@ async def test_forbidden_origin(env: Env, extra: dict[str, str]) -> None:
 
 
 async def test_loopback_host_headers_are_accepted(env: Env) -> None:
-    for host in ("localhost", f"localhost:{env.server.port}", "127.0.0.1", f"[::1]:{env.server.port}"):
+    for host in (
+        "localhost",
+        f"localhost:{env.server.port}",
+        "127.0.0.1",
+        f"[::1]:{env.server.port}",
+    ):
         headers = {**env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"), "Host": host}
         assert (await env.call(headers=headers))[0] == 200, host
 
 
 async def test_unknown_secret(env: Env) -> None:
-    assert_error(*await env.call(headers=env.headers(X_AS_Inject_Bearer="NOPE")), "unknown_secret", 404)
+    assert_error(
+        *await env.call(headers=env.headers(X_AS_Inject_Bearer="NOPE")), "unknown_secret", 404
+    )
 
 
 async def test_body_too_large(env: Env) -> None:
@@ -161,8 +205,13 @@ async def test_body_too_large(env: Env) -> None:
 
 
 async def test_upstream_reset(env: Env) -> None:
-    error = assert_error(*await env.call(headers=env.headers("/reset?k=v", **{"X-AS-Inject-Query-k": "GITHUB_TOKEN"})),
-                         "upstream_error", 502)
+    error = assert_error(
+        *await env.call(
+            headers=env.headers("/reset?k=v", **{"X-AS-Inject-Query-k": "GITHUB_TOKEN"})
+        ),
+        "upstream_error",
+        502,
+    )
     assert "/reset" not in error["message"] and "k=" not in error["message"]
 
 
@@ -171,8 +220,11 @@ async def test_upstream_dns_failure(env: Env) -> None:
         toml_table(document, "allowlist")["hosts"].append("http://no-such-host.invalid")
 
     env.configure(change)
-    headers = {"X-AS-Agent-Token": env.token, "X-AS-Target-URL": "http://no-such-host.invalid/x?q=1",
-               "X-AS-Inject-Query-q": "GITHUB_TOKEN"}
+    headers = {
+        "X-AS-Agent-Token": env.token,
+        "X-AS-Target-URL": "http://no-such-host.invalid/x?q=1",
+        "X-AS-Inject-Query-q": "GITHUB_TOKEN",
+    }
     await eventually_status(env, 502, headers, timeout=3.0)
     error = assert_error(*await env.call(headers=headers), "upstream_error", 502)
     assert "q=" not in error["message"]
@@ -185,8 +237,11 @@ async def test_upstream_timeout(env: Env) -> None:
 
 
 async def test_unscannable_encoding_is_refused(env: Env) -> None:
-    assert_error(*await env.call(headers=env.headers("/br", X_AS_Inject_Bearer="GITHUB_TOKEN")),
-                 "upstream_error", 502)
+    assert_error(
+        *await env.call(headers=env.headers("/br", X_AS_Inject_Bearer="GITHUB_TOKEN")),
+        "upstream_error",
+        502,
+    )
 
 
 async def test_killed_broker_gives_503_then_recovers_within_two_seconds(env: Env) -> None:

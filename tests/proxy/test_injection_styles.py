@@ -31,7 +31,7 @@ async def test_bearer(env: Env) -> None:
 
 
 async def test_basic(env: Env) -> None:
-    status, headers, body = await env.call(headers=env.headers(X_AS_Inject_Basic="BASIC_PAIR"))
+    status, _, body = await env.call(headers=env.headers(X_AS_Inject_Basic="BASIC_PAIR"))
     assert status == 200
     assert _headers(_echo(body))["Authorization"] == "Basic [REDACTED:BASIC_PAIR]"
     assert base64.b64encode(BASIC.encode()) not in body
@@ -47,7 +47,9 @@ async def test_header_keeps_the_suffix_case(env: Env) -> None:
 
 
 async def test_query_added_and_replaced(env: Env) -> None:
-    headers = env.headers("/echo?keep=1&api_key=agent-guess", **{"X-AS-Inject-Query-api_key": "GITHUB_TOKEN"})
+    headers = env.headers(
+        "/echo?keep=1&api_key=agent-guess", **{"X-AS-Inject-Query-api_key": "GITHUB_TOKEN"}
+    )
     status, _, body = await env.call(headers=headers)
     assert status == 200
     path = _echo(body)["path"]
@@ -57,10 +59,15 @@ async def test_query_added_and_replaced(env: Env) -> None:
 async def test_json_body_path_created(env: Env) -> None:
     headers = env.headers(**{"X-AS-Inject-Body-auth.credentials.Token": "GITHUB_TOKEN"})
     headers["Content-Type"] = "application/json"
-    status, _, body = await env.call("POST", headers=headers, data=b'{"auth": {"user": "me"}, "n": 1}')
+    status, _, body = await env.call(
+        "POST", headers=headers, data=b'{"auth": {"user": "me"}, "n": 1}'
+    )
     assert status == 200
     sent = orjson.loads(str(_echo(body)["body"]))
-    assert sent == {"auth": {"user": "me", "credentials": {"Token": "[REDACTED:GITHUB_TOKEN]"}}, "n": 1}
+    assert sent == {
+        "auth": {"user": "me", "credentials": {"Token": "[REDACTED:GITHUB_TOKEN]"}},
+        "n": 1,
+    }
 
 
 async def test_form_field(env: Env) -> None:
@@ -68,13 +75,22 @@ async def test_form_field(env: Env) -> None:
     headers["Content-Type"] = "application/x-www-form-urlencoded"
     status, _, body = await env.call("POST", headers=headers, data=b"grant_type=client_credentials")
     assert status == 200
-    assert _echo(body)["body"] == "grant_type=client_credentials&client_secret=[REDACTED:GITHUB_TOKEN]"
+    assert (
+        _echo(body)["body"] == "grant_type=client_credentials&client_secret=[REDACTED:GITHUB_TOKEN]"
+    )
 
 
 async def test_method_override_and_stripped_headers(env: Env) -> None:
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN", X_AS_Method="DELETE")
-    headers.update({"Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "1", "Proxy-Authorization": "x",
-                    "X-AS-Unknown": "leak?", "X-Keep": "yes"})
+    headers.update(
+        {
+            "Connection": "keep-alive, X-Drop-Me",
+            "X-Drop-Me": "1",
+            "Proxy-Authorization": "x",
+            "X-AS-Unknown": "leak?",
+            "X-Keep": "yes",
+        }
+    )
     status, _, body = await env.call("POST", headers=headers)
     assert status == 200
     echo = _echo(body)
@@ -93,7 +109,7 @@ async def test_streamed_request_body_passes_unchanged(env: Env) -> None:
     status, _, body = await env.call("PUT", headers=headers, data=payload)
     assert status == 200
     assert len(_echo(body)["body"]) > 0
-    records = (env.paths.audit_dir / "audit.jsonl")
+    records = env.paths.audit_dir / "audit.jsonl"
     assert records.parent.exists()
 
 

@@ -88,7 +88,9 @@ def test_busy_port_is_a_clear_error(run_cli: RunCli, home: Paths) -> None:
     assert run_cli("proxy", "status").returncode == 3
 
 
-def test_reload_refuses_a_bad_config_and_keeps_serving(run_cli: RunCli, home: Paths, started: int) -> None:
+def test_reload_refuses_a_bad_config_and_keeps_serving(
+    run_cli: RunCli, home: Paths, started: int
+) -> None:
     good = home.config_file.read_text()
     home.config_file.write_text(good.replace("[proxy]\n", "[proxy]\nprot = 1\n"))
     result = run_cli("proxy", "reload")
@@ -105,7 +107,9 @@ def test_reload_refuses_a_bad_config_and_keeps_serving(run_cli: RunCli, home: Pa
 
 def test_sighup_rereads_config(run_cli: RunCli, home: Paths, started: int) -> None:
     pid = int(status_json(run_cli)["pid"])  # type: ignore[arg-type]
-    home.config_file.write_text(home.config_file.read_text().replace("[proxy]\n", "[proxy]\nbogus = 1\n"))
+    home.config_file.write_text(
+        home.config_file.read_text().replace("[proxy]\n", "[proxy]\nbogus = 1\n")
+    )
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + 3
     while "bogus" not in str(status_json(run_cli)["config_error"]):
@@ -124,8 +128,11 @@ def test_stop_drains_an_in_flight_request(run_cli: RunCli, home: Paths, upstream
     def call() -> None:
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/proxy",
-            headers={"X-AS-Agent-Token": token, "X-AS-Inject-Bearer": "TOKEN_A",
-                     "X-AS-Target-URL": f"http://127.0.0.1:{upstream_port}/slow?s=1.5"},
+            headers={
+                "X-AS-Agent-Token": token,
+                "X-AS-Inject-Bearer": "TOKEN_A",
+                "X-AS-Target-URL": f"http://127.0.0.1:{upstream_port}/slow?s=1.5",
+            },
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             outcome["status"] = response.status
@@ -138,8 +145,16 @@ def test_stop_drains_an_in_flight_request(run_cli: RunCli, home: Paths, upstream
     caller.join(timeout=15)
     assert stopped.returncode == 0, stopped.stderr
     assert outcome == {"status": 200, "body": b"slow done"}
-    records = [json.loads(line) for line in (home.audit_dir / "audit.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (home.audit_dir / "audit.jsonl").read_text().splitlines()
+    ]
     assert records[-1]["status"] == 200 and records[-1]["secrets"] == ["TOKEN_A"]
     assert not home.pid_file.exists()
-    assert subprocess.run(["pgrep", "-f", f"broker serve --socket {home.broker_socket}"],
-                          check=False, capture_output=True).returncode == 1
+    assert (
+        subprocess.run(
+            ["pgrep", "-f", f"broker serve --socket {home.broker_socket}"],
+            check=False,
+            capture_output=True,
+        ).returncode
+        == 1
+    )

@@ -14,11 +14,17 @@ from tests.proxy.conftest import Env, eventually_status
 
 async def cli(env: Env, *args: str, stdin: bytes = b"") -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", *args, cwd=ROOT,
+        sys.executable,
+        "-m",
+        "proxy",
+        *args,
+        cwd=ROOT,
         env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir)},
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate(stdin)
+    _, err = await process.communicate(stdin)
     assert process.returncode == 0, err
 
 

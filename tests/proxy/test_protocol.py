@@ -32,18 +32,39 @@ BEARER = ("X-AS-Inject-Bearer", "GITHUB_TOKEN")
 )
 def test_targets(url: str, scheme: str, host: str, port: int, path: str) -> None:
     target = parse_target(url)
-    assert (target.scheme, target.host, target.port, target.path_query) == (scheme, host, port, path)
+    assert (target.scheme, target.host, target.port, target.path_query) == (
+        scheme,
+        host,
+        port,
+        path,
+    )
 
 
 @pytest.mark.parametrize(
     "url",
     [
-        "", "/relative", "api.github.com/user", "//api.github.com/x", "ftp://h/x", "file:///etc/passwd",
-        "javascript:alert(1)", "https://api.github.com@evil.com/", "https://user:pw@api.github.com/",
-        "http://2130706433/", "http://0x7f.1/", "http://017700000001/", "http://127.1/",
-        "https://api.github.com\r\nX-Evil: 1/", "https://api github.com/", "https://:443/",
-        "https://api.github.com:0/", "https://api.github.com:65536/", "https://api.github.com:https/",
-        "http://[::1/", "https://api.github.com\\@evil.com/", "https://-bad-.example/",
+        "",
+        "/relative",
+        "api.github.com/user",
+        "//api.github.com/x",
+        "ftp://h/x",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "https://api.github.com@evil.com/",
+        "https://user:pw@api.github.com/",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://017700000001/",
+        "http://127.1/",
+        "https://api.github.com\r\nX-Evil: 1/",
+        "https://api github.com/",
+        "https://:443/",
+        "https://api.github.com:0/",
+        "https://api.github.com:65536/",
+        "https://api.github.com:https/",
+        "http://[::1/",
+        "https://api.github.com\\@evil.com/",
+        "https://-bad-.example/",
     ],
 )
 def test_bad_targets(url: str) -> None:
@@ -106,17 +127,34 @@ def test_malformed_requests(headers: list[tuple[str, str]]) -> None:
 
 header_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=60)
 header_name = st.one_of(
-    st.sampled_from(["X-AS-Target-URL", "X-AS-Method", "X-AS-Agent-Token", "X-AS-Inject-Bearer",
-                     "X-AS-Inject-Basic", "X-AS-Inject-Header-", "X-AS-Inject-Query-",
-                     "X-AS-Inject-Body-", "X-AS-Inject-Form-", "x-as-inject-"]),
+    st.sampled_from(
+        [
+            "X-AS-Target-URL",
+            "X-AS-Method",
+            "X-AS-Agent-Token",
+            "X-AS-Inject-Bearer",
+            "X-AS-Inject-Basic",
+            "X-AS-Inject-Header-",
+            "X-AS-Inject-Query-",
+            "X-AS-Inject-Body-",
+            "X-AS-Inject-Form-",
+            "x-as-inject-",
+        ]
+    ),
     header_text,
-).flatmap(lambda prefix: header_text.map(lambda tail: prefix + tail if prefix.endswith("-") else prefix))
+).flatmap(
+    lambda prefix: header_text.map(lambda tail: prefix + tail if prefix.endswith("-") else prefix)
+)
 
 
 @settings(max_examples=400, deadline=None)
-@given(headers=st.lists(st.tuples(header_name, header_text), max_size=8),
-       method=st.sampled_from(["GET", "POST", "X", ""]))
-def test_fuzz_parser_only_ever_refuses_with_bad_request(headers: list[tuple[str, str]], method: str) -> None:
+@given(
+    headers=st.lists(st.tuples(header_name, header_text), max_size=8),
+    method=st.sampled_from(["GET", "POST", "X", ""]),
+)
+def test_fuzz_parser_only_ever_refuses_with_bad_request(
+    headers: list[tuple[str, str]], method: str
+) -> None:
     try:
         parsed = parse_spec(method, headers)
     except ProxyError as exc:

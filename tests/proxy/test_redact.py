@@ -29,7 +29,9 @@ def forms_of(value: str) -> dict[str, bytes]:
         "base64-offset-2": base64.b64encode(b"xy" + raw),
         "base64-urlsafe-offset-1": base64.urlsafe_b64encode(b"?" + raw),
         "url-upper": quote(value, safe="").encode(),
-        "url-lower": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(value, safe="")).encode(),
+        "url-lower": re.sub(
+            "%[0-9A-F]{2}", lambda m: m.group().lower(), quote(value, safe="")
+        ).encode(),
         "url-plus": quote_plus(value).encode(),
         "json": json.dumps(value)[1:-1].encode(),
         "json-slash": json.dumps(value)[1:-1].replace("/", "\\/").encode(),
@@ -107,14 +109,20 @@ def test_encodings_skip_short_derived_forms_but_keep_raw() -> None:
 
 secret_text = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_categories=("Cs",)),
-    min_size=8, max_size=40,
+    min_size=8,
+    max_size=40,
 )
 noise = st.binary(max_size=300)
 
 
 @settings(max_examples=150, deadline=None)
-@given(value=secret_text, before=noise, after=noise, cuts=st.lists(st.integers(0, 2000), max_size=8),
-       form_index=st.integers(0, 13))
+@given(
+    value=secret_text,
+    before=noise,
+    after=noise,
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    form_index=st.integers(0, 13),
+)
 def test_property_no_form_survives_any_chunking(
     value: str, before: bytes, after: bytes, cuts: list[int], form_index: int
 ) -> None:
@@ -132,8 +140,14 @@ def test_property_no_form_survives_any_chunking(
 
 
 @settings(max_examples=150, deadline=None)
-@given(value=secret_text, data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 2000), max_size=8))
-def test_property_output_equals_input_without_secrets(value: str, data: bytes, cuts: list[int]) -> None:
+@given(
+    value=secret_text,
+    data=st.binary(max_size=2000),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_property_output_equals_input_without_secrets(
+    value: str, data: bytes, cuts: list[int]
+) -> None:
     redactor = Redactor({NAME: value})
     if any(form in data for form in redactor.patterns):
         return

@@ -27,20 +27,27 @@ async def test_set_cookie_and_every_header_redacted(env: Env) -> None:
 
 async def test_gzip_body_is_decoded_and_scanned(env: Env) -> None:
     for path in ("/gzip", "/gzip?deflate=1"):
-        status, headers, body = await env.call(headers=env.headers(path, X_AS_Inject_Bearer="GITHUB_TOKEN"))
+        status, headers, body = await env.call(
+            headers=env.headers(path, X_AS_Inject_Bearer="GITHUB_TOKEN")
+        )
         assert status == 200
         assert "Content-Encoding" not in headers
         assert body == b'{"echo":"Bearer [REDACTED:GITHUB_TOKEN]"}'
 
 
 async def test_agent_accept_encoding_is_not_forwarded(env: Env) -> None:
-    headers = {**env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"), "Accept-Encoding": "br, zstd, x-custom"}
+    headers = {
+        **env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"),
+        "Accept-Encoding": "br, zstd, x-custom",
+    }
     _, _, body = await env.call(headers=headers)
     assert b'"Accept-Encoding", "gzip, deflate"' in body.replace(b'","', b'", "')
 
 
 async def test_value_split_across_one_byte_chunks(env: Env) -> None:
-    status, _, body = await env.call(headers=env.headers("/chunks", X_AS_Inject_Bearer="GITHUB_TOKEN"))
+    status, _, body = await env.call(
+        headers=env.headers("/chunks", X_AS_Inject_Bearer="GITHUB_TOKEN")
+    )
     assert status == 200
     assert body == b"Bearer [REDACTED:GITHUB_TOKEN]"
 

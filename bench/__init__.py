@@ -1,0 +1,1 @@
+"""Benchmarks of blindkey against a direct call, run with `make bench`."""
