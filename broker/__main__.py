@@ -1,3 +1,17 @@
-from proxy.cli import main
+"""`python -m broker serve --socket PATH`: how the proxy spawns the broker.
 
-raise SystemExit(main(["broker", *__import__("sys").argv[1:]]))
+A parser of its own keeps the broker from importing the proxy's HTTP stack.
+"""
+
+import argparse
+
+from broker.cli import cmd_broker_serve
+from config.paths import resolve_paths
+
+parser = argparse.ArgumentParser(prog="python -m broker")
+actions = parser.add_subparsers(dest="action", required=True)
+serve = actions.add_parser("serve")
+serve.add_argument("--socket")
+serve.add_argument("--allow-uid", type=int, action="append", default=[])
+arguments = parser.parse_args()
+raise SystemExit(cmd_broker_serve(resolve_paths(), arguments))
