@@ -253,3 +253,17 @@ async def test_killed_broker_gives_503_then_recovers_within_two_seconds(env: Env
     assert_error(*await env.call(headers=headers), "broker_unavailable", 503)
     assert await eventually_status(env, 200, headers, timeout=2.0) < 2.0
     assert env.server.supervisor.process.pid != pid  # type: ignore[union-attr]
+
+
+async def test_anonymous_callers_when_tokens_are_not_required(env: Env) -> None:
+    def change(document: Any) -> None:
+        toml_table(document, "proxy")["require_agent_token"] = False
+
+    env.configure(change)
+    headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
+    del headers["X-AS-Agent-Token"]
+    await eventually_status(env, 200, headers)
+    await env.server.audit.close()
+    await env.server.audit.start()
+    last = orjson.loads((env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()[-1])
+    assert last["agent"] == "anonymous" and last["decision"] == "allowed"
