@@ -18,8 +18,8 @@ def _line(record: dict[str, Any]) -> str:
     secrets = ",".join(record.get("secrets", [])) or "-"
     outcome = record.get("status") if record.get("decision") == "allowed" else record.get("reason")
     return (
-        f"{record.get('ts', '')}  {record.get('decision', ''):7}  {outcome!s:18}  "
-        f"{record.get('agent') or '-':12}  {secrets:20}  {record.get('method', '')} "
+        f"{record.get('ts', '')}  {record.get('decision', '')!s:7}  {outcome!s:18}  "
+        f"{record.get('agent') or '-'!s:12}  {secrets:20}  {record.get('method', '')} "
         f"{record.get('url', '')}  {record.get('duration_ms', 0)}ms"
     )
 

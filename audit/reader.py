@@ -37,7 +37,22 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def record_time(record: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(str(record["ts"]).replace("Z", "+00:00"))
+    moment = datetime.fromisoformat(str(record["ts"]).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _is_record(value: object) -> bool:
+    """Shaped like what the writer writes, so filters and the table can rely on it."""
+    if not isinstance(value, dict) or not isinstance(value.get("ts"), str):
+        return False
+    secrets = value.get("secrets", [])
+    if not isinstance(secrets, list) or not all(isinstance(s, str) for s in secrets):
+        return False
+    try:
+        record_time(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -65,7 +80,7 @@ def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue  # a line cut by a full disk; the rest of the file still reads
-        if isinstance(record, dict):
+        if _is_record(record):  # not a record (written by hand?): skipped like a torn line
             yield record
 
 

@@ -29,6 +29,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._fd: int | None = None
         self.failures = 0
+        self._torn = False  # a failed write left part of a line at the end of the file
 
     async def start(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -39,10 +40,17 @@ class AuditWriter:
 
     def _write(self, payload: bytes) -> None:
         assert self._fd is not None
+        if self._torn:
+            payload = b"\n" + payload  # end the fragment, so it cannot swallow a record
         view = memoryview(payload)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            self._torn = self._torn or len(view) < len(payload)
+            raise
+        self._torn = False
         if self.fsync:
             os.fsync(self._fd)
 
@@ -57,8 +65,17 @@ class AuditWriter:
             done = len(records) != len(batch)
             if not records:
                 continue
+            lines = []
+            for r in records:
+                try:
+                    lines.append(orjson.dumps(r) + b"\n")
+                except orjson.JSONEncodeError as exc:  # one bad record must not stop auditing
+                    self.failures += 1
+                    log.error("audit record %r dropped: %s", r.get("request_id"), exc)
+            if not lines:
+                continue
             # One write() per batch with O_APPEND: whole lines, never interleaved or torn.
-            payload = b"".join(orjson.dumps(r) + b"\n" for r in records)
+            payload = b"".join(lines)
             try:
                 await loop.run_in_executor(None, self._write, payload)
             except OSError as exc:

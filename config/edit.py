@@ -21,6 +21,8 @@ def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument],
             document = tomlkit.parse(file.read_text("utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(f"{file}: no such file; run `blindkey init`") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not UTF-8 text") from exc
         except tomlkit.exceptions.ParseError as exc:
             raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
         change(document)

@@ -41,22 +41,27 @@ def normalize_host(raw: str) -> str:
         except ValueError as exc:
             raise HostError(f"invalid host {raw!r}") from exc
     lowered = host.lower()
-    last_label = lowered.rsplit(".", 1)[-1]
-    if _NUMERIC_LABEL.match(last_label):
-        try:
-            address = ipaddress.IPv4Address(lowered)
-        except ValueError as exc:
-            raise HostError(
-                f"host {raw!r} is a non-canonical IPv4 address; write it as a.b.c.d"
-            ) from exc
-        return str(address)
+    if _NUMERIC_LABEL.match(lowered.rsplit(".", 1)[-1]):
+        return _canonical_ipv4(lowered, raw)
     try:
         encoded = idna.encode(lowered, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
         raise HostError(f"invalid host name {raw!r}: {exc}") from exc
+    # UTS 46 folds full-width digits and ideographic dots to ASCII, so check the result too.
+    if _NUMERIC_LABEL.match(encoded.rsplit(".", 1)[-1]):
+        return _canonical_ipv4(encoded, raw)
     if not all(_LABEL.match(label) for label in encoded.split(".")):
         raise HostError(f"invalid host name {raw!r}")
     return encoded
+
+
+def _canonical_ipv4(host: str, raw: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError as exc:
+        raise HostError(
+            f"host {raw!r} is a non-canonical IPv4 address; write it as a.b.c.d"
+        ) from exc
 
 
 def ip_literal(host: str) -> IPAddress | None:
@@ -150,6 +155,7 @@ def _split_port(rest: str, raw: str) -> tuple[str, int | None]:
 
 
 def parse_port(text: str, raw: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # isdigit() alone admits `²` and `٨٠`; a port is ASCII digits only.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise HostError(f"{raw!r}: port must be a number from 1 to 65535")
     return int(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -126,6 +127,8 @@ def parse_duration(value: object) -> float:
         if not match:
             raise ValueError(f'expected a duration such as "30s", "500ms" or "2m", got {value!r}')
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds):  # TOML's nan and inf
+        raise ValueError(f"expected a finite duration, got {value!r}")
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
     return seconds
