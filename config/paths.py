@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from config.errors import BlindkeyError
 
 # sun_path holds 108 bytes on Linux and 104 on macOS; stay under both.
 _MAX_SOCKET_PATH = 100
@@ -94,9 +97,18 @@ def resolve_paths(environ: Mapping[str, str] | None = None) -> Paths:
 
 
 def ensure_dir(path: Path) -> None:
-    """Create a private directory (0700), tightening one that already exists."""
+    """Create a private directory (0700), tightening one that already exists.
+
+    A directory someone else owns, or a symlink, is refused: in a shared /tmp another
+    user could otherwise prepare blindkey's socket directory in advance.
+    """
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
+        raise BlindkeyError(
+            f"{path} is not a directory owned by you (uid {os.getuid()}); remove it and retry"
+        )
+    if st.st_mode & 0o077:
         path.chmod(0o700)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from config.errors import BlindkeyError
 from config.paths import Paths, ensure_dir, ensure_dirs, resolve_paths
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="XDG layout is the Linux one")
@@ -189,3 +190,20 @@ def test_deep_home_socket_directory_is_created_private(tmp_path: Path) -> None:
         assert mode(paths.broker_socket.parent) == 0o700
     finally:
         paths.broker_socket.parent.rmdir()
+
+
+def test_a_symlinked_directory_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "socketdir"
+    link.symlink_to(target)
+    with pytest.raises(BlindkeyError, match="not a directory owned by you"):
+        ensure_dir(link)
+
+
+def test_a_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "theirs"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)  # nobody; the tests run as root, who may give it away
+    with pytest.raises(BlindkeyError, match="not a directory owned by you"):
+        ensure_dir(other)
