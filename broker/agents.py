@@ -56,7 +56,8 @@ class AgentStore:
         write_atomic(self.path, orjson.dumps(payload, option=orjson.OPT_INDENT_2))
 
     def add(self, name: str) -> str:
-        if not AGENT_NAME.match(name):
+        # fullmatch: the pattern's `$` would also accept a trailing newline.
+        if not AGENT_NAME.fullmatch(name):
             raise AgentError(
                 f"invalid agent name {name!r}: use letters, digits, '_', '.', '-' (max 64)"
             )

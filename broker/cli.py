@@ -23,7 +23,8 @@ from config.settings import SECRET_NAME, TIERS, Settings, load_settings
 
 
 def _check_name(name: str) -> str:
-    if not SECRET_NAME.match(name):
+    # fullmatch: the pattern's `$` would also accept a trailing newline.
+    if not SECRET_NAME.fullmatch(name):
         raise BlindkeyError(
             f"invalid secret name {name!r}: start with a letter or '_', then letters, digits, "
             "'_', '.', '-' (at most 128 characters)"
@@ -190,7 +191,12 @@ def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
         section = toml_table(document, "allowlist")
         current = [str(h) for h in section.get("hosts", [])]
         known = {AllowEntry.parse(h) for h in current}
-        section["hosts"] = string_array(current + [e.text for e in entries if e not in known])
+        added = []
+        for entry in entries:
+            if entry not in known:
+                known.add(entry)
+                added.append(entry.text)
+        section["hosts"] = string_array(current + added)
 
     edit_config(paths.config_file, paths.lock_file, change)
     say(f"allowlisted: {', '.join(e.text for e in entries)}")
@@ -198,7 +204,8 @@ def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
-    entries = set(_parse_entries(args.entries))
+    entries = _parse_entries(args.entries)
+    drop = set(entries)
 
     def change(document: Any) -> None:
         section = toml_table(document, "allowlist")
@@ -207,7 +214,7 @@ def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
         missing = [e.text for e in entries if e not in present]
         if missing:
             raise BlindkeyError(f"not on the allowlist: {', '.join(missing)}")
-        section["hosts"] = string_array([h for h in current if AllowEntry.parse(h) not in entries])
+        section["hosts"] = string_array([h for h in current if AllowEntry.parse(h) not in drop])
 
     edit_config(paths.config_file, paths.lock_file, change)
     say(f"removed: {', '.join(sorted(args.entries))}")

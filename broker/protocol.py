@@ -53,7 +53,10 @@ async def read_frame(reader: asyncio.StreamReader) -> Message | None:
         body = await reader.readexactly(size)
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("truncated frame") from exc
-    message = orjson.loads(body)
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from exc
     if not isinstance(message, dict):
         raise ProtocolError("frame is not an object")
     return message

@@ -26,15 +26,16 @@ class Resolution:
     denied: BrokerDenied | None
 
 
-def _fingerprint(files: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
+def _fingerprint(files: tuple[Path, ...]) -> tuple[tuple[int, int, int, int], ...]:
     stamps = []
     for file in files:
         try:
             st = file.stat()
         except FileNotFoundError:
-            stamps.append((0, 0, 0))
+            stamps.append((0, 0, 0, 0))
             continue
-        stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        # ctime too: two same-size writes within one mtime tick can reuse an inode.
+        stamps.append((st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
     return tuple(stamps)
 
 
@@ -48,7 +49,7 @@ class BrokerState:
         self.values: VaultData = {}
         self.agents_by_hash: dict[str, AgentRecord] = {}
         self.last_error: str | None = None
-        self._stamp: tuple[tuple[int, int, int], ...] = ()
+        self._stamp: tuple[tuple[int, int, int, int], ...] = ()
 
     def _files(self) -> tuple[Path, ...]:
         return (self.paths.config_file, self.paths.vault_file, self.paths.agents_file)

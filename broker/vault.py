@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
@@ -25,14 +26,27 @@ class VaultError(BlindkeyError):
 
 def ensure_key(paths: Paths) -> None:
     """Make the 256-bit vault key (0600) once; never overwrite an existing one."""
-    try:
-        fd = os.open(paths.vault_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if paths.vault_file.exists() and not paths.vault_key.exists():
+        # A new key could never decrypt the vault that is there: the old one must come back.
+        raise VaultError(
+            f"{paths.vault_key}: vault key missing but {paths.vault_file} exists; "
+            "restore the key from your backup (a new key cannot decrypt it)"
+        )
+    if paths.vault_key.exists():
         return
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(AESGCM.generate_key(bit_length=256))
-        handle.flush()
-        os.fsync(handle.fileno())
+    # Written whole under a temporary name, then linked into place: a crash can leave a
+    # stray temporary file, never an empty key that would be kept forever.
+    tmp = paths.vault_key.with_name(f".{paths.vault_key.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(AESGCM.generate_key(bit_length=256))
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, paths.vault_key)
+    finally:
+        tmp.unlink()
 
 
 class FileVault:

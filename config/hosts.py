@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import idna
 
@@ -104,7 +104,8 @@ class AllowEntry:
     scheme: str
     pattern: HostPattern
     port: int
-    text: str
+    # Equal entries permit the same thing, however they were spelled.
+    text: str = field(compare=False)
 
     @classmethod
     def parse(cls, raw: str) -> AllowEntry:

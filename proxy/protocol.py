@@ -155,7 +155,10 @@ def _injection(name: str, value: str) -> Injection:
             raise _bad(f"X-AS-Inject-{name}: empty segment in body path {key!r}")
     secret = value.strip()
     if not SECRET_NAME.match(secret):
-        raise _bad(f"X-AS-Inject-{name}: invalid secret name (expected {SECRET_NAME.pattern})")
+        raise _bad(
+            f"X-AS-Inject-{name}: invalid secret name; names start with a letter or '_' and "
+            "hold letters, digits, '_', '.', '-' (at most 128)"
+        )
     return Injection(style=style, key=key, secret=secret)
 
 
