@@ -40,8 +40,7 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
         since=parse_since(args.since) if args.since else None,
     )
     path = audit_file(paths.audit_dir)
-    start = path.stat().st_size if path.exists() else 0
-    records = read_records(path, selection)
+    records, start = read_records(path, selection)
     if args.last is not None:
         records = records[-args.last :] if args.last > 0 else []
     if args.json and not args.follow:

@@ -84,12 +84,18 @@ def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             yield record
 
 
-def read_records(path: Path, selection: Filter) -> list[dict[str, Any]]:
+def read_records(path: Path, selection: Filter) -> tuple[list[dict[str, Any]], int]:
+    """The matching records of every complete line, and the offset just past them.
+
+    Following from that offset neither repeats nor skips a record appended meanwhile.
+    """
     try:
-        lines = path.read_bytes().splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
-        return []
-    return [r for r in _parse_lines(lines) if selection.accepts(r)]
+        return [], 0
+    end = data.rfind(b"\n") + 1
+    records = [r for r in _parse_lines(data[:end].splitlines()) if selection.accepts(r)]
+    return records, end
 
 
 def follow(

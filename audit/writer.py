@@ -61,26 +61,36 @@ class AuditWriter:
             batch = [await self.queue.get()]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            records = [r for r in batch if r is not None]
-            done = len(records) != len(batch)
-            if not records:
-                continue
-            lines = []
-            for r in records:
-                try:
-                    lines.append(orjson.dumps(r) + b"\n")
-                except orjson.JSONEncodeError as exc:  # one bad record must not stop auditing
-                    self.failures += 1
-                    log.error("audit record %r dropped: %s", r.get("request_id"), exc)
-            if not lines:
-                continue
-            # One write() per batch with O_APPEND: whole lines, never interleaved or torn.
-            payload = b"".join(lines)
             try:
-                await loop.run_in_executor(None, self._write, payload)
+                done = await self._commit(loop, batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is on disk."""
+        await self.queue.join()
+
+    async def _commit(
+        self, loop: asyncio.AbstractEventLoop, batch: list[dict[str, Any] | None]
+    ) -> bool:
+        """Write one batch; True when it carried the stop marker."""
+        records = [r for r in batch if r is not None]
+        lines = []
+        for record in records:
+            try:
+                lines.append(orjson.dumps(record) + b"\n")
+            except orjson.JSONEncodeError as exc:  # one bad record must not stop auditing
+                self.failures += 1
+                log.error("audit record %r dropped: %s", record.get("request_id"), exc)
+        if lines:
+            # One write() per batch with O_APPEND: whole lines, never interleaved or torn.
+            try:
+                await loop.run_in_executor(None, self._write, b"".join(lines))
             except OSError as exc:
-                self.failures += len(records)
-                log.error("audit write failed (%s); %d records lost", exc.strerror, len(records))
+                self.failures += len(lines)
+                log.error("audit write failed (%s); %d records lost", exc.strerror, len(lines))
+        return len(records) != len(batch)
 
     async def close(self) -> None:
         """Flush everything queued, then stop."""

@@ -129,24 +129,24 @@ FILTERS = [
 def test_filters(tmp_path: Path, selection: Filter, expected: list[str]) -> None:
     path = audit_file(tmp_path)
     write_lines(path, SAMPLE)
-    assert ids(read_records(path, selection)) == expected
+    assert ids(read_records(path, selection)[0]) == expected
 
 
 def test_records_come_back_unchanged_oldest_first(tmp_path: Path) -> None:
     path = audit_file(tmp_path)
     write_lines(path, SAMPLE)
-    assert read_records(path, Filter()) == SAMPLE
+    assert read_records(path, Filter())[0] == SAMPLE
 
 
 def test_missing_file_is_empty(tmp_path: Path) -> None:
-    assert read_records(tmp_path / "absent.jsonl", Filter()) == []
+    assert read_records(tmp_path / "absent.jsonl", Filter())[0] == []
 
 
 def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     path = audit_file(tmp_path)
     torn = orjson.dumps(rec("r6", NOW))[:40]
     write_lines(path, SAMPLE, tail=torn)
-    assert ids(read_records(path, Filter())) == ["r1", "r2", "r3", "r4", "r5"]
+    assert ids(read_records(path, Filter())[0]) == ["r1", "r2", "r3", "r4", "r5"]
 
 
 def test_torn_line_in_the_middle_and_blank_lines_are_skipped(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_torn_line_in_the_middle_and_blank_lines_are_skipped(tmp_path: Path) -> 
     first = b"".join(orjson.dumps(r) + b"\n" for r in SAMPLE[:2])
     rest = b"".join(orjson.dumps(r) + b"\n" for r in SAMPLE[2:])
     path.write_bytes(first + b'{"ts": "2026-11\n\n   \n' + rest)
-    assert ids(read_records(path, Filter())) == ["r1", "r2", "r3", "r4", "r5"]
+    assert ids(read_records(path, Filter())[0]) == ["r1", "r2", "r3", "r4", "r5"]
 
 
 MALFORMED = [
@@ -193,8 +193,8 @@ def test_a_line_that_is_not_a_record_is_skipped_not_fatal(
     path = audit_file(tmp_path)
     good = b"".join(orjson.dumps(r) + b"\n" for r in SAMPLE)
     path.write_bytes(line + b"\n" + good)
-    expected = ids(read_records(audit_file(_only_good(tmp_path, good)), selection))
-    assert ids(read_records(path, selection)) == expected
+    expected = ids(read_records(audit_file(_only_good(tmp_path, good)), selection)[0])
+    assert ids(read_records(path, selection)[0]) == expected
 
 
 def _only_good(tmp_path: Path, good: bytes) -> Path:
@@ -209,16 +209,16 @@ def test_timestamp_without_zone_counts_as_utc(tmp_path: Path) -> None:
     naive = {**rec("naive", NOW), "ts": "2026-11-21T11:30:00"}
     write_lines(path, [*SAMPLE, naive])
     since = Filter(since=NOW - timedelta(hours=1))
-    assert ids(read_records(path, since)) == ["r3", "r4", "r5", "naive"]
+    assert ids(read_records(path, since)[0]) == ["r3", "r4", "r5", "naive"]
 
 
 def test_since_compares_instants_across_offsets(tmp_path: Path) -> None:
     path = audit_file(tmp_path)
     offset = {**rec("offset", NOW), "ts": "2026-11-21T13:30:00+02:00"}  # 11:30Z
     write_lines(path, [offset])
-    assert ids(read_records(path, Filter(since=NOW - timedelta(hours=1)))) == ["offset"]
+    assert ids(read_records(path, Filter(since=NOW - timedelta(hours=1)))[0]) == ["offset"]
     later = datetime(2026, 11, 21, 11, 45, tzinfo=timezone(timedelta(hours=-5)))  # 16:45Z
-    assert ids(read_records(path, Filter(since=later))) == []
+    assert ids(read_records(path, Filter(since=later))[0]) == []
 
 
 def test_follow_yields_only_appended_complete_lines(tmp_path: Path) -> None:
@@ -268,3 +268,12 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(tmp_path: Path) -> None
     write_lines(path, [rec("first", NOW)])
     assert done.wait(5)
     assert got == ["first"]
+
+
+def test_offset_stops_before_a_partial_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    complete = orjson.dumps(SAMPLE[0]) + b"\n"
+    path.write_bytes(complete + b'{"ts": "2026-')
+    records, offset = read_records(path, Filter())
+    assert records == [SAMPLE[0]]
+    assert offset == len(complete)

@@ -263,7 +263,6 @@ async def test_anonymous_callers_when_tokens_are_not_required(env: Env) -> None:
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
     del headers["X-AS-Agent-Token"]
     await eventually_status(env, 200, headers)
-    await env.server.audit.close()
-    await env.server.audit.start()
+    await env.server.audit.flush()
     last = orjson.loads((env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()[-1])
     assert last["agent"] == "anonymous" and last["decision"] == "allowed"

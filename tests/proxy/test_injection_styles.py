@@ -117,8 +117,7 @@ async def test_request_id_matches_the_audit_record(env: Env) -> None:
     status, headers, _ = await env.call(headers=env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"))
     assert status == 200
     request_id = headers["X-Blindkey-Request-Id"]
-    await env.server.audit.close()
-    await env.server.audit.start()
+    await env.server.audit.flush()
     lines = (env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()
     record = orjson.loads(lines[-1])
     assert record["request_id"] == request_id
