@@ -47,7 +47,15 @@ class ProxySettings:
 
 @dataclass(frozen=True)
 class LimitSettings:
+    """Bounds that keep a hostile agent or upstream from exhausting the daemon."""
+
     max_request_body: int = 10 * 2**20
+    max_header_size: int = 16 * 2**10
+    max_headers: int = 100
+    max_connections: int = 1024
+    header_read_timeout: float = 10.0
+    upstream_connect_timeout: float = 10.0
+    upstream_total_timeout: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,12 @@ ca_file = ""                      # extra CA bundle for upstream TLS
 
 [limits]
 max_request_body = "10MiB"        # bodies that must be buffered (body/form injection)
+max_header_size = "16KiB"         # one request line or header field
+max_headers = 100                 # header fields per request
+max_connections = 1024            # agent connections open at once
+header_read_timeout = "10s"       # a client must send its headers within this (slowloris)
+upstream_connect_timeout = "10s"
+upstream_total_timeout = "15m"    # whole exchange, streams included; upstream_timeout is per read
 
 [backend]
 kind = "file"                     # the encrypted file vault next to this file
@@ -203,6 +217,12 @@ def _port(value: Any) -> int:
     return value
 
 
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return value
+
+
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -250,8 +270,21 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"{file}: [proxy] ca_file: no such file {proxy_settings.ca_file!r}")
 
     limits = _Section(file, "limits", data.get("limits", {}))
+    defaults = LimitSettings()
     limit_settings = LimitSettings(
-        max_request_body=limits.get("max_request_body", 10 * 2**20, parse_size),
+        max_request_body=limits.get("max_request_body", defaults.max_request_body, parse_size),
+        max_header_size=limits.get("max_header_size", defaults.max_header_size, parse_size),
+        max_headers=limits.get("max_headers", defaults.max_headers, _positive_int),
+        max_connections=limits.get("max_connections", defaults.max_connections, _positive_int),
+        header_read_timeout=limits.get(
+            "header_read_timeout", defaults.header_read_timeout, parse_duration
+        ),
+        upstream_connect_timeout=limits.get(
+            "upstream_connect_timeout", defaults.upstream_connect_timeout, parse_duration
+        ),
+        upstream_total_timeout=limits.get(
+            "upstream_total_timeout", defaults.upstream_total_timeout, parse_duration
+        ),
     )
     limits.finish()
 
