@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from proxy.connections import ConnectionGuard
 from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
 from proxy.handler import REQUEST_ID, RUNTIME, handle_proxy
 from proxy.runtime import ProxyRuntime
 
+GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard", ConnectionGuard)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
@@ -30,12 +32,16 @@ def host_name(value: str) -> str:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = uuid.uuid4().hex
     request[REQUEST_ID] = request_id
+    guard = request.app[GUARD]
+    guard.request_started(request.transport)
     try:
         response = await handler(request)
     except ProxyError as exc:
         return error_response(exc, request_id)
     except web.HTTPException as exc:
         return error_response(ProxyError("bad_request", exc.reason), request_id)
+    finally:
+        guard.request_finished(request.transport)
     if not response.prepared:
         response.headers[REQUEST_ID_HEADER] = request_id
     return response
@@ -67,9 +73,10 @@ async def handle_unknown(request: web.Request) -> web.Response:
     raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
 
 
-def build_app(runtime: ProxyRuntime, own_host: str) -> web.Application:
+def build_app(runtime: ProxyRuntime, own_host: str, guard: ConnectionGuard) -> web.Application:
     app = web.Application(middlewares=[request_id_middleware, gate_middleware(own_host)])
     app[RUNTIME] = runtime
+    app[GUARD] = guard
     app.router.add_get("/health", handle_health, allow_head=True)
     app.router.add_route("*", "/proxy", handle_proxy)
     app.router.add_route("*", "/{tail:.*}", handle_unknown)

@@ -104,9 +104,9 @@ class EgressGuard:
 class VettingResolver(AbstractResolver):
     """Resolve with the system resolver, then drop every address the guard refuses."""
 
-    def __init__(self, guard: EgressGuard) -> None:
+    def __init__(self, guard: EgressGuard, inner: AbstractResolver | None = None) -> None:
         self.guard = guard
-        self._inner = DefaultResolver()
+        self._inner = inner or DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET

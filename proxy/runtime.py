@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 
 from audit.writer import AuditWriter
 from broker.client import BrokerClient
@@ -54,17 +56,19 @@ class ProxyRuntime:
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
         self.session: aiohttp.ClientSession | None = None
+        # The system resolver unless a test substitutes one (answers cannot be forged here).
+        self.inner_resolver: AbstractResolver | None = None
         self.config_error: str | None = None
         self.config_generation = 0
-        self._retired: list[aiohttp.ClientSession] = []
+        self._retired: set[asyncio.Task[None]] = set()
 
     async def open_session(self) -> None:
         self.session = self._new_session(self.settings)
 
     def _new_session(self, settings: Settings) -> aiohttp.ClientSession:
-        timeout = settings.proxy.upstream_timeout
+        limits = settings.limits
         connector = aiohttp.TCPConnector(
-            resolver=VettingResolver(self.guard),
+            resolver=VettingResolver(self.guard, self.inner_resolver),
             ssl=_ssl_context(settings),
             ttl_dns_cache=10,
             limit=0,
@@ -74,7 +78,10 @@ class ProxyRuntime:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             timeout=aiohttp.ClientTimeout(
-                total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
+                total=limits.upstream_total_timeout,
+                connect=limits.upstream_connect_timeout,
+                sock_connect=limits.upstream_connect_timeout,
+                sock_read=settings.proxy.upstream_timeout,
             ),
             skip_auto_headers=("User-Agent",),
         )
@@ -100,14 +107,16 @@ class ProxyRuntime:
         session = self.session
         if session is None:
             return True
-        upstream_changed = (settings.proxy.upstream_timeout, settings.proxy.ca_file) != (
-            previous.proxy.upstream_timeout,
-            previous.proxy.ca_file,
-        )
+        upstream_changed = (settings.proxy, settings.limits) != (previous.proxy, previous.limits)
         if upstream_changed:
             self.session = self._new_session(settings)
-            # In-flight requests keep the old pool until they finish.
-            self._retired.append(session)
+            # In-flight requests keep the old pool; it closes once none can still be running.
+            task = asyncio.get_running_loop().create_task(
+                self._retire(session, previous.limits.upstream_total_timeout),
+                name="retire-upstream-session",
+            )
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
         elif settings.allowlist != previous.allowlist:
             # Cached resolutions were vetted against the old private_ranges.
             connector = session.connector
@@ -159,10 +168,20 @@ class ProxyRuntime:
         # The set changed between resolve and fetch: never stream without the used values.
         return Redactor({**known, **needed})
 
+    @staticmethod
+    async def _retire(session: aiohttp.ClientSession, after: float) -> None:
+        try:
+            await asyncio.sleep(after)
+        finally:
+            await session.close()
+
     async def close(self) -> None:
-        for session in [*self._retired, self.session]:
-            if session is not None:
-                await session.close()
+        for task in list(self._retired):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.session is not None:
+            await self.session.close()
         await self.broker.close()
 
     def status_fields(self) -> dict[str, Any]:

@@ -20,12 +20,14 @@ from config.errors import BlindkeyError
 from config.paths import Paths
 from config.settings import Settings
 from proxy.app import build_app
+from proxy.connections import ConnectionGuard, GuardedSite
 from proxy.runtime import ProxyRuntime
 from proxy.supervisor import BrokerSupervisor
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25
 DRAIN_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 75.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -84,14 +86,20 @@ class ProxyServer:
             await self.audit.start()
             await self.supervisor.start()
             await self.runtime.open_session()
+            limits = self.runtime.settings.limits
+            self.guard = ConnectionGuard(limits.max_connections, limits.header_read_timeout)
             self._runner = web.AppRunner(
-                build_app(self.runtime, self.host),
+                build_app(self.runtime, self.host, self.guard),
                 access_log=None,
                 shutdown_timeout=DRAIN_TIMEOUT,
                 handler_cancellation=True,
+                keepalive_timeout=KEEPALIVE_TIMEOUT,
+                max_line_size=limits.max_header_size,
+                max_field_size=limits.max_header_size,
+                max_headers=limits.max_headers,
             )
             await self._runner.setup()
-            await web.SockSite(self._runner, sock).start()
+            await GuardedSite(self._runner, sock, self.guard).start()
         except BaseException:
             sock.close()
             await self._stop_parts()

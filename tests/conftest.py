@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from broker.vault import ensure_key
 from config.home import init_config
@@ -67,3 +69,10 @@ def upstream_port() -> Iterator[int]:
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """In-process servers run on uvloop, as the daemon does."""
+    return {"uvloop": uvloop.new_event_loop}

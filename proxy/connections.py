@@ -1,0 +1,117 @@
+"""Connection-level limits aiohttp does not have: a cap on open connections, and a
+deadline for a request's headers so slowloris clients cannot hold sockets forever."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+
+class ConnectionGuard:
+    def __init__(self, max_connections: int, header_timeout: float) -> None:
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.active = 0
+        self.refused = 0
+        self.timed_out = 0
+        self.by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
+
+    def request_started(self, transport: asyncio.BaseTransport | None) -> None:
+        connection = self.by_transport.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.in_request = True
+            connection.disarm()
+
+    def request_finished(self, transport: asyncio.BaseTransport | None) -> None:
+        connection = self.by_transport.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.in_request = False
+
+
+class GuardedConnection(asyncio.Protocol):
+    """Wraps aiohttp's protocol: counts the connection and times the header phase.
+
+    The header clock starts when bytes of a new request arrive and stops when the
+    application sees the request (`ConnectionGuard.request_started`).
+    """
+
+    def __init__(self, inner: RequestHandler, guard: ConnectionGuard) -> None:
+        self.inner = inner
+        self.guard = guard
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.in_request = False
+        self.counted = False
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, base)
+        if self.guard.active >= self.guard.max_connections:
+            self.guard.refused += 1
+            transport.abort()
+            return
+        self.counted = True
+        self.guard.active += 1
+        self.transport = transport
+        self.guard.by_transport[transport] = self
+        self.inner.connection_made(transport)
+        self.arm()
+
+    def arm(self) -> None:
+        if self.timer is None:
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(self.guard.header_timeout, self._expire)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.transport is not None and not self.in_request:
+            self.guard.timed_out += 1
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_request:
+            self.arm()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self.inner.eof_received()
+        return None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.disarm()
+        if not self.counted:
+            return
+        self.guard.active -= 1
+        if self.transport is not None:
+            self.guard.by_transport.pop(self.transport, None)
+        self.inner.connection_lost(exc)
+
+
+class GuardedSite(web.SockSite):
+    def __init__(self, runner: web.BaseRunner, sock: object, guard: ConnectionGuard) -> None:
+        super().__init__(runner, sock, backlog=1024)  # type: ignore[arg-type]
+        self.guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        factory: Callable[[], asyncio.Protocol] = lambda: GuardedConnection(server(), self.guard)  # noqa: E731
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, sock=self._sock, backlog=self._backlog
+        )
