@@ -162,14 +162,23 @@ def _injection(name: str, value: str) -> Injection:
     return Injection(style=style, key=key, secret=secret)
 
 
+def _utf8(name: str, value: str) -> str:
+    """Header bytes arrive as latin-1 text; X-AS-* values are read as the UTF-8 clients send."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError) as exc:
+        raise _bad(f"{name} is not valid UTF-8") from exc
+
+
 def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
     """Read the X-AS-* headers; `raw_headers` keeps the case the caller sent."""
     target_url = as_method = token = None
     injections: list[Injection] = []
-    for name, value in raw_headers:
+    for name, raw_value in raw_headers:
         lowered = name.lower()
         if not lowered.startswith(PREFIX):
             continue
+        value = _utf8(name, raw_value)
         if lowered == "x-as-target-url":
             if target_url is not None:
                 raise _bad("X-AS-Target-URL given more than once")

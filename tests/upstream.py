@@ -3,14 +3,81 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
+import json
+import re
 import zlib
+from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 
 RELEASE_SSE = web.AppKey("release_sse", asyncio.Event)
+HITS = web.AppKey("hits", list)
+STORED = web.AppKey("stored", dict)
+
+
+@web.middleware
+async def record_hits(request: web.Request, handler: Any) -> web.StreamResponse:
+    request.app[HITS].append((request.method, request.path_qs, dict(request.headers)))
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+async def reflect(request: web.Request) -> web.Response:
+    """Sends the bearer value back in every encoding a careless API might use."""
+    value = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+    forms = [
+        value,
+        base64.b64encode(value),
+        base64.b64encode(b"x" + value),
+        base64.b64encode(b"xy" + value),
+        base64.urlsafe_b64encode(value).rstrip(b"="),
+        base64.urlsafe_b64encode(b"?" + value),
+        quote(value, safe="").encode(),
+        re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(value, safe="")).encode(),
+        json.dumps(value.decode())[1:-1].replace("/", "\\/").encode(),
+        value.hex().encode(),
+        value.hex().upper().encode(),
+    ]
+    return web.Response(body=b"\n".join(forms))
+
+
+async def stored(request: web.Request) -> web.Response:
+    """An API that returns a key saved by an earlier call, not the one just injected."""
+    return web.json_response({"saved_key": request.app[STORED]["value"]})
+
+
+async def bomb(request: web.Request) -> web.StreamResponse:
+    """A small gzip body that inflates to `mb` MiB of zeros."""
+    size = int(request.query.get("mb", "1")) * 2**20
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    response = web.StreamResponse(headers={"Content-Encoding": "gzip"})
+    await response.prepare(request)
+    block = bytes(2**20)
+    for _ in range(size // len(block)):
+        await response.write(compressor.compress(block))
+    await response.write(compressor.flush())
+    await response.write_eof()
+    return response
+
+
+async def drip(request: web.Request) -> web.StreamResponse:
+    """One byte every 0.1 s, for `n` bytes: a stream that outlives a total timeout."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for _ in range(int(request.query.get("n", "100"))):
+        await response.write(b".")
+        await asyncio.sleep(0.1)
+    await response.write_eof()
+    return response
+
+
+async def huge_header(request: web.Request) -> web.Response:
+    return web.Response(headers={"X-Huge": "a" * 70000})
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -22,7 +89,7 @@ async def echo(request: web.Request) -> web.Response:
         "body": body.decode("utf-8", "replace"),
     }
     auth = request.headers.get("Authorization", "")
-    return web.Response(
+    response = web.Response(
         body=orjson.dumps(payload),
         content_type="application/json",
         headers={
@@ -32,13 +99,15 @@ async def echo(request: web.Request) -> web.Response:
             "Set-Cookie": f"session={auth}",
         },
     )
+    if request.query.get("close"):
+        response.force_close()  # the next request needs a new connection, and a new lookup
+    return response
 
 
 async def redirect(request: web.Request) -> web.Response:
     # Reflects whatever query it got into Location, as careless APIs do.
-    return web.Response(
-        status=302, headers={"Location": f"https://elsewhere.example/next?{request.query_string}"}
-    )
+    to = request.query.get("to", "https://elsewhere.example/next")
+    return web.Response(status=302, headers={"Location": f"{to}?{request.query_string}"})
 
 
 async def gzipped(request: web.Request) -> web.Response:
@@ -104,8 +173,15 @@ async def reset(request: web.Request) -> web.Response:
 
 
 def make_app() -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[record_hits])
     app[RELEASE_SSE] = asyncio.Event()
+    app[HITS] = []
+    app[STORED] = {"value": ""}
+    app.router.add_get("/reflect", reflect)
+    app.router.add_get("/stored", stored)
+    app.router.add_get("/bomb", bomb)
+    app.router.add_get("/drip", drip)
+    app.router.add_get("/huge-header", huge_header)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/gzip", gzipped)
     app.router.add_get("/br", brotli_claimed)
@@ -119,10 +195,10 @@ def make_app() -> web.Application:
     return app
 
 
-async def start_upstream() -> tuple[web.AppRunner, int]:
+async def start_upstream(host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     server = site._server
     assert server is not None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ class Env:
         headers: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> tuple[int, dict[str, str], bytes]:
+        kwargs.setdefault("allow_redirects", False)
         async with self.session.request(method, self.url, headers=headers, **kwargs) as response:
             body = await response.read()
             return response.status, dict(response.headers), body
@@ -75,22 +77,32 @@ def set_secret_policy(paths: Paths, name: str, **fields: Any) -> None:
     edit_config(paths.config_file, paths.lock_file, change)
 
 
-@pytest.fixture
-async def env(home: Paths) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def open_env(
+    home: Paths,
+    configure: Callable[[Any], None] | None = None,
+    prepare: Callable[[ProxyServer], None] | None = None,
+) -> AsyncIterator[Env]:
+    """A running proxy with three secrets and an agent; `configure` edits config.toml
+    before start, `prepare` adjusts the server object before it starts."""
     upstream, port = await start_upstream()
 
-    def allow(document: Any) -> None:
+    def base_config(document: Any) -> None:
         toml_table(document, "allowlist")["hosts"] = string_array([f"http://127.0.0.1:{port}"])
         toml_table(document, "proxy")["upstream_timeout"] = "1s"
         toml_table(document, "limits")["max_request_body"] = "64KiB"
+        if configure is not None:
+            configure(document)
 
-    edit_config(home.config_file, home.lock_file, allow)
+    edit_config(home.config_file, home.lock_file, base_config)
     vault = FileVault(home)
     vault.set("development", "GITHUB_TOKEN", SECRET)
     vault.set("development", "STRIPE_KEY", OTHER)
     vault.set("development", "BASIC_PAIR", BASIC)
     token = AgentStore(home.agents_file, home.lock_file).add("tester")
     server = ProxyServer(home, load_settings(home.config_file), host="127.0.0.1", port=0)
+    if prepare is not None:
+        prepare(server)
     await server.start()
     session = aiohttp.ClientSession(auto_decompress=False)
     try:
@@ -100,6 +112,12 @@ async def env(home: Paths) -> AsyncIterator[Env]:
         await session.close()
         await server.stop()
         await upstream.cleanup()
+
+
+@pytest.fixture
+async def env(home: Paths) -> AsyncIterator[Env]:
+    async with open_env(home) as running:
+        yield running
 
 
 async def eventually_status(
