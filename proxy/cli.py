@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the home (config, vault key); idempotent")
     p.add_argument(
         "--backend",
-        choices=("file",),
+        choices=("file", "keyring", "openbao"),
         default="file",
         help="where values live (file: the encrypted vault; default)",
     )

@@ -4,11 +4,14 @@ deadline for a request's headers so slowloris clients cannot hold sockets foreve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import uuid
 from typing import cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from proxy.errors import ProxyError, error_response
 
 
 class ConnectionGuard:
@@ -32,6 +35,29 @@ class ConnectionGuard:
             connection.in_request = False
 
 
+class JsonErrorHandler(RequestHandler):
+    """aiohttp's protocol, answering requests its parser rejects (too many or too large
+    headers, bad framing) with the same JSON error as every other refusal."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400:
+            return super().handle_error(request, status, exc, message)
+        reason = type(exc).__name__ if exc is not None else "malformed request"
+        response = error_response(
+            ProxyError("bad_request", f"malformed HTTP request ({reason})"), uuid.uuid4().hex
+        )
+        response.force_close()
+        return response
+
+
 class GuardedConnection(asyncio.Protocol):
     """Wraps aiohttp's protocol: counts the connection and times the header phase.
 
@@ -41,6 +67,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def __init__(self, inner: RequestHandler, guard: ConnectionGuard) -> None:
         self.inner = inner
+
         self.guard = guard
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -111,7 +138,11 @@ class GuardedSite(web.SockSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        factory: Callable[[], asyncio.Protocol] = lambda: GuardedConnection(server(), self.guard)  # noqa: E731
-        self._server = await asyncio.get_running_loop().create_server(
-            factory, sock=self._sock, backlog=self._backlog
-        )
+        loop = asyncio.get_running_loop()
+        # What web.Server() builds, with the JSON-speaking subclass in its place.
+        settings = server._kwargs
+
+        def factory() -> asyncio.Protocol:
+            return GuardedConnection(JsonErrorHandler(server, loop=loop, **settings), self.guard)
+
+        self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)

@@ -268,8 +268,11 @@ async def test_upstream_with_huge_header_is_an_upstream_error(env: Env) -> None:
 
 async def test_too_many_headers_refused(env: Env) -> None:
     headers = {f"X-Filler-{i}": "x" for i in range(150)}
-    status, _, _ = await call(env, f"{env.base}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN", **headers)
-    assert status == 400
+    status, response_headers, body = await call(
+        env, f"{env.base}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN", **headers
+    )
+    assert (status, error_code(body)) == (400, "bad_request")
+    assert response_headers["X-Blindkey-Request-Id"]
     assert env.upstream.app[HITS] == []
 
 
