@@ -30,6 +30,7 @@ class BrokerClient:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
+        self.connection_epoch = 0
 
     @property
     def connected(self) -> bool:
@@ -44,6 +45,8 @@ class BrokerClient:
             except OSError as exc:
                 raise BrokerUnavailable(f"cannot connect to the broker: {exc.strerror}") from exc
             self._writer = writer
+            # Pushes sent while we were away are lost: callers that cache must start over.
+            self.connection_epoch += 1
             self._reader_task = asyncio.create_task(
                 self._read_loop(reader), name="broker-client-read"
             )

@@ -24,6 +24,7 @@ from proxy.errors import STATUS, ProxyError
 from proxy.redact import Redactor
 
 log = logging.getLogger("blindkey.proxy")
+MAX_CACHED_RESOLUTIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class Grant:
     env: str
     values: dict[str, str]
     redactor: Redactor
+
+
+ResolutionKey = tuple[str | None, tuple[str, ...], str]
+Resolution = tuple[str, str, "Grant | BrokerDenied"]
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -55,6 +60,8 @@ class ProxyRuntime:
         self._redactor_values: dict[str, str] = {}
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
+        self._resolutions: dict[ResolutionKey, Resolution] = {}
+        self._resolutions_epoch = -1
         self.session: aiohttp.ClientSession | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).
         self.inner_resolver: AbstractResolver | None = None
@@ -100,6 +107,7 @@ class ProxyRuntime:
             return False
         previous = self.settings
         self.settings = settings
+        self._resolutions.clear()
         self.config_error = None
         self.config_generation += 1
         self.guard.entries = settings.allowlist.entries
@@ -127,11 +135,36 @@ class ProxyRuntime:
     def _on_push(self, message: Message) -> None:
         if message.get("event") == "invalidate":
             self._redactor_generation = -1
+            self._resolutions.clear()
 
-    async def resolve(
-        self, token: str | None, names: list[str], host: str
-    ) -> tuple[str, str, Grant | BrokerDenied]:
-        """(agent, env, grant or the broker's refusal); raises for unauthenticated callers."""
+    def _cached(self, key: ResolutionKey) -> Resolution | None:
+        epoch = self.broker.connection_epoch
+        if epoch != self._resolutions_epoch or not self.broker.connected:
+            # A reconnect may have missed invalidations: forget everything.
+            self._resolutions.clear()
+            self._resolutions_epoch = epoch
+            return None
+        return self._resolutions.get(key)
+
+    async def resolve(self, token: str | None, names: list[str], host: str) -> Resolution:
+        """(agent, env, grant or the broker's refusal); raises for unauthenticated callers.
+
+        Answers are kept until the broker pushes an invalidation (any change to secrets,
+        agents or policy), so the hot path skips the socket round trip.
+        """
+        key = (token, tuple(names), host)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        epoch = self.broker.connection_epoch
+        resolution = await self._ask_broker(token, names, host)
+        if epoch == self.broker.connection_epoch and self._resolutions_epoch == epoch:
+            if len(self._resolutions) >= MAX_CACHED_RESOLUTIONS:
+                self._resolutions.clear()
+            self._resolutions[key] = resolution
+        return resolution
+
+    async def _ask_broker(self, token: str | None, names: list[str], host: str) -> Resolution:
         try:
             reply = await self.broker.call("resolve", token=token, names=names, host=host)
         except BrokerUnavailable as exc:
