@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,8 +42,22 @@ class AuditRecord:
     def finish(self) -> dict[str, Any]:
         self.ts = rfc3339(self.started)
         self.duration_ms = round((time.perf_counter() - self._clock) * 1000, 3)
-        record = asdict(self)
-        del record["started"], record["_clock"]
-        ordered = {"ts": record.pop("ts"), "request_id": record.pop("request_id")}
-        ordered.update(record)
-        return ordered
+        # Spelled out rather than dataclasses.asdict, which deep-copies: this runs per request.
+        return {
+            "ts": self.ts,
+            "request_id": self.request_id,
+            "agent": self.agent,
+            "env": self.env,
+            "method": self.method,
+            "url": self.url,
+            "host": self.host,
+            "secrets": list(self.secrets),
+            "styles": list(self.styles),
+            "decision": self.decision,
+            "reason": self.reason,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "redactions": self.redactions,
+        }

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy.connections import ConnectionGuard
-from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
+from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
 from proxy.handler import REQUEST_ID, RUNTIME, handle_proxy
 from proxy.runtime import ProxyRuntime
 
@@ -30,7 +29,7 @@ def host_name(value: str) -> str:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = uuid.uuid4().hex
+    request_id = next_request_id()
     request[REQUEST_ID] = request_id
     guard = request.app[GUARD]
     guard.request_started(request.transport)

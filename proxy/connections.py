@@ -4,14 +4,13 @@ deadline for a request's headers so slowloris clients cannot hold sockets foreve
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from proxy.errors import ProxyError, error_response
+from proxy.errors import ProxyError, error_response, next_request_id
 
 
 class ConnectionGuard:
@@ -52,7 +51,7 @@ class JsonErrorHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         reason = type(exc).__name__ if exc is not None else "malformed request"
         response = error_response(
-            ProxyError("bad_request", f"malformed HTTP request ({reason})"), uuid.uuid4().hex
+            ProxyError("bad_request", f"malformed HTTP request ({reason})"), next_request_id()
         )
         response.force_close()
         return response

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+
 import orjson
 from aiohttp import web
 
@@ -20,6 +23,13 @@ STATUS = {
     "upstream_timeout": 504,
 }
 REQUEST_ID_HEADER = "X-Blindkey-Request-Id"
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """Unique across restarts (random per-process prefix) and cheap (a counter)."""
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 class ProxyError(Exception):
