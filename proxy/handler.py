@@ -45,6 +45,8 @@ _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
 # What aiohttp decodes for us, so every byte is scanned before the agent sees it.
 DECODABLE = ("gzip", "deflate")
 CHUNK = 2**16
+# Answers up to this size with a known length are read whole and sent with a length.
+SMALL_BODY = 2**16
 
 
 def _decoded_headers(request: web.Request) -> list[tuple[str, str]]:
@@ -205,15 +207,34 @@ async def _forward(
                 f"{target.host_header} answered with content "
                 f"encoding {encoding[:32]!r}, which blindkey cannot scan",
             )
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        headers_back: CIMultiDict[str] = CIMultiDict()
         for name, value in upstream.headers.items():
             if name.lower() in _NOT_RETURNED:
                 continue
             clean, count = redactor.redact_text(value)
             record.redactions += count
-            response.headers.add(name, clean)
-        response.headers[REQUEST_ID_HEADER] = record.request_id
+            headers_back.add(name, clean)
+        headers_back[REQUEST_ID_HEADER] = record.request_id
         record.status = upstream.status
+        size = upstream.content_length
+        if size is not None and size <= SMALL_BODY and encoding in ("identity", ""):
+            # Most API answers are small: one read, one redaction, one write with a length.
+            try:
+                answer = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _upstream_failure(exc, spec, redactor) from None
+            clean_body, count = redactor.redact(answer)
+            record.redactions += count
+            record.bytes_out = len(clean_body)
+            return web.Response(
+                status=upstream.status,
+                reason=upstream.reason,
+                body=clean_body,
+                headers=headers_back,
+            )
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers_back
+        )
         await response.prepare(request)
         stream = redactor.stream()
         try:

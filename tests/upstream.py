@@ -76,6 +76,15 @@ async def drip(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def short(request: web.Request) -> web.Response:
+    """Promises 100 bytes, sends 10, hangs up."""
+    assert request.transport is not None
+    request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+    request.transport.close()
+    await asyncio.sleep(0.1)
+    return web.Response()
+
+
 async def huge_header(request: web.Request) -> web.Response:
     return web.Response(headers={"X-Huge": "a" * 70000})
 
@@ -182,6 +191,7 @@ def make_app() -> web.Application:
     app.router.add_get("/bomb", bomb)
     app.router.add_get("/drip", drip)
     app.router.add_get("/huge-header", huge_header)
+    app.router.add_get("/short", short)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/gzip", gzipped)
     app.router.add_get("/br", brotli_claimed)

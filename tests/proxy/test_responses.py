@@ -79,3 +79,19 @@ async def test_large_streamed_response_passes_whole(env: Env) -> None:
     assert status == 200
     assert len(body) == size
     assert body[:32] == b"0123456789abcdef0123456789abcdef"
+
+
+async def test_small_answer_is_sent_whole_with_a_length(env: Env) -> None:
+    status, headers, body = await env.call(headers=env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"))
+    assert status == 200
+    assert int(headers["Content-Length"]) == len(body)
+    assert "Transfer-Encoding" not in headers
+    assert b"[REDACTED:GITHUB_TOKEN]" in body
+
+
+async def test_upstream_that_hangs_up_mid_body_is_an_upstream_error(env: Env) -> None:
+    status, _, body = await env.call(
+        headers=env.headers("/short", X_AS_Inject_Bearer="GITHUB_TOKEN")
+    )
+    assert status == 502
+    assert b'"upstream_error"' in body
