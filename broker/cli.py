@@ -4,174 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from broker import cli_env
 from broker.agents import AgentStore
-from broker.vault import FileVault
-from config.console import emit_json, say, table, warn
+from broker.cli_secrets import (
+    cmd_secrets_delete,
+    cmd_secrets_diff,
+    cmd_secrets_list,
+    cmd_secrets_pull,
+    cmd_secrets_push,
+    cmd_secrets_set,
+)
+from broker.notify import notify_broker
+from config.console import emit_json, say, table
 from config.edit import edit_config, string_array
 from config.edit import table as toml_table
 from config.errors import BlindkeyError, UsageError
-from config.hosts import AllowEntry, HostError, HostPattern
+from config.hosts import AllowEntry, HostError
 from config.paths import Paths
-from config.settings import SECRET_NAME, TIERS, Settings, load_settings
-
-
-def _check_name(name: str) -> str:
-    # fullmatch: the pattern's `$` would also accept a trailing newline.
-    if not SECRET_NAME.fullmatch(name):
-        raise BlindkeyError(
-            f"invalid secret name {name!r}: start with a letter or '_', then letters, digits, "
-            "'_', '.', '-' (at most 128 characters)"
-        )
-    return name
-
-
-def _env(settings: Settings, requested: str | None) -> str:
-    env = requested or settings.active_env
-    if env not in settings.environments:
-        raise BlindkeyError(
-            f"unknown environment {env!r}; known: {', '.join(settings.environments)}"
-        )
-    return env
-
-
-def _read_value(name: str) -> str:
-    if sys.stdin.isatty():
-        value = getpass.getpass(f"Value for {name} (input hidden): ")
-    else:
-        value = sys.stdin.read()
-        if value.endswith("\n"):
-            value = value[:-1]
-            if value.endswith("\r"):
-                value = value[:-1]
-    if not value:
-        raise BlindkeyError(f"empty value for {name}: nothing stored")
-    return value
-
-
-def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
-    name, value = args.name, None
-    if "=" in name:
-        name, value = name.split("=", 1)
-        warn(f"the value of {name} is now in your shell history; prefer piping it on stdin")
-    _check_name(name)
-    settings = load_settings(paths.config_file)
-    env = _env(settings, args.env)
-    for host in args.host:
-        try:
-            HostPattern.parse(host)
-        except HostError as exc:
-            raise BlindkeyError(f"--host: {exc}") from exc
-    if value is None:
-        value = _read_value(name)
-    if not value:
-        raise BlindkeyError(f"empty value for {name}: nothing stored")
-    if args.tier or args.host or args.agent:
-
-        def change(document: Any) -> None:
-            section = toml_table(document, "secrets", name)
-            if args.tier:
-                section["tier"] = args.tier
-            if args.host:
-                section["hosts"] = string_array(args.host)
-            if args.agent:
-                section["agents"] = string_array(args.agent)
-
-        settings = edit_config(paths.config_file, paths.lock_file, change)
-    FileVault(paths).set(env, name, value)
-    policy = settings.policy(name)
-    hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
-    say(f"stored {name} in {env} (tier {policy.tier}; hosts: {hosts})")
-    return 0
-
-
-def cmd_secrets_list(paths: Paths, args: argparse.Namespace) -> int:
-    settings = load_settings(paths.config_file)
-    data = FileVault(paths).load()
-    names = sorted({n for values in data.values() for n in values} | set(settings.secrets))
-    rows = []
-    for name in names:
-        policy = settings.policy(name)
-        rows.append(
-            {
-                "name": name,
-                "envs": [env for env in settings.environments if name in data.get(env, {})],
-                "tier": policy.tier,
-                "hosts": [str(h) for h in policy.hosts],
-                "agents": list(policy.agents),
-                "release": list(policy.release),
-            }
-        )
-    if args.json:
-        emit_json(rows)
-    elif not rows:
-        say("no secrets; add one with: blindkey secrets set NAME")
-    else:
-        table(
-            [
-                [
-                    r["name"],
-                    ",".join(r["envs"]) or "-",
-                    r["tier"],
-                    ",".join(r["hosts"]) or "*",
-                    ",".join(r["agents"]),
-                ]
-                for r in rows
-            ],
-            ["NAME", "ENVIRONMENTS", "TIER", "HOSTS", "AGENTS"],
-        )
-    return 0
-
-
-def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
-    _check_name(args.name)
-    settings = load_settings(paths.config_file)
-    env = _env(settings, args.env)
-    vault = FileVault(paths)
-    if not vault.delete(env, args.name):
-        raise BlindkeyError(f"no secret named {args.name} in {env}; see `blindkey secrets list`")
-    if not any(args.name in values for values in vault.load().values()):
-
-        def change(document: Any) -> None:
-            secrets = document.get("secrets")
-            if secrets is not None and args.name in secrets:
-                del secrets[args.name]
-
-        edit_config(paths.config_file, paths.lock_file, change)
-    say(f"deleted {args.name} from {env}")
-    return 0
-
-
-def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
-    settings = load_settings(paths.config_file)
-    source, target = _env(settings, args.from_env), _env(settings, args.to_env)
-    data = FileVault(paths).load()
-    left, right = data.get(source, {}), data.get(target, {})
-    result = {
-        "from": source,
-        "to": target,
-        "only_in_from": sorted(set(left) - set(right)),
-        "only_in_to": sorted(set(right) - set(left)),
-        "differ": sorted(n for n in set(left) & set(right) if left[n] != right[n]),
-    }
-    if args.json:
-        emit_json(result)
-    else:
-        for name in result["only_in_from"]:
-            say(f"- {name}  (only in {source})")
-        for name in result["only_in_to"]:
-            say(f"+ {name}  (only in {target})")
-        for name in result["differ"]:
-            say(f"~ {name}  (values differ)")
-        if not any(result[k] for k in ("only_in_from", "only_in_to", "differ")):
-            say(f"{source} and {target} hold the same names and values")
-    return 0
+from config.settings import TIERS, Settings, load_settings
 
 
 def _parse_entries(entries: list[str]) -> list[AllowEntry]:
@@ -276,6 +131,7 @@ def cmd_agent_list(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
     _agents(paths).revoke(args.name)
+    notify_broker(paths, None)
     say(f"agent {args.name} revoked; its token stops working within a second")
     return 0
 
@@ -283,8 +139,16 @@ def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
 def cmd_broker_serve(paths: Paths, args: argparse.Namespace) -> int:
     from broker.server import serve_broker
 
-    socket_path = Path(args.socket) if args.socket else paths.broker_socket
-    uids = frozenset({os.getuid(), *args.allow_uid})
+    try:
+        settings = load_settings(paths.config_file)
+    except BlindkeyError:
+        if not args.socket:
+            raise
+        # Spawned by a proxy: serve anyway; the broker keeps reporting the bad file (ping)
+        # and picks the file up once it is fixed.
+        settings = Settings()
+    socket_path = Path(args.socket or settings.broker.socket or paths.broker_socket)
+    uids = frozenset({os.getuid(), *settings.broker.allowed_uids, *args.allow_uid})
     try:
         import uvloop
 
@@ -293,6 +157,19 @@ def cmd_broker_serve(paths: Paths, args: argparse.Namespace) -> int:
         pass
     asyncio.run(serve_broker(paths, socket_path, uids))
     return 0
+
+
+def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--all", action="store_true", help="every environment")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what would change" if writes else "diff never writes; accepted for scripts",
+    )
+    if writes:
+        p.add_argument("--yes", action="store_true", help="confirm writing into production")
+    p.add_argument("--json", action="store_true", help="print JSON only")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -334,11 +211,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--env", help="environment (default: the active one)")
     p.set_defaults(func=cmd_secrets_delete)
-    p = s.add_parser("diff", help="names missing or different between two environments")
-    p.add_argument("--from", dest="from_env", required=True, metavar="ENV")
-    p.add_argument("--to", dest="to_env", required=True, metavar="ENV")
-    p.add_argument("--json", action="store_true", help="print JSON only")
+    p = s.add_parser(
+        "diff",
+        help="names missing or different: between two environments, or local and [remote]",
+        description="Values are compared by a keyed hash made for this run; none is shown.",
+    )
+    p.add_argument("--from", dest="from_env", metavar="ENV", help="with --to: compare these")
+    p.add_argument("--to", dest="to_env", metavar="ENV")
+    _remote_options(p, writes=False)
     p.set_defaults(func=cmd_secrets_diff)
+    p = s.add_parser("push", help="copy local values that are new or changed to [remote]")
+    _remote_options(p, writes=True)
+    p.set_defaults(func=cmd_secrets_push)
+    p = s.add_parser("pull", help="copy [remote] values that are new or changed to local")
+    _remote_options(p, writes=True)
+    p.set_defaults(func=cmd_secrets_pull)
+
+    cli_env.register(sub)
 
     allow = sub.add_parser(
         "allowlist",

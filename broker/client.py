@@ -1,4 +1,9 @@
-"""The proxy's side of the broker socket: one connection, pipelined calls, pushed events."""
+"""The proxy's side of the broker socket: one connection, pipelined calls, pushed events.
+
+A protocol rather than streams, and the frames of every call made in one turn of the
+event loop leave in one write: with many requests in flight that halves the cost of a
+call, which is most of what a warm resolve costs.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,81 @@ import contextlib
 import itertools
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
+
+import orjson
 
 from broker.protocol import (
+    MAX_FRAME,
     PUSH_ID,
     BrokerDenied,
     BrokerUnavailable,
     Message,
-    ProtocolError,
     encode,
-    read_frame,
 )
 
 CALL_TIMEOUT = 5.0
+
+
+class _Link(asyncio.Protocol):
+    """One connection to the broker: parses replies, batches requests."""
+
+    def __init__(self, client: BrokerClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.client._lost(self)
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, frame: bytes) -> None:
+        self.outgoing.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        frames, self.outgoing = self.outgoing, []
+        if frames and self.open:
+            assert self.transport is not None
+            self.transport.write(b"".join(frames))
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.client._lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        start, end = 0, len(buffer)
+        while end - start >= 4:
+            size = int.from_bytes(buffer[start : start + 4], "big")
+            if size > MAX_FRAME:
+                return self.abort()
+            if end - start - 4 < size:
+                break
+            try:
+                message = orjson.loads(buffer[start + 4 : start + 4 + size])
+            except orjson.JSONDecodeError:
+                return self.abort()
+            if not isinstance(message, dict):
+                return self.abort()
+            start += 4 + size
+            self.client._deliver(self, message)
+        del buffer[:start]
 
 
 class BrokerClient:
@@ -27,89 +95,107 @@ class BrokerClient:
         self.on_push = on_push
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Message]] = {}
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._deadlines: dict[int, float] = {}
+        # One sweep for every call's timeout: a timer per call would cost more than the call.
+        self._sweep: asyncio.TimerHandle | None = None
+        self._link: _Link | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
         self.connection_epoch = 0
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._link is not None and self._link.open
 
     async def connect(self) -> None:
         async with self._connecting:
             if self.connected:
                 return
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.open_unix_connection(self.socket_path)
+                _, link = await loop.create_unix_connection(
+                    lambda: _Link(self), str(self.socket_path)
+                )
             except OSError as exc:
                 raise BrokerUnavailable(f"cannot connect to the broker: {exc.strerror}") from exc
-            self._writer = writer
+            self._link = link
             # Pushes sent while we were away are lost: callers that cache must start over.
             self.connection_epoch += 1
-            self._reader_task = asyncio.create_task(
-                self._read_loop(reader), name="broker-client-read"
-            )
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                message = await read_frame(reader)
-                if message is None:
-                    break
-                request_id = message.get("id")
-                if request_id == PUSH_ID:
-                    if self.on_push is not None:
-                        self.on_push(message)
-                    continue
-                future = (
-                    self._pending.pop(request_id, None) if isinstance(request_id, int) else None
-                )
-                if future is not None and not future.done():
-                    future.set_result(message)
-        except (ProtocolError, ConnectionError, ValueError):
-            pass
-        finally:
-            self._drop()
+    def _deliver(self, link: _Link, message: Message) -> None:
+        request_id = message.get("id")
+        if request_id == PUSH_ID:
+            if self.on_push is not None:
+                self.on_push(message)
+            if "ack" in message:
+                # on_push has dropped what was cached: the broker may now tell the CLI
+                # that the change is in force.
+                link.send(encode({"id": PUSH_ID, "op": "ack", "ack": message["ack"]}))
+            return
+        future = self._pending.pop(request_id, None) if isinstance(request_id, int) else None
+        if future is not None and not future.done():
+            future.set_result(message)
 
-    def _drop(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
+    def _lost(self, link: _Link) -> None:
+        if link is not self._link:
+            return
+        self._link = None
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(BrokerUnavailable("the broker closed the connection"))
 
+    def _sweep_expired(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for request_id, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[request_id]
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(BrokerUnavailable("the broker did not answer in time"))
+        if self._deadlines:
+            self._sweep = loop.call_later(min(0.25, CALL_TIMEOUT / 4), self._sweep_expired)
+
     async def call(self, op: str, **params: object) -> Message:
         if not self.connected:
             await self.connect()
-        writer = self._writer
-        if writer is None:
+        link = self._link
+        if link is None or not link.open:
             raise BrokerUnavailable("the broker is not connected")
         request_id = next(self._ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
         self._pending[request_id] = future
+        self._deadlines[request_id] = loop.time() + CALL_TIMEOUT
+        if self._sweep is None:
+            self._sweep = loop.call_later(min(0.25, CALL_TIMEOUT / 4), self._sweep_expired)
+        link.send(encode({"id": request_id, "op": op, **params}))
         try:
-            writer.write(encode({"id": request_id, "op": op, **params}))
-        except (ConnectionError, RuntimeError) as exc:
-            self._pending.pop(request_id, None)
-            self._drop()
-            raise BrokerUnavailable("the broker connection failed") from exc
-        try:
-            reply = await asyncio.wait_for(future, timeout=CALL_TIMEOUT)
-        except TimeoutError as exc:
-            self._pending.pop(request_id, None)
-            raise BrokerUnavailable("the broker did not answer in time") from exc
+            reply = await future
+        finally:
+            self._deadlines.pop(request_id, None)
         error = reply.get("error")
         if error is not None:
             raise BrokerDenied(str(error), str(reply.get("message", error)))
         return reply
 
     async def close(self) -> None:
-        task, self._reader_task = self._reader_task, None
-        self._drop()
-        if task is not None:
-            task.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        link, self._link = self._link, None
+        if link is not None:
+            transport = link.transport
+            if transport is not None:
+                transport.close()
+            self._lost_all()
+            # let connection_lost run before the loop may close
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await asyncio.sleep(0)
+
+    def _lost_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable("the broker closed the connection"))

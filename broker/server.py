@@ -1,4 +1,9 @@
-"""The broker's socket server: 0600 Unix socket, peer uid checked, pipelined frames."""
+"""The broker's socket server: 0600 Unix socket, peer uid checked, pipelined frames.
+
+A protocol, not streams: every frame a read brings is answered in one write, which keeps
+a resolve in the tens of microseconds when many are in flight. Replies that need the
+backend (a value not cached yet) are sent when they are ready, out of order by id.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,23 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import Any, cast
 
-from broker.protocol import PUSH_ID, BrokerDenied, Message, ProtocolError, encode, read_frame
-from broker.state import BrokerState
-from config.paths import Paths, ensure_dir
+import orjson
+
+from broker.protocol import MAX_FRAME, PUSH_ID, BrokerDenied, Message, encode
+from broker.sockets import prepare_socket_dir, socket_mode
+from broker.state import BrokerState, Resolution
+from config.paths import Paths
 
 log = logging.getLogger("blindkey.broker")
 WATCH_INTERVAL = 0.2
+# How long a change made by the CLI waits for every proxy to drop what it cached.
+ACK_TIMEOUT = 1.0
+SYNC_MIN, SYNC_MAX = 0.5, 60.0
 
 
-def peer_uid(sock: socket.socket) -> int:
+def peer_uid(sock: Any) -> int:
     if sys.platform.startswith("linux"):
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         return int(struct.unpack("3i", creds)[1])
@@ -29,90 +41,186 @@ def peer_uid(sock: socket.socket) -> int:
     return int(struct.unpack("2I", creds)[1])
 
 
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: BrokerServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        # A client that resolves may cache answers until told otherwise (the proxy does).
+        self.caches = False
+        self.acked = 0
+        # Frames for this client while a read is being answered: they leave together, in
+        # order, so a push never overtakes a reply computed before it.
+        self.batch: list[bytes] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        uid = peer_uid(transport.get_extra_info("socket"))
+        if uid not in self.server.allowed_uids:
+            log.warning("refused broker connection from uid %d", uid)
+            transport.close()
+            return
+        self.transport = transport
+        self.server.writers.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.writers.discard(self)
+        self.transport = None
+
+    # A client that does not read its replies stops being read from.
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def send(self, frame: bytes) -> None:
+        if self.batch is not None:
+            self.batch.append(frame)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)
+
+    def _drop(self, why: str) -> None:
+        log.warning("dropping client: %s", why)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        buffer = self.buffer
+        buffer += data
+        replies: list[bytes] = []
+        self.batch = replies
+        try:
+            self._answer(buffer, replies)
+        finally:
+            self.batch = None
+        if replies and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(replies))
+
+    def _answer(self, buffer: bytearray, replies: list[bytes]) -> None:
+        start, end = 0, len(buffer)
+        while end - start >= 4:
+            size = int.from_bytes(buffer[start : start + 4], "big")
+            if size > MAX_FRAME:
+                return self._drop(f"frame of {size} bytes exceeds {MAX_FRAME}")
+            if end - start - 4 < size:
+                break
+            try:
+                request = orjson.loads(buffer[start + 4 : start + 4 + size])
+            except orjson.JSONDecodeError as exc:
+                return self._drop(f"frame is not JSON: {exc}")
+            if not isinstance(request, dict):
+                return self._drop("frame is not an object")
+            start += 4 + size
+            reply = self.server.dispatch(request, self)
+            if reply is not None:
+                replies.append(encode(reply))
+        del buffer[:start]
+
+
 class BrokerServer:
     def __init__(self, paths: Paths, socket_path: Path, allowed_uids: frozenset[int]) -> None:
         self.state = BrokerState(paths)
+        self.state.on_change = self._invalidate
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
-        self.writers: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.Server | None = None
+        self.writers: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pushed = 0
+        self._ack_waiters: list[asyncio.Future[None]] = []
 
     async def start(self) -> None:
         self.state.refresh()
-        ensure_dir(self.socket_path.parent)
+        shared = bool(self.allowed_uids - {os.getuid()})
+        prepare_socket_dir(self.socket_path.parent, shared=shared)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(
-                self._serve_client, path=self.socket_path
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_unix_server(
+                lambda: _Connection(self), path=str(self.socket_path)
             )
         finally:
             os.umask(old_umask)
-        os.chmod(self.socket_path, 0o600)
+        os.chmod(self.socket_path, socket_mode(shared))
 
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            if self.state.refresh():
-                self._push({"event": "invalidate", "generation": self.state.generation})
+            self.state.refresh()
+            self.state.expire()
+
+    async def sync(self) -> None:
+        """Keep a keychain or OpenBao cache warm: read the active environment again well
+        before its values expire, so a warm value never waits for the store."""
+        while True:
+            await self.state.sync()
+            ttl = self.state.settings.storage.cache_ttl
+            await asyncio.sleep(min(max(ttl / 2, SYNC_MIN), SYNC_MAX))
+
+    def _invalidate(self) -> None:
+        self._pushed += 1
+        self._push(
+            {"event": "invalidate", "generation": self.state.generation, "ack": self._pushed}
+        )
+
+    def _acknowledged(self, connection: _Connection, ack: object) -> None:
+        if isinstance(ack, int) and ack > connection.acked:
+            connection.acked = ack
+            waiters, self._ack_waiters = self._ack_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _answer_when_acknowledged(
+        self, reply: Message, pushed: int, targets: list[_Connection], requester: _Connection
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_TIMEOUT
+        while any(c.transport is not None and c.acked < pushed for c in targets):
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._ack_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, max(deadline - loop.time(), 0))
+            except TimeoutError:
+                log.warning("a broker client did not acknowledge an invalidation in time")
+                break
+        requester.send(encode(reply))
 
     def _push(self, message: Message) -> None:
         frame = encode({"id": PUSH_ID, **message})
-        for writer in list(self.writers):
-            if not writer.is_closing():
-                writer.write(frame)
+        for connection in list(self.writers):
+            connection.send(frame)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for writer in list(self.writers):
-            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for connection in list(self.writers):
+            # Unsent replies are dropped: a caller must see the broker go, not a late answer.
+            if connection.transport is not None:
+                connection.transport.abort()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+        self.state.close()
 
-    async def _serve_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        sock = writer.get_extra_info("socket")
-        uid = peer_uid(sock)
-        if uid not in self.allowed_uids:
-            log.warning("refused broker connection from uid %d", uid)
-            writer.close()
-            return
-        self.writers.add(writer)
-        try:
-            while True:
-                try:
-                    request = await read_frame(reader)
-                except (ProtocolError, ValueError) as exc:
-                    log.warning("dropping client: %s", exc)
-                    return
-                if request is None:
-                    return
-                writer.write(encode(self.dispatch(request)))
-                await writer.drain()
-        except ConnectionError:
-            return
-        finally:
-            self.writers.discard(writer)
-            writer.close()
-
-    def dispatch(self, request: Message) -> Message:
+    def dispatch(self, request: Message, connection: _Connection | None = None) -> Message | None:
+        """The reply, or None when it will be sent to `connection` later."""
         request_id = request.get("id")
         op = request.get("op")
         state = self.state
         try:
-            if op == "ping":
-                return {
-                    "id": request_id,
-                    "pid": os.getpid(),
-                    "backend": state.settings.backend,
-                    "env": state.settings.active_env,
-                    "generation": state.generation,
-                    "error_state": state.last_error,
-                }
             if op == "resolve":
+                if connection is not None:
+                    connection.caches = True
                 token = request.get("token")
                 names = request.get("names")
                 host = request.get("host")
@@ -128,33 +236,104 @@ class BrokerServer:
                         "message": "malformed resolve",
                     }
                 result = state.resolve(token, names, host)
-                reply: Message = {
+                if result.missing and connection is not None:
+                    self._spawn(self._resolve_later(request_id, token, names, host, connection))
+                    return None
+                if result.missing:
+                    state.unavailable()
+                return self._resolved(request_id, result)
+            if op == "ping":
+                return {
                     "id": request_id,
-                    "agent": result.agent,
-                    "env": result.env,
+                    "pid": os.getpid(),
+                    "backend": state.settings.backend,
+                    "env": state.settings.active_env,
                     "generation": state.generation,
-                    "values": result.values,
+                    "error_state": state.last_error,
+                    "backend_error": state.backend_error,
                 }
-                if result.denied is not None:
-                    reply["denied"] = {"error": result.denied.code, "message": str(result.denied)}
-                return reply
+            if op == "ack":
+                if connection is not None:
+                    self._acknowledged(connection, request.get("ack"))
+                return None
             if op == "redaction_set":
+                if connection is not None:
+                    connection.caches = True
                 return {
                     "id": request_id,
                     "generation": state.generation,
                     "values": state.redaction_set(),
                 }
+            if op == "refresh":
+                # The CLI changed something: apply it before answering, so a request that
+                # starts after the command returned cannot see the old value.
+                changed = request.get("changed") or []
+                before = self._pushed
+                state.refresh()
+                state.forget(
+                    (str(pair[0]), str(pair[1]))
+                    for pair in changed
+                    if isinstance(pair, list) and len(pair) == 2
+                )
+                reply = {"id": request_id, "generation": state.generation}
+                targets = [c for c in self.writers if c.caches and c is not connection]
+                if self._pushed == before or connection is None or not targets:
+                    return reply
+                self._spawn(
+                    self._answer_when_acknowledged(reply, self._pushed, targets, connection)
+                )
+                return None
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
         except BrokerDenied as exc:
             return {"id": request_id, "error": exc.code, "message": str(exc)}
+
+    def _resolved(self, request_id: Any, result: Resolution) -> Message:
+        reply: Message = {
+            "id": request_id,
+            "agent": result.agent,
+            "env": result.env,
+            "generation": self.state.generation,
+            "values": result.values,
+        }
+        if result.denied is not None:
+            reply["denied"] = {"error": result.denied.code, "message": str(result.denied)}
+        return reply
+
+    async def _resolve_later(
+        self,
+        request_id: Any,
+        token: str | None,
+        names: list[str],
+        host: str,
+        connection: _Connection,
+    ) -> None:
+        state = self.state
+        try:
+            first = state.resolve(token, names, host)
+            await state.fetch(first.env, first.missing)
+            result = state.resolve(token, names, host)
+            if result.missing:
+                state.unavailable()
+            reply = self._resolved(request_id, result)
+        except BrokerDenied as exc:  # unavailable, or the agent was revoked meanwhile
+            reply = {"id": request_id, "error": exc.code, "message": str(exc)}
+        connection.send(encode(reply))
+
+    def _spawn(self, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            work, name="broker-resolve-fetch"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 async def serve_broker(paths: Paths, socket_path: Path, allowed_uids: frozenset[int]) -> None:
     server = BrokerServer(paths, socket_path, allowed_uids)
     await server.start()
-    watcher = asyncio.create_task(server.watch(), name="broker-file-watch")
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watcher = loop.create_task(server.watch(), name="broker-file-watch")
+    syncer = loop.create_task(server.sync(), name="broker-store-sync")
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -166,7 +345,8 @@ async def serve_broker(paths: Paths, socket_path: Path, allowed_uids: frozenset[
             if os.getppid() != parent and os.environ.get("BLINDKEY_BROKER_SUPERVISED") == "1":
                 break
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, syncer):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await server.close()

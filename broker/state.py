@@ -1,32 +1,40 @@
-"""What the broker knows: settings, vault values and agents, reloaded when their files change."""
+"""What the broker knows: settings, values and agents, reloaded when their files change."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple, NoReturn
 
 from broker.agents import AgentRecord, AgentStore, token_hash
+from broker.backends import BackendError, SecretBackend, open_backend
+from broker.cache import MISSING, Fetched, ValueView, view_for
 from broker.protocol import BrokerDenied
-from broker.vault import FileVault, VaultData
 from config.errors import BlindkeyError
 from config.paths import Paths
-from config.settings import Settings, load_settings
+from config.settings import SecretPolicy, Settings, load_settings
+from config.stores import BackendSettings
 
 log = logging.getLogger("blindkey.broker")
 ANONYMOUS = "anonymous"
+OPEN_POLICY = SecretPolicy()  # a name without a [secrets.NAME] table
+Stamp = tuple[tuple[int, int, int, int], ...]
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     agent: str
     env: str
     values: dict[str, str]
     denied: BrokerDenied | None
+    # Names the view could not answer from memory: fetch them, then resolve again.
+    missing: tuple[str, ...] = ()
 
 
-def _fingerprint(files: tuple[Path, ...]) -> tuple[tuple[int, int, int, int], ...]:
+def _fingerprint(files: Iterable[Path]) -> Stamp:
     stamps = []
     for file in files:
         try:
@@ -42,40 +50,84 @@ def _fingerprint(files: tuple[Path, ...]) -> tuple[tuple[int, int, int, int], ..
 class BrokerState:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
-        self.vault = FileVault(paths)
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
         self.generation = 0
         self.settings = Settings()
-        self.values: VaultData = {}
+        self.view: ValueView | None = None
         self.agents_by_hash: dict[str, AgentRecord] = {}
         self.last_error: str | None = None
-        self._stamp: tuple[tuple[int, int, int, int], ...] = ()
+        self.backend_error: str | None = None
+        # Called after every generation change (the server pushes an invalidation).
+        self.on_change: Callable[[], None] | None = None
+        self._storage: BackendSettings | None = None
+        self._stamp: Stamp = ()
+        self._store_stamp: Stamp = ()
+        self._fetching: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # One thread: keychain and HTTP clients are not shared across threads.
+        self._executor: ThreadPoolExecutor | None = None
 
-    def _files(self) -> tuple[Path, ...]:
-        return (self.paths.config_file, self.paths.vault_file, self.paths.agents_file)
+    def _bump(self) -> None:
+        self.generation += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def _open_view(self, settings: Settings) -> tuple[ValueView, Stamp]:
+        backend: SecretBackend = open_backend(self.paths, settings)
+        view = view_for(backend, settings.storage.cache_ttl)
+        # Stamped before reading: a change made meanwhile is read on the next poll.
+        stamp = _fingerprint(backend.watched())
+        # The file vault is read whole (and refused if it does not decrypt: the old view
+        # stays); a keychain index is taken as the baseline later changes are told from.
+        view.reload()
+        return view, stamp
 
     def refresh(self) -> bool:
         """Reload if any file changed; True when what the broker serves changed."""
-        stamp = _fingerprint(self._files())
-        if stamp == self._stamp:
+        files = (self.paths.config_file, self.paths.agents_file)
+        stamp = _fingerprint(files)
+        watched = self.view.backend.watched() if self.view is not None else ()
+        store_stamp = _fingerprint(watched)
+        if stamp == self._stamp and store_stamp == self._store_stamp:
             return False
         try:
             settings = load_settings(self.paths.config_file)
-            values = self.vault.load()
             agents = self.agent_store.load()
+            view = self.view
+            if view is None or settings.storage != self._storage:
+                view, store_stamp = self._open_view(settings)
+            elif store_stamp != self._store_stamp:
+                view.reload()
         except BlindkeyError as exc:
             # Keep serving what was last valid; a half-edited file must not empty the broker.
             if str(exc) != self.last_error:
                 log.error("reload refused: %s", exc)
             self.last_error = str(exc)
             return False
+        if view is not self.view:
+            if self.view is not None:
+                self.view.backend.close()
+            self.view = view
         self._stamp = stamp
+        self._store_stamp = store_stamp
+        self._storage = settings.storage
         self.last_error = None
         self.settings = settings
-        self.values = values
         self.agents_by_hash = {a.token_sha256: a for a in agents.values() if a.revoked is None}
-        self.generation += 1
+        self._bump()
         return True
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> bool:
+        """Drop cached values the CLI just changed; True when what is served changed."""
+        if self.view is not None and self.view.forget(keys):
+            self._bump()
+            return True
+        return False
+
+    def expire(self) -> bool:
+        if self.view is not None and self.view.expire():
+            self._bump()
+            return True
+        return False
 
     def authenticate(self, token: str | None) -> str:
         if token is None:
@@ -89,53 +141,128 @@ class BrokerState:
         return record.name
 
     def resolve(self, token: str | None, names: list[str], host: str) -> Resolution:
+        view = self.view
+        if view is None:
+            # Nothing was ever loaded: no agents to know a token by, no values.
+            raise BrokerDenied(
+                "broker_unavailable", self.last_error or "the broker has loaded nothing yet"
+            )
         agent = self.authenticate(token)
         env = self.settings.active_env
-        env_values = self.values.get(env, {})
+        lookup = view.lookup
+        found = [lookup(env, name) for name in names]
+        if MISSING in found:
+            missing = tuple(n for n, v in zip(names, found, strict=True) if v is MISSING)
+            return Resolution(agent, env, {}, None, missing)
         values: dict[str, str] = {}
-        for name in names:
-            if name not in env_values:
-                return Resolution(
-                    agent,
-                    env,
-                    {},
-                    BrokerDenied("unknown_secret", f"no secret named {name} in environment {env}"),
-                )
-            policy = self.settings.policy(name)
-            if not policy.allows_agent(agent):
-                return Resolution(
-                    agent,
-                    env,
-                    {},
-                    BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}"),
-                )
-            if "proxy" not in policy.release:
-                return Resolution(
-                    agent,
-                    env,
-                    {},
-                    BrokerDenied("secret_denied", f"secret {name} is not released to the proxy"),
-                )
-            if not policy.allows_host(host):
-                return Resolution(
-                    agent,
-                    env,
-                    {},
-                    BrokerDenied("secret_denied", f"secret {name} is not bound to host {host}"),
-                )
-            if policy.tier != "open":
-                return Resolution(
-                    agent,
-                    env,
-                    {},
-                    BrokerDenied(
-                        "approval_required",
-                        f"secret {name} is {policy.tier}: a human must approve its use first",
-                    ),
-                )
-            values[name] = env_values[name]
+        for name, value in zip(names, found, strict=True):
+            denied = self._check(agent, env, name, host, value)
+            if denied is not None:
+                return Resolution(agent, env, {}, denied)
+            values[name] = value  # type: ignore[assignment]  # _check refused None
         return Resolution(agent, env, values, None)
+
+    def _check(
+        self, agent: str, env: str, name: str, host: str, value: object
+    ) -> BrokerDenied | None:
+        if value is None:
+            return BrokerDenied("unknown_secret", f"no secret named {name} in environment {env}")
+        policy = self.settings.secrets.get(name, OPEN_POLICY)
+        if not policy.allows_agent(agent):
+            return BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
+        if "proxy" not in policy.release:
+            return BrokerDenied("secret_denied", f"secret {name} is not released to the proxy")
+        if not policy.allows_host(host):
+            return BrokerDenied("secret_denied", f"secret {name} is not bound to host {host}")
+        if policy.tier != "open":
+            return BrokerDenied(
+                "approval_required",
+                f"secret {name} is {policy.tier}: a human must approve its use first",
+            )
+        return None
+
+    def unavailable(self) -> NoReturn:
+        # An error, not a denial: a proxy may cache denials, and this one passes.
+        raise BrokerDenied(
+            "broker_unavailable", self.backend_error or "the secret store is not answering"
+        )
 
     def redaction_set(self) -> dict[str, str]:
         """Every value of the active environment: more than any one agent may use, never less."""
-        return dict(self.values.get(self.settings.active_env, {}))
+        if self.view is None:
+            return {}
+        return self.view.snapshot(self.settings.active_env)
+
+    # --- fetching from a slow store (keychain, OpenBao) ---------------------------------
+
+    def _run(self, view: ValueView, env: str, names: list[str] | None) -> asyncio.Future[Fetched]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="blindkey-store")
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, view.fetch, env, names)
+
+    def _record(self, error: BackendError | None) -> None:
+        message = None if error is None else str(error)
+        if message is not None and message != self.backend_error:
+            log.error("%s", message)
+        self.backend_error = message
+
+    async def fetch(self, env: str, names: Iterable[str]) -> bool:
+        """Read names the view lacks; False when the store failed (see backend_error)."""
+        view = self.view
+        if view is None or not view.remote:
+            return True
+        wanted = [n for n in dict.fromkeys(names) if (env, n) not in self._fetching]
+        waiting = [self._fetching[(env, n)] for n in names if (env, n) in self._fetching]
+        ok = True
+        if wanted:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for name in wanted:
+                self._fetching[(env, name)] = done
+            try:
+                fetched = await self._run(view, env, wanted)
+            except BackendError as exc:
+                self._record(exc)
+                ok = False
+            except Exception:
+                log.exception("reading from %s failed", view.backend.describe())
+                self._record(BackendError(f"{view.backend.describe()} failed; see the log"))
+                ok = False
+            else:
+                self._record(None)
+                if view is self.view and view.store(env, fetched, whole_env=False):
+                    self._bump()
+            finally:
+                for name in wanted:
+                    self._fetching.pop((env, name), None)
+                done.set_result(None)
+        for future in waiting:
+            await future
+        return ok
+
+    async def sync(self) -> bool:
+        """Read the whole active environment again (the cache renews before it expires)."""
+        view = self.view
+        if view is None or not view.remote:
+            return True
+        env = self.settings.active_env
+        try:
+            fetched = await self._run(view, env, None)
+        except BackendError as exc:
+            self._record(exc)
+            return False
+        except Exception:
+            log.exception("reading from %s failed", view.backend.describe())
+            self._record(BackendError(f"{view.backend.describe()} failed; see the log"))
+            return False
+        self._record(None)
+        if view is self.view and view.store(env, fetched, whole_env=True):
+            self._bump()
+        return True
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self.view is not None:
+            self.view.backend.close()

@@ -14,13 +14,28 @@ from typing import Any
 
 from config.errors import ConfigError
 from config.hosts import AllowEntry, HostError, HostPattern
+from config.stores import (
+    AUTH_METHODS,
+    BACKENDS,
+    DEFAULT_CACHE_TTL,
+    DEFAULT_ENVIRONMENTS,
+    OPENBAO_KEYS,
+    BackendSettings,
+    BrokerSettings,
+    OpenBaoSettings,
+    bao_address,
+    check_openbao,
+    environment_names,
+    existing_file,
+    store_path,
+    uid_list,
+)
 
 # \Z, not $: `$` also matches before a trailing newline.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
-BACKENDS = ("file",)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -85,8 +100,11 @@ class Settings:
     allowlist: AllowlistSettings = field(default_factory=AllowlistSettings)
     secrets: Mapping[str, SecretPolicy] = field(default_factory=dict)
     backend: str = "file"
-    environments: tuple[str, ...] = ("development", "staging", "production")
+    environments: tuple[str, ...] = DEFAULT_ENVIRONMENTS
     active_env: str = "development"
+    storage: BackendSettings = field(default_factory=BackendSettings)
+    remote: OpenBaoSettings | None = None
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
 
     def policy(self, name: str) -> SecretPolicy:
         return self.secrets.get(name, SecretPolicy())
@@ -113,11 +131,29 @@ upstream_connect_timeout = "10s"
 upstream_total_timeout = "15m"    # whole exchange, streams included; upstream_timeout is per read
 
 [backend]
-kind = "file"                     # the encrypted file vault next to this file
+# file: the encrypted vault next to this file; keyring: the OS keychain;
+# openbao: OpenBao or Vault KV v2 (with the keys shown under [remote] below)
+kind = "file"
+cache_ttl = "5m"                  # keyring, openbao: how long the broker keeps a value read
+
+# [remote]                        # a team store for `secrets push|pull|diff`
+# address = "https://bao.example.com:8200"
+# mount = "secret"                # KV v2 mount; values at <mount>/<prefix>/<env>/<NAME>
+# prefix = "blindkey"
+# namespace = ""
+# ca_file = ""
+# auth = "token"                  # token: token_file, else $BAO_TOKEN / $VAULT_TOKEN
+# token_file = ""                 # approle: role_id and secret_id_file
+# role_id = ""
+# secret_id_file = ""
 
 [environments]
 names = ["development", "staging", "production"]
 active = "development"
+
+[broker]
+socket = ""                       # set: connect to a broker run as its own service
+allowed_uids = []                 # users besides the broker's own that may connect
 
 [allowlist]
 # host (https:443), host:port (https), *.example.com, http://host[:port], https://host:port
@@ -247,7 +283,64 @@ def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
     return policy
 
 
-_SECTIONS = ("proxy", "limits", "backend", "environments", "allowlist", "secrets")
+_SECTIONS = (
+    "proxy",
+    "limits",
+    "backend",
+    "remote",
+    "environments",
+    "broker",
+    "allowlist",
+    "secrets",
+)
+
+
+def _openbao(section: _Section, *, required: bool) -> OpenBaoSettings | None:
+    """The OpenBao keys of [backend] or [remote]; None when no address is given."""
+    text = _typed(str, "a string")
+    address = section.get("address", "", bao_address)
+    settings = OpenBaoSettings(
+        address=address,
+        mount=section.get("mount", "secret", store_path),
+        prefix=section.get("prefix", "blindkey", store_path),
+        namespace=section.get("namespace", "", text),
+        ca_file=section.get("ca_file", "", existing_file),
+        auth=section.get("auth", "token", _one_of(AUTH_METHODS)),
+        token_file=section.get("token_file", "", text),
+        role_id=section.get("role_id", "", text),
+        secret_id_file=section.get("secret_id_file", "", text),
+    )
+    where = f"{section.file}: [{section.name}]"
+    if not address:
+        given = [key for key in OPENBAO_KEYS if key in section.table]
+        if required or given:
+            raise ConfigError(f'{where} address: required (e.g. "https://bao.example.com:8200")')
+        return None
+    problem = check_openbao(settings)
+    if problem:
+        raise ConfigError(f"{where} {problem}")
+    return settings
+
+
+def _storage(file: Path, data: Mapping[str, Any]) -> tuple[BackendSettings, OpenBaoSettings | None]:
+    backend = _Section(file, "backend", data.get("backend", {}))
+    kind = backend.get("kind", "file", _one_of(BACKENDS))
+    ttl = backend.get("cache_ttl", DEFAULT_CACHE_TTL, parse_duration)
+    if kind == "openbao":
+        openbao = _openbao(backend, required=True)
+    else:
+        stray = [key for key in OPENBAO_KEYS if key in backend.table]
+        if stray:
+            raise ConfigError(
+                f'{file}: [backend] {stray[0]}: only used with kind = "openbao" '
+                "(a team store for push and pull goes under [remote])"
+            )
+        openbao = None
+    backend.finish()
+    remote_section = _Section(file, "remote", data.get("remote", {}))
+    remote = _openbao(remote_section, required=False)
+    remote_section.finish()
+    return BackendSettings(kind=kind, cache_ttl=ttl, openbao=openbao), remote
 
 
 def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
@@ -288,18 +381,23 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     )
     limits.finish()
 
-    backend = _Section(file, "backend", data.get("backend", {}))
-    backend_kind = backend.get("kind", "file", _one_of(BACKENDS))
-    backend.finish()
+    storage, remote = _storage(file, data)
 
     envs = _Section(file, "environments", data.get("environments", {}))
-    names = envs.get("names", ("development", "staging", "production"), _string_list())
+    names = envs.get("names", DEFAULT_ENVIRONMENTS, environment_names)
     active = envs.get("active", "development", _typed(str, "an environment name"))
     envs.finish()
     if active not in names:
         raise ConfigError(
             f"{file}: [environments] active: {active!r} is not one of names {list(names)}"
         )
+
+    broker = _Section(file, "broker", data.get("broker", {}))
+    broker_settings = BrokerSettings(
+        socket=broker.get("socket", "", _typed(str, "a socket path")),
+        allowed_uids=broker.get("allowed_uids", (), uid_list),
+    )
+    broker.finish()
 
     allow = _Section(file, "allowlist", data.get("allowlist", {}))
     allowlist = AllowlistSettings(
@@ -317,9 +415,12 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
         limits=limit_settings,
         allowlist=allowlist,
         secrets=secrets,
-        backend=backend_kind,
+        backend=storage.kind,
         environments=names,
         active_env=active,
+        storage=storage,
+        remote=remote,
+        broker=broker_settings,
     )
 
 

@@ -8,6 +8,7 @@ import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,6 +42,11 @@ ResolutionKey = tuple[str | None, tuple[str, ...], str]
 Resolution = tuple[str, str, "Grant | BrokerDenied"]
 
 
+def broker_socket(paths: Paths, settings: Settings) -> Path:
+    """The socket of a broker run as its own service, else the one the proxy spawns."""
+    return Path(settings.broker.socket) if settings.broker.socket else paths.broker_socket
+
+
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if settings.proxy.ca_file:
@@ -55,7 +61,7 @@ class ProxyRuntime:
         self.audit = audit
         self.own_port: int | None = None
         self.guard = EgressGuard(settings.allowlist)
-        self.broker = BrokerClient(paths.broker_socket, on_push=self._on_push)
+        self.broker = BrokerClient(broker_socket(paths, settings), on_push=self._on_push)
         self._redactor = Redactor({})
         self._redactor_values: dict[str, str] = {}
         self._redactor_generation = -1

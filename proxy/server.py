@@ -21,8 +21,8 @@ from config.paths import Paths
 from config.settings import Settings
 from proxy.app import build_app
 from proxy.connections import ConnectionGuard, GuardedSite
-from proxy.runtime import ProxyRuntime
-from proxy.supervisor import BrokerSupervisor
+from proxy.runtime import ProxyRuntime, broker_socket
+from proxy.supervisor import BrokerSupervisor, ExternalBroker
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25
@@ -59,7 +59,13 @@ class ProxyServer:
         self.port = port
         self.audit = AuditWriter(paths.audit_dir, fsync=audit_fsync)
         self.runtime = ProxyRuntime(paths, settings, self.audit)
-        self.supervisor = BrokerSupervisor(paths.broker_socket, self._broker_state)
+        socket_path = broker_socket(paths, settings)
+        # A broker run as its own service (`[broker] socket`) is connected to, never spawned.
+        self.supervisor: BrokerSupervisor | ExternalBroker = (
+            ExternalBroker(socket_path, self._broker_state)
+            if settings.broker.socket
+            else BrokerSupervisor(socket_path, self._broker_state)
+        )
         self.broker_state = "starting"
         self.broker_pid: int | None = None
         self.started = time.time()

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.protocol import BrokerUnavailable
+from broker.protocol import BrokerUnavailable, ProtocolError, encode, read_frame
 
 log = logging.getLogger("blindkey.proxy")
 START_TIMEOUT = 10.0
@@ -100,3 +100,90 @@ class BrokerSupervisor:
                 process.kill()
                 await process.wait()
         self.on_state("stopped", None)
+
+
+class ExternalBroker:
+    """A broker run as its own service (`[broker] socket`): connect, never spawn.
+
+    Same interface as BrokerSupervisor. The broker belongs to another user and another
+    service manager, so this only reports whether it answers; the proxy's requests get
+    503 broker_unavailable while it does not.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        on_state: Callable[[str, int | None], None],
+        *,
+        start_timeout: float = START_TIMEOUT,
+        interval: float = 1.0,
+    ) -> None:
+        self.socket_path = socket_path
+        self.on_state = on_state
+        self.start_timeout = start_timeout
+        self.interval = interval
+        self.problem = ""
+        self._state: tuple[str, int | None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while (pid := await self._ping()) is None:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"no broker answers at {self.socket_path} ({self.problem}); start it with "
+                    f"`blindkey broker serve --socket {self.socket_path}` as the broker's user, "
+                    "and let this user in: its uid in [broker] allowed_uids, and the socket's group"
+                )
+            await asyncio.sleep(0.05)
+        self._report("running", pid)
+        self._watch_task = asyncio.create_task(self._watch(), name="broker-external-watch")
+
+    def _report(self, state: str, pid: int | None) -> None:
+        if (state, pid) != self._state:
+            self._state = (state, pid)
+            self.on_state(state, pid)
+
+    async def _ping(self) -> int | None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path)
+        except OSError as exc:
+            self.problem = exc.strerror or str(exc)
+            return None
+        try:
+            writer.write(encode({"id": 1, "op": "ping"}))
+            while True:
+                reply = await asyncio.wait_for(read_frame(reader), timeout=5)
+                if reply is None:
+                    raise ConnectionResetError
+                if reply.get("id") == 1:
+                    return int(reply["pid"])
+        except ConnectionError:
+            # Connected, then dropped: the broker's peer check refused this uid.
+            self.problem = f"it closed the connection: this uid ({os.getuid()}) is not allowed"
+            return None
+        except (OSError, TimeoutError, ProtocolError, KeyError, TypeError, ValueError) as exc:
+            self.problem = f"no answer: {exc or type(exc).__name__}"
+            return None
+        finally:
+            writer.close()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            pid = await self._ping()
+            if pid is None:
+                if self._state is not None and self._state[0] == "running":
+                    log.error(
+                        "the broker at %s stopped answering: %s", self.socket_path, self.problem
+                    )
+                self._report("unreachable", None)
+            else:
+                self._report("running", pid)
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        self._report("stopped", None)

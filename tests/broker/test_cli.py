@@ -401,6 +401,12 @@ def test_allowlist_list_json_when_empty(run_cli: RunCli) -> None:
         ("secrets", "list"),
         ("secrets", "delete"),
         ("secrets", "diff"),
+        ("secrets", "push"),
+        ("secrets", "pull"),
+        ("environment",),
+        ("environment", "list"),
+        ("environment", "switch"),
+        ("environment", "copy"),
         ("agent",),
         ("agent", "add"),
         ("agent", "list"),
@@ -419,7 +425,7 @@ def test_help_exits_zero(run_cli: RunCli, args: tuple[str, ...]) -> None:
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("group", ["secrets", "agent", "allowlist", "broker"])
+@pytest.mark.parametrize("group", ["secrets", "environment", "agent", "allowlist", "broker"])
 def test_group_without_action_is_a_usage_error(run_cli: RunCli, group: str) -> None:
     result = run_cli(group)
     assert result.returncode == 2

@@ -10,6 +10,9 @@ import pytest
 from config.errors import ConfigError
 from config.settings import (
     DEFAULT_CONFIG,
+    BackendSettings,
+    BrokerSettings,
+    OpenBaoSettings,
     SecretPolicy,
     load_settings,
     parse_duration,
@@ -417,3 +420,169 @@ BAD_SIZES = ["", "MiB", "10XB", "10mib", "1.5MiB", "-1KiB", "0", "0MiB", 0, -5, 
 def test_parse_size_rejects(value: object) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(value)
+
+
+# --- where values live: [backend], [remote], [environments], [broker] ----------------------
+
+
+def test_store_sections_default(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, DEFAULT_CONFIG))
+    assert settings.storage == BackendSettings(kind="file", cache_ttl=300.0, openbao=None)
+    assert settings.remote is None
+    assert settings.broker == BrokerSettings(socket="", allowed_uids=())
+
+
+def test_openbao_backend_and_remote_load(tmp_path: Path) -> None:
+    ca = tmp_path / "bao-ca.pem"
+    ca.write_text("checked for existence only\n")
+    text = replaced(
+        'kind = "file"',
+        f'kind = "openbao"\naddress = "https://bao.example.com:8200/"\nmount = "/kv/"\n'
+        f'prefix = "team/blindkey"\nnamespace = "eng"\nca_file = "{ca}"\n'
+        'auth = "approle"\nrole_id = "r-1"\nsecret_id_file = "/run/secrets/sid"',
+    )
+    text = text.replace('cache_ttl = "5m"', 'cache_ttl = "90s"')
+    text += '\n[remote]\naddress = "http://127.0.0.1:8200"\ntoken_file = "~/.bao-token"\n'
+    text = text.replace("allowed_uids = []", "allowed_uids = [0, 1001]")
+    text = text.replace('socket = ""', 'socket = "/run/blindkey/broker.sock"')
+    settings = load_settings(write(tmp_path, text))
+    assert settings.backend == "openbao"
+    assert settings.storage.cache_ttl == 90.0
+    assert settings.storage.openbao == OpenBaoSettings(
+        address="https://bao.example.com:8200",
+        mount="kv",
+        prefix="team/blindkey",
+        namespace="eng",
+        ca_file=str(ca),
+        auth="approle",
+        role_id="r-1",
+        secret_id_file="/run/secrets/sid",
+    )
+    assert settings.remote == OpenBaoSettings(
+        address="http://127.0.0.1:8200", token_file="~/.bao-token"
+    )
+    assert settings.broker == BrokerSettings("/run/blindkey/broker.sock", (0, 1001))
+
+
+def test_keyring_backend_loads(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, replaced('kind = "file"', 'kind = "keyring"')))
+    assert settings.backend == settings.storage.kind == "keyring"
+    assert settings.storage.openbao is None
+
+
+def test_custom_environments(tmp_path: Path) -> None:
+    text = replaced(
+        'names = ["development", "staging", "production"]', 'names = ["dev", "prod-eu", "qa_2"]'
+    ).replace('active = "development"', 'active = "prod-eu"')
+    settings = load_settings(write(tmp_path, text))
+    assert settings.environments == ("dev", "prod-eu", "qa_2")
+    assert settings.active_env == "prod-eu"
+
+
+ENVS = 'names = ["development", "staging", "production"]'
+STORE_ERRORS = [
+    (
+        replaced('kind = "file"', 'kind = "openbao"'),
+        ["[backend] address", "required"],
+        "openbao-without-address",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "keyring"\naddress = "https://b:8200"'),
+        ["[backend] address", 'only used with kind = "openbao"', "[remote]"],
+        "openbao-key-on-keyring",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "bao.example.com"'),
+        ["[backend] address", "http(s) URL", "'bao.example.com'"],
+        "address-without-scheme",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b:8200/v1/secret"'),
+        ["[backend] address", "scheme, host and port only"],
+        "address-with-path",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b:99999"'),
+        ["[backend] address", "99999"],
+        "address-bad-port",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b"\nauth = "ldap"'),
+        ["[backend] auth", "token, approle", "'ldap'"],
+        "bad-auth",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b"\nauth = "approle"'),
+        ["[backend]", "approle", "role_id and secret_id_file"],
+        "approle-incomplete",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b"\nmount = "a/../b"'),
+        ["[backend] mount", "a/../b"],
+        "mount-dotdot",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b"\nprefix = "a b"'),
+        ["[backend] prefix", "'a b'"],
+        "prefix-space",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b"\nca_file = "/no/ca"'),
+        ["[backend] ca_file", "no such file", "/no/ca"],
+        "ca-missing",
+    ),
+    (
+        replaced('kind = "file"', 'kind = "openbao"\naddress = "https://b"\nadress = "x"'),
+        ["[backend]", "'adress'", "did you mean 'address'"],
+        "backend-typo",
+    ),
+    (
+        replaced('cache_ttl = "5m"', 'cache_ttl = "forever"'),
+        ["[backend] cache_ttl", "duration"],
+        "bad-ttl",
+    ),
+    (DEFAULT_CONFIG + '\n[remote]\nmount = "kv"\n', ["[remote] address", "required"], "remote"),
+    (
+        DEFAULT_CONFIG + '\n[remote]\naddress = "https://b"\nkind = "openbao"\n',
+        ["[remote]", "unknown key 'kind'"],
+        "remote-kind",
+    ),
+    (replaced(ENVS, "names = []"), ["[environments] names", "at least one"], "no-envs"),
+    (
+        replaced(ENVS, 'names = ["dev", "dev"]').replace('"development"', '"dev"'),
+        ["[environments] names", "repeat"],
+        "env-repeated",
+    ),
+    (
+        replaced(ENVS, 'names = ["dev/../x", "development"]'),
+        ["[environments] names", "invalid environment name 'dev/../x'"],
+        "env-slash",
+    ),
+    (
+        replaced("allowed_uids = []", 'allowed_uids = ["root"]'),
+        ["[broker] allowed_uids", "numeric user ids"],
+        "uid-name",
+    ),
+    (
+        replaced("allowed_uids = []", "allowed_uids = [-1]"),
+        ["[broker] allowed_uids", "[-1]"],
+        "uid-negative",
+    ),
+    (replaced('socket = ""', "socket = 1"), ["[broker] socket", "socket path"], "socket-int"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"), [c[:2] for c in STORE_ERRORS], ids=[c[2] for c in STORE_ERRORS]
+)
+def test_bad_store_config_names_file_key_and_problem(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
+    file = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(file)
+    message = str(info.value)
+    assert message.startswith(f"{file}: "), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    assert "\n" not in message

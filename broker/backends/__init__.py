@@ -1,0 +1,73 @@
+"""Where values live: one small interface, three stores behind it.
+
+Every backend is synchronous: the CLI calls it directly, the broker from a worker thread
+(keychain and HTTP calls block), and keeps what it read in memory (broker/cache.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from config.errors import BlindkeyError
+from config.paths import Paths
+from config.settings import Settings
+from config.stores import OpenBaoSettings
+
+
+class BackendError(BlindkeyError):
+    """The store refused or failed; the message is one line that says what to do."""
+
+
+class BackendUnavailable(BackendError):
+    """The store cannot answer now (locked, sealed, unreachable); cached values still serve."""
+
+
+class SecretBackend(Protocol):
+    kind: str
+
+    def describe(self) -> str:
+        """Where the values are, for messages: never a credential."""
+        ...
+
+    def watched(self) -> tuple[Path, ...]:
+        """Local files whose change means values may have changed."""
+        ...
+
+    def changed(self) -> set[tuple[str, str]] | None:
+        """(env, name) pairs changed since the last call, after a watched file changed;
+        None when the backend cannot tell, so everything must be read again."""
+        ...
+
+    def names(self, env: str) -> set[str]: ...
+
+    def get(self, env: str, name: str) -> str | None: ...
+
+    def values(self, env: str) -> dict[str, str]: ...
+
+    def set(self, env: str, name: str, value: str) -> None: ...
+
+    def delete(self, env: str, name: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def open_backend(paths: Paths, settings: Settings) -> SecretBackend:
+    """The configured store; opening one never falls back to another."""
+    kind = settings.storage.kind
+    if kind == "keyring":
+        from broker.backends.keychain import KeychainBackend
+
+        return KeychainBackend(paths)
+    if kind == "openbao":
+        assert settings.storage.openbao is not None  # the settings parser requires it
+        return open_openbao(settings.storage.openbao)
+    from broker.backends.file import FileBackend
+
+    return FileBackend(paths)
+
+
+def open_openbao(settings: OpenBaoSettings) -> SecretBackend:
+    from broker.backends.openbao import OpenBaoBackend
+
+    return OpenBaoBackend(settings)

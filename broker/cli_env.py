@@ -1,0 +1,96 @@
+"""`blindkey environment list|switch|copy`: values are per environment, the proxy serves
+the active one, and production is only entered on purpose."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from broker.cli_secrets import PRODUCTION, confirm, inventory, local_store, opened, pick_env
+from broker.notify import notify_broker
+from config.console import emit_json, say, table
+from config.edit import edit_config
+from config.edit import table as toml_table
+from config.errors import BlindkeyError
+from config.paths import Paths
+from config.settings import load_settings
+
+
+def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:
+    settings = load_settings(paths.config_file)
+    with opened(local_store(paths, settings)) as store:
+        held = inventory(store, settings)
+    rows = [
+        {"name": env, "active": env == settings.active_env, "secrets": len(held[env])}
+        for env in settings.environments
+    ]
+    if args.json:
+        emit_json(rows)
+    else:
+        table(
+            [["*" if r["active"] else "", r["name"], str(r["secrets"])] for r in rows],
+            ["", "ENVIRONMENT", "SECRETS"],
+        )
+    return 0
+
+
+def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
+    settings = load_settings(paths.config_file)
+    env = pick_env(settings, args.name)
+    if env == settings.active_env:
+        say(f"{env} is already the active environment")
+        return 0
+    if env == PRODUCTION:
+        confirm(f"switch the active environment to {PRODUCTION}", args.yes)
+
+    def change(document: Any) -> None:
+        toml_table(document, "environments")["active"] = env
+
+    settings = edit_config(paths.config_file, paths.lock_file, change)
+    notify_broker(paths, settings)
+    say(f"active environment: {env} (a running proxy uses it for the next request)")
+    return 0
+
+
+def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
+    settings = load_settings(paths.config_file)
+    source, target = pick_env(settings, args.source), pick_env(settings, args.target)
+    if source == target:
+        raise BlindkeyError(f"copying {source} onto itself changes nothing")
+    with opened(local_store(paths, settings)) as store:
+        values = store.values(source)
+        if not values:
+            raise BlindkeyError(f"{source} holds no secrets; nothing to copy")
+        existing = store.names(target)
+        if target == PRODUCTION:
+            confirm(f"copy {len(values)} values from {source} into {PRODUCTION}", args.yes)
+        for name, value in values.items():
+            store.set(target, name, value)
+    notify_broker(paths, settings, [(target, name) for name in values])
+    replaced = len(set(values) & existing)
+    say(
+        f"copied {len(values)} secrets from {source} to {target} "
+        f"({replaced} replaced, {len(values) - replaced} new)"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    environment = sub.add_parser(
+        "environment",
+        help="list, switch and copy environments",
+        description="Values are per environment; the proxy serves the active one.",
+    )
+    e = environment.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = e.add_parser("list", help="environments, the active one, and how many secrets each holds")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_environment_list)
+    p = e.add_parser("switch", help="make NAME the active environment")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help=f"confirm switching to {PRODUCTION}")
+    p.set_defaults(func=cmd_environment_switch)
+    p = e.add_parser("copy", help="copy every value of FROM into TO (same names replaced)")
+    p.add_argument("source", metavar="FROM")
+    p.add_argument("target", metavar="TO")
+    p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
+    p.set_defaults(func=cmd_environment_copy)

@@ -1,0 +1,321 @@
+"""`blindkey secrets set|list|delete|diff|push|pull`: values in the configured backend,
+metadata in config.toml, and a team store under [remote]."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from broker.backends import SecretBackend, open_backend, open_openbao
+from broker.compare import Difference, compare, comparison_key, keyed_digests
+from broker.notify import notify_broker
+from config.console import emit_json, say, warn
+from config.console import table as print_table
+from config.edit import edit_config, string_array
+from config.edit import table as toml_table
+from config.errors import BlindkeyError, UsageError
+from config.hosts import HostError, HostPattern
+from config.paths import Paths
+from config.settings import SECRET_NAME, Settings, load_settings
+from config.stores import OpenBaoSettings
+
+PRODUCTION = "production"
+
+
+def check_name(name: str) -> str:
+    # fullmatch: the pattern's `$` would also accept a trailing newline.
+    if not SECRET_NAME.fullmatch(name):
+        raise BlindkeyError(
+            f"invalid secret name {name!r}: start with a letter or '_', then letters, digits, "
+            "'_', '.', '-' (at most 128 characters)"
+        )
+    return name
+
+
+def pick_env(settings: Settings, requested: str | None) -> str:
+    env = requested or settings.active_env
+    if env not in settings.environments:
+        raise BlindkeyError(
+            f"unknown environment {env!r}; known: {', '.join(settings.environments)}"
+        )
+    return env
+
+
+def confirm(action: str, yes: bool) -> None:
+    """Ask on a terminal; elsewhere (scripts, agents) only --yes will do."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise BlindkeyError(f"{action}: confirm with --yes (no terminal to ask on)")
+    sys.stderr.write(f"{action[0].upper()}{action[1:]}? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise BlindkeyError(f"{action}: not confirmed; nothing changed")
+
+
+@contextlib.contextmanager
+def opened(backend: SecretBackend) -> Iterator[SecretBackend]:
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def local_store(paths: Paths, settings: Settings) -> SecretBackend:
+    return open_backend(paths, settings)
+
+
+def _read_value(name: str) -> str:
+    if sys.stdin.isatty():
+        value = getpass.getpass(f"Value for {name} (input hidden): ")
+    else:
+        value = sys.stdin.read()
+        if value.endswith("\n"):
+            value = value[:-1]
+            if value.endswith("\r"):
+                value = value[:-1]
+    if not value:
+        raise BlindkeyError(f"empty value for {name}: nothing stored")
+    return value
+
+
+def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
+    name, value = args.name, None
+    if "=" in name:
+        name, value = name.split("=", 1)
+        warn(f"the value of {name} is now in your shell history; prefer piping it on stdin")
+    check_name(name)
+    settings = load_settings(paths.config_file)
+    env = pick_env(settings, args.env)
+    for host in args.host:
+        try:
+            HostPattern.parse(host)
+        except HostError as exc:
+            raise BlindkeyError(f"--host: {exc}") from exc
+    if value is None:
+        value = _read_value(name)
+    if not value:
+        raise BlindkeyError(f"empty value for {name}: nothing stored")
+    if args.tier or args.host or args.agent:
+
+        def change(document: Any) -> None:
+            section = toml_table(document, "secrets", name)
+            if args.tier:
+                section["tier"] = args.tier
+            if args.host:
+                section["hosts"] = string_array(args.host)
+            if args.agent:
+                section["agents"] = string_array(args.agent)
+
+        settings = edit_config(paths.config_file, paths.lock_file, change)
+    with opened(local_store(paths, settings)) as store:
+        store.set(env, name, value)
+    notify_broker(paths, settings, [(env, name)])
+    policy = settings.policy(name)
+    hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
+    say(f"stored {name} in {env} (tier {policy.tier}; hosts: {hosts})")
+    return 0
+
+
+def inventory(store: SecretBackend, settings: Settings) -> dict[str, set[str]]:
+    return {env: store.names(env) for env in settings.environments}
+
+
+def cmd_secrets_list(paths: Paths, args: argparse.Namespace) -> int:
+    settings = load_settings(paths.config_file)
+    with opened(local_store(paths, settings)) as store:
+        held = inventory(store, settings)
+    names = sorted({n for found in held.values() for n in found} | set(settings.secrets))
+    rows = []
+    for name in names:
+        policy = settings.policy(name)
+        rows.append(
+            {
+                "name": name,
+                "envs": [env for env in settings.environments if name in held[env]],
+                "tier": policy.tier,
+                "hosts": [str(h) for h in policy.hosts],
+                "agents": list(policy.agents),
+                "release": list(policy.release),
+            }
+        )
+    if args.json:
+        emit_json(rows)
+    elif not rows:
+        say("no secrets; add one with: blindkey secrets set NAME")
+    else:
+        print_table(
+            [
+                [
+                    r["name"],
+                    ",".join(r["envs"]) or "-",
+                    r["tier"],
+                    ",".join(r["hosts"]) or "*",
+                    ",".join(r["agents"]),
+                ]
+                for r in rows
+            ],
+            ["NAME", "ENVIRONMENTS", "TIER", "HOSTS", "AGENTS"],
+        )
+    return 0
+
+
+def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
+    check_name(args.name)
+    settings = load_settings(paths.config_file)
+    env = pick_env(settings, args.env)
+    with opened(local_store(paths, settings)) as store:
+        if not store.delete(env, args.name):
+            raise BlindkeyError(
+                f"no secret named {args.name} in {env}; see `blindkey secrets list`"
+            )
+        notify_broker(paths, settings, [(env, args.name)])
+        still_used = any(args.name in found for found in inventory(store, settings).values())
+    if not still_used:
+
+        def change(document: Any) -> None:
+            secrets = document.get("secrets")
+            if secrets is not None and args.name in secrets:
+                del secrets[args.name]
+
+        edit_config(paths.config_file, paths.lock_file, change)
+    say(f"deleted {args.name} from {env}")
+    return 0
+
+
+def _remote(settings: Settings) -> OpenBaoSettings:
+    if settings.remote is None:
+        raise BlindkeyError(
+            'no team store: add [remote] with address = "https://..." to config.toml '
+            "(the same keys as an openbao [backend])"
+        )
+    return settings.remote
+
+
+def _print_diff(diff: Difference, left: str, right: str) -> None:
+    for name in diff.only_source:
+        say(f"- {name}  (only in {left})")
+    for name in diff.only_target:
+        say(f"+ {name}  (only in {right})")
+    for name in diff.differ:
+        say(f"~ {name}  (values differ)")
+
+
+def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
+    if (args.from_env is None) != (args.to_env is None):
+        raise UsageError("give both --from ENV and --to ENV, or neither to compare with [remote]")
+    settings = load_settings(paths.config_file)
+    key = comparison_key()
+    if args.from_env is not None:
+        source, target = pick_env(settings, args.from_env), pick_env(settings, args.to_env)
+        with opened(local_store(paths, settings)) as store:
+            diff = compare(
+                keyed_digests(store.values(source), key), keyed_digests(store.values(target), key)
+            )
+        result = {
+            "from": source,
+            "to": target,
+            "only_in_from": list(diff.only_source),
+            "only_in_to": list(diff.only_target),
+            "differ": list(diff.differ),
+        }
+        if args.json:
+            emit_json(result)
+        elif diff.empty:
+            say(f"{source} and {target} hold the same names and values")
+        else:
+            _print_diff(diff, source, target)
+        return 0
+    envs = _envs(settings, args)
+    remote = open_openbao(_remote(settings))
+    diffs = []
+    with opened(local_store(paths, settings)) as store, opened(remote):
+        for env in envs:
+            local, team = store.values(env), remote.values(env)
+            diffs.append((env, compare(keyed_digests(local, key), keyed_digests(team, key))))
+    if args.json:
+        emit_json(
+            [
+                {
+                    "env": env,
+                    "only_in_local": list(diff.only_source),
+                    "only_in_remote": list(diff.only_target),
+                    "differ": list(diff.differ),
+                }
+                for env, diff in diffs
+            ]
+        )
+        return 0
+    for env, diff in diffs:
+        say(f"{env}: local vs {remote.describe()}")
+        if diff.empty:
+            say("  same names and values")
+        _print_diff(diff, "local", "remote")
+    return 0
+
+
+def _envs(settings: Settings, args: argparse.Namespace) -> list[str]:
+    if getattr(args, "all", False):
+        return list(settings.environments)
+    return [pick_env(settings, args.env)]
+
+
+def transfer(paths: Paths, args: argparse.Namespace, *, push: bool) -> int:
+    settings = load_settings(paths.config_file)
+    remote = open_openbao(_remote(settings))
+    key = comparison_key()
+    reports: list[dict[str, Any]] = []
+    pulled: list[tuple[str, str]] = []
+    with opened(local_store(paths, settings)) as local, opened(remote):
+        source, target = (local, remote) if push else (remote, local)
+        where = remote.describe() if push else "the local store"
+        for env in _envs(settings, args):
+            values = source.values(env)
+            diff = compare(keyed_digests(values, key), keyed_digests(target.values(env), key))
+            writes = [*diff.only_source, *diff.differ]
+            if writes and not args.dry_run and env == PRODUCTION:
+                confirm(f"write {len(writes)} values into {PRODUCTION} in {where}", args.yes)
+            if not args.dry_run:
+                for name in writes:
+                    target.set(env, name, values[name])
+                if not push:
+                    pulled += [(env, name) for name in writes]
+            reports.append(
+                {
+                    "env": env,
+                    "created": list(diff.only_source),
+                    "updated": list(diff.differ),
+                    "unchanged": len(diff.same),
+                    "only_in_target": list(diff.only_target),
+                    "dry_run": bool(args.dry_run),
+                }
+            )
+    if pulled:
+        notify_broker(paths, settings, pulled)
+    if args.json:
+        emit_json(reports)
+        return 0
+    dry = " (dry run: nothing written)" if args.dry_run else ""
+    for r in reports:
+        say(
+            f"{'push' if push else 'pull'} {r['env']} into {where}{dry}: "
+            f"{len(r['created'])} new, {len(r['updated'])} changed, {r['unchanged']} unchanged, "
+            f"{len(r['only_in_target'])} only there (left alone)"
+        )
+        for name in r["created"]:
+            say(f"  + {name}")
+        for name in r["updated"]:
+            say(f"  ~ {name}")
+    return 0
+
+
+def cmd_secrets_push(paths: Paths, args: argparse.Namespace) -> int:
+    return transfer(paths, args, push=True)
+
+
+def cmd_secrets_pull(paths: Paths, args: argparse.Namespace) -> int:
+    return transfer(paths, args, push=False)

@@ -1,0 +1,240 @@
+"""Rotation, delete and revoke under load: once the CLI command has returned, no request
+that starts afterwards uses the old value or the old token.
+
+A real proxy (in process) with its real broker subprocess, a loopback upstream, and
+workers keeping requests in flight the whole time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from audit.reader import Filter, read_records
+from audit.writer import audit_file
+from broker.agents import AgentStore
+from broker.client import BrokerClient
+from broker.notify import notify_broker
+from broker.protocol import encode, read_frame
+from broker.server import ACK_TIMEOUT, BrokerServer
+from broker.vault import FileVault
+from config.edit import edit_config, string_array
+from config.edit import table as toml_table
+from config.paths import Paths
+from config.settings import load_settings
+from proxy.server import ProxyServer
+from tests.broker.conftest import acli
+from tests.upstream import start_upstream
+
+OLD = "old-value-0123456789abcdef"
+WORKERS = 16
+
+
+def bearer_sha(value: str) -> str:
+    return hashlib.sha256(f"Bearer {value}".encode()).hexdigest()
+
+
+@dataclass
+class Sample:
+    started: float
+    status: int
+    auth_sha: str | None
+    error: str | None
+
+
+@dataclass
+class Load:
+    url: str
+    headers: dict[str, str]
+    samples: list[Sample] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def worker(self, session: aiohttp.ClientSession) -> None:
+        while not self.stop.is_set():
+            started = time.monotonic()
+            async with session.get(self.url, headers=self.headers) as response:
+                body = await response.read()
+                error = orjson.loads(body)["error"] if response.status >= 400 else None
+                sha = response.headers.get("X-Echo-Authorization-Sha256")
+                self.samples.append(Sample(started, response.status, sha, error))
+
+    def after(self, moment: float) -> list[Sample]:
+        return [s for s in self.samples if s.started >= moment]
+
+
+@dataclass
+class Rig:
+    paths: Paths
+    server: ProxyServer
+    upstream_port: int
+    token: str
+
+
+@pytest.fixture
+async def rig(home: Paths) -> AsyncIterator[Rig]:
+    upstream, port = await start_upstream()
+
+    def allow(document: Any) -> None:
+        toml_table(document, "allowlist")["hosts"] = string_array([f"http://127.0.0.1:{port}"])
+
+    edit_config(home.config_file, home.lock_file, allow)
+    FileVault(home).set("development", "GH", OLD)
+    token = AgentStore(home.agents_file, home.lock_file).add("loader")
+    server = ProxyServer(
+        home, load_settings(home.config_file), host="127.0.0.1", port=0, audit_fsync=False
+    )
+    await server.start()
+    try:
+        yield Rig(home, server, port, token)
+    finally:
+        await server.stop()
+        await upstream.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def under_load(rig: Rig) -> AsyncIterator[Load]:
+    load = Load(
+        f"http://127.0.0.1:{rig.server.port}/proxy",
+        {
+            "X-AS-Agent-Token": rig.token,
+            "X-AS-Target-URL": f"http://127.0.0.1:{rig.upstream_port}/echo",
+            "X-AS-Inject-Bearer": "GH",
+        },
+    )
+    connector = aiohttp.TCPConnector(limit=WORKERS)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        workers = [
+            asyncio.create_task(load.worker(session), name=f"load-{i}") for i in range(WORKERS)
+        ]
+        try:
+            await asyncio.sleep(0.5)  # warm: the proxy has cached its resolution by now
+            assert load.samples and all(s.auth_sha == bearer_sha(OLD) for s in load.samples)
+            yield load
+            await asyncio.sleep(0.5)
+        finally:
+            load.stop.set()
+            await asyncio.gather(*workers)
+
+
+async def test_rotation_under_load(rig: Rig) -> None:
+    new = "rotated-value-9876543210fedcba"
+    async with under_load(rig) as load:
+        ran = await acli(rig.paths.config_dir, "secrets", "set", "GH", stdin=new)
+        returned = time.monotonic()
+        assert ran.returncode == 0, ran.stderr
+    later = load.after(returned)
+    assert len(later) > 50, "requests kept flowing after the change"
+    stale = [s for s in later if s.auth_sha != bearer_sha(new)]
+    assert stale == [], f"{len(stale)} requests after the rotation used the old value"
+
+
+async def test_delete_under_load(rig: Rig) -> None:
+    async with under_load(rig) as load:
+        ran = await acli(rig.paths.config_dir, "secrets", "delete", "GH")
+        returned = time.monotonic()
+        assert ran.returncode == 0, ran.stderr
+    later = load.after(returned)
+    assert len(later) > 50
+    assert {(s.status, s.error) for s in later} == {(404, "unknown_secret")}
+    assert all(s.auth_sha is None for s in later)
+
+
+async def test_revoke_under_load(rig: Rig) -> None:
+    async with under_load(rig) as load:
+        ran = await acli(rig.paths.config_dir, "agent", "revoke", "loader")
+        returned = time.monotonic()
+        assert ran.returncode == 0, ran.stderr
+    later = load.after(returned)
+    assert len(later) > 50
+    assert {(s.status, s.error) for s in later} == {(401, "unauthenticated")}
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_a_change_is_answered_only_after_caching_clients_dropped_their_caches(
+    home: Paths, sock_dir: Path
+) -> None:
+    socket_path = sock_dir / "b.sock"
+    config = home.config_file
+    config.write_text(config.read_text().replace('socket = ""', f'socket = "{socket_path}"'))
+    FileVault(home).set("development", "GH", OLD)
+    token = AgentStore(home.agents_file, home.lock_file).add("claude")
+    server = BrokerServer(home, socket_path, frozenset({os.getuid()}))
+    await server.start()
+    events: list[str] = []
+    caching = BrokerClient(socket_path, on_push=lambda m: events.append("dropped cache"))
+    # A client that resolves but never acknowledges: the change waits for it, not forever.
+    silent_reader, silent = await asyncio.open_unix_connection(socket_path)
+    try:
+        await caching.call("resolve", token=token, names=["GH"], host="x.io")
+        silent.write(
+            encode({"id": 1, "op": "resolve", "names": [], "host": "x.io", "token": token})
+        )
+        assert await asyncio.wait_for(read_frame(silent_reader), 5) is not None
+        FileVault(home).set("development", "GH", "new-value")
+        settings = load_settings(config)
+        started = time.monotonic()
+        assert await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")])
+        events.append("cli returned")
+        waited = time.monotonic() - started
+        assert events == ["dropped cache", "cli returned"]
+        assert ACK_TIMEOUT * 0.9 < waited < ACK_TIMEOUT + 1.0
+        reply = await caching.call("resolve", token=token, names=["GH"], host="x.io")
+        assert reply["values"] == {"GH": "new-value"}
+
+        # Without the silent one, the answer comes as soon as the caching client acked.
+        silent.close()
+        FileVault(home).set("development", "GH", "newer-value")
+        started = time.monotonic()
+        assert await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")])
+        assert time.monotonic() - started < ACK_TIMEOUT / 2
+        assert events[-1] == "dropped cache"
+    finally:
+        silent.close()
+        await caching.close()
+        await server.close()
+
+
+async def test_the_audit_records_the_environment_of_every_use(rig: Rig) -> None:
+    FileVault(rig.paths).set("staging", "GH", "staging-value-0123456789")
+    url = f"http://127.0.0.1:{rig.server.port}/proxy"
+    headers = {
+        "X-AS-Agent-Token": rig.token,
+        "X-AS-Target-URL": f"http://127.0.0.1:{rig.upstream_port}/echo",
+        "X-AS-Inject-Bearer": "GH",
+    }
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for switch_to in (None, "staging", "production", "development"):
+            if switch_to is not None:
+                args = ["environment", "switch", switch_to, "--yes"]
+                assert (await acli(rig.paths.config_dir, *args)).returncode == 0
+            async with session.get(url, headers=headers) as response:
+                statuses.append(response.status)
+    await rig.server.audit.flush()
+    records, _ = read_records(audit_file(rig.paths.audit_dir), Filter())
+    assert [(r["env"], r["status"]) for r in records] == [
+        ("development", 200),
+        ("staging", 200),
+        ("production", 404),  # nothing stored there: refused, and recorded where
+        ("development", 200),
+    ]
+    assert statuses == [200, 200, 404, 200]

@@ -1,0 +1,258 @@
+"""The hardened deployment: the broker runs as its own user and owns the vault; the proxy's
+user may open the broker's socket, the agent's user may neither open it nor read a file.
+
+Three real users, created here (the tests run as root): bk-broker, bk-proxy (in
+bk-broker's group, listed in [broker] allowed_uids) and bk-agent.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.broker.conftest import ROOT
+
+BROKER, PROXY, AGENT = "bk-broker", "bk-proxy", "bk-agent"
+VALUE = "ghp_separateUserValue0123456789XYZ"
+
+
+def ensure_user(name: str, *groups: str) -> None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
+             "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    for group in groups:
+        subprocess.run(["usermod", "--append", "--groups", group, name], check=True)
+
+
+def _runs_as(user: str, python: str, env: dict[str, str]) -> bool:
+    try:
+        probe = [python, "-c", "import orjson, cryptography, proxy.server"]
+        return subprocess.run(probe, user=user, env={**os.environ, **env}, cwd="/",
+                              capture_output=True, check=False).returncode == 0  # fmt: skip
+    except PermissionError:
+        return False
+
+
+def python_for(user: str) -> tuple[list[str], dict[str, str]]:
+    """An interpreter `user` may run, with blindkey and its dependencies importable."""
+    if _runs_as(user, sys.executable, {}):
+        return [sys.executable], {}
+    # The test's interpreter lives where other users cannot go (pyenv under /root): the
+    # system's python of the same minor version reads the same compiled packages.
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])}
+    for directory in ("/usr/bin", "/usr/local/bin", *os.environ.get("PATH", "").split(":")):
+        candidate = os.path.join(directory, version)
+        if os.path.isfile(candidate) and _runs_as(user, candidate, env):
+            return [candidate], env
+    raise AssertionError(f"no {version} that {user} may run with blindkey importable")
+
+
+@dataclass
+class Deployment:
+    base: Path
+    broker_home: Path
+    proxy_home: Path
+    socket: Path
+    python: list[str]
+    python_env: dict[str, str]
+    token: str
+
+    def run(self, user: str, *args: str, home: Path | None = None, stdin: str = "",
+            check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return subprocess.run(
+            args,
+            user=user,
+            group=user,
+            extra_groups=[BROKER] if user == PROXY else [],
+            env=self.env(home),
+            cwd=self.base,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=check,
+        )
+
+    def env(self, home: Path | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BLINDKEY", "XDG"))}
+        env.update(self.python_env, HOME=str(self.base), PYTHONDONTWRITEBYTECODE="1")
+        if home is not None:
+            env["BLINDKEY_HOME"] = str(home)
+        return env
+
+    def blindkey(self, user: str, home: Path, *args: str, stdin: str = "") -> str:
+        result = self.run(user, *self.python, "-m", "proxy", *args, home=home, stdin=stdin,
+                          check=False)  # fmt: skip
+        assert result.returncode == 0, (args, result.stderr)
+        return result.stdout
+
+
+@pytest.fixture
+def deployment() -> Iterator[Deployment]:
+    assert os.geteuid() == 0, "this test creates users and runs as them: run it as root"
+    ensure_user(BROKER)
+    ensure_user(PROXY, BROKER)
+    ensure_user(AGENT)
+    python, python_env = python_for(BROKER)
+    base = Path(tempfile.mkdtemp(prefix="bk-users-", dir="/tmp"))
+    try:
+        yield _deploy(base, python, python_env)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _deploy(base: Path, python: list[str], python_env: dict[str, str]) -> Deployment:
+    base.chmod(0o755)
+    broker_home, proxy_home, run = base / "broker-home", base / "proxy-home", base / "run"
+    for directory, owner in ((broker_home, BROKER), (proxy_home, PROXY), (run, BROKER)):
+        directory.mkdir(mode=0o700)
+        shutil.chown(directory, owner, owner)
+    run.chmod(0o750)  # the broker's group (the proxy's user) may reach the socket
+    socket_path = run / "broker.sock"
+    deploy = Deployment(base, broker_home, proxy_home, socket_path, python, python_env, "")
+    deploy.blindkey(BROKER, broker_home, "init")
+    _configure(broker_home / "config.toml", socket_path, [pwd.getpwnam(PROXY).pw_uid])
+    deploy.blindkey(BROKER, broker_home, "secrets", "set", "GH", stdin=VALUE)
+    added = deploy.blindkey(BROKER, broker_home, "agent", "add", "agent", "--json")
+    deploy.token = json.loads(added)["token"]
+    return deploy
+
+
+def _configure(config: Path, socket_path: Path, allowed_uids: list[int]) -> None:
+    text = config.read_text()
+    text = text.replace('socket = ""', f'socket = "{socket_path}"')
+    text = text.replace("allowed_uids = []", f"allowed_uids = {allowed_uids}")
+    config.write_text(text)
+
+
+@pytest.fixture
+def broker_service(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
+    """`blindkey broker serve` as bk-broker, as its service unit would run it."""
+    process = subprocess.Popen(
+        [*deployment.python, "-m", "proxy", "broker", "serve"],
+        user=BROKER,
+        group=BROKER,
+        extra_groups=[],
+        env=deployment.env(deployment.broker_home),
+        cwd=deployment.base,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not deployment.socket.exists():
+            assert process.poll() is None, "the broker exited"
+            assert time.monotonic() < deadline, "no broker socket"
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+CONNECT = """
+import socket, sys
+socket.socket(socket.AF_UNIX).connect(sys.argv[1])
+"""
+AS_PROXY = """
+import asyncio, hashlib, sys
+from pathlib import Path
+from broker.client import BrokerClient
+
+async def main():
+    client = BrokerClient(Path(sys.argv[1]))
+    reply = await client.call("resolve", token=sys.argv[2], names=["GH"], host="x.io")
+    await client.close()
+    print(hashlib.sha256(reply["values"]["GH"].encode()).hexdigest())
+
+asyncio.run(main())
+"""
+
+
+def test_agent_user_can_neither_open_the_socket_nor_read_the_vault(
+    deployment: Deployment, broker_service: subprocess.Popen[bytes]
+) -> None:
+    sock = deployment.socket.stat()
+    assert stat.S_ISSOCK(sock.st_mode) and stat.S_IMODE(sock.st_mode) == 0o660
+    assert pwd.getpwuid(sock.st_uid).pw_name == BROKER
+    assert grp.getgrgid(sock.st_gid).gr_name == BROKER
+    home = deployment.broker_home
+    for name in ("vault.bin", "vault.key", "agents.json", "config.toml"):
+        assert (home / name).exists()
+        assert pwd.getpwuid((home / name).stat().st_uid).pw_name == BROKER
+
+    for target in ("vault.bin", "vault.key", "agents.json"):
+        read = deployment.run(AGENT, "cat", str(home / target), check=False)
+        assert read.returncode != 0 and "Permission denied" in read.stderr
+    listed = deployment.run(AGENT, "ls", str(home), check=False)
+    assert listed.returncode != 0 and "Permission denied" in listed.stderr
+    opened = deployment.run(AGENT, *deployment.python, "-c", CONNECT, str(deployment.socket),
+                            check=False)  # fmt: skip
+    assert opened.returncode != 0 and "PermissionError" in opened.stderr, opened.stderr
+    # the proxy's user gets through the directory and the socket, but not into the vault
+    read = deployment.run(PROXY, "cat", str(home / "vault.bin"), check=False)
+    assert read.returncode != 0 and "Permission denied" in read.stderr
+
+    asked = deployment.run(PROXY, *deployment.python, "-c", AS_PROXY, str(deployment.socket),
+                           deployment.token, check=False)  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout.strip() == hashlib.sha256(VALUE.encode()).hexdigest()
+    # Root passes every file permission; the peer uid check still turns it away.
+    refused = subprocess.run([*deployment.python, "-c", AS_PROXY, str(deployment.socket),
+                              deployment.token], capture_output=True, text=True, cwd=ROOT,
+                             env=deployment.env(None), timeout=30, check=False)  # fmt: skip
+    assert refused.returncode != 0 and "BrokerUnavailable" in refused.stderr
+    assert VALUE not in refused.stderr + asked.stderr
+
+
+def test_proxy_as_its_own_user_injects_from_the_broker_of_another(
+    deployment: Deployment, broker_service: subprocess.Popen[bytes], upstream_port: int
+) -> None:
+    """Needs proxy/server.py to pick ExternalBroker when [broker] socket is set."""
+    proxy_home = deployment.proxy_home
+    deployment.blindkey(PROXY, proxy_home, "init")
+    _configure(proxy_home / "config.toml", deployment.socket, [])
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    deployment.blindkey(PROXY, proxy_home, "allowlist", "add", upstream)
+    deployment.blindkey(PROXY, proxy_home, "proxy", "start", "--port", "0")
+    try:
+        status = json.loads(deployment.blindkey(PROXY, proxy_home, "proxy", "status", "--json"))
+        assert status["broker"] == "running"
+        assert status["broker_pid"] == broker_service.pid
+        called = deployment.run(
+            AGENT, "curl", "-sS", "-D", "-", f"http://127.0.0.1:{status['port']}/proxy",
+            "-H", f"X-AS-Agent-Token: {deployment.token}",
+            "-H", f"X-AS-Target-URL: {upstream}/echo",
+            "-H", "X-AS-Inject-Bearer: GH",
+            check=False,
+        )  # fmt: skip
+        assert called.returncode == 0, called.stderr
+        assert " 200 " in called.stdout.splitlines()[0], called.stdout
+        expected = hashlib.sha256(f"Bearer {VALUE}".encode()).hexdigest()
+        assert f"X-Echo-Authorization-Sha256: {expected}".lower() in called.stdout.lower()
+        assert VALUE not in called.stdout
+    finally:
+        deployment.blindkey(PROXY, proxy_home, "proxy", "stop")
+    for file in proxy_home.rglob("*"):
+        if file.is_file():
+            assert VALUE.encode() not in file.read_bytes(), file
