@@ -31,6 +31,7 @@ class AuditRecord:
     bytes_in: int = 0
     bytes_out: int = 0
     redactions: int = 0
+    short_secrets: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -60,4 +61,6 @@ class AuditRecord:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "redactions": self.redactions,
+            # Secrets stored with --allow-short: their echoes may not have been caught.
+            "short_secrets": list(self.short_secrets),
         }

@@ -12,6 +12,7 @@ from typing import Any
 from broker import cli_env
 from broker.agents import AgentStore
 from broker.cli_secrets import (
+    MIN_REDACTABLE,
     cmd_secrets_delete,
     cmd_secrets_diff,
     cmd_secrets_list,
@@ -202,6 +203,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="NAME",
         help="only this agent may use it (repeatable; default: every agent)",
+    )
+    p.add_argument(
+        "--allow-short",
+        action="store_true",
+        help=f"store a value shorter than {MIN_REDACTABLE} characters, which cannot be "
+        "redacted safely; every use is then marked in the audit",
     )
     p.set_defaults(func=cmd_secrets_set)
     p = s.add_parser("list", help="names, environments and policy (never values)")

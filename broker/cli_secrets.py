@@ -83,6 +83,10 @@ def _read_value(name: str) -> str:
     return value
 
 
+# Shorter values match ordinary text: redacting them would be unreliable and mangle output.
+MIN_REDACTABLE = 8
+
+
 def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     name, value = args.name, None
     if "=" in name:
@@ -100,7 +104,15 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
         value = _read_value(name)
     if not value:
         raise BlindkeyError(f"empty value for {name}: nothing stored")
-    if args.tier or args.host or args.agent:
+    short = len(value) < MIN_REDACTABLE
+    if short and not args.allow_short:
+        raise BlindkeyError(
+            f"the value of {name} is {len(value)} characters: values shorter than "
+            f"{MIN_REDACTABLE} match ordinary text and cannot be redacted safely. Nothing "
+            "stored; use the real key, or --allow-short to store it anyway (the audit then "
+            "marks every use)"
+        )
+    if args.tier or args.host or args.agent or short or settings.policy(name).allow_short:
 
         def change(document: Any) -> None:
             section = toml_table(document, "secrets", name)
@@ -110,6 +122,10 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
                 section["hosts"] = string_array(args.host)
             if args.agent:
                 section["agents"] = string_array(args.agent)
+            if short:
+                section["allow_short"] = True
+            elif "allow_short" in section:
+                del section["allow_short"]
 
         settings = edit_config(paths.config_file, paths.lock_file, change)
     with opened(local_store(paths, settings)) as store:

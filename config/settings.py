@@ -85,6 +85,8 @@ class SecretPolicy:
     hosts: tuple[HostPattern, ...] = ()
     agents: tuple[str, ...] = ("*",)
     release: tuple[str, ...] = ("proxy",)
+    # Stored with --allow-short: too short to redact reliably, so every use is audited as such.
+    allow_short: bool = False
 
     def allows_agent(self, agent: str) -> bool:
         return "*" in self.agents or agent in self.agents
@@ -278,6 +280,7 @@ def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
         hosts=section.get("hosts", (), _string_list(HostPattern.parse)),
         agents=section.get("agents", ("*",), _string_list()),
         release=release,
+        allow_short=section.get("allow_short", False, _typed(bool, "true or false")),
     )
     section.finish()
     return policy

@@ -152,6 +152,8 @@ async def _proxy(
     target = spec.target
     record.method, record.host = spec.method, target.host
     record.secrets, record.styles = spec.secret_names, spec.styles
+    settings = runtime.settings
+    record.short_secrets = [n for n in spec.secret_names if settings.policy(n).allow_short]
     agent, env, outcome = await runtime.resolve(spec.token, spec.secret_names, target.host)
     record.agent, record.env = agent, env
     runtime.guard.check(target)

@@ -27,6 +27,7 @@ FIELDS = [
     "bytes_in",
     "bytes_out",
     "redactions",
+    "short_secrets",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 

@@ -67,10 +67,10 @@ def test_set_reads_stdin_and_strips_one_trailing_newline(
 
 
 def test_set_into_another_environment(home: Paths, run_cli: RunCli) -> None:
-    ok(run_cli("secrets", "set", "K", "--env", "staging", input="stage\n"), "stage")
-    assert vault(home) == {"staging": {"K": "stage"}}
-    failed(run_cli("secrets", "set", "K", "--env", "nowhere", input="x\n"))
-    assert vault(home) == {"staging": {"K": "stage"}}
+    ok(run_cli("secrets", "set", "K", "--env", "staging", input="stage-value\n"), "stage-value")
+    assert vault(home) == {"staging": {"K": "stage-value"}}
+    failed(run_cli("secrets", "set", "K", "--env", "nowhere", input="x-long-value\n"))
+    assert vault(home) == {"staging": {"K": "stage-value"}}
 
 
 def test_set_name_equals_value_works_but_warns(home: Paths, run_cli: RunCli) -> None:
@@ -96,8 +96,8 @@ def test_invalid_secret_names_are_refused(home: Paths, run_cli: RunCli, name: st
 
 def test_longest_valid_name_is_accepted(home: Paths, run_cli: RunCli) -> None:
     name = "A" * 128
-    ok(run_cli("secrets", "set", name, input="v\n"))
-    assert vault(home) == {"development": {name: "v"}}
+    ok(run_cli("secrets", "set", name, input="value-of-the-longest\n"))
+    assert vault(home) == {"development": {name: "value-of-the-longest"}}
 
 
 @pytest.mark.parametrize("stdin", ["", "\n", "\r\n"])
@@ -216,10 +216,10 @@ def test_delete(home: Paths, run_cli: RunCli) -> None:
 def test_delete_in_one_environment_keeps_metadata_used_elsewhere(
     home: Paths, run_cli: RunCli
 ) -> None:
-    ok(run_cli("secrets", "set", "A", "--tier", "controlled", input="dev-a"))
-    ok(run_cli("secrets", "set", "A", "--env", "staging", input="stage-a"))
+    ok(run_cli("secrets", "set", "A", "--tier", "controlled", input="dev-a-value"))
+    ok(run_cli("secrets", "set", "A", "--env", "staging", input="stage-a-value"))
     ok(run_cli("secrets", "delete", "A", "--env", "staging"))
-    assert vault(home) == {"development": {"A": "dev-a"}}
+    assert vault(home) == {"development": {"A": "dev-a-value"}}
     assert load_settings(home.config_file).policy("A").tier == "controlled"
 
 
@@ -430,3 +430,17 @@ def test_group_without_action_is_a_usage_error(run_cli: RunCli, group: str) -> N
     result = run_cli(group)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_short_value_is_refused_without_allow_short(home: Paths, run_cli: RunCli) -> None:
+    line = failed(run_cli("secrets", "set", "PIN", input="1234567\n"), "1234567")
+    assert "cannot be redacted safely" in line and "--allow-short" in line
+    assert vault(home) == {}
+
+
+def test_allow_short_stores_and_marks_the_policy(home: Paths, run_cli: RunCli) -> None:
+    ok(run_cli("secrets", "set", "PIN", "--allow-short", input="1234\n"))
+    assert vault(home) == {"development": {"PIN": "1234"}}
+    assert load_settings(home.config_file).policy("PIN").allow_short is True
+    ok(run_cli("secrets", "set", "PIN", input="now-long-enough\n"))
+    assert load_settings(home.config_file).policy("PIN").allow_short is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import orjson
@@ -128,3 +129,19 @@ async def test_request_id_matches_the_audit_record(env: Env) -> None:
     assert record["agent"] == "tester"
     assert record["env"] == "development"
     assert record["redactions"] >= 2
+
+
+async def test_use_of_a_short_secret_is_marked_in_the_audit(env: Env) -> None:
+    from broker.vault import FileVault
+    from tests.proxy.conftest import eventually_status, set_secret_policy
+
+    set_secret_policy(env.paths, "PIN", allow_short=True)
+    await asyncio.sleep(0.6)  # the proxy re-reads config.toml within 0.25 s
+    FileVault(env.paths).set("development", "PIN", "4321")
+    headers = env.headers(**{"X-AS-Inject-Header-X-Pin": "PIN"})
+    await eventually_status(env, 200, headers)
+    await env.server.audit.flush()
+    lines = (env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()
+    record = orjson.loads(lines[-1])
+    assert record["short_secrets"] == ["PIN"]
+    assert record["secrets"] == ["PIN"]
