@@ -26,8 +26,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# wrk, nginx and curl come from apt-get when missing, py-spy from pip; BENCH_ARGS=--quick
+# for a one-minute smoke run. Results: bench/results/bench-<UTC time>.{json,md}.
 bench: setup
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

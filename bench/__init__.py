@@ -1,1 +1,1 @@
-"""Benchmarks of blindkey against a direct call, run with `make bench`."""
+"""`make bench`: blindkey side by side with the upstream, nginx and a bare aiohttp forwarder."""

@@ -1,160 +1,152 @@
-"""`make bench`: start-up time, idle memory, and requests through the proxy against direct.
+"""`make bench`: blindkey side by side with the upstream, nginx and a bare aiohttp forwarder.
 
-Everything runs on loopback in one go, so the ratios compare like with like on a noisy,
-shared machine. Results are printed as a table and written to bench/results/.
+Everything runs on loopback in one go, interleaved round by round, so every ratio compares
+runs made seconds apart on the same (shared, noisy) machine. Results are printed as
+Markdown tables and written to bench/results/bench-<UTC time>.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import platform
-import statistics
+import shutil
+import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-import aiohttp
+from bench import phases, report
+from bench.harness import Bench
+from bench.tools import (
+    RESULTS,
+    ROOT,
+    BenchError,
+    busy_percent,
+    ensure_tools,
+    log,
+    machine,
+    raise_fd_limit,
+    tool_version,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cli(env: dict[str, str], *args: str, stdin: str = "") -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark blindkey against the upstream, nginx and a minimal aiohttp "
+        "forwarder on loopback; installs wrk, nginx and curl with apt-get when missing.",
     )
-    return result.stdout
-
-
-async def load(url: str, headers: dict[str, str], total: int, concurrency: int) -> dict[str, float]:
-    latencies: list[float] = []
-    counter = iter(range(total))
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            for _ in counter:
-                began = time.perf_counter()
-                async with session.get(url, headers=headers) as response:
-                    await response.read()
-                    assert response.status == 200, response.status
-                latencies.append(time.perf_counter() - began)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    latencies.sort()
-    return {
-        "requests": total,
-        "concurrency": concurrency,
-        "rps": total / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-    }
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--requests", type=int, default=3000)
-    args = parser.parse_args()
-    home = tempfile.mkdtemp(prefix="bk-bench-")
-    env = {**os.environ, "BLINDKEY_HOME": home}
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.upstream"], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
+    parser.add_argument("--sse-events", type=int, default=300, help="SSE events per path")
+    parser.add_argument("--sse-interval-ms", type=float, default=5.0)
+    parser.add_argument("--big-mib", type=int, default=1024, help="size of the big body")
+    parser.add_argument("--idle", type=int, default=1000, help="idle keep-alive connections")
+    parser.add_argument("--profile-seconds", type=float, default=6.0)
+    parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
+    parser.add_argument(
+        "--budget", type=float, default=480.0, help="abort after this many seconds (default 480)"
     )
-    assert upstream.stdout is not None
-    upstream_port = int(upstream.stdout.readline().split()[1])
-    report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
+    parser.add_argument("--quick", action="store_true", help="1 round, 2 s runs: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.sse_events, args.big_mib = 1, 2.0, 100, 256
+        args.idle, args.profile_seconds = 300, 3.0
+    return args
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise BenchError("the time budget ran out; stopping everything")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    tools = ensure_tools()
+    raise_fd_limit()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(int(args.budget))
+    work = Path(tempfile.mkdtemp(prefix="bk-bench-", dir="/var/tmp"))
+    bench = Bench(args, tools, work)
+    out: dict[str, Any] = bench.out
+    out["machine"] = machine()
+    out["machine"]["cpu_busy_before_start_pct"] = busy = busy_percent()
+    if busy > 15:
+        log(f"the machine is already {busy}% busy: expect noisy absolute figures")
+    out["versions"] = {
+        "wrk": tool_version([tools["wrk"], "-v"]),
+        "nginx": tool_version([tools["nginx"], "-v"]),
     }
+    out["settings"] = {k: v for k, v in vars(args).items() if k != "budget"}
+    out["code"] = code_state()
+    failure: str | None = None
     try:
-        cli(env, "init")
-        cli(env, "allowlist", "add", f"http://127.0.0.1:{upstream_port}")
-        for i in range(50):
-            cli(env, "secrets", "set", f"BENCH_SECRET_{i}", stdin=os.urandom(24).hex())
-        token = json.loads(cli(env, "agent", "add", "bench", "--json"))["token"]
-        began = time.perf_counter()
-        cli(env, "proxy", "start", "--port", "0")
-        report["start_to_healthy_s"] = round(time.perf_counter() - began, 3)
-        status = json.loads(cli(env, "proxy", "status", "--json"))
+        bench.start_all()
+        bench.preflight()
+        phases.load_matrix(bench)
+        phases.sse(bench)
+        phases.big(bench)
+        phases.idle_connections(bench)
+        phases.run_profile(bench)
         time.sleep(1.0)
-        report["idle_rss_mb"] = {
-            "proxy": round(rss_mb(status["pid"]), 1),
-            "broker": round(rss_mb(status["broker_pid"]), 1),
-        }
-        direct_url = f"http://127.0.0.1:{upstream_port}/small"
-        proxy_url = f"http://127.0.0.1:{status['port']}/proxy"
-        proxy_headers = {
-            "X-AS-Agent-Token": token,
-            "X-AS-Target-URL": direct_url,
-            "X-AS-Inject-Bearer": "BENCH_SECRET_0",
-        }
-        runs = []
-        for concurrency in (1, 32):
-            direct = asyncio.run(
-                load(direct_url, {"Authorization": "Bearer x"}, args.requests, concurrency)
-            )
-            proxied = asyncio.run(load(proxy_url, proxy_headers, args.requests, concurrency))
-            runs.append(
-                {
-                    "concurrency": concurrency,
-                    "direct": direct,
-                    "blindkey": proxied,
-                    "rps_ratio": round(proxied["rps"] / direct["rps"], 3),
-                    "added_p50_ms": round(proxied["p50_ms"] - direct["p50_ms"], 3),
-                }
-            )
-        report["load"] = runs
+        out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)
+    except (BenchError, OSError) as exc:
+        failure = str(exc)
+        log(f"FAILED: {failure}")
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "proxy", "proxy", "stop"],
-            env=env,
-            check=False,
-            capture_output=True,
-            cwd=ROOT,
+        signal.alarm(0)
+        bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    out["elapsed_s"] = round(time.monotonic() - began, 1)
+    out["loadavg_at_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    if failure:
+        out["failure"] = failure
+    return finish(out)
+
+
+def code_state() -> dict[str, object]:
+    """The commit measured, and which of blindkey's files differed from it."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False, timeout=10
         )
-        upstream.terminate()
-        upstream.wait()
-    print(f"machine: {report['machine']}")
-    print(f"proxy start to healthy: {report['start_to_healthy_s']} s")
-    print(
-        f"idle RSS: proxy {report['idle_rss_mb']['proxy']} MB, broker {report['idle_rss_mb']['broker']} MB"
+        return result.stdout
+
+    status = git("status", "--porcelain", "--", "proxy", "broker", "audit", "config")
+    changed = [line[3:] for line in status.splitlines() if len(line) > 3]
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return {"commit": commit, "uncommitted": changed}
+
+
+def finish(out: dict[str, Any]) -> int:
+    out["summary"] = {"load": report.summarise_load(out.get("load", {}))}
+    out["targets"] = report.targets(out) if "load" in out else []
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(out, indent=2) + "\n")
+    table = report.render(out) if "load" in out else "(no load results)"
+    m = out["machine"]
+    code = out["code"]
+    dirty = f" + {len(code['uncommitted'])} uncommitted files" if code["uncommitted"] else ""
+    header = (
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Linux {m['kernel']}, "
+        f"Python {m['python']}; CPUs {m['cpu_busy_before_start_pct']}% busy before start, "
+        f"load average at start {m['loadavg_at_start']}, at end "
+        f"{out.get('loadavg_at_end', '?')}; {out['versions']['nginx']}; "
+        f"{out['versions']['wrk'].split(' Copyright')[0]}; blindkey {code['commit']}{dirty}"
     )
-    print(
-        f"{'conc':>4} {'direct rps':>11} {'blindkey rps':>13} {'ratio':>6} "
-        f"{'direct p50':>11} {'blindkey p50':>13} {'blindkey p99':>13}"
-    )
-    for run in report["load"]:
-        print(
-            f"{run['concurrency']:>4} {run['direct']['rps']:>11.0f} {run['blindkey']['rps']:>13.0f} "
-            f"{run['rps_ratio']:>6.2f} {run['direct']['p50_ms']:>9.3f}ms {run['blindkey']['p50_ms']:>11.3f}ms "
-            f"{run['blindkey']['p99_ms']:>11.3f}ms"
-        )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {out.relative_to(ROOT)}")
-    return 0
+    (RESULTS / f"bench-{stamp}.md").write_text(f"{header}\n\n{table}\n")
+    print(header)
+    print()
+    print(table)
+    print()
+    print(f"written: {json_path.relative_to(ROOT)} (and .md); elapsed {out['elapsed_s']} s")
+    return 1 if "failure" in out else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""blindkey under test: a home with 50 secrets, an agent, the allowlist; start, stop, probe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomlkit
+
+from bench.tools import ROOT, BenchError, Service, wait_port
+from broker.client import BrokerClient
+from config.paths import resolve_paths
+
+SECRET_COUNT = 50
+INJECTED = "BENCH_SECRET_00"
+# 1,000 idle keep-alive connections plus 256 busy ones exceed the default of 1,024.
+MAX_CONNECTIONS = 2048
+CLI_TIMEOUT = 60.0
+
+
+def cli(env: dict[str, str], *args: str, stdin: str = "", check: bool = True) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=CLI_TIMEOUT,
+    )
+    if check and result.returncode != 0:
+        raise BenchError(f"blindkey {' '.join(args)} failed: {result.stderr.strip()[-800:]}")
+    return result.stdout
+
+
+def make_values(count: int = SECRET_COUNT) -> dict[str, str]:
+    """API-key-like values: a prefix, then 40 URL-safe characters."""
+    return {
+        f"BENCH_SECRET_{i:02d}": f"sk-bench{i:02d}-{secrets.token_urlsafe(30)}"
+        for i in range(count)
+    }
+
+
+def filesystem_of(path: Path) -> str:
+    """The mount type under `path`: audit fsync on tmpfs would cost nothing."""
+    best, kind = "", "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        mount = parts[1]
+        if str(path).startswith(mount) and len(mount) > len(best):
+            best, kind = mount, parts[2]
+    return kind
+
+
+@dataclass
+class Running:
+    pid: int
+    broker_pid: int
+    port: int
+    service: Service | None = None  # set when the bench launched it in the foreground
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/proxy"
+
+
+@dataclass
+class Home:
+    path: Path
+    token: str = ""
+    values: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "BLINDKEY_HOME": str(self.path)}
+
+    @classmethod
+    def create(cls, base: Path, upstream_ports: list[int], values: dict[str, str]) -> Home:
+        home = cls(base / "home")
+        env = home.env
+        cli(env, "init")
+        config = home.path / "config.toml"
+        document = tomlkit.parse(config.read_text())
+        document["limits"]["max_connections"] = MAX_CONNECTIONS
+        config.write_text(tomlkit.dumps(document))
+        cli(env, "allowlist", "add", *(f"http://127.0.0.1:{p}" for p in upstream_ports))
+        for name, value in values.items():
+            cli(env, "secrets", "set", name, stdin=value)
+            home.values[name] = value
+        home.token = json.loads(cli(env, "agent", "add", "bench", "--json"))["token"]
+        return home
+
+    def copy(self, path: Path) -> Home:
+        """The same vault, agents and config in a second home, for a second proxy."""
+        shutil.copytree(self.path, path, ignore=shutil.ignore_patterns("run", "audit", "*.log"))
+        return Home(path, self.token, dict(self.values))
+
+    def headers(self, target_url: str) -> dict[str, str]:
+        return {
+            "X-AS-Agent-Token": self.token,
+            "X-AS-Target-URL": target_url,
+            "X-AS-Inject-Bearer": INJECTED,
+        }
+
+    def status(self) -> Running:
+        status = json.loads(cli(self.env, "proxy", "status", "--json"))
+        if not status.get("running") or not status.get("broker_pid"):
+            raise BenchError(f"blindkey is not running in {self.path}: {status}")
+        return Running(int(status["pid"]), int(status["broker_pid"]), int(status["port"]))
+
+    def start(self) -> tuple[Running, float]:
+        """`blindkey proxy start` as a user runs it; seconds until it returned healthy."""
+        began = time.perf_counter()
+        cli(self.env, "proxy", "start", "--port", "0")
+        elapsed = time.perf_counter() - began
+        return self.status(), elapsed
+
+    def stop(self) -> None:
+        cli(self.env, "proxy", "stop", check=False)
+
+    def launch(self, *, audit_fsync: bool) -> Running:
+        """The foreground proxy through bench.launch, with the audit fsync chosen."""
+        service = Service(
+            "blindkey-launch",
+            [
+                sys.executable,
+                "-m",
+                "bench.launch",
+                "--audit-fsync",
+                "on" if audit_fsync else "off",
+                "proxy",
+                "start",
+                "--foreground",
+                "--port",
+                "0",
+            ],
+            env=self.env,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                raise BenchError(f"bench.launch exited with {service.process.returncode}")
+            try:
+                running = self.status()
+            except BenchError:
+                time.sleep(0.05)
+                continue
+            wait_port(running.port)
+            running.service = service
+            return running
+        service.stop()
+        raise BenchError("bench.launch did not become healthy in 20s")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+async def _resolve_latency(
+    home: Home, calls: int, concurrency: int
+) -> dict[str, float | int | str]:
+    paths = resolve_paths(home.env)
+    client = BrokerClient(paths.broker_socket)
+    names, host = [INJECTED], "127.0.0.1"
+    try:
+        for _ in range(50):  # warm the connection and the broker's caches
+            await client.call("resolve", token=home.token, names=names, host=host)
+        samples: list[float] = []
+        for _ in range(calls):
+            sent = time.perf_counter_ns()
+            await client.call("resolve", token=home.token, names=names, host=host)
+            samples.append((time.perf_counter_ns() - sent) / 1000)
+        began = time.perf_counter()
+        pipelined = 0
+        while pipelined < calls:
+            await asyncio.gather(
+                *(
+                    client.call("resolve", token=home.token, names=names, host=host)
+                    for _ in range(concurrency)
+                )
+            )
+            pipelined += concurrency
+        pipelined_rate = pipelined / (time.perf_counter() - began)
+    finally:
+        await client.close()
+    samples.sort()
+    return {
+        "calls": calls,
+        "p50_us": round(statistics.median(samples), 1),
+        "p99_us": round(percentile(samples, 99), 1),
+        "max_us": round(samples[-1], 1),
+        f"pipelined_{concurrency}_per_s": round(pipelined_rate),
+        "client": "broker.client.BrokerClient over the Unix socket, from the bench process",
+    }
+
+
+def resolve_latency(home: Home, calls: int = 2000, concurrency: int = 32) -> dict[str, object]:
+    return dict(asyncio.run(_resolve_latency(home, calls, concurrency)))
