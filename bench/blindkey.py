@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tomlkit
 
-from bench.tools import ROOT, BenchError, Service, wait_port
+from bench.tools import ROOT, BenchError, Service
 from broker.client import BrokerClient
 from config.paths import resolve_paths
 
@@ -129,37 +129,19 @@ class Home:
         cli(self.env, "proxy", "stop", check=False)
 
     def launch(self, *, audit_fsync: bool) -> Running:
-        """The foreground proxy through bench.launch, with the audit fsync chosen."""
-        service = Service(
-            "blindkey-launch",
-            [
-                sys.executable,
-                "-m",
-                "bench.launch",
-                "--audit-fsync",
-                "on" if audit_fsync else "off",
-                "proxy",
-                "start",
-                "--foreground",
-                "--port",
-                "0",
-            ],
-            env=self.env,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if service.process.poll() is not None:
-                raise BenchError(f"bench.launch exited with {service.process.returncode}")
-            try:
-                running = self.status()
-            except BenchError:
-                time.sleep(0.05)
-                continue
-            wait_port(running.port)
-            running.service = service
-            return running
-        service.stop()
-        raise BenchError("bench.launch did not become healthy in 20s")
+        """`proxy start` with `[audit] fsync` set as asked in this home's config.toml."""
+        config = self.path / "config.toml"
+        text = config.read_text()
+        wanted = "true" if audit_fsync else "false"
+        if "[audit]" in text:
+            text = text.replace("fsync = true", f"fsync = {wanted}").replace(
+                "fsync = false", f"fsync = {wanted}"
+            )
+        else:
+            text += f"\n[audit]\nfsync = {wanted}\n"
+        config.write_text(text)
+        running, _ = self.start()
+        return running
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

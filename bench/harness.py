@@ -101,13 +101,8 @@ class Bench:
             log(f"no audit-fsync-off comparison: {exc}")
             self.out["audit_fsync_off"] = {"skipped": str(exc)}
         else:
-            assert nofsync.service is not None
-            self.services.append(nofsync.service)
             self.running.append(nofsync)
-            self.out["audit_fsync_off"] = {
-                "how": "bench/launch.py binds ProxyServer(audit_fsync=False) and runs "
-                "`proxy start --foreground` (blindkey has no config or CLI switch yet)"
-            }
+            self.out["audit_fsync_off"] = {"how": "`[audit] fsync = false` in config.toml"}
 
         small = f"http://127.0.0.1:{small_port}/small"
         bk_headers = home.headers(small)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ class HostError(ValueError):
     """A host or allowlist entry that blindkey refuses to interpret."""
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and called for every request's target
 def normalize_host(raw: str) -> str:
     """Lowercase, drop one trailing dot, IDNA-encode; reject ambiguous numeric forms.
 
@@ -64,6 +66,7 @@ def _canonical_ipv4(host: str, raw: str) -> str:
         ) from exc
 
 
+@functools.lru_cache(maxsize=4096)
 def ip_literal(host: str) -> IPAddress | None:
     """The address a normalised host names, when it is an IP literal."""
     try:

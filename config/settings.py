@@ -107,6 +107,8 @@ class Settings:
     storage: BackendSettings = field(default_factory=BackendSettings)
     remote: OpenBaoSettings | None = None
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    # fsync each group of audit records; off trades crash safety of the last records for speed
+    audit_fsync: bool = True
 
     def policy(self, name: str) -> SecretPolicy:
         return self.secrets.get(name, SecretPolicy())
@@ -156,6 +158,9 @@ active = "development"
 [broker]
 socket = ""                       # set: connect to a broker run as its own service
 allowed_uids = []                 # users besides the broker's own that may connect
+
+[audit]
+fsync = true                      # false: faster, but a crash may lose the last records
 
 [allowlist]
 # host (https:443), host:port (https), *.example.com, http://host[:port], https://host:port
@@ -293,6 +298,7 @@ _SECTIONS = (
     "remote",
     "environments",
     "broker",
+    "audit",
     "allowlist",
     "secrets",
 )
@@ -402,6 +408,10 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     )
     broker.finish()
 
+    audit = _Section(file, "audit", data.get("audit", {}))
+    audit_fsync = audit.get("fsync", True, _typed(bool, "true or false"))
+    audit.finish()
+
     allow = _Section(file, "allowlist", data.get("allowlist", {}))
     allowlist = AllowlistSettings(
         entries=allow.get("hosts", (), _string_list(AllowEntry.parse)),
@@ -424,6 +434,7 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
         storage=storage,
         remote=remote,
         broker=broker_settings,
+        audit_fsync=audit_fsync,
     )
 
 

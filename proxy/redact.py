@@ -85,6 +85,9 @@ class Redactor:
         self.replacements = [f"[REDACTED:{names[p]}]".encode() for p in self.patterns]
         self.max_len = max((len(p) for p in self.patterns), default=0)
         self.prefixes = frozenset(p[:i] for p in self.patterns for i in range(1, len(p)))
+        # Bytes a proper prefix can end with: any other last byte means nothing is held.
+        self.prefix_ends = frozenset(prefix[-1] for prefix in self.prefixes)
+        self.min_len = min((len(p) for p in self.patterns), default=0)
         self.database: hyperscan.Database | None = None
         if self.patterns:
             self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -102,6 +105,8 @@ class Redactor:
 
     def held_length(self, data: bytes) -> int:
         """Length of the longest suffix of `data` that is a proper prefix of a pattern."""
+        if not data or data[-1] not in self.prefix_ends:
+            return 0
         prefixes = self.prefixes
         for length in range(min(self.max_len - 1, len(data)), 0, -1):
             if data[-length:] in prefixes:
@@ -153,6 +158,8 @@ class Redactor:
         return output, count
 
     def redact_text(self, text: str) -> tuple[str, int]:
+        if len(text) * 4 < self.min_len:  # even at 4 bytes a character, too short to match
+            return text, 0
         output, count = self.redact(text.encode("utf-8", "surrogateescape"))
         return output.decode("utf-8", "surrogateescape"), count
 

@@ -50,14 +50,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class ProxyServer:
-    def __init__(
-        self, paths: Paths, settings: Settings, *, host: str, port: int, audit_fsync: bool = True
-    ) -> None:
+    def __init__(self, paths: Paths, settings: Settings, *, host: str, port: int) -> None:
         self.paths = paths
         self.host = host
         self.requested_port = port
         self.port = port
-        self.audit = AuditWriter(paths.audit_dir, fsync=audit_fsync)
+        self.audit = AuditWriter(paths.audit_dir, fsync=settings.audit_fsync)
         self.runtime = ProxyRuntime(paths, settings, self.audit)
         socket_path = broker_socket(paths, settings)
         # A broker run as its own service (`[broker] socket`) is connected to, never spawned.

@@ -586,3 +586,14 @@ def test_bad_store_config_names_file_key_and_problem(
     for fragment in fragments:
         assert fragment in message, (fragment, message)
     assert "\n" not in message
+
+
+def test_audit_fsync_switch(tmp_path: Path) -> None:
+    file = tmp_path / "config.toml"
+    file.write_text("[audit]\nfsync = false\n")
+    assert load_settings(file).audit_fsync is False
+    file.write_text("")
+    assert load_settings(file).audit_fsync is True
+    file.write_text('[audit]\nfsync = "no"\n')
+    with pytest.raises(ConfigError, match=r"\[audit\] fsync"):
+        load_settings(file)
