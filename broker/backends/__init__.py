@@ -52,6 +52,16 @@ class SecretBackend(Protocol):
     def close(self) -> None: ...
 
 
+def values_one_by_one(backend: SecretBackend, env: str) -> dict[str, str]:
+    """`values` for stores that can only be read a name at a time."""
+    found = {}
+    for name in sorted(backend.names(env)):
+        value = backend.get(env, name)
+        if value is not None:
+            found[name] = value
+    return found
+
+
 def open_backend(paths: Paths, settings: Settings) -> SecretBackend:
     """The configured store; opening one never falls back to another."""
     kind = settings.storage.kind

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from broker.backends import BackendError, BackendUnavailable
+from broker.backends import BackendError, BackendUnavailable, values_one_by_one
 from config.atomic import locked, write_atomic
 from config.paths import Paths
 
@@ -186,12 +186,7 @@ class KeychainBackend:
         return value
 
     def values(self, env: str) -> dict[str, str]:
-        found = {}
-        for name in sorted(self.names(env)):
-            value = self.get(env, name)
-            if value is not None:
-                found[name] = value
-        return found
+        return values_one_by_one(self, env)
 
     def set(self, env: str, name: str, value: str) -> None:
         with self._editing() as index:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from broker.backends import BackendError
+from broker.backends import BackendError, values_one_by_one
 from broker.backends.bao_http import BaoHttp
 from config.settings import SECRET_NAME
 from config.stores import OpenBaoSettings
@@ -64,12 +64,7 @@ class OpenBaoBackend:
         return value
 
     def values(self, env: str) -> dict[str, str]:
-        found = {}
-        for name in sorted(self.names(env)):
-            value = self.get(env, name)
-            if value is not None:
-                found[name] = value
-        return found
+        return values_one_by_one(self, env)
 
     def set(self, env: str, name: str, value: str) -> None:
         body = {"data": {FIELD: value}}

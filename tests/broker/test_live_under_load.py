@@ -86,21 +86,22 @@ class Rig:
 @pytest.fixture
 async def rig(home: Paths) -> AsyncIterator[Rig]:
     upstream, port = await start_upstream()
-
-    def allow(document: Any) -> None:
-        toml_table(document, "allowlist")["hosts"] = string_array([f"http://127.0.0.1:{port}"])
-
-    edit_config(home.config_file, home.lock_file, allow)
-    FileVault(home).set("development", "GH", OLD)
-    token = AgentStore(home.agents_file, home.lock_file).add("loader")
-    server = ProxyServer(
-        home, load_settings(home.config_file), host="127.0.0.1", port=0, audit_fsync=False
-    )
-    await server.start()
     try:
-        yield Rig(home, server, port, token)
+
+        def allow(document: Any) -> None:
+            toml_table(document, "allowlist")["hosts"] = string_array([f"http://127.0.0.1:{port}"])
+            toml_table(document, "audit")["fsync"] = False
+
+        edit_config(home.config_file, home.lock_file, allow)
+        FileVault(home).set("development", "GH", OLD)
+        token = AgentStore(home.agents_file, home.lock_file).add("loader")
+        server = ProxyServer(home, load_settings(home.config_file), host="127.0.0.1", port=0)
+        await server.start()
+        try:
+            yield Rig(home, server, port, token)
+        finally:
+            await server.stop()
     finally:
-        await server.stop()
         await upstream.cleanup()
 
 
