@@ -136,10 +136,6 @@ class AllowEntry:
     def matches(self, scheme: str, host: str, port: int) -> bool:
         return scheme == self.scheme and port == self.port and self.pattern.matches(host)
 
-    @property
-    def names_ip(self) -> bool:
-        return not self.pattern.wildcard and ip_literal(self.pattern.host) is not None
-
 
 def _split_port(rest: str, raw: str) -> tuple[str, int | None]:
     if rest.startswith("["):

@@ -151,10 +151,11 @@ async def _proxy(
     spec = parse_spec(request.method, raw)
     target = spec.target
     record.method, record.host = spec.method, target.host
-    record.secrets, record.styles = spec.secret_names, spec.styles
+    names = spec.secret_names
+    record.secrets, record.styles = names, spec.styles
     settings = runtime.settings
-    record.short_secrets = [n for n in spec.secret_names if settings.policy(n).allow_short]
-    agent, env, outcome = await runtime.resolve(spec.token, spec.secret_names, target.host)
+    record.short_secrets = [n for n in names if settings.policy(n).allow_short]
+    agent, env, outcome = await runtime.resolve(spec.token, names, target.host)
     record.agent, record.env = agent, env
     runtime.guard.check(target)
     if isinstance(outcome, BrokerDenied):

@@ -6,12 +6,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from config.hosts import DEFAULT_PORTS, HostError, ip_literal, normalize_host, parse_port
+from config.hosts import DEFAULT_PORTS, HostError, normalize_host, parse_port
 from config.settings import SECRET_NAME
 from proxy.errors import ProxyError
 
 PREFIX = "x-as-"
-STYLES = ("bearer", "basic", "header", "query", "body", "form")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 _FORBIDDEN_HEADERS = frozenset(
@@ -44,10 +43,6 @@ class Target:
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
-
-    @property
-    def is_ip(self) -> bool:
-        return ip_literal(self.host) is not None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
 import hyperscan
@@ -191,8 +191,3 @@ class RedactStream:
         self.tail = b""
         self.count += count
         return output
-
-
-def redact_all(redactor: Redactor, chunks: Iterable[bytes]) -> bytes:
-    stream = redactor.stream()
-    return b"".join([*(stream.feed(c) for c in chunks), stream.finish()])

@@ -105,6 +105,7 @@ async def echo(request: web.Request) -> web.Response:
             "X-Echo-Authorization": auth,
             # A digest lets a test see which value arrived without the proxy redacting it.
             "X-Echo-Authorization-Sha256": hashlib.sha256(auth.encode()).hexdigest(),
+            "X-Echo-Body-Sha256": hashlib.sha256(body).hexdigest(),
             "Set-Cookie": f"session={auth}",
         },
     )

@@ -210,21 +210,6 @@ def test_allow_entry_matches(raw: str, scheme: str, host: str, port: int, allowe
     assert entry.matches(scheme, normalize_host(host), port) is allowed
 
 
-@pytest.mark.parametrize(
-    ("raw", "names_ip"),
-    [
-        ("127.0.0.1", True),
-        ("http://127.0.0.1:9000", True),
-        ("[::1]:8080", True),
-        ("localhost", False),
-        ("*.stripe.com", False),
-    ],
-    ids=["ipv4", "ipv4-with-scheme", "ipv6", "hostname", "wildcard"],
-)
-def test_allow_entry_names_ip(raw: str, names_ip: bool) -> None:
-    assert AllowEntry.parse(raw).names_ip is names_ip
-
-
 def test_equal_entries_compare_equal_whatever_the_spelling() -> None:
     # `allowlist add` de-duplicates by value; spelling must not create a second entry.
     assert AllowEntry.parse("api.github.com").pattern == AllowEntry.parse("API.github.com.").pattern

@@ -318,6 +318,8 @@ async def test_slowloris_connection_is_closed(tight: Env) -> None:
             break
     assert closed
     assert time.monotonic() - began < 1.5
+    # Closed by the header deadline, not by anything else along the way.
+    assert tight.server.guard.timed_out == 1
     writer.close()
 
 
@@ -328,6 +330,7 @@ async def test_connection_cap_refuses_the_extra_connection(tight: Env) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", tight.server.port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert await _closed_within(reader, 1.0)
+    assert tight.server.guard.refused == 1
     writer.close()
     for _, held_writer in held:
         held_writer.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+from collections.abc import AsyncIterator
 
 import orjson
 
@@ -105,13 +107,21 @@ async def test_method_override_and_stripped_headers(env: Env) -> None:
 
 
 async def test_streamed_request_body_passes_unchanged(env: Env) -> None:
-    payload = bytes(range(256)) * 1024
-    headers = env.headers("/echo", X_AS_Inject_Bearer="GITHUB_TOKEN")
-    status, _, body = await env.call("PUT", headers=headers, data=payload)
-    assert status == 200
-    assert len(_echo(body)["body"]) > 0
-    records = env.paths.audit_dir / "audit.jsonl"
-    assert records.parent.exists()
+    payload = bytes(range(256)) * 1024  # not UTF-8, not JSON: must arrive byte for byte
+    digest = hashlib.sha256(payload).hexdigest()
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(payload), 10_000):
+            yield payload[start : start + 10_000]
+
+    for body in (payload, chunked()):
+        headers = env.headers("/echo", X_AS_Inject_Bearer="GITHUB_TOKEN")
+        status, response_headers, _ = await env.call("PUT", headers=headers, data=body)
+        assert status == 200
+        assert response_headers["X-Echo-Body-Sha256"] == digest
+    await env.server.audit.flush()
+    lines = (env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["bytes_in"] for line in lines[-2:]] == [len(payload)] * 2
 
 
 async def test_request_id_matches_the_audit_record(env: Env) -> None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.redact import Redactor, encodings, redact_all
+from proxy.redact import Redactor, encodings
+
+
+def redact_all(redactor: Redactor, chunks: Iterable[bytes]) -> bytes:
+    stream = redactor.stream()
+    return b"".join([*(stream.feed(c) for c in chunks), stream.finish()])
+
 
 VALUE = "sk-test_4eC39Hq/Lyj+WDar=jt?T1&zd p7dc"
 NAME = "KEY"
