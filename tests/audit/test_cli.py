@@ -17,38 +17,21 @@ from typing import Any
 import orjson
 import pytest
 
+from audit.record import rfc3339
 from audit.writer import audit_file
 from config.paths import Paths
+from tests.audit.records import make_record
 from tests.conftest import ROOT, RunCli
 
 NOW = datetime.now(UTC)
 
 
 def ts(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return rfc3339(moment.timestamp())
 
 
 def rec(request_id: str, age: timedelta, **fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "ts": ts(NOW - age),
-        "request_id": request_id,
-        "agent": "alice",
-        "env": "development",
-        "method": "GET",
-        "url": f"https://api.github.com/{request_id}",
-        "host": "api.github.com",
-        "secrets": ["GITHUB_TOKEN"],
-        "styles": ["bearer"],
-        "decision": "allowed",
-        "reason": None,
-        "status": 200,
-        "duration_ms": 12.5,
-        "bytes_in": 0,
-        "bytes_out": 100,
-        "redactions": 0,
-    }
-    base.update(fields)
-    return base
+    return make_record(request_id, NOW - age, **fields)
 
 
 RECORDS = [

@@ -13,31 +13,13 @@ import pytest
 from audit.reader import Filter, follow, parse_since, read_records
 from audit.writer import audit_file
 from config.errors import UsageError
+from tests.audit.records import make_record
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)
 
 
 def rec(request_id: str, ts: datetime, **fields: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
-        "request_id": request_id,
-        "agent": "alice",
-        "env": "development",
-        "method": "GET",
-        "url": "https://api.github.com/user",
-        "host": "api.github.com",
-        "secrets": ["GITHUB_TOKEN"],
-        "styles": ["bearer"],
-        "decision": "allowed",
-        "reason": None,
-        "status": 200,
-        "duration_ms": 12.5,
-        "bytes_in": 0,
-        "bytes_out": 100,
-        "redactions": 0,
-    }
-    base.update(fields)
-    return base
+    return make_record(request_id, ts, **fields)
 
 
 def write_lines(path: Path, records: list[dict[str, Any]], tail: bytes = b"") -> None:

@@ -46,7 +46,11 @@ class Env:
         self.upstream.app[RELEASE_SSE].set()
 
     def headers(self, path: str = "/echo", **extra: str) -> dict[str, str]:
-        headers = {"X-AS-Agent-Token": self.token, "X-AS-Target-URL": self.base + path}
+        return self.to(self.base + path, **extra)
+
+    def to(self, target: str, **extra: str) -> dict[str, str]:
+        """Headers for a call to any target URL, with this env's agent token."""
+        headers = {"X-AS-Agent-Token": self.token, "X-AS-Target-URL": target}
         # Python names (X_AS_Method) become header names; names already spelled with "-" stay.
         headers.update({k if "-" in k else k.replace("_", "-"): v for k, v in extra.items()})
         return headers

@@ -37,9 +37,7 @@ def assert_no_leak(*blobs: bytes | str) -> None:
 async def call(
     env: Env, target: str, *, method: str = "GET", **headers: str
 ) -> tuple[int, dict[str, str], bytes]:
-    sent = {"X-AS-Agent-Token": env.token, "X-AS-Target-URL": target}
-    sent.update({k if "-" in k else k.replace("_", "-"): v for k, v in headers.items()})
-    return await env.call(method, headers=sent)
+    return await env.call(method, headers=env.to(target, **headers))
 
 
 def error_code(body: bytes) -> str:

@@ -64,30 +64,3 @@ async def test_revoke_with_the_cli(env: Env) -> None:
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
     await cli(env, "agent", "revoke", "tester")
     assert await eventually_status(env, 401, headers) < 1.0
-
-
-async def test_rotation_under_load_never_serves_the_old_value_a_second_later(env: Env) -> None:
-    headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    new = "rotated-under-load-0123456789"
-    new_digest = hashlib.sha256(f"Bearer {new}".encode()).hexdigest()
-    seen: list[tuple[float, str]] = []
-    stop = asyncio.Event()
-
-    async def hammer() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            status, response_headers, _ = await env.call(headers=headers)
-            assert status == 200
-            seen.append((started, response_headers["X-Echo-Authorization-Sha256"]))
-
-    workers = [asyncio.create_task(hammer(), name=f"hammer-{i}") for i in range(8)]
-    await asyncio.sleep(0.3)
-    await cli(env, "secrets", "set", "GITHUB_TOKEN", stdin=f"{new}\n".encode())
-    changed = time.monotonic()
-    await asyncio.sleep(1.5)
-    stop.set()
-    await asyncio.gather(*workers)
-    late = [digest for started, digest in seen if started > changed + 1.0]
-    assert late, "no requests were made after the change"
-    assert all(digest == new_digest for digest in late)
-    assert any(digest != new_digest for started, digest in seen if started < changed)
