@@ -1,7 +1,8 @@
 """The egress guard: which scheme/host/port may be called, and which addresses dialled.
 
-Hostnames are resolved by `VettingResolver`, which hands aiohttp only addresses that
-passed `address_allowed`, so the address checked is the address connected to.
+Hostnames are resolved by `VettingResolver`, which hands the upstream client
+(proxy/upstream.py) only addresses that passed `address_allowed`, so the address checked is
+the address connected to.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -121,15 +121,3 @@ class VettingResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def blocked_cause(exc: BaseException) -> BlockedAddressError | None:
-    """Find our refusal inside the exception aiohttp wrapped it in."""
-    seen: set[int] = set()
-    current: Any = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, BlockedAddressError):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "os_error", None) or current.__cause__ or current.__context__
-    return None

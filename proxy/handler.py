@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from audit.record import AuditRecord
 from broker.protocol import BrokerDenied
-from proxy.egress import blocked_cause
+from proxy.egress import BlockedAddressError
 from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
 from proxy.inject import inject_body, inject_headers, inject_query
 from proxy.protocol import PREFIX, ProxySpec, parse_spec
+from proxy.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResolveError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from proxy.redact import Redactor
@@ -42,7 +45,7 @@ HOP_BY_HOP = frozenset(
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
-# What aiohttp decodes for us, so every byte is scanned before the agent sees it.
+# What proxy/upstream.py decodes, so every byte is scanned before the agent sees it.
 DECODABLE = ("gzip", "deflate")
 CHUNK = 2**16
 # Answers up to this size with a known length are read whole and sent with a length.
@@ -103,23 +106,23 @@ class _CountingBody:
 
 def _upstream_failure(exc: BaseException, spec: ProxySpec, redactor: Redactor) -> ProxyError:
     target = spec.target
-    where = f"{target.host_header}"
-    blocked = blocked_cause(exc)
-    if blocked is not None:
+    where = target.host_header
+    if isinstance(exc, BlockedAddressError):
         return ProxyError(
             "blocked_address",
             f"{target.host} resolves only to addresses blindkey "
             "does not dial (private, loopback, link-local or reserved); a human can "
             "permit a range with [allowlist] private_ranges",
         )
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return ProxyError("upstream_error", f"cannot resolve {target.host}")
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, UpstreamTimeout):
         return ProxyError("upstream_timeout", f"{where} did not answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ProxyError("upstream_error", f"cannot connect to {where}")
-    detail, _ = redactor.redact_text(type(exc).__name__)
-    return ProxyError("upstream_error", f"{where} failed: {detail}")
+    if isinstance(exc, UpstreamResolveError):
+        return ProxyError("upstream_error", str(exc))
+    if isinstance(exc, UpstreamConnectError):
+        return ProxyError("upstream_error", f"{where}: {exc}")
+    detail = str(exc) if isinstance(exc, UpstreamError) else type(exc).__name__
+    clean, _ = redactor.redact_text(detail)
+    return ProxyError("upstream_error", f"{where} failed: {clean}")
 
 
 def _audit_url(spec: ProxySpec, shown_path: str) -> str:
@@ -177,33 +180,39 @@ async def _forward(
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
     record.url = _audit_url(spec, shown)
     counter: _CountingBody | None = None
-    body: io.BytesIO | _CountingBody | None = None
+    body: bytes | _CountingBody | None = None
     if spec.buffers_body:
         original = await _read_limited(request, runtime.settings.limits.max_request_body)
-        injected, content_type = inject_body(
+        body, content_type = inject_body(
             original, request.headers.get("Content-Type", ""), spec.injections, grant.values
         )
         headers["Content-Type"] = content_type
-        body = io.BytesIO(injected)
-        record.bytes_in = len(injected)
+        record.bytes_in = len(body)
     elif request.body_exists:
         counter = body = _CountingBody(request)
-        if request.content_length is not None:
-            headers["Content-Length"] = str(request.content_length)
-    url = URL(f"{target.scheme}://{target.host_header}{path_query}", encoded=True)
-    session = runtime.session
-    assert session is not None
+    pool = runtime.upstream
+    assert pool is not None
     redactor = grant.redactor
     try:
-        upstream = await session.request(
-            spec.method, url, headers=headers, data=body, allow_redirects=False
+        upstream = await pool.request(
+            spec.method,
+            target.scheme,
+            target.host,
+            target.port,
+            target.host_header,
+            path_query,
+            headers.items(),
+            body,
+            request.content_length if counter is not None else None,
         )
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except (UpstreamError, OSError) as exc:
         raise _upstream_failure(exc, spec, redactor) from None
+    except ValueError as exc:
+        raise ProxyError("bad_request", str(exc)) from None
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
-        encoding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
+        encoding = upstream.encoding
         if encoding not in ("identity", "", *DECODABLE):
             raise ProxyError(
                 "upstream_error",
@@ -211,7 +220,7 @@ async def _forward(
                 f"encoding {encoding[:32]!r}, which blindkey cannot scan",
             )
         headers_back: CIMultiDict[str] = CIMultiDict()
-        for name, value in upstream.headers.items():
+        for name, value in upstream.headers:
             if name.lower() in _NOT_RETURNED:
                 continue
             clean, count = redactor.redact_text(value)
@@ -224,7 +233,7 @@ async def _forward(
             # Most API answers are small: one read, one redaction, one write with a length.
             try:
                 answer = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except UpstreamError as exc:
                 raise _upstream_failure(exc, spec, redactor) from None
             clean_body, count = redactor.redact(answer)
             record.redactions += count
@@ -241,16 +250,14 @@ async def _forward(
         await response.prepare(request)
         stream = redactor.stream()
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 out = stream.feed(chunk)
                 if out:
                     record.bytes_out += len(out)
                     await response.write(out)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except UpstreamError as exc:
             # Headers are gone; all we can do is cut the stream so the agent sees a failure.
-            log.warning(
-                "%s: upstream failed mid-stream (%s)", record.request_id, type(exc).__name__
-            )
+            log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
             record.redactions += stream.count
             if request.transport is not None:
                 request.transport.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Mapping
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp.abc import AbstractResolver
 
 from audit.writer import AuditWriter
@@ -23,6 +21,7 @@ from config.settings import Settings, load_settings
 from proxy.egress import EgressGuard, VettingResolver
 from proxy.errors import STATUS, ProxyError
 from proxy.redact import Redactor
+from proxy.upstream import UpstreamLimits, UpstreamPool
 
 log = logging.getLogger("blindkey.proxy")
 MAX_CACHED_RESOLUTIONS = 4096
@@ -68,35 +67,26 @@ class ProxyRuntime:
         self._redactor_lock = asyncio.Lock()
         self._resolutions: dict[ResolutionKey, Resolution] = {}
         self._resolutions_epoch = -1
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).
         self.inner_resolver: AbstractResolver | None = None
         self.config_error: str | None = None
         self.config_generation = 0
-        self._retired: set[asyncio.Task[None]] = set()
 
-    async def open_session(self) -> None:
-        self.session = self._new_session(self.settings)
+    def open_upstream(self) -> None:
+        self.upstream = self._new_upstream(self.settings)
 
-    def _new_session(self, settings: Settings) -> aiohttp.ClientSession:
+    def _new_upstream(self, settings: Settings) -> UpstreamPool:
         limits = settings.limits
-        connector = aiohttp.TCPConnector(
-            resolver=VettingResolver(self.guard, self.inner_resolver),
-            ssl=_ssl_context(settings),
-            ttl_dns_cache=10,
-            limit=0,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-            timeout=aiohttp.ClientTimeout(
-                total=limits.upstream_total_timeout,
-                connect=limits.upstream_connect_timeout,
-                sock_connect=limits.upstream_connect_timeout,
-                sock_read=settings.proxy.upstream_timeout,
+        return UpstreamPool(
+            VettingResolver(self.guard, self.inner_resolver),
+            _ssl_context(settings),
+            UpstreamLimits(
+                connect_timeout=limits.upstream_connect_timeout,
+                read_timeout=settings.proxy.upstream_timeout,
+                total_timeout=limits.upstream_total_timeout,
+                max_field=limits.max_header_size,
             ),
-            skip_auto_headers=("User-Agent",),
         )
 
     def set_port(self, port: int) -> None:
@@ -118,24 +108,16 @@ class ProxyRuntime:
         self.config_generation += 1
         self.guard.entries = settings.allowlist.entries
         self.guard.private_ranges = settings.allowlist.private_ranges
-        session = self.session
-        if session is None:
+        pool = self.upstream
+        if pool is None:
             return True
-        upstream_changed = (settings.proxy, settings.limits) != (previous.proxy, previous.limits)
-        if upstream_changed:
-            self.session = self._new_session(settings)
-            # In-flight requests keep the old pool; it closes once none can still be running.
-            task = asyncio.get_running_loop().create_task(
-                self._retire(session, previous.limits.upstream_total_timeout),
-                name="retire-upstream-session",
-            )
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+        if (settings.proxy, settings.limits) != (previous.proxy, previous.limits):
+            # Requests in flight finish on the old pool, whose connections then close.
+            pool.close()
+            self.upstream = self._new_upstream(settings)
         elif settings.allowlist != previous.allowlist:
-            # Cached resolutions were vetted against the old private_ranges.
-            connector = session.connector
-            if isinstance(connector, aiohttp.TCPConnector):
-                connector.clear_dns_cache()
+            # Open connections were vetted against the old private_ranges.
+            pool.close_idle()
         return True
 
     def _on_push(self, message: Message) -> None:
@@ -207,20 +189,9 @@ class ProxyRuntime:
         # The set changed between resolve and fetch: never stream without the used values.
         return Redactor({**known, **needed})
 
-    @staticmethod
-    async def _retire(session: aiohttp.ClientSession, after: float) -> None:
-        try:
-            await asyncio.sleep(after)
-        finally:
-            await session.close()
-
     async def close(self) -> None:
-        for task in list(self._retired):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self.session is not None:
-            await self.session.close()
+        if self.upstream is not None:
+            self.upstream.close()
         await self.broker.close()
 
     def status_fields(self) -> dict[str, Any]:

@@ -89,7 +89,7 @@ class ProxyServer:
         try:
             await self.audit.start()
             await self.supervisor.start()
-            await self.runtime.open_session()
+            self.runtime.open_upstream()
             limits = self.runtime.settings.limits
             self.guard = ConnectionGuard(limits.max_connections, limits.header_read_timeout)
             self._runner = web.AppRunner(
