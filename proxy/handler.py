@@ -219,13 +219,12 @@ async def _forward(
                 f"{target.host_header} answered with content "
                 f"encoding {encoding[:32]!r}, which blindkey cannot scan",
             )
-        headers_back: CIMultiDict[str] = CIMultiDict()
-        for name, value in upstream.headers:
-            if name.lower() in _NOT_RETURNED:
-                continue
-            clean, count = redactor.redact_text(value)
-            record.redactions += count
-            headers_back.add(name, clean)
+        kept = [
+            (name, value) for name, value in upstream.headers if name.lower() not in _NOT_RETURNED
+        ]
+        values, count = redactor.redact_texts([value for _, value in kept])
+        record.redactions += count
+        headers_back = CIMultiDict(zip([name for name, _ in kept], values, strict=True))
         headers_back[REQUEST_ID_HEADER] = record.request_id
         record.status = upstream.status
         size = upstream.content_length

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import http.client
 import os
 import signal
@@ -90,6 +91,21 @@ def health(host: str, port: int, timeout: float = 1.0) -> bool:
         connection.close()
 
 
+# Young-generation collections every GC_GEN0 allocations instead of CPython's 700: a proxied
+# request allocates a few hundred objects, almost none in cycles, and the default made the
+# collector run every couple of requests (bench: user CPU per request 75 -> 67 us at 32
+# connections).
+GC_GEN0 = 20_000
+
+
+def tune_gc() -> None:
+    """Once serving: start-up objects move out of the collector's way, collections thin out."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0, gen1, gen2)
+
+
 def run_foreground(paths: Paths, host: str | None, port: int | None) -> int:
     settings = load_settings(paths.config_file)
     lock_fd = _lock_pid_file(paths)
@@ -116,6 +132,7 @@ def run_foreground(paths: Paths, host: str | None, port: int | None) -> int:
 async def _serve_until_signal(paths: Paths, settings: Any, host: str, port: int) -> None:
     server = ProxyServer(paths, settings, host=host, port=port)
     await server.start()
+    tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()

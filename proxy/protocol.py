@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -76,6 +77,9 @@ def _bad(message: str) -> ProxyError:
     return ProxyError("bad_request", message)
 
 
+# Agents call the same few URLs and spell their injections the same way every time; both
+# parses are pure (a refusal raises, and exceptions are not cached), so they are memoised.
+@functools.lru_cache(maxsize=1024)
 def parse_target(text: str | None) -> Target:
     if not text:
         raise _bad("X-AS-Target-URL is required: the absolute http(s) URL to call")
@@ -124,6 +128,7 @@ def _port(text: str, url: str) -> int:
         raise _bad("X-AS-Target-URL has an invalid port") from exc
 
 
+@functools.lru_cache(maxsize=1024)
 def _injection(name: str, value: str) -> Injection:
     """`name` is the header name as sent, minus `X-AS-Inject-`."""
     lowered = name.lower()

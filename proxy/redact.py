@@ -163,6 +163,22 @@ class Redactor:
         output, count = self.redact(text.encode("utf-8", "surrogateescape"))
         return output.decode("utf-8", "surrogateescape"), count
 
+    def redact_texts(self, texts: list[str]) -> tuple[list[str], int]:
+        """`redact_text` of each; one scan over all of them when nothing matches (the rule)."""
+        if self.database is None:
+            return texts, 0
+        # A value inside the joined text is a substring of it: no match there, none in any.
+        joined = "\n".join(texts).encode("utf-8", "surrogateescape")
+        if not self._matches(joined):
+            return texts, 0
+        total = 0
+        out = []
+        for text in texts:
+            clean, count = self.redact_text(text)
+            out.append(clean)
+            total += count
+        return out, total
+
     def stream(self) -> RedactStream:
         return RedactStream(self)
 

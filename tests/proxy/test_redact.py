@@ -161,3 +161,22 @@ def test_property_output_equals_input_without_secrets(
     points = sorted({c % (len(data) + 1) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert redact_all(redactor, chunks) == data
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(
+        st.one_of(
+            st.text(max_size=60),
+            st.sampled_from([VALUE, f"Bearer {VALUE}", quote(VALUE, safe=""), "x" + VALUE[:-1]]),
+        ),
+        max_size=6,
+    )
+)
+def test_property_header_values_scanned_together_as_one_by_one(texts: list[str]) -> None:
+    redactor = Redactor({NAME: VALUE})
+    expected = [redactor.redact_text(text) for text in texts]
+    assert redactor.redact_texts(texts) == (
+        [clean for clean, _ in expected],
+        sum(count for _, count in expected),
+    )
