@@ -127,7 +127,7 @@ ca_file = ""                      # extra CA bundle for upstream TLS
 
 [limits]
 max_request_body = "10MiB"        # bodies that must be buffered (body/form injection)
-max_header_size = "16KiB"         # one request line or header field
+max_header_size = "16KiB"         # one request line or header field, from agents and upstreams
 max_headers = 100                 # header fields per request
 max_connections = 1024            # agent connections open at once
 header_read_timeout = "10s"       # a client must send its headers within this (slowloris)

@@ -520,10 +520,15 @@ class UpstreamPool:
         if ip_literal(host) is not None:
             addresses = [host]
         else:
+            timeout = min(self.limits.connect_timeout, deadline - self.loop.time())
             try:
-                results = await self.resolver.resolve(host, port, socket.AF_UNSPEC)
+                results = await asyncio.wait_for(
+                    self.resolver.resolve(host, port, socket.AF_UNSPEC), timeout
+                )
             except BlockedAddressError:
                 raise
+            except TimeoutError:
+                raise UpstreamTimeout(f"resolving {host} took too long") from None
             except OSError:
                 raise UpstreamResolveError(f"cannot resolve {host}") from None
             addresses = list(dict.fromkeys(r["host"] for r in results))

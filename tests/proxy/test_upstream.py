@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import socket
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import trustme
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from config.edit import table as toml_table
 from config.paths import Paths
@@ -307,6 +309,31 @@ async def test_refused_and_unresolvable_hosts() -> None:
         await get(pool, port)
     with pytest.raises(UpstreamResolveError, match="cannot resolve"):
         await pool.request("GET", "http", "no-such-host.invalid", 80, "x", "/", [])
+    pool.close()
+
+
+class SilentResolver(AbstractResolver):
+    """A DNS server that never answers (a substitute: the system resolver cannot be made
+    to hang on this machine)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_resolution_that_never_answers_times_out() -> None:
+    guard = EgressGuard(AllowlistSettings())
+    limits = UpstreamLimits(connect_timeout=0.2, read_timeout=2.0, total_timeout=10.0, max_field=64)
+    pool = UpstreamPool(
+        VettingResolver(guard, SilentResolver()), ssl.create_default_context(), limits
+    )
+    with pytest.raises(UpstreamTimeout, match=r"resolving api\.example\.com took too long"):
+        await pool.request("GET", "https", "api.example.com", 443, "api.example.com", "/", [])
     pool.close()
 
 
