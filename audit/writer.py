@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from audit.record import AuditRecord
+
 log = logging.getLogger("blindkey.audit")
 AUDIT_FILE = "audit.jsonl"
 # Group commit: take whatever queued while the previous fsync ran, up to this many.
@@ -39,6 +41,15 @@ class AuditWriter:
     def submit(self, record: dict[str, Any]) -> None:
         self.queue.put_nowait(record)
 
+    def submit_after_answer(self, record: AuditRecord) -> None:
+        """Finish and queue `record` once the current task step is over: aiohttp writes the
+        answer in that step, so the agent does not wait for the record. Its duration then
+        includes writing the answer."""
+        asyncio.get_running_loop().call_soon(self._finish_and_submit, record)
+
+    def _finish_and_submit(self, record: AuditRecord) -> None:
+        self.queue.put_nowait(record.finish())
+
     def _write(self, payload: bytes) -> None:
         assert self._fd is not None
         if self._torn:
@@ -60,8 +71,9 @@ class AuditWriter:
         done = False
         while not done:
             batch = [await self.queue.get()]
-            if self.fsync and batch[0] is not None:
-                # Group commit in time as well as in count: one fsync for what arrives meanwhile.
+            if batch[0] is not None:
+                # Group commit in time as well as in count: one write (and fsync) for what
+                # arrives meanwhile, instead of a thread hop per record.
                 await asyncio.sleep(GROUP_WINDOW)
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())

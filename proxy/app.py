@@ -1,23 +1,27 @@
-"""The aiohttp application: request ids, the Host/Origin gate, /health and /proxy."""
+"""The HTTP front: request ids, the Host/Origin gate, /health and /proxy.
+
+It runs on aiohttp's low-level server (`web.Server`) with one dispatch function: two paths
+need no Application, router or middleware chain, which cost about 5 µs a request (bench:
+a hello-world handler 20.9 µs CPU per request on an Application, 18.3 µs on web.Server,
+and each middleware adds a coroutine layer on top).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from proxy.connections import ConnectionGuard
 from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
-from proxy.handler import REQUEST_ID, RUNTIME, handle_proxy
+from proxy.handler import handle_proxy
 from proxy.runtime import ProxyRuntime
 
-GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard", ConnectionGuard)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
 # Headers only browsers send; a page must never drive the proxy (CSRF, DNS rebinding).
 BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def host_name(value: str) -> str:
@@ -27,56 +31,57 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = next_request_id()
-    request[REQUEST_ID] = request_id
-    guard = request.app[GUARD]
-    guard.request_started(request.transport)
-    try:
-        response = await handler(request)
-    except ProxyError as exc:
-        return error_response(exc, request_id)
-    except web.HTTPException as exc:
-        return error_response(ProxyError("bad_request", exc.reason), request_id)
-    finally:
-        guard.request_finished(request.transport)
-    if not response.prepared:
-        response.headers[REQUEST_ID_HEADER] = request_id
-    return response
+class Front:
+    """The handler aiohttp's server calls for every request."""
 
+    def __init__(self, runtime: ProxyRuntime, own_host: str, guard: ConnectionGuard) -> None:
+        self.runtime = runtime
+        self.guard = guard
+        self.allowed_hosts = LOOPBACK_NAMES | ({own_host.lower()} - WILDCARD_HOSTS)
 
-def gate_middleware(own_host: str) -> Middleware:
-    allowed_hosts = LOOPBACK_NAMES | ({own_host.lower()} - WILDCARD_HOSTS)
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        request_id = next_request_id()
+        transport = request.transport
+        self.guard.request_started(transport)
+        try:
+            response = await self._route(request, request_id)
+        except ProxyError as exc:
+            return error_response(exc, request_id)
+        except web.HTTPException as exc:  # raised by aiohttp itself, e.g. on a bad body
+            return error_response(ProxyError("bad_request", exc.reason), request_id)
+        finally:
+            self.guard.request_finished(transport)
+        if not response.prepared:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
 
-    @web.middleware
-    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _route(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+        self._gate(request.headers)
+        path = request.path
+        if path == "/proxy":
+            if "Expect" in request.headers:
+                await _expect(request)
+            return await handle_proxy(self.runtime, request, request_id)
+        if path == "/health" and request.method in ("GET", "HEAD"):
+            return web.json_response({"status": "ok"})
+        raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
+
+    def _gate(self, headers: Mapping[str, str]) -> None:
         for header in BROWSER_HEADERS:
-            if header in request.headers:
+            if header in headers:
                 raise ProxyError("forbidden_origin", "requests from web browsers are refused")
-        host = request.headers.get("Host")
-        if host is not None and host_name(host) not in allowed_hosts:
+        host = headers.get("Host")
+        if host is not None and host_name(host) not in self.allowed_hosts:
             raise ProxyError(
                 "forbidden_origin", "the Host header must name the proxy's loopback address"
             )
-        return await handler(request)
-
-    return gate
 
 
-async def handle_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def handle_unknown(request: web.Request) -> web.Response:
-    raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
-
-
-def build_app(runtime: ProxyRuntime, own_host: str, guard: ConnectionGuard) -> web.Application:
-    app = web.Application(middlewares=[request_id_middleware, gate_middleware(own_host)])
-    app[RUNTIME] = runtime
-    app[GUARD] = guard
-    app.router.add_get("/health", handle_health, allow_head=True)
-    app.router.add_route("*", "/proxy", handle_proxy)
-    app.router.add_route("*", "/{tail:.*}", handle_unknown)
-    return app
+async def _expect(request: web.BaseRequest) -> None:
+    """`Expect: 100-continue`: tell the agent to send its body (the upstream is not asked)."""
+    if request.headers["Expect"].strip().lower() != "100-continue":
+        raise ProxyError("bad_request", "the only Expect blindkey knows is 100-continue")
+    if request.version >= (1, 1) and request.writer is not None:
+        await request.writer.write(CONTINUE)
+        # The interim answer is not part of the response's size.
+        request.writer.output_size = 0

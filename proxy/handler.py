@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from proxy.runtime import Grant, ProxyRuntime
 
 log = logging.getLogger("blindkey.proxy")
-RUNTIME: web.AppKey[ProxyRuntime] = web.AppKey("runtime")
-REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -43,7 +41,8 @@ HOP_BY_HOP = frozenset(
         "proxy-connection",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin"}
+# Expect: the proxy itself answered 100-continue to the agent.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin", "expect"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
 # What proxy/upstream.py decodes, so every byte is scanned before the agent sees it.
 DECODABLE = ("gzip", "deflate")
@@ -52,11 +51,11 @@ CHUNK = 2**16
 SMALL_BODY = 2**16
 
 
-def _decoded_headers(request: web.Request) -> list[tuple[str, str]]:
+def _decoded_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
 
 
-def _upstream_headers(request: web.Request, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+def _upstream_headers(request: web.BaseRequest, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
     listed = {
         token.strip().lower()
         for value in request.headers.getall("Connection", [])
@@ -72,7 +71,7 @@ def _upstream_headers(request: web.Request, raw: list[tuple[str, str]]) -> CIMul
     return headers
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ProxyError(
             "body_too_large",
@@ -94,7 +93,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 class _CountingBody:
     """Streams the agent's body upstream while counting it for the audit record."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
         self.size = 0
 
@@ -130,9 +129,9 @@ def _audit_url(spec: ProxySpec, shown_path: str) -> str:
     return f"{target.scheme}://{target.host_header}{shown_path}"
 
 
-async def handle_proxy(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME]
-    request_id = request[REQUEST_ID]
+async def handle_proxy(
+    runtime: ProxyRuntime, request: web.BaseRequest, request_id: str
+) -> web.StreamResponse:
     record = AuditRecord(
         request_id=request_id,
         method=request.headers.get("X-AS-Method", request.method)[:16],
@@ -144,11 +143,11 @@ async def handle_proxy(request: web.Request) -> web.StreamResponse:
         record.block(exc.code, exc.status)
         return error_response(exc, request_id)
     finally:
-        runtime.audit.submit(record.finish())
+        runtime.audit.submit_after_answer(record)
 
 
 async def _proxy(
-    runtime: ProxyRuntime, request: web.Request, record: AuditRecord
+    runtime: ProxyRuntime, request: web.BaseRequest, record: AuditRecord
 ) -> web.StreamResponse:
     raw = _decoded_headers(request)
     spec = parse_spec(request.method, raw)
@@ -168,7 +167,7 @@ async def _proxy(
 
 async def _forward(
     runtime: ProxyRuntime,
-    request: web.Request,
+    request: web.BaseRequest,
     spec: ProxySpec,
     grant: Grant,
     raw: list[tuple[str, str]],

@@ -19,7 +19,7 @@ from config.atomic import write_atomic
 from config.errors import BlindkeyError
 from config.paths import Paths
 from config.settings import Settings
-from proxy.app import build_app
+from proxy.app import Front
 from proxy.connections import ConnectionGuard, GuardedSite
 from proxy.runtime import ProxyRuntime, broker_socket
 from proxy.supervisor import BrokerSupervisor, ExternalBroker
@@ -67,7 +67,8 @@ class ProxyServer:
         self.broker_state = "starting"
         self.broker_pid: int | None = None
         self.started = time.time()
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
+        self.guard: ConnectionGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._config_stamp = self._stamp()
 
@@ -91,19 +92,19 @@ class ProxyServer:
             await self.supervisor.start()
             self.runtime.open_upstream()
             limits = self.runtime.settings.limits
-            self.guard = ConnectionGuard(limits.max_connections, limits.header_read_timeout)
-            self._runner = web.AppRunner(
-                build_app(self.runtime, self.host, self.guard),
-                access_log=None,
-                shutdown_timeout=DRAIN_TIMEOUT,
+            guard = self.guard = ConnectionGuard(limits.max_connections, limits.header_read_timeout)
+            server = web.Server(
+                Front(self.runtime, self.host, guard),
                 handler_cancellation=True,
+                access_log=None,
                 keepalive_timeout=KEEPALIVE_TIMEOUT,
                 max_line_size=limits.max_header_size,
                 max_field_size=limits.max_header_size,
                 max_headers=limits.max_headers,
             )
+            self._runner = web.ServerRunner(server, shutdown_timeout=DRAIN_TIMEOUT)
             await self._runner.setup()
-            await GuardedSite(self._runner, sock, self.guard).start()
+            await GuardedSite(self._runner, sock, guard).start()
         except BaseException:
             sock.close()
             await self._stop_parts()
@@ -153,6 +154,8 @@ class ProxyServer:
             self.paths.status_file.unlink()
 
     async def _stop_parts(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
         await self.supervisor.stop()
         await self.runtime.close()
         await self.audit.close()

@@ -8,6 +8,7 @@ import time
 from urllib.parse import quote
 
 from tests.proxy.conftest import SECRET, Env
+from tests.upstream import HITS
 
 
 async def test_redirect_is_returned_not_followed_and_location_redacted(env: Env) -> None:
@@ -95,3 +96,46 @@ async def test_upstream_that_hangs_up_mid_body_is_an_upstream_error(env: Env) ->
     )
     assert status == 502
     assert b'"upstream_error"' in body
+
+
+async def _raw_exchange(env: Env, head: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
+    writer.write(head.encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_expect_100_continue_is_answered_by_the_proxy(env: Env) -> None:
+    body = b"x" * 5000
+    head = (
+        f"POST /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-AS-Agent-Token: {env.token}\r\n"
+        f"X-AS-Target-URL: {env.base}/echo\r\nX-AS-Inject-Bearer: GITHUB_TOKEN\r\n"
+        f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    reader, writer = await _raw_exchange(env, head)
+    # The agent is told to go on before it sends a byte of its body, without a stall.
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.5)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    assert status_line.startswith(b"HTTP/1.1 200")
+    headers = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    length = int(headers.split("content-length: ")[1].split("\r\n")[0])
+    echoed = await reader.readexactly(length)
+    writer.close()
+    assert b'"body":"' + body + b'"' in echoed
+    # The proxy answered the expectation itself; the upstream never sees it.
+    assert b"expect" not in echoed.lower()
+
+
+async def test_unknown_expectation_is_refused(env: Env) -> None:
+    head = (
+        f"POST /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-AS-Agent-Token: {env.token}\r\n"
+        f"X-AS-Target-URL: {env.base}/echo\r\nX-AS-Inject-Bearer: GITHUB_TOKEN\r\n"
+        "Expect: teapot\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    reader, writer = await _raw_exchange(env, head)
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 400")
+    assert env.upstream.app[HITS] == []
