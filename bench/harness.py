@@ -88,6 +88,12 @@ class Bench:
             env_extra={"BENCH_BEARER": values[INJECTED]},
         )
         forwarder_port = forwarder.read_port()
+        floor = self._service(
+            "floor",
+            [sys.executable, "-m", "bench.floor"],
+            env_extra={"BENCH_BEARER": values[INJECTED]},
+        )
+        floor_port = floor.read_port()
         proxy, nginx_port = nginx.start_proxy(
             nginx_bin, self.work / "nginx", small_port, stream_port, values[INJECTED]
         )
@@ -117,6 +123,11 @@ class Bench:
                 f"http://127.0.0.1:{forwarder_port}/proxy",
                 bk_headers,
                 {"forwarder": [forwarder.pid]},
+            ),
+            "floor": (
+                f"http://127.0.0.1:{floor_port}/proxy",
+                bk_headers,
+                {"floor": [floor.pid]},
             ),
             "blindkey": (
                 running.url,

@@ -31,7 +31,7 @@ def load_matrix(bench: Bench) -> None:
     load: dict[str, dict[str, list[dict[str, Any]]]] = {str(c): {} for c in CONNECTIONS}
     for round_no in range(1, args.rounds + 1):
         for connections in CONNECTIONS:
-            names = [*report.TARGETS]
+            names = [*report.TARGETS, *(["floor"] if "floor" in bench.urls else [])]
             if connections in FSYNC_COMPARED and "blindkey_nofsync" in bench.urls:
                 names.append("blindkey_nofsync")
             # Rotate the order each round, so no target always runs first or last.

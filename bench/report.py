@@ -16,10 +16,14 @@ def _median(values: Sequence[float]) -> float:
 
 
 def _paired(
-    runs: Mapping[str, Sequence[Json]], other: str, pick: Callable[[Json], float], op: str
+    runs: Mapping[str, Sequence[Json]],
+    other: str,
+    pick: Callable[[Json], float],
+    op: str,
+    subject: str = "blindkey",
 ) -> Json:
-    """Blindkey against `other` round by round (each pair ran minutes apart at most)."""
-    pairs = list(zip(runs["blindkey"], runs[other], strict=False))
+    """`subject` against `other` round by round (each pair ran minutes apart at most)."""
+    pairs = list(zip(runs[subject], runs[other], strict=False))
     if op == "ratio":
         values = [pick(b) / pick(o) for b, o in pairs if pick(o)]
     else:
@@ -76,6 +80,12 @@ def summarise_load(load: Mapping[str, Mapping[str, Sequence[Json]]]) -> Json:
             for other in OTHERS
             if other in runs
         }
+        if "floor" in runs:
+            row["floor_rps_ratio"] = {
+                "nginx": _paired(runs, "nginx", _rps, "ratio", subject="floor"),
+                "forwarder": _paired(runs, "forwarder", _rps, "ratio", subject="floor"),
+            }
+            row["blindkey_rps_ratio"]["floor"] = _paired(runs, "floor", _rps, "ratio")
         if "blindkey_nofsync" in runs:
             ratio = _paired(
                 {"blindkey": runs["blindkey"], "off": runs["blindkey_nofsync"]},
@@ -332,8 +342,38 @@ def render(report: Json) -> str:
         f"the machine used > 10% of its CPU were repeated ({repeated} repeats); the worst "
         f"kept run still had {worst:.0f}%.",
     ]
-    lines += ["", *_single_figures(report), "", *_target_lines(report)]
+    lines += ["", *_floor_lines(report), "", *_single_figures(report), "", *_target_lines(report)]
     return "\n".join(lines)
+
+
+def _floor_lines(report: Json) -> list[str]:
+    """What the design costs without its features, and what the features cost on top."""
+    load = report["summary"]["load"]
+    columns = [c for c, row in load.items() if "floor" in row]
+    if not columns:
+        return []
+    lines = [
+        "| floor: blindkey's front and upstream client, no feature (bench/floor.py) | "
+        + " | ".join(f"@{c}" for c in columns)
+        + " |",
+        "|---|" + "---:|" * len(columns),
+        "| floor req/s | " + " | ".join(_fmt(load[c]["floor"]["rps"]) for c in columns) + " |",
+        "| floor CPU per request (us) | "
+        + " | ".join(_fmt(load[c]["floor"]["cpu_us_per_request"], 1) for c in columns)
+        + " |",
+    ]
+    for other in ("nginx", "forwarder"):
+        lines.append(
+            f"| floor / {other} | "
+            + " | ".join(_ratio(load[c]["floor_rps_ratio"][other]) for c in columns)
+            + " |"
+        )
+    lines.append(
+        "| blindkey / floor | "
+        + " | ".join(_ratio(load[c]["blindkey_rps_ratio"]["floor"]) for c in columns)
+        + " |"
+    )
+    return lines
 
 
 def _single_figures(report: Json) -> list[str]:
