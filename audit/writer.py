@@ -33,9 +33,12 @@ class AuditWriter:
         self._fd: int | None = None
         self.failures = 0
         self._torn = False  # a failed write left part of a line at the end of the file
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Kept: on Python 3.11 asyncio.get_running_loop() costs a getpid() system call.
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     def submit(self, record: dict[str, Any]) -> None:
@@ -45,7 +48,8 @@ class AuditWriter:
         """Finish and queue `record` once the current task step is over: aiohttp writes the
         answer in that step, so the agent does not wait for the record. Its duration then
         includes writing the answer."""
-        asyncio.get_running_loop().call_soon(self._finish_and_submit, record)
+        assert self._loop is not None, "AuditWriter.start() first"
+        self._loop.call_soon(self._finish_and_submit, record)
 
     def _finish_and_submit(self, record: AuditRecord) -> None:
         self.queue.put_nowait(record.finish())

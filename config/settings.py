@@ -95,6 +95,9 @@ class SecretPolicy:
         return not self.hosts or any(pattern.matches(host) for pattern in self.hosts)
 
 
+DEFAULT_POLICY = SecretPolicy()  # a secret without a [secrets.NAME] table
+
+
 @dataclass(frozen=True)
 class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
@@ -111,7 +114,7 @@ class Settings:
     audit_fsync: bool = True
 
     def policy(self, name: str) -> SecretPolicy:
-        return self.secrets.get(name, SecretPolicy())
+        return self.secrets.get(name, DEFAULT_POLICY)
 
 
 DEFAULT_CONFIG = """\

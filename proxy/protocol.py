@@ -40,8 +40,8 @@ class Target:
     path_query: str  # as sent (already percent-encoded), never empty
     original: str
 
-    @property
-    def host_header(self) -> str:
+    @functools.cached_property
+    def host_header(self) -> str:  # a parsed Target is memoised, so this is worked out once
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
 

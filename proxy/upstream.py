@@ -82,7 +82,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
         self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0
         self._drain: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -109,8 +109,6 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
         self.pool.forget(self)
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("upstream closed the connection"))
@@ -137,8 +135,7 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def expire(self) -> None:
-        self.pool.forget(self)
+    def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -428,6 +425,7 @@ class UpstreamPool:
         self.limits = limits
         self.closed = False
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(
         self,
@@ -505,13 +503,13 @@ class UpstreamPool:
 
     def _pooled(self, key: tuple[str, str, int]) -> tuple[_Connection | None, bool]:
         idle = self._idle.get(key)
+        stale = self.loop.time() - KEEPALIVE
         while idle:
             connection = idle.pop()
-            if connection.idle_timer is not None:
-                connection.idle_timer.cancel()
-                connection.idle_timer = None
             transport = connection.transport
-            if not connection.closed and transport is not None and not transport.is_closing():
+            if connection.idle_since < stale:
+                connection.close()
+            elif not connection.closed and transport is not None and not transport.is_closing():
                 return connection, True
         return None, False
 
@@ -567,8 +565,21 @@ class UpstreamPool:
         if len(idle) >= MAX_IDLE_PER_HOST:
             connection.abort()
             return
-        connection.idle_timer = self.loop.call_later(KEEPALIVE, connection.expire)
+        connection.idle_since = self.loop.time()
         idle.append(connection)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(KEEPALIVE / 3, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close connections idle past KEEPALIVE; one timer for the pool, not one per request."""
+        self._sweeper = None
+        stale = self.loop.time() - KEEPALIVE
+        for idle in self._idle.values():
+            # Oldest first: put() appends and _pooled() takes from the end.
+            while idle and idle[0].idle_since < stale:
+                idle.pop(0).close()
+        if any(self._idle.values()):
+            self._sweeper = self.loop.call_later(KEEPALIVE / 3, self._sweep)
 
     def forget(self, connection: _Connection) -> None:
         idle = self._idle.get(connection.key)
@@ -578,12 +589,12 @@ class UpstreamPool:
     def close_idle(self) -> None:
         """Drop every idle connection (the guard's rules changed, or the pool is retiring)."""
         idle, self._idle = self._idle, {}
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for connections in idle.values():
             for connection in connections:
-                if connection.idle_timer is not None:
-                    connection.idle_timer.cancel()
-                if connection.transport is not None:
-                    connection.transport.close()
+                connection.close()
 
     def close(self) -> None:
         """No new requests; requests in flight finish and close their connections."""

@@ -132,6 +132,31 @@ async def test_keep_alive_connection_is_reused() -> None:
         assert server.requests[0].startswith(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:")
 
 
+async def test_idle_connections_are_closed_after_the_keepalive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("proxy.upstream.KEEPALIVE", 0.15)
+    closed_by_us = asyncio.Event()
+
+    def bind(server: RawServer) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            if await reader.read() == b"":
+                closed_by_us.set()
+
+        return handler
+
+    async with serve(bind) as server:
+        pool = make_pool()
+        await get(pool, server.port)
+        # The sweep closes it without any further request.
+        await asyncio.wait_for(closed_by_us.wait(), 2)
+        assert (await get(pool, server.port))[0] == 200
+        pool.close()
+        assert server.connections == 2
+
+
 async def test_connection_closed_while_idle_is_replaced_for_a_replayable_request() -> None:
     # The server answers once per connection and hangs up without saying so.
     async with serve(answer_each(OK, close=True)) as server:
