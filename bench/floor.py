@@ -10,7 +10,6 @@ target's distance to nginx is the price of Python and aiohttp.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import ssl
@@ -19,7 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from bench.forwarder import HOP_BY_HOP
-from bench.upstream import run_loop
+from bench.upstream import run_loop, serve_forever
 from config.settings import AllowlistSettings
 from proxy.egress import EgressGuard, VettingResolver
 from proxy.upstream import UpstreamLimits, UpstreamPool
@@ -60,13 +59,10 @@ async def serve() -> None:
             ]
             return web.Response(status=upstream.status, body=body, headers=returned)
 
-    runner = web.ServerRunner(web.Server(forward, access_log=None, keepalive_timeout=75.0))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    print(f"PORT {runner.addresses[0][1]}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await serve_forever(
+            web.ServerRunner(web.Server(forward, access_log=None, keepalive_timeout=75.0))
+        )
     finally:
         pool.close()
 

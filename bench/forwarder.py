@@ -10,14 +10,13 @@ or audit: whatever blindkey costs beyond this is the price of those.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 
 import aiohttp
 from aiohttp import web
 
-from bench.upstream import run_loop
+from bench.upstream import run_loop, serve_forever
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 BEARER: web.AppKey[str] = web.AppKey("bearer", str)
@@ -74,13 +73,8 @@ async def serve() -> None:
     )
     app[SESSION] = session
     app.router.add_route("*", "/proxy", forward)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=75.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    print(f"PORT {runner.addresses[0][1]}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await serve_forever(web.AppRunner(app, access_log=None, keepalive_timeout=75.0))
     finally:
         await session.close()
 

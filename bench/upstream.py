@@ -87,7 +87,11 @@ async def serve(embed: bytes) -> None:
     app.router.add_get("/small", small)
     app.router.add_get("/sse", sse)
     app.router.add_get("/big", big)
-    runner = web.AppRunner(app, access_log=None)
+    await serve_forever(web.AppRunner(app, access_log=None))
+
+
+async def serve_forever(runner: web.BaseRunner) -> None:
+    """Listen on a free loopback port, print `PORT n` for the bench, serve until cancelled."""
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()

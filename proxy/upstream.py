@@ -408,7 +408,7 @@ def _head(
     # A CR or LF inside a name or value would start a header of its own: refuse.
     if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
         raise ValueError("a header name or value contains a line break")
-    if not _FORBIDDEN_IN_TARGET.isdisjoint(path_query) or not method.isalpha():
+    if not method or not _FORBIDDEN_IN_TARGET.isdisjoint(method + path_query):
         raise ValueError("the method or path contains a forbidden character")
     return text.encode("latin-1")
 

@@ -294,6 +294,14 @@ async def test_line_breaks_and_spaces_never_reach_the_wire(
         assert server.connections == 0
 
 
+async def test_extension_methods_are_sent_as_given() -> None:
+    async with serve(answer_each(OK)) as server:
+        pool = make_pool()
+        assert (await get(pool, server.port, method="M-SEARCH"))[0] == 200
+        pool.close()
+        assert server.requests[0].startswith(b"M-SEARCH / HTTP/1.1\r\n")
+
+
 async def test_silent_upstream_times_out() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
