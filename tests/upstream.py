@@ -141,6 +141,30 @@ async def sse(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """An OpenAI-shaped endpoint that reflects the key it was called with into its answer,
+    streamed as chunk events (`"stream": true`) or whole."""
+    payload = await request.json()
+    auth = request.headers.get("Authorization", "")
+    digest = {"X-Echo-Authorization-Sha256": hashlib.sha256(auth.encode()).hexdigest()}
+    base = {"id": "chatcmpl-1", "created": 1, "model": payload["model"]}
+    words = ["You", " called", " with ", auth]
+    if not payload.get("stream"):
+        message = {"role": "assistant", "content": "".join(words)}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        body = {**base, "object": "chat.completion", "choices": [choice]}
+        return web.json_response(body, headers=digest)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **digest})
+    await response.prepare(request)
+    for word in words:
+        choice = {"index": 0, "delta": {"content": word}, "finish_reason": None}
+        event = {**base, "object": "chat.completion.chunk", "choices": [choice]}
+        await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
 async def chunks(request: web.Request) -> web.StreamResponse:
     """Sends the Authorization value back one byte per chunk."""
     response = web.StreamResponse()
@@ -198,6 +222,7 @@ def make_app() -> web.Application:
     app.router.add_get("/br", brotli_claimed)
     app.router.add_get("/sse", sse)
     app.router.add_get("/chunks", chunks)
+    app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)
     app.router.add_get("/hang", hang)
