@@ -52,7 +52,7 @@ class AuditWriter:
         self._loop.call_soon(self._finish_and_submit, record)
 
     def _finish_and_submit(self, record: AuditRecord) -> None:
-        self.queue.put_nowait(record.finish())
+        self.submit(record.finish())
 
     def _write(self, payload: bytes) -> None:
         assert self._fd is not None

@@ -57,6 +57,24 @@ async def test_one_json_object_per_line(tmp_path: Path) -> None:
     assert [orjson.loads(line) for line in raw[:-1]] == submitted
 
 
+async def test_record_submitted_after_the_answer_is_queued_once_the_step_ends(
+    tmp_path: Path,
+) -> None:
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    finished = AuditRecord(request_id="req-late", method="GET", url="https://api.example.com/")
+    writer.submit_after_answer(finished)
+    # Nothing yet: the handler's step (in which aiohttp writes the answer) is still running.
+    assert writer.queue.empty()
+    assert finished.ts == ""
+    await asyncio.sleep(0)
+    assert writer.queue.qsize() == 1
+    await writer.close()
+    (written,) = lines_of(audit_file(tmp_path))
+    assert written["request_id"] == "req-late"
+    assert written["ts"] == finished.ts != ""
+
+
 async def test_file_is_private_and_appended_to(tmp_path: Path) -> None:
     path = audit_file(tmp_path)
     path.write_bytes(orjson.dumps(record(0)) + b"\n")
