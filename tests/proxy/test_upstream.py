@@ -168,6 +168,39 @@ async def test_connection_closed_while_idle_is_replaced_for_a_replayable_request
         assert server.connections == 2
 
 
+def answer_once_then_drop(server: RawServer) -> Handler:
+    """Answers a connection's first request; reads the next one and hangs up unanswered."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await server.read_request(reader)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("method", "sent_again"), [("GET", True), ("DELETE", True), ("POST", False), ("PATCH", False)]
+)
+async def test_only_idempotent_requests_are_sent_again_after_a_dropped_connection(
+    method: str, sent_again: bool
+) -> None:
+    async with serve(answer_once_then_drop) as server:
+        pool = make_pool()
+        assert (await get(pool, server.port))[0] == 200
+        if sent_again:
+            assert (await get(pool, server.port, method=method))[0] == 200
+        else:
+            # The server may have acted on it before hanging up: a payment is not made twice.
+            with pytest.raises(UpstreamProtocolError, match="without answering"):
+                await get(pool, server.port, method=method)
+        pool.close()
+    assert [r.split(b" ")[0].decode() for r in server.requests] == (
+        ["GET", method, method] if sent_again else ["GET", method]
+    )
+
+
 async def test_connection_close_answer_is_not_reused() -> None:
     closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
     async with serve(answer_each(closing, closing)) as server:
