@@ -197,6 +197,40 @@ async def test_dns_rebinding_never_reaches_loopback(home: Paths) -> None:
         await public.cleanup()
 
 
+async def test_narrowed_private_ranges_drop_pooled_connections(home: Paths) -> None:
+    # A pooled keep-alive connection was vetted under the old rules; once the range that
+    # admitted its address is gone, the next call must be vetted again, not reuse it.
+    service, port = await start_upstream("127.0.0.2")
+    resolver = RebindingResolver("127.0.0.2", "127.0.0.2")
+
+    def configure(document: Any) -> None:
+        section = toml_table(document, "allowlist")
+        section["hosts"].append(f"http://svc.test:{port}")
+        section["private_ranges"] = string_array(["127.0.0.2/32"])
+
+    def prepare(server: ProxyServer) -> None:
+        server.runtime.inner_resolver = resolver
+
+    def narrow(document: Any) -> None:
+        toml_table(document, "allowlist")["private_ranges"] = string_array([])
+
+    try:
+        async with open_env(home, configure, prepare) as env:
+            status, _, _ = await call(
+                env, f"http://svc.test:{port}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN"
+            )
+            assert status == 200
+            env.configure(narrow)
+            assert await env.server.reload()
+            status, _, body = await call(
+                env, f"http://svc.test:{port}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN"
+            )
+            assert (status, error_code(body)) == (403, "blocked_address")
+            assert resolver.calls == 2
+    finally:
+        await service.cleanup()
+
+
 # What comes back ---------------------------------------------------------------------------
 
 
