@@ -23,6 +23,19 @@ BIG_ROUNDS = 3
 FSYNC_COMPARED = (1, 32)
 
 
+def in_turn(names: list[str], round_no: int) -> list[str]:
+    """The targets in an order rotated each round, so none always runs first or last."""
+    shift = round_no % len(names)
+    return names[shift:] + names[:shift]
+
+
+def stream_request(bench: Bench, name: str, path: str) -> tuple[str, dict[str, str]]:
+    """URL and headers that fetch `path` of the streaming upstream through `name`."""
+    if name in ("direct", "nginx"):
+        return f"{bench.stream_urls[name]}{path}", {}
+    return bench.stream_urls[name], bench.home.headers(f"{bench.stream_urls['direct']}{path}")
+
+
 def load_matrix(bench: Bench) -> None:
     args = bench.args
     log("warm-up: 1 s at 32 connections per target")
@@ -34,9 +47,7 @@ def load_matrix(bench: Bench) -> None:
             names = [*report.TARGETS, *(["floor"] if "floor" in bench.urls else [])]
             if connections in FSYNC_COMPARED and "blindkey_nofsync" in bench.urls:
                 names.append("blindkey_nofsync")
-            # Rotate the order each round, so no target always runs first or last.
-            shift = (round_no - 1) % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in in_turn(names, round_no - 1):
                 result = bench.quiet_wrk(name, connections, args.duration)
                 load[str(connections)].setdefault(name, []).append(result.as_json())
                 log(
@@ -51,16 +62,11 @@ def load_matrix(bench: Bench) -> None:
 def sse(bench: Bench) -> None:
     args = bench.args
     path = f"/sse?{streams.sse_query(args.sse_events, args.sse_interval_ms)}"
-    target = f"{bench.stream_urls['direct']}{path}"
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in report.TARGETS}
     names = list(report.TARGETS)
     for round_no in range(min(args.rounds, SSE_ROUNDS)):
-        shift = round_no % len(names)
-        for name in names[shift:] + names[:shift]:
-            if name in ("direct", "nginx"):
-                url, headers = f"{bench.stream_urls[name]}{path}", {}
-            else:
-                url, headers = bench.stream_urls[name], bench.home.headers(target)
+        for name in in_turn(names, round_no):
+            url, headers = stream_request(bench, name, path)
             gaps = streams.sse_delay(url, headers, args.sse_events, args.sse_interval_ms)
             rounds[name].append(gaps)
             log(
@@ -92,16 +98,11 @@ def sse(bench: Bench) -> None:
 
 def big(bench: Bench) -> None:
     mib = bench.args.big_mib
-    target = f"{bench.stream_urls['direct']}/big?mib={mib}"
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in report.TARGETS}
     names = list(report.TARGETS)
     for round_no in range(min(bench.args.rounds, BIG_ROUNDS)):
-        shift = round_no % len(names)
-        for name in names[shift:] + names[:shift]:
-            if name in ("direct", "nginx"):
-                url, headers = f"{bench.stream_urls[name]}/big?mib={mib}", {}
-            else:
-                url, headers = bench.stream_urls[name], bench.home.headers(target)
+        for name in in_turn(names, round_no):
+            url, headers = stream_request(bench, name, f"/big?mib={mib}")
             with Interference(bench.own_pids()) as noise:
                 run = streams.big_download(
                     bench.tools["curl"], url, headers, rss_pid=bench.rss_pid.get(name)
