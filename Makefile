@@ -1,4 +1,5 @@
-# blindkey: `make run` starts the proxy on 127.0.0.1:8765, `make test` runs every test.
+# blindkey: `make run` starts the proxy on 127.0.0.1:8765 (`make run PORT=9000` elsewhere),
+# `make test` runs every test.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(BIN)/blindkey init
-	$(BIN)/blindkey proxy start --foreground
+	$(BIN)/blindkey proxy start --foreground $(if $(PORT),--port $(PORT))
 
 test: setup
 	$(BIN)/python -m pytest
@@ -24,6 +25,8 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	mkdir -p $(VENV)/typecheck/blindkey
+	for p in proxy broker audit config; do ln -sfn ../../../$$p $(VENV)/typecheck/blindkey/$$p; done
 	$(BIN)/mypy
 
 # wrk, nginx and curl come from apt-get when missing, py-spy from pip; BENCH_ARGS=--quick

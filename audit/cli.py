@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 
-from audit.reader import Filter, follow, parse_since, read_records
-from audit.writer import audit_file
-from config.console import say
-from config.paths import Paths
+from blindkey.audit.reader import Filter, follow, parse_since, read_records
+from blindkey.audit.writer import audit_file
+from blindkey.config.arguments import Subcommands, count
+from blindkey.config.console import say
+from blindkey.config.paths import Paths
 
 
 def _line(record: dict[str, Any]) -> str:
@@ -57,14 +58,14 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def add_logs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_logs_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "logs",
         help="show audit records (oldest first)",
         description="Audit records, oldest first. With --json: a JSON array, or one object "
         "per line with --follow.",
     )
-    p.add_argument("--last", type=int, metavar="N", help="only the last N records")
+    p.add_argument("--last", type=count, metavar="N", help="only the last N records")
     p.add_argument("--secret", metavar="NAME", help="records that used this secret")
     p.add_argument("--agent", metavar="NAME", help="records of this agent")
     p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from config.errors import UsageError
+from blindkey.config.errors import UsageError
 
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

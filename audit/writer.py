@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from audit.record import AuditRecord
+from blindkey.audit.record import AuditRecord
 
 log = logging.getLogger("blindkey.audit")
 AUDIT_FILE = "audit.jsonl"

@@ -17,8 +17,8 @@ from pathlib import Path
 import tomlkit
 
 from bench.tools import ROOT, BenchError, Service
-from broker.client import BrokerClient
-from config.paths import resolve_paths
+from blindkey.broker.client import BrokerClient
+from blindkey.config.paths import resolve_paths
 
 SECRET_COUNT = 50
 INJECTED = "BENCH_SECRET_00"
@@ -29,7 +29,7 @@ CLI_TIMEOUT = 60.0
 
 def cli(env: dict[str, str], *args: str, stdin: str = "", check: bool = True) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
+        [sys.executable, "-m", "blindkey.proxy", *args],
         env=env,
         input=stdin,
         capture_output=True,
@@ -183,7 +183,7 @@ async def _resolve_latency(
         "p99_us": round(percentile(samples, 99), 1),
         "max_us": round(samples[-1], 1),
         f"pipelined_{concurrency}_per_s": round(pipelined_rate),
-        "client": "broker.client.BrokerClient over the Unix socket, from the bench process",
+        "client": "blindkey.broker.client.BrokerClient over the Unix socket, from the bench process",
     }
 
 

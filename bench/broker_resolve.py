@@ -2,7 +2,7 @@
 
     python bench/broker_resolve.py [--backend file|keyring|openbao ...] [--seconds 3] [--json]
 
-The broker runs as the proxy runs it: its own process (`python -m broker serve`). Values
+The broker runs as the proxy runs it: its own process (`python -m blindkey.broker serve`). Values
 are warm: the keychain and OpenBao backends have answered once and are served from the
 broker's memory, which is what the issue's budget is about (p50 < 100 us, p99 < 1 ms).
 The keyring backend gets a private D-Bus session with gnome-keyring; OpenBao a
@@ -29,12 +29,12 @@ from typing import Any
 
 import uvloop
 
-from broker.agents import AgentStore
-from broker.client import BrokerClient
-from broker.protocol import BrokerUnavailable
-from broker.vault import FileVault, ensure_key
-from config.home import init_config
-from config.paths import Paths, resolve_paths
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import BrokerUnavailable
+from blindkey.broker.vault import FileVault, ensure_key
+from blindkey.config.home import init_config
+from blindkey.config.paths import Paths, resolve_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUE = "ghp_benchmarkValue0123456789abcdefXYZ"
@@ -120,7 +120,7 @@ def prepare(paths: Paths, backend: str, extra_env: dict[str, str], address: str)
     env = {**os.environ, **extra_env, "BLINDKEY_HOME": str(paths.config_dir)}
     for name in ("GH", "COLD"):
         subprocess.run(
-            [sys.executable, "-m", "proxy", "secrets", "set", name],
+            [sys.executable, "-m", "blindkey.proxy", "secrets", "set", name],
             input=VALUE, env=env, cwd=ROOT, check=True, capture_output=True, text=True,
         )  # fmt: skip
     if backend == "file":
@@ -155,7 +155,7 @@ async def measure(
 async def first_read(client: BrokerClient, token: str, env: dict[str, str]) -> float:
     """A value just written with `secrets set`: the broker has dropped it and must read it."""
     setter = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "secrets", "set", "COLD",
+        sys.executable, "-m", "blindkey.proxy", "secrets", "set", "COLD",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT,
     )  # fmt: skip
     await setter.communicate(b"fresh-" + VALUE.encode())
@@ -185,7 +185,7 @@ async def run_backend(backend: str, seconds: float) -> dict[str, Any]:
             config = paths.config_file.read_text().replace('socket = ""', f'socket = "{sock}"')
             paths.config_file.write_text(config)
             broker = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "broker", "serve", env=env, cwd=ROOT
+                sys.executable, "-m", "blindkey.broker", "serve", env=env, cwd=ROOT
             )
             try:
                 client = BrokerClient(sock)

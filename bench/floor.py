@@ -19,9 +19,9 @@ from yarl import URL
 
 from bench.forwarder import HOP_BY_HOP
 from bench.upstream import run_loop, serve_forever
-from config.settings import AllowlistSettings
-from proxy.egress import EgressGuard, VettingResolver
-from proxy.upstream import UpstreamLimits, UpstreamPool
+from blindkey.config.settings import AllowlistSettings
+from blindkey.proxy.egress import EgressGuard, VettingResolver
+from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
 
 async def serve() -> None:

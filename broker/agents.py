@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 
-from config.atomic import locked, write_atomic
-from config.errors import BlindkeyError
-from config.settings import AGENT_NAME
+from blindkey.config.atomic import locked, write_atomic
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.settings import AGENT_NAME
 
 TOKEN_PREFIX = "bk_"  # noqa: S105 - a prefix, not a credential
 

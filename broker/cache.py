@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from broker.backends import SecretBackend
-from broker.backends.file import FileBackend
-from broker.vault import VaultData
+from blindkey.broker.backends import SecretBackend
+from blindkey.broker.backends.file import FileBackend
+from blindkey.broker.vault import VaultData
 
 
 class _Missing:

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker import cli_env
-from broker.agents import AgentStore
-from broker.cli_secrets import (
+from blindkey.broker import cli_env
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.cli_secrets import (
     MIN_REDACTABLE,
     cmd_secrets_delete,
     cmd_secrets_diff,
@@ -20,14 +20,15 @@ from broker.cli_secrets import (
     cmd_secrets_push,
     cmd_secrets_set,
 )
-from broker.notify import notify_broker
-from config.console import emit_json, say, table
-from config.edit import edit_config, string_array
-from config.edit import table as toml_table
-from config.errors import BlindkeyError, UsageError
-from config.hosts import AllowEntry, HostError
-from config.paths import Paths
-from config.settings import TIERS, Settings, load_settings
+from blindkey.broker.notify import notify_broker
+from blindkey.config.arguments import Subcommands
+from blindkey.config.console import emit_json, say, table
+from blindkey.config.edit import edit_config, string_array
+from blindkey.config.edit import table as toml_table
+from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.hosts import AllowEntry, HostError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import TIERS, Settings, load_settings
 
 
 def _parse_entries(entries: list[str]) -> list[AllowEntry]:
@@ -138,7 +139,7 @@ def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_broker_serve(paths: Paths, args: argparse.Namespace) -> int:
-    from broker.server import serve_broker
+    from blindkey.broker.server import serve_broker
 
     try:
         settings = load_settings(paths.config_file)
@@ -173,7 +174,7 @@ def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     secrets = sub.add_parser(
         "secrets",
         help="store, list and delete secret values",

@@ -6,14 +6,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from broker.cli_secrets import PRODUCTION, confirm, inventory, local_store, opened, pick_env
-from broker.notify import notify_broker
-from config.console import emit_json, say, table
-from config.edit import edit_config
-from config.edit import table as toml_table
-from config.errors import BlindkeyError
-from config.paths import Paths
-from config.settings import load_settings
+from blindkey.broker.cli_secrets import (
+    PRODUCTION,
+    confirm,
+    inventory,
+    local_store,
+    opened,
+    pick_env,
+)
+from blindkey.broker.notify import notify_broker
+from blindkey.config.arguments import Subcommands
+from blindkey.config.console import emit_json, say, table
+from blindkey.config.edit import edit_config
+from blindkey.config.edit import table as toml_table
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
 
 
 def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:
@@ -75,7 +83,7 @@ def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     environment = sub.add_parser(
         "environment",
         help="list, switch and copy environments",

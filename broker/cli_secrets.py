@@ -10,18 +10,18 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from broker.backends import SecretBackend, open_backend, open_openbao
-from broker.compare import Difference, compare, comparison_key, keyed_digests
-from broker.notify import notify_broker
-from config.console import emit_json, say, warn
-from config.console import table as print_table
-from config.edit import edit_config, string_array
-from config.edit import table as toml_table
-from config.errors import BlindkeyError, UsageError
-from config.hosts import HostError, HostPattern
-from config.paths import Paths
-from config.settings import SECRET_NAME, Settings, load_settings
-from config.stores import OpenBaoSettings
+from blindkey.broker.backends import SecretBackend, open_backend, open_openbao
+from blindkey.broker.compare import Difference, compare, comparison_key, keyed_digests
+from blindkey.broker.notify import notify_broker
+from blindkey.config.console import emit_json, say, warn
+from blindkey.config.console import table as print_table
+from blindkey.config.edit import edit_config, string_array
+from blindkey.config.edit import table as toml_table
+from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.hosts import HostError, HostPattern
+from blindkey.config.paths import Paths
+from blindkey.config.settings import SECRET_NAME, Settings, load_settings
+from blindkey.config.stores import OpenBaoSettings
 
 PRODUCTION = "production"
 

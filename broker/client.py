@@ -16,7 +16,7 @@ from typing import cast
 
 import orjson
 
-from broker.protocol import (
+from blindkey.broker.protocol import (
     MAX_FRAME,
     PUSH_ID,
     BrokerDenied,

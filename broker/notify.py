@@ -13,10 +13,10 @@ from pathlib import Path
 
 import orjson
 
-from broker.protocol import MAX_FRAME, PUSH_ID, encode
-from config.errors import BlindkeyError
-from config.paths import Paths
-from config.settings import Settings, load_settings
+from blindkey.broker.protocol import MAX_FRAME, PUSH_ID, encode
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import Settings, load_settings
 
 TIMEOUT = 2.0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from config.errors import BlindkeyError
+from blindkey.config.errors import BlindkeyError
 
 MAX_FRAME = 8 * 2**20
 PUSH_ID = 0

@@ -20,10 +20,10 @@ from typing import Any, cast
 
 import orjson
 
-from broker.protocol import MAX_FRAME, PUSH_ID, BrokerDenied, Message, encode
-from broker.sockets import prepare_socket_dir, socket_mode
-from broker.state import BrokerState, Resolution
-from config.paths import Paths
+from blindkey.broker.protocol import MAX_FRAME, PUSH_ID, BrokerDenied, Message, encode
+from blindkey.broker.sockets import prepare_socket_dir, socket_mode
+from blindkey.broker.state import BrokerState, Resolution
+from blindkey.config.paths import Paths
 
 log = logging.getLogger("blindkey.broker")
 WATCH_INTERVAL = 0.2

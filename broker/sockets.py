@@ -13,8 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from config.errors import BlindkeyError
-from config.paths import ensure_dir
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import ensure_dir
 
 
 def socket_mode(shared: bool) -> int:

@@ -10,14 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
-from broker.agents import AgentRecord, AgentStore, token_hash
-from broker.backends import BackendError, SecretBackend, open_backend
-from broker.cache import MISSING, Fetched, ValueView, view_for
-from broker.protocol import BrokerDenied
-from config.errors import BlindkeyError
-from config.paths import Paths
-from config.settings import SecretPolicy, Settings, load_settings
-from config.stores import BackendSettings
+from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
+from blindkey.broker.backends import BackendError, SecretBackend, open_backend
+from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
+from blindkey.broker.protocol import BrokerDenied
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import SecretPolicy, Settings, load_settings
+from blindkey.config.stores import BackendSettings
 
 log = logging.getLogger("blindkey.broker")
 ANONYMOUS = "anonymous"

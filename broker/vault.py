@@ -10,9 +10,9 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from config.atomic import locked, write_atomic
-from config.errors import BlindkeyError
-from config.paths import Paths
+from blindkey.config.atomic import locked, write_atomic
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
 
 _MAGIC = b"BKV1"
 _NONCE = 12

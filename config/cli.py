@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from config.console import say
-from config.paths import Paths
-from config.settings import load_settings
+from blindkey.config.arguments import Subcommands
+from blindkey.config.console import say
+from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
 
 
 def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:
@@ -21,7 +22,7 @@ def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     config = sub.add_parser("config", help="validate the configuration")
     c = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = c.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")

@@ -9,9 +9,9 @@ from typing import Any
 import tomlkit
 from tomlkit.items import Table
 
-from config.atomic import locked, write_atomic
-from config.errors import ConfigError
-from config.settings import Settings, parse_settings
+from blindkey.config.atomic import locked, write_atomic
+from blindkey.config.errors import ConfigError
+from blindkey.config.settings import Settings, parse_settings
 
 
 def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Settings:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.errors import BlindkeyError
+from blindkey.config.errors import BlindkeyError
 
 # sun_path holds 108 bytes on Linux and 104 on macOS; stay under both.
 _MAX_SOCKET_PATH = 100

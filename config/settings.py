@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.errors import ConfigError
-from config.hosts import AllowEntry, HostError, HostPattern
-from config.stores import (
+from blindkey.config.errors import ConfigError
+from blindkey.config.hosts import AllowEntry, HostError, HostPattern
+from blindkey.config.stores import (
     AUTH_METHODS,
     BACKENDS,
     DEFAULT_CACHE_TTL,

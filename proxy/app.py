@@ -12,10 +12,10 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from proxy.connections import ConnectionGuard
-from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
-from proxy.handler import handle_proxy
-from proxy.runtime import ProxyRuntime
+from blindkey.proxy.connections import ConnectionGuard
+from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
+from blindkey.proxy.handler import handle_proxy
+from blindkey.proxy.runtime import ProxyRuntime
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})

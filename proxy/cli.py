@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from audit.cli import add_logs_parser
-from broker import cli as broker_cli
-from broker.vault import ensure_key
-from config import cli as config_cli
-from config.console import emit_json, say
-from config.errors import BlindkeyError, UsageError
-from config.home import init_config
-from config.paths import Paths, resolve_paths
-from proxy import lifecycle
+from blindkey.audit.cli import add_logs_parser
+from blindkey.broker import cli as broker_cli
+from blindkey.broker.vault import ensure_key
+from blindkey.config import cli as config_cli
+from blindkey.config.arguments import CommandParser, port
+from blindkey.config.console import emit_json, say
+from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.home import init_config
+from blindkey.config.paths import Paths, resolve_paths
+from blindkey.proxy import lifecycle
 
 EPILOG = """\
 A first session:
@@ -92,13 +94,21 @@ def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return version("blindkey")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="blindkey",
         description="Let AI agents use API keys without ever seeing them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"blindkey {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("init", help="create the home (config, vault key); idempotent")
     p.add_argument(
@@ -113,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = proxy.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = actions.add_parser("start", help="start the proxy (returns once /health answers)")
     p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default from config: 8765; 0 picks one)")
+    p.add_argument("--port", type=port, help="port (default from config: 8765; 0 picks one)")
     p.add_argument(
         "--foreground",
         action="store_true",

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from proxy.errors import ProxyError, error_response, next_request_id
+from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 
 
 class ConnectionGuard:

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from config.hosts import AllowEntry, IPAddress, ip_literal
-from config.settings import AllowlistSettings, IPNetwork
-from proxy.errors import ProxyError
-from proxy.protocol import Target
+from blindkey.config.hosts import AllowEntry, IPAddress, ip_literal
+from blindkey.config.settings import AllowlistSettings, IPNetwork
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.protocol import Target
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _EXTRA_BLOCKED = tuple(

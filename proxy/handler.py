@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from multidict import CIMultiDict
 
-from audit.record import AuditRecord
-from broker.protocol import BrokerDenied
-from proxy.egress import BlockedAddressError
-from proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
-from proxy.inject import inject_body, inject_headers, inject_query
-from proxy.protocol import PREFIX, ProxySpec, parse_spec
-from proxy.upstream import (
+from blindkey.audit.record import AuditRecord
+from blindkey.broker.protocol import BrokerDenied
+from blindkey.proxy.egress import BlockedAddressError
+from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
+from blindkey.proxy.inject import inject_body, inject_headers, inject_query
+from blindkey.proxy.protocol import PREFIX, ProxySpec, parse_spec
+from blindkey.proxy.upstream import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamResolveError,
@@ -23,8 +23,8 @@ from proxy.upstream import (
 )
 
 if TYPE_CHECKING:
-    from proxy.redact import Redactor
-    from proxy.runtime import Grant, ProxyRuntime
+    from blindkey.proxy.redact import Redactor
+    from blindkey.proxy.runtime import Grant, ProxyRuntime
 
 log = logging.getLogger("blindkey.proxy")
 HOP_BY_HOP = frozenset(

@@ -10,8 +10,8 @@ from urllib.parse import parse_qsl, quote, urlencode
 import orjson
 from multidict import CIMultiDict
 
-from proxy.errors import ProxyError
-from proxy.protocol import Injection
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.protocol import Injection
 
 _UNSAFE_IN_HEADER = ("\r", "\n", "\0")
 

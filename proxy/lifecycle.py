@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 
-from config.errors import BlindkeyError
-from config.paths import Paths
-from config.settings import load_settings
-from proxy.server import ProxyServer
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
+from blindkey.proxy.server import ProxyServer
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 20.0
@@ -162,7 +162,7 @@ def start_detached(paths: Paths, host: str | None, port: int | None) -> Running:
             f"the proxy is already running (pid {current.pid}); `blindkey proxy stop` first"
         )
     settings = load_settings(paths.config_file)
-    command = [sys.executable, "-m", "proxy", "proxy", "start", "--foreground"]
+    command = [sys.executable, "-m", "blindkey.proxy", "proxy", "start", "--foreground"]
     if host is not None:
         command += ["--host", host]
     if port is not None:

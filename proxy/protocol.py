@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from config.hosts import DEFAULT_PORTS, HostError, normalize_host, parse_port
-from config.settings import SECRET_NAME
-from proxy.errors import ProxyError
+from blindkey.config.hosts import DEFAULT_PORTS, HostError, normalize_host, parse_port
+from blindkey.config.settings import SECRET_NAME
+from blindkey.proxy.errors import ProxyError
 
 PREFIX = "x-as-"
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

@@ -12,16 +12,16 @@ from typing import Any
 
 from aiohttp.abc import AbstractResolver
 
-from audit.writer import AuditWriter
-from broker.client import BrokerClient
-from broker.protocol import BrokerDenied, BrokerUnavailable, Message
-from config.errors import ConfigError
-from config.paths import Paths
-from config.settings import Settings, load_settings
-from proxy.egress import EgressGuard, VettingResolver
-from proxy.errors import STATUS, ProxyError
-from proxy.redact import Redactor
-from proxy.upstream import UpstreamLimits, UpstreamPool
+from blindkey.audit.writer import AuditWriter
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, Message
+from blindkey.config.errors import ConfigError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import Settings, load_settings
+from blindkey.proxy.egress import EgressGuard, VettingResolver
+from blindkey.proxy.errors import STATUS, ProxyError
+from blindkey.proxy.redact import Redactor
+from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
 log = logging.getLogger("blindkey.proxy")
 MAX_CACHED_RESOLUTIONS = 4096

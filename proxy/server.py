@@ -14,15 +14,15 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from audit.writer import AuditWriter
-from config.atomic import write_atomic
-from config.errors import BlindkeyError
-from config.paths import Paths
-from config.settings import Settings
-from proxy.app import Front
-from proxy.connections import ConnectionGuard, GuardedSite
-from proxy.runtime import ProxyRuntime, broker_socket
-from proxy.supervisor import BrokerSupervisor, ExternalBroker
+from blindkey.audit.writer import AuditWriter
+from blindkey.config.atomic import write_atomic
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import Settings
+from blindkey.proxy.app import Front
+from blindkey.proxy.connections import ConnectionGuard, GuardedSite
+from blindkey.proxy.runtime import ProxyRuntime, broker_socket
+from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25

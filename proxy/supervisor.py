@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from broker.protocol import BrokerUnavailable, ProtocolError, encode, read_frame
+from blindkey.broker.protocol import BrokerUnavailable, ProtocolError, encode, read_frame
 
 log = logging.getLogger("blindkey.proxy")
 START_TIMEOUT = 10.0
@@ -40,7 +40,7 @@ class BrokerSupervisor:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "broker",
+            "blindkey.broker",
             "serve",
             "--socket",
             str(self.socket_path),

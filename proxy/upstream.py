@@ -25,8 +25,8 @@ from typing import Any, cast
 
 import httptools
 
-from config.hosts import ip_literal
-from proxy.egress import BlockedAddressError, VettingResolver
+from blindkey.config.hosts import ip_literal
+from blindkey.proxy.egress import BlockedAddressError, VettingResolver
 
 # Status line and headers together; aiohttp's client stops at 8 KiB per line.
 MAX_HEAD = 64 * 2**10

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import uvloop
 
-from broker.vault import ensure_key
-from config.home import init_config
-from config.paths import Paths, resolve_paths
+from blindkey.broker.vault import ensure_key
+from blindkey.config.home import init_config
+from blindkey.config.paths import Paths, resolve_paths
+from tests.staging import Installed, install
 
 ROOT = Path(__file__).resolve().parent.parent
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
@@ -40,7 +43,7 @@ def run_cli(home: Paths) -> RunCli:
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "BLINDKEY_HOME": str(home.config_dir)}
         return subprocess.run(
-            [sys.executable, "-m", "proxy", *args],
+            [sys.executable, "-m", "blindkey.proxy", *args],
             input=input if input is not None else "",
             capture_output=True,
             text=True,
@@ -69,6 +72,16 @@ def upstream_port() -> Iterator[int]:
         process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def installed() -> Iterator[Installed]:
+    """blindkey from its wheel in a fresh venv under /tmp that every user may read."""
+    base = Path(tempfile.mkdtemp(prefix="blindkey-wheel-", dir="/tmp"))
+    try:
+        yield install(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def pytest_asyncio_loop_factories(

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from config.errors import BlindkeyError
-from config.paths import Paths
-from config.settings import Settings
-from config.stores import OpenBaoSettings
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import Settings
+from blindkey.config.stores import OpenBaoSettings
 
 
 class BackendError(BlindkeyError):
@@ -66,18 +66,18 @@ def open_backend(paths: Paths, settings: Settings) -> SecretBackend:
     """The configured store; opening one never falls back to another."""
     kind = settings.storage.kind
     if kind == "keyring":
-        from broker.backends.keychain import KeychainBackend
+        from blindkey.broker.backends.keychain import KeychainBackend
 
         return KeychainBackend(paths)
     if kind == "openbao":
         assert settings.storage.openbao is not None  # the settings parser requires it
         return open_openbao(settings.storage.openbao)
-    from broker.backends.file import FileBackend
+    from blindkey.broker.backends.file import FileBackend
 
     return FileBackend(paths)
 
 
 def open_openbao(settings: OpenBaoSettings) -> SecretBackend:
-    from broker.backends.openbao import OpenBaoBackend
+    from blindkey.broker.backends.openbao import OpenBaoBackend
 
     return OpenBaoBackend(settings)

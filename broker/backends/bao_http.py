@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from broker.backends import BackendError, BackendUnavailable
-from config.stores import OpenBaoSettings
+from blindkey.broker.backends import BackendError, BackendUnavailable
+from blindkey.config.stores import OpenBaoSettings
 
 TIMEOUT = 3.0
 # Renew once a third of the token's life is left.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker.vault import FileVault, VaultData
-from config.paths import Paths
+from blindkey.broker.vault import FileVault, VaultData
+from blindkey.config.paths import Paths
 
 
 class FileBackend:

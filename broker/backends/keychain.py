@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import orjson
 
-from broker.backends import BackendError, BackendUnavailable, values_one_by_one
-from config.atomic import locked, write_atomic
-from config.paths import Paths
+from blindkey.broker.backends import BackendError, BackendUnavailable, values_one_by_one
+from blindkey.config.atomic import locked, write_atomic
+from blindkey.config.paths import Paths
 
 SERVICE = "blindkey"
 T = TypeVar("T")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from broker.backends import BackendError, values_one_by_one
-from broker.backends.bao_http import BaoHttp
-from config.settings import SECRET_NAME
-from config.stores import OpenBaoSettings
+from blindkey.broker.backends import BackendError, values_one_by_one
+from blindkey.broker.backends.bao_http import BaoHttp
+from blindkey.config.settings import SECRET_NAME
+from blindkey.config.stores import OpenBaoSettings
 
 FIELD = "value"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from audit.record import AuditRecord
+from blindkey.audit.record import AuditRecord
 
 
 def make_record(request_id: str, moment: datetime, **fields: Any) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
-from audit.record import rfc3339
-from audit.writer import audit_file
-from config.paths import Paths
+from blindkey.audit.record import rfc3339
+from blindkey.audit.writer import audit_file
+from blindkey.config.paths import Paths
 from tests.audit.records import make_record
 from tests.conftest import ROOT, RunCli
 
@@ -226,7 +226,7 @@ class Follower:
     def __init__(self, home: Paths, *args: str) -> None:
         env = {**os.environ, "BLINDKEY_HOME": str(home.config_dir)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "proxy", "logs", "--follow", *args],
+            [sys.executable, "-m", "blindkey.proxy", "proxy", "logs", "--follow", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

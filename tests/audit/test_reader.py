@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from audit.reader import Filter, follow, parse_since, read_records
-from audit.writer import audit_file
-from config.errors import UsageError
+from blindkey.audit.reader import Filter, follow, parse_since, read_records
+from blindkey.audit.writer import audit_file
+from blindkey.config.errors import UsageError
 from tests.audit.records import make_record
 
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=UTC)

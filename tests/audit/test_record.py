@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from audit.record import AuditRecord, rfc3339
+from blindkey.audit.record import AuditRecord, rfc3339
 
 FIELDS = [
     "ts",

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-import audit.writer
-from audit.record import AuditRecord
-from audit.writer import AuditWriter, audit_file
+from blindkey.audit import writer as writer_module
+from blindkey.audit.record import AuditRecord
+from blindkey.audit.writer import AuditWriter, audit_file
 
 
 def record(i: int, **extra: Any) -> dict[str, Any]:
@@ -159,7 +159,7 @@ async def test_group_commit_uses_few_fsyncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counter = FsyncCounter(os.fsync)
-    monkeypatch.setattr(audit.writer.os, "fsync", counter)
+    monkeypatch.setattr(writer_module.os, "fsync", counter)
     writer = AuditWriter(tmp_path)
     await writer.start()
     for i in range(1000):
@@ -174,7 +174,7 @@ async def test_group_commit_under_concurrent_load(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     counter = FsyncCounter(os.fsync)
-    monkeypatch.setattr(audit.writer.os, "fsync", counter)
+    monkeypatch.setattr(writer_module.os, "fsync", counter)
     writer = AuditWriter(tmp_path)
     await writer.start()
 
@@ -193,7 +193,7 @@ async def test_group_commit_under_concurrent_load(
 
 async def test_fsync_false_never_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     counter = FsyncCounter(os.fsync)
-    monkeypatch.setattr(audit.writer.os, "fsync", counter)
+    monkeypatch.setattr(writer_module.os, "fsync", counter)
     writer = AuditWriter(tmp_path, fsync=False)
     await writer.start()
     for i in range(10):
@@ -272,7 +272,7 @@ async def test_write_error_mocked_full_disk(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(audit.writer.os, "write", flaky_write)
+    monkeypatch.setattr(writer_module.os, "write", flaky_write)
     await writer.start()
     writer.submit(record(1))
     writer.submit(record(2))
@@ -336,7 +336,7 @@ async def test_partial_write_does_not_swallow_the_next_record(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(audit.writer.os, "write", filling_write)
+    monkeypatch.setattr(writer_module.os, "write", filling_write)
     await writer.start()
     writer.submit(record(1))
     for _ in range(200):

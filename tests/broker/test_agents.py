@@ -8,8 +8,8 @@ import stat
 import orjson
 import pytest
 
-from broker.agents import TOKEN_PREFIX, AgentError, AgentStore, token_hash
-from config.paths import Paths
+from blindkey.broker.agents import TOKEN_PREFIX, AgentError, AgentStore, token_hash
+from blindkey.config.paths import Paths
 
 
 @pytest.fixture

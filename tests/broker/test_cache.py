@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from broker.backends.file import FileBackend
-from broker.cache import MISSING, CachedView
-from broker.protocol import BrokerDenied
-from broker.state import BrokerState
-from broker.vault import FileVault
-from config.paths import Paths
+from blindkey.broker.backends.file import FileBackend
+from blindkey.broker.cache import MISSING, CachedView
+from blindkey.broker.protocol import BrokerDenied
+from blindkey.broker.state import BrokerState
+from blindkey.broker.vault import FileVault
+from blindkey.config.paths import Paths
 
 
 class Clock:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.agents import AgentStore
-from broker.client import BrokerClient
-from broker.server import BrokerServer
-from broker.vault import FileVault
-from config.paths import Paths
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.server import BrokerServer
+from blindkey.broker.vault import FileVault
+from blindkey.config.paths import Paths
 from tests.broker.conftest import ROOT, acli, one_line_error
 from tests.conftest import RunCli
 
@@ -43,7 +43,7 @@ def on_terminal(home: Paths, *args: str, answer: str) -> tuple[int, str]:
     """Run the CLI with a terminal on stdin and stderr; answer its question."""
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
+        [sys.executable, "-m", "blindkey.proxy", *args],
         stdin=terminal,
         stderr=terminal,
         stdout=subprocess.PIPE,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.protocol import BrokerUnavailable
-from broker.server import BrokerServer
-from config.paths import Paths
-from proxy.supervisor import ExternalBroker
+from blindkey.broker.protocol import BrokerUnavailable
+from blindkey.broker.server import BrokerServer
+from blindkey.config.paths import Paths
+from blindkey.proxy.supervisor import ExternalBroker
 
 States = list[tuple[str, int | None]]
 

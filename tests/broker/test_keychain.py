@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.agents import AgentStore
-from broker.backends import BackendUnavailable
-from broker.backends.keychain import KeychainBackend
-from broker.client import BrokerClient
-from broker.protocol import BrokerDenied, Message
-from broker.server import BrokerServer
-from config.paths import Paths
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.backends import BackendUnavailable
+from blindkey.broker.backends.keychain import KeychainBackend
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.broker.server import BrokerServer
+from blindkey.config.paths import Paths
 from tests.broker.conftest import SecretService, acli, one_line_error, use_backend
 from tests.conftest import RunCli
 

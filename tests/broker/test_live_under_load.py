@@ -23,19 +23,19 @@ import aiohttp
 import orjson
 import pytest
 
-from audit.reader import Filter, read_records
-from audit.writer import audit_file
-from broker.agents import AgentStore
-from broker.client import BrokerClient
-from broker.notify import notify_broker
-from broker.protocol import encode, read_frame
-from broker.server import ACK_TIMEOUT, BrokerServer
-from broker.vault import FileVault
-from config.edit import edit_config, string_array
-from config.edit import table as toml_table
-from config.paths import Paths
-from config.settings import load_settings
-from proxy.server import ProxyServer
+from blindkey.audit.reader import Filter, read_records
+from blindkey.audit.writer import audit_file
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.notify import notify_broker
+from blindkey.broker.protocol import encode, read_frame
+from blindkey.broker.server import ACK_TIMEOUT, BrokerServer
+from blindkey.broker.vault import FileVault
+from blindkey.config.edit import edit_config, string_array
+from blindkey.config.edit import table as toml_table
+from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
+from blindkey.proxy.server import ProxyServer
 from tests.broker.conftest import acli
 from tests.upstream import start_upstream
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from broker.agents import AgentStore
-from broker.backends import BackendError, BackendUnavailable
-from broker.backends.openbao import OpenBaoBackend
-from broker.client import BrokerClient
-from broker.protocol import BrokerDenied, Message
-from broker.server import BrokerServer
-from config.paths import Paths
-from config.stores import OpenBaoSettings
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.backends import BackendError, BackendUnavailable
+from blindkey.broker.backends.openbao import OpenBaoBackend
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.broker.server import BrokerServer
+from blindkey.config.paths import Paths
+from blindkey.config.stores import OpenBaoSettings
 from tests.broker.conftest import ROOT_TOKEN, Bao, StartBao, acli, one_line_error, use_backend
 
 VALUE = "ghp_baoValue0123456789abcdefXYZ"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.protocol import MAX_FRAME, ProtocolError, encode, read_frame
+from blindkey.broker.protocol import MAX_FRAME, ProtocolError, encode, read_frame
 
 Pair = tuple[asyncio.StreamReader, socket.socket]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.vault import FileVault
-from config.paths import Paths
+from blindkey.broker.vault import FileVault
+from blindkey.config.paths import Paths
 from tests.broker.conftest import ROOT_TOKEN, Bao, StartBao, one_line_error
 from tests.conftest import RunCli
 

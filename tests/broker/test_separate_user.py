@@ -102,7 +102,7 @@ class Deployment:
         return env
 
     def blindkey(self, user: str, home: Path, *args: str, stdin: str = "") -> str:
-        result = self.run(user, *self.python, "-m", "proxy", *args, home=home, stdin=stdin,
+        result = self.run(user, *self.python, "-m", "blindkey.proxy", *args, home=home, stdin=stdin,
                           check=False)  # fmt: skip
         assert result.returncode == 0, (args, result.stderr)
         return result.stdout
@@ -150,7 +150,7 @@ def _configure(config: Path, socket_path: Path, allowed_uids: list[int]) -> None
 def broker_service(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
     """`blindkey broker serve` as bk-broker, as its service unit would run it."""
     process = subprocess.Popen(
-        [*deployment.python, "-m", "proxy", "broker", "serve"],
+        [*deployment.python, "-m", "blindkey.proxy", "broker", "serve"],
         user=BROKER,
         group=BROKER,
         extra_groups=[],
@@ -177,7 +177,7 @@ socket.socket(socket.AF_UNIX).connect(sys.argv[1])
 AS_PROXY = """
 import asyncio, hashlib, sys
 from pathlib import Path
-from broker.client import BrokerClient
+from blindkey.broker.client import BrokerClient
 
 async def main():
     client = BrokerClient(Path(sys.argv[1]))

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import client as client_module
-from broker.agents import AgentStore
-from broker.client import BrokerClient
-from broker.protocol import (
+from blindkey.broker import client as client_module
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import (
     MAX_FRAME,
     BrokerDenied,
     BrokerUnavailable,
@@ -29,11 +29,11 @@ from broker.protocol import (
     encode,
     read_frame,
 )
-from broker.server import BrokerServer
-from broker.vault import FileVault
-from config.atomic import write_atomic
-from config.paths import Paths
-from config.settings import DEFAULT_CONFIG
+from blindkey.broker.server import BrokerServer
+from blindkey.broker.vault import FileVault
+from blindkey.config.atomic import write_atomic
+from blindkey.config.paths import Paths
+from blindkey.config.settings import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = """
@@ -466,7 +466,7 @@ async def test_broker_process_killed_mid_call_raises_unavailable(
     path = sock_dir / "b.sock"
     env = {**os.environ, "BLINDKEY_HOME": str(paths.config_dir)}
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "proxy", "broker", "serve", "--socket", str(path)],
+        *[sys.executable, "-m", "blindkey.proxy", "broker", "serve", "--socket", str(path)],
         env=env,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import pytest
 
-from broker.agents import AgentStore
-from broker.protocol import BrokerDenied
-from broker.state import ANONYMOUS, BrokerState
-from broker.vault import FileVault
-from config.atomic import write_atomic
-from config.paths import Paths
-from config.settings import DEFAULT_CONFIG
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.protocol import BrokerDenied
+from blindkey.broker.state import ANONYMOUS, BrokerState
+from blindkey.broker.vault import FileVault
+from blindkey.config.atomic import write_atomic
+from blindkey.config.paths import Paths
+from blindkey.config.settings import DEFAULT_CONFIG
 
 POLICIES = """
 [secrets.GH]

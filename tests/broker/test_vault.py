@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from broker.vault import FileVault, VaultError, ensure_key
-from config.paths import Paths
+from blindkey.broker.vault import FileVault, VaultError, ensure_key
+from blindkey.config.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUE = "ghp_Zx9Q7vLm2Kp4Rt8Wn3Yb6Hc1Jd5Fs0Ga"
@@ -265,8 +265,8 @@ def test_stray_temp_file_does_not_break_the_vault(home: Paths) -> None:
 
 _WRITER = """
 import sys
-from broker.vault import FileVault
-from config.paths import resolve_paths
+from blindkey.broker.vault import FileVault
+from blindkey.config.paths import resolve_paths
 vault = FileVault(resolve_paths())
 i = 0
 while True:

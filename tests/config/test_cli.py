@@ -6,8 +6,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from config.paths import Paths
-from config.settings import DEFAULT_CONFIG
+from blindkey.config.paths import Paths
+from blindkey.config.settings import DEFAULT_CONFIG
 from tests.conftest import RunCli
 
 

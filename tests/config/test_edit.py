@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from config.edit import edit_config, string_array, table
-from config.errors import BlindkeyError, ConfigError
-from config.paths import Paths
-from config.settings import DEFAULT_CONFIG, load_settings
+from blindkey.config.edit import edit_config, string_array, table
+from blindkey.config.errors import BlindkeyError, ConfigError
+from blindkey.config.paths import Paths
+from blindkey.config.settings import DEFAULT_CONFIG, load_settings
 
 USER_CONFIG = """\
 # my own notes at the top

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from config.hosts import AllowEntry, HostError, HostPattern, normalize_host
+from blindkey.config.hosts import AllowEntry, HostError, HostPattern, normalize_host
 
 # (raw host, normalised form)
 NORMALISED = [

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import BlindkeyError
-from config.paths import Paths, ensure_dir, ensure_dirs, resolve_paths
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths, ensure_dir, ensure_dirs, resolve_paths
 
 pytestmark = pytest.mark.skipif(sys.platform == "darwin", reason="XDG layout is the Linux one")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import ConfigError
-from config.settings import (
+from blindkey.config.errors import ConfigError
+from blindkey.config.settings import (
     DEFAULT_CONFIG,
     BackendSettings,
     BrokerSettings,

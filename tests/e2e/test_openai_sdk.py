@@ -8,7 +8,7 @@ import hashlib
 import httpx
 import openai
 
-from config.paths import Paths
+from blindkey.config.paths import Paths
 from tests.proxy.conftest import SECRET, open_env
 
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-from config.paths import Paths
-from proxy.redact import encodings
+from blindkey.config.paths import Paths
+from blindkey.proxy.redact import encodings
 from tests.conftest import RunCli
 
 VALUES = {

@@ -11,13 +11,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from broker.agents import AgentStore
-from broker.vault import FileVault
-from config.edit import edit_config, string_array
-from config.edit import table as toml_table
-from config.paths import Paths
-from config.settings import load_settings
-from proxy.server import ProxyServer
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.vault import FileVault
+from blindkey.config.edit import edit_config, string_array
+from blindkey.config.edit import table as toml_table
+from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
+from blindkey.proxy.server import ProxyServer
 from tests.upstream import RELEASE_SSE, start_upstream
 
 SECRET = "ghp_Zx9Q7vLm2Kp4Rt8Wn3Yb6Hc1Jd5Fs0Ga"

@@ -17,10 +17,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.edit import string_array
-from config.edit import table as toml_table
-from config.paths import Paths
-from proxy.server import ProxyServer
+from blindkey.config.edit import string_array
+from blindkey.config.edit import table as toml_table
+from blindkey.config.paths import Paths
+from blindkey.proxy.server import ProxyServer
 from tests.proxy.conftest import OTHER, SECRET, Env, open_env
 from tests.upstream import HITS, STORED, start_upstream
 
@@ -278,7 +278,7 @@ async def test_gzip_bomb_streams_without_buffering(env: Env) -> None:
 
 
 async def test_secret_with_line_break_cannot_split_headers(env: Env) -> None:
-    from broker.vault import FileVault
+    from blindkey.broker.vault import FileVault
 
     FileVault(env.paths).set("development", "CRLF_VALUE", "abcdefgh\r\nX-Injected: yes")
     await asyncio.sleep(0.5)

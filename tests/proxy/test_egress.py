@@ -6,11 +6,11 @@ import ipaddress
 
 import pytest
 
-from config.hosts import AllowEntry
-from config.settings import AllowlistSettings
-from proxy.egress import BlockedAddressError, EgressGuard, VettingResolver, is_public
-from proxy.errors import ProxyError
-from proxy.protocol import parse_target
+from blindkey.config.hosts import AllowEntry
+from blindkey.config.settings import AllowlistSettings
+from blindkey.proxy.egress import BlockedAddressError, EgressGuard, VettingResolver, is_public
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.protocol import parse_target
 
 BLOCKED = [
     "127.0.0.1",

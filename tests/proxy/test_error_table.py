@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from broker.agents import AgentStore
-from config.edit import string_array
-from config.edit import table as toml_table
+from blindkey.broker.agents import AgentStore
+from blindkey.config.edit import string_array
+from blindkey.config.edit import table as toml_table
 from tests.proxy.conftest import OTHER, SECRET, Env, eventually_status, set_secret_policy
 
 

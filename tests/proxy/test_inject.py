@@ -4,9 +4,9 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from proxy.errors import ProxyError
-from proxy.inject import inject_body, inject_headers, inject_query
-from proxy.protocol import Injection
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.inject import inject_body, inject_headers, inject_query
+from blindkey.proxy.protocol import Injection
 
 VALUES = {"T": "v@lue/with&specials=1", "U": "user:pass-word-1"}
 

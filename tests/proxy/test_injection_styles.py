@@ -142,7 +142,7 @@ async def test_request_id_matches_the_audit_record(env: Env) -> None:
 
 
 async def test_use_of_a_short_secret_is_marked_in_the_audit(env: Env) -> None:
-    from broker.vault import FileVault
+    from blindkey.broker.vault import FileVault
     from tests.proxy.conftest import eventually_status, set_secret_policy
 
     set_secret_policy(env.paths, "PIN", allow_short=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from config.paths import Paths
+from blindkey.config.paths import Paths
 from tests.conftest import RunCli
 
 

@@ -16,7 +16,7 @@ async def cli(env: Env, *args: str, stdin: bytes = b"") -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "proxy",
+        "blindkey.proxy",
         *args,
         cwd=ROOT,
         env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir)},

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.errors import ProxyError
-from proxy.protocol import Injection, parse_spec, parse_target
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.protocol import Injection, parse_spec, parse_target
 
 
 def spec(*headers: tuple[str, str], method: str = "GET"):  # type: ignore[no-untyped-def]

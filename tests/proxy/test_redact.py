@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.redact import Redactor, encodings
+from blindkey.proxy.redact import Redactor, encodings
 
 
 def redact_all(redactor: Redactor, chunks: Iterable[bytes]) -> bytes:

@@ -17,11 +17,11 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from config.edit import table as toml_table
-from config.paths import Paths
-from config.settings import AllowlistSettings
-from proxy.egress import EgressGuard, VettingResolver
-from proxy.upstream import (
+from blindkey.config.edit import table as toml_table
+from blindkey.config.paths import Paths
+from blindkey.config.settings import AllowlistSettings
+from blindkey.proxy.egress import EgressGuard, VettingResolver
+from blindkey.proxy.upstream import (
     MAX_HEAD,
     UpstreamConnectError,
     UpstreamLimits,
@@ -135,7 +135,7 @@ async def test_keep_alive_connection_is_reused() -> None:
 async def test_idle_connections_are_closed_after_the_keepalive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("proxy.upstream.KEEPALIVE", 0.15)
+    monkeypatch.setattr("blindkey.proxy.upstream.KEEPALIVE", 0.15)
     closed_by_us = asyncio.Event()
 
     def bind(server: RawServer) -> Handler:

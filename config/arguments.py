@@ -1,0 +1,54 @@
+"""What every command line shares: the parser class and the argument types.
+
+A bad value is refused by the parser with one line naming the flag and what it takes, and
+exit 2, before anything is read or changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import TypeAlias
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose sub-commands report their own usage errors.
+
+    argparse hands arguments a sub-command does not know back to the top-level parser,
+    which then prints the top-level usage; here the sub-command that received them says so
+    with its own usage line.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and self._subparsers is None:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
+def port(text: str) -> int:
+    """A TCP port: 0 (pick a free one) to 65535."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range (0-65535)")
+    return value
+
+
+def count(text: str) -> int:
+    """A count: 0 or more."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 or more")
+    return value
+
+
+# What each package's `register` receives: the sub-command table of a CommandParser.
+Subcommands: TypeAlias = "argparse._SubParsersAction[CommandParser]"
