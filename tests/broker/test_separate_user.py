@@ -1,8 +1,10 @@
 """The hardened deployment: the broker runs as its own user and owns the vault; the proxy's
 user may open the broker's socket, the agent's user may neither open it nor read a file.
 
-Three real users, created here (the tests run as root): bk-broker, bk-proxy (in
-bk-broker's group, listed in [broker] allowed_uids) and bk-agent.
+Three real users, created here and removed afterwards (the tests run as root): bk-broker,
+bk-proxy (in bk-broker's group, listed in [broker] allowed_uids) and bk-agent. They run
+blindkey installed from its wheel into a venv under /tmp (tests/staging.py), never the
+checkout, which may sit where they cannot go.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,47 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker.conftest import ROOT
 
+from tests.staging import Installed, clean_env
+from tests.users import system_users
+
+# The first test to need the installed wheel builds it (about 30 s).
+pytestmark = pytest.mark.timeout(300)
 BROKER, PROXY, AGENT = "bk-broker", "bk-proxy", "bk-agent"
 VALUE = "ghp_separateUserValue0123456789XYZ"
-
-
-def ensure_user(name: str, *groups: str) -> None:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-             "/nonexistent", "--shell", "/usr/sbin/nologin", name],
-            check=True, capture_output=True,
-        )  # fmt: skip
-    for group in groups:
-        subprocess.run(["usermod", "--append", "--groups", group, name], check=True)
-
-
-def _runs_as(user: str, python: str, env: dict[str, str]) -> bool:
-    try:
-        probe = [python, "-c", "import orjson, cryptography, proxy.server"]
-        return subprocess.run(probe, user=user, env={**os.environ, **env}, cwd="/",
-                              capture_output=True, check=False).returncode == 0  # fmt: skip
-    except PermissionError:
-        return False
-
-
-def python_for(user: str) -> tuple[list[str], dict[str, str]]:
-    """An interpreter `user` may run, with blindkey and its dependencies importable."""
-    if _runs_as(user, sys.executable, {}):
-        return [sys.executable], {}
-    # The test's interpreter lives where other users cannot go (pyenv under /root): the
-    # system's python of the same minor version reads the same compiled packages.
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])}
-    for directory in ("/usr/bin", "/usr/local/bin", *os.environ.get("PATH", "").split(":")):
-        candidate = os.path.join(directory, version)
-        if os.path.isfile(candidate) and _runs_as(user, candidate, env):
-            return [candidate], env
-    raise AssertionError(f"no {version} that {user} may run with blindkey importable")
 
 
 @dataclass
@@ -75,7 +42,6 @@ class Deployment:
     proxy_home: Path
     socket: Path
     python: list[str]
-    python_env: dict[str, str]
     token: str
 
     def run(self, user: str, *args: str, home: Path | None = None, stdin: str = "",
@@ -95,8 +61,7 @@ class Deployment:
         )
 
     def env(self, home: Path | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BLINDKEY", "XDG"))}
-        env.update(self.python_env, HOME=str(self.base), PYTHONDONTWRITEBYTECODE="1")
+        env = clean_env(HOME=str(self.base), PYTHONDONTWRITEBYTECODE="1")
         if home is not None:
             env["BLINDKEY_HOME"] = str(home)
         return env
@@ -109,20 +74,17 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment() -> Iterator[Deployment]:
+def deployment(installed: Installed) -> Iterator[Deployment]:
     assert os.geteuid() == 0, "this test creates users and runs as them: run it as root"
-    ensure_user(BROKER)
-    ensure_user(PROXY, BROKER)
-    ensure_user(AGENT)
-    python, python_env = python_for(BROKER)
     base = Path(tempfile.mkdtemp(prefix="bk-users-", dir="/tmp"))
     try:
-        yield _deploy(base, python, python_env)
+        with system_users((BROKER, ()), (PROXY, (BROKER,)), (AGENT, ())):
+            yield _deploy(base, [installed.python])
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _deploy(base: Path, python: list[str], python_env: dict[str, str]) -> Deployment:
+def _deploy(base: Path, python: list[str]) -> Deployment:
     base.chmod(0o755)
     broker_home, proxy_home, run = base / "broker-home", base / "proxy-home", base / "run"
     for directory, owner in ((broker_home, BROKER), (proxy_home, PROXY), (run, BROKER)):
@@ -130,7 +92,7 @@ def _deploy(base: Path, python: list[str], python_env: dict[str, str]) -> Deploy
         shutil.chown(directory, owner, owner)
     run.chmod(0o750)  # the broker's group (the proxy's user) may reach the socket
     socket_path = run / "broker.sock"
-    deploy = Deployment(base, broker_home, proxy_home, socket_path, python, python_env, "")
+    deploy = Deployment(base, broker_home, proxy_home, socket_path, python, "")
     deploy.blindkey(BROKER, broker_home, "init")
     _configure(broker_home / "config.toml", socket_path, [pwd.getpwnam(PROXY).pw_uid])
     deploy.blindkey(BROKER, broker_home, "secrets", "set", "GH", stdin=VALUE)
@@ -218,9 +180,15 @@ def test_agent_user_can_neither_open_the_socket_nor_read_the_vault(
     assert asked.returncode == 0, asked.stderr
     assert asked.stdout.strip() == hashlib.sha256(VALUE.encode()).hexdigest()
     # Root passes every file permission; the peer uid check still turns it away.
-    refused = subprocess.run([*deployment.python, "-c", AS_PROXY, str(deployment.socket),
-                              deployment.token], capture_output=True, text=True, cwd=ROOT,
-                             env=deployment.env(None), timeout=30, check=False)  # fmt: skip
+    refused = subprocess.run(
+        [*deployment.python, "-c", AS_PROXY, str(deployment.socket), deployment.token],
+        capture_output=True,
+        text=True,
+        cwd=deployment.base,
+        env=deployment.env(None),
+        timeout=30,
+        check=False,
+    )
     assert refused.returncode != 0 and "BrokerUnavailable" in refused.stderr
     assert VALUE not in refused.stderr + asked.stderr
 
