@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-
 from tests.staging import Installed, clean_env
 from tests.users import system_users
 
