@@ -1,4 +1,4 @@
-"""The HTTP front: request ids, the Host/Origin gate, /health and /proxy.
+"""The HTTP front: request ids, the browser gate, /health and /proxy.
 
 It runs on aiohttp's low-level server (`web.Server`) with one dispatch function: two paths
 need no Application, router or middleware chain, which cost about 5 µs a request (bench:
@@ -8,10 +8,10 @@ and each middleware adds a coroutine layer on top).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
+from blindkey.audit.record import AuditRecord
 from blindkey.proxy.connections import ConnectionGuard
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
 from blindkey.proxy.handler import handle_proxy
@@ -19,8 +19,6 @@ from blindkey.proxy.runtime import ProxyRuntime
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
-# Headers only browsers send; a page must never drive the proxy (CSRF, DNS rebinding).
-BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -46,6 +44,9 @@ class Front:
         try:
             response = await self._route(request, request_id)
         except ProxyError as exc:
+            # /proxy records its own refusals; these are the front's (a browser, a bad path),
+            # and a page probing the proxy is what a human reading the audit should see.
+            self._record_refusal(request, request_id, exc)
             return error_response(exc, request_id)
         except web.HTTPException as exc:  # raised by aiohttp itself, e.g. on a bad body
             return error_response(ProxyError("bad_request", exc.reason), request_id)
@@ -66,15 +67,47 @@ class Front:
             return web.json_response({"status": "ok"})
         raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
 
-    def _gate(self, headers: Mapping[str, str]) -> None:
-        for header in BROWSER_HEADERS:
-            if header in headers:
-                raise ProxyError("forbidden_origin", "requests from web browsers are refused")
+    def _gate(self, headers: CIMultiDictProxy[str]) -> None:
+        # What a web page can make a browser send here, and what gives each away:
+        # - every cors-mode fetch/XHR and every POST (fetch, form, beacon) carries `Origin`.
+        #   A cors request that sets X-AS-* headers is first preflighted with an OPTIONS
+        #   that carries it too; refusing the preflight means the request is never sent.
+        # - GETs without cors (no-cors fetch, <img>, <script>, links, form GETs, redirects)
+        #   carry no Origin, but do carry `Sec-Fetch-Site: cross-site | same-site |
+        #   same-origin`: browsers send Fetch Metadata to every potentially trustworthy URL,
+        #   which 127.0.0.1, [::1] and localhost are, and no script can set or drop it.
+        # - `Sec-Fetch-Site: none` means no page started the request: the user typed the URL
+        #   or opened a bookmark. Such a GET cannot carry X-AS-* headers; it passes, as curl.
+        # - DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is
+        #   same-origin with us, so it may set any header; http://evil.example is not a
+        #   trustworthy URL, so it sends no Sec-Fetch-*, and its GETs no Origin. Only its
+        #   `Host` gives it away, hence the Host check.
+        # Sec-Fetch-Mode and Sec-Fetch-Dest alone prove nothing: Node's fetch (undici) sends
+        # `Sec-Fetch-Mode: cors` on every request, and most JavaScript agents run on Node.
+        # Not covered: browsers without Fetch Metadata (before Chrome 76, Firefox 90, Safari
+        # 16.4) send a no-cors GET to a loopback URL with neither header. Like every
+        # no-cors request, it carries no X-AS-* header and no agent token.
+        if "Origin" in headers or any(
+            site != "none" for site in headers.getall("Sec-Fetch-Site", ())
+        ):
+            raise ProxyError(
+                "forbidden_origin",
+                "requests made by a web page (Origin, Sec-Fetch-Site) are refused",
+            )
         host = headers.get("Host")
         if host is not None and host_name(host) not in self.allowed_hosts:
             raise ProxyError(
                 "forbidden_origin", "the Host header must name the proxy's loopback address"
             )
+
+    def _record_refusal(self, request: web.BaseRequest, request_id: str, error: ProxyError) -> None:
+        record = AuditRecord(
+            request_id=request_id,
+            method=request.method[:16],
+            url=request.headers.get("X-AS-Target-URL", "")[:2048],
+        )
+        record.block(error.code, error.status)
+        self.runtime.audit.submit_after_answer(record)
 
 
 async def _expect(request: web.BaseRequest) -> None:

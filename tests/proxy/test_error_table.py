@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from blindkey.broker.agents import AgentStore
 from blindkey.config.edit import string_array
 from blindkey.config.edit import table as toml_table
 from tests.proxy.conftest import OTHER, SECRET, Env, eventually_status, set_secret_policy
+from tests.upstream import HITS
 
 
 def assert_error(
@@ -159,20 +162,83 @@ async def test_secret_bound_to_another_host_never_reaches_this_one(env: Env) -> 
     assert_error(*await env.call(headers=headers), "secret_denied", 403)
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {"Origin": "https://evil.example"},
-        {"Origin": "null"},
-        {"Sec-Fetch-Site": "cross-site"},
-        {"Host": "evil.example"},
-        {"Host": "evil.example:8765"},
-        {"Host": "127.0.0.1.nip.io"},
-    ],
-)
-async def test_forbidden_origin(env: Env, extra: dict[str, str]) -> None:
-    headers = {**env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"), **extra}
-    assert_error(*await env.call(headers=headers), "forbidden_origin", 403)
+# The browser gate, header set by header set: what a page can make a browser send is
+# refused, what agents' HTTP clients send passes (tests/e2e/test_browsers.py drives the
+# real Node and Chromium).
+GATE_PASSES = [
+    pytest.param([], id="python-client"),
+    pytest.param([("User-Agent", "curl/8.5.0"), ("Accept", "*/*")], id="curl"),
+    pytest.param(
+        [("Sec-Fetch-Mode", "cors"), ("Accept-Language", "*"), ("User-Agent", "node")],
+        id="node-fetch-undici",
+    ),
+    pytest.param([("Sec-Fetch-Mode", "no-cors"), ("Sec-Fetch-Dest", "empty")], id="mode-dest"),
+    pytest.param(
+        [
+            ("Sec-Fetch-Site", "none"),
+            ("Sec-Fetch-Mode", "navigate"),
+            ("Sec-Fetch-Dest", "document"),
+            ("Sec-Fetch-User", "?1"),
+        ],
+        id="user-typed-navigation",
+    ),
+]
+GATE_REFUSES = [
+    pytest.param([("Origin", "https://evil.example")], id="cross-site-origin"),
+    pytest.param([("Origin", "null")], id="opaque-origin"),
+    pytest.param([("Origin", "http://127.0.0.1:8765")], id="proxy-own-origin"),
+    pytest.param([("Origin", "")], id="empty-origin"),
+    pytest.param(
+        [("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Mode", "no-cors")], id="no-cors-get"
+    ),
+    pytest.param([("Sec-Fetch-Site", "same-site")], id="page-on-another-local-port"),
+    pytest.param([("Sec-Fetch-Site", "same-origin")], id="page-on-the-proxy-origin"),
+    pytest.param([("Sec-Fetch-Site", "none"), ("Origin", "null")], id="none-with-origin"),
+    pytest.param(
+        [("Sec-Fetch-Site", "none"), ("Sec-Fetch-Site", "cross-site")], id="second-site-header"
+    ),
+    pytest.param([("Host", "evil.example")], id="rebound-name"),
+    pytest.param([("Host", "evil.example:8765")], id="rebound-name-port"),
+    pytest.param([("Host", "127.0.0.1.nip.io")], id="name-of-loopback"),
+]
+
+
+async def gate_call(env: Env, extra: list[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
+    headers = CIMultiDict(env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"))
+    for name, value in extra:
+        if name == "Host":
+            headers[name] = value
+        else:
+            headers.add(name, value)
+    async with env.session.get(env.url, headers=headers) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+@pytest.mark.parametrize("extra", GATE_PASSES)
+async def test_gate_passes_what_agents_send(env: Env, extra: list[tuple[str, str]]) -> None:
+    status, headers, body = await gate_call(env, extra)
+    assert status == 200, body
+    sent = hashlib.sha256(f"Bearer {SECRET}".encode()).hexdigest()
+    assert headers["X-Echo-Authorization-Sha256"] == sent
+
+
+@pytest.mark.parametrize("extra", GATE_REFUSES)
+async def test_gate_refuses_what_pages_make_browsers_send(
+    env: Env, extra: list[tuple[str, str]]
+) -> None:
+    status, headers, body = await gate_call(env, extra)
+    assert_error(status, headers, body, "forbidden_origin", 403)
+    assert env.upstream.app[HITS] == []
+    # The attempt is on the audit record, as every refusal is.
+    await env.server.audit.flush()
+    last = orjson.loads((env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()[-1])
+    assert last["request_id"] == headers["X-Blindkey-Request-Id"]
+    assert (last["decision"], last["reason"], last["status"]) == (
+        "blocked",
+        "forbidden_origin",
+        403,
+    )
+    assert last["url"] == f"{env.base}/echo" and last["secrets"] == []
 
 
 async def test_loopback_host_headers_are_accepted(env: Env) -> None:
