@@ -7,12 +7,15 @@ is fed chunk by chunk and holds back only a tail that could still begin a patter
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
 import hyperscan
+
+from blindkey.proxy.redact_views import VIEWS, View
 
 # Derived forms this short would match ordinary text; the raw value is always kept.
 _MIN_DERIVED = 6
@@ -52,8 +55,10 @@ def _json_forms(text: str) -> set[str]:
 
 def encodings(value: str) -> set[bytes]:
     """Every form of `value` a response could carry it in."""
-    raw = value.encode("utf-8")
+    raw = value.encode("utf-8", "surrogatepass")
     forms: set[bytes] = {raw, raw.hex().encode(), raw.hex().upper().encode()}
+    with contextlib.suppress(UnicodeEncodeError):  # an answer may echo it in Latin-1
+        forms.add(value.encode("latin-1"))
     forms |= _b64_cores(raw, None) | _b64_cores(raw, b"-_")
     forms |= {f.encode() for f in _url_forms(value) | _json_forms(value)}
     return {f for f in forms if f == raw or len(f) >= _MIN_DERIVED}
@@ -69,8 +74,59 @@ def secret_parts(value: str) -> list[str]:
     return parts
 
 
+# Hyperscan gets at most this much of a pattern; a longer one is confirmed by comparison.
+ANCHOR = 1024
+# Held-back search: suffixes shorter than this are looked up in a set of short prefixes,
+# longer ones start where a pattern's first HEAD bytes occur.
+HEAD = 8
+# The longest value the matcher takes (PEM keys and service-account JSON fit).
+MAX_VALUE = 64 * 1024
+
+Span = tuple[int, int, int]  # start, end, pattern index
+
+
+def _literal_database(literals: list[bytes]) -> hyperscan.Database:
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    database.compile(
+        expressions=literals,
+        ids=list(range(len(literals))),
+        elements=len(literals),
+        flags=hyperscan.HS_FLAG_SOM_LEFTMOST,
+        literal=True,
+    )
+    return database
+
+
+def _scan(database: hyperscan.Database, data: bytes) -> list[tuple[int, int, int]]:
+    found: list[tuple[int, int, int]] = []
+
+    def on_match(literal_id: int, start: int, end: int, flags: int, context: object) -> None:
+        found.append((start, end, literal_id))
+
+    database.scan(data, match_event_handler=on_match)
+    return found
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Overlapping matches become one replacement, named after the leftmost, longest one."""
+    spans.sort(key=lambda span: (span[0], -span[1]))
+    merged: list[Span] = []
+    for start, end, index in spans:
+        if merged and start < merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end, merged[-1][2])
+            continue
+        merged.append((start, end, index))
+    return merged
+
+
 class Redactor:
-    """One compiled matcher over every form of every value (Hyperscan, literal mode)."""
+    """One compiled matcher over every form of every value (Hyperscan, literal mode).
+
+    Memory and build time grow with the total size of the forms, not with its square: the
+    held-back check keeps only short prefixes, and patterns longer than ANCHOR are found
+    by their first ANCHOR bytes and confirmed by comparison.
+    """
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
         names: dict[bytes, str] = {}
@@ -78,60 +134,105 @@ class Redactor:
         for name, value in sorted(secrets.items(), key=lambda kv: -len(kv[1])):
             if not value:
                 continue
+            if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE:
+                raise ValueError(f"{name}: values over {MAX_VALUE} bytes cannot be redacted")
             for part in secret_parts(value):
                 for form in encodings(part):
                     names.setdefault(form, name)
         self.patterns = list(names)
         self.replacements = [f"[REDACTED:{names[p]}]".encode() for p in self.patterns]
         self.max_len = max((len(p) for p in self.patterns), default=0)
-        self.prefixes = frozenset(p[:i] for p in self.patterns for i in range(1, len(p)))
-        # Bytes a proper prefix can end with: any other last byte means nothing is held.
-        self.prefix_ends = frozenset(prefix[-1] for prefix in self.prefixes)
         self.min_len = min((len(p) for p in self.patterns), default=0)
-        self.database: hyperscan.Database | None = None
-        if self.patterns:
-            self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            self.database.compile(
-                expressions=self.patterns,
-                ids=list(range(len(self.patterns))),
-                elements=len(self.patterns),
-                flags=hyperscan.HS_FLAG_SOM_LEFTMOST,
-                literal=True,
-            )
+        anchors: dict[bytes, list[int]] = {}
+        heads: dict[bytes, list[bytes]] = {}
+        short: set[bytes] = set()
+        for index, pattern in enumerate(self.patterns):
+            anchors.setdefault(pattern[:ANCHOR], []).append(index)
+            short.update(pattern[:i] for i in range(1, min(len(pattern), HEAD)))
+            if len(pattern) > HEAD:
+                heads.setdefault(pattern[:HEAD], []).append(pattern)
+        self._anchored = [
+            sorted(ids, key=lambda i: -len(self.patterns[i])) for ids in anchors.values()
+        ]
+        self._short_prefixes = frozenset(short)
+        self._heads = heads
+        self._head_list = list(heads)
+        # Bytes a proper prefix can end with: any other last byte means nothing is held.
+        self.prefix_ends = frozenset(byte for pattern in self.patterns for byte in pattern[:-1])
+        self.database = _literal_database(list(anchors)) if self.patterns else None
+        self._head_database = _literal_database(self._head_list) if heads else None
 
     @property
     def empty(self) -> bool:
         return self.database is None
 
-    def held_length(self, data: bytes) -> int:
+    def _held_plain(self, data: bytes) -> int:
         """Length of the longest suffix of `data` that is a proper prefix of a pattern."""
         if not data or data[-1] not in self.prefix_ends:
             return 0
-        prefixes = self.prefixes
-        for length in range(min(self.max_len - 1, len(data)), 0, -1):
-            if data[-length:] in prefixes:
+        window = min(self.max_len - 1, len(data))
+        if self._head_database is not None and window >= HEAD:
+            offset = len(data) - window
+            for start, _, head_id in sorted(_scan(self._head_database, data[offset:])):
+                suffix = data[offset + start :]
+                for pattern in self._heads[self._head_list[head_id]]:
+                    if len(pattern) > len(suffix) and pattern.startswith(suffix):
+                        return len(suffix)
+        for length in range(min(HEAD - 1, len(data)), 0, -1):
+            if data[-length:] in self._short_prefixes:
                 return length
         return 0
 
-    def _matches(self, data: bytes) -> list[tuple[int, int, int]]:
-        """Leftmost, then longest, non-overlapping matches as (start, end, pattern id)."""
-        found: list[tuple[int, int, int]] = []
+    def _held_in_view(self, view: View, data: bytes) -> int:
+        """What must be held so a value spelled in `view`'s family is not cut in two."""
+        size = min(len(data), 4 * self.max_len + 16)
+        while True:
+            region = data[-size:]
+            rendered = view.render(region)
+            held = self._held_plain(rendered)
+            if held == 0:
+                return 0
+            # The region's own first bytes may be half an escape: stay clear of them.
+            if len(rendered) - held >= 16 or size == len(data):
+                return size - view.mapping(region).source_start(len(rendered) - held)
+            size = min(len(data), size * 2)
 
-        def on_match(pattern_id: int, start: int, end: int, flags: int, context: object) -> None:
-            found.append((start, -end, pattern_id))
+    def held_length(self, data: bytes) -> int:
+        """How many trailing bytes could still begin a value, in any spelling."""
+        held = self._held_plain(data)
+        for view in VIEWS:
+            if view.applies(data):
+                # An escape cut at the end is held whole; what precedes it is judged decoded.
+                cut = view.partial_length(data)
+                before = data[: len(data) - cut] if cut else data
+                held = max(held, cut + self._held_in_view(view, before) if before else cut)
+        return held
 
+    def _literal_matches(self, data: bytes) -> list[Span]:
         assert self.database is not None
-        self.database.scan(data, match_event_handler=on_match)
-        if not found:
-            return []
-        found.sort()
-        chosen: list[tuple[int, int, int]] = []
-        position = 0
-        for start, negative_end, pattern_id in found:
-            if start >= position:
-                chosen.append((start, -negative_end, pattern_id))
-                position = -negative_end
-        return chosen
+        spans: list[Span] = []
+        for start, _, anchor_id in _scan(self.database, data):
+            for index in self._anchored[anchor_id]:
+                pattern = self.patterns[index]
+                if len(pattern) <= ANCHOR or data.startswith(pattern, start):
+                    spans.append((start, start + len(pattern), index))
+                    break
+        return spans
+
+    def _matches(self, data: bytes) -> list[Span]:
+        """Every value in every spelling, as merged, non-overlapping source spans."""
+        spans = self._literal_matches(data)
+        for view in VIEWS:
+            if not view.applies(data):
+                continue
+            rendered = view.render(data)
+            if rendered == data:
+                continue
+            found = self._literal_matches(rendered)
+            if found:
+                where = view.mapping(data)
+                spans += [(where.source_start(s), where.source_end(e), i) for s, e, i in found]
+        return _merge(spans) if spans else spans
 
     def substitute(self, data: bytes, limit: int | None = None) -> tuple[bytes, int, int]:
         """Replace matches starting before `limit`; return (output, consumed, count)."""
@@ -158,7 +259,7 @@ class Redactor:
         return output, count
 
     def redact_text(self, text: str) -> tuple[str, int]:
-        if len(text) * 4 < self.min_len:  # even at 4 bytes a character, too short to match
+        if len(text) * 6 < self.min_len:  # even at 6 bytes a character, too short to match
             return text, 0
         output, count = self.redact(text.encode("utf-8", "surrogateescape"))
         return output.decode("utf-8", "surrogateescape"), count

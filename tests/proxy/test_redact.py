@@ -156,7 +156,7 @@ def test_property_output_equals_input_without_secrets(
     value: str, data: bytes, cuts: list[int]
 ) -> None:
     redactor = Redactor({NAME: value})
-    if any(form in data for form in redactor.patterns):
+    if redactor.redact(data)[1]:  # a value in some spelling: not this property's case
         return
     points = sorted({c % (len(data) + 1) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]

@@ -1,0 +1,137 @@
+"""Normalised views of an answer: the same bytes with one family of spellings undone.
+
+A value can be spelled in ways no finite list of patterns covers: JSON may escape any
+character as `\\uXXXX`, a URL may percent-encode characters that need no encoding, and
+base64 may be broken into lines of any width (MIME's 76 columns, GitHub's 60 with the line
+break itself JSON-escaped). Rather than a pattern per spelling, the redactor scans a view
+in which that family is decoded, and maps what it finds there back to the bytes sent.
+
+A view is rendered only when its trigger byte occurs, so an answer without `\\`, `%` or
+line breaks costs nothing here; the map back is worked out only for what matched or must
+be held back.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def _json_escape(match: re.Match[bytes]) -> bytes:
+    pair, unit, short = match.group(1), match.group(3), match.group(4)
+    if pair is not None:
+        high, low = int(pair, 16), int(match.group(2), 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)).encode()
+    if unit is not None:
+        return chr(int(unit, 16)).encode("utf-8", "surrogatepass")
+    return _SHORT_ESCAPES[short]
+
+
+_SHORT_ESCAPES = {
+    b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b",
+    b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class View:
+    """One family of spellings: what it decodes, and what an escape cut short looks like."""
+
+    name: str
+    triggers: bytes
+    escape: re.Pattern[bytes]
+    decode: Callable[[re.Match[bytes]], bytes]
+    # When every escape decodes to the same bytes, rendering runs in C, without a callback.
+    constant: bytes | None
+    # An escape that the next chunk may complete (group "cut"): held back, never half decoded.
+    partial: re.Pattern[bytes]
+
+    def applies(self, data: bytes) -> bool:
+        return any(byte in data for byte in self.triggers)
+
+    def render(self, data: bytes) -> bytes:
+        if self.constant is not None:
+            return self.escape.sub(self.constant, data)
+        return self.escape.sub(self.decode, data)
+
+    def mapping(self, data: bytes) -> ViewMap:
+        return ViewMap(self, data)
+
+    def partial_length(self, data: bytes) -> int:
+        found = self.partial.search(data, max(0, len(data) - 16))
+        return len(data) - found.start("cut") if found else 0
+
+
+class ViewMap:
+    """Positions in a view mapped back to the source bytes they came from."""
+
+    def __init__(self, view: View, data: bytes) -> None:
+        # Each escape: where it starts in the view, and its extent in view and source.
+        self.view_starts: list[int] = []
+        self.spans: list[tuple[int, int, int, int]] = []  # view start, view end, src start, end
+        shrink = 0
+        for match in view.escape.finditer(data):
+            decoded = len(view.decode(match))
+            start = match.start() - shrink
+            self.view_starts.append(start)
+            self.spans.append((start, start + decoded, match.start(), match.end()))
+            shrink += match.end() - match.start() - decoded
+
+    def _locate(self, position: int) -> tuple[int, int, int, int] | None:
+        index = bisect_right(self.view_starts, position) - 1
+        return self.spans[index] if index >= 0 else None
+
+    def source_start(self, position: int) -> int:
+        """The source offset of view byte `position` (the escape's start if inside one)."""
+        span = self._locate(position)
+        if span is None:
+            return position
+        _, view_end, src_start, src_end = span
+        return src_start if position < view_end else src_end + (position - view_end)
+
+    def source_end(self, end: int) -> int:
+        """The source offset just past view byte `end - 1` (the escape's end if inside one)."""
+        if end <= 0:
+            return 0
+        span = self._locate(end - 1)
+        if span is None:
+            return end
+        _, view_end, _, src_end = span
+        return src_end if end - 1 < view_end else src_end + (end - view_end)
+
+
+JSON_STRING = View(
+    name="json",
+    triggers=b"\\",
+    escape=re.compile(
+        rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+        rb"|\\u([0-9a-fA-F]{4})"
+        rb'|\\(["\\/bfnrt])'
+    ),
+    decode=_json_escape,
+    constant=None,
+    partial=re.compile(
+        rb"(?<!\\)(?:\\\\)*(?P<cut>\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u?[0-9a-fA-F]{0,3})?"
+        rb"|\\u[0-9a-fA-F]{0,3}|\\)\Z"
+    ),
+)
+PERCENT = View(
+    name="percent",
+    triggers=b"%",
+    escape=re.compile(rb"%([0-9a-fA-F]{2})"),
+    decode=lambda match: bytes([int(match.group(1), 16)]),
+    constant=None,
+    partial=re.compile(rb"(?P<cut>%[0-9a-fA-F]?)\Z"),
+)
+# Line breaks inside base64 (raw or JSON-escaped): the view has none of them.
+LINE_BREAKS = View(
+    name="lines",
+    triggers=b"\r\n\\",
+    escape=re.compile(rb"[\r\n]|\\[rn]"),
+    decode=lambda match: b"",
+    constant=b"",
+    partial=re.compile(rb"(?P<cut>\\)\Z"),
+)
+VIEWS = (JSON_STRING, PERCENT, LINE_BREAKS)
