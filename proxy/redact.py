@@ -15,7 +15,7 @@ from urllib.parse import quote, quote_plus
 
 import hyperscan
 
-from blindkey.proxy.redact_views import VIEWS, View
+from blindkey.proxy.redact_views import View, active_views
 
 # Derived forms this short would match ordinary text; the raw value is always kept.
 _MIN_DERIVED = 6
@@ -197,15 +197,14 @@ class Redactor:
                 return size - view.mapping(region).source_start(len(rendered) - held)
             size = min(len(data), size * 2)
 
-    def held_length(self, data: bytes) -> int:
+    def held_length(self, data: bytes, views: tuple[View, ...] | None = None) -> int:
         """How many trailing bytes could still begin a value, in any spelling."""
         held = self._held_plain(data)
-        for view in VIEWS:
-            if view.applies(data):
-                # An escape cut at the end is held whole; what precedes it is judged decoded.
-                cut = view.partial_length(data)
-                before = data[: len(data) - cut] if cut else data
-                held = max(held, cut + self._held_in_view(view, before) if before else cut)
+        for view in active_views(data) if views is None else views:
+            # An escape cut at the end is held whole; what precedes it is judged decoded.
+            cut = view.partial_length(data)
+            before = data[: len(data) - cut] if cut else data
+            held = max(held, cut + self._held_in_view(view, before) if before else cut)
         return held
 
     def _literal_matches(self, data: bytes) -> list[Span]:
@@ -219,12 +218,10 @@ class Redactor:
                     break
         return spans
 
-    def _matches(self, data: bytes) -> list[Span]:
+    def _matches(self, data: bytes, views: tuple[View, ...] | None = None) -> list[Span]:
         """Every value in every spelling, as merged, non-overlapping source spans."""
         spans = self._literal_matches(data)
-        for view in VIEWS:
-            if not view.applies(data):
-                continue
+        for view in active_views(data) if views is None else views:
             rendered = view.render(data)
             if rendered == data:
                 continue
@@ -234,14 +231,16 @@ class Redactor:
                 spans += [(where.source_start(s), where.source_end(e), i) for s, e, i in found]
         return _merge(spans) if spans else spans
 
-    def substitute(self, data: bytes, limit: int | None = None) -> tuple[bytes, int, int]:
+    def substitute(
+        self, data: bytes, limit: int | None = None, views: tuple[View, ...] | None = None
+    ) -> tuple[bytes, int, int]:
         """Replace matches starting before `limit`; return (output, consumed, count)."""
         stop = len(data) if limit is None else limit
         if self.database is None or not data:
             return data[:stop], stop, 0
         out: list[bytes] = []
         position = count = 0
-        for start, end, pattern_id in self._matches(data):
+        for start, end, pattern_id in self._matches(data, views):
             if start >= stop:
                 break
             out.append(data[position:start])
@@ -297,8 +296,9 @@ class RedactStream:
         if redactor.database is None:
             return chunk
         data = self.tail + chunk if self.tail else chunk
-        cut = len(data) - redactor.held_length(data)
-        output, consumed, count = redactor.substitute(data, cut)
+        views = active_views(data)
+        cut = len(data) - redactor.held_length(data, views)
+        output, consumed, count = redactor.substitute(data, cut, views)
         self.tail = data[consumed:]
         self.count += count
         return output

@@ -6,9 +6,9 @@ base64 may be broken into lines of any width (MIME's 76 columns, GitHub's 60 wit
 break itself JSON-escaped). Rather than a pattern per spelling, the redactor scans a view
 in which that family is decoded, and maps what it finds there back to the bytes sent.
 
-A view is rendered only when its trigger byte occurs, so an answer without `\\`, `%` or
-line breaks costs nothing here; the map back is worked out only for what matched or must
-be held back.
+A view is rendered only when a byte that begins its escapes occurs, so an answer without
+`\\`, `%` or line breaks costs nothing here; the map back is worked out only for what
+matched or must be held back.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ class View:
     """One family of spellings: what it decodes, and what an escape cut short looks like."""
 
     name: str
-    triggers: bytes
     escape: re.Pattern[bytes]
     decode: Callable[[re.Match[bytes]], bytes]
     # When every escape decodes to the same bytes, rendering runs in C, without a callback.
@@ -48,10 +47,12 @@ class View:
     # An escape that the next chunk may complete (group "cut"): held back, never half decoded.
     partial: re.Pattern[bytes]
 
-    def applies(self, data: bytes) -> bool:
-        return any(byte in data for byte in self.triggers)
-
     def render(self, data: bytes) -> bytes:
+        if self is LINE_BREAKS and b"\\" not in data:
+            # The same result as the regex when no escaped break can occur, at memchr speed
+            # (per 64 KiB of base64 lines: the regex ~600 µs, translate ~80, replace ~17).
+            data = data.replace(b"\n", b"")
+            return data.replace(b"\r", b"") if b"\r" in data else data
         if self.constant is not None:
             return self.escape.sub(self.constant, data)
         return self.escape.sub(self.decode, data)
@@ -104,7 +105,6 @@ class ViewMap:
 
 JSON_STRING = View(
     name="json",
-    triggers=b"\\",
     escape=re.compile(
         rb"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
         rb"|\\u([0-9a-fA-F]{4})"
@@ -119,7 +119,6 @@ JSON_STRING = View(
 )
 PERCENT = View(
     name="percent",
-    triggers=b"%",
     escape=re.compile(rb"%([0-9a-fA-F]{2})"),
     decode=lambda match: bytes([int(match.group(1), 16)]),
     constant=None,
@@ -128,10 +127,18 @@ PERCENT = View(
 # Line breaks inside base64 (raw or JSON-escaped): the view has none of them.
 LINE_BREAKS = View(
     name="lines",
-    triggers=b"\r\n\\",
     escape=re.compile(rb"[\r\n]|\\[rn]"),
     decode=lambda match: b"",
     constant=b"",
     partial=re.compile(rb"(?P<cut>\\)\Z"),
 )
 VIEWS = (JSON_STRING, PERCENT, LINE_BREAKS)
+
+
+def active_views(data: bytes) -> tuple[View, ...]:
+    """The views that differ from `data` itself (a few memchr calls)."""
+    backslash = b"\\" in data
+    json_string = (JSON_STRING,) if backslash else ()
+    percent = (PERCENT,) if b"%" in data else ()
+    lines = (LINE_BREAKS,) if backslash or b"\n" in data or b"\r" in data else ()
+    return json_string + percent + lines
