@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied
+from blindkey.proxy.decoding import DECODABLE, undecodable
 from blindkey.proxy.egress import BlockedAddressError
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
 from blindkey.proxy.inject import inject_body, inject_headers, inject_query
@@ -44,8 +45,6 @@ HOP_BY_HOP = frozenset(
 # Expect: the proxy itself answered 100-continue to the agent.
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin", "expect"}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
-# What proxy/upstream.py decodes, so every byte is scanned before the agent sees it.
-DECODABLE = ("gzip", "deflate")
 CHUNK = 2**16
 # Answers up to this size with a known length are read whole and sent with a length.
 SMALL_BODY = 2**16
@@ -211,23 +210,36 @@ async def _forward(
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
-        encoding = upstream.encoding
-        if encoding not in ("identity", "", *DECODABLE):
+        refused = undecodable(upstream.codings)
+        if refused is not None:
             raise ProxyError(
                 "upstream_error",
                 f"{target.host_header} answered with content "
-                f"encoding {encoding[:32]!r}, which blindkey cannot scan",
+                f"encoding {refused[:32]!r}, which blindkey cannot scan",
             )
         kept = [
             (name, value) for name, value in upstream.headers if name.lower() not in _NOT_RETURNED
         ]
-        values, count = redactor.redact_texts([value for _, value in kept])
-        record.redactions += count
-        headers_back = CIMultiDict(zip([name for name, _ in kept], values, strict=True))
+        # Everything the agent receives passes the redactor: the status line's reason phrase,
+        # header names and values (one scan over all of them when nothing matches). A name
+        # holding a value cannot be rewritten into a valid name, so that header is dropped.
+        texts, count = redactor.redact_texts(
+            [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
+        )
+        reason = texts[0]
+        if count:
+            record.redactions += count
+            names, values = texts[1 : 1 + len(kept)], texts[1 + len(kept) :]
+            kept = [
+                (clean_name, clean_value)
+                for (name, _), clean_name, clean_value in zip(kept, names, values, strict=True)
+                if clean_name == name
+            ]
+        headers_back = CIMultiDict(kept)
         headers_back[REQUEST_ID_HEADER] = record.request_id
         record.status = upstream.status
         size = upstream.content_length
-        if size is not None and size <= SMALL_BODY and encoding in ("identity", ""):
+        if size is not None and size <= SMALL_BODY and not upstream.codings:
             # Most API answers are small: one read, one redaction, one write with a length.
             try:
                 answer = await upstream.read()
@@ -238,13 +250,11 @@ async def _forward(
             record.bytes_out = len(clean_body)
             return web.Response(
                 status=upstream.status,
-                reason=upstream.reason,
+                reason=reason,
                 body=clean_body,
                 headers=headers_back,
             )
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers_back
-        )
+        response = web.StreamResponse(status=upstream.status, reason=reason, headers=headers_back)
         await response.prepare(request)
         stream = redactor.stream()
         try:

@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import zlib
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import httptools
 
 from blindkey.config.hosts import ip_literal
+from blindkey.proxy.decoding import Decoder, DecodingError, codings
 from blindkey.proxy.egress import BlockedAddressError, VettingResolver
 
 # Status line and headers together; aiohttp's client stops at 8 KiB per line.
@@ -180,7 +180,7 @@ class UpstreamResponse:
         self.reason_bytes = b""
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
-        self.encoding = ""  # the Content-Encoding, lowercased
+        self.codings: list[str] = []  # Content-Encoding, every line, in the order applied
         self.chunked = False
         self.received = 0
         self.headers_done = False
@@ -226,14 +226,16 @@ class UpstreamResponse:
             self.reason_bytes = b""
             return
         self.status = status
+        encodings = []
         for name, value in self.headers:
             lowered = name.lower()
             if lowered == "content-length" and value.strip().isdigit():
                 self.content_length = int(value)
             elif lowered == "content-encoding":
-                self.encoding = value.strip().lower()
+                encodings.append(value)
             elif lowered == "transfer-encoding":
                 self.chunked = "chunked" in value.lower()
+        self.codings = codings(encodings) if encodings else []
         self.headers_done = True
         if self.head_only:
             # llhttp cannot be told the answer has no body; this connection is not reused.
@@ -330,30 +332,23 @@ class UpstreamResponse:
         return self._take() if self._chunks else b""
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, gzip or deflate decoded, at most 64 KiB per decoded step."""
-        if self.encoding not in ("gzip", "deflate"):
+        """The body as it arrives, every coding undone, at most 64 KiB per decoded step.
+
+        The handler refuses an answer whose codings `undecodable` names before reading it.
+        """
+        if not self.codings:
             async for chunk in self._raw_chunks():
                 yield chunk
             return
-        decoder: Any = None
-        async for chunk in self._raw_chunks():
-            if decoder is None:
-                decoder = _decoder(self.encoding, chunk)
-            data = chunk
-            while data:
-                try:
-                    out = decoder.decompress(data, 2**16)
-                except zlib.error:
-                    raise UpstreamProtocolError("sent a body that does not decode") from None
-                data = decoder.unconsumed_tail
-                if out:
+        decoder = Decoder(self.codings)
+        try:
+            async for chunk in self._raw_chunks():
+                for out in decoder.feed(chunk):
                     yield out
-        if decoder is not None:
-            tail = decoder.flush()
-            if tail:
-                yield tail
-            if not decoder.eof:
-                raise UpstreamProtocolError("sent a compressed body that ends early")
+            for out in decoder.finish():
+                yield out
+        except DecodingError as exc:
+            raise UpstreamProtocolError(str(exc)) from None
 
     def release(self) -> None:
         """Give the connection back to the pool when it can carry another request."""
@@ -386,14 +381,6 @@ class UpstreamResponse:
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("did not answer in time"))
-
-
-def _decoder(encoding: str, first: bytes) -> Any:
-    if encoding == "gzip":
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    # "deflate" is meant to be zlib-wrapped; some servers send it raw.
-    wrapped = len(first) >= 2 and first[0] & 0x0F == 8 and ((first[0] << 8) | first[1]) % 31 == 0
-    return zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 
 
 def _head(
