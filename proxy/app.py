@@ -84,9 +84,10 @@ class Front:
         #   `Host` gives it away, hence the Host check.
         # Sec-Fetch-Mode and Sec-Fetch-Dest alone prove nothing: Node's fetch (undici) sends
         # `Sec-Fetch-Mode: cors` on every request, and most JavaScript agents run on Node.
-        # Not covered: browsers without Fetch Metadata (before Chrome 76, Firefox 90, Safari
-        # 16.4) send a no-cors GET to a loopback URL with neither header. Like every
-        # no-cors request, it carries no X-AS-* header and no agent token.
+        # Not covered: a no-cors GET with neither header, from a browser without Fetch
+        # Metadata (before Chrome 76, Firefox 90, Safari 16.4) or to http://ip6-localhost,
+        # which is no trustworthy URL. Like every no-cors request it carries no X-AS-*
+        # header and no agent token, so /proxy cannot act on it.
         if "Origin" in headers or any(
             site != "none" for site in headers.getall("Sec-Fetch-Site", ())
         ):
