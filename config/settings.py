@@ -69,6 +69,8 @@ class LimitSettings:
     max_headers: int = 100
     max_connections: int = 1024
     header_read_timeout: float = 10.0
+    keepalive_idle_timeout: float = 15.0
+    body_read_timeout: float = 30.0
     upstream_connect_timeout: float = 10.0
     upstream_total_timeout: float = 900.0
 
@@ -134,6 +136,9 @@ max_header_size = "16KiB"         # one request line or header field, from agent
 max_headers = 100                 # header fields per request
 max_connections = 1024            # agent connections open at once
 header_read_timeout = "10s"       # a client must send its headers within this (slowloris)
+keepalive_idle_timeout = "15s"    # an idle keep-alive connection is closed after this; at the
+                                  # connection cap the idlest ones are closed first
+body_read_timeout = "30s"         # a body buffered for Body-*/Form-* injection must arrive in this
 upstream_connect_timeout = "10s"
 upstream_total_timeout = "15m"    # whole exchange, streams included; upstream_timeout is per read
 
@@ -383,6 +388,12 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
         max_connections=limits.get("max_connections", defaults.max_connections, _positive_int),
         header_read_timeout=limits.get(
             "header_read_timeout", defaults.header_read_timeout, parse_duration
+        ),
+        keepalive_idle_timeout=limits.get(
+            "keepalive_idle_timeout", defaults.keepalive_idle_timeout, parse_duration
+        ),
+        body_read_timeout=limits.get(
+            "body_read_timeout", defaults.body_read_timeout, parse_duration
         ),
         upstream_connect_timeout=limits.get(
             "upstream_connect_timeout", defaults.upstream_connect_timeout, parse_duration

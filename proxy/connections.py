@@ -1,5 +1,6 @@
-"""Connection-level limits aiohttp does not have: a cap on open connections, and a
-deadline for a request's headers so slowloris clients cannot hold sockets forever."""
+"""Connection-level limits aiohttp does not have: a cap on open connections that idle
+connections cannot exhaust, and deadlines for idle connections and for a request's headers
+so neither keep-alive hoarders nor slowloris clients can hold sockets."""
 
 from __future__ import annotations
 
@@ -12,23 +13,39 @@ from aiohttp.web_request import BaseRequest
 
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 
+# An idle connection younger than this is not closed to make room (its answer may still be
+# leaving: the guard hears of a request's end when the handler returns).
+MIN_IDLE_TO_EVICT = 0.25
+
 
 class ConnectionGuard:
-    """Counts connections and closes those that take too long to send a request's headers.
+    """Counts connections, closes those that stall, and makes room for new callers.
 
-    Deadlines are kept in a dict and swept a few times per `header_timeout`, rather than a
-    timer armed and cancelled for every request (bench: about 2 µs a request saved).
+    A connection is in one of three phases: idle (open, no request bytes yet: just accepted
+    or between keep-alive requests), reading a request's headers, or in a request. Idle and
+    header phases each have a deadline (`idle_timeout` for keep-alive, `header_timeout` for
+    a new connection and for headers). Deadlines are kept in dicts and swept a few times
+    per second rather than a timer per request (bench: about 2 µs a request saved).
+
+    At the cap, a new connection is not refused while an idle one exists: the idlest is
+    closed instead, so idle keep-alive connections can never lock agents out.
     """
 
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
+    def __init__(
+        self, max_connections: int, header_timeout: float, idle_timeout: float | None = None
+    ) -> None:
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        self.idle_timeout = header_timeout if idle_timeout is None else idle_timeout
         self.active = 0
         self.refused = 0
         self.timed_out = 0
+        self.evicted = 0
         self.by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
         # Connections waiting for a request's headers, with their deadline.
         self.waiting: dict[GuardedConnection, float] = {}
+        # Idle connections, idlest first (insertion order), with (since, deadline).
+        self.idle: dict[GuardedConnection, tuple[float, float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -41,34 +58,66 @@ class ConnectionGuard:
             self._sweeper.cancel()
             self._sweeper = None
 
+    def _now(self) -> float:
+        return self._loop.time() if self._loop is not None else 0.0
+
     def _schedule(self) -> None:
         assert self._loop is not None
-        interval = min(max(self.header_timeout / 4, 0.01), 1.0)
+        shortest = min(self.header_timeout, self.idle_timeout)
+        interval = min(max(shortest / 4, 0.01), 1.0)
         self._sweeper = self._loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        assert self._loop is not None
-        now = self._loop.time()
+        now = self._now()
         expired = [c for c, deadline in self.waiting.items() if deadline <= now]
+        expired += [c for c, (_, deadline) in self.idle.items() if deadline <= now]
         for connection in expired:
-            del self.waiting[connection]
+            self.waiting.pop(connection, None)
+            self.idle.pop(connection, None)
             connection.expire()
         self._schedule()
 
+    def admit(self) -> bool:
+        """Room for one more connection: at the cap, close the idlest idle one, if any."""
+        if self.active < self.max_connections:
+            return True
+        now = self._now()
+        for connection, (since, _) in self.idle.items():
+            # One that went idle an instant ago may still be writing its last answer.
+            if now - since >= MIN_IDLE_TO_EVICT:
+                del self.idle[connection]
+                self.evicted += 1
+                connection.evict()
+                return True
+            break  # the idlest is too fresh: so are all the others
+        self.refused += 1
+        return False
+
+    def went_idle(self, connection: GuardedConnection, timeout: float) -> None:
+        self.waiting.pop(connection, None)
+        now = self._now()
+        self.idle[connection] = (now, now + timeout)
+
     def expect_headers(self, connection: GuardedConnection) -> None:
-        if connection not in self.waiting and self._loop is not None:
-            self.waiting[connection] = self._loop.time() + self.header_timeout
+        self.idle.pop(connection, None)
+        if connection not in self.waiting:
+            self.waiting[connection] = self._now() + self.header_timeout
+
+    def forget(self, connection: GuardedConnection) -> None:
+        self.waiting.pop(connection, None)
+        self.idle.pop(connection, None)
 
     def request_started(self, transport: asyncio.BaseTransport | None) -> None:
         connection = self.by_transport.get(transport) if transport is not None else None
         if connection is not None:
             connection.in_request = True
-            self.waiting.pop(connection, None)
+            self.forget(connection)
 
     def request_finished(self, transport: asyncio.BaseTransport | None) -> None:
         connection = self.by_transport.get(transport) if transport is not None else None
         if connection is not None:
             connection.in_request = False
+            self.went_idle(connection, self.idle_timeout)
 
 
 class JsonErrorHandler(RequestHandler):
@@ -95,7 +144,7 @@ class JsonErrorHandler(RequestHandler):
 
 
 class GuardedConnection(asyncio.Protocol):
-    """Wraps aiohttp's protocol: counts the connection and times the header phase.
+    """Wraps aiohttp's protocol: counts the connection and times its idle and header phases.
 
     The header clock starts when bytes of a new request arrive and stops when the
     application sees the request (`ConnectionGuard.request_started`).
@@ -111,8 +160,7 @@ class GuardedConnection(asyncio.Protocol):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, base)
-        if self.guard.active >= self.guard.max_connections:
-            self.guard.refused += 1
+        if not self.guard.admit():
             transport.abort()
             return
         self.counted = True
@@ -120,11 +168,22 @@ class GuardedConnection(asyncio.Protocol):
         self.transport = transport
         self.guard.by_transport[transport] = self
         self.inner.connection_made(transport)
-        self.guard.expect_headers(self)
+        self.guard.went_idle(self, self.guard.header_timeout)
+
+    def _uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.guard.active -= 1
 
     def expire(self) -> None:
         if self.transport is not None and not self.in_request:
             self.guard.timed_out += 1
+            self.transport.close()
+
+    def evict(self) -> None:
+        """Closed to make room: counted out now, since the close completes later."""
+        self._uncount()
+        if self.transport is not None:
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
@@ -143,12 +202,11 @@ class GuardedConnection(asyncio.Protocol):
         self.inner.resume_writing()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.guard.waiting.pop(self, None)
-        if not self.counted:
-            return
-        self.guard.active -= 1
-        if self.transport is not None:
-            self.guard.by_transport.pop(self.transport, None)
+        self.guard.forget(self)
+        if self.transport is None:
+            return  # refused at the door: aiohttp never saw it
+        self._uncount()
+        self.guard.by_transport.pop(self.transport, None)
         self.inner.connection_lost(exc)
 
 

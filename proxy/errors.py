@@ -39,12 +39,14 @@ class ProxyError(Exception):
     passed the redactor before it is put in one.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, close: bool = False) -> None:
         if code not in STATUS:
             raise ValueError(f"unknown error code {code}")
         super().__init__(message)
         self.code = code
         self.message = message
+        # The connection cannot carry another request (e.g. a body was left half read).
+        self.close = close
 
     @property
     def status(self) -> int:
@@ -53,9 +55,12 @@ class ProxyError(Exception):
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
     body = orjson.dumps({"error": error.code, "message": error.message, "request_id": request_id})
-    return web.Response(
+    response = web.Response(
         status=error.status,
         body=body,
         content_type="application/json",
         headers={REQUEST_ID_HEADER: request_id},
     )
+    if error.close:
+        response.force_close()
+    return response

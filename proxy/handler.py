@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -70,7 +71,8 @@ def _upstream_headers(request: web.BaseRequest, raw: list[tuple[str, str]]) -> C
     return headers
 
 
-async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
+async def _read_limited(request: web.BaseRequest, limit: int, deadline: float) -> bytes:
+    """The whole body, for Body-*/Form-* injection: bounded in size and in time."""
     if request.content_length is not None and request.content_length > limit:
         raise ProxyError(
             "body_too_large",
@@ -78,14 +80,22 @@ async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ProxyError(
-                "body_too_large",
-                f"request body exceeds the {limit}-byte limit for Body-*/Form-* injection",
-            )
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise ProxyError(
+                        "body_too_large",
+                        f"request body exceeds the {limit}-byte limit for Body-*/Form-* injection",
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProxyError(
+            "bad_request",
+            f"the request body did not arrive within {deadline:g}s ([limits] body_read_timeout)",
+            close=True,
+        ) from None
     return b"".join(chunks)
 
 
@@ -180,7 +190,8 @@ async def _forward(
     counter: _CountingBody | None = None
     body: bytes | _CountingBody | None = None
     if spec.buffers_body:
-        original = await _read_limited(request, runtime.settings.limits.max_request_body)
+        limits = runtime.settings.limits
+        original = await _read_limited(request, limits.max_request_body, limits.body_read_timeout)
         body, content_type = inject_body(
             original, request.headers.get("Content-Type", ""), spec.injections, grant.values
         )

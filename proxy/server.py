@@ -92,7 +92,9 @@ class ProxyServer:
             await self.supervisor.start()
             self.runtime.open_upstream()
             limits = self.runtime.settings.limits
-            guard = self.guard = ConnectionGuard(limits.max_connections, limits.header_read_timeout)
+            guard = self.guard = ConnectionGuard(
+                limits.max_connections, limits.header_read_timeout, limits.keepalive_idle_timeout
+            )
             server = web.Server(
                 Front(self.runtime, self.host, guard),
                 handler_cancellation=True,
