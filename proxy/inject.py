@@ -16,6 +16,16 @@ from blindkey.proxy.protocol import Injection
 _UNSAFE_IN_HEADER = ("\r", "\n", "\0")
 
 
+def _as_header_text(text: str) -> str:
+    """Header values go out as UTF-8 bytes (the upstream writer encodes Latin-1, one byte
+    per character, so the UTF-8 bytes are carried as the characters of those bytes).
+
+    RFC 9110 allows only visible ASCII in practice; a value outside it is sent as UTF-8,
+    which APIs that accept non-ASCII keys expect, and the redactor knows that form.
+    """
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
 def inject_headers(
     headers: CIMultiDict[str], injections: Sequence[Injection], values: Mapping[str, str]
 ) -> None:
@@ -36,7 +46,7 @@ def inject_headers(
                 f"secret {injection.secret} contains a line break and cannot be sent in a header",
             )
         headers.popall(name, None)
-        headers[name] = text
+        headers[name] = _as_header_text(text)
 
 
 def _replace_params(query: str, updates: Mapping[str, str]) -> str:

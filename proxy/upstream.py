@@ -400,7 +400,11 @@ def _head(
         raise ValueError("a header name or value contains a line break")
     if not method or not _FORBIDDEN_IN_TARGET.isdisjoint(method + path_query):
         raise ValueError("the method or path contains a forbidden character")
-    return text.encode("latin-1")
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        # The error's text would quote the character and its position: say nothing of it.
+        raise ValueError("a header name or value has characters HTTP cannot carry") from None
 
 
 class UpstreamPool:

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 
 import orjson
 
-from tests.proxy.conftest import BASIC, SECRET, Env
+from blindkey.broker.vault import FileVault
+from blindkey.config.paths import Paths
+from tests.proxy.conftest import BASIC, SECRET, Env, open_env
 
 
 def _echo(body: bytes) -> dict[str, object]:
@@ -155,3 +157,26 @@ async def test_use_of_a_short_secret_is_marked_in_the_audit(env: Env) -> None:
     record = orjson.loads(lines[-1])
     assert record["short_secrets"] == ["PIN"]
     assert record["secrets"] == ["PIN"]
+
+
+async def test_non_ascii_values_go_out_as_utf8_and_come_back_redacted(home: Paths) -> None:
+    # Latin-1 can carry the first, not the second: both go out as UTF-8 bytes.
+    values = {"LATIN": "pässwörd-ÿ-0123456789", "WIDE": "ключ-€-密钥-0123456789"}
+
+    def store(_: object) -> None:
+        for name, value in values.items():
+            FileVault(home).set("development", name, value)
+
+    async with open_env(home, prepare=store) as env:
+        for name, value in values.items():
+            for style in ("X_AS_Inject_Bearer", "X-AS-Inject-Header-X-Api-Key"):
+                status, headers, body = await env.call(headers=env.headers(**{style: name}))
+                assert status == 200, body
+                sent = _headers(_echo(body))
+                assert value.encode() not in body and value not in str(headers)
+                if style.endswith("Bearer"):
+                    digest = hashlib.sha256(f"Bearer {value}".encode()).hexdigest()
+                    assert headers["X-Echo-Authorization-Sha256"] == digest
+                    assert sent["Authorization"] == f"Bearer [REDACTED:{name}]"
+                else:
+                    assert sent["X-Api-Key"] == f"[REDACTED:{name}]"
