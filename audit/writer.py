@@ -24,6 +24,27 @@ def audit_file(audit_dir: Path) -> Path:
     return audit_dir / AUDIT_FILE
 
 
+def _escaped(value: Any) -> Any:
+    """`value` with every string's undecodable bytes written as \\xNN."""
+    if isinstance(value, str):
+        raw = value.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    return value
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(record) + b"\n"
+    except orjson.JSONEncodeError:
+        # Text an agent sent that is not UTF-8 (kept as surrogates) is written escaped,
+        # never dropped: a refused request must still leave its record.
+        return orjson.dumps(_escaped(record)) + b"\n"
+
+
 class AuditWriter:
     def __init__(self, audit_dir: Path, *, fsync: bool = True) -> None:
         self.path = audit_file(audit_dir)
@@ -99,7 +120,7 @@ class AuditWriter:
         lines = []
         for record in records:
             try:
-                lines.append(orjson.dumps(record) + b"\n")
+                lines.append(_line(record))
             except orjson.JSONEncodeError as exc:  # one bad record must not stop auditing
                 self.failures += 1
                 log.error("audit record %r dropped: %s", record.get("request_id"), exc)

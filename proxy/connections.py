@@ -11,6 +11,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from blindkey.audit.record import AuditRecord
+from blindkey.audit.writer import AuditWriter
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 
 # An idle connection younger than this is not closed to make room (its answer may still be
@@ -122,9 +124,11 @@ class ConnectionGuard:
 
 class JsonErrorHandler(RequestHandler):
     """aiohttp's protocol, answering requests its parser rejects (too many or too large
-    headers, bad framing) with the same JSON error as every other refusal."""
+    headers, bad framing) with the same JSON error and audit record as every other
+    refusal."""
 
-    __slots__ = ()
+    __slots__ = ("audit",)
+    audit: AuditWriter | None
 
     def handle_error(
         self,
@@ -136,11 +140,14 @@ class JsonErrorHandler(RequestHandler):
         if status != 400:
             return super().handle_error(request, status, exc, message)
         reason = type(exc).__name__ if exc is not None else "malformed request"
-        response = error_response(
-            ProxyError("bad_request", f"malformed HTTP request ({reason})"), next_request_id()
-        )
-        response.force_close()
-        return response
+        error = ProxyError("bad_request", f"malformed HTTP request ({reason})", close=True)
+        request_id = next_request_id()
+        if self.audit is not None:
+            # What the parser made of the request line before it gave up, if anything.
+            record = AuditRecord(request_id=request_id, method=request.method[:16], url="")
+            record.block(error.code, error.status)
+            self.audit.submit_after_answer(record)
+        return error_response(error, request_id)
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -211,9 +218,16 @@ class GuardedConnection(asyncio.Protocol):
 
 
 class GuardedSite(web.SockSite):
-    def __init__(self, runner: web.BaseRunner, sock: object, guard: ConnectionGuard) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: object,
+        guard: ConnectionGuard,
+        audit: AuditWriter | None = None,
+    ) -> None:
         super().__init__(runner, sock, backlog=1024)  # type: ignore[arg-type]
         self.guard = guard
+        self.audit = audit
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -224,7 +238,9 @@ class GuardedSite(web.SockSite):
         settings = server._kwargs
 
         def factory() -> asyncio.Protocol:
-            return GuardedConnection(JsonErrorHandler(server, loop=loop, **settings), self.guard)
+            handler = JsonErrorHandler(server, loop=loop, **settings)
+            handler.audit = self.audit
+            return GuardedConnection(handler, self.guard)
 
         self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
         self.guard.start(loop)

@@ -106,7 +106,7 @@ class ProxyServer:
             )
             self._runner = web.ServerRunner(server, shutdown_timeout=DRAIN_TIMEOUT)
             await self._runner.setup()
-            await GuardedSite(self._runner, sock, guard).start()
+            await GuardedSite(self._runner, sock, guard, self.audit).start()
         except BaseException:
             sock.close()
             await self._stop_parts()

@@ -354,3 +354,15 @@ async def test_partial_write_does_not_swallow_the_next_record(
         except orjson.JSONDecodeError:
             continue
     assert readable == ["req-2"]
+
+
+async def test_text_that_is_not_utf8_is_written_escaped(tmp_path: Path) -> None:
+    """An agent's header bytes that are not UTF-8 reach the record as surrogates."""
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    url = b"http://x.example/\xff\xfe".decode("utf-8", "surrogateescape")
+    writer.submit({**record(1), "url": url, "secrets": ["A\udcff"]})
+    await writer.close()
+    assert writer.failures == 0
+    (line,) = lines_of(audit_file(tmp_path))
+    assert line["url"] == "http://x.example/\\xff\\xfe" and line["secrets"] == ["A\\xff"]
