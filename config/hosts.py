@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
@@ -96,8 +97,25 @@ class HostPattern:
             return host.endswith("." + self.host)
         return host == self.host
 
+    def overlaps(self, other: HostPattern) -> bool:
+        """Whether some host matches both patterns."""
+        if self.wildcard and other.wildcard:
+            return self.host == other.host or self.matches(other.host) or other.matches(self.host)
+        if self.wildcard:
+            return self.matches(other.host)
+        return other.matches(self.host)
+
     def __str__(self) -> str:
         return f"*.{self.host}" if self.wildcard else self.host
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # Loading the list takes tens of milliseconds: only a wildcard entry pays for it.
+    # ICANN and private suffixes alike: a name under github.io or s3.amazonaws.com belongs
+    # to whoever registers it, just as one under .com does. A single label that is not on
+    # the list (`*.internal`) counts as a public suffix too, as the list's own rules say.
+    return PublicSuffixList()
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,12 @@ class AllowEntry:
         pattern = HostPattern.parse(host_part)
         if pattern.wildcard and ip_literal(pattern.host) is not None:
             raise HostError(f"{raw!r}: a wildcard cannot cover an IP address")
+        if pattern.wildcard and _public_suffixes().is_public(pattern.host):
+            raise HostError(
+                f"{raw!r}: {pattern.host} is a public suffix, where anyone can register a "
+                f"name; allowlist the hosts you mean, or *.DOMAIN.{pattern.host} for a domain "
+                "you trust"
+            )
         return cls(
             scheme=scheme,
             pattern=pattern,

@@ -111,6 +111,10 @@ ENTRIES = [
     ("bücher.example", "https", "xn--bcher-kva.example", 443, "idn"),
     ("host:65535", "https", "host", 65535, "max-port"),
     ("host:1", "https", "host", 1, "min-port"),
+    ("*.example.co.uk", "https", "*.example.co.uk", 443, "wildcard-under-suffix"),
+    ("*.octocat.github.io", "https", "*.octocat.github.io", 443, "wildcard-under-private-suffix"),
+    ("*.www.ck", "https", "*.www.ck", 443, "wildcard-on-suffix-exception"),
+    ("co.uk", "https", "co.uk", 443, "exact-suffix-is-one-host"),
 ]
 
 
@@ -154,6 +158,16 @@ BAD_ENTRIES = [
     ("2130706433", "non-canonical IPv4", "decimal-ip"),
     ("http://0x7f.1:9000", "non-canonical IPv4", "hex-ip-with-scheme"),
     ("host:1:2", "invalid host", "two-ports"),
+    # A wildcard over a public suffix admits every site anyone registers under it.
+    ("*.com", "com is a public suffix", "wildcard-tld"),
+    ("*.co.uk", "co.uk is a public suffix", "wildcard-second-level-suffix"),
+    ("*.CO.UK.", "co.uk is a public suffix", "wildcard-suffix-case-dot"),
+    ("https://*.co.uk:8443", "co.uk is a public suffix", "wildcard-suffix-scheme-port"),
+    ("*.рф", "xn--p1ai is a public suffix", "wildcard-idn-tld"),
+    ("*.github.io", "github.io is a public suffix", "wildcard-private-suffix"),
+    ("*.x.compute.amazonaws.com", "is a public suffix", "wildcard-suffix-by-wildcard-rule"),
+    ("*.ck", "ck is a public suffix", "wildcard-tld-with-wildcard-rule"),
+    ("*.internal", "internal is a public suffix", "wildcard-unlisted-single-label"),
 ]
 
 
@@ -215,3 +229,28 @@ def test_equal_entries_compare_equal_whatever_the_spelling() -> None:
     assert AllowEntry.parse("api.github.com").pattern == AllowEntry.parse("API.github.com.").pattern
     assert HostPattern.parse("*.Stripe.com") == HostPattern.parse("*.stripe.com.")
     assert HostPattern.parse("*.stripe.com") != HostPattern.parse("stripe.com")
+
+
+# (pattern, pattern, some host matches both)
+OVERLAPS = [
+    ("api.github.com", "api.github.com", True, "same-host"),
+    ("api.github.com", "API.GitHub.com.", True, "same-host-spelled-otherwise"),
+    ("api.github.com", "github.com", False, "other-host"),
+    ("*.stripe.com", "api.stripe.com", True, "wildcard-covers-host"),
+    ("*.stripe.com", "stripe.com", False, "wildcard-not-apex"),
+    ("*.stripe.com", "evilstripe.com", False, "wildcard-suffix-trick"),
+    ("*.stripe.com", "*.stripe.com", True, "same-wildcard"),
+    ("*.stripe.com", "*.eu.stripe.com", True, "wildcard-under-wildcard"),
+    ("*.stripe.com", "*.stripe.org", False, "unrelated-wildcards"),
+    ("*.a.stripe.com", "*.b.stripe.com", False, "sibling-wildcards"),
+    ("127.0.0.1", "127.0.0.1", True, "ip"),
+]
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"), [c[:3] for c in OVERLAPS], ids=[c[3] for c in OVERLAPS]
+)
+def test_host_pattern_overlaps_is_symmetric(left: str, right: str, expected: bool) -> None:
+    a, b = HostPattern.parse(left), HostPattern.parse(right)
+    assert a.overlaps(b) is expected
+    assert b.overlaps(a) is expected
