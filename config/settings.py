@@ -71,6 +71,7 @@ class LimitSettings:
     header_read_timeout: float = 10.0
     keepalive_idle_timeout: float = 15.0
     body_read_timeout: float = 30.0
+    drain_timeout: float = 10.0
     upstream_connect_timeout: float = 10.0
     upstream_total_timeout: float = 900.0
 
@@ -139,6 +140,7 @@ header_read_timeout = "10s"       # a client must send its headers within this (
 keepalive_idle_timeout = "15s"    # an idle keep-alive connection is closed after this; at the
                                   # connection cap the idlest ones are closed first
 body_read_timeout = "30s"         # a body buffered for Body-*/Form-* injection must arrive in this
+drain_timeout = "10s"             # on stop, calls in flight get this long; then they are cut
 upstream_connect_timeout = "10s"
 upstream_total_timeout = "15m"    # whole exchange, streams included; upstream_timeout is per read
 
@@ -395,6 +397,7 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
         body_read_timeout=limits.get(
             "body_read_timeout", defaults.body_read_timeout, parse_duration
         ),
+        drain_timeout=limits.get("drain_timeout", defaults.drain_timeout, parse_duration),
         upstream_connect_timeout=limits.get(
             "upstream_connect_timeout", defaults.upstream_connect_timeout, parse_duration
         ),

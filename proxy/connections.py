@@ -50,6 +50,7 @@ class ConnectionGuard:
         self.idle: dict[GuardedConnection, tuple[float, float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Event | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -109,6 +110,24 @@ class ConnectionGuard:
         self.waiting.pop(connection, None)
         self.idle.pop(connection, None)
 
+    @property
+    def in_flight(self) -> int:
+        return sum(1 for connection in self.by_transport.values() if connection.in_request)
+
+    async def drained(self) -> None:
+        """Return once no request is in progress (the caller bounds the wait)."""
+        if self.in_flight:
+            self._drained = asyncio.Event()
+            await self._drained.wait()
+
+    def cut_in_flight(self) -> int:
+        """Close every connection still in a request (shutdown, after the drain)."""
+        cut = [c for c in self.by_transport.values() if c.in_request]
+        for connection in cut:
+            if connection.transport is not None:
+                connection.transport.abort()
+        return len(cut)
+
     def request_started(self, transport: asyncio.BaseTransport | None) -> None:
         connection = self.by_transport.get(transport) if transport is not None else None
         if connection is not None:
@@ -120,6 +139,8 @@ class ConnectionGuard:
         if connection is not None:
             connection.in_request = False
             self.went_idle(connection, self.idle_timeout)
+        if self._drained is not None and not self.in_flight:  # only while shutting down
+            self._drained.set()
 
 
 class JsonErrorHandler(RequestHandler):

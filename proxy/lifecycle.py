@@ -19,11 +19,11 @@ import orjson
 
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
+from blindkey.config.settings import LimitSettings, load_settings
 from blindkey.proxy.server import ProxyServer
 
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 20.0
+STOP_MARGIN = 15.0
 EXIT_NOT_RUNNING = 3
 
 
@@ -220,13 +220,20 @@ def stop(paths: Paths) -> int | None:
     current = running(paths)
     if current is None:
         return None
+    try:
+        drain = load_settings(paths.config_file).limits.drain_timeout
+    except BlindkeyError:
+        drain = LimitSettings().drain_timeout
+    # The proxy drains, cuts what is left, flushes its audit and stops its broker: wait
+    # longer than all of that, so a stop that is on its way is never reported as failed.
+    patience = drain + STOP_MARGIN
     os.kill(current.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         if running(paths) is None:
             return current.pid
         time.sleep(0.05)
-    raise BlindkeyError(f"the proxy (pid {current.pid}) did not stop within {STOP_TIMEOUT:.0f}s")
+    raise BlindkeyError(f"the proxy (pid {current.pid}) did not stop within {patience:.0f}s")
 
 
 def reload(paths: Paths) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25
-DRAIN_TIMEOUT = 10.0
+# After the drain, calls are cut; what aiohttp then waits for is already ending.
+RUNNER_SHUTDOWN_TIMEOUT = 2.0
 KEEPALIVE_TIMEOUT = 75.0
 
 
@@ -104,7 +105,7 @@ class ProxyServer:
                 max_field_size=limits.max_header_size,
                 max_headers=limits.max_headers,
             )
-            self._runner = web.ServerRunner(server, shutdown_timeout=DRAIN_TIMEOUT)
+            self._runner = web.ServerRunner(server, shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
             await self._runner.setup()
             await GuardedSite(self._runner, sock, guard, self.audit).start()
         except BaseException:
@@ -149,11 +150,30 @@ class ProxyServer:
                 await task
         self._tasks.clear()
         if self._runner is not None:
+            await self._drain(self._runner)
             await self._runner.cleanup()
             self._runner = None
         await self._stop_parts()
         with contextlib.suppress(FileNotFoundError):
             self.paths.status_file.unlink()
+
+    async def _drain(self, runner: web.ServerRunner) -> None:
+        """Stop accepting, give calls in flight `drain_timeout`, then cut what is left.
+
+        aiohttp's own shutdown waits its timeout for a handler, then asks it to stop and
+        waits as long again without cancelling it: a stream outlived twice the drain.
+        """
+        for site in list(runner.sites):
+            await site.stop()
+        guard = self.guard
+        if guard is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.runtime.settings.limits.drain_timeout):
+                await guard.drained()
+        cut = guard.cut_in_flight()
+        if cut:
+            log.warning("drain time over: cut %d call(s) still in flight", cut)
 
     async def _stop_parts(self) -> None:
         if self.guard is not None:

@@ -158,3 +158,37 @@ def test_stop_drains_an_in_flight_request(run_cli: RunCli, home: Paths, upstream
         ).returncode
         == 1
     )
+
+
+def test_stop_drains_then_cuts_a_long_stream_and_exits_0(
+    run_cli: RunCli, home: Paths, upstream_port: int
+) -> None:
+    """The drain is [limits] drain_timeout; what is still streaming then is cut, recorded,
+    and `proxy stop` succeeds (it used to wait 20 s and fail while the proxy waited 2x10 s)."""
+    config = home.config_file.read_text()
+    home.config_file.write_text(config.replace('drain_timeout = "10s"', 'drain_timeout = "1s"'))
+    upstream = f"http://127.0.0.1:{upstream_port}"
+    assert run_cli("allowlist", "add", upstream).returncode == 0
+    assert run_cli("secrets", "set", "GH", input="ghp_drainTestValue0123456789").returncode == 0
+    token = json.loads(run_cli("agent", "add", "streamer", "--json").stdout)["token"]
+    assert run_cli("proxy", "start", "--port", "0").returncode == 0
+    port = status_json(run_cli)["port"]
+    stream = socket.create_connection(("127.0.0.1", int(port)))  # type: ignore[arg-type]
+    stream.sendall(
+        f"GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-AS-Agent-Token: {token}\r\n"
+        f"X-AS-Target-URL: {upstream}/drip?n=300\r\nX-AS-Inject-Bearer: GH\r\n\r\n".encode()
+    )
+    assert stream.recv(1024).startswith(b"HTTP/1.1 200")  # 300 dots 0.1 s apart: 30 s
+    began = time.monotonic()
+    stopped = run_cli("proxy", "stop")
+    took = time.monotonic() - began
+    assert stopped.returncode == 0, stopped.stderr
+    assert 0.9 < took < 8, took
+    stream.settimeout(5)
+    while stream.recv(65536):  # the agent sees its stream end: cut, not left hanging
+        pass
+    stream.close()
+    records = [
+        json.loads(line) for line in (home.audit_dir / "audit.jsonl").read_text().splitlines()
+    ]
+    assert any(r["url"].endswith("/drip?n=300") for r in records)
