@@ -51,13 +51,38 @@ _SIZE_UNITS = {
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address: only processes of this machine can reach it."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     host: str = "127.0.0.1"
     port: int = 8765
+    # A non-loopback host needs allow_remote; then every caller needs an agent token and
+    # callers of other machines must be in allowed_peers.
+    allow_remote: bool = False
+    allowed_peers: tuple[IPNetwork, ...] = ()
     require_agent_token: bool = True
     upstream_timeout: float = 30.0
     ca_file: str = ""
+
+    def bind_error(self, host: str | None = None) -> str | None:
+        """Why listening on `host` (default: this host) is refused, or None."""
+        host = self.host if host is None else host
+        if self.allow_remote or is_loopback_host(host):
+            return None
+        return (
+            f"{host} is not a loopback address: agents on other machines could call the "
+            "proxy. Set [proxy] allow_remote = true or pass --allow-remote to mean it (agent "
+            "tokens are then always required, and remote callers must be in allowed_peers)"
+        )
 
 
 @dataclass(frozen=True)
@@ -125,8 +150,10 @@ DEFAULT_CONFIG = """\
 # `blindkey allowlist ...` and `blindkey secrets set ...` edit it for you.
 
 [proxy]
-host = "127.0.0.1"
+host = "127.0.0.1"                # a non-loopback address needs allow_remote = true
 port = 8765
+allow_remote = false              # true: agent tokens always required, peers in allowed_peers only
+allowed_peers = []                # CIDRs of remote callers when allow_remote = true
 require_agent_token = true        # false: anonymous local callers act as agent "anonymous"
 upstream_timeout = "30s"
 ca_file = ""                      # extra CA bundle for upstream TLS
@@ -373,11 +400,16 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     proxy_settings = ProxySettings(
         host=proxy.get("host", "127.0.0.1", _typed(str, "a host address")),
         port=proxy.get("port", 8765, _port),
+        allow_remote=proxy.get("allow_remote", False, _typed(bool, "true or false")),
+        allowed_peers=proxy.get("allowed_peers", (), _string_list(ipaddress.ip_network)),
         require_agent_token=proxy.get("require_agent_token", True, _typed(bool, "true or false")),
         upstream_timeout=proxy.get("upstream_timeout", 30.0, parse_duration),
         ca_file=proxy.get("ca_file", "", _typed(str, "a file path")),
     )
     proxy.finish()
+    refused = proxy_settings.bind_error()
+    if refused is not None:
+        raise ConfigError(f"{file}: [proxy] host: {refused}")
     if proxy_settings.ca_file and not Path(proxy_settings.ca_file).expanduser().is_file():
         raise ConfigError(f"{file}: [proxy] ca_file: no such file {proxy_settings.ca_file!r}")
 

@@ -8,10 +8,13 @@ and each middleware adds a coroutine layer on top).
 
 from __future__ import annotations
 
+import ipaddress
+
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from blindkey.audit.record import AuditRecord
+from blindkey.config.settings import is_loopback_host
 from blindkey.proxy.connections import ConnectionGuard
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
 from blindkey.proxy.handler import handle_proxy
@@ -32,10 +35,20 @@ def host_name(value: str) -> str:
 class Front:
     """The handler aiohttp's server calls for every request."""
 
-    def __init__(self, runtime: ProxyRuntime, own_host: str, guard: ConnectionGuard) -> None:
+    def __init__(
+        self,
+        runtime: ProxyRuntime,
+        own_host: str,
+        guard: ConnectionGuard,
+        *,
+        allow_remote: bool = False,
+    ) -> None:
         self.runtime = runtime
         self.guard = guard
         self.allowed_hosts = LOOPBACK_NAMES | ({own_host.lower()} - WILDCARD_HOSTS)
+        # Bound to loopback, every peer is local: the peer checks are skipped.
+        self.bound_remote = not is_loopback_host(own_host)
+        self.allow_remote_flag = allow_remote  # `proxy start --allow-remote`, kept over reloads
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = next_request_id()
@@ -57,7 +70,23 @@ class Front:
         return response
 
     async def _route(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
-        self._gate(request.headers)
+        remote_peer = self.bound_remote and self._check_peer(request)
+        if not remote_peer:
+            self._gate(request.headers)
+        elif "Origin" in request.headers or "Sec-Fetch-Site" in request.headers:
+            raise ProxyError("forbidden_origin", "requests made by a web page are refused")
+        proxy_settings = self.runtime.settings.proxy
+        if (
+            (remote_peer or self.allow_remote_flag or proxy_settings.allow_remote)
+            and request.path == "/proxy"
+            and "X-AS-Agent-Token" not in request.headers
+        ):
+            # require_agent_token = false is for local callers only; with remote callers
+            # allowed, nobody is anonymous.
+            raise ProxyError(
+                "unauthenticated",
+                "an X-AS-Agent-Token is required: this proxy accepts calls from other machines",
+            )
         path = request.path
         if path == "/proxy":
             if "Expect" in request.headers:
@@ -66,6 +95,29 @@ class Front:
         if path == "/health" and request.method in ("GET", "HEAD"):
             return web.json_response({"status": "ok"})
         raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
+
+    def _check_peer(self, request: web.BaseRequest) -> bool:
+        """True for a caller on another machine that may call; refuses one that may not."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        try:
+            address = ipaddress.ip_address(peer[0]) if peer else None
+        except ValueError:
+            address = None
+        if address is not None and address.is_loopback:
+            return False
+        proxy_settings = self.runtime.settings.proxy
+        allowed = self.allow_remote_flag or proxy_settings.allow_remote
+        if (
+            address is None
+            or not allowed
+            or not any(address in network for network in proxy_settings.allowed_peers)
+        ):
+            raise ProxyError(
+                "forbidden_origin",
+                f"calls from {address or 'an unknown address'} are not accepted: a human can "
+                "list the caller's network in [proxy] allowed_peers",
+            )
+        return True
 
     def _gate(self, headers: CIMultiDictProxy[str]) -> None:
         # What a web page can make a browser send here, and what gives each away:

@@ -47,8 +47,8 @@ def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
     if args.foreground:
-        return lifecycle.run_foreground(paths, args.host, args.port)
-    current = lifecycle.start_detached(paths, args.host, args.port)
+        return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
+    current = lifecycle.start_detached(paths, args.host, args.port, args.allow_remote)
     say(
         f"blindkey proxy running on http://{current.status.get('host')}:"
         f"{current.status.get('port')} (pid {current.pid})"
@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = actions.add_parser("start", help="start the proxy (returns once /health answers)")
     p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     p.add_argument("--port", type=port, help="port (default from config: 8765; 0 picks one)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="listen on a non-loopback --host: every caller then needs an agent token, and "
+        "remote callers must be in [proxy] allowed_peers",
+    )
     p.add_argument(
         "--foreground",
         action="store_true",

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from blindkey.config.errors import BlindkeyError
+from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.paths import Paths
-from blindkey.config.settings import LimitSettings, load_settings
+from blindkey.config.settings import LimitSettings, Settings, load_settings
 from blindkey.proxy.server import ProxyServer
 
 START_TIMEOUT = 15.0
@@ -106,8 +106,17 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0, gen1, gen2)
 
 
-def run_foreground(paths: Paths, host: str | None, port: int | None) -> int:
+def _bind_check(settings: Settings, host: str | None, allow_remote: bool) -> None:
+    refused = None if allow_remote else settings.proxy.bind_error(host)
+    if refused is not None:
+        raise UsageError(f"--host {refused}")
+
+
+def run_foreground(
+    paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
+) -> int:
     settings = load_settings(paths.config_file)
+    _bind_check(settings, host, allow_remote)
     lock_fd = _lock_pid_file(paths)
     try:
         with contextlib.suppress(ImportError):
@@ -120,6 +129,7 @@ def run_foreground(paths: Paths, host: str | None, port: int | None) -> int:
                 settings,
                 host or settings.proxy.host,
                 settings.proxy.port if port is None else port,
+                allow_remote,
             )
         )
     finally:
@@ -129,8 +139,10 @@ def run_foreground(paths: Paths, host: str | None, port: int | None) -> int:
     return 0
 
 
-async def _serve_until_signal(paths: Paths, settings: Any, host: str, port: int) -> None:
-    server = ProxyServer(paths, settings, host=host, port=port)
+async def _serve_until_signal(
+    paths: Paths, settings: Any, host: str, port: int, allow_remote: bool
+) -> None:
+    server = ProxyServer(paths, settings, host=host, port=port, allow_remote=allow_remote)
     await server.start()
     tune_gc()
     loop = asyncio.get_running_loop()
@@ -148,6 +160,11 @@ async def _serve_until_signal(paths: Paths, settings: Any, host: str, port: int)
     sys.stderr.write(
         f"blindkey proxy listening on http://{host}:{server.port} (pid {os.getpid()})\n"
     )
+    if server.allow_remote:
+        sys.stderr.write(
+            "blindkey: WARNING: calls from other machines are accepted: every caller needs "
+            "an agent token, and remote callers must be in [proxy] allowed_peers\n"
+        )
     sys.stderr.flush()
     try:
         await stop.wait()
@@ -155,16 +172,21 @@ async def _serve_until_signal(paths: Paths, settings: Any, host: str, port: int)
         await server.stop()
 
 
-def start_detached(paths: Paths, host: str | None, port: int | None) -> Running:
+def start_detached(
+    paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
+) -> Running:
     current = running(paths)
     if current is not None:
         raise BlindkeyError(
             f"the proxy is already running (pid {current.pid}); `blindkey proxy stop` first"
         )
     settings = load_settings(paths.config_file)
+    _bind_check(settings, host, allow_remote)
     command = [sys.executable, "-m", "blindkey.proxy", "proxy", "start", "--foreground"]
     if host is not None:
         command += ["--host", host]
+    if allow_remote:
+        command += ["--allow-remote"]
     if port is not None:
         command += ["--port", str(port)]
     log_fd = os.open(paths.proxy_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -51,9 +51,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class ProxyServer:
-    def __init__(self, paths: Paths, settings: Settings, *, host: str, port: int) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        settings: Settings,
+        *,
+        host: str,
+        port: int,
+        allow_remote: bool = False,
+    ) -> None:
+        refused = None if allow_remote else settings.proxy.bind_error(host)
+        if refused is not None:
+            raise BlindkeyError(f"refusing to listen on {refused}")
         self.paths = paths
         self.host = host
+        self.allow_remote = allow_remote or settings.proxy.allow_remote
         self.requested_port = port
         self.port = port
         self.audit = AuditWriter(paths.audit_dir, fsync=settings.audit_fsync)
@@ -97,7 +109,7 @@ class ProxyServer:
                 limits.max_connections, limits.header_read_timeout, limits.keepalive_idle_timeout
             )
             server = web.Server(
-                Front(self.runtime, self.host, guard),
+                Front(self.runtime, self.host, guard, allow_remote=self.allow_remote),
                 handler_cancellation=True,
                 access_log=None,
                 keepalive_timeout=KEEPALIVE_TIMEOUT,
@@ -112,6 +124,13 @@ class ProxyServer:
             sock.close()
             await self._stop_parts()
             raise
+        if self.allow_remote:
+            log.warning(
+                "accepting calls from other machines on %s:%d: agent tokens are required "
+                "and remote callers must be in [proxy] allowed_peers",
+                self.host,
+                self.port,
+            )
         self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
         self.write_status()
 
