@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from blindkey.broker.cli_secrets import (
     cmd_secrets_push,
     cmd_secrets_set,
 )
-from blindkey.broker.notify import notify_broker
+from blindkey.broker.notify import put_in_force
 from blindkey.config.arguments import Subcommands
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.edit import edit_config, string_array
@@ -55,7 +56,8 @@ def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
                 added.append(entry.text)
         section["hosts"] = string_array(current + added)
 
-    edit_config(paths.config_file, paths.lock_file, change)
+    settings = edit_config(paths.config_file, paths.lock_file, change)
+    put_in_force(paths, settings, "the allowlist is saved", config=True)
     say(f"allowlisted: {', '.join(e.text for e in entries)}")
     return 0
 
@@ -73,7 +75,8 @@ def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
             raise BlindkeyError(f"not on the allowlist: {', '.join(missing)}")
         section["hosts"] = string_array([h for h in current if AllowEntry.parse(h) not in drop])
 
-    edit_config(paths.config_file, paths.lock_file, change)
+    settings = edit_config(paths.config_file, paths.lock_file, change)
+    put_in_force(paths, settings, "the allowlist is saved", config=True)
     say(f"removed: {', '.join(sorted(args.entries))}")
     return 0
 
@@ -106,11 +109,14 @@ def _iso(ts: float | None) -> str | None:
 
 def cmd_agent_add(paths: Paths, args: argparse.Namespace) -> int:
     token = _agents(paths).add(args.name)
+    # Out before anything else can fail: it is shown only this once.
     if args.json:
         emit_json({"agent": args.name, "token": token})
     else:
         say(f"agent {args.name} added. Its token, shown this once:\n\n  {token}\n")
         say("Send it as the X-AS-Agent-Token header; only its hash is stored.")
+    sys.stdout.flush()
+    put_in_force(paths, None, f"agent {args.name} is added")
     return 0
 
 
@@ -133,8 +139,8 @@ def cmd_agent_list(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
     _agents(paths).revoke(args.name)
-    notify_broker(paths, None)
-    say(f"agent {args.name} revoked; its token stops working within a second")
+    put_in_force(paths, None, f"agent {args.name} is revoked")
+    say(f"agent {args.name} revoked; its token no longer works")
     return 0
 
 

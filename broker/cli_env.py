@@ -14,7 +14,7 @@ from blindkey.broker.cli_secrets import (
     opened,
     pick_env,
 )
-from blindkey.broker.notify import notify_broker
+from blindkey.broker.notify import put_in_force
 from blindkey.config.arguments import Subcommands
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.edit import edit_config
@@ -55,7 +55,7 @@ def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
         toml_table(document, "environments")["active"] = env
 
     settings = edit_config(paths.config_file, paths.lock_file, change)
-    notify_broker(paths, settings)
+    put_in_force(paths, settings, f"{env} is saved as the active environment", config=True)
     say(f"active environment: {env} (a running proxy uses it for the next request)")
     return 0
 
@@ -74,7 +74,9 @@ def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
             confirm(f"copy {len(values)} values from {source} into {PRODUCTION}", args.yes)
         for name, value in values.items():
             store.set(target, name, value)
-    notify_broker(paths, settings, [(target, name) for name in values])
+    put_in_force(
+        paths, settings, f"{source} is copied to {target}", [(target, name) for name in values]
+    )
     replaced = len(set(values) & existing)
     say(
         f"copied {len(values)} secrets from {source} to {target} "

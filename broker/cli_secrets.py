@@ -12,7 +12,7 @@ from typing import Any
 
 from blindkey.broker.backends import SecretBackend, open_backend, open_openbao
 from blindkey.broker.compare import Difference, compare, comparison_key, keyed_digests
-from blindkey.broker.notify import notify_broker
+from blindkey.broker.notify import put_in_force
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
 from blindkey.config.edit import edit_config, string_array
@@ -112,7 +112,10 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
             "stored; use the real key, or --allow-short to store it anyway (the audit then "
             "marks every use)"
         )
-    if args.tier or args.host or args.agent or short or settings.policy(name).allow_short:
+    edits_config = bool(
+        args.tier or args.host or args.agent or short or settings.policy(name).allow_short
+    )
+    if edits_config:
 
         def change(document: Any) -> None:
             section = toml_table(document, "secrets", name)
@@ -130,7 +133,7 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
         settings = edit_config(paths.config_file, paths.lock_file, change)
     with opened(local_store(paths, settings)) as store:
         store.set(env, name, value)
-    notify_broker(paths, settings, [(env, name)])
+    put_in_force(paths, settings, f"{name} is stored in {env}", [(env, name)], config=edits_config)
     policy = settings.policy(name)
     hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
     say(f"stored {name} in {env} (tier {policy.tier}; hosts: {hosts})")
@@ -189,7 +192,6 @@ def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
             raise BlindkeyError(
                 f"no secret named {args.name} in {env}; see `blindkey secrets list`"
             )
-        notify_broker(paths, settings, [(env, args.name)])
         still_used = any(args.name in found for found in inventory(store, settings).values())
     if not still_used:
 
@@ -198,7 +200,9 @@ def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
             if secrets is not None and args.name in secrets:
                 del secrets[args.name]
 
-        edit_config(paths.config_file, paths.lock_file, change)
+        settings = edit_config(paths.config_file, paths.lock_file, change)
+    done = f"{args.name} is deleted from {env}"
+    put_in_force(paths, settings, done, [(env, args.name)], config=not still_used)
     say(f"deleted {args.name} from {env}")
     return 0
 
@@ -311,7 +315,7 @@ def transfer(paths: Paths, args: argparse.Namespace, *, push: bool) -> int:
                 }
             )
     if pulled:
-        notify_broker(paths, settings, pulled)
+        put_in_force(paths, settings, f"{len(pulled)} pulled values are stored", pulled)
     if args.json:
         emit_json(reports)
         return 0

@@ -1,8 +1,12 @@
-"""Tell a running broker that the CLI changed something, and wait until it has applied it.
+"""Tell a running broker that the CLI changed something, and wait until it is in force.
 
-The broker also notices changed files by itself within a fraction of a second; this makes
-the change take effect before the command returns, so no request that starts afterwards
-can use an old value. No broker, or one we may not reach: nothing to tell.
+The broker applies the change, pushes an invalidation to every proxy it serves and answers
+once each has acknowledged it: dropped what it cached and, if its config.toml changed,
+re-read it (the allowlist lives there). So no request that starts after the command
+returned sees the old state. The broker and the proxy also notice changed files by
+themselves within a fraction of a second; this is what makes the change certain when the
+command returns. No broker listening: nothing runs that could hold an old copy, and a
+proxy whose broker is restarting reads everything afresh before it serves again.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from pathlib import Path
 
 import orjson
 
-from blindkey.broker.protocol import MAX_FRAME, PUSH_ID, encode
+from blindkey.broker.protocol import ACK_TIMEOUT, MAX_FRAME, Message, encode
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
 from blindkey.config.settings import Settings, load_settings
 
-TIMEOUT = 2.0
+# Longer than the broker waits for its proxies, so its own answer about a late one arrives.
+TIMEOUT = ACK_TIMEOUT + 3.0
+CHECK = "check `blindkey proxy status`; the change is saved and applies once it answers"
 
 
 def broker_socket(paths: Paths, settings: Settings) -> Path:
@@ -35,29 +41,78 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
+def _answer(sock: socket.socket, request: Message) -> Message:
+    sock.sendall(encode(request))
+    while True:
+        size = int.from_bytes(_read_exactly(sock, 4), "big")
+        if size > MAX_FRAME:
+            raise ValueError(f"a frame of {size} bytes")
+        reply = orjson.loads(_read_exactly(sock, size))
+        # Invalidations pushed to every client arrive here too.
+        if isinstance(reply, dict) and reply.get("id") == request["id"]:
+            return reply
+
+
 def notify_broker(
-    paths: Paths, settings: Settings | None, changed: Iterable[tuple[str, str]] = ()
-) -> bool:
-    """True when a broker applied the change before answering."""
+    paths: Paths,
+    settings: Settings | None,
+    changed: Iterable[tuple[str, str]] = (),
+    *,
+    config: bool = False,
+) -> str | None:
+    """Why the change is not known to be in force, or None: every running proxy uses it,
+    or none runs. `changed`: the (env, name) values written; `config`: config.toml edited."""
     if settings is None:
         try:
             settings = load_settings(paths.config_file)
         except BlindkeyError:
             # The change itself is made; a broken config must not make it look failed.
             settings = Settings()
-    request = {"id": 1, "op": "refresh", "changed": [[env, name] for env, name in changed]}
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(TIMEOUT)
+    request = {
+        "id": 1,
+        "op": "refresh",
+        "changed": [[env, name] for env, name in changed],
+        "config": config,
+    }
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        try:
             sock.connect(str(broker_socket(paths, settings)))
-            sock.sendall(encode(request))
-            while True:
-                size = int.from_bytes(_read_exactly(sock, 4), "big")
-                if size > MAX_FRAME:
-                    return False
-                reply = orjson.loads(_read_exactly(sock, size))
-                # Invalidations pushed to every client arrive here too.
-                if isinstance(reply, dict) and reply.get("id") != PUSH_ID:
-                    return reply.get("id") == 1 and "error" not in reply
-    except (OSError, orjson.JSONDecodeError):
-        return False
+        except OSError:
+            # Nothing listens, or the socket is another user's that we may not open.
+            return None
+        try:
+            reply = _answer(sock, request)
+        except TimeoutError:
+            return f"the broker did not answer within {TIMEOUT:.0f}s; {CHECK}"
+        except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+            return f"the broker's answer broke off ({exc}); {CHECK}"
+    if "error" in reply:
+        return f"the broker refused it: {reply.get('message', reply['error'])}"
+    if reply.get("refused"):
+        return (
+            f"the broker cannot load the files and serves what it had before: "
+            f"{reply['refused']}; fix that and the change applies by itself"
+        )
+    late = reply.get("unconfirmed")
+    if isinstance(late, int) and late > 0:
+        proxies = "1 running proxy" if late == 1 else f"{late} running proxies"
+        return f"{proxies} did not confirm it within {ACK_TIMEOUT:.0f}s; {CHECK}"
+    return None
+
+
+def put_in_force(
+    paths: Paths,
+    settings: Settings | None,
+    done: str,
+    changed: Iterable[tuple[str, str]] = (),
+    *,
+    config: bool = False,
+) -> None:
+    """Return once every running proxy uses the change; else fail naming what to do.
+
+    `done` says what is saved either way ("GITHUB_TOKEN is stored in development").
+    """
+    problem = notify_broker(paths, settings, changed, config=config)
+    if problem is not None:
+        raise BlindkeyError(f"{done}, but it is not in force yet: {problem}")

@@ -14,6 +14,9 @@ from blindkey.config.errors import BlindkeyError
 
 MAX_FRAME = 8 * 2**20
 PUSH_ID = 0
+# How long a change made by the CLI waits for every proxy to acknowledge its invalidation:
+# long enough for a proxy on a loaded machine, short enough for a person at a prompt.
+ACK_TIMEOUT = 2.0
 Message = dict[str, Any]
 
 

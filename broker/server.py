@@ -20,15 +20,20 @@ from typing import Any, cast
 
 import orjson
 
-from blindkey.broker.protocol import MAX_FRAME, PUSH_ID, BrokerDenied, Message, encode
+from blindkey.broker.protocol import (
+    ACK_TIMEOUT,
+    MAX_FRAME,
+    PUSH_ID,
+    BrokerDenied,
+    Message,
+    encode,
+)
 from blindkey.broker.sockets import prepare_socket_dir, socket_mode
 from blindkey.broker.state import BrokerState, Resolution
 from blindkey.config.paths import Paths
 
 log = logging.getLogger("blindkey.broker")
 WATCH_INTERVAL = 0.2
-# How long a change made by the CLI waits for every proxy to drop what it cached.
-ACK_TIMEOUT = 1.0
 SYNC_MIN, SYNC_MAX = 0.5, 60.0
 
 
@@ -46,7 +51,8 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        # A client that resolves may cache answers until told otherwise (the proxy does).
+        # A client that resolves may cache answers until told otherwise (the proxy does):
+        # a change is in force only once every such client has acknowledged it.
         self.caches = False
         self.acked = 0
         # Frames for this client while a read is being answered: they leave together, in
@@ -184,7 +190,12 @@ class BrokerServer:
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ACK_TIMEOUT
-        while any(c.transport is not None and c.acked < pushed for c in targets):
+
+        def late() -> int:
+            # A client that went away holds nothing: it starts over when it reconnects.
+            return sum(c.transport is not None and c.acked < pushed for c in targets)
+
+        while late():
             waiter: asyncio.Future[None] = loop.create_future()
             self._ack_waiters.append(waiter)
             try:
@@ -192,6 +203,10 @@ class BrokerServer:
             except TimeoutError:
                 log.warning("a broker client did not acknowledge an invalidation in time")
                 break
+        # The CLI says so rather than claim a change that a proxy may not use yet.
+        unconfirmed = late()
+        if unconfirmed:
+            reply["unconfirmed"] = unconfirmed
         requester.send(encode(reply))
 
     def _push(self, message: Message) -> None:
@@ -275,7 +290,15 @@ class BrokerServer:
                     for pair in changed
                     if isinstance(pair, list) and len(pair) == 2
                 )
+                if request.get("config") is True and self._pushed == before:
+                    # The CLI edited a config.toml this broker does not serve from (a proxy
+                    # of another user has its own): every proxy re-reads its file when
+                    # invalidated, so this push is what puts an allowlist change in force.
+                    self._invalidate()
                 reply = {"id": request_id, "generation": state.generation}
+                if state.last_error is not None:
+                    # The files did not load: the broker still serves what it had before.
+                    reply["refused"] = state.last_error
                 targets = [c for c in self.writers if c.caches and c is not connection]
                 if self._pushed == before or connection is None or not targets:
                     return reply

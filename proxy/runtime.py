@@ -39,6 +39,7 @@ class Grant:
 
 ResolutionKey = tuple[str | None, tuple[str, ...], str]
 Resolution = tuple[str, str, "Grant | BrokerDenied"]
+FileStamp = tuple[int, int, int, int]
 
 
 def broker_socket(paths: Paths, settings: Settings) -> Path:
@@ -72,6 +73,8 @@ class ProxyRuntime:
         self.inner_resolver: AbstractResolver | None = None
         self.config_error: str | None = None
         self.config_generation = 0
+        # Unknown: the settings we were given may predate the file; the first check reads it.
+        self._config_stamp: FileStamp | None = None
 
     def open_upstream(self) -> None:
         self.upstream = self._new_upstream(self.settings)
@@ -95,6 +98,23 @@ class ProxyRuntime:
 
     async def reload(self) -> bool:
         """Re-read config.toml; a bad file is refused and the running settings kept."""
+        return self._reload()
+
+    def _file_stamp(self) -> FileStamp:
+        try:
+            st = self.paths.config_file.stat()
+        except OSError:
+            return (0, 0, 0, 0)
+        # ctime and inode too: the CLI replaces the file, possibly within one mtime tick.
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+    def _reload_if_changed(self) -> None:
+        if self._file_stamp() != self._config_stamp:
+            self._reload()
+
+    def _reload(self) -> bool:
+        # Stamped before reading: a change made meanwhile is read next time.
+        self._config_stamp = self._file_stamp()
         try:
             settings = load_settings(self.paths.config_file)
         except ConfigError as exc:
@@ -121,16 +141,29 @@ class ProxyRuntime:
         return True
 
     def _on_push(self, message: Message) -> None:
+        """An invalidation: the broker tells the CLI the change is in force once this
+        returns (the acknowledgement follows it), so everything happens here, in line.
+
+        config.toml is re-read here too, when it changed: the allowlist lives there and the
+        proxy enforces it, so `allowlist add` must reach the proxy the same way a rotation
+        does. One path (the CLI asks the broker, the broker asks every proxy and waits)
+        keeps one answer to "is it in force?" for every change, reaches every proxy of a
+        shared broker, and costs the proxy one stat per invalidation, none per request.
+        """
         if message.get("event") == "invalidate":
             self._redactor_generation = -1
             self._resolutions.clear()
+            self._reload_if_changed()
 
     def _cached(self, key: ResolutionKey) -> Resolution | None:
         epoch = self.broker.connection_epoch
         if epoch != self._resolutions_epoch or not self.broker.connected:
-            # A reconnect may have missed invalidations: forget everything.
+            # A reconnect may have missed invalidations: forget everything. The broker could
+            # not reach us meanwhile either, so a change the CLI made then (it found no
+            # proxy to wait for) is read here, before this request is checked against it.
             self._resolutions.clear()
             self._resolutions_epoch = epoch
+            self._reload_if_changed()
             return None
         return self._resolutions.get(key)
 

@@ -28,8 +28,8 @@ from blindkey.audit.writer import audit_file
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.notify import notify_broker
-from blindkey.broker.protocol import encode, read_frame
-from blindkey.broker.server import ACK_TIMEOUT, BrokerServer
+from blindkey.broker.protocol import ACK_TIMEOUT, encode, read_frame
+from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault
 from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
@@ -193,11 +193,16 @@ async def test_a_change_is_answered_only_after_caching_clients_dropped_their_cac
         FileVault(home).set("development", "GH", "new-value")
         settings = load_settings(config)
         started = time.monotonic()
-        assert await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")])
+        problem = await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")])
         events.append("cli returned")
         waited = time.monotonic() - started
         assert events == ["dropped cache", "cli returned"]
         assert ACK_TIMEOUT * 0.9 < waited < ACK_TIMEOUT + 1.0
+        # The CLI is told, and says so: the silent client may still use the old value.
+        assert problem == (
+            f"1 running proxy did not confirm it within {ACK_TIMEOUT:.0f}s; check "
+            "`blindkey proxy status`; the change is saved and applies once it answers"
+        )
         reply = await caching.call("resolve", token=token, names=["GH"], host="x.io")
         assert reply["values"] == {"GH": "new-value"}
 
@@ -205,7 +210,9 @@ async def test_a_change_is_answered_only_after_caching_clients_dropped_their_cac
         silent.close()
         FileVault(home).set("development", "GH", "newer-value")
         started = time.monotonic()
-        assert await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")])
+        assert (
+            await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")]) is None
+        )
         assert time.monotonic() - started < ACK_TIMEOUT / 2
         assert events[-1] == "dropped cache"
     finally:

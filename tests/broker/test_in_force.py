@@ -1,0 +1,190 @@
+"""A CLI change is in force in every running proxy when the command returns, or the command
+says it is not and exits 1.
+
+A broker in this process, the CLI as a user runs it (a subprocess, while this event loop
+keeps the broker answering), and real proxies or bare broker clients on its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.protocol import ACK_TIMEOUT, encode, read_frame
+from blindkey.broker.server import BrokerServer
+from blindkey.broker.vault import FileVault, ensure_key
+from blindkey.config.edit import edit_config
+from blindkey.config.edit import table as toml_table
+from blindkey.config.home import init_config
+from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
+from blindkey.proxy.server import ProxyServer
+from tests.broker.conftest import Ran, acli, one_line_error
+from tests.upstream import start_upstream
+
+VALUE = "ghp_inForceValue0123456789abcdef"
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def point_at(paths: Paths, socket_path: Path) -> None:
+    def change(document: Any) -> None:
+        toml_table(document, "broker")["socket"] = str(socket_path)
+
+    edit_config(paths.config_file, paths.lock_file, change)
+
+
+@pytest.fixture
+async def broker(home: Paths, sock_dir: Path) -> AsyncIterator[BrokerServer]:
+    """This home's broker, run as its own service on a socket config.toml names."""
+    socket_path = sock_dir / "b.sock"
+    point_at(home, socket_path)
+    server = BrokerServer(home, socket_path, frozenset({os.getuid()}))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def silent_client(broker: BrokerServer, token: str | None = None) -> asyncio.StreamWriter:
+    """A client that resolves (so it may cache) and then never acknowledges a push."""
+    reader, writer = await asyncio.open_unix_connection(broker.socket_path)
+    writer.write(encode({"id": 1, "op": "resolve", "names": [], "host": "x.io", "token": token}))
+    assert await asyncio.wait_for(read_frame(reader), 5) is not None
+    return writer
+
+
+def not_in_force(result: Ran, done: str) -> str:
+    line = one_line_error(result)
+    assert line.startswith(f"blindkey: {done}, but it is not in force yet: "), line
+    return line
+
+
+async def test_a_proxy_that_does_not_acknowledge_makes_the_command_fail(
+    home: Paths, broker: BrokerServer
+) -> None:
+    silent = await silent_client(broker)
+    try:
+        added = await acli(home.config_dir, "agent", "add", "claude", "--json")
+        line = not_in_force(added, "agent claude is added")
+        assert f"1 running proxy did not confirm it within {ACK_TIMEOUT:.0f}s" in line
+        assert "check `blindkey proxy status`" in line
+        # The token is shown all the same: it is shown only this once.
+        assert json.loads(added.stdout)["agent"] == "claude"
+
+        allowed = await acli(home.config_dir, "allowlist", "add", "api.github.com")
+        not_in_force(allowed, "the allowlist is saved")
+        assert allowed.stdout == ""
+        assert [e.text for e in load_settings(home.config_file).allowlist.entries] == [
+            "api.github.com"
+        ]
+    finally:
+        silent.close()
+    # Once nobody lags, the same commands are in force when they return.
+    assert (await acli(home.config_dir, "agent", "revoke", "claude")).returncode == 0
+    assert (await acli(home.config_dir, "allowlist", "remove", "api.github.com")).returncode == 0
+
+
+async def test_a_broker_that_cannot_load_the_files_makes_the_command_fail(
+    home: Paths, broker: BrokerServer
+) -> None:
+    home.agents_file.write_text("{not json")
+    stored = await acli(home.config_dir, "secrets", "set", "GH", stdin=VALUE)
+    line = not_in_force(stored, "GH is stored in development")
+    assert "the broker cannot load the files and serves what it had before" in line
+    assert "corrupt agent file" in line
+    assert VALUE not in stored.stdout + stored.stderr
+    assert FileVault(home).load() == {"development": {"GH": VALUE}}
+
+
+async def test_no_broker_running_means_nothing_to_wait_for(home: Paths, sock_dir: Path) -> None:
+    point_at(home, sock_dir / "nobody.sock")
+    for args in (("agent", "add", "claude"), ("allowlist", "add", "api.github.com")):
+        result = await acli(home.config_dir, *args)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@dataclass
+class Split:
+    """A proxy with a config.toml of its own, on a broker that serves from another home."""
+
+    proxy_home: Paths
+    target: str
+    url: str
+    headers: dict[str, str]
+
+
+def other_home(base: Path) -> Paths:
+    paths = Paths(config_dir=base, state_dir=base, runtime_dir=base / "run")
+    init_config(paths)
+    ensure_key(paths)
+    return paths
+
+
+@pytest.fixture
+async def split(home: Paths, broker: BrokerServer, tmp_path: Path) -> AsyncIterator[Split]:
+    FileVault(home).set("development", "GH", VALUE)
+    token = AgentStore(home.agents_file, home.lock_file).add("claude")
+    assert broker.state.refresh()
+    proxy_home = other_home(tmp_path / "proxy-home")
+    point_at(proxy_home, broker.socket_path)
+    upstream, port = await start_upstream()
+    server = ProxyServer(
+        proxy_home, load_settings(proxy_home.config_file), host="127.0.0.1", port=0
+    )
+    await server.start()
+    try:
+        yield Split(
+            proxy_home,
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{server.port}/proxy",
+            {
+                "X-AS-Agent-Token": token,
+                "X-AS-Target-URL": f"http://127.0.0.1:{port}/echo",
+                "X-AS-Inject-Bearer": "GH",
+            },
+        )
+    finally:
+        await server.stop()
+        await upstream.cleanup()
+
+
+async def test_an_allowlist_change_reaches_a_proxy_whose_config_the_broker_does_not_read(
+    split: Split,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def call() -> tuple[int, str | None]:
+            async with session.get(split.url, headers=split.headers) as response:
+                body = await response.read()
+                error = orjson.loads(body)["error"] if response.status != 200 else None
+                return response.status, error
+
+        # The first call connects the proxy to the broker: from then on it is pushed to.
+        assert await call() == (403, "host_not_allowed")
+        for _ in range(3):
+            added = await acli(split.proxy_home.config_dir, "allowlist", "add", split.target)
+            assert added.returncode == 0, added.stderr
+            assert await call() == (200, None)
+            args = ("allowlist", "remove", split.target)
+            removed = await acli(split.proxy_home.config_dir, *args)
+            assert removed.returncode == 0, removed.stderr
+            assert await call() == (403, "host_not_allowed")
