@@ -228,7 +228,8 @@ def register(sub: Subcommands) -> None:
     p = s.add_parser(
         "diff",
         help="names missing or different: between two environments, or local and [remote]",
-        description="Values are compared by a keyed hash made for this run; none is shown.",
+        description="Values are compared by a keyed hash made for this run; none is shown. "
+        "Exit status as diff(1): 0 when the same, 1 when anything differs.",
     )
     p.add_argument("--from", dest="from_env", metavar="ENV", help="with --to: compare these")
     p.add_argument("--to", dest="to_env", metavar="ENV")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import shlex
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -95,9 +96,10 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     check_name(name)
     settings = load_settings(paths.config_file)
     env = pick_env(settings, args.env)
+    bound = []
     for host in args.host:
         try:
-            HostPattern.parse(host)
+            bound.append(HostPattern.parse(host))
         except HostError as exc:
             raise BlindkeyError(f"--host: {exc}") from exc
     if value is None:
@@ -134,6 +136,14 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     with opened(local_store(paths, settings)) as store:
         store.set(env, name, value)
     put_in_force(paths, settings, f"{name} is stored in {env}", [(env, name)], config=edits_config)
+    allowlist = settings.allowlist.entries
+    for pattern in bound:
+        if not any(entry.pattern.overlaps(pattern) for entry in allowlist):
+            # Stored all the same: the allowlist may well come next.
+            warn(
+                f"{pattern} is not on the allowlist: the proxy refuses every call to it "
+                f"until `blindkey allowlist add {shlex.quote(str(pattern))}`"
+            )
     policy = settings.policy(name)
     hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
     say(f"stored {name} in {env} (tier {policy.tier}; hosts: {hosts})")
@@ -225,6 +235,11 @@ def _print_diff(diff: Difference, left: str, right: str) -> None:
         say(f"~ {name}  (values differ)")
 
 
+# As diff(1): a script can ask "do they differ?" by the exit status alone. Errors stay 1
+# with a `blindkey:` line on stderr; a difference prints no such line.
+SAME, DIFFERENT = 0, 1
+
+
 def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
     if (args.from_env is None) != (args.to_env is None):
         raise UsageError("give both --from ENV and --to ENV, or neither to compare with [remote]")
@@ -249,7 +264,7 @@ def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
             say(f"{source} and {target} hold the same names and values")
         else:
             _print_diff(diff, source, target)
-        return 0
+        return SAME if diff.empty else DIFFERENT
     envs = _envs(settings, args)
     remote = open_openbao(_remote(settings))
     diffs = []
@@ -257,6 +272,7 @@ def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
         for env in envs:
             local, team = store.values(env), remote.values(env)
             diffs.append((env, compare(keyed_digests(local, key), keyed_digests(team, key))))
+    status = SAME if all(diff.empty for _, diff in diffs) else DIFFERENT
     if args.json:
         emit_json(
             [
@@ -269,13 +285,13 @@ def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
                 for env, diff in diffs
             ]
         )
-        return 0
+        return status
     for env, diff in diffs:
         say(f"{env}: local vs {remote.describe()}")
         if diff.empty:
             say("  same names and values")
         _print_diff(diff, "local", "remote")
-    return 0
+    return status
 
 
 def _envs(settings: Settings, args: argparse.Namespace) -> list[str]:

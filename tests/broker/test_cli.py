@@ -152,6 +152,28 @@ def test_invalid_host_binding_is_refused(home: Paths, run_cli: RunCli, host: str
     assert home.config_file.read_bytes() == config
 
 
+def test_a_host_off_the_allowlist_warns_and_still_stores(home: Paths, run_cli: RunCli) -> None:
+    ok(run_cli("allowlist", "add", "api.github.com", "*.stripe.com"))
+    args = ("secrets", "set", "K", "--host", "not-allowlisted.example", "--host", "api.github.com")
+    result = ok(run_cli(*args, input=VALUE), VALUE)
+    assert result.stderr.splitlines() == [
+        "blindkey: warning: not-allowlisted.example is not on the allowlist: the proxy refuses "
+        "every call to it until `blindkey allowlist add not-allowlisted.example`"
+    ]
+    assert vault(home) == {"development": {"K": VALUE}}
+    assert [str(h) for h in load_settings(home.config_file).policy("K").hosts] == [
+        "not-allowlisted.example",
+        "api.github.com",
+    ]
+    # Covered by an entry, exactly or through a wildcard on either side: no warning.
+    for host in ("API.GitHub.com.", "api.stripe.com", "*.stripe.com", "*.eu.stripe.com"):
+        covered = ok(run_cli("secrets", "set", "K", "--host", host, input=VALUE), VALUE)
+        assert covered.stderr == "", host
+    # A wildcard binding is quoted in the command it suggests.
+    wild = ok(run_cli("secrets", "set", "K", "--host", "*.stripe.org", input=VALUE), VALUE)
+    assert "`blindkey allowlist add '*.stripe.org'`" in wild.stderr
+
+
 def test_bad_tier_is_a_usage_error(home: Paths, run_cli: RunCli) -> None:
     result = run_cli("secrets", "set", "K", "--tier", "secret", input="v\n")
     assert result.returncode == 2
@@ -233,7 +255,7 @@ def test_diff_json(home: Paths, run_cli: RunCli) -> None:
     store.set("staging", "STAGE_ONLY", "stage-only-value")
     values = ("same-value", "dev-changed-value", "stage-changed-value", "dev-only-value")
 
-    result = ok(
+    result = differs(
         run_cli("secrets", "diff", "--from", "development", "--to", "staging", "--json"),
         *values,
         "stage-only-value",
@@ -245,10 +267,38 @@ def test_diff_json(home: Paths, run_cli: RunCli) -> None:
         "only_in_to": ["STAGE_ONLY"],
         "differ": ["CHANGED"],
     }
-    human = ok(run_cli("secrets", "diff", "--from", "development", "--to", "staging"), *values)
+    human = differs(run_cli("secrets", "diff", "--from", "development", "--to", "staging"), *values)
     assert "DEV_ONLY" in human.stdout
     assert "CHANGED" in human.stdout
     failed(run_cli("secrets", "diff", "--from", "development", "--to", "nowhere", "--json"))
+
+
+def differs(
+    result: subprocess.CompletedProcess[str], *values: str
+) -> subprocess.CompletedProcess[str]:
+    """Exit 1 as diff(1) does when the sides differ: no error line, no value shown."""
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+    for value in values:
+        assert value not in result.stdout
+    return result
+
+
+@pytest.mark.parametrize("json_flag", [(), ("--json",)], ids=["human", "json"])
+def test_diff_exits_0_when_the_same_and_1_when_one_value_differs(
+    home: Paths, run_cli: RunCli, json_flag: tuple[str, ...]
+) -> None:
+    store = FileVault(home)
+    store.set("development", "A", "same-value-a")
+    store.set("staging", "A", "same-value-a")
+    args = ("secrets", "diff", "--from", "development", "--to", "staging", *json_flag)
+    same = ok(run_cli(*args), "same-value-a")
+    assert same.stderr == ""
+    store.set("staging", "A", "other-value-a")
+    differs(run_cli(*args), "same-value-a", "other-value-a")
+    store.set("staging", "A", "same-value-a")
+    store.set("staging", "B", "only-in-staging")
+    differs(run_cli(*args), "only-in-staging")
 
 
 def test_missing_key_with_an_existing_vault_is_refused_and_nothing_is_lost(
@@ -384,6 +434,29 @@ def test_bad_allowlist_entry_is_refused_and_config_unchanged(
     assert home.config_file.read_bytes() == config
     failed(run_cli("allowlist", "remove", "api.github.com", entry))
     assert home.config_file.read_bytes() == config
+
+
+@pytest.mark.parametrize(
+    "entry", ["*.com", "*.co.uk", "http://*.CO.UK.:8080", "*.github.io", "*.internal"]
+)
+def test_a_wildcard_over_a_public_suffix_is_refused(
+    home: Paths, run_cli: RunCli, entry: str
+) -> None:
+    ok(run_cli("allowlist", "add", "api.github.com"))
+    config = home.config_file.read_bytes()
+    line = failed(run_cli("allowlist", "add", entry))
+    assert "invalid allowlist entry" in line and "is a public suffix" in line
+    assert home.config_file.read_bytes() == config
+    # Written by hand it is refused the same way: the proxy would not load it either.
+    text = config.decode().replace('"api.github.com"', f'"api.github.com", "{entry}"')
+    home.config_file.write_text(text)
+    checked = run_cli("config", "check")
+    assert checked.returncode == 1 and "is a public suffix" in checked.stderr
+
+
+def test_a_wildcard_under_a_public_suffix_is_accepted(run_cli: RunCli) -> None:
+    ok(run_cli("allowlist", "add", "*.example.co.uk", "*.octocat.github.io"))
+    assert [r["entry"] for r in allowlist(run_cli)] == ["*.example.co.uk", "*.octocat.github.io"]
 
 
 def test_allowlist_list_json_when_empty(run_cli: RunCli) -> None:

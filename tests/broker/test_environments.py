@@ -125,7 +125,7 @@ def test_copy_between_environments(filled: Paths, run_cli: RunCli) -> None:
         "STRIPE": "dev-stripe-value",
     }
     diff = run_cli("secrets", "diff", "--from", "development", "--to", "staging", "--json")
-    assert json.loads(diff.stdout)["differ"] == []
+    assert diff.returncode == 0 and json.loads(diff.stdout)["differ"] == []
     assert "holds no secrets" in one_line_error(
         run_cli("environment", "copy", "production", "staging")
     )

@@ -51,10 +51,9 @@ def test_values_live_in_the_keychain_and_only_names_on_disk(
     assert not keyring_home.vault_file.exists()
     rows = json.loads(run_cli("secrets", "list", "--json").stdout)
     assert [(r["name"], r["envs"]) for r in rows] == [("GH", ["development", "staging"])]
-    diff = json.loads(
-        run_cli("secrets", "diff", "--from", "development", "--to", "staging", "--json").stdout
-    )
-    assert diff["differ"] == ["GH"]
+    compared = run_cli("secrets", "diff", "--from", "development", "--to", "staging", "--json")
+    assert compared.returncode == 1, compared.stderr
+    assert json.loads(compared.stdout)["differ"] == ["GH"]
 
     assert run_cli("secrets", "delete", "GH", "--env", "staging").returncode == 0
     assert secret_service.items() == {"development/GH": VALUE}

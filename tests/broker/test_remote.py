@@ -40,8 +40,16 @@ def shown(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProce
     return result
 
 
+def shown_differing(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """`secrets diff` found differences: exit 1 as diff(1), no error line."""
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    for value in EVERY_VALUE:
+        assert value not in result.stdout
+    return result
+
+
 def test_diff_names_sides_and_differences_without_values(team: Bao, run_cli: RunCli) -> None:
-    result = shown(run_cli("secrets", "diff", "--json"))
+    result = shown_differing(run_cli("secrets", "diff", "--json"))
     assert json.loads(result.stdout) == [
         {
             "env": "development",
@@ -50,7 +58,7 @@ def test_diff_names_sides_and_differences_without_values(team: Bao, run_cli: Run
             "differ": ["CHANGED"],
         }
     ]
-    human = shown(run_cli("secrets", "diff", "--dry-run")).stdout
+    human = shown_differing(run_cli("secrets", "diff", "--dry-run")).stdout
     assert "- LOCAL_ONLY" in human and "+ TEAM_ONLY" in human and "~ CHANGED" in human
     assert "SAME" not in human
 
@@ -76,7 +84,8 @@ def test_push_dry_run_then_push(team: Bao, home: Paths, run_cli: RunCli) -> None
     assert team.read("blindkey/development/LOCAL_ONLY") == LOCAL["LOCAL_ONLY"]
     assert team.read("blindkey/development/TEAM_ONLY") == REMOTE["TEAM_ONLY"], "left alone"
     assert FileVault(home).load()["development"] == LOCAL
-    after = json.loads(shown(run_cli("secrets", "diff", "--json")).stdout)[0]
+    # TEAM_ONLY is still only there: the sides differ, exit 1.
+    after = json.loads(shown_differing(run_cli("secrets", "diff", "--json")).stdout)[0]
     assert after["differ"] == [] and after["only_in_local"] == []
 
 
