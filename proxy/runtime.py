@@ -68,6 +68,7 @@ class ProxyRuntime:
         self._redactor_lock = asyncio.Lock()
         self._resolutions: dict[ResolutionKey, Resolution] = {}
         self._resolutions_epoch = -1
+        self._invalidations = 0
         self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).
         self.inner_resolver: AbstractResolver | None = None
@@ -151,6 +152,7 @@ class ProxyRuntime:
         shared broker, and costs the proxy one stat per invalidation, none per request.
         """
         if message.get("event") == "invalidate":
+            self._invalidations += 1
             self._redactor_generation = -1
             self._resolutions.clear()
             self._reload_if_changed()
@@ -177,9 +179,16 @@ class ProxyRuntime:
         cached = self._cached(key)
         if cached is not None:
             return cached
-        epoch = self.broker.connection_epoch
+        epoch, invalidations = self.broker.connection_epoch, self._invalidations
         resolution = await self._ask_broker(token, names, host)
-        if epoch == self.broker.connection_epoch and self._resolutions_epoch == epoch:
+        # An invalidation handled while this call waited may be newer than its answer
+        # (both can arrive in one read): the answer serves this call, which began before
+        # the change, and no later one.
+        unchanged = (
+            epoch == self.broker.connection_epoch == self._resolutions_epoch
+            and invalidations == self._invalidations
+        )
+        if unchanged:
             if len(self._resolutions) >= MAX_CACHED_RESOLUTIONS:
                 self._resolutions.clear()
             self._resolutions[key] = resolution

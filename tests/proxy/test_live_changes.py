@@ -8,14 +8,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from blindkey.config.edit import string_array
+from blindkey.audit.writer import AuditWriter
+from blindkey.broker.protocol import PUSH_ID, encode, read_frame
+from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
 from blindkey.config.paths import Paths
+from blindkey.config.settings import load_settings
+from blindkey.proxy.runtime import Grant, ProxyRuntime
 from tests.conftest import ROOT
 from tests.proxy.conftest import Env, open_env
 
@@ -109,3 +116,55 @@ async def test_revoke_with_the_cli(env: Env) -> None:
     assert await outcome(env, headers) == (200, None)
     await cli(env, "agent", "revoke", "tester")
     assert await outcome(env, headers) == (401, "unauthenticated")
+
+
+async def test_an_answer_overtaken_by_an_invalidation_is_not_kept(home: Paths) -> None:
+    """The broker's answer and the push that outdates it can arrive in one read: the call
+    waiting for the answer resumes after the push was handled (and acknowledged, so the
+    CLI has returned). That answer serves its own call, which began before the change,
+    and must not be cached for the calls after it."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    socket_path = directory / "b.sock"
+    values = ["warm-up-value-0123", "value-before-the-change", "value-after-the-change"]
+    resolves = 0
+    finished = asyncio.Event()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A scripted broker: the second answer leaves in one write with an invalidation.
+        nonlocal resolves
+        current = ""
+        try:
+            while (frame := await read_frame(reader)) is not None:
+                if frame["op"] == "resolve":
+                    current = values[resolves]
+                    resolves += 1
+                    answer = {"id": frame["id"], "agent": "a", "env": "development"}
+                    answer |= {"generation": resolves, "values": {"K": current}}
+                    push = {"id": PUSH_ID, "event": "invalidate", "generation": resolves + 1}
+                    overtaken = encode({**push, "ack": resolves}) if resolves == 2 else b""
+                    writer.write(encode(answer) + overtaken)
+                elif frame["op"] == "redaction_set":
+                    answer = {"id": frame["id"], "generation": resolves, "values": {"K": current}}
+                    writer.write(encode(answer))
+        finally:
+            writer.close()
+            finished.set()
+
+    def use_socket(document: Any) -> None:
+        toml_table(document, "broker")["socket"] = str(socket_path)
+
+    edit_config(home.config_file, home.lock_file, use_socket)
+    server = await asyncio.start_unix_server(broker, socket_path)
+    runtime = ProxyRuntime(home, load_settings(home.config_file), AuditWriter(home.audit_dir))
+    try:
+        for expected in values:
+            _, _, grant = await runtime.resolve("token", ["K"], "api.example.com")
+            assert isinstance(grant, Grant)
+            assert grant.values == {"K": expected}
+        assert resolves == 3
+    finally:
+        await runtime.close()
+        await finished.wait()
+        server.close()
+        await server.wait_closed()
+        shutil.rmtree(directory, ignore_errors=True)
