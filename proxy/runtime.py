@@ -162,7 +162,8 @@ class ProxyRuntime:
         if epoch != self._resolutions_epoch or not self.broker.connected:
             # A reconnect may have missed invalidations: forget everything. The broker could
             # not reach us meanwhile either, so a change the CLI made then (it found no
-            # proxy to wait for) is read here, before this request is checked against it.
+            # proxy to wait for) is read here: the handler resolves before it checks the
+            # target against the allowlist.
             self._resolutions.clear()
             self._resolutions_epoch = epoch
             self._reload_if_changed()
