@@ -12,7 +12,7 @@ import orjson
 
 from blindkey.config.atomic import locked, write_atomic
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.settings import AGENT_NAME
+from blindkey.config.model import AGENT_NAME
 
 TOKEN_PREFIX = "bk_"  # noqa: S105 - a prefix, not a credential
 

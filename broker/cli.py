@@ -28,8 +28,9 @@ from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import AllowEntry, HostError
+from blindkey.config.loader import load_settings
+from blindkey.config.model import TIERS, Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import TIERS, Settings, load_settings
 
 
 def _parse_entries(entries: list[str]) -> list[AllowEntry]:

@@ -20,8 +20,8 @@ from blindkey.config.console import emit_json, say, table
 from blindkey.config.edit import edit_config
 from blindkey.config.edit import table as toml_table
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 
 
 def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:

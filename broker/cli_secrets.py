@@ -20,8 +20,9 @@ from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import HostError, HostPattern
+from blindkey.config.loader import load_settings
+from blindkey.config.model import SECRET_NAME, Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import SECRET_NAME, Settings, load_settings
 from blindkey.config.stores import OpenBaoSettings
 
 PRODUCTION = "production"

@@ -19,8 +19,9 @@ import orjson
 
 from blindkey.broker.protocol import ACK_TIMEOUT, MAX_FRAME, Message, encode
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.loader import load_settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import Settings, load_settings
 
 # Longer than the broker waits for its proxies, so its own answer about a late one arrives.
 TIMEOUT = ACK_TIMEOUT + 3.0

@@ -15,8 +15,9 @@ from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.loader import load_settings
+from blindkey.config.model import SecretPolicy, Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import SecretPolicy, Settings, load_settings
 from blindkey.config.stores import BackendSettings
 
 log = logging.getLogger("blindkey.broker")

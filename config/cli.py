@@ -7,8 +7,8 @@ from pathlib import Path
 
 from blindkey.config.arguments import Subcommands
 from blindkey.config.console import say
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 
 
 def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from tomlkit.items import Table
 
 from blindkey.config.atomic import locked, write_atomic
 from blindkey.config.errors import ConfigError
-from blindkey.config.settings import Settings, parse_settings
+from blindkey.config.loader import parse_settings
+from blindkey.config.model import Settings
 
 
 def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Settings:

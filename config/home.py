@@ -7,7 +7,7 @@ import os
 
 from blindkey.config.atomic import write_atomic
 from blindkey.config.paths import Paths, ensure_dirs
-from blindkey.config.settings import DEFAULT_CONFIG
+from blindkey.config.template import DEFAULT_CONFIG
 
 # Where the bao and vault CLIs look when nothing else is said.
 DEFAULT_BAO_ADDRESS = "https://127.0.0.1:8200"

@@ -1,6 +1,6 @@
 """Where values live: the models of [backend], [remote], [broker] and [environments].
 
-settings.py reads the TOML; this module holds the shapes and the checks of single values,
+loader.py reads the TOML; this module holds the shapes and the checks of single values,
 so the backends in broker/ can depend on them without pulling in the whole parser.
 """
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from blindkey.audit.record import AuditRecord
-from blindkey.config.settings import is_loopback_host
+from blindkey.config.model import is_loopback_host
 from blindkey.proxy.connections import ConnectionGuard
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
 from blindkey.proxy.handler import handle_proxy

@@ -15,7 +15,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from blindkey.config.hosts import AllowEntry, IPAddress, ip_literal
-from blindkey.config.settings import AllowlistSettings, IPNetwork
+from blindkey.config.model import AllowlistSettings, IPNetwork
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.protocol import Target
 

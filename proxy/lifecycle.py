@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 
 from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.loader import load_settings
+from blindkey.config.model import LimitSettings, Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import LimitSettings, Settings, load_settings
 from blindkey.proxy.server import ProxyServer
 
 START_TIMEOUT = 15.0

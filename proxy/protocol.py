@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from blindkey.config.hosts import DEFAULT_PORTS, HostError, normalize_host, parse_port
-from blindkey.config.settings import SECRET_NAME
+from blindkey.config.model import SECRET_NAME
 from blindkey.proxy.errors import ProxyError
 
 PREFIX = "x-as-"

@@ -16,8 +16,9 @@ from blindkey.audit.writer import AuditWriter
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, Message
 from blindkey.config.errors import ConfigError
+from blindkey.config.loader import load_settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import Settings, load_settings
 from blindkey.proxy.egress import EgressGuard, VettingResolver
 from blindkey.proxy.errors import STATUS, ProxyError
 from blindkey.proxy.redact import Redactor

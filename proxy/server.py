@@ -17,8 +17,8 @@ from aiohttp import web
 from blindkey.audit.writer import AuditWriter
 from blindkey.config.atomic import write_atomic
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import Settings
 from blindkey.proxy.app import Front
 from blindkey.proxy.connections import ConnectionGuard, GuardedSite
 from blindkey.proxy.runtime import ProxyRuntime, broker_socket

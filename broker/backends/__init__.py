@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Protocol
 
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import Settings
 from blindkey.config.stores import OpenBaoSettings
 
 

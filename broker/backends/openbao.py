@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from blindkey.broker.backends import BackendError, values_one_by_one
 from blindkey.broker.backends.bao_http import BaoHttp
-from blindkey.config.settings import SECRET_NAME
+from blindkey.config.model import SECRET_NAME
 from blindkey.config.stores import OpenBaoSettings
 
 FIELD = "value"

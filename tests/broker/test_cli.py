@@ -10,8 +10,8 @@ import pytest
 
 from blindkey.broker.agents import AgentStore, token_hash
 from blindkey.broker.vault import FileVault
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 from tests.conftest import RunCli
 
 VALUE = "ghp_Zx9Q7vLm2Kp4Rt8Wn3Yb6Hc1Jd5Fs0Ga"

@@ -28,8 +28,8 @@ from blindkey.broker.vault import FileVault, ensure_key
 from blindkey.config.edit import edit_config
 from blindkey.config.edit import table as toml_table
 from blindkey.config.home import init_config
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 from blindkey.proxy.server import ProxyServer
 from tests.broker.conftest import Ran, acli, one_line_error
 from tests.upstream import start_upstream

@@ -33,8 +33,8 @@ from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault
 from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 from blindkey.proxy.server import ProxyServer
 from tests.broker.conftest import acli
 from tests.upstream import start_upstream

@@ -33,7 +33,7 @@ from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault
 from blindkey.config.atomic import write_atomic
 from blindkey.config.paths import Paths
-from blindkey.config.settings import DEFAULT_CONFIG
+from blindkey.config.template import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = """

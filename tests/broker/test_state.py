@@ -13,7 +13,7 @@ from blindkey.broker.state import ANONYMOUS, BrokerState
 from blindkey.broker.vault import FileVault
 from blindkey.config.atomic import write_atomic
 from blindkey.config.paths import Paths
-from blindkey.config.settings import DEFAULT_CONFIG
+from blindkey.config.template import DEFAULT_CONFIG
 
 POLICIES = """
 [secrets.GH]

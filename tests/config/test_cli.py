@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from blindkey.config.paths import Paths
-from blindkey.config.settings import DEFAULT_CONFIG
+from blindkey.config.template import DEFAULT_CONFIG
 from tests.conftest import RunCli
 
 

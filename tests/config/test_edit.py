@@ -11,8 +11,9 @@ import tomlkit
 
 from blindkey.config.edit import edit_config, string_array, table
 from blindkey.config.errors import BlindkeyError, ConfigError
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import DEFAULT_CONFIG, load_settings
+from blindkey.config.template import DEFAULT_CONFIG
 
 USER_CONFIG = """\
 # my own notes at the top

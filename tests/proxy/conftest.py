@@ -15,8 +15,8 @@ from blindkey.broker.agents import AgentStore
 from blindkey.broker.vault import FileVault
 from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 from blindkey.proxy.server import ProxyServer
 from tests.upstream import RELEASE_SSE, start_upstream
 

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from blindkey.config.hosts import AllowEntry
-from blindkey.config.settings import AllowlistSettings
+from blindkey.config.model import AllowlistSettings
 from blindkey.proxy.egress import BlockedAddressError, EgressGuard, VettingResolver, is_public
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.protocol import parse_target

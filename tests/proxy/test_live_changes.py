@@ -20,8 +20,8 @@ from blindkey.audit.writer import AuditWriter
 from blindkey.broker.protocol import PUSH_ID, encode, read_frame
 from blindkey.config.edit import edit_config, string_array
 from blindkey.config.edit import table as toml_table
+from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import load_settings
 from blindkey.proxy.runtime import Grant, ProxyRuntime
 from tests.conftest import ROOT
 from tests.proxy.conftest import Env, open_env

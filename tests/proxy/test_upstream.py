@@ -18,8 +18,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from blindkey.config.edit import table as toml_table
+from blindkey.config.model import AllowlistSettings
 from blindkey.config.paths import Paths
-from blindkey.config.settings import AllowlistSettings
 from blindkey.proxy.egress import EgressGuard, VettingResolver
 from blindkey.proxy.upstream import (
     MAX_HEAD,

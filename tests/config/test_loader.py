@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 
 from blindkey.config.errors import ConfigError
-from blindkey.config.settings import (
-    DEFAULT_CONFIG,
-    BackendSettings,
-    BrokerSettings,
-    OpenBaoSettings,
-    SecretPolicy,
-    load_settings,
-    parse_duration,
-    parse_size,
-)
+from blindkey.config.loader import load_settings, parse_duration, parse_size
+from blindkey.config.model import SecretPolicy
+from blindkey.config.stores import BackendSettings, BrokerSettings, OpenBaoSettings
+from blindkey.config.template import DEFAULT_CONFIG
 
 
 def write(tmp_path: Path, text: str | bytes) -> Path:

@@ -1,4 +1,4 @@
-"""The settings model and its loading from config.toml, with errors that name the key."""
+"""Reading config.toml into the settings model, with errors that name file, table and key."""
 
 from __future__ import annotations
 
@@ -8,17 +8,26 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from blindkey.config.errors import ConfigError
 from blindkey.config.hosts import AllowEntry, HostError, HostPattern
+from blindkey.config.model import (
+    DEFAULT_POLICY,
+    RELEASE_CHANNELS,
+    SECRET_NAME,
+    TIERS,
+    AllowlistSettings,
+    LimitSettings,
+    ProxySettings,
+    SecretPolicy,
+    Settings,
+)
 from blindkey.config.stores import (
     AUTH_METHODS,
     BACKENDS,
     DEFAULT_CACHE_TTL,
-    DEFAULT_ENVIRONMENTS,
     OPENBAO_KEYS,
     BackendSettings,
     BrokerSettings,
@@ -31,11 +40,6 @@ from blindkey.config.stores import (
     uid_list,
 )
 
-# \Z, not $: `$` also matches before a trailing newline.
-SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
-AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
-TIERS = ("open", "controlled", "restricted")
-RELEASE_CHANNELS = ("proxy", "env", "exec")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -48,168 +52,6 @@ _SIZE_UNITS = {
     "MiB": 2**20,
     "GiB": 2**30,
 }
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def is_loopback_host(host: str) -> bool:
-    """`localhost` or a loopback address: only processes of this machine can reach it."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    # A non-loopback host needs allow_remote; then every caller needs an agent token and
-    # callers of other machines must be in allowed_peers.
-    allow_remote: bool = False
-    allowed_peers: tuple[IPNetwork, ...] = ()
-    require_agent_token: bool = True
-    upstream_timeout: float = 30.0
-    ca_file: str = ""
-
-    def bind_error(self, host: str | None = None) -> str | None:
-        """Why listening on `host` (default: this host) is refused, or None."""
-        host = self.host if host is None else host
-        if self.allow_remote or is_loopback_host(host):
-            return None
-        return (
-            f"{host} is not a loopback address: agents on other machines could call the "
-            "proxy. Set [proxy] allow_remote = true or pass --allow-remote to mean it (agent "
-            "tokens are then always required, and remote callers must be in allowed_peers)"
-        )
-
-
-@dataclass(frozen=True)
-class LimitSettings:
-    """Bounds that keep a hostile agent or upstream from exhausting the daemon."""
-
-    max_request_body: int = 10 * 2**20
-    max_header_size: int = 16 * 2**10
-    max_headers: int = 100
-    max_connections: int = 1024
-    header_read_timeout: float = 10.0
-    keepalive_idle_timeout: float = 15.0
-    body_read_timeout: float = 30.0
-    drain_timeout: float = 10.0
-    upstream_connect_timeout: float = 10.0
-    upstream_total_timeout: float = 900.0
-
-
-@dataclass(frozen=True)
-class AllowlistSettings:
-    entries: tuple[AllowEntry, ...] = ()
-    private_ranges: tuple[IPNetwork, ...] = ()
-
-
-@dataclass(frozen=True)
-class SecretPolicy:
-    tier: str = "open"
-    hosts: tuple[HostPattern, ...] = ()
-    agents: tuple[str, ...] = ("*",)
-    release: tuple[str, ...] = ("proxy",)
-    # Stored with --allow-short: too short to redact reliably, so every use is audited as such.
-    allow_short: bool = False
-
-    def allows_agent(self, agent: str) -> bool:
-        return "*" in self.agents or agent in self.agents
-
-    def allows_host(self, host: str) -> bool:
-        return not self.hosts or any(pattern.matches(host) for pattern in self.hosts)
-
-
-DEFAULT_POLICY = SecretPolicy()  # a secret without a [secrets.NAME] table
-
-
-@dataclass(frozen=True)
-class Settings:
-    proxy: ProxySettings = field(default_factory=ProxySettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    allowlist: AllowlistSettings = field(default_factory=AllowlistSettings)
-    secrets: Mapping[str, SecretPolicy] = field(default_factory=dict)
-    backend: str = "file"
-    environments: tuple[str, ...] = DEFAULT_ENVIRONMENTS
-    active_env: str = "development"
-    storage: BackendSettings = field(default_factory=BackendSettings)
-    remote: OpenBaoSettings | None = None
-    broker: BrokerSettings = field(default_factory=BrokerSettings)
-    # fsync each group of audit records; off trades crash safety of the last records for speed
-    audit_fsync: bool = True
-
-    def policy(self, name: str) -> SecretPolicy:
-        return self.secrets.get(name, DEFAULT_POLICY)
-
-
-DEFAULT_CONFIG = """\
-# blindkey configuration. `blindkey config check` validates this file;
-# `blindkey allowlist ...` and `blindkey secrets set ...` edit it for you.
-
-[proxy]
-host = "127.0.0.1"                # a non-loopback address needs allow_remote = true
-port = 8765
-allow_remote = false              # true: agent tokens always required, peers in allowed_peers only
-allowed_peers = []                # CIDRs of remote callers when allow_remote = true
-require_agent_token = true        # false: anonymous local callers act as agent "anonymous"
-upstream_timeout = "30s"
-ca_file = ""                      # extra CA bundle for upstream TLS
-
-[limits]
-max_request_body = "10MiB"        # bodies that must be buffered (body/form injection)
-max_header_size = "16KiB"         # one request line or header field, from agents and upstreams
-max_headers = 100                 # header fields per request
-max_connections = 1024            # agent connections open at once
-header_read_timeout = "10s"       # a client must send its headers within this (slowloris)
-keepalive_idle_timeout = "15s"    # an idle keep-alive connection is closed after this; at the
-                                  # connection cap the idlest ones are closed first
-body_read_timeout = "30s"         # a body buffered for Body-*/Form-* injection must arrive in this
-drain_timeout = "10s"             # on stop, calls in flight get this long; then they are cut
-upstream_connect_timeout = "10s"
-upstream_total_timeout = "15m"    # whole exchange, streams included; upstream_timeout is per read
-
-[backend]
-# file: the encrypted vault next to this file; keyring: the OS keychain;
-# openbao: OpenBao or Vault KV v2 (with the keys shown under [remote] below)
-kind = "file"
-cache_ttl = "5m"                  # keyring, openbao: how long the broker keeps a value read
-
-# [remote]                        # a team store for `secrets push|pull|diff`
-# address = "https://bao.example.com:8200"
-# mount = "secret"                # KV v2 mount; values at <mount>/<prefix>/<env>/<NAME>
-# prefix = "blindkey"
-# namespace = ""
-# ca_file = ""
-# auth = "token"                  # token: token_file, else $BAO_TOKEN / $VAULT_TOKEN
-# token_file = ""                 # approle: role_id and secret_id_file
-# role_id = ""
-# secret_id_file = ""
-
-[environments]
-names = ["development", "staging", "production"]
-active = "development"
-
-[broker]
-socket = ""                       # set: connect to a broker run as its own service
-allowed_uids = []                 # users besides the broker's own that may connect
-
-[audit]
-fsync = true                      # false: faster, but a crash may lose the last records
-
-[allowlist]
-# host (https:443), host:port (https), *.example.com, http://host[:port], https://host:port
-hosts = []
-private_ranges = []               # CIDRs a resolved hostname may land in
-
-# [secrets.GITHUB_TOKEN]          # metadata only; values live in the backend
-# tier = "open"                   # open | controlled | restricted
-# hosts = ["api.github.com"]      # empty: any allowlisted host
-# agents = ["*"]
-# release = ["proxy"]             # channels that may hand out the value: proxy, env, exec
-"""
 
 
 def parse_duration(value: object) -> float:
@@ -282,6 +124,10 @@ def _typed(kind: type, label: str) -> Callable[[Any], Any]:
     return convert
 
 
+_BOOL = _typed(bool, "true or false")
+DEFAULTS = Settings()
+
+
 def _string_list(item: Callable[[str], Any] = str) -> Callable[[Any], tuple[Any, ...]]:
     def convert(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -316,13 +162,13 @@ def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
     if not SECRET_NAME.match(name):
         raise ConfigError(f"{file}: [secrets.{name}] is not a valid secret name")
     section = _Section(file, f"secrets.{name}", table)
-    release = section.get("release", ("proxy",), _string_list(_one_of(RELEASE_CHANNELS)))
+    default = DEFAULT_POLICY
     policy = SecretPolicy(
-        tier=section.get("tier", "open", _one_of(TIERS)),
-        hosts=section.get("hosts", (), _string_list(HostPattern.parse)),
-        agents=section.get("agents", ("*",), _string_list()),
-        release=release,
-        allow_short=section.get("allow_short", False, _typed(bool, "true or false")),
+        tier=section.get("tier", default.tier, _one_of(TIERS)),
+        hosts=section.get("hosts", default.hosts, _string_list(HostPattern.parse)),
+        agents=section.get("agents", default.agents, _string_list()),
+        release=section.get("release", default.release, _string_list(_one_of(RELEASE_CHANNELS))),
+        allow_short=section.get("allow_short", default.allow_short, _BOOL),
     )
     section.finish()
     return policy
@@ -397,14 +243,17 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"{file}: unknown section [{key}]{suggestion}")
 
     proxy = _Section(file, "proxy", data.get("proxy", {}))
+    default = ProxySettings()
     proxy_settings = ProxySettings(
-        host=proxy.get("host", "127.0.0.1", _typed(str, "a host address")),
-        port=proxy.get("port", 8765, _port),
-        allow_remote=proxy.get("allow_remote", False, _typed(bool, "true or false")),
-        allowed_peers=proxy.get("allowed_peers", (), _string_list(ipaddress.ip_network)),
-        require_agent_token=proxy.get("require_agent_token", True, _typed(bool, "true or false")),
-        upstream_timeout=proxy.get("upstream_timeout", 30.0, parse_duration),
-        ca_file=proxy.get("ca_file", "", _typed(str, "a file path")),
+        host=proxy.get("host", default.host, _typed(str, "a host address")),
+        port=proxy.get("port", default.port, _port),
+        allow_remote=proxy.get("allow_remote", default.allow_remote, _BOOL),
+        allowed_peers=proxy.get(
+            "allowed_peers", default.allowed_peers, _string_list(ipaddress.ip_network)
+        ),
+        require_agent_token=proxy.get("require_agent_token", default.require_agent_token, _BOOL),
+        upstream_timeout=proxy.get("upstream_timeout", default.upstream_timeout, parse_duration),
+        ca_file=proxy.get("ca_file", default.ca_file, _typed(str, "a file path")),
     )
     proxy.finish()
     refused = proxy_settings.bind_error()
@@ -442,8 +291,8 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     storage, remote = _storage(file, data)
 
     envs = _Section(file, "environments", data.get("environments", {}))
-    names = envs.get("names", DEFAULT_ENVIRONMENTS, environment_names)
-    active = envs.get("active", "development", _typed(str, "an environment name"))
+    names = envs.get("names", DEFAULTS.environments, environment_names)
+    active = envs.get("active", DEFAULTS.active_env, _typed(str, "an environment name"))
     envs.finish()
     if active not in names:
         raise ConfigError(
@@ -452,19 +301,21 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
 
     broker = _Section(file, "broker", data.get("broker", {}))
     broker_settings = BrokerSettings(
-        socket=broker.get("socket", "", _typed(str, "a socket path")),
-        allowed_uids=broker.get("allowed_uids", (), uid_list),
+        socket=broker.get("socket", DEFAULTS.broker.socket, _typed(str, "a socket path")),
+        allowed_uids=broker.get("allowed_uids", DEFAULTS.broker.allowed_uids, uid_list),
     )
     broker.finish()
 
     audit = _Section(file, "audit", data.get("audit", {}))
-    audit_fsync = audit.get("fsync", True, _typed(bool, "true or false"))
+    audit_fsync = audit.get("fsync", DEFAULTS.audit_fsync, _BOOL)
     audit.finish()
 
     allow = _Section(file, "allowlist", data.get("allowlist", {}))
     allowlist = AllowlistSettings(
-        entries=allow.get("hosts", (), _string_list(AllowEntry.parse)),
-        private_ranges=allow.get("private_ranges", (), _string_list(ipaddress.ip_network)),
+        entries=allow.get("hosts", DEFAULTS.allowlist.entries, _string_list(AllowEntry.parse)),
+        private_ranges=allow.get(
+            "private_ranges", DEFAULTS.allowlist.private_ranges, _string_list(ipaddress.ip_network)
+        ),
     )
     allow.finish()
 
