@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-import orjson
-
 from blindkey.broker.protocol import (
-    MAX_FRAME,
     PUSH_ID,
     BrokerDenied,
     BrokerUnavailable,
+    FrameDecoder,
     Message,
+    ProtocolError,
     encode,
 )
 
@@ -34,7 +33,7 @@ class _Link(asyncio.Protocol):
     def __init__(self, client: BrokerClient) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.frames = FrameDecoder()
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
 
@@ -69,24 +68,13 @@ class _Link(asyncio.Protocol):
         self.client._lost(self)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        start, end = 0, len(buffer)
-        while end - start >= 4:
-            size = int.from_bytes(buffer[start : start + 4], "big")
-            if size > MAX_FRAME:
-                return self.abort()
-            if end - start - 4 < size:
-                break
-            try:
-                message = orjson.loads(buffer[start + 4 : start + 4 + size])
-            except orjson.JSONDecodeError:
-                return self.abort()
-            if not isinstance(message, dict):
-                return self.abort()
-            start += 4 + size
+        try:
+            messages = self.frames.feed(data)
+        except ProtocolError:
+            # Out of step with the broker: no later byte can be trusted to start a frame.
+            return self.abort()
+        for message in messages:
             self.client._deliver(self, message)
-        del buffer[:start]
 
 
 class BrokerClient:

@@ -15,9 +15,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-import orjson
-
-from blindkey.broker.protocol import ACK_TIMEOUT, MAX_FRAME, Message, encode
+from blindkey.broker.protocol import ACK_TIMEOUT, FrameDecoder, Message, ProtocolError, encode
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
@@ -32,26 +30,17 @@ def broker_socket(paths: Paths, settings: Settings) -> Path:
     return Path(settings.broker.socket) if settings.broker.socket else paths.broker_socket
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            raise ConnectionError("the broker closed the connection")
-        chunks += chunk
-    return bytes(chunks)
-
-
 def _answer(sock: socket.socket, request: Message) -> Message:
     sock.sendall(encode(request))
+    frames = FrameDecoder()
     while True:
-        size = int.from_bytes(_read_exactly(sock, 4), "big")
-        if size > MAX_FRAME:
-            raise ValueError(f"a frame of {size} bytes")
-        reply = orjson.loads(_read_exactly(sock, size))
-        # Invalidations pushed to every client arrive here too.
-        if isinstance(reply, dict) and reply.get("id") == request["id"]:
-            return reply
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the broker closed the connection")
+        for reply in frames.feed(data):
+            # Invalidations pushed to every client arrive here too.
+            if reply.get("id") == request["id"]:
+                return reply
 
 
 def notify_broker(
@@ -86,7 +75,7 @@ def notify_broker(
             reply = _answer(sock, request)
         except TimeoutError:
             return f"the broker did not answer within {TIMEOUT:.0f}s; {CHECK}"
-        except (OSError, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        except (OSError, ProtocolError) as exc:
             return f"the broker's answer broke off ({exc}); {CHECK}"
     if "error" in reply:
         return f"the broker refused it: {reply.get('message', reply['error'])}"

@@ -1,11 +1,14 @@
 """Length-prefixed orjson frames; a request carries an `id`, its answer the same one.
 
-Frames with id 0 travel from the broker to the proxy unasked (invalidations).
+Frames with id 0 travel from the broker to the proxy unasked (invalidations). Every reader
+of the socket, whatever it reads with, decodes with FrameDecoder, so a frame is refused for
+the same reasons everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
 import orjson
@@ -41,25 +44,78 @@ def encode(message: Message) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+_size_at = struct.Struct(">I").unpack_from
+
+
+class FrameDecoder:
+    """Messages from a byte stream cut anywhere: feed it what each read brought.
+
+    After a ProtocolError the stream is out of step and the decoder with it: hang up.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        # The start of a frame whose end has not arrived yet.
+        self._held = bytearray()
+
+    @property
+    def wanted(self) -> int:
+        """How many more bytes the next frame needs at least (what to read next)."""
+        held = len(self._held)
+        if held < 4:
+            return 4 - held
+        size: int = _size_at(self._held)[0]
+        return 4 + size - held
+
+    def feed(self, data: bytes) -> list[Message]:
+        held = self._held
+        # Most reads bring whole frames: those are parsed in place, never copied into `held`.
+        chunk: bytes | bytearray = data
+        if held:
+            held += data
+            chunk = held
+        messages: list[Message] = []
+        start, end = 0, len(chunk)
+        while end - start >= 4:
+            (size,) = _size_at(chunk, start)
+            if size > MAX_FRAME:
+                raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+            stop = start + 4 + size
+            if stop > end:
+                break
+            try:
+                message = orjson.loads(chunk[start + 4 : stop])
+            except orjson.JSONDecodeError as exc:
+                raise ProtocolError(f"frame is not JSON: {exc}") from exc
+            if type(message) is not dict:
+                raise ProtocolError("frame is not an object")
+            messages.append(message)
+            start = stop
+        if chunk is held:
+            del held[:start]
+        elif start < end:
+            held += chunk[start:]
+        return messages
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Message | None:
-    """The next frame, or None at a clean end of stream."""
+    """The next frame, or None at a clean end of stream.
+
+    Reads exactly one frame and nothing past it, so the stream can be read on by others.
+    """
     try:
         header = await reader.readexactly(4)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise ProtocolError("truncated frame header") from exc
         return None
-    size = int.from_bytes(header, "big")
-    if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+    decoder = FrameDecoder()
+    # An oversize length is refused here, before its body is waited for.
+    decoder.feed(header)
     try:
-        body = await reader.readexactly(size)
+        body = await reader.readexactly(decoder.wanted)
     except asyncio.IncompleteReadError as exc:
         raise ProtocolError("truncated frame") from exc
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"frame is not JSON: {exc}") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError("frame is not an object")
+    (message,) = decoder.feed(body)
     return message

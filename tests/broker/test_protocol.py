@@ -1,8 +1,11 @@
-"""Length-prefixed orjson frames, read from real sockets."""
+"""Length-prefixed orjson frames: the decoder every reader uses, and frames read from real
+sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import shutil
 import socket
 import tempfile
@@ -14,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindkey.broker.protocol import MAX_FRAME, ProtocolError, encode, read_frame
+from blindkey.broker.protocol import MAX_FRAME, FrameDecoder, ProtocolError, encode, read_frame
 
 Pair = tuple[asyncio.StreamReader, socket.socket]
 
@@ -197,3 +200,103 @@ def test_any_json_object_round_trips() -> None:
         round_trip()
     finally:
         loop.close()
+
+
+# --- FrameDecoder: what the broker, its client, the CLI and the supervisor all decode with --
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    edges = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def _decode(pieces: list[bytes]) -> tuple[list[dict[str, Any]], FrameDecoder]:
+    decoder = FrameDecoder()
+    messages = []
+    for piece in pieces:
+        messages += decoder.feed(piece)
+    return messages, decoder
+
+
+@settings(deadline=None)
+@given(st.lists(MESSAGES, max_size=6), st.lists(st.integers(min_value=0), max_size=12))
+def test_any_split_of_a_stream_decodes_to_the_same_messages(
+    messages: list[dict[str, Any]], cuts: list[int]
+) -> None:
+    stream = b"".join(encode(m) for m in messages)
+    decoded, decoder = _decode(_cut(stream, cuts))
+    assert decoded == messages
+    assert decoder.wanted == 4, "nothing is held after the last whole frame"
+
+
+@given(MESSAGES, st.integers(min_value=0), st.integers(min_value=1))
+def test_wanted_is_what_the_next_frame_still_lacks(
+    message: dict[str, Any], cut: int, extra: int
+) -> None:
+    frame = encode(message)
+    cut %= len(frame)  # a proper prefix
+    decoder = FrameDecoder()
+    assert decoder.feed(frame[:cut]) == []
+    if cut < 4:
+        assert decoder.wanted == 4 - cut
+    else:
+        assert decoder.wanted == len(frame) - cut
+    assert decoder.feed(frame[cut:]) == [message]
+
+
+def test_an_oversize_length_is_refused_before_its_body_arrives() -> None:
+    decoder = FrameDecoder()
+    assert decoder.feed(encode({"id": 1}) + b"\x00\x80") == [{"id": 1}]
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(b"\x00\x01")  # 0x00800001 bytes: more than MAX_FRAME
+
+
+def test_a_frame_of_exactly_max_frame_is_decoded() -> None:
+    overhead = len(orjson.dumps({"p": ""}))
+    message = {"p": "x" * (MAX_FRAME - overhead)}
+    frame = encode(message)
+    assert _decode([frame[:5], frame[5:-1], frame[-1:]])[0] == [message]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"", "not JSON"),
+        (b"{", "not JSON"),
+        (b"\xff\xfe{}", "not JSON"),
+        (b'{"a": 1}}', "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (b"null", "not an object"),
+        (b'"text"', "not an object"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_refused(body: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        FrameDecoder().feed(len(body).to_bytes(4, "big") + body)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_garbage_is_only_ever_a_protocol_error(pieces: list[bytes]) -> None:
+    decoder = FrameDecoder()
+    with contextlib.suppress(ProtocolError):
+        for piece in pieces:
+            assert all(isinstance(m, dict) for m in decoder.feed(piece))
+
+
+@settings(deadline=None)
+@given(
+    st.lists(MESSAGES, min_size=1, max_size=4),
+    st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=0), max_size=6),
+)
+def test_a_damaged_stream_decodes_or_is_a_protocol_error(
+    messages: list[dict[str, Any]], damage: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    """Bytes of a real stream changed: lengths that lie, bodies that break mid-string."""
+    stream = bytearray(b"".join(encode(m) for m in messages))
+    for where, byte in damage:
+        stream[where % len(stream)] = byte
+    with contextlib.suppress(ProtocolError):
+        decoded, _ = _decode(_cut(bytes(stream), cuts))
+        assert all(isinstance(m, dict) for m in decoded)
