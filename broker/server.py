@@ -15,21 +15,21 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
-
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
-    MAX_FRAME,
     PUSH_ID,
     BrokerDenied,
+    FrameDecoder,
     Message,
+    ProtocolError,
     encode,
 )
 from blindkey.broker.sockets import prepare_socket_dir, socket_mode
-from blindkey.broker.state import BrokerState, Resolution
+from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.config.paths import Paths
 
 log = logging.getLogger("blindkey.broker")
@@ -46,11 +46,13 @@ def peer_uid(sock: Any) -> int:
     return int(struct.unpack("2I", creds)[1])
 
 
-class _Connection(asyncio.Protocol):
+class _Client(asyncio.Protocol):
+    """One connection to the broker (a proxy, the CLI, a supervisor's ping), as it sees it."""
+
     def __init__(self, server: BrokerServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.frames = FrameDecoder()
         # A client that resolves may cache answers until told otherwise (the proxy does):
         # a change is in force only once every such client has acknowledged it.
         self.caches = False
@@ -68,10 +70,10 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport
-        self.server.writers.add(self)
+        self.server.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.writers.discard(self)
+        self.server.clients.discard(self)
         self.transport = None
 
     # A client that does not read its replies stops being read from.
@@ -89,44 +91,30 @@ class _Connection(asyncio.Protocol):
         elif self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
 
-    def _drop(self, why: str) -> None:
-        log.warning("dropping client: %s", why)
-        if self.transport is not None:
-            self.transport.abort()
-
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
-        buffer = self.buffer
-        buffer += data
+        try:
+            requests = self.frames.feed(data)
+        except ProtocolError as exc:
+            log.warning("dropping client: %s", exc)
+            self.transport.abort()
+            return
         replies: list[bytes] = []
         self.batch = replies
         try:
-            self._answer(buffer, replies)
+            for request in requests:
+                reply = self.server.dispatch(request, self)
+                if reply is not None:
+                    replies.append(encode(reply))
         finally:
             self.batch = None
         if replies and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(replies))
 
-    def _answer(self, buffer: bytearray, replies: list[bytes]) -> None:
-        start, end = 0, len(buffer)
-        while end - start >= 4:
-            size = int.from_bytes(buffer[start : start + 4], "big")
-            if size > MAX_FRAME:
-                return self._drop(f"frame of {size} bytes exceeds {MAX_FRAME}")
-            if end - start - 4 < size:
-                break
-            try:
-                request = orjson.loads(buffer[start + 4 : start + 4 + size])
-            except orjson.JSONDecodeError as exc:
-                return self._drop(f"frame is not JSON: {exc}")
-            if not isinstance(request, dict):
-                return self._drop("frame is not an object")
-            start += 4 + size
-            reply = self.server.dispatch(request, self)
-            if reply is not None:
-                replies.append(encode(reply))
-        del buffer[:start]
+
+# The reply to a request, or None when it is sent later (or there is none).
+Operation = Callable[[Message, _Client], Message | None]
 
 
 class BrokerServer:
@@ -135,11 +123,19 @@ class BrokerServer:
         self.state.on_change = self._invalidate
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
-        self.writers: set[_Connection] = set()
+        self.clients: set[_Client] = set()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pushed = 0
         self._ack_waiters: list[asyncio.Future[None]] = []
+        # What a client may ask, by the `op` of its request.
+        self.operations: dict[str, Operation] = {
+            "resolve": self._resolve,
+            "ping": self._ping,
+            "ack": self._ack,
+            "redaction_set": self._redaction_set,
+            "refresh": self._refresh,
+        }
 
     async def start(self) -> None:
         self.state.refresh()
@@ -151,7 +147,7 @@ class BrokerServer:
         try:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_unix_server(
-                lambda: _Connection(self), path=str(self.socket_path)
+                lambda: _Client(self), path=str(self.socket_path)
             )
         finally:
             os.umask(old_umask)
@@ -177,16 +173,8 @@ class BrokerServer:
             {"event": "invalidate", "generation": self.state.generation, "ack": self._pushed}
         )
 
-    def _acknowledged(self, connection: _Connection, ack: object) -> None:
-        if isinstance(ack, int) and ack > connection.acked:
-            connection.acked = ack
-            waiters, self._ack_waiters = self._ack_waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
     async def _answer_when_acknowledged(
-        self, reply: Message, pushed: int, targets: list[_Connection], requester: _Connection
+        self, reply: Message, pushed: int, targets: list[_Client], requester: _Client
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ACK_TIMEOUT
@@ -211,115 +199,120 @@ class BrokerServer:
 
     def _push(self, message: Message) -> None:
         frame = encode({"id": PUSH_ID, **message})
-        for connection in list(self.writers):
-            connection.send(frame)
+        for client in list(self.clients):
+            client.send(frame)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
             task.cancel()
-        for connection in list(self.writers):
+        for client in list(self.clients):
             # Unsent replies are dropped: a caller must see the broker go, not a late answer.
-            if connection.transport is not None:
-                connection.transport.abort()
+            if client.transport is not None:
+                client.transport.abort()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self.state.close()
 
-    def dispatch(self, request: Message, connection: _Connection | None = None) -> Message | None:
-        """The reply, or None when it will be sent to `connection` later."""
-        request_id = request.get("id")
-        op = request.get("op")
-        state = self.state
-        try:
-            if op == "resolve":
-                if connection is not None:
-                    connection.caches = True
-                token = request.get("token")
-                names = request.get("names")
-                host = request.get("host")
-                if (
-                    not isinstance(names, list)
-                    or not all(isinstance(n, str) for n in names)
-                    or not isinstance(host, str)
-                    or not (token is None or isinstance(token, str))
-                ):
-                    return {
-                        "id": request_id,
-                        "error": "bad_request",
-                        "message": "malformed resolve",
-                    }
-                result = state.resolve(token, names, host)
-                if result.missing and connection is not None:
-                    self._spawn(self._resolve_later(request_id, token, names, host, connection))
-                    return None
-                if result.missing:
-                    state.unavailable()
-                return self._resolved(request_id, result)
-            if op == "ping":
-                return {
-                    "id": request_id,
-                    "pid": os.getpid(),
-                    "backend": state.settings.backend,
-                    "env": state.settings.active_env,
-                    "generation": state.generation,
-                    "error_state": state.last_error,
-                    "backend_error": state.backend_error,
-                }
-            if op == "ack":
-                if connection is not None:
-                    self._acknowledged(connection, request.get("ack"))
-                return None
-            if op == "redaction_set":
-                if connection is not None:
-                    connection.caches = True
-                return {
-                    "id": request_id,
-                    "generation": state.generation,
-                    "values": state.redaction_set(),
-                }
-            if op == "refresh":
-                # The CLI changed something: apply it before answering, so a request that
-                # starts after the command returned cannot see the old value.
-                changed = request.get("changed") or []
-                before = self._pushed
-                state.refresh()
-                state.forget(
-                    (str(pair[0]), str(pair[1]))
-                    for pair in changed
-                    if isinstance(pair, list) and len(pair) == 2
-                )
-                if request.get("config") is True and self._pushed == before:
-                    # The CLI edited a config.toml this broker does not serve from (a proxy
-                    # of another user has its own): every proxy re-reads its file when
-                    # invalidated, so this push is what puts an allowlist change in force.
-                    self._invalidate()
-                reply = {"id": request_id, "generation": state.generation}
-                if state.last_error is not None:
-                    # The files did not load: the broker still serves what it had before.
-                    reply["refused"] = state.last_error
-                targets = [c for c in self.writers if c.caches and c is not connection]
-                if self._pushed == before or connection is None or not targets:
-                    return reply
-                self._spawn(
-                    self._answer_when_acknowledged(reply, self._pushed, targets, connection)
-                )
-                return None
+    def dispatch(self, request: Message, client: _Client) -> Message | None:
+        """The reply, or None when it is sent to `client` later (or there is none)."""
+        request_id, op = request.get("id"), request.get("op")
+        # A JSON op may be a list or an object: those cannot even be looked up.
+        operation = self.operations.get(op) if isinstance(op, str) else None
+        if operation is None:
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
+        try:
+            return operation(request, client)
         except BrokerDenied as exc:
             return {"id": request_id, "error": exc.code, "message": str(exc)}
 
-    def _resolved(self, request_id: Any, result: Resolution) -> Message:
+    def _resolve(self, request: Message, client: _Client) -> Message | None:
+        client.caches = True
+        request_id = request.get("id")
+        token = request.get("token")
+        names = request.get("names")
+        host = request.get("host")
+        if (
+            not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)
+            or not isinstance(host, str)
+            or not (token is None or isinstance(token, str))
+        ):
+            return {"id": request_id, "error": "bad_request", "message": "malformed resolve"}
+        answer = self.state.resolve(token, names, host)
+        if answer.missing:
+            self._spawn(self._resolve_later(request_id, token, names, host, client))
+            return None
+        return self._resolved(request_id, answer)
+
+    def _ping(self, request: Message, client: _Client) -> Message:
+        state = self.state
+        return {
+            "id": request.get("id"),
+            "pid": os.getpid(),
+            "backend": state.settings.backend,
+            "env": state.settings.active_env,
+            "generation": state.generation,
+            "error_state": state.last_error,
+            "backend_error": state.backend_error,
+        }
+
+    def _ack(self, request: Message, client: _Client) -> None:
+        ack = request.get("ack")
+        if isinstance(ack, int) and ack > client.acked:
+            client.acked = ack
+            waiters, self._ack_waiters = self._ack_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _redaction_set(self, request: Message, client: _Client) -> Message:
+        client.caches = True
+        state = self.state
+        return {
+            "id": request.get("id"),
+            "generation": state.generation,
+            "values": state.redaction_set(),
+        }
+
+    def _refresh(self, request: Message, client: _Client) -> Message | None:
+        # The CLI changed something: apply it before answering, so a request that starts
+        # after the command returned cannot see the old value.
+        state = self.state
+        changed = request.get("changed") or []
+        before = self._pushed
+        state.refresh()
+        state.forget(
+            (str(pair[0]), str(pair[1]))
+            for pair in changed
+            if isinstance(pair, list) and len(pair) == 2
+        )
+        if request.get("config") is True and self._pushed == before:
+            # The CLI edited a config.toml this broker does not serve from (a proxy of
+            # another user has its own): every proxy re-reads its file when invalidated,
+            # so this push is what puts an allowlist change in force.
+            self._invalidate()
+        reply = {"id": request.get("id"), "generation": state.generation}
+        if state.last_error is not None:
+            # The files did not load: the broker still serves what it had before.
+            reply["refused"] = state.last_error
+        targets = [c for c in self.clients if c.caches and c is not client]
+        if self._pushed == before or not targets:
+            return reply
+        self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
+        return None
+
+    def _resolved(self, request_id: Any, answer: BrokerAnswer) -> Message:
         reply: Message = {
             "id": request_id,
-            "agent": result.agent,
-            "env": result.env,
+            "agent": answer.agent,
+            "env": answer.env,
             "generation": self.state.generation,
-            "values": result.values,
+            "values": answer.values,
         }
-        if result.denied is not None:
-            reply["denied"] = {"error": result.denied.code, "message": str(result.denied)}
+        if answer.denied is not None:
+            reply["denied"] = {"error": answer.denied.code, "message": str(answer.denied)}
         return reply
 
     async def _resolve_later(
@@ -328,19 +321,19 @@ class BrokerServer:
         token: str | None,
         names: list[str],
         host: str,
-        connection: _Connection,
+        client: _Client,
     ) -> None:
         state = self.state
         try:
             first = state.resolve(token, names, host)
             await state.fetch(first.env, first.missing)
-            result = state.resolve(token, names, host)
-            if result.missing:
+            answer = state.resolve(token, names, host)
+            if answer.missing:
                 state.unavailable()
-            reply = self._resolved(request_id, result)
+            reply = self._resolved(request_id, answer)
         except BrokerDenied as exc:  # unavailable, or the agent was revoked meanwhile
             reply = {"id": request_id, "error": exc.code, "message": str(exc)}
-        connection.send(encode(reply))
+        client.send(encode(reply))
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(

@@ -26,7 +26,9 @@ OPEN_POLICY = SecretPolicy()  # a name without a [secrets.NAME] table
 Stamp = tuple[tuple[int, int, int, int], ...]
 
 
-class Resolution(NamedTuple):
+class BrokerAnswer(NamedTuple):
+    """What the broker answers one resolve: who asked, where, and the values or the refusal."""
+
     agent: str
     env: str
     values: dict[str, str]
@@ -141,7 +143,7 @@ class BrokerState:
             raise BrokerDenied("unauthenticated", "unknown or revoked agent token")
         return record.name
 
-    def resolve(self, token: str | None, names: list[str], host: str) -> Resolution:
+    def resolve(self, token: str | None, names: list[str], host: str) -> BrokerAnswer:
         view = self.view
         if view is None:
             # Nothing was ever loaded: no agents to know a token by, no values.
@@ -154,14 +156,14 @@ class BrokerState:
         found = [lookup(env, name) for name in names]
         if MISSING in found:
             missing = tuple(n for n, v in zip(names, found, strict=True) if v is MISSING)
-            return Resolution(agent, env, {}, None, missing)
+            return BrokerAnswer(agent, env, {}, None, missing)
         values: dict[str, str] = {}
         for name, value in zip(names, found, strict=True):
             denied = self._check(agent, env, name, host, value)
             if denied is not None:
-                return Resolution(agent, env, {}, denied)
+                return BrokerAnswer(agent, env, {}, denied)
             values[name] = value  # type: ignore[assignment]  # _check refused None
-        return Resolution(agent, env, values, None)
+        return BrokerAnswer(agent, env, values, None)
 
     def _check(
         self, agent: str, env: str, name: str, host: str, value: object
