@@ -17,7 +17,7 @@ from aiohttp.resolver import DefaultResolver
 from blindkey.config.hosts import AllowEntry, IPAddress, ip_literal
 from blindkey.config.model import AllowlistSettings, IPNetwork
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.protocol import Target
+from blindkey.proxy.parse import Target
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _EXTRA_BLOCKED = tuple(

@@ -11,7 +11,7 @@ import orjson
 from multidict import CIMultiDict
 
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.protocol import Injection
+from blindkey.proxy.parse import Injection
 
 _UNSAFE_IN_HEADER = ("\r", "\n", "\0")
 

@@ -19,8 +19,8 @@ from blindkey.config.atomic import write_atomic
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.app import Front
 from blindkey.proxy.connections import ConnectionGuard, GuardedSite
+from blindkey.proxy.edge import Front
 from blindkey.proxy.runtime import ProxyRuntime, broker_socket
 from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
 

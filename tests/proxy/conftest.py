@@ -13,8 +13,7 @@ from aiohttp import web
 
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.vault import FileVault
-from blindkey.config.edit import edit_config, string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer

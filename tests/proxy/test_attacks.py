@@ -17,8 +17,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blindkey.config.edit import string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer
 from tests.proxy.conftest import OTHER, SECRET, Env, open_env

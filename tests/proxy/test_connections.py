@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from tests.proxy.conftest import Env, open_env
 

@@ -10,7 +10,7 @@ from blindkey.config.hosts import AllowEntry
 from blindkey.config.model import AllowlistSettings
 from blindkey.proxy.egress import BlockedAddressError, EgressGuard, VettingResolver, is_public
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.protocol import parse_target
+from blindkey.proxy.parse import parse_target
 
 BLOCKED = [
     "127.0.0.1",

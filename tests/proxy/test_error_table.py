@@ -13,8 +13,7 @@ import pytest
 from multidict import CIMultiDict
 
 from blindkey.broker.agents import AgentStore
-from blindkey.config.edit import string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import string_array, toml_table
 from tests.proxy.conftest import OTHER, SECRET, Env, eventually_status, set_secret_policy
 from tests.upstream import HITS
 

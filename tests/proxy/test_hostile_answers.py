@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from blindkey.config.edit import string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from tests.proxy.conftest import SECRET, open_env
-from tests.proxy.test_upstream import RawServer, answer_each, serve
+from tests.proxy.upstream.test_pool import RawServer, answer_each, serve
 
 MARK = b"[REDACTED:GITHUB_TOKEN]"
 

@@ -18,8 +18,7 @@ import orjson
 
 from blindkey.audit.writer import AuditWriter
 from blindkey.broker.protocol import PUSH_ID, encode, read_frame
-from blindkey.config.edit import edit_config, string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.runtime import Grant, ProxyRuntime

@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from blindkey.config.edit import string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer
 from tests.conftest import RunCli

@@ -12,17 +12,17 @@ from multidict import CIMultiDict
 
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied
-from blindkey.proxy.decoding import DECODABLE, undecodable
 from blindkey.proxy.egress import BlockedAddressError
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response
 from blindkey.proxy.inject import inject_body, inject_headers, inject_query
-from blindkey.proxy.protocol import PREFIX, ProxySpec, parse_spec
+from blindkey.proxy.parse import PREFIX, ProxySpec, parse_spec
 from blindkey.proxy.upstream import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamResolveError,
     UpstreamTimeout,
 )
+from blindkey.proxy.upstream.decoding import DECODABLE, undecodable
 
 if TYPE_CHECKING:
     from blindkey.proxy.redact import Redactor

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.protocol import Injection, parse_spec, parse_target
+from blindkey.proxy.parse import Injection, parse_spec, parse_target
 
 
 def spec(*headers: tuple[str, str], method: str = "GET"):  # type: ignore[no-untyped-def]

@@ -17,12 +17,11 @@ import trustme
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import toml_table
 from blindkey.config.model import AllowlistSettings
 from blindkey.config.paths import Paths
 from blindkey.proxy.egress import EgressGuard, VettingResolver
 from blindkey.proxy.upstream import (
-    MAX_HEAD,
     UpstreamConnectError,
     UpstreamLimits,
     UpstreamPool,
@@ -30,6 +29,7 @@ from blindkey.proxy.upstream import (
     UpstreamResolveError,
     UpstreamTimeout,
 )
+from blindkey.proxy.upstream.connection import MAX_HEAD
 from tests.proxy.conftest import SECRET, open_env
 from tests.upstream import start_upstream
 
@@ -135,7 +135,7 @@ async def test_keep_alive_connection_is_reused() -> None:
 async def test_idle_connections_are_closed_after_the_keepalive(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("blindkey.proxy.upstream.KEEPALIVE", 0.15)
+    monkeypatch.setattr("blindkey.proxy.upstream.pool.KEEPALIVE", 0.15)
     closed_by_us = asyncio.Event()
 
     def bind(server: RawServer) -> Handler:

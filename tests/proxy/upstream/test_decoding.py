@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindkey.proxy.decoding import STEP, Decoder, DecodingError, codings, undecodable
+from blindkey.proxy.upstream.decoding import STEP, Decoder, DecodingError, codings, undecodable
 
 
 @pytest.mark.parametrize(

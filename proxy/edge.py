@@ -17,7 +17,7 @@ from blindkey.audit.record import AuditRecord
 from blindkey.config.model import is_loopback_host
 from blindkey.proxy.connections import ConnectionGuard
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
-from blindkey.proxy.handler import handle_proxy
+from blindkey.proxy.pipeline import handle_proxy
 from blindkey.proxy.runtime import ProxyRuntime
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind

@@ -1,0 +1,27 @@
+"""The proxy's HTTP/1.1 client for upstream calls, split as httpcore splits its own:
+errors, one connection and what is written on it, one response, the pool of connections,
+and the decoding of content codings.
+
+Why not aiohttp's ClientSession: see pool.py. What the rest of the proxy uses is here.
+"""
+
+from blindkey.proxy.upstream.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResolveError,
+    UpstreamTimeout,
+)
+from blindkey.proxy.upstream.pool import UpstreamLimits, UpstreamPool
+from blindkey.proxy.upstream.response import UpstreamResponse
+
+__all__ = [
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamLimits",
+    "UpstreamPool",
+    "UpstreamProtocolError",
+    "UpstreamResolveError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
