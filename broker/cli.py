@@ -24,8 +24,7 @@ from blindkey.broker.cli_secrets import (
 from blindkey.broker.notify import put_in_force
 from blindkey.config.arguments import Subcommands
 from blindkey.config.console import emit_json, say, table
-from blindkey.config.edit import edit_config, string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings

@@ -17,8 +17,7 @@ from blindkey.broker.cli_secrets import (
 from blindkey.broker.notify import put_in_force
 from blindkey.config.arguments import Subcommands
 from blindkey.config.console import emit_json, say, table
-from blindkey.config.edit import edit_config
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths

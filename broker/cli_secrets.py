@@ -16,8 +16,7 @@ from blindkey.broker.compare import Difference, compare, comparison_key, keyed_d
 from blindkey.broker.notify import put_in_force
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
-from blindkey.config.edit import edit_config, string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import HostError, HostPattern
 from blindkey.config.loader import load_settings

@@ -32,7 +32,7 @@ def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument],
         return settings
 
 
-def table(document: tomlkit.TOMLDocument, *keys: str) -> Table:
+def toml_table(document: tomlkit.TOMLDocument, *keys: str) -> Table:
     """The table at `keys`, created (as a real [section]) when missing."""
     current: Any = document
     for key in keys:

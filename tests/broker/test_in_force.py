@@ -25,8 +25,7 @@ from blindkey.broker.agents import AgentStore
 from blindkey.broker.protocol import ACK_TIMEOUT, encode, read_frame
 from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault, ensure_key
-from blindkey.config.edit import edit_config
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.home import init_config
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths

@@ -31,8 +31,7 @@ from blindkey.broker.notify import notify_broker
 from blindkey.broker.protocol import ACK_TIMEOUT, encode, read_frame
 from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault
-from blindkey.config.edit import edit_config, string_array
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer

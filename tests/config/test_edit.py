@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from blindkey.config.edit import edit_config, string_array, table
+from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
@@ -35,7 +35,7 @@ def files_in(folder: Path) -> list[str]:
 
 def add_host(entry: str):  # type: ignore[no-untyped-def]
     def change(document: tomlkit.TOMLDocument) -> None:
-        section = table(document, "allowlist")
+        section = toml_table(document, "allowlist")
         section["hosts"].append(entry)
 
     return change
@@ -63,7 +63,7 @@ def test_edit_keeps_user_comments(tmp_path: Path) -> None:
 
 def test_edit_of_default_config_keeps_its_comments(home: Paths) -> None:
     def change(document: tomlkit.TOMLDocument) -> None:
-        table(document, "allowlist")["hosts"] = string_array(["api.github.com"])
+        toml_table(document, "allowlist")["hosts"] = string_array(["api.github.com"])
 
     edit_config(home.config_file, home.lock_file, change)
     text = home.config_file.read_text()
@@ -74,9 +74,9 @@ def test_edit_of_default_config_keeps_its_comments(home: Paths) -> None:
     assert kept == comments
 
 
-def test_table_creates_a_real_secrets_section(home: Paths) -> None:
+def test_toml_table_creates_a_real_secrets_section(home: Paths) -> None:
     def change(document: tomlkit.TOMLDocument) -> None:
-        policy = table(document, "secrets", "GITHUB_TOKEN")
+        policy = toml_table(document, "secrets", "GITHUB_TOKEN")
         policy["tier"] = "controlled"
         policy["hosts"] = string_array(["api.github.com"])
 
@@ -87,10 +87,10 @@ def test_table_creates_a_real_secrets_section(home: Paths) -> None:
     assert "\n[secrets]\n" not in text
 
 
-def test_table_refuses_a_non_table(tmp_path: Path) -> None:
+def test_toml_table_refuses_a_non_table(tmp_path: Path) -> None:
     document = tomlkit.parse('allowlist = "oops"\n')
     with pytest.raises(ConfigError, match=r"\[allowlist\] must be a table"):
-        table(document, "allowlist")
+        toml_table(document, "allowlist")
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_invalid_edit_is_refused_and_file_unchanged(
     before_stat = file.stat()
 
     def change(document: tomlkit.TOMLDocument) -> None:
-        table(document, "allowlist")[entry_key] = string_array(value)
+        toml_table(document, "allowlist")[entry_key] = string_array(value)
 
     with pytest.raises(ConfigError, match=fragment) as info:
         edit_config(file, tmp_path / "lock", change)
@@ -129,7 +129,7 @@ def test_change_that_raises_leaves_file_unchanged(tmp_path: Path) -> None:
     before = file.read_bytes()
 
     def change(document: tomlkit.TOMLDocument) -> None:
-        table(document, "allowlist")["hosts"] = string_array([])
+        toml_table(document, "allowlist")["hosts"] = string_array([])
         raise BlindkeyError("not on the allowlist: example.com")
 
     with pytest.raises(BlindkeyError, match="not on the allowlist"):

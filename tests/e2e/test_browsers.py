@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from blindkey.config.edit import table as toml_table
+from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from tests.e2e.chromium import Chromium
 from tests.proxy.conftest import SECRET, Env, open_env
