@@ -1,4 +1,6 @@
-"""The HTTP front: request ids, the browser gate, /health and /proxy.
+"""The edge: request ids, the browser and peer gate, the audit record every call gets, the
+one function that turns a failure into an error answer, and the dispatch to /health and
+/proxy (whose parser hands a spec to the stages in pipeline.py).
 
 It runs on aiohttp's low-level server (`web.Server`) with one dispatch function: two paths
 need no Application, router or middleware chain, which cost about 5 µs a request (bench:
@@ -14,11 +16,27 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from blindkey.audit.record import AuditRecord
+from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
 from blindkey.config.model import is_loopback_host
 from blindkey.proxy.connections import ConnectionGuard
-from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_response, next_request_id
-from blindkey.proxy.pipeline import handle_proxy
+from blindkey.proxy.errors import (
+    REQUEST_ID_HEADER,
+    STATUS,
+    ProxyError,
+    error_response,
+    next_request_id,
+)
+from blindkey.proxy.parse import parse_spec, request_headers
+from blindkey.proxy.pipeline import UpstreamFailure, forward
 from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.proxy.upstream import (
+    BlockedAddressError,
+    UnsendableRequest,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResolveError,
+    UpstreamTimeout,
+)
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
@@ -54,47 +72,56 @@ class Front:
         request_id = next_request_id()
         transport = request.transport
         self.guard.request_started(transport)
+        # Every call is one record, opened here and submitted here, whatever ends it.
+        record = AuditRecord(
+            request_id=request_id,
+            method=request.headers.get("X-AS-Method", request.method)[:16],
+            url=request.headers.get("X-AS-Target-URL", "")[:2048],
+        )
+        audited = True
         try:
-            response = await self._route(request, request_id)
-        except ProxyError as exc:
-            # /proxy records its own refusals; these are the front's (a browser, a bad path),
-            # and a page probing the proxy is what a human reading the audit should see.
-            self._record_refusal(request, request_id, exc)
-            return error_response(exc, request_id)
-        except web.HTTPException as exc:  # raised by aiohttp itself, e.g. on a bad body
-            return error_response(ProxyError("bad_request", exc.reason), request_id)
+            response, audited = await self._route(request, record)
+        except Exception as exc:
+            error = to_proxy_error(exc)
+            record.block(error.code, error.status)
+            response = error_response(error, request_id)
         finally:
             self.guard.request_finished(transport)
+            if audited:
+                self.runtime.audit.submit_after_answer(record)
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
-    async def _route(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+    async def _route(
+        self, request: web.BaseRequest, record: AuditRecord
+    ) -> tuple[web.StreamResponse, bool]:
+        """The answer, and whether it belongs in the audit (a health check does not)."""
         remote_peer = self.bound_remote and self._check_peer(request)
         if not remote_peer:
             self._gate(request.headers)
         elif "Origin" in request.headers or "Sec-Fetch-Site" in request.headers:
             raise ProxyError("forbidden_origin", "requests made by a web page are refused")
+        path = request.path
+        if path == "/health" and request.method in ("GET", "HEAD"):
+            return web.json_response({"status": "ok"}), False
+        if path != "/proxy":
+            raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
         proxy_settings = self.runtime.settings.proxy
         if (
-            (remote_peer or self.allow_remote_flag or proxy_settings.allow_remote)
-            and request.path == "/proxy"
-            and "X-AS-Agent-Token" not in request.headers
-        ):
+            remote_peer or self.allow_remote_flag or proxy_settings.allow_remote
+        ) and "X-AS-Agent-Token" not in request.headers:
             # require_agent_token = false is for local callers only; with remote callers
             # allowed, nobody is anonymous.
             raise ProxyError(
                 "unauthenticated",
                 "an X-AS-Agent-Token is required: this proxy accepts calls from other machines",
             )
-        path = request.path
-        if path == "/proxy":
-            if "Expect" in request.headers:
-                await _expect(request)
-            return await handle_proxy(self.runtime, request, request_id)
-        if path == "/health" and request.method in ("GET", "HEAD"):
-            return web.json_response({"status": "ok"})
-        raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
+        if "Expect" in request.headers:
+            await _expect(request)
+        raw = request_headers(request)
+        spec = parse_spec(request.method, raw)
+        return await forward(self.runtime, request, spec, raw, record), True
 
     def _check_peer(self, request: web.BaseRequest) -> bool:
         """True for a caller on another machine that may call; refuses one that may not."""
@@ -153,15 +180,6 @@ class Front:
                 "forbidden_origin", "the Host header must name the proxy's loopback address"
             )
 
-    def _record_refusal(self, request: web.BaseRequest, request_id: str, error: ProxyError) -> None:
-        record = AuditRecord(
-            request_id=request_id,
-            method=request.method[:16],
-            url=request.headers.get("X-AS-Target-URL", "")[:2048],
-        )
-        record.block(error.code, error.status)
-        self.runtime.audit.submit_after_answer(record)
-
 
 async def _expect(request: web.BaseRequest) -> None:
     """`Expect: 100-continue`: tell the agent to send its body (the upstream is not asked)."""
@@ -171,3 +189,54 @@ async def _expect(request: web.BaseRequest) -> None:
         await request.writer.write(CONTINUE)
         # The interim answer is not part of the response's size.
         request.writer.output_size = 0
+
+
+def to_proxy_error(exc: Exception) -> ProxyError:
+    """The one place a failure becomes an error of INTERFACE.md's table.
+
+    Every exception the stages raise derives from BlindkeyError and is mapped here
+    (tests/proxy/test_error_mapping.py checks each class); anything else is a bug, and
+    is raised again for aiohttp to answer 500.
+    """
+    if isinstance(exc, ProxyError):
+        return exc
+    if isinstance(exc, UpstreamFailure):
+        return _upstream_error(exc)
+    if isinstance(exc, BrokerDenied):
+        return ProxyError(exc.code if exc.code in STATUS else "bad_request", str(exc))
+    if isinstance(exc, BrokerUnavailable | ProtocolError):
+        return ProxyError(
+            "broker_unavailable",
+            "the secret broker is not answering; it is being restarted, retry shortly",
+        )
+    if isinstance(exc, web.HTTPException):  # raised by aiohttp itself, e.g. on a bad body
+        return ProxyError("bad_request", exc.reason)
+    raise exc
+
+
+def _upstream_error(failure: UpstreamFailure) -> ProxyError:
+    cause, target = failure.cause, failure.target
+    where = target.host_header
+    code, message = "upstream_error", f"{where} failed: {type(cause).__name__}"
+    if isinstance(cause, BlockedAddressError):
+        code, message = (
+            "blocked_address",
+            (
+                f"{target.host} resolves only to addresses blindkey does not dial (private, "
+                "loopback, link-local or reserved); a human can permit a range with "
+                "[allowlist] private_ranges"
+            ),
+        )
+    elif isinstance(cause, UpstreamTimeout):
+        code, message = "upstream_timeout", f"{where} did not answer in time"
+    elif isinstance(cause, UnsendableRequest):
+        code, message = "bad_request", str(cause)
+    elif isinstance(cause, UpstreamResolveError):
+        message = str(cause)
+    elif isinstance(cause, UpstreamConnectError):
+        message = f"{where}: {cause}"
+    elif isinstance(cause, UpstreamError):
+        message = f"{where} failed: {cause}"
+    # An upstream's own words (a TLS alert, a reason) may echo a value: never unredacted.
+    clean, _ = failure.redactor.redact_text(message)
+    return ProxyError(code, clean)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -18,6 +17,7 @@ from blindkey.config.hosts import AllowEntry, IPAddress, ip_literal
 from blindkey.config.model import AllowlistSettings, IPNetwork
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import Target
+from blindkey.proxy.upstream.errors import BlockedAddressError
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _EXTRA_BLOCKED = tuple(
@@ -30,15 +30,6 @@ _EXTRA_BLOCKED = tuple(
         "fd00:ec2::/32",
     )
 )
-
-
-class BlockedAddressError(OSError):
-    """Every address a hostname resolved to is one blindkey will not dial."""
-
-    def __init__(self, host: str, addresses: Iterable[str]) -> None:
-        super().__init__(f"{host} resolves only to blocked addresses")
-        self.host = host
-        self.addresses = tuple(addresses)
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

@@ -8,6 +8,8 @@ import os
 import orjson
 from aiohttp import web
 
+from blindkey.config.errors import BlindkeyError
+
 STATUS = {
     "bad_request": 400,
     "unauthenticated": 401,
@@ -32,7 +34,7 @@ def next_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-class ProxyError(Exception):
+class ProxyError(BlindkeyError):
     """A refusal or failure with a code from INTERFACE.md's error table.
 
     Messages are written by blindkey itself; anything from upstream or a URL must have

@@ -1,17 +1,21 @@
-"""Putting secret values where the agent asked: headers, query, JSON body, form."""
+"""Inject: the request that goes upstream, with secret values where the agent asked them
+(headers, query, JSON body, form) and nothing of the caller's that must not go on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
+from aiohttp import web
 from multidict import CIMultiDict
 
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.parse import Injection
+from blindkey.proxy.parse import HOP_BY_HOP, PREFIX, Injection
+from blindkey.proxy.upstream.decoding import DECODABLE
 
 _UNSAFE_IN_HEADER = ("\r", "\n", "\0")
 
@@ -117,3 +121,65 @@ def inject_body(
     pairs = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if k not in updates]
     pairs.extend(updates.items())
     return urlencode(pairs).encode("ascii"), "application/x-www-form-urlencoded"
+
+
+# Expect: the proxy itself answered 100-continue to the agent.
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin", "expect"}
+CHUNK = 2**16
+
+
+def upstream_headers(request: web.BaseRequest, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+    listed = {
+        token.strip().lower()
+        for value in request.headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _NOT_FORWARDED or lowered in listed or lowered.startswith(PREFIX):
+            continue
+        headers.add(name, value)
+    headers["Accept-Encoding"] = ", ".join(DECODABLE)
+    return headers
+
+
+async def read_limited(request: web.BaseRequest, limit: int, deadline: float) -> bytes:
+    """The whole body, for Body-*/Form-* injection: bounded in size and in time."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ProxyError(
+            "body_too_large",
+            f"request body exceeds the {limit}-byte limit for Body-*/Form-* injection",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise ProxyError(
+                        "body_too_large",
+                        f"request body exceeds the {limit}-byte limit for Body-*/Form-* injection",
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProxyError(
+            "bad_request",
+            f"the request body did not arrive within {deadline:g}s ([limits] body_read_timeout)",
+            close=True,
+        ) from None
+    return b"".join(chunks)
+
+
+class CountingBody:
+    """Streams the agent's body upstream while counting it for the audit record."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self.request = request
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.request.content.iter_chunked(CHUNK):
+            self.size += len(chunk)
+            yield chunk

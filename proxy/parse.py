@@ -1,4 +1,6 @@
-"""The AgentSecrets request protocol: X-AS-* headers parsed into one `ProxySpec`."""
+"""Parse: the AgentSecrets request protocol, X-AS-* headers read into one `ProxySpec` (the
+target, the method, the caller's token and the injections). Every later stage works from
+the spec, whichever entry point (/proxy, or a route) produced it."""
 
 from __future__ import annotations
 
@@ -7,11 +9,28 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 from blindkey.config.hosts import DEFAULT_PORTS, HostError, normalize_host, parse_port
 from blindkey.config.model import SECRET_NAME
 from blindkey.proxy.errors import ProxyError
 
 PREFIX = "x-as-"
+# RFC 9110 §7.6.1: headers of one connection, never passed on in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+    }
+)
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 _FORBIDDEN_HEADERS = frozenset(
@@ -168,6 +187,11 @@ def _utf8(name: str, value: str) -> str:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError) as exc:
         raise _bad(f"{name} is not valid UTF-8") from exc
+
+
+def request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
+    """The caller's headers as sent: names in their own case, bytes kept one to one."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
 
 
 def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:

@@ -6,6 +6,8 @@ Why not aiohttp's ClientSession: see pool.py. What the rest of the proxy uses is
 """
 
 from blindkey.proxy.upstream.errors import (
+    BlockedAddressError,
+    UnsendableRequest,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
@@ -16,6 +18,8 @@ from blindkey.proxy.upstream.pool import UpstreamLimits, UpstreamPool
 from blindkey.proxy.upstream.response import UpstreamResponse
 
 __all__ = [
+    "BlockedAddressError",
+    "UnsendableRequest",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamLimits",

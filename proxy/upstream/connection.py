@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from blindkey.proxy.upstream.errors import UpstreamProtocolError
+from blindkey.proxy.upstream.errors import UnsendableRequest, UpstreamProtocolError
 
 if TYPE_CHECKING:
     from blindkey.proxy.upstream.pool import UpstreamPool
@@ -124,14 +124,14 @@ def request_head(
     text = "\r\n".join(lines) + "\r\n\r\n"
     # A CR or LF inside a name or value would start a header of its own: refuse.
     if text.count("\n") != len(lines) + 1 or text.count("\r") != len(lines) + 1:
-        raise ValueError("a header name or value contains a line break")
+        raise UnsendableRequest("a header name or value contains a line break")
     if not method or not _FORBIDDEN_IN_TARGET.isdisjoint(method + path_query):
-        raise ValueError("the method or path contains a forbidden character")
+        raise UnsendableRequest("the method or path contains a forbidden character")
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError:
         # The error's text would quote the character and its position: say nothing of it.
-        raise ValueError("a header name or value has characters HTTP cannot carry") from None
+        raise UnsendableRequest("a header name or value has characters HTTP cannot carry") from None
 
 
 async def send_body(

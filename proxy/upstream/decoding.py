@@ -13,6 +13,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from blindkey.proxy.upstream.errors import UpstreamProtocolError
+
 # What blindkey offers upstream in Accept-Encoding, and decodes.
 DECODABLE = ("gzip", "deflate")
 # More layers than this is not an answer anyone means to send.
@@ -21,7 +23,7 @@ MAX_LAYERS = 4
 STEP = 2**16
 
 
-class DecodingError(Exception):
+class DecodingError(UpstreamProtocolError):
     """The body does not decode, or uses a coding blindkey cannot scan."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from blindkey.config.errors import BlindkeyError
 
 
@@ -28,3 +30,17 @@ class UpstreamProtocolError(UpstreamError):
 
 class StaleConnection(UpstreamError):
     """A pooled connection was closed by the server before answering a byte."""
+
+
+class UnsendableRequest(UpstreamError):
+    """The request cannot be written as HTTP/1.1 (a line break or control character where
+    none may be): the caller's fault, and nothing was sent."""
+
+
+class BlockedAddressError(UpstreamError):
+    """Every address a hostname resolved to is one blindkey will not dial."""
+
+    def __init__(self, host: str, addresses: Iterable[str]) -> None:
+        super().__init__(f"{host} resolves only to blocked addresses")
+        self.host = host
+        self.addresses = tuple(addresses)

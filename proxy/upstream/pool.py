@@ -19,11 +19,12 @@ import socket
 import ssl
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from blindkey.config.hosts import ip_literal
-from blindkey.proxy.egress import BlockedAddressError, VettingResolver
 from blindkey.proxy.upstream.connection import UpstreamConnection, request_head, send_body
 from blindkey.proxy.upstream.errors import (
+    BlockedAddressError,
     StaleConnection,
     UpstreamConnectError,
     UpstreamProtocolError,
@@ -31,6 +32,9 @@ from blindkey.proxy.upstream.errors import (
     UpstreamTimeout,
 )
 from blindkey.proxy.upstream.response import UpstreamResponse
+
+if TYPE_CHECKING:
+    from blindkey.proxy.egress import VettingResolver
 
 KEEPALIVE = 15.0  # seconds an idle upstream connection is kept
 MAX_IDLE_PER_HOST = 256
@@ -77,7 +81,7 @@ class UpstreamPool:
         """Send one request and return once the answer's headers are in.
 
         `body` is bytes (sent with its length), a stream (sent with `content_length`, or
-        chunked without one) or None. Raises UpstreamError or BlockedAddressError.
+        chunked without one) or None. Raises UpstreamError.
         """
         if isinstance(body, bytes):
             framing = f"Content-Length: {len(body)}"

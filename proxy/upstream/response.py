@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from blindkey.proxy.upstream.decoding import Decoder, DecodingError, codings
+from blindkey.proxy.upstream.decoding import Decoder, codings
 from blindkey.proxy.upstream.errors import (
     StaleConnection,
     UpstreamError,
@@ -200,15 +200,12 @@ class UpstreamResponse:
             async for chunk in self._raw_chunks():
                 yield chunk
             return
-        decoder = Decoder(self.codings)
-        try:
-            async for chunk in self._raw_chunks():
-                for out in decoder.feed(chunk):
-                    yield out
-            for out in decoder.finish():
+        decoder = Decoder(self.codings)  # raises DecodingError, an UpstreamProtocolError
+        async for chunk in self._raw_chunks():
+            for out in decoder.feed(chunk):
                 yield out
-        except DecodingError as exc:
-            raise UpstreamProtocolError(str(exc)) from None
+        for out in decoder.finish():
+            yield out
 
     def release(self) -> None:
         """Give the connection back to the pool when it can carry another request."""

@@ -8,9 +8,10 @@ import pytest
 
 from blindkey.config.hosts import AllowEntry
 from blindkey.config.model import AllowlistSettings
-from blindkey.proxy.egress import BlockedAddressError, EgressGuard, VettingResolver, is_public
+from blindkey.proxy.egress import EgressGuard, VettingResolver, is_public
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import parse_target
+from blindkey.proxy.upstream import BlockedAddressError
 
 BLOCKED = [
     "127.0.0.1",

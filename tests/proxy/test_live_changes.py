@@ -21,7 +21,8 @@ from blindkey.broker.protocol import PUSH_ID, encode, read_frame
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.runtime import Grant, ProxyRuntime
+from blindkey.proxy.authorise import Grant
+from blindkey.proxy.runtime import ProxyRuntime
 from tests.conftest import ROOT
 from tests.proxy.conftest import Env, open_env
 
@@ -157,7 +158,8 @@ async def test_an_answer_overtaken_by_an_invalidation_is_not_kept(home: Paths) -
     runtime = ProxyRuntime(home, load_settings(home.config_file), AuditWriter(home.audit_dir))
     try:
         for expected in values:
-            _, _, grant = await runtime.resolve("token", ["K"], "api.example.com")
+            runtime.authoriser.catch_up()  # as the pipeline does before every call
+            _, _, grant = await runtime.authoriser.resolve("token", ["K"], "api.example.com")
             assert isinstance(grant, Grant)
             assert grant.values == {"K": expected}
         assert resolves == 3

@@ -22,6 +22,7 @@ from blindkey.config.model import AllowlistSettings
 from blindkey.config.paths import Paths
 from blindkey.proxy.egress import EgressGuard, VettingResolver
 from blindkey.proxy.upstream import (
+    UnsendableRequest,
     UpstreamConnectError,
     UpstreamLimits,
     UpstreamPool,
@@ -319,7 +320,7 @@ async def test_line_breaks_and_spaces_never_reach_the_wire(
 ) -> None:
     async with serve(answer_each(OK)) as server:
         pool = make_pool()
-        with pytest.raises(ValueError, match=r"forbidden character|line break"):
+        with pytest.raises(UnsendableRequest, match=r"forbidden character|line break"):
             await pool.request(
                 "GET", "http", "127.0.0.1", server.port, "h", path, headers, None, None
             )

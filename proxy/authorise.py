@@ -1,0 +1,138 @@
+"""Authorise: who the caller is and which values it may have, asked of the broker.
+
+The broker decides (tokens, per-secret policy, environment) and releases values; this side
+keeps its answers until the broker pushes an invalidation (any change to secrets, agents
+or policy), so the hot path skips the socket round trip, and keeps the redactor for the
+current set of values, built off the event loop once per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.proxy.redact import Redactor
+
+MAX_CACHED_RESOLUTIONS = 4096
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the broker released for one request."""
+
+    agent: str
+    env: str
+    values: dict[str, str]
+    redactor: Redactor
+
+
+# The caller's agent and environment, and the values released or the broker's refusal.
+Resolution = tuple[str, str, "Grant | BrokerDenied"]
+ResolutionKey = tuple[str | None, tuple[str, ...], str]
+
+
+class Authoriser:
+    """The proxy's link to the broker, with the answers and redactor it may keep."""
+
+    def __init__(self, socket_path: Path, on_invalidate: Callable[[], None]) -> None:
+        # on_invalidate: what else must be re-read before a change counts as applied
+        # (config.toml: the allowlist is the proxy's to enforce).
+        self.on_invalidate = on_invalidate
+        self.broker = BrokerClient(socket_path, on_push=self._on_push)
+        self._redactor = Redactor({})
+        self._redactor_values: dict[str, str] = {}
+        self._redactor_generation = -1
+        self._redactor_lock = asyncio.Lock()
+        self._resolutions: dict[ResolutionKey, Resolution] = {}
+        self._resolutions_epoch = -1
+        self._invalidations = 0
+
+    def forget(self) -> None:
+        self._resolutions.clear()
+
+    def _on_push(self, message: Message) -> None:
+        """An invalidation: the broker tells the CLI the change is in force once this
+        returns (the acknowledgement follows it), so everything happens here, in line.
+
+        config.toml is re-read here too, when it changed: the allowlist lives there and the
+        proxy enforces it, so `allowlist add` must reach the proxy the same way a rotation
+        does. One path (the CLI asks the broker, the broker asks every proxy and waits)
+        keeps one answer to "is it in force?" for every change, reaches every proxy of a
+        shared broker, and costs the proxy one stat per invalidation, none per request.
+        """
+        if message.get("event") == "invalidate":
+            self._invalidations += 1
+            self._redactor_generation = -1
+            self._resolutions.clear()
+            self.on_invalidate()
+
+    def catch_up(self) -> None:
+        """Before a call is checked: if the broker could not reach us (not connected yet, or
+        reconnected), invalidations may have been missed; forget what was kept and re-read
+        what a change the CLI made meanwhile (it found no proxy to wait for) may have
+        touched. Costs two attribute reads when connected."""
+        epoch = self.broker.connection_epoch
+        if epoch != self._resolutions_epoch or not self.broker.connected:
+            self._resolutions.clear()
+            self._resolutions_epoch = epoch
+            self.on_invalidate()
+
+    async def resolve(self, token: str | None, names: list[str], host: str) -> Resolution:
+        """(agent, env, grant or the broker's refusal); raises for unauthenticated callers
+        (BrokerDenied) and when the broker cannot answer (BrokerUnavailable)."""
+        key = (token, tuple(names), host)
+        if self.broker.connected and self.broker.connection_epoch == self._resolutions_epoch:
+            cached = self._resolutions.get(key)
+            if cached is not None:
+                return cached
+        epoch, invalidations = self.broker.connection_epoch, self._invalidations
+        resolution = await self._ask_broker(token, names, host)
+        # An invalidation handled while this call waited may be newer than its answer
+        # (both can arrive in one read): the answer serves this call, which began before
+        # the change, and no later one.
+        unchanged = (
+            epoch == self.broker.connection_epoch == self._resolutions_epoch
+            and invalidations == self._invalidations
+        )
+        if unchanged:
+            if len(self._resolutions) >= MAX_CACHED_RESOLUTIONS:
+                self._resolutions.clear()
+            self._resolutions[key] = resolution
+        return resolution
+
+    async def identify(self, token: str | None) -> tuple[str, str]:
+        """Who the caller is, with no value released (for the record of a refusal)."""
+        agent, env, _ = await self.resolve(token, [], "")
+        return agent, env
+
+    async def _ask_broker(self, token: str | None, names: list[str], host: str) -> Resolution:
+        reply = await self.broker.call("resolve", token=token, names=names, host=host)
+        agent, env = str(reply["agent"]), str(reply["env"])
+        denied = reply.get("denied")
+        if denied:
+            return agent, env, BrokerDenied(str(denied["error"]), str(denied["message"]))
+        values: dict[str, str] = dict(reply["values"])
+        redactor = await self._current_redactor(int(reply["generation"]), values)
+        return agent, env, Grant(agent=agent, env=env, values=values, redactor=redactor)
+
+    async def _current_redactor(self, generation: int, needed: Mapping[str, str]) -> Redactor:
+        async with self._redactor_lock:
+            if generation != self._redactor_generation:
+                reply = await self.broker.call("redaction_set")
+                values = dict(reply["values"])
+                # Compiling patterns for 50 values of 4 KB takes a while: not on the loop.
+                self._redactor = await asyncio.to_thread(Redactor, values)
+                self._redactor_values = values
+                self._redactor_generation = int(reply["generation"])
+            redactor, known = self._redactor, self._redactor_values
+        if all(known.get(name) == value for name, value in needed.items()):
+            return redactor
+        # The set changed between resolve and fetch: never stream without the used values.
+        return await asyncio.to_thread(Redactor, {**known, **needed})
+
+    async def close(self) -> None:
+        await self.broker.close()

@@ -1,0 +1,93 @@
+"""Relay: the upstream's answer back to the agent, with every value redacted from what the
+agent receives: the status line's reason phrase, header names and values, and the body,
+whole or streamed, holding back only what could be the start of a value."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from blindkey.audit.record import AuditRecord
+from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError
+from blindkey.proxy.parse import HOP_BY_HOP
+from blindkey.proxy.redact import Redactor
+from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
+from blindkey.proxy.upstream.decoding import undecodable
+
+log = logging.getLogger("blindkey.proxy")
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
+# Answers up to this size with a known length are read whole and sent with a length.
+SMALL_BODY = 2**16
+
+
+async def relay(
+    request: web.BaseRequest,
+    upstream: UpstreamResponse,
+    redactor: Redactor,
+    record: AuditRecord,
+    where: str,
+) -> web.StreamResponse:
+    """Write `upstream`'s answer to the agent. Raises UpstreamError while nothing is sent."""
+    refused = undecodable(upstream.codings)
+    if refused is not None:
+        raise ProxyError(
+            "upstream_error",
+            f"{where} answered with content encoding {refused[:32]!r}, which blindkey cannot scan",
+        )
+    kept = [(name, value) for name, value in upstream.headers if name.lower() not in _NOT_RETURNED]
+    # Everything the agent receives passes the redactor: the status line's reason phrase,
+    # header names and values (one scan over all of them when nothing matches). A name
+    # holding a value cannot be rewritten into a valid name, so that header is dropped.
+    texts, count = redactor.redact_texts(
+        [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
+    )
+    reason = texts[0]
+    if count:
+        record.redactions += count
+        names, values = texts[1 : 1 + len(kept)], texts[1 + len(kept) :]
+        kept = [
+            (clean_name, clean_value)
+            for (name, _), clean_name, clean_value in zip(kept, names, values, strict=True)
+            if clean_name == name
+        ]
+    headers_back = CIMultiDict(kept)
+    headers_back[REQUEST_ID_HEADER] = record.request_id
+    record.status = upstream.status
+    size = upstream.content_length
+    if size is not None and size <= SMALL_BODY and not upstream.codings:
+        # Most API answers are small: one read, one redaction, one write with a length.
+        answer = await upstream.read()
+        clean_body, count = redactor.redact(answer)
+        record.redactions += count
+        record.bytes_out = len(clean_body)
+        return web.Response(
+            status=upstream.status,
+            reason=reason,
+            body=clean_body,
+            headers=headers_back,
+        )
+    response = web.StreamResponse(status=upstream.status, reason=reason, headers=headers_back)
+    await response.prepare(request)
+    stream = redactor.stream()
+    try:
+        async for chunk in upstream.iter_chunks():
+            out = stream.feed(chunk)
+            if out:
+                record.bytes_out += len(out)
+                await response.write(out)
+    except UpstreamError as exc:
+        # Headers are gone; all we can do is cut the stream so the agent sees a failure.
+        log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
+        record.redactions += stream.count
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    tail = stream.finish()
+    record.redactions += stream.count
+    if tail:
+        record.bytes_out += len(tail)
+        await response.write(tail)
+    await response.write_eof()
+    return response
