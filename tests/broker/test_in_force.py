@@ -7,68 +7,34 @@ keeps the broker answering), and real proxies or bare broker clients on its sock
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
 from blindkey.broker.agents import AgentStore
-from blindkey.broker.protocol import ACK_TIMEOUT, encode, read_frame
+from blindkey.broker.protocol import ACK_TIMEOUT
 from blindkey.broker.server import BrokerServer
 from blindkey.broker.vault import FileVault, ensure_key
-from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.home import init_config
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer
-from tests.broker.conftest import Ran, acli, one_line_error
+from tests.broker.conftest import Brokers, Ran, acli, one_line_error, point_at, silent_client
 from tests.upstream import start_upstream
 
 VALUE = "ghp_inForceValue0123456789abcdef"
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def point_at(paths: Paths, socket_path: Path) -> None:
-    def change(document: Any) -> None:
-        toml_table(document, "broker")["socket"] = str(socket_path)
-
-    edit_config(paths.config_file, paths.lock_file, change)
-
-
-@pytest.fixture
-async def broker(home: Paths, sock_dir: Path) -> AsyncIterator[BrokerServer]:
+async def broker(home: Paths, brokers: Brokers) -> BrokerServer:
     """This home's broker, run as its own service on a socket config.toml names."""
-    socket_path = sock_dir / "b.sock"
-    point_at(home, socket_path)
-    server = BrokerServer(home, socket_path, frozenset({os.getuid()}))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-async def silent_client(broker: BrokerServer, token: str | None = None) -> asyncio.StreamWriter:
-    """A client that resolves (so it may cache) and then never acknowledges a push."""
-    reader, writer = await asyncio.open_unix_connection(broker.socket_path)
-    writer.write(encode({"id": 1, "op": "resolve", "names": [], "host": "x.io", "token": token}))
-    assert await asyncio.wait_for(read_frame(reader), 5) is not None
-    return writer
+    point_at(home, brokers.socket)
+    return await brokers.start(home)
 
 
 def not_in_force(result: Ran, done: str) -> str:
@@ -80,7 +46,7 @@ def not_in_force(result: Ran, done: str) -> str:
 async def test_a_proxy_that_does_not_acknowledge_makes_the_command_fail(
     home: Paths, broker: BrokerServer
 ) -> None:
-    silent = await silent_client(broker)
+    silent = await silent_client(broker.socket_path, None)
     try:
         added = await acli(home.config_dir, "agent", "add", "claude", "--json")
         line = not_in_force(added, "agent claude is added")

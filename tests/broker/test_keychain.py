@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +14,18 @@ from blindkey.broker.agents import AgentStore
 from blindkey.broker.backends import BackendUnavailable
 from blindkey.broker.backends.keychain import KeychainBackend
 from blindkey.broker.client import BrokerClient
-from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.broker.protocol import BrokerDenied
 from blindkey.broker.server import BrokerServer
 from blindkey.config.paths import Paths
-from tests.broker.conftest import SecretService, acli, one_line_error, use_backend
+from tests.broker.conftest import (
+    Brokers,
+    SecretService,
+    acli,
+    one_line_error,
+    point_at,
+    resolve,
+    use_backend,
+)
 from tests.conftest import RunCli
 
 VALUE = "ghp_keychainValue0123456789abcdefXYZ"
@@ -99,29 +104,12 @@ def test_locked_keychain_is_one_clear_line(
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
 async def keyring_broker(
-    keyring_home: Paths, sock_dir: Path
-) -> AsyncIterator[tuple[BrokerServer, BrokerClient, str]]:
+    keyring_home: Paths, brokers: Brokers
+) -> tuple[BrokerServer, BrokerClient, str]:
     token = AgentStore(keyring_home.agents_file, keyring_home.lock_file).add("claude")
-    server = BrokerServer(keyring_home, sock_dir / "b.sock", frozenset({os.getuid()}))
-    await server.start()
-    client = BrokerClient(server.socket_path)
-    try:
-        yield server, client, token
-    finally:
-        await client.close()
-        await server.close()
-
-
-async def resolve(client: BrokerClient, token: str, *names: str) -> Message:
-    return await client.call("resolve", token=token, names=list(names), host="api.example.com")
+    server = await brokers.start(keyring_home)
+    return server, brokers.client(server), token
 
 
 async def test_broker_serves_warm_values_from_memory_while_the_keychain_is_locked(
@@ -182,9 +170,7 @@ async def test_rotation_and_delete_reach_a_running_broker_before_the_cli_returns
     keyring_broker: tuple[BrokerServer, BrokerClient, str], keyring_home: Paths
 ) -> None:
     server, client, token = keyring_broker
-    # The CLI finds the broker at the home's socket.
-    config = keyring_home.config_file
-    config.write_text(config.read_text().replace('socket = ""', f'socket = "{server.socket_path}"'))
+    point_at(keyring_home, server.socket_path)  # where the CLI finds the broker
     home = keyring_home.config_dir
     assert (await acli(home, "secrets", "set", "GH", stdin=VALUE)).returncode == 0
     assert (await resolve(client, token, "GH"))["values"] == {"GH": VALUE}

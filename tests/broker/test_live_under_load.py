@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,16 +22,14 @@ import pytest
 from blindkey.audit.reader import Filter, read_records
 from blindkey.audit.writer import audit_file
 from blindkey.broker.agents import AgentStore
-from blindkey.broker.client import BrokerClient
 from blindkey.broker.notify import notify_broker
-from blindkey.broker.protocol import ACK_TIMEOUT, encode, read_frame
-from blindkey.broker.server import BrokerServer
+from blindkey.broker.protocol import ACK_TIMEOUT
 from blindkey.broker.vault import FileVault
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer
-from tests.broker.conftest import acli
+from tests.broker.conftest import Brokers, acli, point_at, silent_client
 from tests.upstream import start_upstream
 
 OLD = "old-value-0123456789abcdef"
@@ -162,35 +156,21 @@ async def test_revoke_under_load(rig: Rig) -> None:
     assert {(s.status, s.error) for s in later} == {(401, "unauthenticated")}
 
 
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 async def test_a_change_is_answered_only_after_caching_clients_dropped_their_caches(
-    home: Paths, sock_dir: Path
+    home: Paths, brokers: Brokers
 ) -> None:
-    socket_path = sock_dir / "b.sock"
-    config = home.config_file
-    config.write_text(config.read_text().replace('socket = ""', f'socket = "{socket_path}"'))
+    point_at(home, brokers.socket)
     FileVault(home).set("development", "GH", OLD)
     token = AgentStore(home.agents_file, home.lock_file).add("claude")
-    server = BrokerServer(home, socket_path, frozenset({os.getuid()}))
-    await server.start()
+    server = await brokers.start(home)
     events: list[str] = []
-    caching = BrokerClient(socket_path, on_push=lambda m: events.append("dropped cache"))
+    caching = brokers.client(server, on_push=lambda m: events.append("dropped cache"))
+    await caching.call("resolve", token=token, names=["GH"], host="x.io")
     # A client that resolves but never acknowledges: the change waits for it, not forever.
-    silent_reader, silent = await asyncio.open_unix_connection(socket_path)
+    silent = await silent_client(server.socket_path, token)
     try:
-        await caching.call("resolve", token=token, names=["GH"], host="x.io")
-        silent.write(
-            encode({"id": 1, "op": "resolve", "names": [], "host": "x.io", "token": token})
-        )
-        assert await asyncio.wait_for(read_frame(silent_reader), 5) is not None
         FileVault(home).set("development", "GH", "new-value")
-        settings = load_settings(config)
+        settings = load_settings(home.config_file)
         started = time.monotonic()
         problem = await asyncio.to_thread(notify_broker, home, settings, [("development", "GH")])
         events.append("cli returned")
@@ -216,8 +196,6 @@ async def test_a_change_is_answered_only_after_caching_clients_dropped_their_cac
         assert events[-1] == "dropped cache"
     finally:
         silent.close()
-        await caching.close()
-        await server.close()
 
 
 async def test_the_audit_records_the_environment_of_every_use(rig: Rig) -> None:

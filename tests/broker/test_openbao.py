@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +17,17 @@ from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.broker.server import BrokerServer
 from blindkey.config.paths import Paths
 from blindkey.config.stores import OpenBaoSettings
-from tests.broker.conftest import ROOT_TOKEN, Bao, StartBao, acli, one_line_error, use_backend
+from tests.broker.conftest import (
+    ROOT_TOKEN,
+    Bao,
+    Brokers,
+    StartBao,
+    acli,
+    one_line_error,
+    point_at,
+    resolve,
+    use_backend,
+)
 
 VALUE = "ghp_baoValue0123456789abcdefXYZ"
 READ_ONLY = """
@@ -215,16 +221,9 @@ def test_approle_login_and_relogin(start_bao: StartBao, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
 async def bao_broker(
-    home: Paths, start_bao: StartBao, sock_dir: Path, tmp_path: Path
-) -> AsyncIterator[tuple[Bao, BrokerServer, BrokerClient, str]]:
+    home: Paths, start_bao: StartBao, brokers: Brokers, tmp_path: Path
+) -> tuple[Bao, BrokerServer, BrokerClient, str]:
     bao = start_bao()
     token_file = tmp_path / "bao-token"
     token_file.write_text(ROOT_TOKEN)
@@ -233,22 +232,10 @@ async def bao_broker(
         f'kind = "openbao"\naddress = "{bao.address}"\ntoken_file = "{token_file}"',
         ttl="1s",
     )
-    config = home.config_file
-    socket_path = sock_dir / "b.sock"
-    config.write_text(config.read_text().replace('socket = ""', f'socket = "{socket_path}"'))
+    point_at(home, brokers.socket)
     token = AgentStore(home.agents_file, home.lock_file).add("claude")
-    server = BrokerServer(home, socket_path, frozenset({os.getuid()}))
-    await server.start()
-    client = BrokerClient(socket_path)
-    try:
-        yield bao, server, client, token
-    finally:
-        await client.close()
-        await server.close()
-
-
-async def resolve(client: BrokerClient, token: str, *names: str) -> Message:
-    return await client.call("resolve", token=token, names=list(names), host="api.example.com")
+    server = await brokers.start(home)
+    return bao, server, brokers.client(server), token
 
 
 async def test_broker_serves_cached_values_until_they_expire_then_503(

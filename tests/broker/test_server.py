@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +32,8 @@ from blindkey.broker.vault import FileVault
 from blindkey.config.atomic import write_atomic
 from blindkey.config.paths import Paths
 from blindkey.config.template import DEFAULT_CONFIG
+from tests.broker.conftest import ROOT, Brokers, until
 
-ROOT = Path(__file__).resolve().parents[2]
 POLICIES = """
 [secrets.GH]
 hosts = ["api.github.com"]
@@ -43,14 +41,6 @@ hosts = ["api.github.com"]
 [secrets.CTRL]
 tier = "controlled"
 """
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    # AF_UNIX paths hold ~104 bytes: pytest's tmp_path is too deep.
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 @dataclass
@@ -76,33 +66,16 @@ def seeded(home: Paths) -> tuple[Paths, str]:
     return home, token
 
 
-async def _start(paths: Paths, socket_path: Path, uids: frozenset[int]) -> BrokerServer:
-    server = BrokerServer(paths, socket_path, uids)
-    await server.start()
-    return server
-
-
-async def _stop(server: BrokerServer) -> None:
-    await server.close()
-    # let the per-connection tasks see their transports close
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-async def broker(seeded: tuple[Paths, str], sock_dir: Path) -> AsyncIterator[Broker]:
+async def broker(seeded: tuple[Paths, str], brokers: Brokers) -> Broker:
     paths, token = seeded
-    socket_path = sock_dir / "broker.sock"
-    server = await _start(paths, socket_path, frozenset({os.getuid()}))
-    yield Broker(paths, server, socket_path, token)
-    await _stop(server)
+    server = await brokers.start(paths)
+    return Broker(paths, server, server.socket_path, token)
 
 
 @pytest.fixture
-async def client(broker: Broker) -> AsyncIterator[BrokerClient]:
-    client = BrokerClient(broker.socket)
-    yield client
-    await client.close()
+def client(broker: Broker, brokers: Brokers) -> BrokerClient:
+    return brokers.client(broker.server)
 
 
 @contextlib.asynccontextmanager
@@ -125,36 +98,28 @@ async def test_socket_is_0600_in_a_0700_directory(broker: Broker) -> None:
     assert stat.S_IMODE(broker.socket.parent.stat().st_mode) == 0o700
 
 
-async def test_socket_is_0600_under_a_permissive_umask(seeded: tuple[Paths, str]) -> None:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))
+async def test_socket_is_0600_under_a_permissive_umask(
+    seeded: tuple[Paths, str], brokers: Brokers
+) -> None:
+    directory = brokers.sock_dir / "sub"
     old = os.umask(0)
     try:
         # the socket's own directory does not exist yet: start() creates it
-        server = await _start(seeded[0], directory / "sub" / "b.sock", frozenset({os.getuid()}))
+        await brokers.start(seeded[0], path=directory / "b.sock")
         restored = os.umask(0)
-        try:
-            assert restored == 0, "start() must restore the caller's umask"
-            assert stat.S_IMODE((directory / "sub" / "b.sock").stat().st_mode) == 0o600
-            assert stat.S_IMODE((directory / "sub").stat().st_mode) == 0o700
-        finally:
-            await _stop(server)
     finally:
         os.umask(old)
-        shutil.rmtree(directory, ignore_errors=True)
+    assert restored == 0, "start() must restore the caller's umask"
+    assert stat.S_IMODE((directory / "b.sock").stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
-async def test_a_stale_socket_file_is_replaced(seeded: tuple[Paths, str], sock_dir: Path) -> None:
-    path = sock_dir / "b.sock"
+async def test_a_stale_socket_file_is_replaced(seeded: tuple[Paths, str], brokers: Brokers) -> None:
+    path = brokers.socket
     path.write_text("left over by a crashed broker")
-    server = await _start(seeded[0], path, frozenset({os.getuid()}))
-    try:
-        client = BrokerClient(path)
-        try:
-            assert (await client.call("ping"))["pid"] == os.getpid()
-        finally:
-            await client.close()
-    finally:
-        await _stop(server)
+    server = await brokers.start(seeded[0])
+    assert (await brokers.client(server).call("ping"))["pid"] == os.getpid()
+    await brokers.stop(server)
     assert not path.exists(), "close() removes the socket file"
 
 
@@ -297,38 +262,27 @@ async def test_garbage_frame_drops_only_that_client(
     assert len(broker.server.clients) == 1
 
 
-async def test_peer_uid_not_allowed_is_refused(seeded: tuple[Paths, str], sock_dir: Path) -> None:
-    path = sock_dir / "b.sock"
-    server = await _start(seeded[0], path, frozenset({os.getuid() + 1}))
-    client = BrokerClient(path)
-    try:
-        started = time.monotonic()
-        with pytest.raises(BrokerUnavailable):
-            await client.call("ping")
-        assert time.monotonic() - started < 2, "refused promptly, not by timeout"
-        assert not client.connected
+async def test_peer_uid_not_allowed_is_refused(seeded: tuple[Paths, str], brokers: Brokers) -> None:
+    server = await brokers.start(seeded[0], uids=frozenset({os.getuid() + 1}))
+    client = brokers.client(server)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await client.call("ping")
+    assert time.monotonic() - started < 2, "refused promptly, not by timeout"
+    assert not client.connected
 
-        async with raw_connection(path) as (reader, writer):
-            writer.write(encode({"id": 1, "op": "redaction_set"}))
-            with contextlib.suppress(ConnectionError):
-                assert await asyncio.wait_for(reader.read(), 1) == b""
-        assert server.clients == set()
-    finally:
-        await client.close()
-        await _stop(server)
+    async with raw_connection(server.socket_path) as (reader, writer):
+        writer.write(encode({"id": 1, "op": "redaction_set"}))
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 1) == b""
+    assert server.clients == set()
 
 
 async def test_peer_uid_allowed_by_an_extra_uid_set(
-    seeded: tuple[Paths, str], sock_dir: Path
+    seeded: tuple[Paths, str], brokers: Brokers
 ) -> None:
-    path = sock_dir / "b.sock"
-    server = await _start(seeded[0], path, frozenset({os.getuid() + 1, os.getuid()}))
-    client = BrokerClient(path)
-    try:
-        assert (await client.call("ping"))["pid"] == os.getpid()
-    finally:
-        await client.close()
-        await _stop(server)
+    server = await brokers.start(seeded[0], uids=frozenset({os.getuid() + 1, os.getuid()}))
+    assert (await brokers.client(server).call("ping"))["pid"] == os.getpid()
 
 
 @contextlib.asynccontextmanager
@@ -343,81 +297,75 @@ async def watching(server: BrokerServer) -> AsyncIterator[None]:
 
 
 async def _pushed_client(
-    broker: Broker,
+    broker: Broker, brokers: Brokers
 ) -> tuple[BrokerClient, asyncio.Queue[Message]]:
     pushes: asyncio.Queue[Message] = asyncio.Queue()
-    client = BrokerClient(broker.socket, on_push=pushes.put_nowait)
+    client = brokers.client(broker.server, on_push=pushes.put_nowait)
     await client.call("ping")  # connected, and known to the server
     return client, pushes
 
 
-async def test_vault_change_pushes_invalidate_within_a_second(broker: Broker) -> None:
-    client, pushes = await _pushed_client(broker)
-    try:
-        async with watching(broker.server):
-            await asyncio.sleep(0.3)
-            assert pushes.empty(), "no push while nothing changes"
+async def test_vault_change_pushes_invalidate_within_a_second(
+    broker: Broker, brokers: Brokers
+) -> None:
+    client, pushes = await _pushed_client(broker, brokers)
+    async with watching(broker.server):
+        await asyncio.sleep(0.3)
+        assert pushes.empty(), "no push while nothing changes"
 
-            FileVault(broker.paths).set("development", "GH", "ghp_rotated_value")
-            started = time.monotonic()
-            push = await asyncio.wait_for(pushes.get(), 1.0)
-            assert time.monotonic() - started < 1.0
-            assert push == {"id": 0, "event": "invalidate", "generation": 2, "ack": push["ack"]}
-            assert isinstance(push["ack"], int)
+        FileVault(broker.paths).set("development", "GH", "ghp_rotated_value")
+        started = time.monotonic()
+        push = await asyncio.wait_for(pushes.get(), 1.0)
+        assert time.monotonic() - started < 1.0
+        assert push == {"id": 0, "event": "invalidate", "generation": 2, "ack": push["ack"]}
+        assert isinstance(push["ack"], int)
 
-            reply = await client.call(
-                "resolve", token=broker.token, names=["GH"], host="api.github.com"
-            )
-            assert reply["values"] == {"GH": "ghp_rotated_value"}
-            assert reply["generation"] == 2
-    finally:
-        await client.close()
+        reply = await client.call(
+            "resolve", token=broker.token, names=["GH"], host="api.github.com"
+        )
+        assert reply["values"] == {"GH": "ghp_rotated_value"}
+        assert reply["generation"] == 2
 
 
 @pytest.mark.parametrize("change", ["revoke", "config"])
-async def test_agent_and_config_changes_push_invalidate(broker: Broker, change: str) -> None:
-    client, pushes = await _pushed_client(broker)
-    other, other_pushes = await _pushed_client(broker)
-    try:
-        async with watching(broker.server):
-            if change == "revoke":
-                AgentStore(broker.paths.agents_file, broker.paths.lock_file).revoke("claude")
-            else:
-                write_atomic(
-                    broker.paths.config_file,
-                    (DEFAULT_CONFIG + POLICIES.replace('"api.github.com"', '"x.io"')).encode(),
-                )
-            for queue in (pushes, other_pushes):
-                push = await asyncio.wait_for(queue.get(), 1.0)
-                assert push["event"] == "invalidate"
+async def test_agent_and_config_changes_push_invalidate(
+    broker: Broker, brokers: Brokers, change: str
+) -> None:
+    client, pushes = await _pushed_client(broker, brokers)
+    _, other_pushes = await _pushed_client(broker, brokers)
+    async with watching(broker.server):
         if change == "revoke":
-            with pytest.raises(BrokerDenied) as info:
-                await client.call("resolve", token=broker.token, names=["GH"], host="x.io")
-            assert info.value.code == "unauthenticated"
+            AgentStore(broker.paths.agents_file, broker.paths.lock_file).revoke("claude")
         else:
-            reply = await client.call("resolve", token=broker.token, names=["GH"], host="x.io")
-            assert reply["values"] == {"GH": "ghp_server_value"}
-    finally:
-        await client.close()
-        await other.close()
+            write_atomic(
+                broker.paths.config_file,
+                (DEFAULT_CONFIG + POLICIES.replace('"api.github.com"', '"x.io"')).encode(),
+            )
+        for queue in (pushes, other_pushes):
+            push = await asyncio.wait_for(queue.get(), 1.0)
+            assert push["event"] == "invalidate"
+    if change == "revoke":
+        with pytest.raises(BrokerDenied) as info:
+            await client.call("resolve", token=broker.token, names=["GH"], host="x.io")
+        assert info.value.code == "unauthenticated"
+    else:
+        reply = await client.call("resolve", token=broker.token, names=["GH"], host="x.io")
+        assert reply["values"] == {"GH": "ghp_server_value"}
 
 
-async def test_broken_config_is_reported_by_ping_and_not_pushed(broker: Broker) -> None:
-    client, pushes = await _pushed_client(broker)
-    try:
-        async with watching(broker.server):
-            broker.paths.config_file.write_text("[proxy\n")
-            await asyncio.sleep(0.5)
-        assert pushes.empty()
-        reply = await client.call("ping")
-        assert reply["generation"] == 1
-        assert "invalid TOML" in reply["error_state"]
-        resolved = await client.call(
-            "resolve", token=broker.token, names=["GH"], host="api.github.com"
-        )
-        assert resolved["values"] == {"GH": "ghp_server_value"}
-    finally:
-        await client.close()
+async def test_broken_config_is_reported_by_ping_and_not_pushed(
+    broker: Broker, brokers: Brokers
+) -> None:
+    client, pushes = await _pushed_client(broker, brokers)
+    async with watching(broker.server):
+        broker.paths.config_file.write_text("[proxy\n")
+        await asyncio.sleep(0.5)
+    assert pushes.empty()
+    reply = await client.call("ping")
+    assert reply["generation"] == 1
+    assert "invalid TOML" in reply["error_state"]
+    resolved = await client.call("resolve", token=broker.token, names=["GH"], host="api.github.com")
+    assert resolved["values"] == {"GH": "ghp_server_value"}
 
 
 async def test_connect_to_a_missing_socket_is_unavailable(sock_dir: Path) -> None:
@@ -428,36 +376,27 @@ async def test_connect_to_a_missing_socket_is_unavailable(sock_dir: Path) -> Non
     await client.close()
 
 
-async def test_server_closed_mid_call_raises_unavailable(broker: Broker) -> None:
-    client = BrokerClient(broker.socket)
-    try:
+async def test_server_closed_mid_call_raises_unavailable(
+    broker: Broker, brokers: Brokers, client: BrokerClient
+) -> None:
+    await client.call("ping")
+    calls = [
+        asyncio.create_task(client.call("redaction_set"), name=f"call-{i}") for i in range(300)
+    ]
+    await asyncio.sleep(0)  # the calls are written; the server has not answered them all
+    await brokers.stop(broker.server)
+    started = time.monotonic()
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=2)
+    assert time.monotonic() - started < 2, "pending calls fail at once, not by timeout"
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert failures, "closing the server mid-call must fail the calls still pending"
+    assert all(isinstance(f, BrokerUnavailable) for f in failures), failures
+    for result in results:
+        if not isinstance(result, BaseException):
+            assert len(result["values"]) == 202
+    assert not client.connected
+    with pytest.raises(BrokerUnavailable):
         await client.call("ping")
-        calls = [
-            asyncio.create_task(client.call("redaction_set"), name=f"call-{i}") for i in range(300)
-        ]
-        await asyncio.sleep(0)  # the calls are written; the server has not answered them all
-        await broker.server.close()
-        started = time.monotonic()
-        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=2)
-        assert time.monotonic() - started < 2, "pending calls fail at once, not by timeout"
-        failures = [r for r in results if isinstance(r, BaseException)]
-        assert failures, "closing the server mid-call must fail the calls still pending"
-        assert all(isinstance(f, BrokerUnavailable) for f in failures), failures
-        for result in results:
-            if not isinstance(result, BaseException):
-                assert len(result["values"]) == 202
-        assert not client.connected
-        with pytest.raises(BrokerUnavailable):
-            await client.call("ping")
-    finally:
-        await client.close()
-
-
-async def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def test_broker_process_killed_mid_call_raises_unavailable(
@@ -477,7 +416,7 @@ async def test_broker_process_killed_mid_call_raises_unavailable(
     )
     client = BrokerClient(path)
     try:
-        await _wait_for(path.exists, 5)
+        await until(path.exists, 5)
         reply = await client.call("resolve", token=token, names=["GH"], host="api.github.com")
         assert reply["values"] == {"GH": "ghp_server_value"}
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -500,23 +439,18 @@ async def test_broker_process_killed_mid_call_raises_unavailable(
 
 
 async def test_client_reconnects_to_a_restarted_broker(
-    seeded: tuple[Paths, str], sock_dir: Path
+    seeded: tuple[Paths, str], brokers: Brokers
 ) -> None:
-    path = sock_dir / "b.sock"
-    server = await _start(seeded[0], path, frozenset({os.getuid()}))
-    client = BrokerClient(path)
-    try:
-        assert (await client.call("ping"))["generation"] == 1
-        await _stop(server)
-        await _wait_for(lambda: not client.connected, 1)
-        with pytest.raises(BrokerUnavailable):
-            await client.call("ping")
+    server = await brokers.start(seeded[0])
+    client = brokers.client(server)
+    assert (await client.call("ping"))["generation"] == 1
+    await brokers.stop(server)
+    await until(lambda: not client.connected, 1)
+    with pytest.raises(BrokerUnavailable):
+        await client.call("ping")
 
-        server = await _start(seeded[0], path, frozenset({os.getuid()}))
-        assert (await client.call("ping"))["pid"] == os.getpid()
-    finally:
-        await client.close()
-        await _stop(server)
+    await brokers.start(seeded[0])
+    assert (await client.call("ping"))["pid"] == os.getpid()
 
 
 async def _silent_server(
