@@ -10,7 +10,6 @@ import orjson
 
 from blindkey.audit.reader import Filter, follow, parse_since, read_records
 from blindkey.audit.writer import audit_file
-from blindkey.config.arguments import Subcommands, count
 from blindkey.config.console import say
 from blindkey.config.paths import Paths
 
@@ -56,20 +55,3 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 0
     return 0
-
-
-def add_logs_parser(sub: Subcommands) -> None:
-    p = sub.add_parser(
-        "logs",
-        help="show audit records (oldest first)",
-        description="Audit records, oldest first. With --json: a JSON array, or one object "
-        "per line with --follow.",
-    )
-    p.add_argument("--last", type=count, metavar="N", help="only the last N records")
-    p.add_argument("--secret", metavar="NAME", help="records that used this secret")
-    p.add_argument("--agent", metavar="NAME", help="records of this agent")
-    p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
-    p.add_argument("--since", metavar="WHEN", help="1h, 30m, 2d or 2026-11-21T10:00Z")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p.set_defaults(func=cmd_logs)

@@ -7,7 +7,6 @@ import argparse
 from typing import Any
 
 from blindkey.broker.cli_secrets import (
-    PRODUCTION,
     confirm,
     inventory,
     local_store,
@@ -15,12 +14,12 @@ from blindkey.broker.cli_secrets import (
     pick_env,
 )
 from blindkey.broker.notify import put_in_force
-from blindkey.config.arguments import Subcommands
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
+from blindkey.config.stores import PRODUCTION
 
 
 def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:
@@ -82,24 +81,3 @@ def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
         f"({replaced} replaced, {len(values) - replaced} new)"
     )
     return 0
-
-
-def register(sub: Subcommands) -> None:
-    environment = sub.add_parser(
-        "environment",
-        help="list, switch and copy environments",
-        description="Values are per environment; the proxy serves the active one.",
-    )
-    e = environment.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = e.add_parser("list", help="environments, the active one, and how many secrets each holds")
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p.set_defaults(func=cmd_environment_list)
-    p = e.add_parser("switch", help="make NAME the active environment")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--yes", action="store_true", help=f"confirm switching to {PRODUCTION}")
-    p.set_defaults(func=cmd_environment_switch)
-    p = e.add_parser("copy", help="copy every value of FROM into TO (same names replaced)")
-    p.add_argument("source", metavar="FROM")
-    p.add_argument("target", metavar="TO")
-    p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
-    p.set_defaults(func=cmd_environment_copy)

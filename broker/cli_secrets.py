@@ -20,11 +20,9 @@ from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import HostError, HostPattern
 from blindkey.config.loader import load_settings
-from blindkey.config.model import SECRET_NAME, Settings
+from blindkey.config.model import MIN_REDACTABLE, SECRET_NAME, Settings
 from blindkey.config.paths import Paths
-from blindkey.config.stores import OpenBaoSettings
-
-PRODUCTION = "production"
+from blindkey.config.stores import PRODUCTION, OpenBaoSettings
 
 
 def check_name(name: str) -> str:
@@ -85,7 +83,6 @@ def _read_value(name: str) -> str:
 
 
 # Shorter values match ordinary text: redacting them would be unreliable and mangle output.
-MIN_REDACTABLE = 8
 
 
 def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:

@@ -1,12 +1,18 @@
-"""`blindkey config check`."""
+"""The handlers of `blindkey config check` and `blindkey allowlist ...`: the allowlist lives
+in config.toml, and every change to it is put in force in running proxies before the
+command returns."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from blindkey.config.arguments import Subcommands
-from blindkey.config.console import say
+from blindkey.broker.notify import put_in_force
+from blindkey.config.console import emit_json, say, table
+from blindkey.config.edit import edit_config, string_array, toml_table
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 
@@ -22,9 +28,68 @@ def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Subcommands) -> None:
-    config = sub.add_parser("config", help="validate the configuration")
-    c = config.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = c.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")
-    p.add_argument("--config", metavar="FILE", help="file to check (default: the home's)")
-    p.set_defaults(func=cmd_config_check, needs_home=False)
+def _parse_entries(entries: list[str]) -> list[AllowEntry]:
+    parsed = []
+    for text in entries:
+        try:
+            parsed.append(AllowEntry.parse(text))
+        except HostError as exc:
+            raise BlindkeyError(f"invalid allowlist entry: {exc}") from exc
+    return parsed
+
+
+def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
+    entries = _parse_entries(args.entries)
+
+    def change(document: Any) -> None:
+        section = toml_table(document, "allowlist")
+        current = [str(h) for h in section.get("hosts", [])]
+        known = {AllowEntry.parse(h) for h in current}
+        added = []
+        for entry in entries:
+            if entry not in known:
+                known.add(entry)
+                added.append(entry.text)
+        section["hosts"] = string_array(current + added)
+
+    settings = edit_config(paths.config_file, paths.lock_file, change)
+    put_in_force(paths, settings, "the allowlist is saved", config=True)
+    say(f"allowlisted: {', '.join(e.text for e in entries)}")
+    return 0
+
+
+def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
+    entries = _parse_entries(args.entries)
+    drop = set(entries)
+
+    def change(document: Any) -> None:
+        section = toml_table(document, "allowlist")
+        current = [str(h) for h in section.get("hosts", [])]
+        present = {AllowEntry.parse(h) for h in current}
+        missing = [e.text for e in entries if e not in present]
+        if missing:
+            raise BlindkeyError(f"not on the allowlist: {', '.join(missing)}")
+        section["hosts"] = string_array([h for h in current if AllowEntry.parse(h) not in drop])
+
+    settings = edit_config(paths.config_file, paths.lock_file, change)
+    put_in_force(paths, settings, "the allowlist is saved", config=True)
+    say(f"removed: {', '.join(sorted(args.entries))}")
+    return 0
+
+
+def cmd_allowlist_list(paths: Paths, args: argparse.Namespace) -> int:
+    settings = load_settings(paths.config_file)
+    rows = [
+        {"entry": e.text, "scheme": e.scheme, "host": str(e.pattern), "port": e.port}
+        for e in settings.allowlist.entries
+    ]
+    if args.json:
+        emit_json(rows)
+    elif not rows:
+        say("the allowlist is empty; add a host with: blindkey allowlist add api.github.com")
+    else:
+        table(
+            [[r["entry"], r["scheme"], r["host"], str(r["port"])] for r in rows],
+            ["ENTRY", "SCHEME", "HOST", "PORT"],
+        )
+    return 0

@@ -24,6 +24,8 @@ SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
+# Values shorter than this match ordinary text: refused unless stored with --allow-short.
+MIN_REDACTABLE = 8
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

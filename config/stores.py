@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 BACKENDS = ("file", "keyring", "openbao")
 AUTH_METHODS = ("token", "approle")
 DEFAULT_ENVIRONMENTS = ("development", "staging", "production")
+# Switching to it, or writing into it, asks first (--yes in scripts).
+PRODUCTION = "production"
 # Environment names become keychain account names and OpenBao path segments.
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 _PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*\Z")

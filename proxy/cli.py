@@ -1,22 +1,27 @@
-"""The `blindkey` command: each package registers its own subcommands here."""
+"""The `blindkey` command: every subcommand, its flags and its handler, in one tree.
+
+Handlers live in the package whose data they touch (broker/ for secrets, agents and the
+broker; config/ for the allowlist and config checks; audit/ for logs; proxy/ for the
+daemon) and are named here as "module:function", imported only when chosen: a command
+then loads what it needs and no more (the HTTP stack costs about 0.2 s to import, which
+`secrets set` and the broker process itself need not pay).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from blindkey.audit.cli import add_logs_parser
-from blindkey.broker import cli as broker_cli
-from blindkey.broker.vault import ensure_key
-from blindkey.config import cli as config_cli
-from blindkey.config.arguments import CommandParser, port
-from blindkey.config.console import emit_json, say
+from blindkey.config.arguments import CommandParser, Subcommands, count, port
+from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.home import init_config
+from blindkey.config.model import MIN_REDACTABLE, TIERS
 from blindkey.config.paths import Paths, resolve_paths
-from blindkey.proxy import lifecycle
+from blindkey.config.stores import PRODUCTION
 
 EPILOG = """\
 A first session:
@@ -30,9 +35,12 @@ A first session:
 
 Files live under $BLINDKEY_HOME when set, else the XDG directories.
 """
+Handler = Callable[[Paths, argparse.Namespace], int]
 
 
 def ensure_home(paths: Paths, backend: str = "file") -> bool:
+    from blindkey.broker.vault import ensure_key
+
     created = init_config(paths, backend)
     ensure_key(paths)
     return created
@@ -45,60 +53,210 @@ def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
-    if args.foreground:
-        return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
-    current = lifecycle.start_detached(paths, args.host, args.port, args.allow_remote)
-    say(
-        f"blindkey proxy running on http://{current.status.get('host')}:"
-        f"{current.status.get('port')} (pid {current.pid})"
-    )
-    return 0
-
-
-def cmd_proxy_stop(paths: Paths, args: argparse.Namespace) -> int:
-    pid = lifecycle.stop(paths)
-    say("the proxy was not running" if pid is None else f"stopped the proxy (pid {pid})")
-    return 0
-
-
-def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
-    current = lifecycle.running(paths)
-    if current is None:
-        if args.json:
-            emit_json({"running": False})
-        else:
-            say("blindkey proxy is not running")
-        return lifecycle.EXIT_NOT_RUNNING
-    info = lifecycle.describe(current)
-    if args.json:
-        emit_json(info)
-    else:
-        say(
-            f"running: pid {info['pid']}, http://{info['host']}:{info['port']}, "
-            f"up {info['uptime_s']}s, broker {info['broker']}, backend {info['backend']}, "
-            f"environment {info['env']}"
-        )
-        if info["config_error"]:
-            say(f"config refused (running configuration kept): {info['config_error']}")
-    return 0
-
-
-def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
-    status = lifecycle.reload(paths)
-    if status.get("config_error"):
-        raise BlindkeyError(
-            f"config refused, the running configuration is kept: {status['config_error']}"
-        )
-    say("configuration reloaded")
-    return 0
-
-
 def _version() -> str:
     try:
         return version("blindkey")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown"
+
+
+def _json(p: argparse.ArgumentParser, text: str = "print JSON only") -> None:
+    p.add_argument("--json", action="store_true", help=text)
+
+
+def _actions(sub: Subcommands, name: str, **kwargs: str) -> Subcommands:
+    group = sub.add_parser(name, **kwargs)  # type: ignore[arg-type]
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--all", action="store_true", help="every environment")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what would change" if writes else "diff never writes; accepted for scripts",
+    )
+    if writes:
+        p.add_argument("--yes", action="store_true", help=f"confirm writing into {PRODUCTION}")
+    _json(p)
+
+
+def _proxy(sub: Subcommands) -> None:
+    actions = _actions(sub, "proxy", help="run and inspect the proxy daemon")
+    p = actions.add_parser("start", help="start the proxy (returns once /health answers)")
+    p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=port, help="port (default from config: 8765; 0 picks one)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="listen on a non-loopback --host: every caller then needs an agent token, and "
+        "remote callers must be in [proxy] allowed_peers",
+    )
+    p.add_argument(
+        "--foreground", action="store_true", help="stay attached (for systemd, launchd, make run)"
+    )
+    p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_start")
+    p = actions.add_parser("stop", help="stop gracefully (drains calls for [limits] drain_timeout)")
+    p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_stop")
+    p = actions.add_parser("status", help="exit 0 when running, 3 when not")
+    _json(p)
+    p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_status")
+    p = actions.add_parser("reload", help="re-read config.toml (a bad file is refused)")
+    p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_reload")
+    p = actions.add_parser(
+        "logs",
+        help="show audit records (oldest first)",
+        description="Audit records, oldest first. With --json: a JSON array, or one object "
+        "per line with --follow.",
+    )
+    p.add_argument("--last", type=count, metavar="N", help="only the last N records")
+    p.add_argument("--secret", metavar="NAME", help="records that used this secret")
+    p.add_argument("--agent", metavar="NAME", help="records of this agent")
+    p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
+    p.add_argument("--since", metavar="WHEN", help="1h, 30m, 2d or 2026-11-21T10:00Z")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    _json(p)
+    p.set_defaults(handler="blindkey.audit.cli:cmd_logs")
+
+
+def _secrets(sub: Subcommands) -> None:
+    actions = _actions(
+        sub,
+        "secrets",
+        help="store, list and delete secret values",
+        description="Values live in the vault; metadata in config.toml.",
+    )
+    p = actions.add_parser(
+        "set",
+        help="store a value (read from stdin, or prompted without echo)",
+        description="Store NAME's value. Pipe it on stdin "
+        '(`printf %s "$TOKEN" | blindkey secrets set GITHUB_TOKEN`) or type it '
+        "at the hidden prompt. NAME=VALUE works but leaves the value in history.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--tier", choices=TIERS, help="open (default), controlled or restricted")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="bind the secret to this host (repeatable; *.example.com allowed)",
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this agent may use it (repeatable; default: every agent)",
+    )
+    p.add_argument(
+        "--allow-short",
+        action="store_true",
+        help=f"store a value shorter than {MIN_REDACTABLE} characters, which cannot be "
+        "redacted safely; every use is then marked in the audit",
+    )
+    p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_set")
+    p = actions.add_parser("list", help="names, environments and policy (never values)")
+    _json(p)
+    p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_list")
+    p = actions.add_parser("delete", help="delete a value")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_delete")
+    p = actions.add_parser(
+        "diff",
+        help="names missing or different: between two environments, or local and [remote]",
+        description="Values are compared by a keyed hash made for this run; none is shown. "
+        "Exit status as diff(1): 0 when the same, 1 when anything differs.",
+    )
+    p.add_argument("--from", dest="from_env", metavar="ENV", help="with --to: compare these")
+    p.add_argument("--to", dest="to_env", metavar="ENV")
+    _remote_options(p, writes=False)
+    p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_diff")
+    p = actions.add_parser("push", help="copy local values that are new or changed to [remote]")
+    _remote_options(p, writes=True)
+    p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_push")
+    p = actions.add_parser("pull", help="copy [remote] values that are new or changed to local")
+    _remote_options(p, writes=True)
+    p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_pull")
+
+
+def _environment(sub: Subcommands) -> None:
+    actions = _actions(
+        sub,
+        "environment",
+        help="list, switch and copy environments",
+        description="Values are per environment; the proxy serves the active one.",
+    )
+    p = actions.add_parser("list", help="environments, the active one, and secrets in each")
+    _json(p)
+    p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_list")
+    p = actions.add_parser("switch", help="make NAME the active environment")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help=f"confirm switching to {PRODUCTION}")
+    p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_switch")
+    p = actions.add_parser("copy", help="copy every value of FROM into TO (same names replaced)")
+    p.add_argument("source", metavar="FROM")
+    p.add_argument("target", metavar="TO")
+    p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
+    p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_copy")
+
+
+def _allowlist(sub: Subcommands) -> None:
+    actions = _actions(
+        sub,
+        "allowlist",
+        help="where requests may go",
+        description="Entries: host (https:443), host:port (https), "
+        "*.example.com (subdomains), http://host[:port], https://host:port.",
+    )
+    p = actions.add_parser("add", help="permit one or more destinations")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    p.set_defaults(handler="blindkey.config.cli:cmd_allowlist_add")
+    p = actions.add_parser("remove", help="stop permitting destinations")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    p.set_defaults(handler="blindkey.config.cli:cmd_allowlist_remove")
+    p = actions.add_parser("list", help="show the allowlist")
+    _json(p)
+    p.set_defaults(handler="blindkey.config.cli:cmd_allowlist_list")
+
+
+def _agent(sub: Subcommands) -> None:
+    actions = _actions(sub, "agent", help="agent identities and their tokens")
+    p = actions.add_parser("add", help="create an agent and print its token once")
+    p.add_argument("name", metavar="NAME")
+    _json(p, 'print {"agent": NAME, "token": TOKEN}')
+    p.set_defaults(handler="blindkey.broker.cli:cmd_agent_add")
+    p = actions.add_parser("list", help="agents and whether they are revoked")
+    _json(p)
+    p.set_defaults(handler="blindkey.broker.cli:cmd_agent_list")
+    p = actions.add_parser("revoke", help="revoke an agent's token")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler="blindkey.broker.cli:cmd_agent_revoke")
+
+
+def _broker(sub: Subcommands) -> None:
+    actions = _actions(sub, "broker", help="run the secret broker yourself")
+    p = actions.add_parser("serve", help="serve the broker socket in the foreground")
+    p.add_argument("--socket", help="socket path (default: the runtime directory)")
+    p.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also accept connections from this uid (repeatable)",
+    )
+    p.set_defaults(handler="blindkey.broker.cli:cmd_broker_serve")
+
+
+def _config(sub: Subcommands) -> None:
+    actions = _actions(sub, "config", help="validate the configuration")
+    p = actions.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")
+    p.add_argument("--config", metavar="FILE", help="file to check (default: the home's)")
+    p.set_defaults(handler="blindkey.config.cli:cmd_config_check", needs_home=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,47 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="file",
         help="where values live (file: the encrypted vault; default)",
     )
-    p.set_defaults(func=cmd_init)
-
-    proxy = sub.add_parser("proxy", help="run and inspect the proxy daemon")
-    actions = proxy.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser("start", help="start the proxy (returns once /health answers)")
-    p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
-    p.add_argument("--port", type=port, help="port (default from config: 8765; 0 picks one)")
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="listen on a non-loopback --host: every caller then needs an agent token, and "
-        "remote callers must be in [proxy] allowed_peers",
-    )
-    p.add_argument(
-        "--foreground",
-        action="store_true",
-        help="stay attached (for systemd, launchd and make run)",
-    )
-    p.set_defaults(func=cmd_proxy_start)
-    p = actions.add_parser("stop", help="stop gracefully (drains requests for up to 10s)")
-    p.set_defaults(func=cmd_proxy_stop)
-    p = actions.add_parser("status", help="exit 0 when running, 3 when not")
-    p.add_argument("--json", action="store_true", help="print JSON only")
-    p.set_defaults(func=cmd_proxy_status)
-    p = actions.add_parser("reload", help="re-read config.toml (a bad file is refused)")
-    p.set_defaults(func=cmd_proxy_reload)
-    add_logs_parser(actions)
-
-    broker_cli.register(sub)
-    config_cli.register(sub)
+    p.set_defaults(handler=cmd_init)
+    for add in (_proxy, _secrets, _environment, _allowlist, _agent, _broker, _config):
+        add(sub)
     return parser
 
 
+def _handler(chosen: str | Handler) -> Handler:
+    if not isinstance(chosen, str):
+        return chosen
+    module, _, name = chosen.partition(":")
+    handler: Handler = getattr(importlib.import_module(module), name)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     paths = resolve_paths()
     try:
-        if getattr(args, "needs_home", True) and args.func is not cmd_init:
+        if getattr(args, "needs_home", True) and args.handler is not cmd_init:
             ensure_home(paths)
-        return int(args.func(paths, args))
+        return int(_handler(args.handler)(paths, args))
     except UsageError as exc:
         sys.stderr.write(f"blindkey: {exc}\n")
         return 2

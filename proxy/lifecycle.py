@@ -21,7 +21,6 @@ from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import LimitSettings, Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.server import ProxyServer
 
 START_TIMEOUT = 15.0
 STOP_MARGIN = 15.0
@@ -141,36 +140,45 @@ def run_foreground(
 
 
 async def _serve_until_signal(
-    paths: Paths, settings: Any, host: str, port: int, allow_remote: bool
+    paths: Paths, settings: Settings, host: str, port: int, allow_remote: bool
 ) -> None:
-    server = ProxyServer(paths, settings, host=host, port=port, allow_remote=allow_remote)
-    await server.start()
-    tune_gc()
+    """`serve` with the process's signals: TERM and INT stop it, HUP reloads config.toml."""
+    # Here, not at the top: `proxy status` and `proxy stop` need no HTTP stack (0.3 s).
+    from blindkey.proxy.server import ProxyServer, serve
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     reloads: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(server.reload(), name="sighup-reload")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    sys.stderr.write(
-        f"blindkey proxy listening on http://{host}:{server.port} (pid {os.getpid()})\n"
-    )
-    if server.allow_remote:
+
+    def on_ready(server: ProxyServer) -> None:
+        def on_hup() -> None:
+            task = loop.create_task(server.reload(), name="sighup-reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        tune_gc()
         sys.stderr.write(
-            "blindkey: WARNING: calls from other machines are accepted: every caller needs "
-            "an agent token, and remote callers must be in [proxy] allowed_peers\n"
+            f"blindkey proxy listening on http://{host}:{server.port} (pid {os.getpid()})\n"
         )
-    sys.stderr.flush()
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
+        if server.allow_remote:
+            sys.stderr.write(
+                "blindkey: WARNING: calls from other machines are accepted: every caller needs "
+                "an agent token, and remote callers must be in [proxy] allowed_peers\n"
+            )
+        sys.stderr.flush()
+
+    await serve(
+        paths,
+        settings,
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        shutdown_trigger=stop.wait,
+        on_ready=on_ready,
+    )
 
 
 def start_detached(

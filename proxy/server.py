@@ -208,14 +208,18 @@ async def serve(
     *,
     host: str,
     port: int,
+    allow_remote: bool = False,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[ProxyServer], None] | None = None,
 ) -> None:
-    server = ProxyServer(paths, settings, host=host, port=port)
+    """Run the proxy until `shutdown_trigger` returns (forever without one), then stop in
+    order: stop accepting, drain, stop the broker, flush the audit. Signals are the
+    caller's business (lifecycle.py maps them to the trigger)."""
+    server = ProxyServer(paths, settings, host=host, port=port, allow_remote=allow_remote)
     await server.start()
-    if on_ready is not None:
-        on_ready(server)
     try:
+        if on_ready is not None:
+            on_ready(server)
         if shutdown_trigger is None:
             await asyncio.Event().wait()
         else:

@@ -1,0 +1,59 @@
+"""The handlers of `blindkey proxy start|stop|status|reload` (the tree is in proxy/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+from blindkey.config.console import emit_json, say
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
+from blindkey.proxy import lifecycle
+
+
+def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
+    if args.foreground:
+        return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
+    current = lifecycle.start_detached(paths, args.host, args.port, args.allow_remote)
+    say(
+        f"blindkey proxy running on http://{current.status.get('host')}:"
+        f"{current.status.get('port')} (pid {current.pid})"
+    )
+    return 0
+
+
+def cmd_proxy_stop(paths: Paths, args: argparse.Namespace) -> int:
+    pid = lifecycle.stop(paths)
+    say("the proxy was not running" if pid is None else f"stopped the proxy (pid {pid})")
+    return 0
+
+
+def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
+    current = lifecycle.running(paths)
+    if current is None:
+        if args.json:
+            emit_json({"running": False})
+        else:
+            say("blindkey proxy is not running")
+        return lifecycle.EXIT_NOT_RUNNING
+    info = lifecycle.describe(current)
+    if args.json:
+        emit_json(info)
+    else:
+        say(
+            f"running: pid {info['pid']}, http://{info['host']}:{info['port']}, "
+            f"up {info['uptime_s']}s, broker {info['broker']}, backend {info['backend']}, "
+            f"environment {info['env']}"
+        )
+        if info["config_error"]:
+            say(f"config refused (running configuration kept): {info['config_error']}")
+    return 0
+
+
+def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
+    status = lifecycle.reload(paths)
+    if status.get("config_error"):
+        raise BlindkeyError(
+            f"config refused, the running configuration is kept: {status['config_error']}"
+        )
+    say("configuration reloaded")
+    return 0
