@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blindkey.config.hosts import AllowEntry, HostError, HostPattern, normalize_host
+
+T = TypeVar("T")
 
 # (raw host, normalised form)
 NORMALISED = [
@@ -254,3 +261,74 @@ def test_host_pattern_overlaps_is_symmetric(left: str, right: str, expected: boo
     a, b = HostPattern.parse(left), HostPattern.parse(right)
     assert a.overlaps(b) is expected
     assert b.overlaps(a) is expected
+
+
+# --- properties: whatever is typed, a parse ends in an entry or a HostError -----------------
+
+LABEL = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-üßÖ\uff41",
+    min_size=1,
+    max_size=12,
+)
+NAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
+HOST = st.one_of(
+    NAME,
+    NAME.map(lambda name: name + "."),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda address: f"[{address}]"),
+    st.ip_addresses(v=6).map(str),
+    st.integers(min_value=0, max_value=2**32).map(str),
+)
+PORT = st.one_of(st.just(""), st.integers(min_value=-1, max_value=70_000).map(lambda p: f":{p}"))
+SCHEME = st.sampled_from(["", "", "http://", "https://", "HTTPS://", "ftp://"])
+# Entries shaped like what people type, and text that is not.
+TYPED = st.builds(
+    lambda scheme, star, host, port: f"{scheme}{star}{host}{port}",
+    SCHEME,
+    st.sampled_from(["", "", "*.", "*"]),
+    HOST,
+    PORT,
+)
+# Separators, full-width and ideographic dots, digits that are not ASCII, an emoji.
+NOISE = st.text(
+    st.sampled_from("ab1-.:*[]/@?# \t\u00fc\uff0e\u3002\u0662\u00b2\U0001f511"), max_size=24
+)
+ANY_TEXT = st.one_of(TYPED, NOISE, st.text(max_size=24))
+
+
+def _parsed_or_refused(parse: Callable[[str], T], raw: str) -> T | None:
+    try:
+        return parse(raw)
+    except HostError:
+        return None
+
+
+def _canonical(entry: AllowEntry) -> str:
+    host = str(entry.pattern)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{entry.scheme}://{host}:{entry.port}"
+
+
+@settings(max_examples=400, deadline=None)  # the first wildcard loads the suffix list
+@given(ANY_TEXT)
+def test_an_allow_entry_parses_or_is_a_host_error_and_parses_again_the_same(raw: str) -> None:
+    entry = _parsed_or_refused(AllowEntry.parse, raw)
+    if entry is None:
+        return
+    assert AllowEntry.parse(entry.text) == entry
+    # Its normal form too, as `allowlist list` could print it.
+    assert AllowEntry.parse(_canonical(entry)) == entry
+    host = entry.pattern.host
+    assert entry.matches(entry.scheme, "x." + host if entry.pattern.wildcard else host, entry.port)
+
+
+@settings(max_examples=400, deadline=None)  # the first wildcard loads the suffix list
+@given(ANY_TEXT)
+def test_a_host_pattern_parses_or_is_a_host_error_and_parses_again_the_same(raw: str) -> None:
+    pattern = _parsed_or_refused(HostPattern.parse, raw)
+    if pattern is None:
+        return
+    assert HostPattern.parse(str(pattern)) == pattern
+    assert normalize_host(pattern.host) == pattern.host
+    assert pattern.overlaps(pattern)
