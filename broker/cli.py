@@ -75,7 +75,9 @@ def cmd_broker_serve(paths: Paths, args: argparse.Namespace) -> int:
         # Spawned by a proxy: serve anyway; the broker keeps reporting the bad file (ping)
         # and picks the file up once it is fixed.
         settings = Settings()
-    socket_path = Path(args.socket or settings.broker.socket or paths.broker_socket)
+    socket_path = (
+        Path(args.socket) if args.socket else paths.broker_socket_at(settings.broker.socket)
+    )
     uids = frozenset({os.getuid(), *settings.broker.allowed_uids, *args.allow_uid})
     try:
         import uvloop

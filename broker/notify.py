@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable
-from pathlib import Path
 
 from blindkey.broker.protocol import ACK_TIMEOUT, FrameDecoder, Message, ProtocolError, encode
 from blindkey.config.errors import BlindkeyError
@@ -24,10 +23,6 @@ from blindkey.config.paths import Paths
 # Longer than the broker waits for its proxies, so its own answer about a late one arrives.
 TIMEOUT = ACK_TIMEOUT + 3.0
 CHECK = "check `blindkey proxy status`; the change is saved and applies once it answers"
-
-
-def broker_socket(paths: Paths, settings: Settings) -> Path:
-    return Path(settings.broker.socket) if settings.broker.socket else paths.broker_socket
 
 
 def _answer(sock: socket.socket, request: Message) -> Message:
@@ -67,7 +62,7 @@ def notify_broker(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         try:
-            sock.connect(str(broker_socket(paths, settings)))
+            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
         except OSError:
             # Nothing listens, or the socket is another user's that we may not open.
             return None

@@ -69,6 +69,10 @@ class Paths:
         short = Path(tempfile.gettempdir()) / f"blindkey-{os.getuid()}-{digest}"
         return short / "broker.sock"
 
+    def broker_socket_at(self, configured: str) -> Path:
+        """`[broker] socket` when set (a broker run as its own service), else our own."""
+        return Path(configured) if configured else self.broker_socket
+
     def all_dirs(self) -> tuple[Path, ...]:
         return (
             self.config_dir,

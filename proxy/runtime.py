@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-from pathlib import Path
 from typing import Any
 
 from aiohttp.abc import AbstractResolver
@@ -25,11 +24,6 @@ log = logging.getLogger("blindkey.proxy")
 FileStamp = tuple[int, int, int, int]
 
 
-def broker_socket(paths: Paths, settings: Settings) -> Path:
-    """The socket of a broker run as its own service, else the one the proxy spawns."""
-    return Path(settings.broker.socket) if settings.broker.socket else paths.broker_socket
-
-
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if settings.proxy.ca_file:
@@ -44,7 +38,9 @@ class ProxyRuntime:
         self.audit = audit
         self.own_port: int | None = None
         self.guard = EgressGuard(settings.allowlist)
-        self.authoriser = Authoriser(broker_socket(paths, settings), self._reload_if_changed)
+        self.authoriser = Authoriser(
+            paths.broker_socket_at(settings.broker.socket), self._reload_if_changed
+        )
         self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).
         self.inner_resolver: AbstractResolver | None = None

@@ -21,7 +21,7 @@ from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.connections import ConnectionGuard, GuardedSite
 from blindkey.proxy.edge import Front
-from blindkey.proxy.runtime import ProxyRuntime, broker_socket
+from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
 
 log = logging.getLogger("blindkey.proxy")
@@ -70,7 +70,7 @@ class ProxyServer:
         self.port = port
         self.audit = AuditWriter(paths.audit_dir, fsync=settings.audit_fsync)
         self.runtime = ProxyRuntime(paths, settings, self.audit)
-        socket_path = broker_socket(paths, settings)
+        socket_path = paths.broker_socket_at(settings.broker.socket)
         # A broker run as its own service (`[broker] socket`) is connected to, never spawned.
         self.supervisor: BrokerSupervisor | ExternalBroker = (
             ExternalBroker(socket_path, self._broker_state)

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from blindkey.config.paths import Paths
 from tests.conftest import RunCli
 
 
-def status_json(run_cli: RunCli) -> dict[str, object]:
+def status_json(run_cli: RunCli) -> dict[str, Any]:
     result = run_cli("proxy", "status", "--json")
     return dict(json.loads(result.stdout))
 
@@ -27,7 +28,7 @@ def status_json(run_cli: RunCli) -> dict[str, object]:
 def started(run_cli: RunCli, home: Paths) -> Iterator[int]:
     result = run_cli("proxy", "start", "--port", "0")
     assert result.returncode == 0, result.stderr
-    port = int(status_json(run_cli)["port"])  # type: ignore[arg-type]
+    port = int(status_json(run_cli)["port"])
     yield port
     run_cli("proxy", "stop")
 
@@ -39,7 +40,7 @@ def test_start_returns_once_healthy(run_cli: RunCli, home: Paths) -> None:
     try:
         assert result.returncode == 0, result.stderr
         assert "running on http://127.0.0.1:" in result.stdout
-        port = int(status_json(run_cli)["port"])  # type: ignore[arg-type]
+        port = int(status_json(run_cli)["port"])
         # Health must answer the moment start has returned, without a retry.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
             assert json.loads(response.read()) == {"status": "ok"}
@@ -106,7 +107,7 @@ def test_reload_refuses_a_bad_config_and_keeps_serving(
 
 
 def test_sighup_rereads_config(run_cli: RunCli, home: Paths, started: int) -> None:
-    pid = int(status_json(run_cli)["pid"])  # type: ignore[arg-type]
+    pid = int(status_json(run_cli)["pid"])
     home.config_file.write_text(
         home.config_file.read_text().replace("[proxy]\n", "[proxy]\nbogus = 1\n")
     )
@@ -173,7 +174,7 @@ def test_stop_drains_then_cuts_a_long_stream_and_exits_0(
     token = json.loads(run_cli("agent", "add", "streamer", "--json").stdout)["token"]
     assert run_cli("proxy", "start", "--port", "0").returncode == 0
     port = status_json(run_cli)["port"]
-    stream = socket.create_connection(("127.0.0.1", int(port)))  # type: ignore[arg-type]
+    stream = socket.create_connection(("127.0.0.1", int(port)))
     stream.sendall(
         f"GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-AS-Agent-Token: {token}\r\n"
         f"X-AS-Target-URL: {upstream}/drip?n=300\r\nX-AS-Inject-Bearer: GH\r\n\r\n".encode()
