@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp.abc import AbstractResolver
@@ -48,6 +49,8 @@ class ProxyRuntime:
         self.config_generation = 0
         # Unknown: the settings we were given may predate the file; the first check reads it.
         self._config_stamp: FileStamp | None = None
+        # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
+        self.on_reloaded: Callable[[], None] = lambda: None
 
     def open_upstream(self) -> None:
         self.upstream = self._new_upstream(self.settings)
@@ -73,7 +76,7 @@ class ProxyRuntime:
         """Re-read config.toml; a bad file is refused and the running settings kept."""
         return self._reload()
 
-    def _file_stamp(self) -> FileStamp:
+    def file_stamp(self) -> FileStamp:
         try:
             st = self.paths.config_file.stat()
         except OSError:
@@ -81,24 +84,33 @@ class ProxyRuntime:
         # ctime and inode too: the CLI replaces the file, possibly within one mtime tick.
         return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
+    @property
+    def applied_stamp(self) -> FileStamp | None:
+        return self._config_stamp
+
     def _reload_if_changed(self) -> None:
-        if self._file_stamp() != self._config_stamp:
+        if self.file_stamp() != self._config_stamp:
             self._reload()
 
     def _reload(self) -> bool:
         # Stamped before reading: a change made meanwhile is read next time.
-        self._config_stamp = self._file_stamp()
+        self._config_stamp = self.file_stamp()
         try:
+            if not self.paths.config_file.read_bytes().strip():
+                # An editor truncates before it writes: never take that for "no allowlist".
+                raise ConfigError(f"{self.paths.config_file}: the file is empty")
             settings = load_settings(self.paths.config_file)
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:
             self.config_error = str(exc)
             log.error("config refused, keeping the running one: %s", exc)
+            self.on_reloaded()
             return False
         previous = self.settings
         self.settings = settings
         self.authoriser.forget()
         self.config_error = None
         self.config_generation += 1
+        self.on_reloaded()
         self.guard.entries = settings.allowlist.entries
         self.guard.private_ranges = settings.allowlist.private_ranges
         pool = self.upstream

@@ -83,14 +83,7 @@ class ProxyServer:
         self._runner: web.ServerRunner | None = None
         self.guard: ConnectionGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._config_stamp = self._stamp()
-
-    def _stamp(self) -> tuple[int, int]:
-        try:
-            st = self.paths.config_file.stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return (st.st_mtime_ns, st.st_size)
+        self.runtime.on_reloaded = self.write_status
 
     def _broker_state(self, state: str, pid: int | None) -> None:
         self.broker_state, self.broker_pid = state, pid
@@ -135,18 +128,22 @@ class ProxyServer:
         self.write_status()
 
     async def _watch_config(self) -> None:
+        """Reload config.toml when it changed and then stayed unchanged for one poll: an
+        editor saving in place writes in steps, and a half-written file must not apply."""
+        seen = None
         while True:
             await asyncio.sleep(CONFIG_POLL)
-            stamp = self._stamp()
-            if stamp != self._config_stamp:
-                self._config_stamp = stamp
+            stamp = self.runtime.file_stamp()
+            if stamp == self.runtime.applied_stamp:
+                seen = None
+            elif stamp != seen:
+                seen = stamp  # changed: look again next poll
+            else:
+                seen = None
                 await self.reload()
 
     async def reload(self) -> bool:
-        self._config_stamp = self._stamp()
-        ok = await self.runtime.reload()
-        self.write_status()
-        return ok
+        return await self.runtime.reload()
 
     def write_status(self) -> None:
         status = {
