@@ -20,7 +20,7 @@ from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import HostError, HostPattern
 from blindkey.config.loader import load_settings
-from blindkey.config.model import MIN_REDACTABLE, SECRET_NAME, Settings
+from blindkey.config.model import MAX_VALUE_BYTES, MIN_REDACTABLE, SECRET_NAME, Settings
 from blindkey.config.paths import Paths
 from blindkey.config.stores import PRODUCTION, OpenBaoSettings
 
@@ -103,6 +103,12 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
         value = _read_value(name)
     if not value:
         raise BlindkeyError(f"empty value for {name}: nothing stored")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_VALUE_BYTES:
+        raise BlindkeyError(
+            f"the value of {name} is {size} bytes: blindkey redacts values of up to "
+            f"{MAX_VALUE_BYTES} bytes (PEM keys and service-account JSON fit). Nothing stored"
+        )
     short = len(value) < MIN_REDACTABLE
     if short and not args.allow_short:
         raise BlindkeyError(

@@ -26,6 +26,8 @@ TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
 MIN_REDACTABLE = 8
+# The longest value the redactor matches (refused at `secrets set`, never found per request).
+MAX_VALUE_BYTES = 64 * 1024
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

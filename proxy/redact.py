@@ -15,6 +15,7 @@ from urllib.parse import quote, quote_plus
 
 import hyperscan
 
+from blindkey.config.model import MAX_VALUE_BYTES
 from blindkey.proxy.redact_views import View, active_views
 
 # Derived forms this short would match ordinary text; the raw value is always kept.
@@ -79,8 +80,7 @@ ANCHOR = 1024
 # Held-back search: suffixes shorter than this are looked up in a set of short prefixes,
 # longer ones start where a pattern's first HEAD bytes occur.
 HEAD = 8
-# The longest value the matcher takes (PEM keys and service-account JSON fit).
-MAX_VALUE = 64 * 1024
+MAX_VALUE = MAX_VALUE_BYTES
 
 Span = tuple[int, int, int]  # start, end, pattern index
 
