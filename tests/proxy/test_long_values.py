@@ -37,9 +37,7 @@ async def test_a_pem_key_is_added_used_and_removed_while_others_keep_working(
     running = asyncio.create_task(other_agent(), name="other-agent")
     value = pem(size)
     try:
-        stored = await loop.run_in_executor(
-            None, lambda: run_cli("secrets", "set", "PEM", input=value)
-        )
+        stored = await asyncio.to_thread(run_cli, "secrets", "set", "PEM", input=value)
         assert stored.returncode == 0, stored.stderr
         headers = env.headers(X_AS_Inject_Body_key="PEM", **{"Content-Type": "application/json"})
         status, _, body = await env.call("POST", headers=headers, data=b"{}")
