@@ -46,6 +46,8 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
         )
         if info["config_error"]:
             say(f"config refused (running configuration kept): {info['config_error']}")
+        if not info["healthy"]:
+            say(f"not serving: {info['broker_error'] or 'the proxy does not answer /health'}")
     return 0
 
 

@@ -104,7 +104,11 @@ class Front:
             raise ProxyError("forbidden_origin", "requests made by a web page are refused")
         path = request.path
         if path == "/health" and request.method in ("GET", "HEAD"):
-            return web.json_response({"status": "ok"}), False
+            # Health means serving: a broker that cannot open its vault, key or agents makes
+            # the proxy unhealthy (why is for `proxy status`, not for whoever asks here).
+            if await self.runtime.check_broker():
+                return web.json_response({"status": "ok"}), False
+            return web.json_response({"status": "unavailable"}, status=503), False
         if path != "/proxy":
             raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
         proxy_settings = self.runtime.settings.proxy

@@ -220,12 +220,14 @@ def start_detached(
             )
         current = running(paths)
         port = current.status.get("port") if current is not None else None
-        if (
-            current is not None
-            and port
-            and health(current.status.get("host", settings.proxy.host), int(port))
-        ):
-            return current
+        if current is not None and port:
+            if health(current.status.get("host", settings.proxy.host), int(port)):
+                return current
+            # Written by the /health just refused, when the broker cannot serve.
+            broker_error = (running(paths) or current).status.get("broker_error")
+            if broker_error:
+                child.terminate()
+                raise BlindkeyError(f"the proxy cannot serve: {broker_error}")
         time.sleep(0.02)
     child.terminate()
     raise BlindkeyError(
@@ -298,6 +300,7 @@ def describe(current: Running) -> dict[str, Any]:
         "backend": status.get("backend"),
         "env": status.get("env"),
         "config_error": status.get("config_error"),
+        "broker_error": status.get("broker_error"),
         "healthy": bool(status.get("port"))
         and health(str(status.get("host")), int(status["port"])),
     }

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 
 from blindkey.audit.writer import AuditWriter
-from blindkey.config.errors import ConfigError
+from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
@@ -49,6 +49,7 @@ class ProxyRuntime:
         self.config_generation = 0
         # Unknown: the settings we were given may predate the file; the first check reads it.
         self._config_stamp: FileStamp | None = None
+        self.broker_error: str | None = None
         # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
         self.on_reloaded: Callable[[], None] = lambda: None
 
@@ -130,8 +131,23 @@ class ProxyRuntime:
             self.upstream.close()
         await self.authoriser.close()
 
+    async def check_broker(self) -> bool:
+        """Whether the broker can serve (its vault, key and agents loaded); the reason when
+        not is kept in `broker_error` for `proxy status`. Health means serving."""
+        try:
+            reply = await self.authoriser.broker.call("ping")
+        except BlindkeyError:
+            error: str | None = "the secret broker is not answering"
+        else:
+            error = reply.get("error_state") or None
+        if error != self.broker_error:
+            self.broker_error = error
+            self.on_reloaded()  # the status file says so
+        return error is None
+
     def status_fields(self) -> dict[str, Any]:
         return {
+            "broker_error": self.broker_error,
             "backend": self.settings.backend,
             "env": self.settings.active_env,
             "config_error": self.config_error,

@@ -96,6 +96,7 @@ class ProxyServer:
         try:
             await self.audit.start()
             await self.supervisor.start()
+            await self.runtime.check_broker()
             self.runtime.open_upstream()
             limits = self.runtime.settings.limits
             guard = self.guard = ConnectionGuard(

@@ -193,3 +193,20 @@ def test_stop_drains_then_cuts_a_long_stream_and_exits_0(
         json.loads(line) for line in (home.audit_dir / "audit.jsonl").read_text().splitlines()
     ]
     assert any(r["url"].endswith("/drip?n=300") for r in records)
+
+
+@pytest.mark.parametrize("damaged", ["vault.bin", "vault.key", "agents.json"])
+def test_start_fails_with_the_reason_when_the_broker_cannot_open_its_files(
+    run_cli: RunCli, home: Paths, damaged: str
+) -> None:
+    """Health means serving: a proxy whose every call would be 503 is not started."""
+    assert run_cli("secrets", "set", "GH", input="ghp_healthTestValue0123456789").returncode == 0
+    assert run_cli("agent", "add", "someone").returncode == 0
+    (home.state_dir / damaged).write_bytes(b"not what blindkey wrote\n")
+    started = run_cli("proxy", "start", "--port", "0")
+    try:
+        assert started.returncode == 1, started.stdout
+        assert "cannot serve" in started.stderr and "Traceback" not in started.stderr
+        assert run_cli("proxy", "status").returncode == 3  # nothing left running
+    finally:
+        run_cli("proxy", "stop")
