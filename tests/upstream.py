@@ -236,10 +236,8 @@ async def start_upstream(host: str = "127.0.0.1", port: int = 0) -> tuple[web.Ap
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, port
+    (address,) = runner.addresses
+    return runner, int(address[1])
 
 
 async def _serve_forever() -> None:

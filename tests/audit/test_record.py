@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 
 from blindkey.audit.record import AuditRecord, rfc3339
 
@@ -88,7 +89,7 @@ def test_ts_is_rfc3339_utc_with_z() -> None:
     ts = finished["ts"]
     assert RFC3339_UTC.match(ts), ts
     moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    assert moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0
+    assert moment.utcoffset() == timedelta(0)
     # Millisecond precision: truncation may put it up to 1 ms before `before`.
     assert before.timestamp() - 0.001 <= moment.timestamp() <= after.timestamp()
 
@@ -98,7 +99,7 @@ def test_ts_is_when_the_request_started_not_when_it_finished() -> None:
     assert record.finish()["ts"] == "2023-11-14T22:13:20.250Z"
 
 
-def test_rfc3339_is_utc_whatever_the_local_zone(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_rfc3339_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Pacific/Chatham")
     time.tzset()
     try:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from blindkey.config import atomic
 from blindkey.config.atomic import locked, write_atomic
 
 
@@ -83,7 +82,7 @@ def test_failed_fsync_keeps_old_content(tmp_path: Path, monkeypatch: pytest.Monk
     def failing_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(atomic.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="Input/output error"):
         write_atomic(target, b"new\n")
     monkeypatch.undo()
@@ -101,7 +100,7 @@ def test_interrupt_before_rename_keeps_old_content(
     def interrupted(src: object, dst: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, b"new\n")
     monkeypatch.undo()

@@ -37,7 +37,12 @@ async def test_chat_completions_whole_and_streamed(home: Paths) -> None:
         http = httpx.AsyncClient(transport=ViaBlindkey(env.server.port, env.token))
         # The SDK's own key is a placeholder: blindkey replaces the Authorization it sets.
         client = openai.AsyncOpenAI(
-            api_key="placeholder", base_url=f"{env.base}/v1", http_client=http, max_retries=0
+            api_key="placeholder",
+            base_url=f"{env.base}/v1",
+            # openai annotates http_client as httpx2.AsyncClient only, yet accepts an
+            # httpx.AsyncClient at runtime (openai._httpx2.is_legacy_httpx_async_client).
+            http_client=http,  # type: ignore[arg-type]
+            max_retries=0,
         )
         try:
             raw = await client.chat.completions.with_raw_response.create(

@@ -126,10 +126,10 @@ async def test_a_half_sent_body_for_injection_is_cut_at_the_body_deadline(home: 
         )
         writer.write(head.encode() + b'{"partial": ')
         began = time.monotonic()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         assert time.monotonic() - began < 2
-        assert head.startswith(b"HTTP/1.1 400") and b"Connection: close" in head
-        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert answer.startswith(b"HTTP/1.1 400") and b"Connection: close" in answer
+        length = int(answer.split(b"Content-Length: ")[1].split(b"\r\n")[0])
         body = orjson.loads(await reader.readexactly(length))
         assert body["error"] == "bad_request" and "body_read_timeout" in body["message"]
         writer.close()

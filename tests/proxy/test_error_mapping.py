@@ -40,7 +40,7 @@ def raised_by_the_stages() -> list[type[BlindkeyError]]:
 def instance(cls: type[BlindkeyError]) -> Exception:
     target = parse_target("https://api.example.com/x")
     if cls is ProxyError or issubclass(cls, protocol.BrokerDenied):
-        return cls("secret_denied", "refused")  # type: ignore[call-arg]
+        return cls("secret_denied", "refused")
     if cls is BlockedAddressError:
         return UpstreamFailure(BlockedAddressError("h.example", ["10.0.0.1"]), target, Redactor({}))
     if cls is UpstreamFailure:

@@ -115,7 +115,7 @@ def test_encodings_skip_short_derived_forms_but_keep_raw() -> None:
 
 
 secret_text = st.text(
-    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_categories=("Cs",)),
+    alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_categories=["Cs"]),
     min_size=8,
     max_size=40,
 )
