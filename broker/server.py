@@ -256,6 +256,9 @@ class BrokerServer:
             "generation": state.generation,
             "error_state": state.last_error,
             "backend_error": state.backend_error,
+            # False until a vault, key and agents file were loaded: every call would fail.
+            # A later change the broker refuses keeps it serving what it had.
+            "serving": state.view is not None,
         }
 
     def _ack(self, request: Message, client: _Client) -> None:

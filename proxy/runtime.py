@@ -139,7 +139,8 @@ class ProxyRuntime:
         except BlindkeyError:
             error: str | None = "the secret broker is not answering"
         else:
-            error = reply.get("error_state") or None
+            serving = reply.get("serving", True)
+            error = None if serving else reply.get("error_state") or "the broker loaded nothing"
         if error != self.broker_error:
             self.broker_error = error
             self.on_reloaded()  # the status file says so
