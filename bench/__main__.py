@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         phases.sse(bench)
         phases.big(bench)
         phases.idle_connections(bench)
+        phases.long_values(bench)
         phases.run_profile(bench)
         time.sleep(1.0)
         out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)

@@ -111,6 +111,7 @@ class Bench:
             self.out["audit_fsync_off"] = {"how": "`[audit] fsync = false` in config.toml"}
 
         small = f"http://127.0.0.1:{small_port}/small"
+        self.small_port = small_port
         bk_headers = home.headers(small)
         plan: dict[str, tuple[str, dict[str, str], dict[str, list[int]]]] = {
             "direct": (small, {"Authorization": f"Bearer {values[INJECTED]}"}, {}),

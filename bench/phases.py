@@ -7,12 +7,14 @@ slow minute on this shared machine lands on every target alike.
 from __future__ import annotations
 
 import concurrent.futures
+import secrets
 import statistics
 import time
+import urllib.request
 from typing import Any
 
 from bench import idle, profile, report, streams
-from bench.blindkey import INJECTED, MAX_CONNECTIONS
+from bench.blindkey import INJECTED, MAX_CONNECTIONS, Home
 from bench.harness import Bench
 from bench.tools import RESULTS, ROOT, BenchError, Interference, RssSampler, log
 
@@ -191,3 +193,41 @@ def _profile(bench: Bench, py_spy: str) -> None:
     spots["flamegraph"] = str(svg.relative_to(ROOT))
     spots["raw"] = "bench/results/profile.txt"
     bench.out["profile"] = spots
+
+
+LONG_VALUES = 50
+LONG_VALUE_BYTES = 4096
+
+
+def long_values(bench: Bench) -> None:
+    """A second proxy holding 50 values of 4 KB (PEM-key size): its memory once the
+    redactor for all of them is built, and the first call, which builds it."""
+    log(f"{LONG_VALUES} secrets of {LONG_VALUE_BYTES} bytes: proxy RSS")
+    values = {
+        f"LONG_{i:02d}": secrets.token_urlsafe(LONG_VALUE_BYTES)[:LONG_VALUE_BYTES]
+        for i in range(LONG_VALUES)
+    }
+    first = next(iter(values))
+    home = Home.create(bench.work / "long", [bench.small_port], values)
+    try:
+        running, _ = home.start()
+        before = bench.idle_rss(running)
+        headers = {**home.headers(f"http://127.0.0.1:{bench.small_port}/small")}
+        headers["X-AS-Inject-Bearer"] = first
+        request = urllib.request.Request(running.url, headers=headers)
+        began = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            status = answer.status
+            answer.read()
+        first_call_ms = (time.perf_counter() - began) * 1000
+        after = bench.idle_rss(running)
+    finally:
+        home.stop()
+    bench.out["long_values"] = {
+        "secrets": LONG_VALUES,
+        "value_bytes": LONG_VALUE_BYTES,
+        "status": status,
+        "first_call_ms": round(first_call_ms, 1),
+        "rss_mb_before_first_call": before,
+        "rss_mb_after_first_call": after,
+    }

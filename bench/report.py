@@ -211,6 +211,18 @@ def targets(report: Json) -> list[Json]:
                 "MB",
             )
         )
+    long = report.get("long_values")
+    if long:
+        rss = long["rss_mb_after_first_call"]["proxy"]
+        out.append(
+            _check(
+                f"{long['secrets']} secrets of {long['value_bytes']} bytes: proxy RSS",
+                rss,
+                "< 150 MB",
+                rss < 150 and long["status"] == 200,
+                "MB",
+            )
+        )
     return out
 
 
@@ -421,6 +433,14 @@ def _single_figures(report: Json) -> list[str]:
             f"| {many['idle_connections']} idle keep-alive + wrk @{many['connections']}: "
             f"req/s, errors, idle still serving, peak RSS | {many['rps']:,.0f}, "
             f"{many['errors']}, {many['idle_still_serving']}, {many['peak_rss_mb']:.1f} MB |"
+        )
+    long = report.get("long_values")
+    if long:
+        lines.append(
+            f"| {long['secrets']} secrets of {long['value_bytes']} bytes: proxy RSS before / "
+            f"after the first call (which builds the redactor, {long['first_call_ms']:.0f} ms) | "
+            f"{long['rss_mb_before_first_call']['proxy']:.1f} / "
+            f"{long['rss_mb_after_first_call']['proxy']:.1f} MB |"
         )
     return lines
 
