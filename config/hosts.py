@@ -29,6 +29,10 @@ def normalize_host(raw: str) -> str:
     disguise to most resolvers.
     """
     host = raw.strip()
+    if "%" in host:
+        # An IPv6 zone (fe80::1%eth0) names an interface of this machine, not a host; it
+        # would also reach the Host header as written.
+        raise HostError(f"invalid host {raw!r}: a zone or percent-escape is not a host")
     if host.startswith("[") and host.endswith("]"):
         try:
             return str(ipaddress.IPv6Address(host[1:-1]))

@@ -69,6 +69,8 @@ def test_targets(url: str, scheme: str, host: str, port: int, path: str) -> None
         "http://[::1/",
         "https://api.github.com\\@evil.com/",
         "https://-bad-.example/",
+        "http://[fe80::1%25eth0]/",  # an IPv6 zone names an interface, not a host
+        "http://api%2egithub.com/",
     ],
 )
 def test_bad_targets(url: str) -> None:
