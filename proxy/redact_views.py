@@ -57,7 +57,9 @@ class View:
             return self.escape.sub(self.constant, data)
         return self.escape.sub(self.decode, data)
 
-    def mapping(self, data: bytes) -> ViewMap:
+    def mapping(self, data: bytes) -> ViewMap | BreaksMap:
+        if self is LINE_BREAKS and b"\\" not in data:
+            return BreaksMap(data)
         return ViewMap(self, data)
 
     def partial_length(self, data: bytes) -> int:
@@ -101,6 +103,37 @@ class ViewMap:
             return end
         _, view_end, _, src_end = span
         return src_end if end - 1 < view_end else src_end + (end - view_end)
+
+
+class BreaksMap:
+    """The same map for raw line breaks only, worked out by counting in C: walking every
+    break of a 64 KiB chunk of base64 lines (850 of them) in Python took ~1.7 ms."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.has_cr = b"\r" in data
+
+    def _removed(self, end: int) -> int:
+        data = self.data
+        count = data.count(b"\n", 0, end)
+        return count + data.count(b"\r", 0, end) if self.has_cr else count
+
+    def source_start(self, position: int) -> int:
+        # The source offset s of the kept byte with `position` kept bytes before it:
+        # s = position + (breaks before s), reached by iterating from below.
+        source = position
+        while True:
+            following = position + self._removed(source)
+            if following == source:
+                break
+            source = following
+        data = self.data
+        while source < len(data) and data[source] in b"\r\n":
+            source += 1
+        return source
+
+    def source_end(self, end: int) -> int:
+        return self.source_start(end - 1) + 1 if end > 0 else 0
 
 
 JSON_STRING = View(

@@ -189,3 +189,17 @@ def test_property_respelled_values_never_survive_any_chunking(
     out = redact_all(Redactor({NAME: value}), chunked(data, cuts))
     assert value.encode() not in out
     assert MARK in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300).map(lambda b: bytes(c if c % 5 else 10 for c in b)))
+def test_property_the_counting_map_of_line_breaks_agrees_with_the_general_one(
+    data: bytes,
+) -> None:
+    from blindkey.proxy.redact_views import LINE_BREAKS, BreaksMap, ViewMap
+
+    data = data.replace(b"\\", b"/")  # the counting map is used only without escapes
+    counting, general = BreaksMap(data), ViewMap(LINE_BREAKS, data)
+    for position in range(len(LINE_BREAKS.render(data)) + 1):
+        assert counting.source_start(position) == general.source_start(position), position
+        assert counting.source_end(position) == general.source_end(position), position
