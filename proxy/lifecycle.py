@@ -21,6 +21,7 @@ from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import LimitSettings, Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.systemd import ServiceNotifier
 
 START_TIMEOUT = 15.0
 STOP_MARGIN = 15.0
@@ -151,6 +152,11 @@ async def _serve_until_signal(
     reloads: set[asyncio.Task[bool]] = set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notifier = ServiceNotifier()
+
+    async def until_stopped() -> None:
+        await stop.wait()
+        await notifier.stopping()
 
     def on_ready(server: ProxyServer) -> None:
         def on_hup() -> None:
@@ -169,6 +175,7 @@ async def _serve_until_signal(
                 "an agent token, and remote callers must be in [proxy] allowed_peers\n"
             )
         sys.stderr.flush()
+        notifier.ready(f"listening on {host}:{server.port}")
 
     await serve(
         paths,
@@ -176,7 +183,7 @@ async def _serve_until_signal(
         host=host,
         port=port,
         allow_remote=allow_remote,
-        shutdown_trigger=stop.wait,
+        shutdown_trigger=until_stopped,
         on_ready=on_ready,
     )
 
