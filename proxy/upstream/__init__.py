@@ -14,8 +14,8 @@ from blindkey.proxy.upstream.errors import (
     UpstreamResolveError,
     UpstreamTimeout,
 )
-from blindkey.proxy.upstream.pool import UpstreamLimits, UpstreamPool
-from blindkey.proxy.upstream.response import UpstreamResponse
+from blindkey.proxy.upstream.pool import UpstreamPool
+from blindkey.proxy.upstream.response import UpstreamLimits, UpstreamResponse
 
 __all__ = [
     "BlockedAddressError",

@@ -4,7 +4,7 @@ body. llhttp (through httptools) parses what comes back into the response in pro
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -12,7 +12,6 @@ import httptools
 from blindkey.proxy.upstream.errors import UnsendableRequest, UpstreamProtocolError
 
 if TYPE_CHECKING:
-    from blindkey.proxy.upstream.pool import UpstreamPool
     from blindkey.proxy.upstream.response import UpstreamResponse
 
 # Status line and headers together; aiohttp's client stops at 8 KiB per line.
@@ -23,9 +22,19 @@ _FORBIDDEN_IN_TARGET = frozenset(chr(c) for c in range(0x21)) | {"\x7f"}
 class UpstreamConnection(asyncio.Protocol):
     """One TCP (or TLS) connection; llhttp feeds the response in progress."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        key: tuple[str, str, int],
+        loop: asyncio.AbstractEventLoop,
+        on_lost: Callable[[UpstreamConnection], None],
+        reuse: Callable[[UpstreamConnection], None],
+    ) -> None:
+        # The pool is known only by what it does for a connection (forget it when lost, take
+        # it back when its answer is complete), so this module does not import the pool.
         self.key = key
+        self.loop = loop
+        self.on_lost = on_lost
+        self.reuse = reuse
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: UpstreamResponse | None = None
@@ -57,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.pool.forget(self)
+        self.on_lost(self)
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("upstream closed the connection"))
         if self.response is not None:
@@ -65,7 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._drain is None:
-            self._drain = self.pool.loop.create_future()
+            self._drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
         drain, self._drain = self._drain, None

@@ -18,7 +18,6 @@ import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blindkey.config.hosts import ip_literal
@@ -31,7 +30,7 @@ from blindkey.proxy.upstream.errors import (
     UpstreamResolveError,
     UpstreamTimeout,
 )
-from blindkey.proxy.upstream.response import UpstreamResponse
+from blindkey.proxy.upstream.response import UpstreamLimits, UpstreamResponse
 
 if TYPE_CHECKING:
     from blindkey.proxy.egress import VettingResolver
@@ -42,14 +41,6 @@ _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # RFC 9110 §9.2.2: sending these twice has the effect of sending them once. A request that
 # died with its connection may still have been acted on, so only these are sent again.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-
-@dataclass(frozen=True)
-class UpstreamLimits:
-    connect_timeout: float
-    read_timeout: float  # longest wait for the next bytes
-    total_timeout: float  # the whole exchange, body included
-    max_field: int  # one header line
 
 
 class UpstreamPool:
@@ -176,7 +167,7 @@ class UpstreamPool:
             try:
                 _, protocol = await asyncio.wait_for(
                     self.loop.create_connection(
-                        lambda: UpstreamConnection(self, key),
+                        lambda: UpstreamConnection(key, self.loop, self.forget, self.put),
                         address,
                         port,
                         ssl=tls,

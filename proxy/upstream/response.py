@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blindkey.proxy.upstream.decoding import Decoder, codings
@@ -18,11 +19,18 @@ from blindkey.proxy.upstream.errors import (
 
 if TYPE_CHECKING:
     from blindkey.proxy.upstream.connection import UpstreamConnection
-    from blindkey.proxy.upstream.pool import UpstreamLimits
 
 MAX_HEADERS = 256
 # Reading pauses once this much of a body waits for the agent to take it.
 HIGH_WATER = 2**18
+
+
+@dataclass(frozen=True)
+class UpstreamLimits:
+    connect_timeout: float
+    read_timeout: float  # longest wait for the next bytes
+    total_timeout: float  # the whole exchange, body included
+    max_field: int  # one header line
 
 
 class UpstreamResponse:
@@ -32,7 +40,7 @@ class UpstreamResponse:
         self, connection: UpstreamConnection, method: str, limits: UpstreamLimits, deadline: float
     ) -> None:
         self.connection = connection
-        self.loop = connection.pool.loop
+        self.loop = connection.loop
         self.head_only = method == "HEAD"
         self.limits = limits
         self.deadline = deadline
@@ -221,10 +229,8 @@ class UpstreamResponse:
         )
         if writer is not None and not writer.done():
             writer.cancel()  # answered before the agent's body was all relayed
-        if writer is not None and not writer.done():
-            writer.cancel()
         if reusable:
-            connection.pool.put(connection)
+            connection.reuse(connection)
         else:
             connection.abort()
 
