@@ -80,7 +80,6 @@ ANCHOR = 1024
 # Held-back search: suffixes shorter than this are looked up in a set of short prefixes,
 # longer ones start where a pattern's first HEAD bytes occur.
 HEAD = 8
-MAX_VALUE = MAX_VALUE_BYTES
 
 Span = tuple[int, int, int]  # start, end, pattern index
 
@@ -134,8 +133,8 @@ class Redactor:
         for name, value in sorted(secrets.items(), key=lambda kv: -len(kv[1])):
             if not value:
                 continue
-            if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE:
-                raise ValueError(f"{name}: values over {MAX_VALUE} bytes cannot be redacted")
+            if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
+                raise ValueError(f"{name}: values over {MAX_VALUE_BYTES} bytes cannot be redacted")
             for part in secret_parts(value):
                 for form in encodings(part):
                     names.setdefault(form, name)
@@ -161,10 +160,6 @@ class Redactor:
         self.prefix_ends = frozenset(byte for pattern in self.patterns for byte in pattern[:-1])
         self.database = _literal_database(list(anchors)) if self.patterns else None
         self._head_database = _literal_database(self._head_list) if heads else None
-
-    @property
-    def empty(self) -> bool:
-        return self.database is None
 
     def _held_plain(self, data: bytes) -> int:
         """Length of the longest suffix of `data` that is a proper prefix of a pattern."""

@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import random
-import time
 import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blindkey.proxy.redact import MAX_VALUE, Redactor
+from blindkey.config.model import MAX_VALUE_BYTES
+from blindkey.proxy.redact import Redactor
 from tests.proxy.test_redact import redact_all
 
 NAME = "KEY"
@@ -128,18 +128,15 @@ def pem(size: int) -> str:
 
 
 @pytest.mark.parametrize("size", [16 * 1024, 60 * 1024])
-def test_long_values_build_fast_and_small_and_redact_in_every_form(size: int) -> None:
+def test_long_values_build_small_and_redact_in_every_form(size: int) -> None:
     value = pem(size)
     others = {f"S{i}": f"ordinary-secret-value-{i:04d}" for i in range(20)}
     tracemalloc.start()
-    began = time.perf_counter()
     redactor = Redactor({NAME: value, **others})
-    built = time.perf_counter() - began
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     # Quadratic prefix sets took ~1 GB and seconds at 8 KB; linear is a few MB.
     assert peak < 40 * size * 8, peak
-    assert built < 5, built
     raw = value.encode()
     for form in (raw, base64.b64encode(raw), raw.hex().encode(), json.dumps(value).encode()):
         data = b"head " + form + b" tail"
@@ -150,7 +147,7 @@ def test_long_values_build_fast_and_small_and_redact_in_every_form(size: int) ->
 
 
 def test_values_over_the_limit_are_refused_without_showing_them() -> None:
-    value = "v" * (MAX_VALUE + 1)
+    value = "v" * (MAX_VALUE_BYTES + 1)
     with pytest.raises(ValueError, match="over 65536 bytes") as caught:
         Redactor({NAME: value})
     assert "vvvv" not in str(caught.value)
