@@ -5,6 +5,7 @@ command returns."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,41 +39,45 @@ def _parse_entries(entries: list[str]) -> list[AllowEntry]:
     return parsed
 
 
-def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
-    entries = _parse_entries(args.entries)
+def _rewrite_hosts(paths: Paths, rewrite: Callable[[list[str]], list[str]]) -> None:
+    """Edit [allowlist] hosts under the config lock, then put the change in force."""
 
     def change(document: Any) -> None:
         section = toml_table(document, "allowlist")
-        current = [str(h) for h in section.get("hosts", [])]
+        section["hosts"] = string_array(rewrite([str(h) for h in section.get("hosts", [])]))
+
+    settings = edit_config(paths.config_file, paths.lock_file, change)
+    put_in_force(paths, settings, "the allowlist is saved", config=True)
+
+
+def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
+    entries = _parse_entries(args.entries)
+
+    def add(current: list[str]) -> list[str]:
         known = {AllowEntry.parse(h) for h in current}
         added = []
         for entry in entries:
             if entry not in known:
                 known.add(entry)
                 added.append(entry.text)
-        section["hosts"] = string_array(current + added)
+        return current + added
 
-    settings = edit_config(paths.config_file, paths.lock_file, change)
-    put_in_force(paths, settings, "the allowlist is saved", config=True)
+    _rewrite_hosts(paths, add)
     say(f"allowlisted: {', '.join(e.text for e in entries)}")
     return 0
 
 
 def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
-    entries = _parse_entries(args.entries)
-    drop = set(entries)
+    drop = set(_parse_entries(args.entries))
 
-    def change(document: Any) -> None:
-        section = toml_table(document, "allowlist")
-        current = [str(h) for h in section.get("hosts", [])]
+    def remove(current: list[str]) -> list[str]:
         present = {AllowEntry.parse(h) for h in current}
-        missing = [e.text for e in entries if e not in present]
+        missing = [text for text in args.entries if AllowEntry.parse(text) not in present]
         if missing:
             raise BlindkeyError(f"not on the allowlist: {', '.join(missing)}")
-        section["hosts"] = string_array([h for h in current if AllowEntry.parse(h) not in drop])
+        return [h for h in current if AllowEntry.parse(h) not in drop]
 
-    settings = edit_config(paths.config_file, paths.lock_file, change)
-    put_in_force(paths, settings, "the allowlist is saved", config=True)
+    _rewrite_hosts(paths, remove)
     say(f"removed: {', '.join(sorted(args.entries))}")
     return 0
 

@@ -84,17 +84,16 @@ class ConnectionGuard:
         """Room for one more connection: at the cap, close the idlest idle one, if any."""
         if self.active < self.max_connections:
             return True
-        now = self._now()
-        for connection, (since, _) in self.idle.items():
-            # One that went idle an instant ago may still be writing its last answer.
-            if now - since >= MIN_IDLE_TO_EVICT:
-                del self.idle[connection]
-                self.evicted += 1
-                connection.evict()
-                return True
-            break  # the idlest is too fresh: so are all the others
-        self.refused += 1
-        return False
+        idlest = next(iter(self.idle.items()), None)
+        # One that went idle an instant ago may still be writing its last answer.
+        if idlest is None or self._now() - idlest[1][0] < MIN_IDLE_TO_EVICT:
+            self.refused += 1
+            return False
+        connection = idlest[0]
+        del self.idle[connection]
+        self.evicted += 1
+        connection.evict()
+        return True
 
     def went_idle(self, connection: GuardedConnection, timeout: float) -> None:
         self.waiting.pop(connection, None)

@@ -12,10 +12,12 @@ must be the address dialled, and a pooled connection needs no new lookup.
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 
 from blindkey.audit.record import AuditRecord
-from blindkey.broker.protocol import BrokerDenied
+from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
 from blindkey.config.errors import BlindkeyError
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.inject import (
@@ -53,7 +55,10 @@ async def forward(
     try:
         runtime.guard.check(target)
     except ProxyError:
-        record.agent, record.env = await authoriser.identify(spec.token)
+        # The record names the caller; an unknown token is answered 401 instead. A broker
+        # that cannot answer leaves the refusal as it is.
+        with contextlib.suppress(BrokerUnavailable):
+            record.agent, record.env = await authoriser.identify(spec.token)
         raise
 
     # Authorise: the broker releases the values this agent may use on this host.

@@ -21,7 +21,7 @@ from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.connections import ConnectionGuard, GuardedSite
 from blindkey.proxy.edge import Front
-from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.proxy.runtime import FileStamp, ProxyRuntime
 from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
 
 log = logging.getLogger("blindkey.proxy")
@@ -48,6 +48,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def settled(
+    stamp: FileStamp, applied: FileStamp | None, seen: FileStamp | None
+) -> tuple[bool, FileStamp | None]:
+    """One poll of config.toml: (reload now?, the stamp to compare with next poll).
+
+    A file is applied once it changed and then stayed the same for one poll: an editor saving
+    in place writes in steps, and a half-written file must not apply.
+    """
+    if stamp == applied:
+        return False, None
+    if stamp != seen:
+        return False, stamp  # changed: look again next poll
+    return True, None
 
 
 class ProxyServer:
@@ -129,18 +144,11 @@ class ProxyServer:
         self.write_status()
 
     async def _watch_config(self) -> None:
-        """Reload config.toml when it changed and then stayed unchanged for one poll: an
-        editor saving in place writes in steps, and a half-written file must not apply."""
-        seen = None
+        seen: FileStamp | None = None
         while True:
             await asyncio.sleep(CONFIG_POLL)
-            stamp = self.runtime.file_stamp()
-            if stamp == self.runtime.applied_stamp:
-                seen = None
-            elif stamp != seen:
-                seen = stamp  # changed: look again next poll
-            else:
-                seen = None
+            apply, seen = settled(self.runtime.file_stamp(), self.runtime.applied_stamp, seen)
+            if apply:
                 await self.reload()
 
     async def reload(self) -> bool:

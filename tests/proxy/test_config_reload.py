@@ -8,6 +8,7 @@ import asyncio
 import orjson
 
 from blindkey.config.paths import Paths
+from blindkey.proxy.server import settled
 from tests.proxy.conftest import Env
 
 
@@ -36,7 +37,19 @@ async def test_a_broken_file_is_refused_and_a_fixed_one_applies(env: Env) -> Non
     assert status_file(env.paths)["config_error"] is None
 
 
-async def test_the_watcher_applies_a_change_once_it_has_settled(env: Env) -> None:
+def test_a_change_applies_only_once_the_file_has_stopped_changing() -> None:
+    applied, half, whole = (1, 1, 10, 1), (2, 2, 5, 1), (3, 3, 10, 1)
+    # Poll by poll, an editor writing half the file, then the rest, then nothing more.
+    apply, seen = settled(half, applied, None)
+    assert not apply  # changed: wait
+    apply, seen = settled(whole, applied, seen)
+    assert not apply  # changed again: the half was never applied
+    apply, seen = settled(whole, applied, seen)
+    assert apply and seen is None  # unchanged for one poll: apply
+    assert settled(whole, whole, None) == (False, None)  # applied: nothing to do
+
+
+async def test_the_watcher_applies_a_settled_change_once(env: Env) -> None:
     before = env.server.runtime.config_generation
     text = env.paths.config_file.read_text()
     env.paths.config_file.write_text(text.replace("max_headers = 100", "max_headers = 90"))
