@@ -98,10 +98,9 @@ class Front:
     ) -> tuple[web.StreamResponse, bool]:
         """The answer, and whether it belongs in the audit (a health check does not)."""
         remote_peer = self.bound_remote and self._check_peer(request)
-        if not remote_peer:
-            self._gate(request.headers)
-        elif "Origin" in request.headers or "Sec-Fetch-Site" in request.headers:
-            raise ProxyError("forbidden_origin", "requests made by a web page are refused")
+        _refuse_pages(request.headers)
+        if not remote_peer:  # another machine names this one as it knows it
+            self._check_host(request.headers)
         path = request.path
         if path == "/health" and request.method in ("GET", "HEAD"):
             # Health means serving: a broker that cannot open its vault, key or agents makes
@@ -150,39 +149,40 @@ class Front:
             )
         return True
 
-    def _gate(self, headers: CIMultiDictProxy[str]) -> None:
-        # What a web page can make a browser send here, and what gives each away:
-        # - every cors-mode fetch/XHR and every POST (fetch, form, beacon) carries `Origin`.
-        #   A cors request that sets X-AS-* headers is first preflighted with an OPTIONS
-        #   that carries it too; refusing the preflight means the request is never sent.
-        # - GETs without cors (no-cors fetch, <img>, <script>, links, form GETs, redirects)
-        #   carry no Origin, but do carry `Sec-Fetch-Site: cross-site | same-site |
-        #   same-origin`: browsers send Fetch Metadata to every potentially trustworthy URL,
-        #   which 127.0.0.1, [::1] and localhost are, and no script can set or drop it.
-        # - `Sec-Fetch-Site: none` means no page started the request: the user typed the URL
-        #   or opened a bookmark. Such a GET cannot carry X-AS-* headers; it passes, as curl.
-        # - DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is
-        #   same-origin with us, so it may set any header; http://evil.example is not a
-        #   trustworthy URL, so it sends no Sec-Fetch-*, and its GETs no Origin. Only its
-        #   `Host` gives it away, hence the Host check.
-        # Sec-Fetch-Mode and Sec-Fetch-Dest alone prove nothing: Node's fetch (undici) sends
-        # `Sec-Fetch-Mode: cors` on every request, and most JavaScript agents run on Node.
-        # Not covered: a no-cors GET with neither header, from a browser without Fetch
-        # Metadata (before Chrome 76, Firefox 90, Safari 16.4) or to http://ip6-localhost,
-        # which is no trustworthy URL. Like every no-cors request it carries no X-AS-*
-        # header and no agent token, so /proxy cannot act on it.
-        if "Origin" in headers or any(
-            site != "none" for site in headers.getall("Sec-Fetch-Site", ())
-        ):
-            raise ProxyError(
-                "forbidden_origin",
-                "requests made by a web page (Origin, Sec-Fetch-Site) are refused",
-            )
+    def _check_host(self, headers: CIMultiDictProxy[str]) -> None:
         host = headers.get("Host")
         if host is not None and host_name(host) not in self.allowed_hosts:
             raise ProxyError(
                 "forbidden_origin", "the Host header must name the proxy's loopback address"
             )
+
+
+def _refuse_pages(headers: CIMultiDictProxy[str]) -> None:
+    # What a web page can make a browser send here, and what gives each away:
+    # - every cors-mode fetch/XHR and every POST (fetch, form, beacon) carries `Origin`.
+    #   A cors request that sets X-AS-* headers is first preflighted with an OPTIONS
+    #   that carries it too; refusing the preflight means the request is never sent.
+    # - GETs without cors (no-cors fetch, <img>, <script>, links, form GETs, redirects)
+    #   carry no Origin, but do carry `Sec-Fetch-Site: cross-site | same-site |
+    #   same-origin`: browsers send Fetch Metadata to every potentially trustworthy URL,
+    #   which 127.0.0.1, [::1] and localhost are, and no script can set or drop it.
+    # - `Sec-Fetch-Site: none` means no page started the request: the user typed the URL
+    #   or opened a bookmark. Such a GET cannot carry X-AS-* headers; it passes, as curl.
+    # - DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 is
+    #   same-origin with us, so it may set any header; http://evil.example is not a
+    #   trustworthy URL, so it sends no Sec-Fetch-*, and its GETs no Origin. Only its
+    #   `Host` gives it away, hence the Host check.
+    # Sec-Fetch-Mode and Sec-Fetch-Dest alone prove nothing: Node's fetch (undici) sends
+    # `Sec-Fetch-Mode: cors` on every request, and most JavaScript agents run on Node.
+    # Not covered: a no-cors GET with neither header, from a browser without Fetch
+    # Metadata (before Chrome 76, Firefox 90, Safari 16.4) or to http://ip6-localhost,
+    # which is no trustworthy URL. Like every no-cors request it carries no X-AS-*
+    # header and no agent token, so /proxy cannot act on it.
+    if "Origin" in headers or any(site != "none" for site in headers.getall("Sec-Fetch-Site", ())):
+        raise ProxyError(
+            "forbidden_origin",
+            "requests made by a web page (Origin, Sec-Fetch-Site) are refused",
+        )
 
 
 async def _expect(request: web.BaseRequest) -> None:
