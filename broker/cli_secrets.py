@@ -20,7 +20,13 @@ from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import HostError, HostPattern
 from blindkey.config.loader import load_settings
-from blindkey.config.model import MAX_VALUE_BYTES, MIN_REDACTABLE, SECRET_NAME, Settings
+from blindkey.config.model import (
+    MAX_VALUE_BYTES,
+    MIN_REDACTABLE,
+    RELEASE_CHANNELS,
+    SECRET_NAME,
+    Settings,
+)
 from blindkey.config.paths import Paths
 from blindkey.config.stores import PRODUCTION, OpenBaoSettings
 
@@ -117,8 +123,15 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
             "stored; use the real key, or --allow-short to store it anyway (the audit then "
             "marks every use)"
         )
+    release = _release_channels(args.release)
     edits_config = bool(
-        args.tier or args.host or args.agent or short or settings.policy(name).allow_short
+        args.tier
+        or args.host
+        or args.agent
+        or release
+        or args.approvals
+        or short
+        or settings.policy(name).allow_short
     )
     if edits_config:
 
@@ -130,6 +143,10 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
                 section["hosts"] = string_array(args.host)
             if args.agent:
                 section["agents"] = string_array(args.agent)
+            if release:
+                section["release"] = string_array(release)
+            if args.approvals:
+                section["approvals"] = args.approvals
             if short:
                 section["allow_short"] = True
             elif "allow_short" in section:
@@ -151,6 +168,19 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
     say(f"stored {name} in {env} (tier {policy.tier}; hosts: {hosts})")
     return 0
+
+
+def _release_channels(given: str | None) -> list[str]:
+    """`--release proxy,env` as a list; empty when not given (the policy stays as it is)."""
+    if given is None:
+        return []
+    channels = [part.strip() for part in given.split(",") if part.strip()]
+    unknown = [c for c in channels if c not in RELEASE_CHANNELS]
+    if unknown or not channels:
+        raise UsageError(
+            f"--release {given!r}: a comma-separated list of {', '.join(RELEASE_CHANNELS)}"
+        )
+    return list(dict.fromkeys(channels))
 
 
 def inventory(store: SecretBackend, settings: Settings) -> dict[str, set[str]]:

@@ -52,3 +52,21 @@ def count(text: str) -> int:
 
 # What each package's `register` receives: the sub-command table of a CommandParser.
 Subcommands: TypeAlias = "argparse._SubParsersAction[CommandParser]"
+
+
+def positive(text: str) -> int:
+    """A count of 1 or more."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
+def json_flag(p: argparse.ArgumentParser, text: str = "print JSON only") -> None:
+    p.add_argument("--json", action="store_true", help=text)
+
+
+def action_group(sub: Subcommands, name: str, **kwargs: str) -> Subcommands:
+    """A command whose actions are sub-commands (`blindkey NAME ACTION ...`)."""
+    group = sub.add_parser(name, **kwargs)  # type: ignore[arg-type]
+    return group.add_subparsers(dest="action", required=True, metavar="ACTION")

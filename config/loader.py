@@ -14,13 +14,18 @@ from typing import Any
 from blindkey.config.errors import ConfigError
 from blindkey.config.hosts import AllowEntry, HostError, HostPattern
 from blindkey.config.model import (
+    AGENT_NAME,
     DEFAULT_POLICY,
     RELEASE_CHANNELS,
+    ROUTE_STYLES,
     SECRET_NAME,
     TIERS,
     AllowlistSettings,
+    ApprovalSettings,
+    AuditSettings,
     LimitSettings,
     ProxySettings,
+    Route,
     SecretPolicy,
     Settings,
 )
@@ -169,9 +174,34 @@ def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
         agents=section.get("agents", default.agents, _string_list()),
         release=section.get("release", default.release, _string_list(_one_of(RELEASE_CHANNELS))),
         allow_short=section.get("allow_short", default.allow_short, _BOOL),
+        approvals=section.get("approvals", default.approvals, _positive_int),
     )
     section.finish()
     return policy
+
+
+def _route(file: Path, name: str, table: object) -> Route:
+    if not AGENT_NAME.match(name):
+        raise ConfigError(
+            f"{file}: [routes.{name}] is not a valid route name (letters, digits, _ . -)"
+        )
+    section = _Section(file, f"routes.{name}", table)
+    text = _typed(str, "a string")
+    to = section.get("to", "", text)
+    style = section.get("inject", "", _one_of(ROUTE_STYLES))
+    secret = section.get("secret", "", text)
+    param = section.get("name", "", text)
+    section.finish()
+    where = f"{file}: [routes.{name}]"
+    if not to.lower().startswith(("http://", "https://")):
+        raise ConfigError(f"{where} to: an absolute http(s) URL is required, got {to!r}")
+    if not style:
+        raise ConfigError(f"{where} inject: required ({', '.join(ROUTE_STYLES)})")
+    if not SECRET_NAME.match(secret):
+        raise ConfigError(f"{where} secret: a secret name is required, got {secret!r}")
+    if style in ("header", "query") and not param:
+        raise ConfigError(f"{where} name: the {style} name is required for inject = {style!r}")
+    return Route(to=to.rstrip("/"), style=style, secret=secret, param=param)
 
 
 _SECTIONS = (
@@ -182,8 +212,10 @@ _SECTIONS = (
     "environments",
     "broker",
     "audit",
+    "approvals",
     "allowlist",
     "secrets",
+    "routes",
 )
 
 
@@ -307,8 +339,24 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     broker.finish()
 
     audit = _Section(file, "audit", data.get("audit", {}))
-    audit_fsync = audit.get("fsync", DEFAULTS.audit_fsync, _BOOL)
+    audit_settings = AuditSettings(
+        fsync=audit.get("fsync", DEFAULTS.audit.fsync, _BOOL),
+        rotate_mb=audit.get("rotate_mb", DEFAULTS.audit.rotate_mb, _positive_int),
+        keep_days=audit.get("keep_days", DEFAULTS.audit.keep_days, _positive_int),
+    )
     audit.finish()
+
+    approvals = _Section(file, "approvals", data.get("approvals", {}))
+    approval_settings = ApprovalSettings(
+        controlled_ttl=approvals.get(
+            "controlled_ttl", DEFAULTS.approvals.controlled_ttl, parse_duration
+        ),
+        restricted_ttl=approvals.get(
+            "restricted_ttl", DEFAULTS.approvals.restricted_ttl, parse_duration
+        ),
+        elevate_ttl=approvals.get("elevate_ttl", DEFAULTS.approvals.elevate_ttl, parse_duration),
+    )
+    approvals.finish()
 
     allow = _Section(file, "allowlist", data.get("allowlist", {}))
     allowlist = AllowlistSettings(
@@ -323,6 +371,10 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     if not isinstance(secrets_table, dict):
         raise ConfigError(f"{file}: [secrets] must be a table of [secrets.NAME] tables")
     secrets = {name: _secret_policy(file, name, table) for name, table in secrets_table.items()}
+    routes_table = data.get("routes", {})
+    if not isinstance(routes_table, dict):
+        raise ConfigError(f"{file}: [routes] must be a table of [routes.NAME] tables")
+    routes = {name: _route(file, name, table) for name, table in routes_table.items()}
     return Settings(
         proxy=proxy_settings,
         limits=limit_settings,
@@ -334,7 +386,9 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
         storage=storage,
         remote=remote,
         broker=broker_settings,
-        audit_fsync=audit_fsync,
+        audit=audit_settings,
+        approvals=approval_settings,
+        routes=routes,
     )
 
 

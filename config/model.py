@@ -24,6 +24,8 @@ SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
+# How a route puts its secret into the request: as the SDK would have put its own key.
+ROUTE_STYLES = ("bearer", "basic", "header", "query")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
 MIN_REDACTABLE = 8
 # The longest value the redactor matches (refused at `secrets set`, never found per request).
@@ -96,6 +98,8 @@ class SecretPolicy:
     release: tuple[str, ...] = ("proxy",)
     # Stored with --allow-short: too short to redact reliably, so every use is audited as such.
     allow_short: bool = False
+    # Distinct approvers whose codes a grant of this secret needs (controlled, restricted).
+    approvals: int = 1
 
     def allows_agent(self, agent: str) -> bool:
         return "*" in self.agents or agent in self.agents
@@ -105,6 +109,38 @@ class SecretPolicy:
 
 
 DEFAULT_POLICY = SecretPolicy()  # a secret without a [secrets.NAME] table
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    """How long a grant lasts by tier (also the most `approve --for` may ask), and elevate."""
+
+    controlled_ttl: float = 4 * 3600.0
+    restricted_ttl: float = 15 * 60.0
+    elevate_ttl: float = 30 * 60.0
+
+    def grant_ttl(self, tier: str) -> float | None:
+        """The longest grant of a tier; None for open (no grant needed)."""
+        return {"controlled": self.controlled_ttl, "restricted": self.restricted_ttl}.get(tier)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    # fsync each group of records; off trades crash safety of the last records for speed
+    fsync: bool = True
+    rotate_mb: int = 64
+    keep_days: int = 90
+
+
+@dataclass(frozen=True)
+class Route:
+    """`/r/NAME/REST` goes to `to` + REST with `secret` injected in `style`."""
+
+    to: str
+    style: str
+    secret: str
+    # The header (style header) or query parameter (style query) that carries the value.
+    param: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,8 +155,13 @@ class Settings:
     storage: BackendSettings = field(default_factory=BackendSettings)
     remote: OpenBaoSettings | None = None
     broker: BrokerSettings = field(default_factory=BrokerSettings)
-    # fsync each group of audit records; off trades crash safety of the last records for speed
-    audit_fsync: bool = True
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+
+    @property
+    def audit_fsync(self) -> bool:
+        return self.audit.fsync
 
     def policy(self, name: str) -> SecretPolicy:
         return self.secrets.get(name, DEFAULT_POLICY)

@@ -152,8 +152,19 @@ def render(defaults: Settings) -> str:
         "[audit]",
         line(
             "fsync",
-            value(defaults.audit_fsync),
+            value(defaults.audit.fsync),
             "false: faster, but a crash may lose the last records",
+        ),
+        line("rotate_mb", value(defaults.audit.rotate_mb), "start a new file past this size"),
+        line("keep_days", value(defaults.audit.keep_days), "delete rotated files older than this"),
+        "",
+        "[approvals]                       # how long a grant lasts (and the most --for asks)",
+        line("controlled_ttl", duration(defaults.approvals.controlled_ttl)),
+        line("restricted_ttl", duration(defaults.approvals.restricted_ttl)),
+        line(
+            "elevate_ttl",
+            duration(defaults.approvals.elevate_ttl),
+            "window opened by `sudo blindkey elevate CODE`",
         ),
         "",
         "[allowlist]",
@@ -175,6 +186,15 @@ def render(defaults: Settings) -> str:
             "channels that may hand out the value: proxy, env, exec",
             commented=True,
         ),
+        line(
+            "approvals", value(policy.approvals), "distinct approvers a grant needs", commented=True
+        ),
+        "",
+        "# [routes.openai]                 # /r/openai/... for SDKs given base_url (`route add`)",
+        '# to = "https://api.openai.com"',
+        '# inject = "bearer"               # bearer | basic | header | query',
+        '# secret = "OPENAI_API_KEY"',
+        '# name = ""                       # the header or query parameter, for header | query',
     ]
     return "\n".join(lines) + "\n"
 

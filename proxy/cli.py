@@ -15,13 +15,25 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from blindkey.config.arguments import CommandParser, Subcommands, count, port
+from blindkey.config.arguments import (
+    CommandParser,
+    Subcommands,
+    action_group,
+    count,
+    json_flag,
+    port,
+    positive,
+)
 from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.home import init_config
 from blindkey.config.model import MIN_REDACTABLE, TIERS
 from blindkey.config.paths import Paths, resolve_paths
 from blindkey.config.stores import PRODUCTION
+from blindkey.proxy.cli_approvals import add_approval_commands, approver_code
+from blindkey.proxy.cli_audit import add_audit_commands
+from blindkey.proxy.cli_integrations import add_integration_commands
+from blindkey.proxy.cli_service import add_service_commands
 
 EPILOG = """\
 A first session:
@@ -60,15 +72,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _json(p: argparse.ArgumentParser, text: str = "print JSON only") -> None:
-    p.add_argument("--json", action="store_true", help=text)
-
-
-def _actions(sub: Subcommands, name: str, **kwargs: str) -> Subcommands:
-    group = sub.add_parser(name, **kwargs)  # type: ignore[arg-type]
-    return group.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-
 def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
     p.add_argument("--env", help="environment (default: the active one)")
     p.add_argument("--all", action="store_true", help="every environment")
@@ -79,11 +82,11 @@ def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
     )
     if writes:
         p.add_argument("--yes", action="store_true", help=f"confirm writing into {PRODUCTION}")
-    _json(p)
+    json_flag(p)
 
 
 def _proxy(sub: Subcommands) -> None:
-    actions = _actions(sub, "proxy", help="run and inspect the proxy daemon")
+    actions = action_group(sub, "proxy", help="run and inspect the proxy daemon")
     p = actions.add_parser("start", help="start the proxy (returns once /health answers)")
     p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     p.add_argument("--port", type=port, help="port (default from config: 8765; 0 picks one)")
@@ -100,7 +103,7 @@ def _proxy(sub: Subcommands) -> None:
     p = actions.add_parser("stop", help="stop gracefully (drains calls for [limits] drain_timeout)")
     p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_stop")
     p = actions.add_parser("status", help="exit 0 when running, 3 when not")
-    _json(p)
+    json_flag(p)
     p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_status")
     p = actions.add_parser("reload", help="re-read config.toml (a bad file is refused)")
     p.set_defaults(handler="blindkey.proxy.commands:cmd_proxy_reload")
@@ -116,12 +119,15 @@ def _proxy(sub: Subcommands) -> None:
     p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
     p.add_argument("--since", metavar="WHEN", help="1h, 30m, 2d or 2026-11-21T10:00Z")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
-    _json(p)
+    p.add_argument(
+        "--flagged", action="store_true", help="only records with flags a human should look at"
+    )
+    json_flag(p)
     p.set_defaults(handler="blindkey.audit.cli:cmd_logs")
 
 
 def _secrets(sub: Subcommands) -> None:
-    actions = _actions(
+    actions = action_group(
         sub,
         "secrets",
         help="store, list and delete secret values",
@@ -157,13 +163,26 @@ def _secrets(sub: Subcommands) -> None:
         help=f"store a value shorter than {MIN_REDACTABLE} characters, which cannot be "
         "redacted safely; every use is then marked in the audit",
     )
+    p.add_argument(
+        "--release",
+        metavar="CHANNELS",
+        help="who may hand the value out: proxy (default), env, exec, comma-separated",
+    )
+    p.add_argument(
+        "--approvals",
+        type=positive,
+        metavar="N",
+        help="distinct approvers a grant of this secret needs (default 1)",
+    )
+    approver_code(p)
     p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_set")
     p = actions.add_parser("list", help="names, environments and policy (never values)")
-    _json(p)
+    json_flag(p)
     p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_list")
     p = actions.add_parser("delete", help="delete a value")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--env", help="environment (default: the active one)")
+    approver_code(p)
     p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_delete")
     p = actions.add_parser(
         "diff",
@@ -184,14 +203,14 @@ def _secrets(sub: Subcommands) -> None:
 
 
 def _environment(sub: Subcommands) -> None:
-    actions = _actions(
+    actions = action_group(
         sub,
         "environment",
         help="list, switch and copy environments",
         description="Values are per environment; the proxy serves the active one.",
     )
     p = actions.add_parser("list", help="environments, the active one, and secrets in each")
-    _json(p)
+    json_flag(p)
     p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_list")
     p = actions.add_parser("switch", help="make NAME the active environment")
     p.add_argument("name", metavar="NAME")
@@ -205,7 +224,7 @@ def _environment(sub: Subcommands) -> None:
 
 
 def _allowlist(sub: Subcommands) -> None:
-    actions = _actions(
+    actions = action_group(
         sub,
         "allowlist",
         help="where requests may go",
@@ -219,18 +238,18 @@ def _allowlist(sub: Subcommands) -> None:
     p.add_argument("entries", nargs="+", metavar="ENTRY")
     p.set_defaults(handler="blindkey.config.cli:cmd_allowlist_remove")
     p = actions.add_parser("list", help="show the allowlist")
-    _json(p)
+    json_flag(p)
     p.set_defaults(handler="blindkey.config.cli:cmd_allowlist_list")
 
 
 def _agent(sub: Subcommands) -> None:
-    actions = _actions(sub, "agent", help="agent identities and their tokens")
+    actions = action_group(sub, "agent", help="agent identities and their tokens")
     p = actions.add_parser("add", help="create an agent and print its token once")
     p.add_argument("name", metavar="NAME")
-    _json(p, 'print {"agent": NAME, "token": TOKEN}')
+    json_flag(p, 'print {"agent": NAME, "token": TOKEN}')
     p.set_defaults(handler="blindkey.broker.cli:cmd_agent_add")
     p = actions.add_parser("list", help="agents and whether they are revoked")
-    _json(p)
+    json_flag(p)
     p.set_defaults(handler="blindkey.broker.cli:cmd_agent_list")
     p = actions.add_parser("revoke", help="revoke an agent's token")
     p.add_argument("name", metavar="NAME")
@@ -238,7 +257,7 @@ def _agent(sub: Subcommands) -> None:
 
 
 def _broker(sub: Subcommands) -> None:
-    actions = _actions(sub, "broker", help="run the secret broker yourself")
+    actions = action_group(sub, "broker", help="run the secret broker yourself")
     p = actions.add_parser("serve", help="serve the broker socket in the foreground")
     p.add_argument("--socket", help="socket path (default: the runtime directory)")
     p.add_argument(
@@ -253,7 +272,7 @@ def _broker(sub: Subcommands) -> None:
 
 
 def _config(sub: Subcommands) -> None:
-    actions = _actions(sub, "config", help="validate the configuration")
+    actions = action_group(sub, "config", help="validate the configuration")
     p = actions.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")
     p.add_argument("--config", metavar="FILE", help="file to check (default: the home's)")
     p.set_defaults(handler="blindkey.config.cli:cmd_config_check", needs_home=False)
@@ -276,7 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="where values live (file: the encrypted vault; default)",
     )
     p.set_defaults(handler=cmd_init)
-    for add in (_proxy, _secrets, _environment, _allowlist, _agent, _broker, _config):
+    for add in (
+        _proxy,
+        _secrets,
+        _environment,
+        _allowlist,
+        _agent,
+        add_approval_commands,
+        add_audit_commands,
+        add_integration_commands,
+        add_service_commands,
+        _broker,
+        _config,
+    ):
         add(sub)
     return parser
 

@@ -1,0 +1,35 @@
+"""The command tree of `blindkey service`: install, uninstall, status.
+
+Handlers live in proxy/service.py, imported when chosen (see proxy/cli.py).
+"""
+
+from __future__ import annotations
+
+from blindkey.config.arguments import Subcommands, action_group, json_flag
+
+HANDLERS = "blindkey.proxy.service"
+
+
+def add_service_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "service",
+        help="start blindkey at boot (systemd, launchd)",
+        description="User mode: a systemd user unit or a LaunchAgent naming this blindkey. "
+        "--system (root): the broker and the proxy as two users of their own, hardened.",
+    )
+    p = actions.add_parser("install", help="write the unit files and start them")
+    p.add_argument("--system", action="store_true", help="system-wide, as root, two users")
+    p.add_argument(
+        "--elevate-user",
+        metavar="USER",
+        help="write a sudoers drop-in letting USER run `blindkey elevate` as root",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would be written")
+    p.set_defaults(handler=f"{HANDLERS}:cmd_service_install")
+    p = actions.add_parser("uninstall", help="stop the service and remove its files")
+    p.add_argument("--system", action="store_true", help="the system-wide install")
+    p.set_defaults(handler=f"{HANDLERS}:cmd_service_uninstall")
+    p = actions.add_parser("status", help="installed? running? the files it uses")
+    json_flag(p)
+    p.set_defaults(handler=f"{HANDLERS}:cmd_service_status")
