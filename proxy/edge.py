@@ -26,8 +26,9 @@ from blindkey.proxy.errors import (
     error_response,
     next_request_id,
 )
-from blindkey.proxy.parse import parse_spec, request_headers
+from blindkey.proxy.parse import ProxySpec, parse_spec, request_headers
 from blindkey.proxy.pipeline import UpstreamFailure, forward
+from blindkey.proxy.routes import ROUTE_PREFIX, parse_route
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.upstream import (
     BlockedAddressError,
@@ -108,12 +109,20 @@ class Front:
             if await self.runtime.check_broker():
                 return web.json_response({"status": "ok"}), False
             return web.json_response({"status": "unavailable"}, status=503), False
-        if path != "/proxy":
-            raise ProxyError("bad_request", "blindkey serves /proxy and /health only")
+        spec: ProxySpec | None = None
+        if path.startswith(ROUTE_PREFIX):
+            record.method, record.url = request.method[:16], request.path[:2048]
+            spec, raw = parse_route(self.runtime.settings.routes, request)
+            record.url = spec.target.original[:2048]
+            token_sent = spec.token is not None
+        elif path == "/proxy":
+            token_sent = "X-AS-Agent-Token" in request.headers
+        else:
+            raise ProxyError("bad_request", "blindkey serves /proxy, /r/NAME/... and /health only")
         proxy_settings = self.runtime.settings.proxy
         if (
             remote_peer or self.allow_remote_flag or proxy_settings.allow_remote
-        ) and "X-AS-Agent-Token" not in request.headers:
+        ) and not token_sent:
             # require_agent_token = false is for local callers only; with remote callers
             # allowed, nobody is anonymous.
             raise ProxyError(
@@ -122,8 +131,9 @@ class Front:
             )
         if "Expect" in request.headers:
             await _expect(request)
-        raw = request_headers(request)
-        spec = parse_spec(request.method, raw)
+        if spec is None:
+            raw = request_headers(request)
+            spec = parse_spec(request.method, raw)
         return await forward(self.runtime, request, spec, raw, record), True
 
     def _check_peer(self, request: web.BaseRequest) -> bool:

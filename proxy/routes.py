@@ -1,0 +1,176 @@
+"""Routes: `ANY /r/NAME/REST?QUERY` read into the same `ProxySpec` the /proxy parser makes,
+for SDKs that know only a base URL and a key (`OpenAI(base_url=".../r/openai/v1",
+api_key=AGENT_TOKEN)`). Every later stage is the one /proxy uses.
+
+The agent's token travels where the SDK puts its own key: `Authorization: Bearer` for a
+bearer route, the route's header for a header route, the password of `Authorization:
+Basic` for a basic route, the route's query parameter for a query route, or
+`X-AS-Agent-Token` for any. It is taken out of the request here, so it never reaches the
+upstream, the audit record's URL or an error message; the injection then writes the real
+value where it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+from collections.abc import Mapping
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from blindkey.config.model import Route
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.parse import (
+    _FORBIDDEN_METHODS,
+    _TOKEN,
+    PREFIX,
+    Injection,
+    ProxySpec,
+    Target,
+    _injection,
+    _utf8,
+    parse_target,
+    request_headers,
+)
+
+ROUTE_PREFIX = "/r/"
+# X-AS-* headers a route call may carry; the rest belong to /proxy, where the agent names
+# the target and the injections itself.
+_ROUTE_HEADERS = frozenset({"x-as-agent-token", "x-as-wait-approval"})
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def _bad(message: str) -> ProxyError:
+    return ProxyError("bad_request", message)
+
+
+def injection_label(route: Route) -> str:
+    """The route's injection spelled as the suffix of its X-AS-Inject-* header."""
+    if route.style in ("bearer", "basic"):
+        return route.style.capitalize()
+    return f"{route.style.capitalize()}-{route.param}"
+
+
+@functools.lru_cache(maxsize=256)
+def route_injection(name: str, route: Route) -> Injection:
+    """The route's injection, checked by the same rules as an X-AS-Inject-* header."""
+    try:
+        return _injection(injection_label(route), route.secret)
+    except ProxyError as exc:
+        raise _bad(f"route {name} cannot inject: {exc}; fix [routes.{name}]") from None
+
+
+@functools.lru_cache(maxsize=256)
+def route_base(name: str, to: str) -> Target:
+    """The route's base URL, parsed as an X-AS-Target-URL is (and refused for the same)."""
+    try:
+        base = parse_target(to)
+    except ProxyError as exc:
+        message = str(exc).replace("X-AS-Target-URL", f"route {name}'s URL")
+        raise _bad(message) from None
+    if "?" in base.path_query:
+        raise _bad(f"route {name}'s URL must not carry a query")
+    return base
+
+
+@functools.lru_cache(maxsize=1024)
+def route_target(name: str, to: str, tail: str, query: str) -> Target:
+    """`to` + `/tail` + `?query`; the tail may not climb out of the route's base path."""
+    base = route_base(name, to)
+    for segment in tail.split("/"):
+        if unquote(segment) in _DOT_SEGMENTS:
+            raise _bad(f"/r/{name}/ paths may not contain '.' or '..' segments")
+    path = f"{base.path_query.rstrip('/')}/{tail}"
+    path_query = f"{path}?{query}" if query else path
+    return Target(
+        scheme=base.scheme,
+        host=base.host,
+        port=base.port,
+        path_query=path_query,
+        original=f"{base.scheme}://{base.host_header}{path_query}",
+    )
+
+
+def _basic_password(value: str) -> str | None:
+    scheme, _, encoded = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        pair = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return pair.partition(":")[2] or None
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _take_query_token(query: str, param: str) -> tuple[str, str | None]:
+    """The query without `param`, and the value it carried (the agent token)."""
+    if not query:
+        return query, None
+    kept, token = [], None
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if unquote(key.replace("+", " ")) == param:
+            if token is None:
+                token = unquote(value.replace("+", " ")) or None
+            continue
+        kept.append(pair)
+    return "&".join(kept), token
+
+
+def parse_route(
+    routes: Mapping[str, Route], request: web.BaseRequest
+) -> tuple[ProxySpec, list[tuple[str, str]]]:
+    """The spec of a route call, and the caller's headers without its token."""
+    path, _, query = request.raw_path[len(ROUTE_PREFIX) :].partition("?")
+    name, _, tail = path.partition("/")
+    route = routes.get(name)
+    if route is None:
+        shown = name[:64]
+        raise _bad(f"no route named {shown!r}; `blindkey route list` shows the routes")
+    injection = route_injection(name, route)
+    carrier = route.param.lower() if route.style == "header" else "authorization"
+    token: str | None = None
+    slot_token: str | None = None
+    forwarded: list[tuple[str, str]] = []
+    for header, value in request_headers(request):
+        lowered = header.lower()
+        if lowered.startswith(PREFIX):
+            if lowered not in _ROUTE_HEADERS:
+                raise _bad(
+                    f"{header} does not apply to a route: /r/{name}/ sets its own target "
+                    "and injection (use /proxy to name them)"
+                )
+            if lowered == "x-as-agent-token":
+                token = _utf8(header, value).strip() or None
+            forwarded.append((header, value))
+            continue
+        if route.style != "query" and lowered == carrier:
+            # The SDK's key: the agent token, or a placeholder. It never goes on.
+            if slot_token is None:
+                if route.style == "bearer":
+                    slot_token = _bearer(value)
+                elif route.style == "basic":
+                    slot_token = _basic_password(value)
+                else:
+                    slot_token = value.strip() or None
+            continue
+        forwarded.append((header, value))
+    if route.style == "query":
+        query, slot_token = _take_query_token(query, route.param)
+    verb = request.method
+    if not _TOKEN.match(verb) or verb.upper() in _FORBIDDEN_METHODS:
+        raise _bad(f"method {verb[:16]!r} cannot be proxied")
+    spec = ProxySpec(
+        target=route_target(name, route.to, tail, query),
+        method=verb.upper(),
+        token=token or slot_token,
+        injections=(injection,),
+    )
+    return spec, forwarded
