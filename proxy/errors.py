@@ -22,6 +22,7 @@ STATUS = {
     "body_too_large": 413,
     "upstream_error": 502,
     "broker_unavailable": 503,
+    "audit_unavailable": 503,
     "upstream_timeout": 504,
 }
 REQUEST_ID_HEADER = "X-Blindkey-Request-Id"
