@@ -2,12 +2,11 @@
 for SDKs that know only a base URL and a key (`OpenAI(base_url=".../r/openai/v1",
 api_key=AGENT_TOKEN)`). Every later stage is the one /proxy uses.
 
-The agent's token travels where the SDK puts its own key: `Authorization: Bearer` for a
-bearer route, the route's header for a header route, the password of `Authorization:
-Basic` for a basic route, the route's query parameter for a query route, or
-`X-AS-Agent-Token` for any. It is taken out of the request here, so it never reaches the
-upstream, the audit record's URL or an error message; the injection then writes the real
-value where it was.
+The agent's token travels where the SDK puts its own key: `X-AS-Agent-Token`, else the
+route's header (header route) or query parameter (query route), else `Authorization`
+(`Bearer TOKEN`, or the password of `Basic`), which no route passes on. It is taken out of
+the request here, so it never reaches the upstream, the audit record's URL or an error
+message; the injection then writes the real value where it goes.
 """
 
 from __future__ import annotations
@@ -135,9 +134,8 @@ def parse_route(
         shown = name[:64]
         raise _bad(f"no route named {shown!r}; `blindkey route list` shows the routes")
     injection = route_injection(name, route)
-    carrier = route.param.lower() if route.style == "header" else "authorization"
-    token: str | None = None
-    slot_token: str | None = None
+    header_slot = route.param.lower() if route.style == "header" else None
+    token = slot_token = authorization = None
     forwarded: list[tuple[str, str]] = []
     for header, value in request_headers(request):
         lowered = header.lower()
@@ -150,18 +148,15 @@ def parse_route(
             if lowered == "x-as-agent-token":
                 token = _utf8(header, value).strip() or None
             forwarded.append((header, value))
-            continue
-        if route.style != "query" and lowered == carrier:
+        elif lowered == header_slot:
             # The SDK's key: the agent token, or a placeholder. It never goes on.
-            if slot_token is None:
-                if route.style == "bearer":
-                    slot_token = _bearer(value)
-                elif route.style == "basic":
-                    slot_token = _basic_password(value)
-                else:
-                    slot_token = value.strip() or None
-            continue
-        forwarded.append((header, value))
+            slot_token = slot_token or value.strip() or None
+        elif lowered == "authorization":
+            # Where most SDKs put their key, whatever the route injects (some send the key
+            # as a bearer token where the API documents a header): never passed on either.
+            authorization = authorization or _bearer(value) or _basic_password(value)
+        else:
+            forwarded.append((header, value))
     if route.style == "query":
         query, slot_token = _take_query_token(query, route.param)
     verb = request.method
@@ -170,7 +165,7 @@ def parse_route(
     spec = ProxySpec(
         target=route_target(name, route.to, tail, query),
         method=verb.upper(),
-        token=token or slot_token,
+        token=token or slot_token or authorization,
         injections=(injection,),
     )
     return spec, forwarded
