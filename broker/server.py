@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from blindkey.broker.anchor import AuditAnchor
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
     PUSH_ID,
@@ -28,6 +29,7 @@ from blindkey.broker.protocol import (
     ProtocolError,
     encode,
 )
+from blindkey.broker.release import Releaser
 from blindkey.broker.sockets import prepare_socket_dir, socket_mode
 from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.config.paths import Paths
@@ -75,6 +77,7 @@ class _Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.clients.discard(self)
         self.transport = None
+        self.server.releaser.client_lost(self)
 
     # A client that does not read its replies stops being read from.
     def pause_writing(self) -> None:
@@ -128,6 +131,8 @@ class BrokerServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pushed = 0
         self._ack_waiters: list[asyncio.Future[None]] = []
+        self.audit_anchor = AuditAnchor.load(paths.state_dir)
+        self.releaser = Releaser(self.state, self._spawn)  # values for env and exec
         # What a client may ask, by the `op` of its request.
         self.operations: dict[str, Operation] = {
             "resolve": self._resolve,
@@ -135,6 +140,9 @@ class BrokerServer:
             "ack": self._ack,
             "redaction_set": self._redaction_set,
             "refresh": self._refresh,
+            "audit_anchor": self._audit_anchor,
+            "release": self.releaser.release,
+            "released": self.releaser.released,
         }
 
     async def start(self) -> None:
@@ -245,6 +253,12 @@ class BrokerServer:
             self._spawn(self._resolve_later(request_id, token, names, host, client))
             return None
         return self._resolved(request_id, answer)
+
+    def _audit_anchor(self, request: Message, client: _Client) -> Message:
+        """Move the audit's anchor forward when a seq is given; answer where it stands."""
+        if "seq" in request:
+            self.audit_anchor.advance(request.get("seq"), request.get("chain"))
+        return self.audit_anchor.reply(request.get("id"))
 
     def _ping(self, request: Message, client: _Client) -> Message:
         state = self.state

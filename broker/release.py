@@ -1,0 +1,278 @@
+"""Values handed out to a command instead of the proxy: `blindkey env` and `blindkey exec`.
+
+The broker decides and hands out, over its socket, so the CLI of an agent's user that
+cannot read the vault (the hardened deployment) still works, and the decision is the
+broker's alone: the agent (its token), the secret's `release` channels, its agents, its
+tier. The broker also writes the audit record, before a value leaves: `exec` when it
+answers, `env` once the command it ran reports its exit status (or its connection drops).
+
+Ops: `release` {token, names (null: every secret released to the channel), channel,
+argv} answers {agent, env, values, errors: {NAME: {error, message}}}; `released`
+{exit_status} ends an `env` release on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from blindkey.audit.events import append_event
+from blindkey.broker.cache import MISSING
+from blindkey.broker.protocol import (
+    BrokerDenied,
+    BrokerUnavailable,
+    FrameDecoder,
+    Message,
+    ProtocolError,
+    encode,
+)
+from blindkey.broker.state import BrokerState
+from blindkey.config.model import SECRET_NAME
+
+log = logging.getLogger("blindkey.broker")
+CHANNELS = ("env", "exec")
+MAX_NAMES = 256
+CALL_TIMEOUT = 10.0
+Errors = dict[str, dict[str, str]]
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Peer(Protocol):
+    """A connection to the broker, as the ops see it (the server's Peer)."""
+
+    def send(self, frame: bytes) -> None: ...
+
+
+@dataclass
+class OpenRelease:
+    """An `env` release whose command still runs: its record waits for the exit status."""
+
+    fields: dict[str, Any]
+    done: bool = field(default=False)
+
+
+def check_release(state: BrokerState, agent: str, env: str, name: str, channel: str) -> None:
+    """Raise BrokerDenied unless `agent` may have `name`'s value through `channel`."""
+    policy = state.settings.policy(name)
+    if not policy.allows_agent(agent):
+        raise BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
+    if channel not in policy.release:
+        raise BrokerDenied(
+            "secret_denied",
+            f"secret {name} is not released to {channel}; a human can allow it with "
+            f"`blindkey secrets set {name} --release {','.join([*policy.release, channel])}`",
+        )
+    if policy.tier != "open":
+        raise BrokerDenied(
+            "approval_required",
+            f"secret {name} is {policy.tier}: a human must approve its use first",
+        )
+
+
+def released_names(state: BrokerState, agent: str, channel: str) -> list[str]:
+    """Every secret whose policy releases it to `channel` for `agent`."""
+    return sorted(
+        name
+        for name, policy in state.settings.secrets.items()
+        if channel in policy.release and policy.allows_agent(agent)
+    )
+
+
+class Releaser:
+    """The broker's `release` and `released` ops."""
+
+    def __init__(self, state: BrokerState, spawn: Spawn) -> None:
+        self.state = state
+        self.spawn = spawn  # the server's: a named task it keeps and cancels at close
+        self.open: dict[Peer, OpenRelease] = {}
+
+    def release(self, request: Message, client: Peer) -> Message | None:
+        request_id = request.get("id")
+        channel, names, argv = request.get("channel"), request.get("names"), request.get("argv")
+        token = request.get("token")
+        if (
+            channel not in CHANNELS
+            or not (names is None or isinstance(names, list))
+            or not (argv is None or isinstance(argv, list))
+            or not (token is None or isinstance(token, str))
+        ):
+            return {"id": request_id, "error": "bad_request", "message": "malformed release"}
+        if channel == "env" and client in self.open:
+            return {"id": request_id, "error": "bad_request", "message": "one env per connection"}
+        state = self.state
+        if state.view is None:
+            raise BrokerDenied(
+                "broker_unavailable", state.last_error or "the broker has loaded nothing yet"
+            )
+        agent = state.authenticate(token)
+        env = state.settings.active_env
+        wanted = released_names(state, agent, channel) if names is None else names[:MAX_NAMES]
+        self.spawn(
+            self._answer(request_id, client, agent, env, channel, wanted, argv, names is None)
+        )
+        return None
+
+    async def _answer(
+        self,
+        request_id: Any,
+        client: Peer,
+        agent: str,
+        env: str,
+        channel: str,
+        names: list[Any],
+        argv: list[Any] | None,
+        every: bool,
+    ) -> None:
+        state = self.state
+        view = state.view
+        assert view is not None
+        valid = [n for n in names if isinstance(n, str) and SECRET_NAME.match(n)]
+        if any(view.lookup(env, n) is MISSING for n in valid):
+            await state.fetch(env, valid)
+        values: dict[str, str] = {}
+        errors: Errors = {}
+        for name in names:
+            key = name if isinstance(name, str) else repr(name)
+            try:
+                if key not in valid:
+                    raise BrokerDenied("bad_request", f"{key[:130]!r} is not a secret name")
+                value = view.lookup(env, key)
+                if value is MISSING:
+                    raise BrokerDenied("broker_unavailable", "the secret store is not answering")
+                if value is None:
+                    raise BrokerDenied(
+                        "unknown_secret", f"no secret named {key} in environment {env}"
+                    )
+                check_release(state, agent, env, key, channel)
+                assert isinstance(value, str)
+                values[key] = value
+            except BrokerDenied as exc:
+                if not every or exc.code != "unknown_secret":
+                    errors[key] = {"error": exc.code, "message": str(exc)}
+        fields: dict[str, Any] = {
+            "agent": agent,
+            "env": env,
+            "secrets": sorted(values),
+            "refused": sorted(errors),
+            "decision": "allowed" if values or not errors else "blocked",
+        }
+        reply: Message = {"id": request_id, "agent": agent, "env": env}
+        if channel == "env":
+            fields["argv"] = [str(a) for a in argv or []]
+            fields["exit_status"] = None
+            self.open[client] = OpenRelease(fields)
+        else:
+            try:
+                await asyncio.to_thread(append_event, state.paths.audit_dir, "exec", fields)
+            except OSError as exc:
+                log.error("exec record not written: %s", exc)
+                values, errors = {}, {n: _unaudited() for n in names if isinstance(n, str)}
+        client.send(encode({**reply, "values": values, "errors": errors}))
+
+    def released(self, request: Message, client: Peer) -> Message | None:
+        status = request.get("exit_status")
+        record = self.open.get(client)
+        if record is None:
+            return {"id": request.get("id"), "error": "bad_request", "message": "nothing released"}
+        record.fields["exit_status"] = status if isinstance(status, int) else None
+        self.spawn(self._close(client, request.get("id")))
+        return None
+
+    def client_lost(self, client: Peer) -> None:
+        """A command that never reported its end (killed, crashed): recorded without one."""
+        if client in self.open:
+            self.spawn(self._close(client, None))
+
+    async def _close(self, client: Peer, request_id: Any) -> None:
+        record = self.open.pop(client, None)
+        if record is None or record.done:
+            return
+        record.done = True
+        try:
+            await asyncio.to_thread(append_event, self.state.paths.audit_dir, "env", record.fields)
+        except OSError as exc:
+            log.error("env record not written: %s", exc)
+        if request_id is not None:
+            client.send(encode({"id": request_id, "recorded": True}))
+
+
+def _unaudited() -> dict[str, str]:
+    return {
+        "error": "audit_unavailable",
+        "message": "the audit cannot be written: nothing is released until it can",
+    }
+
+
+# --- the CLI's side --------------------------------------------------------------------
+
+
+@dataclass
+class Released:
+    agent: str
+    env: str
+    values: dict[str, str]
+    errors: Errors
+
+
+class ReleaseLink:
+    """One connection to the broker for one release (and, for env, its end)."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(CALL_TIMEOUT)
+        self.frames = FrameDecoder()
+        self._ids = 0
+        try:
+            self.sock.connect(str(socket_path))
+        except OSError as exc:
+            self.sock.close()
+            raise BrokerUnavailable(
+                f"the secret broker is not running ({exc.strerror}); start it with "
+                "`blindkey proxy start`"
+            ) from exc
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ReleaseLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, op: str, **params: object) -> Message:
+        self._ids += 1
+        request = {"id": self._ids, "op": op, **params}
+        try:
+            self.sock.sendall(encode(request))
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise BrokerUnavailable("the broker closed the connection")
+                for reply in self.frames.feed(data):
+                    if reply.get("id") == request["id"]:
+                        error = reply.get("error")
+                        if error is not None:
+                            raise BrokerDenied(str(error), str(reply.get("message", error)))
+                        return reply
+        except (OSError, ProtocolError) as exc:
+            raise BrokerUnavailable(f"the broker's answer broke off ({exc})") from exc
+
+    def release(
+        self, token: str | None, names: list[str] | None, channel: str, argv: list[str] | None
+    ) -> Released:
+        reply = self.call("release", token=token, names=names, channel=channel, argv=argv)
+        return Released(
+            agent=str(reply["agent"]),
+            env=str(reply["env"]),
+            values=dict(reply.get("values") or {}),
+            errors=dict(reply.get("errors") or {}),
+        )
+
+    def released(self, exit_status: int | None) -> None:
+        self.call("released", exit_status=exit_status)
