@@ -90,6 +90,7 @@ class Releaser:
         self.state = state
         self.spawn = spawn  # the server's: a named task it keeps and cancels at close
         self.open: dict[Peer, OpenRelease] = {}
+        self._writing = asyncio.Lock()
 
     def release(self, request: Message, client: Peer) -> Message | None:
         request_id = request.get("id")
@@ -168,11 +169,16 @@ class Releaser:
             self.open[client] = OpenRelease(fields)
         else:
             try:
-                await asyncio.to_thread(append_event, state.paths.audit_dir, "exec", fields)
-            except OSError as exc:
+                await self._append("exec", fields)
+            except Exception as exc:  # any failure to record withholds the values
                 log.error("exec record not written: %s", exc)
                 values, errors = {}, {n: _unaudited() for n in names if isinstance(n, str)}
         client.send(encode({**reply, "values": values, "errors": errors}))
+
+    async def _append(self, event: str, fields: dict[str, Any]) -> None:
+        # One at a time, off the event loop: the proxy's resolves do not wait for an fsync.
+        async with self._writing:
+            await asyncio.to_thread(append_event, self.state.paths.audit_dir, event, fields)
 
     def released(self, request: Message, client: Peer) -> Message | None:
         status = request.get("exit_status")
@@ -194,8 +200,8 @@ class Releaser:
             return
         record.done = True
         try:
-            await asyncio.to_thread(append_event, self.state.paths.audit_dir, "env", record.fields)
-        except OSError as exc:
+            await self._append("env", record.fields)
+        except Exception as exc:  # the values are out already: the log says so
             log.error("env record not written: %s", exc)
         if request_id is not None:
             client.send(encode({"id": request_id, "recorded": True}))
