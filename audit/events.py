@@ -2,23 +2,20 @@
 `env`/`exec`/`mcp` uses, config changes. Written by whichever process saw the event (the
 broker, a CLI command), appended to the same audit as the proxy's request records.
 
-Every writer takes an exclusive flock on the audit file for its append, so records of
-several processes never interleave and each sees the one before it.
+Every writer appends through audit/store.py under one flock (`audit.lock`), re-reading
+the file's last record when another writer moved it on, so all of them continue one chain.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from blindkey.audit.record import rfc3339
-from blindkey.audit.writer import audit_file
+from blindkey.audit.store import AuditLog
+from blindkey.config.errors import BlindkeyError
 
 EVENTS = (
     "request",
@@ -42,15 +39,19 @@ def event_record(event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def append_event(audit_dir: Path, event: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Append one event record durably (fsync'd) and return it."""
+    """Append one event record durably (fsync'd) and return it, with its seq and chain."""
     record = event_record(event, fields)
-    line = orjson.dumps(record) + b"\n"
-    audit_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(audit_file(audit_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log = AuditLog(audit_dir)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, line)
-        os.fsync(fd)
+        log.append([record])
+        log.sync()
+    except PermissionError as exc:
+        raise BlindkeyError(
+            f"cannot write the audit in {audit_dir} ({exc.strerror}): run this as the user "
+            "that runs the proxy"
+        ) from exc
+    except OSError as exc:
+        raise BlindkeyError(f"cannot write the audit in {audit_dir}: {exc.strerror}") from exc
     finally:
-        os.close(fd)
+        log.close()
     return record

@@ -39,6 +39,8 @@ class AuditRecord:
     bytes_out: int = 0
     redactions: int = 0
     short_secrets: list[str] = field(default_factory=list)
+    # False when the answer the agent got was cut (shutdown, upstream reset, agent gone).
+    complete: bool = True
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -47,6 +49,12 @@ class AuditRecord:
         self.reason = reason
         self.status = status
 
+    def cut(self) -> None:
+        """The answer began but did not end: what the agent got is not the whole of it."""
+        self.complete = False
+        if self.decision == "allowed":
+            self.reason = "cut"
+
     def finish(self) -> dict[str, Any]:
         self.ts = rfc3339(self.started)
         self.duration_ms = round((time.perf_counter() - self._clock) * 1000, 3)
@@ -54,6 +62,7 @@ class AuditRecord:
         return {
             "ts": self.ts,
             "request_id": self.request_id,
+            "event": "request",
             "agent": self.agent,
             "env": self.env,
             "method": self.method,
@@ -70,4 +79,5 @@ class AuditRecord:
             "redactions": self.redactions,
             # Secrets stored with --allow-short: their echoes may not have been caught.
             "short_secrets": list(self.short_secrets),
+            "complete": self.complete,
         }

@@ -1,145 +1,267 @@
-"""One writer task appends JSONL records; fsyncs are grouped so the disk sets no pace."""
+"""The proxy's audit writer: each record is handed to the kernel (one write()) before the
+answer it describes is complete, so a killed proxy never leaves an answered call
+unrecorded; fsyncs are grouped by a background task, so the disk sets no pace.
+
+When a write fails (disk full, file unwritable), the record is held in memory, the writer
+says it is unavailable (the edge then refuses calls 503 `audit_unavailable`, injecting
+nothing), and a retry every RETRY_INTERVAL writes what is held, in order, once it can.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from blindkey.audit.chain import Head
+from blindkey.audit.flags import FlagTracker
 from blindkey.audit.record import AuditRecord
+from blindkey.audit.store import AuditLog, audit_file
+
+__all__ = ["AuditWriter", "audit_file"]
 
 log = logging.getLogger("blindkey.audit")
-AUDIT_FILE = "audit.jsonl"
-# Group commit: take whatever queued while the previous fsync ran, up to this many.
-MAX_BATCH = 1024
 GROUP_WINDOW = 0.002
-
-
-def audit_file(audit_dir: Path) -> Path:
-    return audit_dir / AUDIT_FILE
-
-
-def _escaped(value: Any) -> Any:
-    """`value` with every string's undecodable bytes written as \\xNN."""
-    if isinstance(value, str):
-        raw = value.encode("utf-8", "surrogateescape")
-        return raw.decode("utf-8", "backslashreplace")
-    if isinstance(value, list):
-        return [_escaped(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _escaped(item) for key, item in value.items()}
-    return value
-
-
-def _line(record: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(record) + b"\n"
-    except orjson.JSONEncodeError:
-        # Text an agent sent that is not UTF-8 (kept as surrogates) is written escaped,
-        # never dropped: a refused request must still leave its record.
-        return orjson.dumps(_escaped(record)) + b"\n"
+RETRY_INTERVAL = 0.25
+ANCHOR_INTERVAL = 0.5
+ANCHOR_TIMEOUT = 2.0
+MAX_HELD = 200_000  # records held while the disk is full; past this, counted, not kept
+LEARN_LIMIT = 256 << 20  # a current file bigger than this is not read for new_host
 
 
 class AuditWriter:
-    def __init__(self, audit_dir: Path, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        audit_dir: Path,
+        *,
+        fsync: bool = True,
+        rotate_mb: float = 64,
+        keep_days: float = 90,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = audit_file(audit_dir)
         self.fsync = fsync
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.log = AuditLog(audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days)
+        self.tracker = FlagTracker(clock=clock)
+        self.held: deque[dict[str, Any]] = deque()
+        self.dropped = 0  # records beyond MAX_HELD while unavailable
+        self.failures = 0  # writes that failed (each such record is held, not lost)
+        self.error: str | None = None
+        self.unavailable_since: float | None = None
+        # Told when the state changes (the server rewrites its status file).
+        self.on_state: Callable[[], None] | None = None
+        # Given the chain's head now and then, to keep where this writer cannot rewrite it.
+        self.anchor: Callable[[int, str], Awaitable[None]] | None = None
+        self.anchored = Head()
+        self._unsynced = False
+        self._wake: asyncio.Event | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._fd: int | None = None
-        self.failures = 0
-        self._torn = False  # a failed write left part of a line at the end of the file
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_anchor = 0.0
+        self._recheck: asyncio.TimerHandle | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+    def state(self) -> dict[str, Any]:
+        """For the status file: `proxy status` shows an alert when not ok."""
+        return {
+            "state": "ok" if self.available else "unavailable",
+            "error": self.error,
+            "since": self.unavailable_since,
+            "held": len(self.held),
+            "dropped": self.dropped,
+            "seq": self.log.head.seq,
+        }
 
     async def start(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        # Kept: on Python 3.11 asyncio.get_running_loop() costs a getpid() system call.
-        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        try:
+            self.log.open()
+            self._learn()
+        except OSError as exc:
+            self._failed(exc)
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    def submit(self, record: dict[str, Any]) -> None:
-        self.queue.put_nowait(record)
+    def _learn(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_size > LEARN_LIMIT:
+                return
+            records = []
+            for line in self.path.read_bytes().splitlines():
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    value = orjson.loads(line)
+                    if isinstance(value, dict):
+                        records.append(value)
+            self.tracker.learn(records)
 
-    def submit_after_answer(self, record: AuditRecord) -> None:
-        """Finish and queue `record` once the current task step is over: aiohttp writes the
-        answer in that step, so the agent does not wait for the record. Its duration then
-        includes writing the answer."""
-        assert self._loop is not None, "AuditWriter.start() first"
-        self._loop.call_soon(self._finish_and_submit, record)
+    def seal(self, record: AuditRecord) -> dict[str, Any] | None:
+        """Finish `record`, flag it and write it now. None once written; else the record as
+        held (the writer is unavailable until the disk takes it), for the caller to say
+        what the agent got instead."""
+        values = record.finish()
+        values["flags"] = self.tracker.flags(values)
+        return None if self.submit(values) else values
 
-    def _finish_and_submit(self, record: AuditRecord) -> None:
-        self.submit(record.finish())
-
-    def _write(self, payload: bytes) -> None:
-        assert self._fd is not None
-        if self._torn:
-            payload = b"\n" + payload  # end the fragment, so it cannot swallow a record
-        view = memoryview(payload)
+    def submit(self, record: dict[str, Any]) -> bool:
+        """Write one record now (before the caller answers anyone); False if it is held."""
+        record.setdefault("event", "request")
+        if self.held:
+            self._hold(record)  # behind what waits, so the order stays
+            return False
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError:
-            self._torn = self._torn or len(view) < len(payload)
-            raise
-        self._torn = False
-        if self.fsync:
-            os.fsync(self._fd)
+            self.log.append([record])
+        except OSError as exc:
+            self._failed(exc)
+            self._hold(record)
+            return False
+        self._written()
+        return True
+
+    def _hold(self, record: dict[str, Any]) -> None:
+        if len(self.held) >= MAX_HELD:
+            self.dropped += 1
+            return
+        self.held.append(record)
+
+    def _written(self) -> None:
+        self._unsynced = True
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+
+    def _failed(self, exc: OSError) -> None:
+        self.failures += 1
+        error = exc.strerror or type(exc).__name__
+        if self.error is None:
+            self.unavailable_since = time.time()
+            log.error(
+                "audit unavailable (%s): calls are refused 503 audit_unavailable until "
+                "records can be written to %s",
+                error,
+                self.path,
+            )
+        if error != self.error:
+            self.error = error
+            self._tell()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _tell(self) -> None:
+        if self.on_state is not None:
+            self.on_state()
+
+    def _retry(self) -> None:
+        """Write what is held, in order; back to available once it all went."""
+        if self.held:
+            try:
+                self.log.append(list(self.held))
+            except OSError as exc:
+                self._failed(exc)
+                return
+            self.held.clear()
+            self._written()
+        elif not self.log.opened:
+            try:
+                self.log.open()
+            except OSError as exc:
+                self._failed(exc)
+                return
+        if self.error is not None:
+            log.warning("audit writable again after %s: calls are served", self.error)
+            self.error = self.unavailable_since = None
+            if self.dropped:
+                log.error("%d audit records beyond %d held were not kept", self.dropped, MAX_HELD)
+            self._tell()
 
     async def _run(self) -> None:
+        assert self._wake is not None
         loop = asyncio.get_running_loop()
-        done = False
-        while not done:
-            batch = [await self.queue.get()]
-            if batch[0] is not None:
-                # Group commit in time as well as in count: one write (and fsync) for what
-                # arrives meanwhile, instead of a thread hop per record.
-                await asyncio.sleep(GROUP_WINDOW)
-            while len(batch) < MAX_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                done = await self._commit(loop, batch)
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if self.available else RETRY_INTERVAL):
+                    await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(GROUP_WINDOW)  # one fsync for what arrives meanwhile
+            if not self.available:
+                self._retry()
+            waiters, self._waiters = self._waiters, []
+            if self._unsynced and self.fsync:
+                self._unsynced = False
+                try:
+                    await loop.run_in_executor(None, self.log.sync)
+                except OSError as exc:
+                    log.error("audit fsync failed: %s", exc.strerror)
+                    self._failed(exc)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            await self._anchor_now(loop.time())
+
+    async def _anchor_now(self, now: float, *, force: bool = False) -> None:
+        if self.anchor is None or not self.log.opened:
+            return
+        if not force and now - self._last_anchor < ANCHOR_INTERVAL:
+            if self._wake is not None and self._recheck is None:  # come back for it
+                self._recheck = asyncio.get_running_loop().call_later(
+                    ANCHOR_INTERVAL, self._anchor_due
+                )
+            return
+        try:
+            head = self.log.refresh()  # counts the records of other writers too
+        except OSError:
+            return
+        if head == self.anchored or head.seq == 0:
+            return
+        self._last_anchor = now
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(ANCHOR_TIMEOUT):
+                await self.anchor(head.seq, head.chain)
+            self.anchored = head
+
+    def _anchor_due(self) -> None:
+        self._recheck = None
+        if self._wake is not None:
+            self._wake.set()
 
     async def flush(self) -> None:
-        """Wait until everything submitted so far is on disk."""
-        await self.queue.join()
-
-    async def _commit(
-        self, loop: asyncio.AbstractEventLoop, batch: list[dict[str, Any] | None]
-    ) -> bool:
-        """Write one batch; True when it carried the stop marker."""
-        records = [r for r in batch if r is not None]
-        lines = []
-        for record in records:
-            try:
-                lines.append(_line(record))
-            except orjson.JSONEncodeError as exc:  # one bad record must not stop auditing
-                self.failures += 1
-                log.error("audit record %r dropped: %s", record.get("request_id"), exc)
-        if lines:
-            # One write() per batch with O_APPEND: whole lines, never interleaved or torn.
-            try:
-                await loop.run_in_executor(None, self._write, b"".join(lines))
-            except OSError as exc:
-                self.failures += len(lines)
-                log.error("audit write failed (%s); %d records lost", exc.strerror, len(lines))
-        return len(records) != len(batch)
+        """Wait until everything written so far is fsync'd (held records stay held)."""
+        if self._task is None or self._wake is None:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wake.set()
+        await waiter
 
     async def close(self) -> None:
-        """Flush everything queued, then stop."""
+        """Write what is held if the disk takes it now, fsync, anchor, then stop."""
         if self._task is not None:
-            self.queue.put_nowait(None)
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if not self.available:
+            self._retry()
+        if self.held:
+            # The last place left: the service log (records never hold a value).
+            log.error("audit still unwritable at shutdown: %d records follow", len(self.held))
+            for record in self.held:
+                log.error("unwritten audit record: %s", orjson.dumps(record).decode())
+        with contextlib.suppress(OSError):
+            self.log.sync()
+        with contextlib.suppress(Exception):
+            await self._anchor_now(0.0, force=True)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.log.close()

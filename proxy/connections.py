@@ -166,8 +166,41 @@ class JsonErrorHandler(RequestHandler):
             # What the parser made of the request line before it gave up, if anything.
             record = AuditRecord(request_id=request_id, method=request.method[:16], url="")
             record.block(error.code, error.status)
-            self.audit.submit_after_answer(record)
+            self.audit.seal(record)  # held if the disk refuses it: a refusal injects nothing
         return error_response(error, request_id)
+
+
+def sealed(
+    audit: AuditWriter,
+    record: AuditRecord,
+    response: web.StreamResponse | None,
+    request: web.BaseRequest,
+) -> web.StreamResponse | None:
+    """Write `record` before the answer is complete: a small answer is still unsent, a
+    stream still lacks its end (aiohttp writes it once the handler returns). So an agent
+    that got a whole answer can count on its record, even if the proxy is killed next.
+
+    `response` is None when the handler did not return one (cut by shutdown or a gone
+    agent, or a bug). When the record cannot be written, the agent gets no answer without
+    one: an unsent answer becomes 503 `audit_unavailable`, a stream is cut.
+    """
+    if response is None:
+        record.cut()
+    held = audit.seal(record)
+    if held is None:
+        return response
+    if response is not None and not response.prepared:
+        error = ProxyError(
+            "audit_unavailable",
+            "blindkey cannot write its audit (disk full or file unwritable); nothing is "
+            "injected until it can: retry later",
+        )
+        held.update(decision="blocked", reason=error.code, status=error.status, bytes_out=0)
+        return error_response(error, record.request_id)
+    held["complete"] = False
+    if request.transport is not None:
+        request.transport.abort()
+    return response
 
 
 class GuardedConnection(asyncio.Protocol):

@@ -18,7 +18,7 @@ from multidict import CIMultiDictProxy
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
 from blindkey.config.model import is_loopback_host
-from blindkey.proxy.connections import ConnectionGuard
+from blindkey.proxy.connections import ConnectionGuard, sealed
 from blindkey.proxy.errors import (
     REQUEST_ID_HEADER,
     STATUS,
@@ -80,6 +80,7 @@ class Front:
             url=request.headers.get("X-AS-Target-URL", "")[:2048],
         )
         audited = True
+        response: web.StreamResponse | None = None
         try:
             response, audited = await self._route(request, record)
         except Exception as exc:
@@ -89,7 +90,9 @@ class Front:
         finally:
             self.guard.request_finished(transport)
             if audited:
-                self.runtime.audit.submit_after_answer(record)
+                # Written before the answer is complete; no answer without its record.
+                response = sealed(self.runtime.audit, record, response, request)
+        assert response is not None
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
         return response
@@ -97,7 +100,7 @@ class Front:
     async def _route(
         self, request: web.BaseRequest, record: AuditRecord
     ) -> tuple[web.StreamResponse, bool]:
-        """The answer, and whether it belongs in the audit (a health check does not)."""
+        """The answer, and whether it belongs in the audit (every answer does)."""
         remote_peer = self.bound_remote and self._check_peer(request)
         _refuse_pages(request.headers)
         if not remote_peer:  # another machine names this one as it knows it
@@ -106,9 +109,13 @@ class Front:
         if path == "/health" and request.method in ("GET", "HEAD"):
             # Health means serving: a broker that cannot open its vault, key or agents makes
             # the proxy unhealthy (why is for `proxy status`, not for whoever asks here).
-            if await self.runtime.check_broker():
-                return web.json_response({"status": "ok"}), False
-            return web.json_response({"status": "unavailable"}, status=503), False
+            record.method, record.url = request.method, path
+            # An audit that cannot be written is no service either.
+            if await self.runtime.check_broker() and self.runtime.audit.available:
+                record.status = 200
+                return web.json_response({"status": "ok"}), True
+            record.status = 503
+            return web.json_response({"status": "unavailable"}, status=503), True
         spec: ProxySpec | None = None
         if path.startswith(ROUTE_PREFIX):
             record.method, record.url = request.method[:16], request.path[:2048]
@@ -131,6 +138,12 @@ class Front:
             )
         if "Expect" in request.headers:
             await _expect(request)
+        if not self.runtime.audit.available:
+            raise ProxyError(
+                "audit_unavailable",
+                "blindkey cannot write its audit (disk full or file unwritable); nothing is "
+                "injected until it can: retry later",
+            )
         if spec is None:
             raw = request_headers(request)
             spec = parse_spec(request.method, raw)

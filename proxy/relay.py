@@ -71,23 +71,28 @@ async def relay(
     response = web.StreamResponse(status=upstream.status, reason=reason, headers=headers_back)
     await response.prepare(request)
     stream = redactor.stream()
+    # Until the last byte is passed on, the answer counts as cut: shutdown, an agent gone
+    # or an upstream reset leave the record saying so, with the bytes and redactions so far.
+    record.cut()
     try:
         async for chunk in upstream.iter_chunks():
             out = stream.feed(chunk)
             if out:
                 record.bytes_out += len(out)
                 await response.write(out)
+        tail = stream.finish()
+        if tail:
+            record.bytes_out += len(tail)
+            await response.write(tail)
     except UpstreamError as exc:
         # Headers are gone; all we can do is cut the stream so the agent sees a failure.
         log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
-        record.redactions += stream.count
         if request.transport is not None:
             request.transport.close()
         return response
-    tail = stream.finish()
-    record.redactions += stream.count
-    if tail:
-        record.bytes_out += len(tail)
-        await response.write(tail)
-    await response.write_eof()
+    finally:
+        record.redactions += stream.count
+    record.complete, record.reason = True, None
+    # The end of the stream is written by aiohttp once the handler returns: after the
+    # edge has written the record, so no agent holds a whole answer without its record.
     return response

@@ -83,8 +83,13 @@ class ProxyServer:
         self.allow_remote = allow_remote or settings.proxy.allow_remote
         self.requested_port = port
         self.port = port
-        self.audit = AuditWriter(paths.audit_dir, fsync=settings.audit_fsync)
+        audit = settings.audit
+        self.audit = AuditWriter(
+            paths.audit_dir, fsync=audit.fsync, rotate_mb=audit.rotate_mb, keep_days=audit.keep_days
+        )
         self.runtime = ProxyRuntime(paths, settings, self.audit)
+        self.audit.on_state = self.write_status
+        self.audit.anchor = self._anchor
         socket_path = paths.broker_socket_at(settings.broker.socket)
         # A broker run as its own service (`[broker] socket`) is connected to, never spawned.
         self.supervisor: BrokerSupervisor | ExternalBroker = (
@@ -99,6 +104,10 @@ class ProxyServer:
         self.guard: ConnectionGuard | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.runtime.on_reloaded = self.write_status
+
+    async def _anchor(self, seq: int, chain: str) -> None:
+        """Give the broker the chain's head: a tail cut off the file is then found."""
+        await self.runtime.authoriser.broker.call("audit_anchor", seq=seq, chain=chain)
 
     def _broker_state(self, state: str, pid: int | None) -> None:
         self.broker_state, self.broker_pid = state, pid
@@ -163,6 +172,7 @@ class ProxyServer:
             "broker": self.broker_state,
             "broker_pid": self.broker_pid,
             **self.runtime.status_fields(),
+            "audit": self.audit.state(),
         }
         with contextlib.suppress(OSError):
             write_atomic(self.paths.status_file, orjson.dumps(status))

@@ -29,6 +29,8 @@ FIELDS = [
     "bytes_out",
     "redactions",
     "short_secrets",
+    "event",
+    "complete",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
