@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from blindkey.broker.approvals_link import call, exit_for_refusal, with_code
 from blindkey.broker.backends import SecretBackend, open_backend, open_openbao
 from blindkey.broker.compare import Difference, compare, comparison_key, keyed_digests
 from blindkey.broker.notify import put_in_force
@@ -91,6 +92,7 @@ def _read_value(name: str) -> str:
 # Shorter values match ordinary text: redacting them would be unreliable and mangle output.
 
 
+@exit_for_refusal
 def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     name, value = args.name, None
     if "=" in name:
@@ -133,6 +135,15 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
         or short
         or settings.policy(name).allow_short
     )
+    if args.tier or args.approvals:
+        # The broker keeps each secret's tier floor: lowering it needs an approver's code.
+        with_code(
+            args.code,
+            f"Code of approver {args.by or 'default'} (consent to lowering {name}'s protection)",
+            lambda code: call(paths, "policy", name=name, tier=args.tier,
+                              approvals=args.approvals, by=args.by, code=code),
+            required=False,
+        )  # fmt: skip
     if edits_config:
 
         def change(document: Any) -> None:
@@ -226,11 +237,26 @@ def cmd_secrets_list(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_for_refusal
 def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
     check_name(args.name)
     settings = load_settings(paths.config_file)
     env = pick_env(settings, args.env)
     with opened(local_store(paths, settings)) as store:
+        held = inventory(store, settings)
+        if args.name not in held.get(env, set()):
+            raise BlindkeyError(
+                f"no secret named {args.name} in {env}; see `blindkey secrets list`"
+            )
+        last = not any(args.name in found for other, found in held.items() if other != env)
+        # Deleting a controlled or restricted secret needs an approver's code.
+        with_code(
+            args.code,
+            f"Code of approver {args.by or 'default'} (consent to deleting {args.name})",
+            lambda code: call(paths, "forget", name=args.name, env=env, last=last or None,
+                              by=args.by, code=code),
+            required=False,
+        )  # fmt: skip
         if not store.delete(env, args.name):
             raise BlindkeyError(
                 f"no secret named {args.name} in {env}; see `blindkey secrets list`"

@@ -3,10 +3,12 @@ approver's code opened for the invoking user (SUDO_USER)."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
 
 # What sudoers accepts as a user name without quoting, and what useradd makes.
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
@@ -33,3 +35,7 @@ def sudoers_rule(user: str, blindkey: Path) -> str:
         f"Defaults!{command} env_reset, !setenv\n"
         f"{user} ALL=(root) NOPASSWD: {command} elevate *\n"
     )
+
+
+def cmd_elevate(paths: Paths, args: argparse.Namespace) -> int:
+    raise BlindkeyError("elevate is not available in this build")

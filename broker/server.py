@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from blindkey.broker.anchor import AuditAnchor
+from blindkey.broker.approvals_ops import approvals_op, hold_op
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
     PUSH_ID,
@@ -67,6 +68,7 @@ class _Client(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         uid = peer_uid(transport.get_extra_info("socket"))
+        self.uid = uid
         if uid not in self.server.allowed_uids:
             log.warning("refused broker connection from uid %d", uid)
             transport.close()
@@ -124,6 +126,7 @@ class BrokerServer:
     def __init__(self, paths: Paths, socket_path: Path, allowed_uids: frozenset[int]) -> None:
         self.state = BrokerState(paths)
         self.state.on_change = self._invalidate
+        self.state.approvals.on_outcome = self._approval_outcome
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
         self.clients: set[_Client] = set()
@@ -143,6 +146,8 @@ class BrokerServer:
             "audit_anchor": self._audit_anchor,
             "release": self.releaser.release,
             "released": self.releaser.released,
+            "approvals": self._approvals,
+            "hold": lambda request, client: hold_op(self.state, request),
         }
 
     async def start(self) -> None:
@@ -319,6 +324,23 @@ class BrokerServer:
             return reply
         self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
         return None
+
+    def _approvals(self, request: Message, client: _Client) -> Message | None:
+        # Approving, enrolling, revoking: the broker's own user only (the human's CLI). A
+        # proxy of another user may resolve and hold calls, never approve one.
+        if getattr(client, "uid", None) != os.getuid():
+            raise BrokerDenied("refused", "approvals are managed by the broker's user only")
+        before = self._pushed
+        reply = approvals_op(self.state.approvals, self.state.settings, request)
+        targets = [c for c in self.clients if c.caches and c is not client]
+        if self._pushed == before or not targets:
+            return reply
+        # A revocation is in force once every proxy has dropped what it kept.
+        self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
+        return None
+
+    def _approval_outcome(self, approval_id: str, outcome: str) -> None:
+        self._push({"event": "approval", "approval_id": approval_id, "outcome": outcome})
 
     def _resolved(self, request_id: Any, answer: BrokerAnswer) -> Message:
         reply: Message = {

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
+from blindkey.broker.approvals import Approvals, Clock
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
 from blindkey.broker.protocol import BrokerDenied
@@ -51,8 +53,11 @@ def _fingerprint(files: Iterable[Path]) -> Stamp:
 
 
 class BrokerState:
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
         self.paths = paths
+        # Approvers, grants and tier floors: the broker's own file, never config.toml.
+        self.approvals = Approvals(paths, clock)
+        self.approvals.on_change = self._bump
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
         self.generation = 0
         self.settings = Settings()
@@ -116,8 +121,32 @@ class BrokerState:
         self.last_error = None
         self.settings = settings
         self.agents_by_hash = {a.token_sha256: a for a in agents.values() if a.revoked is None}
+        self._follow_tiers()
         self._bump()
         return True
+
+    def _follow_tiers(self) -> None:
+        try:
+            self.approvals.load()
+            self.approvals.follow(self.settings)
+        except BlindkeyError as exc:
+            # Grants cannot be read: every gated secret stays refused (fail closed).
+            log.error("approvals: %s", exc)
+
+    def refresh_approvals(self) -> bool:
+        """Re-read the approvals file if another process changed it, drop expired grants;
+        True when what is served changed."""
+        try:
+            changed = self.approvals.load()
+            if changed:
+                self.approvals.follow(self.settings)
+            expired = self.approvals.expire()
+        except BlindkeyError as exc:
+            log.error("approvals: %s", exc)
+            return False
+        if changed and not expired:
+            self._bump()
+        return changed or expired
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> bool:
         """Drop cached values the CLI just changed; True when what is served changed."""
@@ -127,10 +156,12 @@ class BrokerState:
         return False
 
     def expire(self) -> bool:
+        # Grants first: a grant that ran out is pushed within the watch interval (0.2 s).
+        approvals = self.refresh_approvals()
         if self.view is not None and self.view.expire():
             self._bump()
             return True
-        return False
+        return approvals
 
     def authenticate(self, token: str | None) -> str:
         if token is None:
@@ -177,12 +208,28 @@ class BrokerState:
             return BrokerDenied("secret_denied", f"secret {name} is not released to the proxy")
         if not policy.allows_host(host):
             return BrokerDenied("secret_denied", f"secret {name} is not bound to host {host}")
-        if policy.tier != "open":
-            return BrokerDenied(
-                "approval_required",
-                f"secret {name} is {policy.tier}: a human must approve its use first",
-            )
-        return None
+        return self._gate(agent, env, name, policy)
+
+    def _gate(self, agent: str, env: str, name: str, policy: SecretPolicy) -> BrokerDenied | None:
+        if policy.tier == "open" and not self.approvals.floors.guarded:
+            return None
+        tier, _ = self.approvals.effective(name, policy)
+        if tier == "open" or self.approvals.in_force(name, env, agent):
+            return None
+        return BrokerDenied(
+            "approval_required",
+            f"secret {name} is {tier}: a human must approve its use first",
+        )
+
+    def check_release(self, agent: str, env: str, name: str, channel: str) -> BrokerDenied | None:
+        """Whether `agent` may have `name`'s value through `channel` (proxy, env, exec) now:
+        bindings, release channels, tiers and grants applied. None: it may."""
+        policy = self.settings.secrets.get(name, OPEN_POLICY)
+        if not policy.allows_agent(agent):
+            return BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
+        if channel not in policy.release:
+            return BrokerDenied("secret_denied", f"secret {name} is not released to {channel}")
+        return self._gate(agent, env, name, policy)
 
     def unavailable(self) -> NoReturn:
         # An error, not a denial: a proxy may cache denials, and this one passes.

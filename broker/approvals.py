@@ -1,0 +1,545 @@
+"""The broker's approvals: approvers, grants, tier floors and calls waiting for a human.
+
+One object, `Approvals`, used by the broker process (which serves it over its socket) and,
+when no broker runs, by the CLI in-process on the same files: whoever can do the latter can
+read the broker's files anyway, i.e. is the broker's user. The clock is injected, so tests
+never wait for a TOTP step, a lockout or an expiry.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from blindkey.audit.events import append_event
+from blindkey.audit.record import rfc3339
+from blindkey.broker import totp
+from blindkey.broker.approvals_codes import (
+    CodeNeeded,
+    CodeRefused,
+    check_code,
+    locked_until,
+    new_approver,
+)
+from blindkey.broker.approvals_store import ApprovalsFile, State
+from blindkey.broker.grants import (
+    RANK,
+    Floors,
+    GrantIndex,
+    alive,
+    complete,
+    drop_expired,
+    find_grant,
+    new_grant,
+)
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
+from blindkey.config.paths import Paths
+
+T = TypeVar("T")
+PENDING_TTL = 600.0  # a pending request is listed for 10 minutes
+MAX_PENDING = 1000  # an agent cannot grow the broker's memory by asking again and again
+DEFAULT_APPROVER = "default"
+Clock = Callable[[], float]
+
+
+@dataclass
+class Pending:
+    id: str
+    agent: str
+    secret: str
+    env: str
+    method: str
+    host: str
+    path: str
+    created: float
+
+    def public(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "secret": self.secret,
+            "env": self.env,
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "age_s": int(now - self.created),
+        }
+
+
+def check_approver_name(name: str) -> str:
+    if not AGENT_NAME.fullmatch(name):
+        raise BlindkeyError(
+            f"invalid approver name {name!r}: letters, digits, '_', '.', '-' (at most 64)"
+        )
+    return name
+
+
+class Approvals:
+    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
+        self.paths = paths
+        self.clock = clock
+        self.file = ApprovalsFile.of(paths)
+        self.state: State = {}
+        self.index = GrantIndex()
+        self.floors = Floors({}, False)
+        self.pending: dict[str, Pending] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        # Set by the broker: a grant changed (push an invalidation), a request resolved.
+        self.on_change: Callable[[], None] | None = None
+        self.on_outcome: Callable[[str, str], None] | None = None
+
+    # --- the state, cached for the hot path -------------------------------------------
+
+    def load(self) -> bool:
+        """Re-read the file if it changed; True when it did."""
+        stamp = self.file.stamp()
+        if stamp == self._stamp:
+            return False
+        self._adopt(self.file.load())
+        self._stamp = stamp
+        return True
+
+    def _adopt(self, state: State) -> None:
+        self.state = state
+        self.index = GrantIndex.of(state["grants"])
+        self.floors = Floors(state["floors"], self._has_approvers(state))
+        self._stamp = self.file.stamp()
+
+    @staticmethod
+    def _has_approvers(state: State) -> bool:
+        return any(a.get("active") for a in state["approvers"].values())
+
+    def _edit(self, work: Callable[[State], T]) -> T:
+        """Run `work` on the state under the file's lock. A refused code is saved too
+        (its counters are the lockout), then raised."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        self._events = events
+        refused: CodeRefused | None = None
+        with self.file.editing() as state:
+            try:
+                result = work(state)
+            except CodeRefused as exc:
+                refused = exc
+        self._adopt(state)
+        for event, fields in events:
+            self._audit(event, fields)
+        if refused is not None:
+            raise refused
+        return result
+
+    def _audit(self, event: str, fields: dict[str, Any]) -> None:
+        append_event(self.paths.audit_dir, event, fields)
+
+    def _note(self, event: str, **fields: Any) -> None:
+        self._events.append((event, fields))
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # --- codes --------------------------------------------------------------------------
+
+    def _pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
+        active = sorted(n for n, a in state["approvers"].items() if a.get("active"))
+        if given:
+            check_approver_name(given)
+            if given not in active:
+                raise BlindkeyError(f"no active approver named {given}; see `blindkey totp list`")
+            return given
+        if not active:
+            raise BlindkeyError("no approver is enrolled: `blindkey totp enroll` first")
+        if len(active) == 1:
+            return str(active[0])
+        if DEFAULT_APPROVER in active:
+            return DEFAULT_APPROVER
+        raise BlindkeyError(f"{len(active)} approvers: name one with {flag}")
+
+    def _verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
+        if not code:
+            raise CodeNeeded(f"a code of approver {name} is needed to {purpose}")
+        record = state["approvers"][name]
+        now = self.clock()
+        try:
+            accepted = check_code(name, record, code, now)
+        except CodeRefused as exc:
+            self._note("code_refused", approver=name, reason=exc.code, purpose=purpose)
+            if exc.kind == "locked" and locked_until(record, now) == now + 300.0:
+                self._note("locked_out", approver=name, until=rfc3339(now + 300.0))
+            raise
+        return accepted
+
+    def _consent(self, state: State, by: str | None, code: str | None, purpose: str) -> str:
+        """Once an approver exists, a change that weakens protection needs one's code."""
+        if not self._has_approvers(state):
+            return ""
+        name = self._pick(state, by, flag="--by")
+        self._verify(state, name, code, purpose)
+        return name
+
+    # --- approvers ----------------------------------------------------------------------
+
+    def enroll(self, approver: str | None, by: str | None, code: str | None) -> dict[str, Any]:
+        name = check_approver_name(approver or DEFAULT_APPROVER)
+        seed = totp.new_seed()
+
+        def work(state: State) -> dict[str, Any]:
+            existing = state["approvers"].get(name)
+            if existing is not None and existing.get("active"):
+                raise BlindkeyError(f"approver {name} is already enrolled; pick another name")
+            consented = self._consent(state, by, code, f"enrol approver {name}")
+            state["approvers"][name] = new_approver(seed, self.clock())
+            self._note("config", change="approver_enrolled", approver=name, by=consented)
+            return {"approver": name, "otpauth_uri": totp.otpauth_uri(name, seed, _account())}
+
+        return self._edit(work)
+
+    def confirm(self, approver: str | None, code: str | None) -> dict[str, Any]:
+        def work(state: State) -> dict[str, Any]:
+            waiting = sorted(n for n, a in state["approvers"].items() if not a.get("active"))
+            name = approver or (waiting[0] if len(waiting) == 1 else DEFAULT_APPROVER)
+            check_approver_name(name)
+            record = state["approvers"].get(name)
+            if record is None or record.get("active"):
+                raise BlindkeyError(
+                    f"no enrolment of {name} waits for confirmation; `blindkey totp enroll`"
+                )
+            self._verify(state, name, code, f"confirm approver {name}")
+            codes = totp.new_recovery_codes()
+            record["recovery"] = [totp.hash_recovery(c) for c in codes]
+            record["active"] = True
+            self._note("config", change="approver_confirmed", approver=name)
+            return {"approver": name, "recovery_codes": codes}
+
+        return self._edit(work)
+
+    def approvers(self) -> list[dict[str, Any]]:
+        self.load()
+        now = self.clock()
+        rows = []
+        for name, record in sorted(self.state["approvers"].items()):
+            until = locked_until(record, now)
+            status = "active" if record.get("active") else "pending"
+            rows.append(
+                {
+                    "approver": name,
+                    "status": "locked" if until is not None else status,
+                    "locked_until": rfc3339(until) if until is not None else None,
+                    "recovery_codes_left": len(record.get("recovery", [])),
+                }
+            )
+        return rows
+
+    def remove(self, name: str, by: str | None, code: str | None) -> None:
+        check_approver_name(name)
+
+        def work(state: State) -> None:
+            if name not in state["approvers"]:
+                raise BlindkeyError(f"no approver named {name}; see `blindkey totp list`")
+            consented = self._consent(state, by, code, f"remove approver {name}")
+            del state["approvers"][name]
+            self._note("config", change="approver_removed", approver=name, by=consented)
+
+        self._edit(work)
+
+    # --- grants -------------------------------------------------------------------------
+
+    def effective(self, name: str, policy: SecretPolicy) -> tuple[str, int]:
+        """The tier and approvals count served: never below what an approver last allowed."""
+        return self.floors.effective(name, policy)
+
+    def in_force(self, name: str, env: str, agent: str) -> bool:
+        return self.index.covers(name, env, agent, self.clock())
+
+    def approve(
+        self,
+        settings: Settings,
+        secret: str,
+        env: str,
+        agent: str | None,
+        duration: float | None,
+        approver: str | None,
+        code: str | None,
+        request: str | None = None,
+    ) -> dict[str, Any]:
+        if not SECRET_NAME.fullmatch(secret):
+            raise BlindkeyError(f"invalid secret name {secret!r}")
+        if env not in settings.environments:
+            raise BlindkeyError(f"unknown environment {env!r}")
+        if agent is not None and agent != "*" and not AGENT_NAME.fullmatch(agent):
+            raise BlindkeyError(f"invalid agent name {agent!r}")
+        self.load()
+        tier, needed = self.effective(secret, settings.policy(secret))
+        longest = settings.approvals.grant_ttl(tier)
+        if longest is None:
+            raise BlindkeyError(f"{secret} is open: it needs no grant")
+        if duration is not None and (duration <= 0 or duration > longest):
+            raise BlindkeyError(
+                f"--for may shorten a {tier} grant, not lengthen it past {_span(longest)}"
+            )
+        span = duration or longest
+        whom = agent or "*"
+
+        def work(state: State) -> dict[str, Any]:
+            name = self._pick(state, approver)
+            now = self.clock()
+            self._verify(state, name, code, f"approve {secret}")
+            drop_expired(state["grants"], now)
+            grant = find_grant(state["grants"], secret, env, whom)
+            if grant is not None and complete(grant):
+                state["grants"].remove(grant)  # approving again starts a new grant
+                grant = None
+            if grant is None:
+                grant = new_grant(secret, env, whom, needed, span, now)
+                state["grants"].append(grant)
+            elif name in grant["approvers"]:
+                raise BlindkeyError(
+                    f"{name} has already approved {secret}; it needs "
+                    f"{grant['needed'] - len(grant['approvers'])} more distinct approver(s)"
+                )
+            grant["approvers"].append(name)
+            grant["span"] = min(float(grant["span"]), span)
+            grant["needed"] = max(int(grant["needed"]), needed)
+            if complete(grant):
+                grant["expires"] = now + float(grant["span"])
+            self._note(
+                "grant",
+                grant=grant["id"],
+                secret=secret,
+                env=env,
+                agent=whom,
+                approver=name,
+                approvers=list(grant["approvers"]),
+                needed=grant["needed"],
+                complete=complete(grant),
+                expires=rfc3339(float(grant["expires"])),
+                request=request,
+            )
+            return dict(grant)
+
+        grant = self._edit(work)
+        if complete(grant):
+            self._changed()
+        return _public_grant(grant)
+
+    def approve_request(
+        self,
+        settings: Settings,
+        request_id: str,
+        duration: float | None,
+        approver: str | None,
+        code: str | None,
+    ) -> dict[str, Any]:
+        pending = self._pending(request_id)
+        grant = self.approve(
+            settings,
+            pending.secret,
+            pending.env,
+            pending.agent,
+            duration,
+            approver,
+            code,
+            request=request_id,
+        )
+        if grant["approvers"] and len(grant["approvers"]) >= grant["needed"]:
+            self.pending.pop(request_id, None)
+            if self.on_outcome is not None:
+                self.on_outcome(request_id, "approved")
+        return grant
+
+    def deny(self, request_id: str) -> dict[str, Any]:
+        pending = self._pending(request_id)
+        del self.pending[request_id]
+        self._audit(
+            "grant_revoked",
+            {"request": request_id, "secret": pending.secret, "env": pending.env,
+             "agent": pending.agent, "reason": "denied"},
+        )  # fmt: skip
+        if self.on_outcome is not None:
+            self.on_outcome(request_id, "denied")
+        return pending.public(self.clock())
+
+    def grants(self) -> list[dict[str, Any]]:
+        self.load()
+        now = self.clock()
+        return [_public_grant(g) for g in self.state["grants"] if alive(g, now)]
+
+    def revoke(self, secret: str | None, env: str | None, agent: str | None, every: bool) -> int:
+        if not every and not secret:
+            raise BlindkeyError("name the SECRET whose grants to revoke, or --all")
+
+        def matches(grant: dict[str, Any]) -> bool:
+            if every:
+                return True
+            return (
+                grant["secret"] == secret
+                and (env is None or grant["env"] == env)
+                and (agent is None or grant["agent"] == agent)
+            )
+
+        def work(state: State) -> int:
+            drop_expired(state["grants"], self.clock())
+            gone = [g for g in state["grants"] if matches(g)]
+            if not gone:
+                raise BlindkeyError("no grant matches; see `blindkey grants list`")
+            for grant in gone:
+                state["grants"].remove(grant)
+                self._note("grant_revoked", grant=grant["id"], secret=grant["secret"],
+                           env=grant["env"], agent=grant["agent"])  # fmt: skip
+            return len(gone)
+
+        count = self._edit(work)
+        self._changed()
+        return count
+
+    def expire(self) -> bool:
+        """Drop grants whose time ran out (and audit it); True when one was in force."""
+        now = self.clock()
+        if not self.index.expired(now):
+            self._forget_old_requests(now)
+            return False
+
+        def work(state: State) -> bool:
+            gone = drop_expired(state["grants"], now)
+            for grant in gone:
+                if complete(grant):
+                    self._note("grant_expired", grant=grant["id"], secret=grant["secret"],
+                               env=grant["env"], agent=grant["agent"])  # fmt: skip
+            return any(complete(g) for g in gone)
+
+        changed = self._edit(work)
+        if changed:
+            self._changed()
+        return changed
+
+    # --- tiers: what an approver allowed is the floor -------------------------------------
+
+    def follow(self, settings: Settings) -> None:
+        """config.toml may raise a tier freely; lowering it needs a code (set_policy), so a
+        hand edit that lowers one leaves the broker serving the floor."""
+        self.load()
+        if self.floors.follows(settings.secrets):
+            return
+        self._edit(lambda state: Floors(state["floors"], self._has_approvers(state)).follow(
+            settings.secrets))  # fmt: skip
+
+    def set_policy(
+        self,
+        settings: Settings,
+        name: str,
+        tier: str | None,
+        approvals: int | None,
+        by: str | None,
+        code: str | None,
+    ) -> None:
+        self.load()
+        current_tier, current_needed = self.effective(name, settings.policy(name))
+        new_tier = tier or current_tier
+        new_needed = approvals or current_needed
+        lowers = RANK[new_tier] < RANK[current_tier] or new_needed < current_needed
+
+        def work(state: State) -> None:
+            if lowers:
+                self._consent(state, by, code, f"lower the protection of {name}")
+            state["floors"][name] = {"tier": new_tier, "approvals": new_needed}
+
+        self._edit(work)
+
+    def forget_secret(
+        self, settings: Settings, name: str, env: str, last: bool, by: str | None, code: str | None
+    ) -> None:
+        self.load()
+        tier, _ = self.effective(name, settings.policy(name))
+
+        def work(state: State) -> None:
+            if tier != "open":
+                self._consent(state, by, code, f"delete {tier} secret {name}")
+            state["grants"] = [
+                g for g in state["grants"] if not (g["secret"] == name and g["env"] == env)
+            ]
+            if last:
+                state["floors"].pop(name, None)
+
+        self._edit(work)
+        self._changed()
+
+    # --- calls waiting for a human ------------------------------------------------------
+
+    def request(
+        self, agent: str, secret: str, env: str, method: str, host: str, path: str
+    ) -> Pending:
+        now = self.clock()
+        self._forget_old_requests(now)
+        for pending in self.pending.values():
+            same = (pending.agent, pending.secret, pending.env, pending.method, pending.host)
+            if same == (agent, secret, env, method, host) and pending.path == path:
+                return pending
+        while len(self.pending) >= MAX_PENDING:
+            del self.pending[next(iter(self.pending))]
+        pending = Pending(
+            id=f"ap_{os.urandom(8).hex()}",
+            agent=agent,
+            secret=secret,
+            env=env,
+            method=method[:16],
+            host=host[:255],
+            path=path[:512],
+            created=now,
+        )
+        self.pending[pending.id] = pending
+        return pending
+
+    def requests(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        self._forget_old_requests(now)
+        return [p.public(now) for p in self.pending.values()]
+
+    def _pending(self, request_id: str) -> Pending:
+        self._forget_old_requests(self.clock())
+        pending = self.pending.get(request_id)
+        if pending is None:
+            raise BlindkeyError(
+                f"no pending request {request_id} (they are kept 10 minutes); "
+                "see `blindkey approvals list`"
+            )
+        return pending
+
+    def _forget_old_requests(self, now: float) -> None:
+        for request_id, pending in list(self.pending.items()):
+            if now - pending.created >= PENDING_TTL:
+                del self.pending[request_id]
+                if self.on_outcome is not None:
+                    self.on_outcome(request_id, "expired")
+
+
+def _public_grant(grant: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "secret": grant["secret"],
+        "env": grant["env"],
+        "agent": grant["agent"],
+        "expires": rfc3339(float(grant["expires"])),
+        "approvers": list(grant["approvers"]),
+        "needed": int(grant["needed"]),
+    }
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def _account() -> str:
+    try:
+        import getpass
+
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"

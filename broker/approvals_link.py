@@ -1,0 +1,109 @@
+"""How a CLI command reaches the approvals: the running broker over its socket, or, when
+none listens, the approvals file in-process (which only the broker's user can open)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
+from blindkey.broker.approvals_ops import run_action
+from blindkey.broker.notify import TIMEOUT
+from blindkey.broker.protocol import FrameDecoder, Message, ProtocolError, encode
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.loader import load_settings
+from blindkey.config.paths import Paths
+
+
+def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | None:
+    settings = load_settings(paths.config_file)
+    request = {"id": 1, "op": "approvals", "action": action, "params": params}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        try:
+            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        except PermissionError as exc:
+            raise BlindkeyError(
+                "this user may not open the broker's socket: approvals are managed by the "
+                "broker's user (e.g. `sudo -u BROKER_USER blindkey ...`)"
+            ) from exc
+        try:
+            sock.sendall(encode(request))
+            frames = FrameDecoder()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise BlindkeyError("the broker closed the connection; is it this user's?")
+                for reply in frames.feed(data):
+                    if reply.get("id") == 1:
+                        return reply
+        except TimeoutError as exc:
+            raise BlindkeyError("the broker did not answer in time; retry") from exc
+        except (OSError, ProtocolError) as exc:
+            raise BlindkeyError(f"the broker's answer broke off: {exc}") from exc
+
+
+def call(paths: Paths, action: str, **params: Any) -> Any:
+    """The action's result; raises CodeRefused (exit 4), CodeNeeded or BlindkeyError."""
+    params = {k: v for k, v in params.items() if v is not None}
+    reply = _ask_broker(paths, action, params)
+    if reply is None:
+        settings = load_settings(paths.config_file)
+        return run_action(Approvals(paths), settings, action, params)
+    error = reply.get("error")
+    if error is None:
+        return reply.get("result")
+    message = str(reply.get("message", error))
+    refusal = refusal_from(str(error), message)
+    if refusal is not None:
+        raise refusal
+    if error == "code_needed":
+        raise CodeNeeded(message)
+    raise BlindkeyError(message)
+
+
+def read_code(prompt: str) -> str:
+    """A code from a no-echo prompt on a terminal, else one line of stdin."""
+    code = getpass.getpass(f"{prompt}: ") if sys.stdin.isatty() else sys.stdin.readline()
+    code = code.strip()
+    if not code:
+        raise BlindkeyError("no code given (use --code, the prompt, or one line on stdin)")
+    return code
+
+
+def with_code(
+    given: str | None, prompt: str, attempt: Callable[[str | None], Any], *, required: bool
+) -> Any:
+    """Run `attempt` with the code given; when none was given and one turns out to be
+    needed (or always, when `required`), ask for it once and run it again."""
+    code = given
+    if code is None and required:
+        code = read_code(prompt)
+    try:
+        return attempt(code)
+    except CodeNeeded as exc:
+        if code is not None:
+            raise
+        sys.stderr.write(f"{exc}\n")
+        return attempt(read_code(prompt))
+
+
+def exit_for_refusal(handler: Callable[..., int]) -> Callable[..., int]:
+    """Exit 4, with the refusal's one line, when a code was refused (wrong, reused, locked)."""
+
+    def run(*args: Any) -> int:
+        try:
+            return handler(*args)
+        except CodeRefused as exc:
+            sys.stderr.write(f"blindkey: {exc}\n")
+            return exc.exit_code
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run

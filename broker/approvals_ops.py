@@ -1,0 +1,134 @@
+"""The broker's `approvals` op (the CLI's commands, from the broker's own user only) and
+`hold` op (the proxy: a call met a gate; record it as a pending request)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
+from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.model import Settings
+
+if TYPE_CHECKING:
+    from blindkey.broker.state import BrokerState
+
+
+def _text(params: Message, key: str) -> str | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BrokerDenied("bad_request", f"{key} must be a string")
+    return value
+
+
+def _number(params: Message, key: str) -> float | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BrokerDenied("bad_request", f"{key} must be a number")
+    return float(value)
+
+
+def run_action(approvals: Approvals, settings: Settings, action: str, params: Message) -> Any:
+    """One CLI command, done by whoever holds the approvals file (the broker, or the CLI
+    in-process when no broker runs). Raises CodeRefused or BlindkeyError."""
+    t, n = _text, _number
+    env = t(params, "env") or settings.active_env
+    actions: dict[str, Callable[[], Any]] = {
+        "enroll": lambda: approvals.enroll(
+            t(params, "approver"), t(params, "by"), t(params, "code")
+        ),
+        "confirm": lambda: approvals.confirm(t(params, "approver"), t(params, "code")),
+        "approvers": approvals.approvers,
+        "remove": lambda: approvals.remove(
+            t(params, "name") or "", t(params, "by"), t(params, "code")
+        ),
+        "approve": lambda: approvals.approve(
+            settings,
+            t(params, "secret") or "",
+            env,
+            t(params, "agent"),
+            n(params, "duration"),
+            t(params, "approver"),
+            t(params, "code"),
+        ),
+        "approve_request": lambda: approvals.approve_request(
+            settings,
+            t(params, "request") or "",
+            n(params, "duration"),
+            t(params, "approver"),
+            t(params, "code"),
+        ),
+        "deny": lambda: approvals.deny(t(params, "request") or ""),
+        "requests": approvals.requests,
+        "grants": approvals.grants,
+        "revoke": lambda: approvals.revoke(
+            t(params, "secret"), t(params, "env"), t(params, "agent"), params.get("all") is True
+        ),
+        "policy": lambda: approvals.set_policy(
+            settings,
+            t(params, "name") or "",
+            t(params, "tier"),
+            int(n(params, "approvals") or 0) or None,
+            t(params, "by"),
+            t(params, "code"),
+        ),
+        "forget": lambda: approvals.forget_secret(
+            settings,
+            t(params, "name") or "",
+            env,
+            params.get("last") is True,
+            t(params, "by"),
+            t(params, "code"),
+        ),
+    }
+    work = actions.get(action)
+    if work is None:
+        raise BrokerDenied("bad_request", f"unknown approvals action {action!r}")
+    return work()
+
+
+def approvals_op(approvals: Approvals, settings: Settings, request: Message) -> Message:
+    action = request.get("action")
+    params = request.get("params")
+    if not isinstance(action, str) or not isinstance(params, dict):
+        raise BrokerDenied("bad_request", "malformed approvals request")
+    try:
+        result = run_action(approvals, settings, action, params)
+    except CodeRefused as exc:
+        raise BrokerDenied(exc.code, str(exc)) from None
+    except CodeNeeded as exc:
+        raise BrokerDenied("code_needed", str(exc)) from None
+    except BrokerDenied:
+        raise
+    except BlindkeyError as exc:
+        raise BrokerDenied("refused", str(exc)) from None
+    return {"id": request.get("id"), "result": result}
+
+
+def hold_op(state: BrokerState, request: Message) -> Message:
+    """A call met a gate: record it (agent, secret, method, host, path) for `approvals
+    list`, and give the proxy the id the agent is told to hand its human."""
+    token, names = request.get("token"), request.get("names")
+    host, method, path = request.get("host"), request.get("method"), request.get("path")
+    if (
+        not (token is None or isinstance(token, str))
+        or not isinstance(names, list)
+        or not all(isinstance(name, str) for name in names)
+        or not all(isinstance(v, str) for v in (host, method, path))
+    ):
+        raise BrokerDenied("bad_request", "malformed hold")
+    agent = state.authenticate(token)
+    env = state.settings.active_env
+    for name in names:
+        denied = state.check_release(agent, env, name, "proxy")
+        if denied is not None and denied.code == "approval_required":
+            pending = state.approvals.request(agent, name, env, str(method), str(host), str(path))
+            return {"id": request.get("id"), "approval_id": pending.id, "secret": name}
+    # Granted meanwhile (or refused for another reason): the proxy asks again.
+    return {"id": request.get("id"), "approval_id": None}
