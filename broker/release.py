@@ -56,24 +56,6 @@ class OpenRelease:
     done: bool = field(default=False)
 
 
-def check_release(state: BrokerState, agent: str, env: str, name: str, channel: str) -> None:
-    """Raise BrokerDenied unless `agent` may have `name`'s value through `channel`."""
-    policy = state.settings.policy(name)
-    if not policy.allows_agent(agent):
-        raise BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
-    if channel not in policy.release:
-        raise BrokerDenied(
-            "secret_denied",
-            f"secret {name} is not released to {channel}; a human can allow it with "
-            f"`blindkey secrets set {name} --release {','.join([*policy.release, channel])}`",
-        )
-    if policy.tier != "open":
-        raise BrokerDenied(
-            "approval_required",
-            f"secret {name} is {policy.tier}: a human must approve its use first",
-        )
-
-
 def released_names(state: BrokerState, agent: str, channel: str) -> list[str]:
     """Every secret whose policy releases it to `channel` for `agent`."""
     return sorted(
@@ -149,7 +131,9 @@ class Releaser:
                     raise BrokerDenied(
                         "unknown_secret", f"no secret named {key} in environment {env}"
                     )
-                check_release(state, agent, env, key, channel)
+                denied = state.check_release(agent, env, key, channel)
+                if denied is not None:
+                    raise denied
                 assert isinstance(value, str)
                 values[key] = value
             except BrokerDenied as exc:
