@@ -8,19 +8,29 @@ from typing import Any
 
 import orjson
 
-from blindkey.audit.reader import Filter, follow, parse_since, read_records
+from blindkey.audit.reader import Filter, follow, parse_since, read_all
 from blindkey.audit.writer import audit_file
 from blindkey.config.console import say
 from blindkey.config.paths import Paths
 
+_NOT_SHOWN = frozenset({"ts", "event", "seq", "chain"})
+
 
 def _line(record: dict[str, Any]) -> str:
-    secrets = ",".join(record.get("secrets", [])) or "-"
+    if record.get("event", "request") != "request":
+        # Grants, exec, config changes...: their own fields, after the event's name.
+        rest = {k: v for k, v in record.items() if k not in _NOT_SHOWN}
+        detail = "  ".join(f"{k}={v}" for k, v in rest.items())
+        return f"{record.get('ts', '')}  {record.get('event')!s:7}  {detail}"
+    secrets = ",".join(record.get("secrets") or []) or "-"
     outcome = record.get("status") if record.get("decision") == "allowed" else record.get("reason")
+    if record.get("complete") is False:
+        outcome = f"{outcome} cut"
+    flags = f"  [{','.join(record['flags'])}]" if record.get("flags") else ""
     return (
         f"{record.get('ts', '')}  {record.get('decision', '')!s:7}  {outcome!s:18}  "
         f"{record.get('agent') or '-'!s:12}  {secrets:20}  {record.get('method', '')} "
-        f"{record.get('url', '')}  {record.get('duration_ms', 0)}ms"
+        f"{record.get('url', '')}  {record.get('duration_ms', 0)}ms{flags}"
     )
 
 
@@ -38,9 +48,10 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
         agent=args.agent,
         status=args.status,
         since=parse_since(args.since) if args.since else None,
+        flagged=bool(getattr(args, "flagged", False)),
     )
     path = audit_file(paths.audit_dir)
-    records, start = read_records(path, selection)
+    records, start = read_all(paths.audit_dir, selection)
     if args.last is not None:
         records = records[-args.last :] if args.last > 0 else []
     if args.json and not args.follow:

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from blindkey.audit.store import audit_files
 from blindkey.config.errors import UsageError
 
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -61,15 +62,22 @@ class Filter:
     agent: str | None = None
     status: str | None = None
     since: datetime | None = None
+    until: datetime | None = None
+    flagged: bool = False
 
     def accepts(self, record: dict[str, Any]) -> bool:
-        if self.secret is not None and self.secret not in record.get("secrets", []):
+        # Event records (grants, exec, config...) lack request fields: .get() throughout.
+        if self.secret is not None and self.secret not in (record.get("secrets") or []):
             return False
         if self.agent is not None and record.get("agent") != self.agent:
             return False
         if self.status is not None and record.get("decision") != self.status:
             return False
-        return self.since is None or record_time(record) >= self.since
+        if self.flagged and not record.get("flags"):
+            return False
+        if self.since is not None and record_time(record) < self.since:
+            return False
+        return self.until is None or record_time(record) < self.until
 
 
 def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
@@ -95,6 +103,19 @@ def read_records(path: Path, selection: Filter) -> tuple[list[dict[str, Any]], i
         return [], 0
     end = data.rfind(b"\n") + 1
     records = [r for r in _parse_lines(data[:end].splitlines()) if selection.accepts(r)]
+    return records, end
+
+
+def read_all(
+    audit_dir: Path, selection: Filter, paths: list[Path] | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """The matching records of every audit file, oldest first (rotated ones included), and
+    the offset just past the last whole line of the current file, for following."""
+    records: list[dict[str, Any]] = []
+    end = 0
+    for path in paths if paths is not None else audit_files(audit_dir):
+        found, end = read_records(path, selection)
+        records.extend(found)
     return records, end
 
 

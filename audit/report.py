@@ -1,0 +1,160 @@
+"""`audit report --html`: one self-contained page (inline CSS and SVG, no script, nothing
+fetched) with calls over time by decision, per-secret and per-agent tables, flagged
+records and what `audit verify` says."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from blindkey.audit.summary import Summary, Tally, timeline
+from blindkey.audit.verify import Verdict
+
+CHART_W, CHART_H, PAD = 900, 220, 36
+ALLOWED, BLOCKED = "#2f855a", "#c53030"
+MAX_FLAGGED = 200
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;
+max-width:960px;color:#1a202c;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.8em}
+.muted{color:#4a5568}.ok{color:#2f855a;font-weight:600}.bad{color:#c53030;font-weight:600}
+table{border-collapse:collapse;width:100%;margin:.5em 0}
+th,td{text-align:left;padding:.3em .6em;border-bottom:1px solid #e2e8f0}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.cards{display:flex;gap:1em;flex-wrap:wrap}
+.card{border:1px solid #e2e8f0;border-radius:8px;padding:.6em 1em;min-width:8em}
+.card b{display:block;font-size:1.5em}
+.flag{background:#fefcbf;border-radius:4px;padding:0 .3em;margin-right:.2em}
+"""
+
+
+def _chart(records: list[dict[str, Any]]) -> str:
+    points = timeline(records)
+    if not points:
+        return "<p class=muted>No calls in this period.</p>"
+    peak = max(a + b for _, a, b in points) or 1
+    inner_w, inner_h = CHART_W - 2 * PAD, CHART_H - 2 * PAD
+    width = inner_w / len(points)
+    bars = []
+    for index, (moment, allowed, blocked) in enumerate(points):
+        x = PAD + index * width
+        allowed_h = inner_h * allowed / peak
+        blocked_h = inner_h * blocked / peak
+        base = PAD + inner_h
+        title = f"{moment:%Y-%m-%d %H:%M:%S} UTC: {allowed} allowed, {blocked} blocked"
+        bars.append(
+            f"<g><title>{escape(title)}</title>"
+            f'<rect x="{x:.1f}" y="{base - allowed_h:.1f}" width="{max(width - 1, 1):.1f}" '
+            f'height="{allowed_h:.1f}" fill="{ALLOWED}"/>'
+            f'<rect x="{x:.1f}" y="{base - allowed_h - blocked_h:.1f}" '
+            f'width="{max(width - 1, 1):.1f}" height="{blocked_h:.1f}" fill="{BLOCKED}"/></g>'
+        )
+    first, last = points[0][0], points[-1][0]
+    axis = (
+        f'<line x1="{PAD}" y1="{PAD + inner_h}" x2="{PAD + inner_w}" y2="{PAD + inner_h}" '
+        'stroke="#718096"/>'
+        f'<text x="{PAD}" y="{CHART_H - 8}" font-size="12">{first:%Y-%m-%d %H:%M}</text>'
+        f'<text x="{PAD + inner_w}" y="{CHART_H - 8}" font-size="12" text-anchor="end">'
+        f"{last:%Y-%m-%d %H:%M}</text>"
+        f'<text x="{PAD - 4}" y="{PAD + 4}" font-size="12" text-anchor="end">{peak}</text>'
+        f'<text x="{PAD - 4}" y="{PAD + inner_h}" font-size="12" text-anchor="end">0</text>'
+        f'<rect x="{CHART_W - 200}" y="6" width="12" height="12" fill="{ALLOWED}"/>'
+        f'<text x="{CHART_W - 184}" y="16" font-size="12">allowed</text>'
+        f'<rect x="{CHART_W - 110}" y="6" width="12" height="12" fill="{BLOCKED}"/>'
+        f'<text x="{CHART_W - 94}" y="16" font-size="12">blocked</text>'
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="calls over time" '
+        f'viewBox="0 0 {CHART_W} {CHART_H}" width="100%">{axis}{"".join(bars)}</svg>'
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _table(title: str, tallies: dict[str, Tally]) -> str:
+    rows = []
+    for name, tally in sorted(tallies.items(), key=lambda item: (-item[1].calls, item[0])):
+        figures = tally.as_json()
+        refusals = ", ".join(f"{escape(k)} {v}" for k, v in figures["refusals"].items()) or "-"
+        rows.append(
+            f"<tr><td>{escape(name)}</td><td class=n>{tally.calls}</td>"
+            f"<td class=n>{tally.allowed}</td><td class=n>{tally.blocked}</td>"
+            f"<td>{refusals}</td><td class=n>{tally.bytes_out:,}</td>"
+            f"<td class=n>{_ms(figures['p50_ms'])}</td><td class=n>{_ms(figures['p99_ms'])}</td>"
+            f"<td class=n>{tally.flagged}</td></tr>"
+        )
+    body = "".join(rows) or "<tr><td colspan=9 class=muted>none</td></tr>"
+    return (
+        f"<h2>{escape(title)}</h2><table><thead><tr><th>{escape(title.split()[-1])}</th>"
+        "<th class=n>calls</th><th class=n>allowed</th><th class=n>blocked</th>"
+        "<th>refusals</th><th class=n>bytes out</th><th class=n>p50 ms</th>"
+        f"<th class=n>p99 ms</th><th class=n>flagged</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _flagged(records: list[dict[str, Any]]) -> str:
+    flagged = [r for r in records if r.get("flags")]
+    if not flagged:
+        return "<h2>Flagged records</h2><p class=muted>Nothing flagged.</p>"
+    rows = []
+    for record in flagged[-MAX_FLAGGED:]:
+        flags = "".join(f"<span class=flag>{escape(str(f))}</span>" for f in record["flags"])
+        outcome = (
+            record.get("status") if record.get("decision") == "allowed" else record.get("reason")
+        )
+        rows.append(
+            f"<tr><td>{escape(str(record.get('ts', '')))}</td><td>{flags}</td>"
+            f"<td>{escape(str(record.get('agent') or '-'))}</td>"
+            f"<td>{escape(', '.join(map(str, record.get('secrets') or [])) or '-')}</td>"
+            f"<td>{escape(str(record.get('method', '')))} {escape(str(record.get('url', '')))}</td>"
+            f"<td>{escape(str(outcome))}</td><td class=n>{record.get('seq', '')}</td></tr>"
+        )
+    more = len(flagged) - MAX_FLAGGED
+    note = f"<p class=muted>The latest {MAX_FLAGGED} of {len(flagged)}.</p>" if more > 0 else ""
+    return (
+        f"<h2>Flagged records ({len(flagged)})</h2>{note}<table><thead><tr><th>time</th>"
+        "<th>flags</th><th>agent</th><th>secrets</th><th>request</th><th>outcome</th>"
+        f"<th class=n>seq</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _verdict(verdict: Verdict) -> str:
+    if verdict.ok:
+        anchored = (
+            f", anchored by the broker at seq {verdict.anchor['seq']}" if verdict.anchor else ""
+        )
+        return (
+            f"<p class=ok>Chain verified: {verdict.records} records, seq "
+            f"{verdict.first_seq or 0} to {verdict.last_seq or 0}{anchored}.</p>"
+        )
+    return f"<p class=bad>Chain broken at seq {verdict.bad_seq}: {escape(verdict.reason or '')}</p>"
+
+
+def render(records: list[dict[str, Any]], summary: Summary, verdict: Verdict, window: str) -> str:
+    total = summary.total
+    cards = "".join(
+        f"<div class=card><b>{value}</b>{escape(label)}</div>"
+        for label, value in (
+            ("calls", f"{total.calls:,}"),
+            ("allowed", f"{total.allowed:,}"),
+            ("blocked", f"{total.blocked:,}"),
+            ("flagged", f"{total.flagged:,}"),
+            ("cut answers", f"{total.cut:,}"),
+            ("other events", f"{sum(summary.events.values()) - total.calls:,}"),
+        )
+    )
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>blindkey audit report</title><style>{STYLE}</style></head><body>"
+        f"<h1>blindkey audit report</h1><p class=muted>{escape(window)}; made {made}</p>"
+        f"{_verdict(verdict)}<div class=cards>{cards}</div>"
+        f"<h2>Calls over time</h2>{_chart(records)}"
+        f"{_table('Per secret', summary.by_secret)}{_table('Per agent', summary.by_agent)}"
+        f"{_flagged(records)}</body></html>\n"
+    )

@@ -1,0 +1,135 @@
+"""Figures for people: per secret, agent and host, calls, refusals by reason, bytes and
+duration percentiles; calls over time by decision."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from blindkey.audit.reader import record_time
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile of sorted `values`."""
+    if not values:
+        return None
+    rank = max(1, -(-len(values) * share // 1))
+    return values[int(rank) - 1]
+
+
+@dataclass
+class Tally:
+    calls: int = 0
+    allowed: int = 0
+    blocked: int = 0
+    cut: int = 0
+    flagged: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
+    durations: list[float] = field(default_factory=list)
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.calls += 1
+        if record.get("decision") == "blocked":
+            self.blocked += 1
+            self.refusals[str(record.get("reason"))] += 1
+        else:
+            self.allowed += 1
+        self.cut += record.get("complete") is False
+        self.flagged += bool(record.get("flags"))
+        self.bytes_in += _int(record.get("bytes_in"))
+        self.bytes_out += _int(record.get("bytes_out"))
+        duration = record.get("duration_ms")
+        if isinstance(duration, int | float):
+            self.durations.append(float(duration))
+
+    def as_json(self) -> dict[str, Any]:
+        ordered = sorted(self.durations)
+        return {
+            "calls": self.calls,
+            "allowed": self.allowed,
+            "blocked": self.blocked,
+            "refusals": dict(self.refusals.most_common()),
+            "cut": self.cut,
+            "flagged": self.flagged,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "p50_ms": percentile(ordered, 0.5),
+            "p99_ms": percentile(ordered, 0.99),
+        }
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass
+class Summary:
+    total: Tally = field(default_factory=Tally)
+    by_secret: dict[str, Tally] = field(default_factory=dict)
+    by_agent: dict[str, Tally] = field(default_factory=dict)
+    by_host: dict[str, Tally] = field(default_factory=dict)
+    events: Counter[str] = field(default_factory=Counter)
+    first: datetime | None = None
+    last: datetime | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        event = str(record.get("event", "request"))
+        self.events[event] += 1
+        moment = record_time(record)
+        self.first = moment if self.first is None else min(self.first, moment)
+        self.last = moment if self.last is None else max(self.last, moment)
+        if event != "request":
+            return
+        self.total.add(record)
+        for name in record.get("secrets") or ():
+            self.by_secret.setdefault(str(name), Tally()).add(record)
+        self.by_agent.setdefault(str(record.get("agent") or "-"), Tally()).add(record)
+        self.by_host.setdefault(str(record.get("host") or "-"), Tally()).add(record)
+
+    def as_json(self) -> dict[str, Any]:
+        def table(tallies: dict[str, Tally]) -> dict[str, Any]:
+            ordered = sorted(tallies.items(), key=lambda item: (-item[1].calls, item[0]))
+            return {name: tally.as_json() for name, tally in ordered}
+
+        return {
+            "from": self.first.isoformat().replace("+00:00", "Z") if self.first else None,
+            "to": self.last.isoformat().replace("+00:00", "Z") if self.last else None,
+            "requests": self.total.as_json(),
+            "events": dict(self.events.most_common()),
+            "by_secret": table(self.by_secret),
+            "by_agent": table(self.by_agent),
+            "by_host": table(self.by_host),
+        }
+
+
+def summarise(records: list[dict[str, Any]]) -> Summary:
+    summary = Summary()
+    for record in records:
+        summary.add(record)
+    return summary
+
+
+def timeline(records: list[dict[str, Any]], buckets: int = 48) -> list[tuple[datetime, int, int]]:
+    """(bucket start, allowed, blocked) over the records' time span, in equal buckets."""
+    calls = [
+        (record_time(r), r.get("decision") == "blocked")
+        for r in records
+        if r.get("event", "request") == "request"
+    ]
+    if not calls:
+        return []
+    start = min(m for m, _ in calls)
+    span = max((max(m for m, _ in calls) - start).total_seconds(), 1.0)
+    width = span / buckets
+    counts = [[0, 0] for _ in range(buckets)]
+    for moment, blocked in calls:
+        index = min(int((moment - start).total_seconds() / width), buckets - 1)
+        counts[index][blocked] += 1
+    return [
+        (start + timedelta(seconds=i * width), allowed, blocked)
+        for i, (allowed, blocked) in enumerate(counts)
+    ]
