@@ -324,7 +324,16 @@ class Approvals:
         grant = self._edit(work)
         if complete(grant):
             self._changed()
+            self._settle(secret, env, whom)
         return _public_grant(grant)
+
+    def _settle(self, secret: str, env: str, agent: str) -> None:
+        """Pending requests the new grant covers are approved with it."""
+        for request_id, pending in list(self.pending.items()):
+            if (pending.secret, pending.env) == (secret, env) and agent in ("*", pending.agent):
+                del self.pending[request_id]
+                if self.on_outcome is not None:
+                    self.on_outcome(request_id, "approved")
 
     def approve_request(
         self,
@@ -345,10 +354,6 @@ class Approvals:
             code,
             request=request_id,
         )
-        if grant["approvers"] and len(grant["approvers"]) >= grant["needed"]:
-            self.pending.pop(request_id, None)
-            if self.on_outcome is not None:
-                self.on_outcome(request_id, "approved")
         return grant
 
     def deny(self, request_id: str) -> dict[str, Any]:

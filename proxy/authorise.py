@@ -18,6 +18,8 @@ from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.proxy.redact import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
+APPROVAL = "approval_required"
+MAX_OUTCOMES = 256
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class Authoriser:
         self._resolutions: dict[ResolutionKey, Resolution] = {}
         self._resolutions_epoch = -1
         self._invalidations = 0
+        # Calls held for a human (X-AS-Wait-Approval), by approval id: woken by the broker's
+        # pushes (a grant appeared, a request was approved, denied or forgotten).
+        self._held: dict[str, set[asyncio.Future[str]]] = {}
+        self._closing = False
+        self._outcomes: dict[str, str] = {}
 
     def forget(self) -> None:
         self._resolutions.clear()
@@ -64,11 +71,23 @@ class Authoriser:
         keeps one answer to "is it in force?" for every change, reaches every proxy of a
         shared broker, and costs the proxy one stat per invalidation, none per request.
         """
-        if message.get("event") == "invalidate":
+        event = message.get("event")
+        if event == "invalidate":
             self._invalidations += 1
             self._redactor_generation = -1
             self._resolutions.clear()
             self.on_invalidate()
+            if self._held:
+                self._wake(None, "changed")
+        elif event == "approval":
+            approval_id = message.get("approval_id")
+            if isinstance(approval_id, str):
+                outcome = str(message.get("outcome"))
+                # Kept a while: a held call may register just after its push arrived.
+                self._outcomes[approval_id] = outcome
+                while len(self._outcomes) > MAX_OUTCOMES:
+                    del self._outcomes[next(iter(self._outcomes))]
+                self._wake(approval_id, outcome)
 
     def catch_up(self) -> None:
         """Before a call is checked: if the broker could not reach us (not connected yet, or
@@ -98,7 +117,9 @@ class Authoriser:
             epoch == self.broker.connection_epoch == self._resolutions_epoch
             and invalidations == self._invalidations
         )
-        if unchanged:
+        # A refusal for want of a grant is not kept: a human may approve at any moment.
+        gated = isinstance(resolution[2], BrokerDenied) and resolution[2].code == APPROVAL
+        if unchanged and not gated:
             if len(self._resolutions) >= MAX_CACHED_RESOLUTIONS:
                 self._resolutions.clear()
             self._resolutions[key] = resolution
@@ -134,5 +155,63 @@ class Authoriser:
         # The set changed between resolve and fetch: never stream without the used values.
         return await asyncio.to_thread(Redactor, {**known, **needed})
 
+    # --- calls held for a human ---------------------------------------------------------
+
+    async def hold(
+        self, token: str | None, names: list[str], host: str, method: str, path: str
+    ) -> tuple[str | None, str]:
+        """Record a call that met a gate as a pending request: (approval id, the secret
+        that needs a grant); the id is None when nothing needs one any more."""
+        reply = await self.broker.call(
+            "hold", token=token, names=names, host=host, method=method, path=path
+        )
+        approval_id = reply.get("approval_id")
+        return (str(approval_id) if approval_id else None), str(reply.get("secret", ""))
+
+    @property
+    def changes(self) -> int:
+        """Taken before asking the broker: wait() then sees a push that came meanwhile."""
+        return self._invalidations
+
+    async def wait(self, approval_id: str, within: float, since: int) -> str:
+        """Until something may have decided `approval_id`: approved, denied, expired,
+        changed (any grant may have appeared), timeout or shutdown."""
+        if self._closing:
+            return "shutdown"
+        if approval_id in self._outcomes:
+            return self._outcomes[approval_id]
+        if self._invalidations != since:
+            return "changed"
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        waiters = self._held.setdefault(approval_id, set())
+        waiters.add(future)
+        try:
+            return await asyncio.wait_for(future, within)
+        except TimeoutError:
+            return "timeout"
+        finally:
+            waiters.discard(future)
+            if not waiters and self._held.get(approval_id) is waiters:
+                del self._held[approval_id]
+
+    @property
+    def held(self) -> int:
+        return sum(len(waiters) for waiters in self._held.values())
+
+    def _wake(self, approval_id: str | None, outcome: str) -> None:
+        chosen = (
+            self._held.values() if approval_id is None else [self._held.get(approval_id, set())]
+        )
+        for waiters in list(chosen):
+            for future in list(waiters):
+                if not future.done():
+                    future.set_result(outcome)
+
+    def release_held(self) -> None:
+        """Shutting down: every held call is answered now (approval_required), none waits."""
+        self._closing = True
+        self._wake(None, "shutdown")
+
     async def close(self) -> None:
+        self.release_held()
         await self.broker.close()

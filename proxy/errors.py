@@ -17,6 +17,7 @@ STATUS = {
     "blocked_address": 403,
     "secret_denied": 403,
     "approval_required": 403,
+    "approval_denied": 403,
     "forbidden_origin": 403,
     "unknown_secret": 404,
     "body_too_large": 413,
@@ -42,7 +43,14 @@ class ProxyError(BlindkeyError):
     passed the redactor before it is put in one.
     """
 
-    def __init__(self, code: str, message: str, *, close: bool = False) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        close: bool = False,
+        fields: dict[str, str] | None = None,
+    ) -> None:
         if code not in STATUS:
             raise ValueError(f"unknown error code {code}")
         super().__init__(message)
@@ -50,6 +58,8 @@ class ProxyError(BlindkeyError):
         self.message = message
         # The connection cannot carry another request (e.g. a body was left half read).
         self.close = close
+        # More of the error JSON (approval_required: the approval_id to hand a human).
+        self.fields = fields
 
     @property
     def status(self) -> int:
@@ -57,7 +67,10 @@ class ProxyError(BlindkeyError):
 
 
 def error_response(error: ProxyError, request_id: str) -> web.Response:
-    body = orjson.dumps({"error": error.code, "message": error.message, "request_id": request_id})
+    answer = {"error": error.code, "message": error.message, "request_id": request_id}
+    if error.fields:
+        answer.update(error.fields)
+    body = orjson.dumps(answer)
     response = web.Response(
         status=error.status,
         body=body,

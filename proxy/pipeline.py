@@ -20,6 +20,7 @@ from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
 from blindkey.config.errors import BlindkeyError
 from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.held import approved
 from blindkey.proxy.inject import (
     CountingBody,
     inject_body,
@@ -65,7 +66,10 @@ async def forward(
     agent, env, grant = await authoriser.resolve(spec.token, names, target.host)
     record.agent, record.env = agent, env
     if isinstance(grant, BrokerDenied):
-        raise grant
+        if grant.code != "approval_required":
+            raise grant
+        # A human must approve first: say how, or hold the call until they do.
+        grant = await approved(runtime, request, spec)
 
     # Inject.
     headers = upstream_headers(request, raw_headers)

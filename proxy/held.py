@@ -1,0 +1,81 @@
+"""A call that names a secret whose tier needs a grant, without one: refused
+`approval_required` with the id a human approves, or, with `X-AS-Wait-Approval: SECONDS`,
+held until the broker says a human approved (it goes on), denied (`approval_denied`) or
+the time ran out (`approval_required`).
+
+A held call is a coroutine waiting on a future the broker's push resolves: it pins no
+thread, keeps its connection (so it counts toward the connection limit), and is answered
+at once when the proxy shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from blindkey.proxy.authorise import Grant
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.parse import ProxySpec
+from blindkey.proxy.runtime import ProxyRuntime
+
+WAIT_HEADER = "X-AS-Wait-Approval"
+MAX_WAIT = 300
+
+
+def wait_seconds(text: str | None) -> int | None:
+    """X-AS-Wait-Approval: whole seconds, 1 to 300."""
+    if text is None:
+        return None
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_WAIT:
+        raise ProxyError("bad_request", f"{WAIT_HEADER} takes whole seconds from 1 to {MAX_WAIT}")
+    return int(value)
+
+
+def _required(approval_id: str, secret: str, host: str, why: str = "") -> ProxyError:
+    return ProxyError(
+        "approval_required",
+        f"{why}secret {secret} needs a human's approval before it is used on {host}: ask "
+        f"them to run `blindkey approve --request {approval_id}` (or `blindkey approve "
+        f"{secret}`), then retry; or send {WAIT_HEADER}: SECONDS to wait for it",
+        fields={"approval_id": approval_id},
+    )
+
+
+async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxySpec) -> Grant:
+    """The values once a grant exists; raises the refusal otherwise."""
+    wait = wait_seconds(request.headers.get(WAIT_HEADER))
+    authoriser = runtime.authoriser
+    target = spec.target
+    names, host = spec.secret_names, target.host
+    path = target.path_query.split("?", 1)[0]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (wait or 0)
+    while True:
+        since = authoriser.changes
+        approval_id, secret = await authoriser.hold(spec.token, names, host, spec.method, path)
+        if approval_id is not None:
+            if wait is None:
+                raise _required(approval_id, secret, host)
+            outcome = await authoriser.wait(approval_id, deadline - loop.time(), since)
+            if outcome == "denied":
+                raise ProxyError(
+                    "approval_denied",
+                    f"a human denied request {approval_id} to use {secret} on {host}",
+                    fields={"approval_id": approval_id},
+                )
+            if outcome in ("timeout", "shutdown", "expired"):
+                why = {
+                    "timeout": f"no human approved within {wait}s: ",
+                    "shutdown": "the proxy is shutting down: ",
+                    "expired": "the request was not approved within 10 minutes: ",
+                }[outcome]
+                raise _required(approval_id, secret, host, why)
+        _, _, grant = await authoriser.resolve(spec.token, names, host)
+        if isinstance(grant, Grant):
+            return grant
+        if grant.code != "approval_required" or wait is None or approval_id is None:
+            raise grant
+        if loop.time() >= deadline:
+            raise _required(approval_id or "", secret, host, f"no human approved within {wait}s: ")
