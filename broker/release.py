@@ -36,6 +36,7 @@ from blindkey.config.model import SECRET_NAME
 
 log = logging.getLogger("blindkey.broker")
 CHANNELS = ("env", "exec")
+MCP_TOOLS = ("list_secrets", "list_allowlist", "http_request")
 MAX_NAMES = 256
 CALL_TIMEOUT = 10.0
 Errors = dict[str, dict[str, str]]
@@ -159,6 +160,57 @@ class Releaser:
                 values, errors = {}, {n: _unaudited() for n in names if isinstance(n, str)}
         client.send(encode({**reply, "values": values, "errors": errors}))
 
+    def mcp(self, request: Message, client: Peer) -> Message | None:
+        """A tool call of `blindkey mcp serve`: recorded; `list_secrets` also gets the names
+        the agent may use with their tier and hosts (never a value)."""
+        tool, detail, token = request.get("tool"), request.get("detail"), request.get("token")
+        if (
+            tool not in MCP_TOOLS
+            or not isinstance(detail, dict)
+            or not (token is None or isinstance(token, str))
+        ):
+            return {"id": request.get("id"), "error": "bad_request", "message": "malformed mcp"}
+        state = self.state
+        if state.view is None:
+            raise BrokerDenied(
+                "broker_unavailable", state.last_error or "the broker has loaded nothing yet"
+            )
+        agent = state.authenticate(token)
+        env = state.settings.active_env
+        reply: Message = {"id": request.get("id"), "agent": agent, "env": env}
+        if tool == "list_secrets":
+            reply["secrets"] = self._inventory(agent, env)
+        fields = {"agent": agent, "env": env, "tool": tool, **_plain(detail)}
+        self.spawn(self._record_then_send(client, "mcp", fields, reply))
+        return None
+
+    def _inventory(self, agent: str, env: str) -> list[dict[str, Any]]:
+        view = self.state.view
+        names = set(view.snapshot(env)) if view is not None else set()
+        listed = []
+        for name in sorted(names):
+            policy = self.state.settings.policy(name)
+            if policy.allows_agent(agent):
+                listed.append(
+                    {
+                        "name": name,
+                        "tier": policy.tier,
+                        "hosts": [str(p) for p in policy.hosts],
+                        "release": list(policy.release),
+                    }
+                )
+        return listed
+
+    async def _record_then_send(
+        self, client: Peer, event: str, fields: dict[str, Any], reply: Message
+    ) -> None:
+        try:
+            await self._append(event, fields)
+        except Exception as exc:
+            log.error("%s record not written: %s", event, exc)
+            reply = {"id": reply["id"], **_unaudited()}
+        client.send(encode(reply))
+
     async def _append(self, event: str, fields: dict[str, Any]) -> None:
         # One at a time, off the event loop: the proxy's resolves do not wait for an fsync.
         async with self._writing:
@@ -189,6 +241,21 @@ class Releaser:
             log.error("env record not written: %s", exc)
         if request_id is not None:
             client.send(encode({"id": request_id, "recorded": True}))
+
+
+def _plain(detail: dict[Any, Any]) -> dict[str, Any]:
+    """What an mcp record may carry of a tool call: short strings and names, nothing else."""
+    kept: dict[str, Any] = {}
+    for key in ("method", "url", "host", "status"):
+        value = detail.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            kept[key] = value if isinstance(value, int) else value[:2048]
+    secrets = detail.get("secrets")
+    if isinstance(secrets, list):
+        kept["secrets"] = sorted(
+            {s for s in secrets if isinstance(s, str) and SECRET_NAME.match(s)}
+        )
+    return kept
 
 
 def _unaudited() -> dict[str, str]:

@@ -146,6 +146,7 @@ class BrokerServer:
             "audit_anchor": self._audit_anchor,
             "release": self.releaser.release,
             "released": self.releaser.released,
+            "mcp": self.releaser.mcp,
             "approvals": self._approvals,
             "hold": lambda request, client: hold_op(self.state, request),
         }
