@@ -1,0 +1,162 @@
+"""X-AS-Wait-Approval: a call held until a human approves, denies, or the time runs out;
+held calls pin no worker, are forgotten when answered, count toward the connection limit
+and do not outlive shutdown. A real broker subprocess; codes from pyotp."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from blindkey.config.edit import toml_table
+from blindkey.config.paths import Paths
+from blindkey.proxy.authorise import Authoriser
+from tests.approvals_helpers import Approver, acli, enrol
+from tests.proxy.conftest import Env, eventually_status, open_env, set_secret_policy
+
+
+async def _gated(env: Env) -> tuple[Approver, dict[str, str]]:
+    approver = await asyncio.to_thread(enrol)
+    set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted")
+    headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
+    await eventually_status(env, 403, headers, code="approval_required")
+    return approver, headers
+
+
+async def _pending_id(env: Env, count: int = 1) -> list[str]:
+    """The ids of held calls once the broker lists them."""
+    deadline = time.monotonic() + 5
+    while True:
+        code, out, err = await acli("approvals", "list", "--json")
+        assert code == 0, err
+        ids = [p["id"] for p in json.loads(out)]
+        if len(ids) >= count:
+            return ids
+        assert time.monotonic() < deadline, "the held call was never listed"
+        await asyncio.sleep(0.05)
+
+
+def _held(env: Env) -> int:
+    authoriser: Authoriser = env.server.runtime.authoriser
+    return authoriser.held
+
+
+async def test_held_call_goes_upstream_when_approved(env: Env) -> None:
+    approver, headers = await _gated(env)
+    headers["X-AS-Wait-Approval"] = "30"
+    held = asyncio.create_task(env.call(headers=headers), name="held-call")
+    (approval_id,) = await _pending_id(env)
+    assert not held.done() and _held(env) == 1
+    started = time.monotonic()
+    code, _, err = await acli("approve", "--request", approval_id, "--code", approver.code())
+    assert code == 0, err
+    status, _, body = await asyncio.wait_for(held, 5)
+    assert status == 200, body
+    assert time.monotonic() - started < 2
+    assert _held(env) == 0
+
+
+async def test_held_call_fails_denied_on_deny(env: Env) -> None:
+    _, headers = await _gated(env)
+    headers["X-AS-Wait-Approval"] = "30"
+    held = asyncio.create_task(env.call(headers=headers), name="held-call")
+    (approval_id,) = await _pending_id(env)
+    code, out, err = await acli("deny", "--request", approval_id)
+    assert code == 0, err
+    status, _, body = await asyncio.wait_for(held, 5)
+    error = orjson.loads(body)
+    assert (status, error["error"], error["approval_id"]) == (403, "approval_denied", approval_id)
+    assert _held(env) == 0
+    # Denied is final for that request: it is no longer listed, and cannot be approved.
+    code, out, _ = await acli("approvals", "list", "--json")
+    assert json.loads(out) == []
+
+
+async def test_held_call_times_out_approval_required(env: Env) -> None:
+    _, headers = await _gated(env)
+    headers["X-AS-Wait-Approval"] = "1"
+    started = time.monotonic()
+    calls = [env.call(headers=headers) for _ in range(20)]
+    answers = await asyncio.gather(*calls)
+    elapsed = time.monotonic() - started
+    assert 0.9 < elapsed < 3
+    for status, _, body in answers:
+        error = orjson.loads(body)
+        assert status == 403 and error["error"] == "approval_required"
+        assert "no human approved within 1s" in error["message"]
+        assert error["approval_id"].startswith("ap_")
+    # Nothing kept for calls that were answered: 20 timed out, none still held.
+    assert _held(env) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "301", "abc", "1.5", "-1", ""])
+async def test_bad_wait_header_is_refused(env: Env, value: str) -> None:
+    _, headers = await _gated(env)
+    headers["X-AS-Wait-Approval"] = value
+    status, _, body = await env.call(headers=headers)
+    error = orjson.loads(body)
+    assert status == 400 and error["error"] == "bad_request"
+    assert "X-AS-Wait-Approval" in error["message"]
+    assert _held(env) == 0
+
+
+def _two_connections(document: Any) -> None:
+    toml_table(document, "limits")["max_connections"] = 2
+    toml_table(document, "limits")["drain_timeout"] = "1s"
+
+
+async def test_held_calls_count_toward_the_connection_limit(home: Paths) -> None:
+    async with open_env(home, configure=_two_connections) as env:
+        _, headers = await _gated(env)
+        headers["X-AS-Wait-Approval"] = "30"
+        await env.session.close()  # its idle connection would be evicted to make room
+        # Two connections of their own, each holding a call.
+        sessions = [aiohttp.ClientSession() for _ in range(2)]
+        try:
+            held = [
+                asyncio.create_task(s.get(env.url, headers=headers), name="held") for s in sessions
+            ]
+            await _pending_id(env)
+            deadline = time.monotonic() + 5
+            while _held(env) < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            # A third caller finds no room: both connections are busy, none idle.
+            async with aiohttp.ClientSession() as third:
+                with pytest.raises(aiohttp.ClientError):
+                    await third.get(env.url, headers=env.headers(X_AS_Inject_Bearer="STRIPE_KEY"))
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+        finally:
+            for session in sessions:
+                await session.close()
+
+
+async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
+    env_cm = open_env(home, configure=_two_connections)
+    env = await env_cm.__aenter__()
+    try:
+        _, headers = await _gated(env)
+        headers["X-AS-Wait-Approval"] = "300"
+        held = asyncio.create_task(env.call(headers=headers), name="held-call")
+        await _pending_id(env)
+        started = time.monotonic()
+        await env.server.stop()
+        # Answered or cut by the end of the drain (1 s here), never left waiting 300 s.
+        done, _ = await asyncio.wait([held], timeout=1)
+        assert done, "the held call outlived the proxy's shutdown"
+        assert time.monotonic() - started < 3
+        assert _held(env) == 0
+    finally:
+        env.server.stop = _noop  # type: ignore[method-assign]
+        await env_cm.__aexit__(None, None, None)
+
+
+async def _noop() -> None:
+    return None
