@@ -148,13 +148,19 @@ class AuditLog:
         try:
             self._catch_up()
             head, lines = self.head, []
+            records = list(records)
             for record in records:
                 line, head = seal(self.key, record, head)
                 lines.append(line)
             payload = b"".join(lines)
             if not self._ends_clean:
                 payload = b"\n" + payload  # end a torn fragment so it swallows no record
-            self._write_all(payload)
+            try:
+                self._write_all(payload)
+            except OSError:
+                for record in records:
+                    record.pop("seq", None)  # not written: numbered again when it is
+                raise
             self._end += len(payload)
             self._ends_clean = True
             self.head = head

@@ -148,9 +148,10 @@ class AuditWriter:
                 error,
                 self.path,
             )
-        if error != self.error:
-            self.error = error
-            self._tell()
+        changed = error != self.error
+        self.error = error
+        if changed or self.held:
+            self._tell()  # the status file shows how many records wait
         if self._wake is not None:
             self._wake.set()
 
