@@ -9,6 +9,8 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pyotp
@@ -75,3 +77,15 @@ def enrol(name: str = "default", *consent: str) -> Approver:
     approver.recovery = [line.strip() for line in out.splitlines() if line.startswith("  ")]
     assert len(approver.recovery) == 10
     return approver
+
+
+def audit_events(audit_dir: Path, event: str) -> list[dict[str, Any]]:
+    """Every audit record of one event kind, in file order."""
+    found = []
+    for path in sorted(audit_dir.glob("*.jsonl*")):
+        for line in path.read_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    found.append(record)
+    return found

@@ -1,0 +1,276 @@
+"""The broker's approvals on real files with an injected clock: drift, replay, lockout and
+its end, recovery codes, multi-party grants, expiry, --for, consent and tier floors."""
+
+from __future__ import annotations
+
+import json
+import stat
+from typing import Any
+
+import pyotp
+import pytest
+
+from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals_store import approvals_file
+from blindkey.config.edit import edit_config, toml_table
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.loader import load_settings
+from blindkey.config.model import Settings
+from blindkey.config.paths import Paths
+from tests.approvals_helpers import audit_events, seed_of
+
+T0 = 1_800_000_000.0  # a step boundary: 1_800_000_000 / 30 is whole
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0 + 1
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def approvals(home: Paths, clock: Clock) -> Approvals:
+    return Approvals(home, clock)
+
+
+def _settings(home: Paths, **policies: dict[str, Any]) -> Settings:
+    def change(document: Any) -> None:
+        for name, fields in policies.items():
+            section = toml_table(document, "secrets", name)
+            for key, value in fields.items():
+                section[key] = value
+
+    edit_config(home.config_file, home.lock_file, change)
+    return load_settings(home.config_file)
+
+
+def _enrol(approvals: Approvals, clock: Clock, name: str, **consent: Any) -> pyotp.TOTP:
+    uri = approvals.enroll(name, consent.get("by"), consent.get("code"))["otpauth_uri"]
+    app = pyotp.TOTP(seed_of(uri))
+    approvals.confirm(name, app.at(clock.now))
+    return app
+
+
+def _events(home: Paths, event: str) -> list[dict[str, Any]]:
+    return audit_events(home.audit_dir, event)
+
+
+def test_seed_is_sealed_and_private(home: Paths, approvals: Approvals, clock: Clock) -> None:
+    uri = approvals.enroll(None, None, None)["otpauth_uri"]
+    seed = seed_of(uri)
+    assert len(seed) == 32  # base32 of 160 bits
+    raw = approvals_file(home).read_bytes()
+    assert seed.encode() not in raw and b"approvers" not in raw
+    assert stat.S_IMODE(approvals_file(home).stat().st_mode) == 0o600
+    assert "otpauth://totp/blindkey:default" in uri and "issuer=blindkey" in uri
+    # Pending until confirmed: it cannot approve yet, and the listing says so.
+    assert approvals.approvers()[0]["status"] == "pending"
+    with pytest.raises(BlindkeyError, match="no approver is enrolled"):
+        approvals.approve(_settings(home, S={"tier": "controlled"}), "S", "development",
+                          None, None, None, pyotp.TOTP(seed).at(clock.now))  # fmt: skip
+
+
+def test_drift_of_one_step_either_way(home: Paths, approvals: Approvals, clock: Clock) -> None:
+    app = _enrol(approvals, clock, "default")
+    settings = _settings(home, S={"tier": "controlled"})
+    clock.now += 300
+    for offset in (-30, 30):
+        approvals.approve(
+            settings, "S", "development", None, None, None, app.at(clock.now + offset)
+        )
+    for offset in (-60, 60):
+        with pytest.raises(CodeRefused) as refused:
+            approvals.approve(settings, "S", "development", None, None, None,
+                              app.at(clock.now + offset))  # fmt: skip
+        assert refused.value.kind == "wrong" and refused.value.exit_code == 4
+
+
+def test_a_code_is_accepted_once(home: Paths, approvals: Approvals, clock: Clock) -> None:
+    app = _enrol(approvals, clock, "default")
+    settings = _settings(home, S={"tier": "controlled"})
+    clock.now += 60
+    code = app.at(clock.now)
+    approvals.approve(settings, "S", "development", None, None, None, code)
+    # Seen in a process listing or the audit, it is worth nothing a second time.
+    with pytest.raises(CodeRefused, match="already used") as refused:
+        approvals.approve(settings, "S", "development", None, None, None, code)
+    assert refused.value.kind == "reused"
+    # Not even by another Approvals (another process) on the same files.
+    with pytest.raises(CodeRefused):
+        Approvals(home, clock).approve(settings, "S", "development", None, None, None, code)
+    assert _events(home, "code_refused")[-1]["reason"] == "code_reused"
+    # The confirming code's step was used too.
+    clock.now = T0 + 1
+    with pytest.raises(CodeRefused, match="already used"):
+        approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+
+
+def test_five_wrong_codes_lock_for_five_minutes(
+    home: Paths, approvals: Approvals, clock: Clock
+) -> None:
+    app = _enrol(approvals, clock, "default")
+    settings = _settings(home, S={"tier": "controlled"})
+    clock.now += 60
+    for _ in range(4):
+        with pytest.raises(CodeRefused) as refused:
+            approvals.approve(settings, "S", "development", None, None, None, "000000")
+        assert refused.value.kind == "wrong"
+        clock.now += 10
+    with pytest.raises(CodeRefused, match="locked out for 5 minutes") as refused:
+        approvals.approve(settings, "S", "development", None, None, None, "000000")
+    assert refused.value.kind == "locked"
+    assert _events(home, "locked_out")[-1]["approver"] == "default"
+    # During the lockout even the right code, and a recovery code, are refused.
+    clock.now += 240
+    with pytest.raises(CodeRefused) as refused:
+        approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+    assert refused.value.kind == "locked"
+    assert approvals.approvers()[0]["status"] == "locked"
+    # It ends on time, by itself.
+    clock.now += 61
+    approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+    assert approvals.in_force("S", "development", "any-agent")
+
+
+def test_wrong_codes_spread_over_more_than_five_minutes_do_not_lock(
+    home: Paths, approvals: Approvals, clock: Clock
+) -> None:
+    app = _enrol(approvals, clock, "default")
+    settings = _settings(home, S={"tier": "controlled"})
+    for _ in range(8):
+        clock.now += 80  # never 5 within 300 s
+        with pytest.raises(CodeRefused) as refused:
+            approvals.approve(settings, "S", "development", None, None, None, "000000")
+        assert refused.value.kind == "wrong"
+    approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+
+
+def test_recovery_codes_work_once_each(home: Paths, approvals: Approvals, clock: Clock) -> None:
+    uri = approvals.enroll(None, None, None)["otpauth_uri"]
+    codes = approvals.confirm(None, pyotp.TOTP(seed_of(uri)).at(clock.now))["recovery_codes"]
+    assert len(codes) == 10 == len(set(codes))
+    settings = _settings(home, S={"tier": "restricted"})
+    approvals.approve(settings, "S", "development", None, None, None, codes[0].upper())
+    with pytest.raises(CodeRefused) as refused:
+        approvals.approve(settings, "S", "development", None, None, None, codes[0])
+    assert refused.value.kind == "wrong"
+    assert approvals.approvers()[0]["recovery_codes_left"] == 9
+    raw = approvals_file(home).read_bytes() + json.dumps(approvals.state).encode()
+    assert all(code.encode() not in raw for code in codes)
+
+
+def test_multi_party_needs_distinct_approvers(
+    home: Paths, approvals: Approvals, clock: Clock
+) -> None:
+    alice = _enrol(approvals, clock, "alice")
+    # Every later enrolment needs an existing approver's code.
+    with pytest.raises(CodeNeeded):
+        approvals.enroll("bob", "alice", None)
+    with pytest.raises(CodeRefused):
+        approvals.enroll("bob", "alice", "123456")
+    clock.now += 30
+    bob = _enrol(approvals, clock, "bob", by="alice", code=alice.at(clock.now))
+    settings = _settings(home, S={"tier": "controlled", "approvals": 2})
+    clock.now += 30
+    partial = approvals.approve(settings, "S", "development", None, None, "alice",
+                                alice.at(clock.now))  # fmt: skip
+    assert partial["approvers"] == ["alice"] and partial["needed"] == 2
+    assert not approvals.in_force("S", "development", "agent")
+    # Visible while partial.
+    assert approvals.grants()[0]["approvers"] == ["alice"]
+    clock.now += 30
+    with pytest.raises(BlindkeyError, match="already approved"):
+        approvals.approve(settings, "S", "development", None, None, "alice", alice.at(clock.now))
+    approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
+    assert approvals.in_force("S", "development", "agent")
+    assert approvals.grants()[0]["approvers"] == ["alice", "bob"]
+
+
+def test_grants_expire_on_time_and_for_only_shortens(
+    home: Paths, approvals: Approvals, clock: Clock
+) -> None:
+    app = _enrol(approvals, clock, "default")
+    settings = _settings(home, C={"tier": "controlled"}, R={"tier": "restricted"})
+    clock.now += 30
+    with pytest.raises(BlindkeyError, match="not lengthen it past 15m"):
+        approvals.approve(settings, "R", "development", None, 16 * 60, None, app.at(clock.now))
+    approvals.approve(settings, "R", "development", None, None, None, app.at(clock.now))
+    approvals.approve(settings, "C", "development", "bot", 600, None, app.at(clock.now + 30))
+    assert approvals.in_force("C", "development", "bot")
+    assert not approvals.in_force("C", "development", "other")
+    assert not approvals.in_force("C", "production", "bot")
+    clock.now += 599
+    assert not approvals.expire()
+    clock.now += 2
+    assert approvals.expire()
+    assert not approvals.in_force("C", "development", "bot")
+    assert approvals.in_force("R", "development", "bot")
+    clock.now += 300
+    assert approvals.expire()
+    assert approvals.grants() == []
+    assert {e["secret"] for e in _events(home, "grant_expired")} == {"C", "R"}
+
+
+def test_lowering_a_tier_needs_a_code_and_a_hand_edit_does_not_lower_it(
+    home: Paths, approvals: Approvals, clock: Clock
+) -> None:
+    settings = _settings(home, S={"tier": "restricted"})
+    approvals.follow(settings)
+    app = _enrol(approvals, clock, "default")
+    # config.toml edited by hand to open: the broker keeps serving restricted.
+    lowered = _settings(home, S={"tier": "open"})
+    approvals.follow(lowered)
+    assert approvals.effective("S", lowered.policy("S"))[0] == "restricted"
+    with pytest.raises(CodeNeeded):
+        approvals.set_policy(lowered, "S", "open", None, None, None)
+    with pytest.raises(CodeRefused):
+        approvals.set_policy(lowered, "S", "open", None, None, "999999")
+    # Raising needs no code; deleting a gated secret does.
+    approvals.set_policy(lowered, "S", None, 2, None, None)
+    assert approvals.effective("S", lowered.policy("S")) == ("restricted", 2)
+    with pytest.raises(CodeNeeded):
+        approvals.forget_secret(lowered, "S", "development", True, None, None)
+    clock.now += 30
+    approvals.set_policy(lowered, "S", "open", 1, None, app.at(clock.now))
+    assert approvals.effective("S", lowered.policy("S")) == ("open", 1)
+
+
+def test_removing_an_approver_needs_a_code(home: Paths, approvals: Approvals, clock: Clock) -> None:
+    app = _enrol(approvals, clock, "default")
+    with pytest.raises(CodeNeeded):
+        approvals.remove("default", None, None)
+    clock.now += 30
+    approvals.remove("default", None, app.at(clock.now))
+    assert approvals.approvers() == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda a, s: a.approve(s, "bad name", "development", None, None, None, "1"), "invalid"),
+        (lambda a, s: a.approve(s, "S", "nowhere", None, None, None, "1"), "unknown environment"),
+        (lambda a, s: a.approve(s, "S", "development", "b@d", None, None, "1"), "invalid agent"),
+        (lambda a, s: a.approve(s, "OPEN", "development", None, None, None, "1"), "needs no grant"),
+        (lambda a, s: a.approve(s, "S", "development", None, -1.0, None, "1"), "--for"),
+        (lambda a, s: a.enroll("no/slash", None, None), "invalid approver name"),
+        (lambda a, s: a.revoke("S", None, None, False), "no grant matches"),
+        (lambda a, s: a.deny("ap_nothing"), "no pending request"),
+    ],
+)
+def test_bad_input_changes_nothing(
+    home: Paths, approvals: Approvals, clock: Clock, call: Any, message: str
+) -> None:
+    _enrol(approvals, clock, "default")
+    settings = _settings(home, S={"tier": "controlled"})
+    before = approvals_file(home).read_bytes()
+    with pytest.raises(BlindkeyError, match=message):
+        call(approvals, settings)
+    assert approvals_file(home).read_bytes() == before
