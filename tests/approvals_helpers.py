@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import io
 import json
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,7 @@ def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
 
 
 @contextlib.contextmanager
-def _stdin(text: str):  # type: ignore[no-untyped-def]
-    import sys
-
+def _stdin(text: str) -> Iterator[None]:
     saved = sys.stdin
     sys.stdin = io.StringIO(text)
     try:

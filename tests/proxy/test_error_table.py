@@ -24,7 +24,9 @@ def assert_error(
     assert status == expected, body
     assert headers["Content-Type"].startswith("application/json")
     error = orjson.loads(body)
-    assert set(error) == {"error", "message", "request_id"}
+    # INTERFACE.md: a refusal for want of a grant also names the request a human approves.
+    approval = {"approval_id"} if code in ("approval_required", "approval_denied") else set()
+    assert set(error) == {"error", "message", "request_id"} | approval
     assert error["error"] == code
     assert error["request_id"] == headers["X-Blindkey-Request-Id"]
     for value in (SECRET, OTHER):
