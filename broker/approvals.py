@@ -8,11 +8,8 @@ never wait for a TOTP step, a lockout or an expiry.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from blindkey.audit.events import append_event
@@ -25,6 +22,7 @@ from blindkey.broker.approvals_codes import (
     locked_until,
     new_approver,
 )
+from blindkey.broker.approvals_pending import PendingRequests
 from blindkey.broker.approvals_store import ApprovalsFile, State
 from blindkey.broker.grants import (
     RANK,
@@ -35,40 +33,16 @@ from blindkey.broker.grants import (
     drop_expired,
     find_grant,
     new_grant,
+    public_grant,
+    span_text,
 )
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
 from blindkey.config.paths import Paths
 
 T = TypeVar("T")
-PENDING_TTL = 600.0  # a pending request is listed for 10 minutes
-MAX_PENDING = 1000  # an agent cannot grow the broker's memory by asking again and again
 DEFAULT_APPROVER = "default"
 Clock = Callable[[], float]
-
-
-@dataclass
-class Pending:
-    id: str
-    agent: str
-    secret: str
-    env: str
-    method: str
-    host: str
-    path: str
-    created: float
-
-    def public(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent,
-            "secret": self.secret,
-            "env": self.env,
-            "method": self.method,
-            "host": self.host,
-            "path": self.path,
-            "age_s": int(now - self.created),
-        }
 
 
 def check_approver_name(name: str) -> str:
@@ -87,11 +61,11 @@ class Approvals:
         self.state: State = {}
         self.index = GrantIndex()
         self.floors = Floors({}, False)
-        self.pending: dict[str, Pending] = {}
+        # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
+        self.pending = PendingRequests(clock)
         self._stamp: tuple[int, int, int] | None = None
         # Set by the broker: a grant changed (push an invalidation), a request resolved.
         self.on_change: Callable[[], None] | None = None
-        self.on_outcome: Callable[[str, str], None] | None = None
 
     # --- the state, cached for the hot path -------------------------------------------
 
@@ -114,7 +88,7 @@ class Approvals:
     def _has_approvers(state: State) -> bool:
         return any(a.get("active") for a in state["approvers"].values())
 
-    def _edit(self, work: Callable[[State], T]) -> T:
+    def edit(self, work: Callable[[State], T]) -> T:
         """Run `work` on the state under the file's lock. A refused code is saved too
         (its counters are the lockout), then raised."""
         events: list[tuple[str, dict[str, Any]]] = []
@@ -135,7 +109,7 @@ class Approvals:
     def _audit(self, event: str, fields: dict[str, Any]) -> None:
         append_event(self.paths.audit_dir, event, fields)
 
-    def _note(self, event: str, **fields: Any) -> None:
+    def note(self, event: str, **fields: Any) -> None:
         self._events.append((event, fields))
 
     def _changed(self) -> None:
@@ -144,7 +118,7 @@ class Approvals:
 
     # --- codes --------------------------------------------------------------------------
 
-    def _pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
+    def pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
         active = sorted(n for n, a in state["approvers"].items() if a.get("active"))
         if given:
             check_approver_name(given)
@@ -159,7 +133,7 @@ class Approvals:
             return DEFAULT_APPROVER
         raise BlindkeyError(f"{len(active)} approvers: name one with {flag}")
 
-    def _verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
+    def verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
         if not code:
             raise CodeNeeded(f"a code of approver {name} is needed to {purpose}")
         record = state["approvers"][name]
@@ -167,9 +141,9 @@ class Approvals:
         try:
             accepted = check_code(name, record, code, now)
         except CodeRefused as exc:
-            self._note("code_refused", approver=name, reason=exc.code, purpose=purpose)
+            self.note("code_refused", approver=name, reason=exc.code, purpose=purpose)
             if exc.kind == "locked" and locked_until(record, now) == now + 300.0:
-                self._note("locked_out", approver=name, until=rfc3339(now + 300.0))
+                self.note("locked_out", approver=name, until=rfc3339(now + 300.0))
             raise
         return accepted
 
@@ -177,8 +151,8 @@ class Approvals:
         """Once an approver exists, a change that weakens protection needs one's code."""
         if not self._has_approvers(state):
             return ""
-        name = self._pick(state, by, flag="--by")
-        self._verify(state, name, code, purpose)
+        name = self.pick(state, by, flag="--by")
+        self.verify(state, name, code, purpose)
         return name
 
     # --- approvers ----------------------------------------------------------------------
@@ -193,10 +167,10 @@ class Approvals:
                 raise BlindkeyError(f"approver {name} is already enrolled; pick another name")
             consented = self._consent(state, by, code, f"enrol approver {name}")
             state["approvers"][name] = new_approver(seed, self.clock())
-            self._note("config", change="approver_enrolled", approver=name, by=consented)
-            return {"approver": name, "otpauth_uri": totp.otpauth_uri(name, seed, _account())}
+            self.note("config", change="approver_enrolled", approver=name, by=consented)
+            return {"approver": name, "otpauth_uri": totp.otpauth_uri(name, seed, totp.account())}
 
-        return self._edit(work)
+        return self.edit(work)
 
     def confirm(self, approver: str | None, code: str | None) -> dict[str, Any]:
         def work(state: State) -> dict[str, Any]:
@@ -208,14 +182,14 @@ class Approvals:
                 raise BlindkeyError(
                     f"no enrolment of {name} waits for confirmation; `blindkey totp enroll`"
                 )
-            self._verify(state, name, code, f"confirm approver {name}")
+            self.verify(state, name, code, f"confirm approver {name}")
             codes = totp.new_recovery_codes()
             record["recovery"] = [totp.hash_recovery(c) for c in codes]
             record["active"] = True
-            self._note("config", change="approver_confirmed", approver=name)
+            self.note("config", change="approver_confirmed", approver=name)
             return {"approver": name, "recovery_codes": codes}
 
-        return self._edit(work)
+        return self.edit(work)
 
     def approvers(self) -> list[dict[str, Any]]:
         self.load()
@@ -242,9 +216,9 @@ class Approvals:
                 raise BlindkeyError(f"no approver named {name}; see `blindkey totp list`")
             consented = self._consent(state, by, code, f"remove approver {name}")
             del state["approvers"][name]
-            self._note("config", change="approver_removed", approver=name, by=consented)
+            self.note("config", change="approver_removed", approver=name, by=consented)
 
-        self._edit(work)
+        self.edit(work)
 
     # --- grants -------------------------------------------------------------------------
 
@@ -279,15 +253,15 @@ class Approvals:
             raise BlindkeyError(f"{secret} is open: it needs no grant")
         if duration is not None and (duration <= 0 or duration > longest):
             raise BlindkeyError(
-                f"--for may shorten a {tier} grant, not lengthen it past {_span(longest)}"
+                f"--for may shorten a {tier} grant, not lengthen it past {span_text(longest)}"
             )
         span = duration or longest
         whom = agent or "*"
 
         def work(state: State) -> dict[str, Any]:
-            name = self._pick(state, approver)
+            name = self.pick(state, approver)
             now = self.clock()
-            self._verify(state, name, code, f"approve {secret}")
+            self.verify(state, name, code, f"approve {secret}")
             drop_expired(state["grants"], now)
             grant = find_grant(state["grants"], secret, env, whom)
             if grant is not None and complete(grant):
@@ -306,7 +280,7 @@ class Approvals:
             grant["needed"] = max(int(grant["needed"]), needed)
             if complete(grant):
                 grant["expires"] = now + float(grant["span"])
-            self._note(
+            self.note(
                 "grant",
                 grant=grant["id"],
                 secret=secret,
@@ -321,19 +295,11 @@ class Approvals:
             )
             return dict(grant)
 
-        grant = self._edit(work)
+        grant = self.edit(work)
         if complete(grant):
             self._changed()
-            self._settle(secret, env, whom)
-        return _public_grant(grant)
-
-    def _settle(self, secret: str, env: str, agent: str) -> None:
-        """Pending requests the new grant covers are approved with it."""
-        for request_id, pending in list(self.pending.items()):
-            if (pending.secret, pending.env) == (secret, env) and agent in ("*", pending.agent):
-                del self.pending[request_id]
-                if self.on_outcome is not None:
-                    self.on_outcome(request_id, "approved")
+            self.pending.settle(secret, env, whom)
+        return public_grant(grant)
 
     def approve_request(
         self,
@@ -343,7 +309,7 @@ class Approvals:
         approver: str | None,
         code: str | None,
     ) -> dict[str, Any]:
-        pending = self._pending(request_id)
+        pending = self.pending.get(request_id)
         grant = self.approve(
             settings,
             pending.secret,
@@ -357,21 +323,19 @@ class Approvals:
         return grant
 
     def deny(self, request_id: str) -> dict[str, Any]:
-        pending = self._pending(request_id)
-        del self.pending[request_id]
+        pending = self.pending.remove(request_id)
         self._audit(
             "grant_revoked",
             {"request": request_id, "secret": pending.secret, "env": pending.env,
              "agent": pending.agent, "reason": "denied"},
         )  # fmt: skip
-        if self.on_outcome is not None:
-            self.on_outcome(request_id, "denied")
+        self.pending.tell(request_id, "denied")
         return pending.public(self.clock())
 
     def grants(self) -> list[dict[str, Any]]:
         self.load()
         now = self.clock()
-        return [_public_grant(g) for g in self.state["grants"] if alive(g, now)]
+        return [public_grant(g) for g in self.state["grants"] if alive(g, now)]
 
     def revoke(self, secret: str | None, env: str | None, agent: str | None, every: bool) -> int:
         if not every and not secret:
@@ -393,11 +357,11 @@ class Approvals:
                 raise BlindkeyError("no grant matches; see `blindkey grants list`")
             for grant in gone:
                 state["grants"].remove(grant)
-                self._note("grant_revoked", grant=grant["id"], secret=grant["secret"],
+                self.note("grant_revoked", grant=grant["id"], secret=grant["secret"],
                            env=grant["env"], agent=grant["agent"])  # fmt: skip
             return len(gone)
 
-        count = self._edit(work)
+        count = self.edit(work)
         self._changed()
         return count
 
@@ -405,18 +369,18 @@ class Approvals:
         """Drop grants whose time ran out (and audit it); True when one was in force."""
         now = self.clock()
         if not self.index.expired(now):
-            self._forget_old_requests(now)
+            self.pending.forget_old(now)
             return False
 
         def work(state: State) -> bool:
             gone = drop_expired(state["grants"], now)
             for grant in gone:
                 if complete(grant):
-                    self._note("grant_expired", grant=grant["id"], secret=grant["secret"],
+                    self.note("grant_expired", grant=grant["id"], secret=grant["secret"],
                                env=grant["env"], agent=grant["agent"])  # fmt: skip
             return any(complete(g) for g in gone)
 
-        changed = self._edit(work)
+        changed = self.edit(work)
         if changed:
             self._changed()
         return changed
@@ -429,7 +393,7 @@ class Approvals:
         self.load()
         if self.floors.follows(settings.secrets):
             return
-        self._edit(lambda state: Floors(state["floors"], self._has_approvers(state)).follow(
+        self.edit(lambda state: Floors(state["floors"], self._has_approvers(state)).follow(
             settings.secrets))  # fmt: skip
 
     def set_policy(
@@ -452,7 +416,7 @@ class Approvals:
                 self._consent(state, by, code, f"lower the protection of {name}")
             state["floors"][name] = {"tier": new_tier, "approvals": new_needed}
 
-        self._edit(work)
+        self.edit(work)
 
     def forget_secret(
         self, settings: Settings, name: str, env: str, last: bool, by: str | None, code: str | None
@@ -469,82 +433,5 @@ class Approvals:
             if last:
                 state["floors"].pop(name, None)
 
-        self._edit(work)
+        self.edit(work)
         self._changed()
-
-    # --- calls waiting for a human ------------------------------------------------------
-
-    def request(
-        self, agent: str, secret: str, env: str, method: str, host: str, path: str
-    ) -> Pending:
-        now = self.clock()
-        self._forget_old_requests(now)
-        for pending in self.pending.values():
-            same = (pending.agent, pending.secret, pending.env, pending.method, pending.host)
-            if same == (agent, secret, env, method, host) and pending.path == path:
-                return pending
-        while len(self.pending) >= MAX_PENDING:
-            del self.pending[next(iter(self.pending))]
-        pending = Pending(
-            id=f"ap_{os.urandom(8).hex()}",
-            agent=agent,
-            secret=secret,
-            env=env,
-            method=method[:16],
-            host=host[:255],
-            path=path[:512],
-            created=now,
-        )
-        self.pending[pending.id] = pending
-        return pending
-
-    def requests(self) -> list[dict[str, Any]]:
-        now = self.clock()
-        self._forget_old_requests(now)
-        return [p.public(now) for p in self.pending.values()]
-
-    def _pending(self, request_id: str) -> Pending:
-        self._forget_old_requests(self.clock())
-        pending = self.pending.get(request_id)
-        if pending is None:
-            raise BlindkeyError(
-                f"no pending request {request_id} (they are kept 10 minutes); "
-                "see `blindkey approvals list`"
-            )
-        return pending
-
-    def _forget_old_requests(self, now: float) -> None:
-        for request_id, pending in list(self.pending.items()):
-            if now - pending.created >= PENDING_TTL:
-                del self.pending[request_id]
-                if self.on_outcome is not None:
-                    self.on_outcome(request_id, "expired")
-
-
-def _public_grant(grant: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "secret": grant["secret"],
-        "env": grant["env"],
-        "agent": grant["agent"],
-        "expires": rfc3339(float(grant["expires"])),
-        "approvers": list(grant["approvers"]),
-        "needed": int(grant["needed"]),
-    }
-
-
-def _span(seconds: float) -> str:
-    if seconds >= 3600 and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds >= 60 and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"
-
-
-def _account() -> str:
-    try:
-        import getpass
-
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"

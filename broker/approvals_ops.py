@@ -65,7 +65,7 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
             t(params, "code"),
         ),
         "deny": lambda: approvals.deny(t(params, "request") or ""),
-        "requests": approvals.requests,
+        "requests": approvals.pending.listed,
         "grants": approvals.grants,
         "revoke": lambda: approvals.revoke(
             t(params, "secret"), t(params, "env"), t(params, "agent"), params.get("all") is True
@@ -128,7 +128,9 @@ def hold_op(state: BrokerState, request: Message) -> Message:
     for name in names:
         denied = state.check_release(agent, env, name, "proxy")
         if denied is not None and denied.code == "approval_required":
-            pending = state.approvals.request(agent, name, env, str(method), str(host), str(path))
+            pending = state.approvals.pending.add(
+                agent, name, env, str(method), str(host), str(path)
+            )
             return {"id": request.get("id"), "approval_id": pending.id, "secret": name}
     # Granted meanwhile (or refused for another reason): the proxy asks again.
     return {"id": request.get("id"), "approval_id": None}

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from blindkey.audit.record import rfc3339
 from blindkey.config.model import SecretPolicy
 
 RANK = {"open": 0, "controlled": 1, "restricted": 2}
@@ -125,3 +126,22 @@ class Floors:
                 self.floors.pop(name, None)
             else:
                 self.floors[name] = {"tier": tier, "approvals": needed}
+
+
+def public_grant(grant: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "secret": grant["secret"],
+        "env": grant["env"],
+        "agent": grant["agent"],
+        "expires": rfc3339(float(grant["expires"])),
+        "approvers": list(grant["approvers"]),
+        "needed": int(grant["needed"]),
+    }
+
+
+def span_text(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"

@@ -126,7 +126,7 @@ class BrokerServer:
     def __init__(self, paths: Paths, socket_path: Path, allowed_uids: frozenset[int]) -> None:
         self.state = BrokerState(paths)
         self.state.on_change = self._invalidate
-        self.state.approvals.on_outcome = self._approval_outcome
+        self.state.approvals.pending.on_outcome = self._approval_outcome
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
         self.clients: set[_Client] = set()

@@ -7,10 +7,12 @@ enough that a stolen file does not give them away by brute force over their 60 b
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import hmac
 import os
 import secrets
+import socket
 import struct
 from urllib.parse import quote, urlencode
 
@@ -93,3 +95,11 @@ def recovery_matches(code: str, stored: str) -> bool:
         return False
     candidate = hash_recovery(code, salt).partition("$")[2]
     return hmac.compare_digest(candidate, digest_hex)
+
+
+def account() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,107 @@
+"""Calls that met a gate, waiting for a human: listed by `approvals list` for 10 minutes,
+approved with the grant that covers them, denied, or forgotten. In the broker's memory only:
+a request is worth nothing once the call that made it is gone."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from blindkey.config.errors import BlindkeyError
+
+PENDING_TTL = 600.0
+MAX_PENDING = 1000  # an agent cannot grow the broker's memory by asking again and again
+
+
+@dataclass
+class Pending:
+    id: str
+    agent: str
+    secret: str
+    env: str
+    method: str
+    host: str
+    path: str
+    created: float
+
+    def public(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "secret": self.secret,
+            "env": self.env,
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "age_s": int(now - self.created),
+        }
+
+
+class PendingRequests:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._requests: dict[str, Pending] = {}
+        # Set by the broker: pushes the outcome to the proxies holding the call.
+        self.on_outcome: Callable[[str, str], None] | None = None
+
+    def tell(self, request_id: str, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(request_id, outcome)
+
+    def add(self, agent: str, secret: str, env: str, method: str, host: str, path: str) -> Pending:
+        """The pending request for this call; the same call again is the same request."""
+        now = self.clock()
+        self.forget_old(now)
+        for pending in self._requests.values():
+            if (pending.agent, pending.secret, pending.env, pending.method, pending.host,
+                    pending.path) == (agent, secret, env, method, host, path):  # fmt: skip
+                return pending
+        while len(self._requests) >= MAX_PENDING:
+            self.tell(self._requests.pop(next(iter(self._requests))).id, "expired")
+        pending = Pending(
+            id=f"ap_{os.urandom(8).hex()}",
+            agent=agent,
+            secret=secret,
+            env=env,
+            method=method[:16],
+            host=host[:255],
+            path=path[:512],
+            created=now,
+        )
+        self._requests[pending.id] = pending
+        return pending
+
+    def listed(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        self.forget_old(now)
+        return [p.public(now) for p in self._requests.values()]
+
+    def get(self, request_id: str) -> Pending:
+        self.forget_old(self.clock())
+        pending = self._requests.get(request_id)
+        if pending is None:
+            raise BlindkeyError(
+                f"no pending request {request_id} (they are kept 10 minutes); "
+                "see `blindkey approvals list`"
+            )
+        return pending
+
+    def remove(self, request_id: str) -> Pending:
+        pending = self.get(request_id)
+        del self._requests[request_id]
+        return pending
+
+    def settle(self, secret: str, env: str, agent: str) -> None:
+        """Requests a new grant covers are approved with it."""
+        for request_id, pending in list(self._requests.items()):
+            if (pending.secret, pending.env) == (secret, env) and agent in ("*", pending.agent):
+                del self._requests[request_id]
+                self.tell(request_id, "approved")
+
+    def forget_old(self, now: float) -> None:
+        for request_id, pending in list(self._requests.items()):
+            if now - pending.created >= PENDING_TTL:
+                del self._requests[request_id]
+                self.tell(request_id, "expired")
