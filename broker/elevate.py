@@ -125,7 +125,9 @@ def cmd_elevate(paths: Paths, args: argparse.Namespace) -> int:
     what, argv = args.what, list(args.argv)
     approvals = Approvals(paths)
     if what in ("status", "end"):
-        if argv:
+        # argparse hands everything after the first word to the command: --json included.
+        as_json = args.json or argv == ["--json"]
+        if argv and not (what == "status" and argv == ["--json"]):
             raise UsageError(f"elevate {what} takes no command")
         user = _invoker()
         if what == "end":
@@ -133,7 +135,7 @@ def cmd_elevate(paths: Paths, args: argparse.Namespace) -> int:
             say(f"the elevated window of {user} is closed" if ended else "no window was open")
             return 0
         expires = _window(approvals, user)
-        if args.json:
+        if as_json:
             emit_json({"user": user, "open": expires is not None,
                        "expires": rfc3339(expires) if expires else None})  # fmt: skip
         elif expires is None:
