@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from blindkey.audit.events import append_event
 from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
+from blindkey.config.paths import Paths
 
 if TYPE_CHECKING:
     from blindkey.broker.state import BrokerState
@@ -134,3 +136,15 @@ def hold_op(state: BrokerState, request: Message) -> Message:
             return {"id": request.get("id"), "approval_id": pending.id, "secret": name}
     # Granted meanwhile (or refused for another reason): the proxy asks again.
     return {"id": request.get("id"), "approval_id": None}
+
+
+def refuse_foreign(paths: Paths, request: Message, uid: int | None) -> NoReturn:
+    """An approvals request from a user other than the broker's (a proxy's user, or
+    whatever got hold of it): refused, and on the record."""
+    action = request.get("action")
+    append_event(
+        paths.audit_dir,
+        "code_refused",
+        {"reason": "not_broker_user", "uid": uid, "action": str(action)[:32]},
+    )
+    raise BrokerDenied("refused", "approvals are managed by the broker's user only")

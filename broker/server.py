@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from blindkey.broker.anchor import AuditAnchor
-from blindkey.broker.approvals_ops import approvals_op, hold_op
+from blindkey.broker.approvals_ops import approvals_op, hold_op, refuse_foreign
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
     PUSH_ID,
@@ -330,7 +330,7 @@ class BrokerServer:
         # Approving, enrolling, revoking: the broker's own user only (the human's CLI). A
         # proxy of another user may resolve and hold calls, never approve one.
         if getattr(client, "uid", None) != os.getuid():
-            raise BrokerDenied("refused", "approvals are managed by the broker's user only")
+            refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
         before = self._pushed
         reply = approvals_op(self.state.approvals, self.state.settings, request)
         targets = [c for c in self.clients if c.caches and c is not client]
