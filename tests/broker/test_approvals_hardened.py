@@ -6,6 +6,8 @@ approver of its own; to lower a tier; to approve over HTTP; and the proxy's user
 approve through the broker's socket. Every attempt fails; the ones that reach the broker
 are audited. Codes come from pyotp with the enrolled seed."""
 
+# ruff: noqa: F811 - the deployment fixtures are imported, then named as test parameters
+
 from __future__ import annotations
 
 import json
@@ -85,8 +87,13 @@ def test_agent_cannot_approve_itself(
         result = deployment.run(AGENT, *attempt, check=False)
         assert result.returncode != 0 and "Permission denied" in result.stderr, attempt
     # The CLI against the broker's home: no file, no socket.
-    for args in (["approve", "GH", "--code", code_seen], ["totp", "enroll", "--approver", "me"],
-                 ["secrets", "set", "GH", "--tier", "open"], ["grants", "revoke", "--all"]):  # fmt: skip
+    attempts = [
+        ["approve", "GH", "--code", code_seen],
+        ["totp", "enroll", "--approver", "me"],
+        ["secrets", "set", "GH", "--tier", "open"],
+        ["grants", "revoke", "--all"],
+    ]
+    for args in attempts:
         result = deployment.run(AGENT, *deployment.python, "-m", "blindkey.proxy", *args,
                                 home=home, stdin="x" * 20, check=False)  # fmt: skip
         assert result.returncode != 0, args
