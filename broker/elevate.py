@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from blindkey.audit.events import append_event
@@ -120,6 +121,20 @@ def _end(approvals: Approvals, user: str) -> bool:
     return approvals.edit(work)
 
 
+def _through_sudo(what: str, as_json: bool) -> None:
+    """`blindkey elevate status|end` as the user: the window is root's to read and close,
+    so ask sudo (the drop-in allows `blindkey elevate *`, with no password)."""
+    program = Path(sys.argv[0])
+    if not program.is_absolute() or program.name != "blindkey":
+        raise BlindkeyError(f"run it as root: sudo blindkey elevate {what}")
+    command = ["sudo", "-n", str(program), "elevate", what, *(["--json"] if as_json else [])]
+    try:
+        os.execvp("sudo", command)  # noqa: S606 - sudo decides, by the drop-in
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise BlindkeyError(f"cannot run sudo ({why}): sudo blindkey elevate {what}") from exc
+
+
 @exit_for_refusal
 def cmd_elevate(paths: Paths, args: argparse.Namespace) -> int:
     what, argv = args.what, list(args.argv)
@@ -129,6 +144,8 @@ def cmd_elevate(paths: Paths, args: argparse.Namespace) -> int:
         as_json = args.json or argv == ["--json"]
         if argv and not (what == "status" and argv == ["--json"]):
             raise UsageError(f"elevate {what} takes no command")
+        if os.geteuid() != 0:
+            _through_sudo(what, as_json)
         user = _invoker()
         if what == "end":
             ended = _end(approvals, user)
