@@ -105,3 +105,44 @@ async def test_open_secrets_are_not_held_up(env: Env) -> None:
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN", X_AS_Wait_Approval="5")
     status, _, _ = await env.call(headers=headers)
     assert status == 200 and authoriser.held == 0
+
+
+async def test_two_approvers_needed_and_partial_grant_visible(env: Env) -> None:
+    alice = await asyncio.to_thread(enrol, "alice")
+    bob = await asyncio.to_thread(enrol, "bob", "--by", "alice", "--code", alice.code())
+    set_secret_policy(env.paths, "GITHUB_TOKEN", tier="controlled", approvals=2)
+    headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
+    await eventually_status(env, 403, headers, code="approval_required")
+    # alice has used both codes of this step: a recovery code stands in for a third.
+    code, out, err = await acli(
+        "approve", "GITHUB_TOKEN", "--approver", "alice", "--code", alice.recovery[0]
+    )
+    assert code == 0 and "1 more approver(s) needed (1 of 2)" in out, err
+    status, _, body = await env.call(headers=headers)
+    assert status == 403 and orjson.loads(body)["error"] == "approval_required"
+    code, out, _ = await acli("grants", "list", "--json")
+    (partial,) = json.loads(out)
+    assert partial["approvers"] == ["alice"] and partial["needed"] == 2
+    code, out, err = await acli(
+        "approve", "GITHUB_TOKEN", "--approver", "bob", "--code", bob.code()
+    )
+    assert code == 0, err
+    status, _, _ = await env.call(headers=headers)
+    assert status == 200
+    code, out, _ = await acli("grants", "list", "--json")
+    assert json.loads(out)[0]["approvers"] == ["alice", "bob"]
+
+
+async def test_no_http_surface_approves(env: Env) -> None:
+    await asyncio.to_thread(enrol)
+    headers = await _gated(env)
+    _, _, body = await env.call(headers=headers)
+    approval_id = orjson.loads(body)["approval_id"]
+    for path in ("/approve", "/approvals", f"/approve?request={approval_id}", "/grants"):
+        async with env.session.post(
+            f"http://127.0.0.1:{env.server.port}{path}", headers={"X-AS-Agent-Token": env.token}
+        ) as answer:
+            assert answer.status == 400
+            assert (await answer.json())["error"] == "bad_request"
+    status, _, body = await env.call(headers=headers)
+    assert status == 403 and orjson.loads(body)["approval_id"] == approval_id
