@@ -14,7 +14,7 @@ import asyncio
 
 from aiohttp import web
 
-from blindkey.proxy.authorise import Grant
+from blindkey.proxy.authorise import Authoriser, Grant
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import ProxySpec
 from blindkey.proxy.runtime import ProxyRuntime
@@ -43,6 +43,27 @@ def _required(approval_id: str, secret: str, host: str, why: str = "") -> ProxyE
     )
 
 
+# A held call looks up this often to see whether its caller is still there.
+CALLER_CHECK = 1.0
+
+
+async def _outlast(
+    authoriser: Authoriser, request: web.BaseRequest, approval_id: str, deadline: float,
+    since: int,
+) -> str:  # fmt: skip
+    """Wait as Authoriser.wait does, but give up ("gone") once the caller hung up: nothing
+    would carry the answer, and the held call would be kept for nothing."""
+    loop = asyncio.get_running_loop()
+    while True:
+        left = deadline - loop.time()
+        outcome = await authoriser.wait(approval_id, min(left, CALLER_CHECK), since)
+        if outcome != "timeout" or left <= CALLER_CHECK:
+            return outcome
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return "gone"
+
+
 async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxySpec) -> Grant:
     """The values once a grant exists; raises the refusal otherwise."""
     wait = wait_seconds(request.headers.get(WAIT_HEADER))
@@ -58,17 +79,18 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
         if approval_id is not None:
             if wait is None:
                 raise _required(approval_id, secret, host)
-            outcome = await authoriser.wait(approval_id, deadline - loop.time(), since)
+            outcome = await _outlast(authoriser, request, approval_id, deadline, since)
             if outcome == "denied":
                 raise ProxyError(
                     "approval_denied",
                     f"a human denied request {approval_id} to use {secret} on {host}",
                     fields={"approval_id": approval_id},
                 )
-            if outcome in ("timeout", "shutdown", "expired"):
+            if outcome in ("timeout", "shutdown", "expired", "gone"):
                 why = {
                     "timeout": f"no human approved within {wait}s: ",
                     "shutdown": "the proxy is shutting down: ",
+                    "gone": "the caller went away: ",
                     "expired": "the request was not approved within 10 minutes: ",
                 }[outcome]
                 raise _required(approval_id, secret, host, why)

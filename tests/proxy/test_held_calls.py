@@ -160,3 +160,23 @@ async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
 
 async def _noop() -> None:
     return None
+
+
+async def test_a_caller_that_hangs_up_is_not_held_for(env: Env) -> None:
+    _, headers = await _gated(env)
+    headers["X-AS-Wait-Approval"] = "300"
+    request = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.server.port)
+    writer.write(f"GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\n{request}\r\n".encode())
+    await writer.drain()
+    deadline = time.monotonic() + 5
+    while _held(env) != 1:
+        assert time.monotonic() < deadline, "the call was never held"
+        await asyncio.sleep(0.02)
+    writer.close()
+    await writer.wait_closed()
+    # Forgotten within about a second (it looks every second), not after 300 s.
+    while _held(env) != 0:
+        assert time.monotonic() < deadline + 2, "a call is still held for a caller that left"
+        await asyncio.sleep(0.05)
+    del reader
