@@ -263,23 +263,25 @@ class Approvals:
             now = self.clock()
             self.verify(state, name, code, f"approve {secret}")
             drop_expired(state["grants"], now)
+            # A grant still waiting for approvers; approving one in force starts its
+            # renewal, and the old one stays in force until the renewal is complete.
             grant = find_grant(state["grants"], secret, env, whom)
-            if grant is not None and complete(grant):
-                state["grants"].remove(grant)  # approving again starts a new grant
-                grant = None
             if grant is None:
                 grant = new_grant(secret, env, whom, needed, span, now)
                 state["grants"].append(grant)
             elif name in grant["approvers"]:
-                raise BlindkeyError(
-                    f"{name} has already approved {secret}; it needs "
-                    f"{grant['needed'] - len(grant['approvers'])} more distinct approver(s)"
-                )
+                # The code is spent all the same (saved below): it was shown.
+                return {**grant, "already": name}
             grant["approvers"].append(name)
             grant["span"] = min(float(grant["span"]), span)
             grant["needed"] = max(int(grant["needed"]), needed)
             if complete(grant):
                 grant["expires"] = now + float(grant["span"])
+                key = (secret, env, whom)
+                state["grants"] = [
+                    g for g in state["grants"]
+                    if g is grant or (g["secret"], g["env"], g["agent"]) != key
+                ]  # fmt: skip
             self.note(
                 "grant",
                 grant=grant["id"],
@@ -296,6 +298,11 @@ class Approvals:
             return dict(grant)
 
         grant = self.edit(work)
+        if "already" in grant:
+            raise BlindkeyError(
+                f"{grant['already']} has already approved {secret}; it needs "
+                f"{grant['needed'] - len(grant['approvers'])} more distinct approver(s)"
+            )
         if complete(grant):
             self._changed()
             self.pending.settle(secret, env, whom)

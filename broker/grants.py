@@ -47,8 +47,10 @@ def drop_expired(grants: list[Grant], now: float) -> list[Grant]:
 
 
 def find_grant(grants: list[Grant], secret: str, env: str, agent: str) -> Grant | None:
+    """The grant of (secret, env, agent) still waiting for approvers, if any."""
     for grant in grants:
-        if (grant["secret"], grant["env"], grant["agent"]) == (secret, env, agent):
+        key = (grant["secret"], grant["env"], grant["agent"])
+        if key == (secret, env, agent) and not complete(grant):
             return grant
     return None
 

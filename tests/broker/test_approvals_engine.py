@@ -274,3 +274,31 @@ def test_bad_input_changes_nothing(
     with pytest.raises(BlindkeyError, match=message):
         call(approvals, settings)
     assert approvals_file(home).read_bytes() == before
+
+
+def test_renewing_a_two_party_grant_keeps_the_old_one_until_complete(
+    home: Paths, approvals: Approvals, clock: Clock
+) -> None:
+    alice = _enrol(approvals, clock, "alice")
+    clock.now += 30
+    bob = _enrol(approvals, clock, "bob", by="alice", code=alice.at(clock.now))
+    settings = _settings(home, S={"tier": "controlled", "approvals": 2})
+    clock.now += 60
+    approvals.approve(settings, "S", "development", None, None, "alice", alice.at(clock.now))
+    approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
+    clock.now += 3600
+    code = alice.at(clock.now)
+    renewal = approvals.approve(settings, "S", "development", None, None, "alice", code)
+    assert renewal["approvers"] == ["alice"]
+    assert approvals.in_force("S", "development", "agent")  # the old grant still counts
+    assert len(approvals.grants()) == 2
+    # Approving twice is refused, and the code it came with is spent.
+    with pytest.raises(BlindkeyError, match="already approved"):
+        approvals.approve(settings, "S", "development", None, None, "alice",
+                          alice.at(clock.now + 30))  # fmt: skip
+    with pytest.raises(CodeRefused, match="already used"):
+        approvals.approve(settings, "S", "development", None, None, "alice",
+                          alice.at(clock.now + 30))  # fmt: skip
+    approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
+    (grant,) = approvals.grants()
+    assert grant["approvers"] == ["alice", "bob"]
