@@ -63,7 +63,7 @@ def matching_step(seed: bytes, code: str, now: float) -> int | None:
     current = step_at(now)
     found = None
     # Every step is compared (no early return): the time taken does not say which matched.
-    for step in range(current - DRIFT, current + DRIFT + 1):
+    for step in range(max(current - DRIFT, 0), current + DRIFT + 1):
         if hmac.compare_digest(code_at(seed, step).encode(), code.encode()) and found is None:
             found = step
     return found

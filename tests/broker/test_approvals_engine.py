@@ -3,13 +3,17 @@ its end, recovery codes, multi-party grants, expiry, --for, consent and tier flo
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 from typing import Any
 
 import pyotp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from blindkey.broker import totp
 from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
 from blindkey.broker.approvals_store import approvals_file
@@ -302,3 +306,16 @@ def test_renewing_a_two_party_grant_keeps_the_old_one_until_complete(
     approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
     (grant,) = approvals.grants()
     assert grant["approvers"] == ["alice", "bob"]
+
+
+@given(st.binary(min_size=20, max_size=20), st.integers(0, 8_000_000_000), st.integers(-3, 3))
+def test_a_code_matches_within_one_step_of_drift(seed: bytes, step: int, offset: int) -> None:
+    code = totp.code_at(seed, step + offset)
+    now = step * 30 + 15.0
+    found = totp.matching_step(seed, code, now)
+    if abs(offset) <= 1:
+        assert found is not None and totp.code_at(seed, found) == code
+    else:
+        # A 6-digit code may collide with a neighbour's by chance (1 in 10^6 per step).
+        assert found is None or totp.code_at(seed, found) == code
+    assert totp.code_at(seed, step) == pyotp.TOTP(base64.b32encode(seed).decode()).at(step * 30)

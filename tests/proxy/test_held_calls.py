@@ -12,10 +12,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.authorise import Authoriser
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.held import wait_seconds
 from tests.approvals_helpers import Approver, acli, enrol
 from tests.proxy.conftest import Env, eventually_status, open_env, set_secret_policy
 
@@ -180,3 +184,15 @@ async def test_a_caller_that_hangs_up_is_not_held_for(env: Env) -> None:
         assert time.monotonic() < deadline + 2, "a call is still held for a caller that left"
         await asyncio.sleep(0.05)
     del reader
+
+
+@given(st.text(max_size=12))
+def test_wait_header_parser_accepts_whole_seconds_1_to_300_only(text: str) -> None:
+    stripped = text.strip()
+    valid = stripped.isascii() and stripped.isdigit() and 1 <= int(stripped) <= 300
+    try:
+        seconds = wait_seconds(text)
+    except ProxyError as exc:
+        assert not valid and exc.code == "bad_request"
+    else:
+        assert valid and seconds == int(stripped)
