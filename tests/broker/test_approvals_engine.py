@@ -308,7 +308,7 @@ def test_renewing_a_two_party_grant_keeps_the_old_one_until_complete(
     assert grant["approvers"] == ["alice", "bob"]
 
 
-@given(st.binary(min_size=20, max_size=20), st.integers(0, 8_000_000_000), st.integers(-3, 3))
+@given(st.binary(min_size=20, max_size=20), st.integers(3, 8_000_000_000), st.integers(-3, 3))
 def test_a_code_matches_within_one_step_of_drift(seed: bytes, step: int, offset: int) -> None:
     code = totp.code_at(seed, step + offset)
     now = step * 30 + 15.0
