@@ -98,9 +98,19 @@ class AuditLog:
     """Appends chained records to the audit of one directory, from one process."""
 
     def __init__(
-        self, audit_dir: Path, *, rotate_bytes: int = 64 << 20, keep_days: float = 90
+        self,
+        audit_dir: Path,
+        *,
+        rotate_bytes: int = 64 << 20,
+        keep_days: float = 90,
+        hold: bool = False,
     ) -> None:
         self.dir = audit_dir
+        # Keep the lock between appends until release(): a busy writer (the proxy) then
+        # pays for the lock and the look at the file once per group, not once per record,
+        # and others wait at most until its next release.
+        self.hold = hold
+        self._held = False
         self.path = audit_file(audit_dir)
         self.rotate_bytes = rotate_bytes
         self.keep_days = keep_days
@@ -143,10 +153,11 @@ class AuditLog:
         if self._fd is None or self._lock_fd is None:
             self.open()
         assert self._fd is not None
-        assert self._lock_fd is not None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock()
         try:
-            self._catch_up()
+            if not self._held:
+                self._catch_up()
+            self._held = self.hold
             head, lines = self.head, []
             records = list(records)
             for record in records:
@@ -168,7 +179,22 @@ class AuditLog:
                 self._rotate()
             return lines
         finally:
+            self._unlock()
+
+    def _lock(self) -> None:
+        assert self._lock_fd is not None
+        if not self._held:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _unlock(self) -> None:
+        if not self._held and self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        """Let other writers in (a holding writer calls this every group)."""
+        if self._held:
+            self._held = False
+            self._unlock()
 
     def _write_all(self, payload: bytes) -> None:
         assert self._fd is not None
@@ -246,13 +272,13 @@ class AuditLog:
         """The chain's head as the file has it now (every writer's records counted)."""
         if self._fd is None or self._lock_fd is None:
             self.open()
-        assert self._lock_fd is not None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock()
         try:
-            self._catch_up()
+            if not self._held:
+                self._catch_up()
             return self.head
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._unlock()
 
     def sync(self) -> None:
         with self._fd_lock:
@@ -260,6 +286,7 @@ class AuditLog:
                 os.fsync(self._fd)
 
     def close(self) -> None:
+        self.release()
         with self._fd_lock:
             for fd in (self._fd, self._lock_fd):
                 if fd is not None:

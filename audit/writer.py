@@ -48,7 +48,9 @@ class AuditWriter:
     ) -> None:
         self.path = audit_file(audit_dir)
         self.fsync = fsync
-        self.log = AuditLog(audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days)
+        self.log = AuditLog(
+            audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days, hold=True
+        )
         self.tracker = FlagTracker(clock=clock)
         self.held: deque[dict[str, Any]] = deque()
         self.dropped = 0  # records beyond MAX_HELD while unavailable
@@ -191,6 +193,7 @@ class AuditWriter:
                     await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(GROUP_WINDOW)  # one fsync for what arrives meanwhile
+            self.log.release()  # other writers (broker, CLI) wait at most one group
             if not self.available:
                 self._retry()
             waiters, self._waiters = self._waiters, []

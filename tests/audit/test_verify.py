@@ -152,3 +152,16 @@ def test_cli_reads_the_brokers_anchor_file_when_no_broker_runs(
     verdict = orjson.loads(result.stdout)
     assert result.returncode == 1 and verdict["bad_seq"] == COUNT - 1
     assert verdict["anchor_from"] == "file"
+
+
+def test_the_chain_is_standard_hmac_sha256(tmp_path: Path) -> None:
+    """Anyone with the key can check a record with any HMAC tool, not only with blindkey."""
+    import hashlib
+    import hmac
+
+    lines = written(tmp_path)
+    key = load_key(tmp_path, create=False)
+    first, second = (orjson.loads(line) for line in lines[:2])
+    body = lines[1].rstrip(b"\n")[: -len(',"chain":"') - 64 - 2] + b"}"
+    expected = hmac.new(key, first["chain"].encode() + b"\n" + body, hashlib.sha256).hexdigest()
+    assert second["chain"] == expected
