@@ -93,6 +93,10 @@ class Floors:
         self.floors = floors
         self.guarded = guarded
 
+    def raised(self, name: str) -> bool:
+        """Whether `name` may be served above its config.toml tier."""
+        return self.guarded and name in self.floors
+
     def _floor(self, name: str) -> tuple[str, int]:
         floor = self.floors.get(name)
         if not isinstance(floor, dict):

@@ -211,7 +211,8 @@ class BrokerState:
         return self._gate(agent, env, name, policy)
 
     def _gate(self, agent: str, env: str, name: str, policy: SecretPolicy) -> BrokerDenied | None:
-        if policy.tier == "open" and not self.approvals.floors.guarded:
+        # The hot path: an open secret that no approver ever raised needs nothing more.
+        if policy.tier == "open" and not self.approvals.floors.raised(name):
             return None
         tier, _ = self.approvals.effective(name, policy)
         if tier == "open" or self.approvals.in_force(name, env, agent):
