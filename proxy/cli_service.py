@@ -26,10 +26,26 @@ def add_service_commands(sub: Subcommands) -> None:
         help="write a sudoers drop-in letting USER run `blindkey elevate` as root",
     )
     p.add_argument("--dry-run", action="store_true", help="print what would be written")
-    p.set_defaults(handler=f"{HANDLERS}:cmd_service_install")
+    # Writes nothing of the caller's own home: --dry-run writes nothing at all, and
+    # --system sets up the service users' homes, not root's.
+    p.set_defaults(handler=f"{HANDLERS}:cmd_service_install", needs_home=False)
     p = actions.add_parser("uninstall", help="stop the service and remove its files")
     p.add_argument("--system", action="store_true", help="the system-wide install")
-    p.set_defaults(handler=f"{HANDLERS}:cmd_service_uninstall")
+    p.set_defaults(handler=f"{HANDLERS}:cmd_service_uninstall", needs_home=False)
     p = actions.add_parser("status", help="installed? running? the files it uses")
     json_flag(p)
-    p.set_defaults(handler=f"{HANDLERS}:cmd_service_status")
+    p.set_defaults(handler=f"{HANDLERS}:cmd_service_status", needs_home=False)
+    p = actions.add_parser(
+        "broker",
+        help="`broker serve` as blindkey-broker.service runs it (systemd notify and watchdog)",
+    )
+    p.add_argument("--socket", help="socket path (default: [broker] socket)")
+    p.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        default=[],
+        metavar="UID",
+        help="also accept connections from this uid (repeatable)",
+    )
+    p.set_defaults(handler="blindkey.proxy.service_broker:cmd_service_broker")
