@@ -1,0 +1,95 @@
+"""`audit summary`, `audit export`, `proxy logs --flagged` and event records, run as a
+user runs them, on an audit written through the writer (chained, rotated)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from blindkey.audit.events import append_event
+from blindkey.audit.store import AuditLog
+from blindkey.config.paths import Paths
+from tests.audit.records import make_record
+from tests.conftest import RunCli
+
+NOW = datetime.now(UTC)
+
+
+def write(paths: Paths) -> list[dict[str, Any]]:
+    records = [
+        make_record("r1", NOW - timedelta(hours=5), duration_ms=10.0, flags=["new_host"]),
+        make_record("r2", NOW - timedelta(hours=2), agent="bob", secrets=["STRIPE_KEY"],
+                    host="api.stripe.com", duration_ms=30.0, flags=[]),
+        make_record("r3", NOW - timedelta(minutes=30), decision="blocked",
+                    reason="host_not_allowed", status=403, host="evil.example",
+                    url="=HYPERLINK(\"https://evil.example\")", duration_ms=1.0,
+                    flags=["denied_streak"]),
+        make_record("r4", NOW - timedelta(minutes=5), duration_ms=20.0, flags=[]),
+    ]  # fmt: skip
+    log = AuditLog(paths.audit_dir, rotate_bytes=1200)  # a file or two per record
+    log.append(records[:2])
+    log.append(records[2:])
+    log.close()
+    append_event(paths.audit_dir, "grant", {"secret": "STRIPE_KEY", "approver": "ann"})
+    return records
+
+
+def test_summary_json(home: Paths, run_cli: RunCli) -> None:
+    write(home)
+    result = run_cli("audit", "summary", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = orjson.loads(result.stdout)
+    assert summary["events"] == {"request": 4, "grant": 1}
+    token = summary["by_secret"]["GITHUB_TOKEN"]
+    assert (token["calls"], token["allowed"], token["blocked"]) == (3, 2, 1)
+    assert token["refusals"] == {"host_not_allowed": 1}
+    assert (token["p50_ms"], token["p99_ms"]) == (10.0, 20.0)
+    assert summary["by_agent"]["bob"]["calls"] == 1
+    assert set(summary["by_host"]) == {"api.github.com", "api.stripe.com", "evil.example"}
+    recent = orjson.loads(run_cli("audit", "summary", "--since", "1h", "--json").stdout)
+    assert recent["requests"]["calls"] == 2
+
+
+def test_summary_text(home: Paths, run_cli: RunCli) -> None:
+    write(home)
+    result = run_cli("audit", "summary")
+    assert result.returncode == 0
+    assert "GITHUB_TOKEN" in result.stdout and "host_not_allowed 1" in result.stdout
+
+
+def test_export_csv_with_filters_to_a_file(home: Paths, run_cli: RunCli, tmp_path: Path) -> None:
+    write(home)
+    target = tmp_path / "out.csv"
+    result = run_cli("audit", "export", "--format", "csv", "--secret", "GITHUB_TOKEN",
+                     "--since", "3h", "-o", str(target))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert target.stat().st_mode & 0o777 == 0o600
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert [r["request_id"] for r in rows] == ["r3", "r4"]
+    assert rows[0]["flags"] == "denied_streak" and rows[0]["seq"] == "3"
+    assert rows[0]["url"].startswith("'=")  # a spreadsheet shows it, never runs it
+
+
+def test_export_jsonl_flagged_and_until(home: Paths, run_cli: RunCli) -> None:
+    write(home)
+    result = run_cli("audit", "export", "--format", "jsonl", "--flagged", "--until", "1h")
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [r["request_id"] for r in lines] == ["r1"]
+    assert lines[0]["chain"] and lines[0]["seq"] == 1
+
+
+def test_logs_flagged_and_event_records(home: Paths, run_cli: RunCli) -> None:
+    write(home)
+    flagged = orjson.loads(run_cli("proxy", "logs", "--flagged", "--json").stdout)
+    assert [r["request_id"] for r in flagged] == ["r1", "r3"]
+    table = run_cli("proxy", "logs").stdout.splitlines()
+    assert len(table) == 5  # every file, rotated ones included
+    assert "grant" in table[-1] and "approver=ann" in table[-1]
+    assert "[denied_streak]" in table[2]
+    bob = orjson.loads(run_cli("proxy", "logs", "--agent", "bob", "--json").stdout)
+    assert [r["request_id"] for r in bob] == ["r2"]
