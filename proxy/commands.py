@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
@@ -35,7 +36,7 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
         else:
             say("blindkey proxy is not running")
         return lifecycle.EXIT_NOT_RUNNING
-    info = lifecycle.describe(current)
+    info = lifecycle.describe(current, lifecycle.ask_broker(paths))
     if args.json:
         emit_json(info)
     else:
@@ -48,6 +49,23 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
             say(f"config refused (running configuration kept): {info['config_error']}")
         if not info["healthy"]:
             say(f"not serving: {info['broker_error'] or 'the proxy does not answer /health'}")
+        if info["backend_error"]:
+            say(f"secret store: {info['backend_error']} (cached values serve until cache_ttl)")
+        audit = info["audit"]
+        if isinstance(audit, dict):
+            if audit.get("state") == "ok":
+                say(f"audit: ok, {audit.get('seq')} records")
+            else:
+                since = audit.get("since")
+                when = (
+                    datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+                    if isinstance(since, int | float)
+                    else "?"
+                )
+                say(
+                    f"audit: {audit.get('state')} since {when}: {audit.get('error')}"
+                    f" ({audit.get('held')} records held, calls refused until it recovers)"
+                )
     return 0
 
 

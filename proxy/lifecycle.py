@@ -9,6 +9,7 @@ import gc
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -293,8 +294,10 @@ def reload(paths: Paths) -> dict[str, Any]:
     raise BlindkeyError("the proxy did not confirm the reload within 5s")
 
 
-def describe(current: Running) -> dict[str, Any]:
+def describe(current: Running, broker: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `proxy status` shows; `broker` is the broker's ping answer when it was reached."""
     status = current.status
+    backend_error = (broker or {}).get("backend_error")
     started = status.get("started")
     return {
         "running": True,
@@ -308,6 +311,32 @@ def describe(current: Running) -> dict[str, Any]:
         "env": status.get("env"),
         "config_error": status.get("config_error"),
         "broker_error": status.get("broker_error"),
+        "backend_error": backend_error,
+        "audit": status.get("audit"),
         "healthy": bool(status.get("port"))
         and health(str(status.get("host")), int(status["port"])),
     }
+
+
+def ask_broker(paths: Paths, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The broker's own ping answer (its backend's last error among it), or None when this
+    user cannot reach it. Asked afresh: the proxy only notes whether the broker serves."""
+    from blindkey.broker.protocol import FrameDecoder, ProtocolError, encode
+
+    try:
+        settings = load_settings(paths.config_file)
+    except BlindkeyError:
+        settings = Settings()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
+            sock.sendall(encode({"id": 1, "op": "ping"}))
+            frames = FrameDecoder()
+            while data := sock.recv(65536):
+                for reply in frames.feed(data):
+                    if reply.get("id") == 1:
+                        return reply
+        except (OSError, ProtocolError):
+            return None
+    return None
