@@ -168,6 +168,13 @@ def install_sudoers(
         return
     require_root("service install --elevate-user")
     _root_owned(blindkey)
+    land_checked(text, target)
+    say(f"wrote {target}: {user} may run `sudo {blindkey} elevate ...`")
+
+
+def land_checked(text: str, target: Path) -> None:
+    """Write `text` beside `target`, let visudo check it there, then rename it into place;
+    a file visudo refuses is removed and `target` stays as it was."""
     target.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".blindkey-elevate.", dir=target.parent)
     candidate = Path(name)
@@ -180,11 +187,11 @@ def install_sudoers(
             [visudo, "-cf", str(candidate)], capture_output=True, text=True, check=False
         )
         if checked.returncode != 0:
-            raise BlindkeyError(f"visudo refused the drop-in: {checked.stderr.strip()}")
+            problem = (checked.stderr or checked.stdout).strip().replace(str(candidate), "it")
+            raise BlindkeyError(f"visudo refused the drop-in: {problem}")
         os.replace(candidate, target)
     finally:
         candidate.unlink(missing_ok=True)
-    say(f"wrote {target}: {user} may run `sudo {blindkey} elevate ...`")
 
 
 def _root_owned(blindkey: Path) -> None:
