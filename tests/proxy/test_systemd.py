@@ -101,3 +101,18 @@ def test_without_a_service_manager_nothing_is_sent() -> None:
     notifier = ServiceNotifier({})
     assert not notifier.enabled and notifier.watchdog_interval is None
     notifier.send("READY=1")  # no socket: a no-op, no error
+
+
+def test_an_abstract_notify_socket_is_reached() -> None:
+    name = f"blindkey-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        ServiceNotifier({"NOTIFY_SOCKET": "@" + name}).send("READY=1")
+        assert receive(sock, 5) == "READY=1"
+
+
+def test_a_watchdog_meant_for_another_process_is_not_fed() -> None:
+    other = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"}
+    assert ServiceNotifier(other).watchdog_interval is None
+    own = {**other, "WATCHDOG_PID": str(os.getpid())}
+    assert ServiceNotifier(own).watchdog_interval == 0.05
