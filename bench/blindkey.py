@@ -22,6 +22,7 @@ from blindkey.config.paths import resolve_paths
 
 SECRET_COUNT = 50
 INJECTED = "BENCH_SECRET_00"
+ROUTE = "bench"
 # 1,000 idle keep-alive connections plus 256 busy ones exceed the default of 1,024.
 MAX_CONNECTIONS = 2048
 CLI_TIMEOUT = 60.0
@@ -98,6 +99,9 @@ class Home:
             cli(env, "secrets", "set", name, stdin=value)
             home.values[name] = value
         home.token = json.loads(cli(env, "agent", "add", "bench", "--json"))["token"]
+        # /r/bench/... : the same upstream and secret as the /proxy rows, for SDKs' base_url.
+        cli(env, "route", "add", ROUTE, "--to", f"http://127.0.0.1:{upstream_ports[0]}",
+            "--bearer", INJECTED)  # fmt: skip
         return home
 
     def copy(self, path: Path) -> Home:
@@ -111,6 +115,10 @@ class Home:
             "X-AS-Target-URL": target_url,
             "X-AS-Inject-Bearer": INJECTED,
         }
+
+    def route_headers(self) -> dict[str, str]:
+        """What an SDK given base_url .../r/bench and the agent token as its key sends."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def status(self) -> Running:
         status = json.loads(cli(self.env, "proxy", "status", "--json"))

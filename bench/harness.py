@@ -16,6 +16,7 @@ from typing import Any
 from bench import nginx
 from bench.blindkey import (
     INJECTED,
+    ROUTE,
     SECRET_COUNT,
     Home,
     Running,
@@ -136,6 +137,11 @@ class Bench:
                 {"proxy": [running.pid], "broker": [running.broker_pid]},
             ),
         }
+        plan["blindkey_route"] = (
+            f"http://127.0.0.1:{running.port}/r/{ROUTE}/small",
+            home.route_headers(),
+            {"proxy": [running.pid], "broker": [running.broker_pid]},
+        )
         if nofsync is not None:
             plan["blindkey_nofsync"] = (
                 nofsync.url,

@@ -49,6 +49,8 @@ def load_matrix(bench: Bench) -> None:
             names = [*report.TARGETS, *(["floor"] if "floor" in bench.urls else [])]
             if connections in FSYNC_COMPARED and "blindkey_nofsync" in bench.urls:
                 names.append("blindkey_nofsync")
+            if "blindkey_route" in bench.urls:
+                names.append("blindkey_route")
             for name in in_turn(names, round_no - 1):
                 result = bench.quiet_wrk(name, connections, args.duration)
                 load[str(connections)].setdefault(name, []).append(result.as_json())

@@ -94,6 +94,9 @@ def summarise_load(load: Mapping[str, Mapping[str, Sequence[Json]]]) -> Json:
                 "ratio",
             )
             row["audit_fsync_on_vs_off"] = ratio
+        if "blindkey_route" in runs:
+            # A route against /proxy: the same upstream, secret, proxy and round.
+            row["route_vs_proxy"] = _paired(runs, "blindkey", _rps, "ratio", "blindkey_route")
         out[connections] = row
     return out
 
@@ -123,7 +126,18 @@ def targets(report: Json) -> list[Json]:
                 "x",
             )
         )
-    errors = sum(row[t]["errors"] for row in load.values() for t in row if t in TARGETS)
+    route = load.get("32", {}).get("route_vs_proxy", {}).get("median")
+    out.append(
+        _check(
+            "route throughput @32 vs /proxy",
+            route,
+            ">= 0.95x (the same work; 5% is run-to-run noise)",
+            None if route is None else route >= 0.95,
+            "x",
+        )
+    )
+    counted = (*TARGETS, "blindkey_route")
+    errors = sum(row[t]["errors"] for row in load.values() for t in row if t in counted)
     out.append(_check("load runs: errors (all targets)", errors, "0", errors == 0, "errors"))
     added = load.get("1", {}).get("blindkey_added_us", {}).get("direct", {}).get("p50", {})
     value = added.get("median")
@@ -419,6 +433,14 @@ def _single_figures(report: Json) -> list[str]:
         lines.append(
             f"| req/s @{connections}, audit fsync on / off | {on:,.0f} / {off:,.0f} "
             f"({_ratio(row['audit_fsync_on_vs_off'])}) |"
+        )
+    for connections, row in report["summary"]["load"].items():
+        if "route_vs_proxy" not in row:
+            continue
+        route, proxy = row["blindkey_route"]["rps"], row["blindkey"]["rps"]
+        lines.append(
+            f"| req/s @{connections}, /r/NAME route / /proxy | {route:,.0f} / {proxy:,.0f} "
+            f"({_ratio(row['route_vs_proxy'])}) |"
         )
     big = report.get("big")
     if big and "redacted_as_expected" in big.get("blindkey", {}):
