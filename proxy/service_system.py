@@ -23,8 +23,9 @@ from blindkey.proxy.service_plan import Artifact, Plan, remove, run_checked, sys
 from blindkey.proxy.units import BROKER_UNIT, PROXY_UNIT, SystemLayout, broker_unit, proxy_unit
 
 SUDOERS_FILE = Path("/etc/sudoers.d/blindkey-elevate")
-# ProtectHome=yes hides these from both services: a blindkey under them cannot start.
-_HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"))
+# ProtectHome=yes and PrivateTmp=yes hide these from both services: a blindkey under
+# them cannot start.
+_HIDDEN = (Path("/home"), Path("/root"), Path("/run/user"), Path("/tmp"), Path("/var/tmp"))  # noqa: S108
 
 
 def require_root(what: str) -> None:
@@ -66,12 +67,14 @@ def install_system(blindkey: Path, layout: SystemLayout, *, dry_run: bool) -> No
         plan.show()
         return
     require_root("service install --system")
-    hidden = next((d for d in _HIDDEN if d in blindkey.parents), None)
-    if hidden is not None:
-        raise BlindkeyError(
-            f"{blindkey} is under {hidden}, which the hardened units hide (ProtectHome): "
-            "install blindkey system-wide first, e.g. in a venv under /opt"
-        )
+    for program in (blindkey, Path(sys.executable).resolve()):
+        hidden = next((d for d in _HIDDEN if d in program.parents), None)
+        if hidden is not None:
+            raise BlindkeyError(
+                f"{program} is under {hidden}, which the hardened units hide: "
+                "install blindkey system-wide first, e.g. in a venv under /opt made with "
+                "the system's python3"
+            )
     _ensure_user(layout.broker_user, None)
     _ensure_user(layout.proxy_user, layout.broker_user)
     proxy_uid = pwd.getpwnam(layout.proxy_user).pw_uid
@@ -123,22 +126,27 @@ def _prepare_home(
     if not home.exists():
         home.mkdir(mode=0o700, parents=True)
         os.chown(home, entry.pw_uid, entry.pw_gid)
-    initialised = subprocess.run(
-        [str(blindkey), "init"],
-        user=entry.pw_uid,
-        group=entry.pw_gid,
-        extra_groups=[],
-        env={"BLINDKEY_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home)},
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if initialised.returncode != 0:
+    try:
+        initialised = subprocess.run(
+            [str(blindkey), "init"],
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=[],
+            env={"BLINDKEY_HOME": str(home), "PATH": "/usr/bin:/bin", "HOME": str(home)},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    else:
+        problem = "" if initialised.returncode == 0 else initialised.stderr.strip() or "failed"
+    if problem:
         raise BlindkeyError(
-            f"{user} cannot run {blindkey} init: {initialised.stderr.strip() or 'failed'}; "
-            "blindkey must be installed where every user may read it"
+            f"{user} cannot run {blindkey} init ({problem}): blindkey and its Python must be "
+            "installed where every user may read them"
         )
     paths = resolve_paths({"BLINDKEY_HOME": str(home)})
 
