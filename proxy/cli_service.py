@@ -33,6 +33,7 @@ def add_service_commands(sub: Subcommands) -> None:
     p.add_argument("--system", action="store_true", help="the system-wide install")
     p.set_defaults(handler=f"{HANDLERS}:cmd_service_uninstall", needs_home=False)
     p = actions.add_parser("status", help="installed? running? the files it uses")
+    p.add_argument("--system", action="store_true", help="the system-wide install")
     json_flag(p)
     p.set_defaults(handler=f"{HANDLERS}:cmd_service_status", needs_home=False)
     p = actions.add_parser(

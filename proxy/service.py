@@ -141,15 +141,13 @@ def uninstall(paths: Paths, args: argparse.Namespace, platform: str) -> int:
     return 0
 
 
-def describe(paths: Paths, platform: str) -> dict[str, Any]:
+def describe(paths: Paths, platform: str, system: bool = False) -> dict[str, Any]:
     plan = user_plan(paths, Path("/"), platform)
     manager_runs = _manager_runs(platform)
     files = [artifact.path for artifact in plan.artifacts]
-    layout = SystemLayout()
-    system_files = [layout.unit_dir / u for u in (BROKER_UNIT, PROXY_UNIT)]
-    system = platform.startswith("linux") and any(f.exists() for f in system_files)
     if system:
-        files = system_files
+        layout = SystemLayout()
+        files = [layout.unit_dir / u for u in (BROKER_UNIT, PROXY_UNIT)]
         manager_runs = systemd_runs(user=False)
     installed = [f for f in files if f.exists()]
     named = _named_program(installed[-1]) if installed else None
@@ -171,11 +169,12 @@ def describe(paths: Paths, platform: str) -> dict[str, Any]:
 
 
 def status(paths: Paths, args: argparse.Namespace, platform: str) -> int:
-    info = describe(paths, platform)
+    info = describe(paths, platform, args.system)
     if args.json:
         emit_json(info)
     elif not info["installed"]:
-        say("the blindkey service is not installed (`blindkey service install`)")
+        flag = " --system" if args.system else ""
+        say(f"the blindkey service is not installed (`blindkey service install{flag}`)")
     else:
         say(f"installed ({info['mode']}, {info['manager']}): {', '.join(info['files'])}")
         say(f"runs {info['program']}")
