@@ -1,0 +1,235 @@
+"""`service install --system`, then the real units under a real systemd: systemd 252 runs
+as PID 1 of its own PID, mount, network, UTS, IPC and cgroup namespaces (this machine's
+PID 1 is not systemd), with only blindkey's units and empty stand-ins for the boot
+targets on its unit path, so it starts nothing else and the host's /run is left alone.
+
+Both units come up Type=notify under their full hardening (ProtectSystem=strict,
+MemoryDenyWriteExecute, SystemCallFilter, ...); `systemctl reload` is the proxy's reload;
+an injected call is redacted; a proxy whose loop is frozen is killed by the watchdog and
+restarted; `systemctl stop` ends it cleanly.
+
+The install is made with the real names (users blindkey and blindkey-broker, their homes
+in /var/lib, units in /etc/systemd/system), so the test refuses to run over an install it
+did not make, and removes what it made afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.staging import Installed, install
+
+pytestmark = pytest.mark.timeout(300)
+SECRET = "ghp_systemdUnitValue0123456789XYZ"
+UNITS = ("blindkey-broker.service", "blindkey.service")
+HOMES = (Path("/var/lib/blindkey-broker"), Path("/var/lib/blindkey"))
+STAND_INS = ("default", "sysinit", "basic", "shutdown", "multi-user", "network-online",
+             "network", "sockets", "timers", "paths", "slices", "local-fs")  # fmt: skip
+BOOT = """
+set -e
+mount -t proc proc /proc
+mount -t tmpfs -o mode=755 tmpfs /run
+exec env -i container=blindkey-test SYSTEMD_UNIT_PATH="$1" PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+  /lib/systemd/systemd --system --log-target=console --log-level=warning \
+  --default-standard-output=inherit --default-standard-error=inherit --unit=default.target
+"""
+
+
+@dataclass
+class Booted:
+    pid: int
+    blindkey: str
+
+    def inside(self, *args: str, check: bool = True, stdin: str = "") -> str:
+        done = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "-n", "-p", *args],
+            input=stdin, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0 or not check, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def systemctl(self, *args: str, check: bool = True) -> str:
+        return self.inside("systemctl", *args, check=check)
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.systemctl("show", "-p", prop, "--value", unit).strip()
+
+    def cli(self, user: str, home: Path, *args: str, stdin: str = "") -> str:
+        env = ["env", "-i", f"BLINDKEY_HOME={home}", "PATH=/usr/bin:/bin"]
+        return self.inside("runuser", "-u", user, "--", *env, self.blindkey, *args, stdin=stdin)
+
+
+@pytest.fixture(scope="module")
+def opt_install() -> Iterator[Installed]:
+    """The units hide /tmp, /home and /root: blindkey installed where a system-wide one is."""
+    base = Path(tempfile.mkdtemp(prefix="blindkey-service-", dir="/opt"))
+    base.chmod(0o755)
+    try:
+        yield install(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def system_install(opt_install: Installed) -> Iterator[Installed]:
+    assert os.geteuid() == 0, "this test creates users and boots systemd: run it as root"
+    existing = [p for p in (*HOMES, *(Path("/etc/systemd/system") / u for u in UNITS))
+                if p.exists()]  # fmt: skip
+    assert not existing, f"a blindkey system install exists ({existing}); not replacing it"
+    users_before = {name for name in ("blindkey", "blindkey-broker") if _user_exists(name)}
+    try:
+        done = subprocess.run(
+            [opt_install.blindkey, "service", "install", "--system"],
+            capture_output=True, text=True, timeout=120, cwd="/", check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "systemd does not run here; to start blindkey, run:" in done.stdout
+        yield opt_install
+    finally:
+        subprocess.run([opt_install.blindkey, "service", "uninstall", "--system"],
+                       capture_output=True, cwd="/", check=False)  # fmt: skip
+        for name in ("blindkey", "blindkey-broker"):
+            if name not in users_before:
+                subprocess.run(["userdel", name], capture_output=True, check=False)
+                subprocess.run(["groupdel", name], capture_output=True, check=False)
+        for home in HOMES:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def booted(system_install: Installed, tmp_path: Path) -> Iterator[Booted]:
+    units = tmp_path / "units"
+    units.mkdir()
+    for unit in UNITS:
+        shutil.copy(Path("/etc/systemd/system") / unit, units / unit)
+    for name in STAND_INS:
+        (units / f"{name}.target").write_text(f"[Unit]\nDescription={name}\n")
+    # Only for the test: output where it can be read, and a watchdog that bites in 2 s.
+    drop_in = units / "blindkey.service.d"
+    drop_in.mkdir()
+    (drop_in / "test.conf").write_text(
+        "[Service]\nStandardOutput=append:/var/lib/blindkey/service.log\n"
+        "StandardError=append:/var/lib/blindkey/service.log\nWatchdogSec=2\n"
+    )
+    cgroups_before = _cgroups()
+    log = (tmp_path / "systemd.log").open("wb")
+    unshare = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "--cgroup",
+         "--propagation", "private", "sh", "-c", BOOT, "boot", str(units)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+    )  # fmt: skip
+    try:
+        booted = Booted(_child_of(unshare.pid), system_install.blindkey)
+        deadline = time.monotonic() + 30
+        while booted.systemctl("is-system-running", check=False).strip() != "running":
+            assert time.monotonic() < deadline, (tmp_path / "systemd.log").read_text()
+            time.sleep(0.1)
+        yield booted
+    finally:
+        # SIGKILL to the namespace's PID 1 ends every process in it.
+        with contextlib.suppress(ProcessLookupError, AssertionError):
+            os.kill(_child_of(unshare.pid), signal.SIGKILL)
+        unshare.wait(timeout=30)
+        log.close()
+        _remove_cgroups(cgroups_before)
+
+
+def test_the_installed_units_run_hardened_under_systemd(booted: Booted) -> None:
+    broker_home, proxy_home = HOMES
+    booted.systemctl("start", *UNITS)  # returns once both sent READY=1
+    for unit in UNITS:
+        assert booted.show(unit, "ActiveState") == "active"
+    assert booted.show("blindkey.service", "StatusText") == "listening on 127.0.0.1:8765"
+    assert booted.show("blindkey-broker.service", "StatusText").startswith("serving /run/")
+
+    booted.cli("blindkey-broker", broker_home, "secrets", "set", "GH", "--host", "127.0.0.1",
+               stdin=SECRET)  # fmt: skip
+    token = json.loads(booted.cli("blindkey-broker", broker_home, "agent", "add", "a", "--json"))
+    upstream = subprocess.Popen(
+        ["nsenter", "-t", str(booted.pid), "-n", sys.executable, "-m", "tests.upstream"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert upstream.stdout is not None
+        port = int(upstream.stdout.readline().split()[1])
+        booted.cli("blindkey", proxy_home, "allowlist", "add", f"http://127.0.0.1:{port}")
+        booted.systemctl("reload", "blindkey.service")  # `proxy reload`: waits for it
+        answer = booted.inside(
+            "curl", "-sS", "http://127.0.0.1:8765/proxy",
+            "-H", f"X-AS-Agent-Token: {token['token']}",
+            "-H", f"X-AS-Target-URL: http://127.0.0.1:{port}/reflect",
+            "-H", "X-AS-Inject-Bearer: GH",
+        )  # fmt: skip
+        assert "[REDACTED:GH]" in answer and SECRET not in answer
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
+        if upstream.stdout is not None:
+            upstream.stdout.close()
+
+    # A frozen event loop stops the WATCHDOG=1 pings: systemd kills and restarts it.
+    frozen = booted.show("blindkey.service", "MainPID")
+    booted.inside("kill", "-STOP", frozen)
+    deadline = time.monotonic() + 20
+    while booted.show("blindkey.service", "NRestarts") != "1":
+        assert time.monotonic() < deadline, "the watchdog did not restart the frozen proxy"
+        time.sleep(0.1)
+    booted.systemctl("start", "blindkey.service")  # waits for READY=1 of the new one
+    assert booted.show("blindkey.service", "MainPID") != frozen
+    assert booted.inside("curl", "-sS", "http://127.0.0.1:8765/health").strip() == (
+        '{"status": "ok"}'
+    )
+
+    booted.systemctl("stop", *UNITS)
+    for unit in UNITS:
+        assert booted.show(unit, "ActiveState") == "inactive"
+        assert booted.show(unit, "Result") == "success"
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _child_of(pid: int) -> int:
+    """unshare --fork's child: PID 1 of the new namespace."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        with contextlib.suppress(FileNotFoundError):
+            found = children.read_text().split()
+            if found:
+                return int(found[0])
+        time.sleep(0.02)
+    raise AssertionError("unshare started no child")
+
+
+def _cgroups() -> set[Path]:
+    return {d for d in Path("/sys/fs/cgroup").glob("*/*") if d.is_dir()}
+
+
+def _remove_cgroups(before: set[Path]) -> None:
+    """The cgroups the namespace's systemd made (init.scope, system.slice), now empty."""
+    for made in _cgroups() - before:
+        inner = [d for d in made.rglob("*") if d.is_dir()]
+        for directory in [*sorted(inner, key=lambda d: -len(d.parts)), made]:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
