@@ -21,6 +21,7 @@ LABEL = "dev.blindkey.proxy"
 USER_UNIT = "blindkey.service"
 BROKER_UNIT = "blindkey-broker.service"
 PROXY_UNIT = "blindkey.service"
+_TMP = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108
 # Twice the interval the loop pings at (WATCHDOG_USEC/2): a loop stuck this long is restarted.
 WATCHDOG_SEC = 30
 # The proxy drains calls for [limits] drain_timeout (10 s by default), then flushes its audit.
@@ -128,12 +129,12 @@ def user_unit(blindkey: Path, paths: Paths) -> str:
         # Under $XDG_RUNTIME_DIR, a tmpfs emptied at every boot: systemd creates it.
         runtime = f"RuntimeDirectory={paths.runtime_dir.name}\nRuntimeDirectoryMode=0700\n"
         directories = [d for d in directories if not _under(d, paths.runtime_dir)]
-    # A deep home puts the broker socket in a directory under /tmp, which a boot empties.
-    tmp = Path("/tmp")  # noqa: S108
-    directories = [tmp if _under(d, tmp) else d for d in directories]
+    # A home, or the socket directory of a deep one, under /tmp or /var/tmp: PrivateTmp
+    # would hide it from the CLI, and a boot may empty it, so the whole of it is writable.
+    shared_tmp = {t for d in directories for t in _TMP if _under(d, t)}
+    directories = [next((t for t in _TMP if _under(d, t)), d) for d in directories]
     writable = " ".join(f"-{d}" for d in _distinct(tuple(directories)))
-    # PrivateTmp would hide a broker socket that a deep home put under /tmp from the CLI.
-    private_tmp = "no" if tmp in directories else "yes"
+    private_tmp = "no" if shared_tmp else "yes"
     hardening = (
         _HARDENING.replace("ProtectHome=yes", "ProtectHome=read-only")
         .replace("PrivateTmp=yes", f"PrivateTmp={private_tmp}")

@@ -162,3 +162,13 @@ def test_the_program_is_the_console_script_however_blindkey_was_started(tmp_path
     script.unlink()
     with pytest.raises(Exception, match="cannot find the blindkey command"):
         blindkey_path(argv0="/x/proxy/__main__.py", executable=python)
+
+
+def test_a_home_under_a_temporary_directory_stays_visible_to_the_cli() -> None:
+    # PrivateTmp would give the service a /var/tmp (or /tmp) of its own, and the broker
+    # socket the CLI talks to would vanish from its sight.
+    text = user_unit(
+        BLINDKEY, Paths(Path("/var/tmp/bk"), Path("/var/tmp/bk"), Path("/var/tmp/bk/run"))
+    )
+    assert "PrivateTmp=no\n" in text and "ReadWritePaths=-/var/tmp\n" in text
+    assert "PrivateTmp=yes\n" in user_unit(BLINDKEY, XDG_HOME)
