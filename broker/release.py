@@ -37,6 +37,8 @@ from blindkey.config.model import SECRET_NAME
 log = logging.getLogger("blindkey.broker")
 CHANNELS = ("env", "exec")
 MCP_TOOLS = ("list_secrets", "list_allowlist", "http_request")
+# All a user of [broker] release_uids may ask: never resolve (a proxy's), approvals, refresh.
+RELEASE_OPS = frozenset({"release", "released", "mcp", "ping"})
 MAX_NAMES = 256
 CALL_TIMEOUT = 10.0
 Errors = dict[str, dict[str, str]]

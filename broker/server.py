@@ -30,7 +30,7 @@ from blindkey.broker.protocol import (
     ProtocolError,
     encode,
 )
-from blindkey.broker.release import Releaser
+from blindkey.broker.release import RELEASE_OPS, Releaser
 from blindkey.broker.sockets import prepare_socket_dir, socket_mode
 from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.config.paths import Paths
@@ -69,7 +69,9 @@ class _Client(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         uid = peer_uid(transport.get_extra_info("socket"))
         self.uid = uid
-        if uid not in self.server.allowed_uids:
+        # An agent's user ([broker] release_uids) may ask for released values only.
+        self.release_only = uid not in self.server.allowed_uids
+        if self.release_only and uid not in self.server.state.settings.broker.release_uids:
             log.warning("refused broker connection from uid %d", uid)
             transport.close()
             return
@@ -153,7 +155,8 @@ class BrokerServer:
 
     async def start(self) -> None:
         self.state.refresh()
-        shared = bool(self.allowed_uids - {os.getuid()})
+        agents = self.state.settings.broker.release_uids
+        shared = bool(self.allowed_uids - {os.getuid()} or agents)
         prepare_socket_dir(self.socket_path.parent, shared=shared)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
@@ -234,6 +237,8 @@ class BrokerServer:
         request_id, op = request.get("id"), request.get("op")
         # A JSON op may be a list or an object: those cannot even be looked up.
         operation = self.operations.get(op) if isinstance(op, str) else None
+        if client.release_only and op not in RELEASE_OPS:
+            operation = None
         if operation is None:
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
         try:

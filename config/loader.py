@@ -335,6 +335,7 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     broker_settings = BrokerSettings(
         socket=broker.get("socket", DEFAULTS.broker.socket, _typed(str, "a socket path")),
         allowed_uids=broker.get("allowed_uids", DEFAULTS.broker.allowed_uids, uid_list),
+        release_uids=broker.get("release_uids", DEFAULTS.broker.release_uids, uid_list),
     )
     broker.finish()
 

@@ -64,6 +64,8 @@ class BrokerSettings:
 
     socket: str = ""
     allowed_uids: tuple[int, ...] = field(default_factory=tuple)
+    # Agents' users: values released to env and exec, and mcp; never a proxy's resolve.
+    release_uids: tuple[int, ...] = field(default_factory=tuple)
 
 
 def bao_address(value: Any) -> str:

@@ -148,6 +148,11 @@ def render(defaults: Settings) -> str:
             value(list(defaults.broker.allowed_uids)),
             "users besides the broker's own that may connect",
         ),
+        line(
+            "release_uids",
+            value(list(defaults.broker.release_uids)),
+            "agents' users: env, exec and mcp only",
+        ),
         "",
         "[audit]",
         line(
