@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from blindkey.proxy.units import blindkey_path
 from tests.conftest import ROOT
 from tests.staging import Installed, install
 
@@ -111,33 +112,28 @@ def system_install(opt_install: Installed) -> Iterator[Installed]:
             shutil.rmtree(home, ignore_errors=True)
 
 
-@pytest.fixture
-def booted(system_install: Installed, tmp_path: Path) -> Iterator[Booted]:
-    units = tmp_path / "units"
-    units.mkdir()
-    for unit in UNITS:
-        shutil.copy(Path("/etc/systemd/system") / unit, units / unit)
-    for name in STAND_INS:
-        (units / f"{name}.target").write_text(f"[Unit]\nDescription={name}\n")
-    # Only for the test: output where it can be read, and a watchdog that bites in 2 s.
-    drop_in = units / "blindkey.service.d"
-    drop_in.mkdir()
-    (drop_in / "test.conf").write_text(
-        "[Service]\nStandardOutput=append:/var/lib/blindkey/service.log\n"
-        "StandardError=append:/var/lib/blindkey/service.log\nWatchdogSec=2\n"
-    )
+def stand_ins(directory: Path, names: tuple[str, ...]) -> Path:
+    directory.mkdir(parents=True)
+    for name in names:
+        (directory / f"{name}.target").write_text(f"[Unit]\nDescription={name}\n")
+    return directory
+
+
+@contextlib.contextmanager
+def boot(units: Path, log_file: Path, blindkey: str) -> Iterator[Booted]:
+    """systemd as PID 1 of new namespaces, with `units` as its whole unit path."""
     cgroups_before = _cgroups()
-    log = (tmp_path / "systemd.log").open("wb")
+    log = log_file.open("wb")
     unshare = subprocess.Popen(
         ["unshare", "--pid", "--fork", "--mount", "--net", "--uts", "--ipc", "--cgroup",
          "--propagation", "private", "sh", "-c", BOOT, "boot", str(units)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
     )  # fmt: skip
     try:
-        booted = Booted(_child_of(unshare.pid), system_install.blindkey)
+        booted = Booted(_child_of(unshare.pid), blindkey)
         deadline = time.monotonic() + 30
         while booted.systemctl("is-system-running", check=False).strip() != "running":
-            assert time.monotonic() < deadline, (tmp_path / "systemd.log").read_text()
+            assert time.monotonic() < deadline, log_file.read_text()
             time.sleep(0.1)
         yield booted
     finally:
@@ -147,6 +143,22 @@ def booted(system_install: Installed, tmp_path: Path) -> Iterator[Booted]:
         unshare.wait(timeout=30)
         log.close()
         _remove_cgroups(cgroups_before)
+
+
+@pytest.fixture
+def booted(system_install: Installed, tmp_path: Path) -> Iterator[Booted]:
+    units = stand_ins(tmp_path / "units", STAND_INS)
+    for unit in UNITS:
+        shutil.copy(Path("/etc/systemd/system") / unit, units / unit)
+    # Only for the test: output where it can be read, and a watchdog that bites in 2 s.
+    drop_in = units / "blindkey.service.d"
+    drop_in.mkdir()
+    (drop_in / "test.conf").write_text(
+        "[Service]\nStandardOutput=append:/var/lib/blindkey/service.log\n"
+        "StandardError=append:/var/lib/blindkey/service.log\nWatchdogSec=2\n"
+    )
+    with boot(units, tmp_path / "systemd.log", system_install.blindkey) as booted:
+        yield booted
 
 
 def test_the_installed_units_run_hardened_under_systemd(booted: Booted) -> None:
@@ -233,3 +245,45 @@ def _remove_cgroups(before: set[Path]) -> None:
         for directory in [*sorted(inner, key=lambda d: -len(d.parts)), made]:
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+
+def test_the_user_unit_runs_under_a_user_manager(tmp_path: Path) -> None:
+    """`service install` for a user with XDG directories, then `systemctl --user enable
+    --now` against a real user manager (root's, inside the namespaces): notify, reload, and
+    the CLI and the service sharing one home."""
+    blindkey = str(blindkey_path(executable=sys.executable))
+    home = Path(tempfile.mkdtemp(prefix="blindkey-user-", dir="/opt"))
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": "/run/user/0"}
+    try:
+        host_env = {**env, "XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
+        done = subprocess.run([blindkey, "service", "install"], env=host_env, cwd="/",
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "sudo loginctl enable-linger" in done.stdout
+        user_units = stand_ins(tmp_path / "user-units", ("default", "basic", "shutdown", "exit",
+                                                         "sockets", "timers", "paths"))  # fmt: skip
+        (user_units / "systemd-exit.service").write_text(
+            "[Service]\nType=oneshot\nExecStart=/bin/true\n"
+        )
+        system_units = stand_ins(tmp_path / "units", STAND_INS)
+        with boot(system_units, tmp_path / "systemd.log", blindkey) as booted:
+            booted.inside("install", "-d", "-m", "0700", "/run/user/0")
+            unit_path = f"{user_units}:{home}/.config/systemd/user"
+            booted.inside(
+                "systemd-run", "--unit=user-manager", "-p", "Type=notify", "-p", "Delegate=yes",
+                *(f"--setenv={k}={v}" for k, v in env.items()),
+                f"--setenv=SYSTEMD_UNIT_PATH={unit_path}", "/lib/systemd/systemd", "--user",
+            )  # fmt: skip
+            user = ["env", *(f"{k}={v}" for k, v in env.items()), "systemctl", "--user"]
+            booted.inside(*user, "enable", "--now", "blindkey.service")
+            shown = booted.inside(*user, "show", "-p", "ActiveState,StatusText", "blindkey.service")
+            assert "ActiveState=active" in shown and "listening on 127.0.0.1:8765" in shown
+            booted.inside(*user, "reload", "blindkey.service")
+            status = booted.inside("env", *(f"{k}={v}" for k, v in env.items()), blindkey,
+                                   "proxy", "status", "--json")  # fmt: skip
+            assert json.loads(status)["healthy"] is True
+            booted.inside(*user, "disable", "--now", "blindkey.service")
+            shown = booted.inside(*user, "show", "-p", "ActiveState,Result", "blindkey.service")
+            assert "ActiveState=inactive" in shown and "Result=success" in shown
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
