@@ -134,7 +134,8 @@ def user_unit(blindkey: Path, paths: Paths) -> str:
     shared_tmp = {t for d in directories for t in _TMP if _under(d, t)}
     directories = [next((t for t in _TMP if _under(d, t)), d) for d in directories]
     writable = " ".join(f"-{d}" for d in _distinct(tuple(directories)))
-    private_tmp = "no" if shared_tmp else "yes"
+    # A blindkey installed under /tmp (a scratch venv) would be hidden from its own unit.
+    private_tmp = "no" if shared_tmp or any(_under(blindkey, t) for t in _TMP) else "yes"
     hardening = (
         _HARDENING.replace("ProtectHome=yes", "ProtectHome=read-only")
         .replace("PrivateTmp=yes", f"PrivateTmp={private_tmp}")

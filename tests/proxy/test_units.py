@@ -172,3 +172,4 @@ def test_a_home_under_a_temporary_directory_stays_visible_to_the_cli() -> None:
     )
     assert "PrivateTmp=no\n" in text and "ReadWritePaths=-/var/tmp\n" in text
     assert "PrivateTmp=yes\n" in user_unit(BLINDKEY, XDG_HOME)
+    assert "PrivateTmp=no\n" in user_unit(Path("/tmp/venv/bin/blindkey"), XDG_HOME)
