@@ -94,6 +94,7 @@ def uninstall_system(layout: SystemLayout) -> None:
             check=False,
         )
     removed = [remove(layout.unit_dir / unit) for unit in (PROXY_UNIT, BROKER_UNIT)]
+    remove(SUDOERS_FILE)
     if systemd_runs(user=False):
         run_checked(["systemctl", "daemon-reload"])
     if not any(removed):

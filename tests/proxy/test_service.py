@@ -37,7 +37,11 @@ def user_env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "user"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
-    return {**env, "HOME": str(home), "BLINDKEY_HOME": str(home / "bk")}
+    # A runtime directory without a user manager's socket: even on a machine where systemd
+    # runs, `systemctl --user` is not reached and the user's own services are left alone.
+    runtime = tmp_path / "xdg"
+    return {**env, "HOME": str(home), "BLINDKEY_HOME": str(home / "bk"),
+            "XDG_RUNTIME_DIR": str(runtime)}  # fmt: skip
 
 
 @pytest.fixture
