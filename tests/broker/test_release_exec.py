@@ -16,6 +16,7 @@ import pytest
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.vault import FileVault
 from blindkey.config.paths import Paths
+from tests.approvals_helpers import acli, enrol
 from tests.broker.conftest import Brokers, point_at
 from tests.conftest import ROOT
 from tests.proxy.conftest import set_secret_policy
@@ -149,3 +150,18 @@ async def test_no_broker_is_an_error_per_id(home: Paths, brokers: Brokers) -> No
     errors = orjson.loads(out)["errors"]
     assert sorted(errors) == ["EXEC_KEY", "X"]
     assert errors["X"]["message"].startswith("broker_unavailable: the secret broker is not running")
+
+
+async def test_a_grant_lets_a_gated_secret_out(home: Paths, brokers: Brokers) -> None:
+    """Tiers apply to exec as to the proxy: refused until a human approves, then released."""
+    token = prepare(home)
+    approver = enrol()  # before the broker runs: the CLI works on the broker's files
+    point_at(home, brokers.socket)
+    await brokers.start(home)
+    released = Released(home, token)
+    _, out, _ = await released.run("exec", stdin=request("GATED"))
+    assert orjson.loads(out)["errors"]["GATED"]["message"].startswith("approval_required:")
+    code, _, err = await acli("approve", "GATED", "--code", approver.code())
+    assert code == 0, err
+    _, out, _ = await released.run("exec", stdin=request("GATED"))
+    assert orjson.loads(out)["values"] == {"GATED": VALUES["GATED"]}
