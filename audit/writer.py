@@ -32,7 +32,7 @@ GROUP_WINDOW = 0.002
 RETRY_INTERVAL = 0.25
 ANCHOR_INTERVAL = 0.5
 ANCHOR_TIMEOUT = 2.0
-MAX_HELD = 200_000  # records held while the disk is full; past this, counted, not kept
+MAX_HELD = 20_000  # records held while the disk is full (about 20 MB); then counted
 LEARN_LIMIT = 256 << 20  # a current file bigger than this is not read for new_host
 
 
@@ -229,6 +229,10 @@ class AuditWriter:
             async with asyncio.timeout(ANCHOR_TIMEOUT):
                 await self.anchor(head.seq, head.chain)
             self.anchored = head
+
+    async def anchor_now(self) -> None:
+        """Give the anchor the chain's head now (before the broker stops)."""
+        await self._anchor_now(0.0, force=True)
 
     def _anchor_due(self) -> None:
         self._recheck = None

@@ -213,6 +213,8 @@ class ProxyServer:
     async def _stop_parts(self) -> None:
         if self.guard is not None:
             self.guard.close()
+        with contextlib.suppress(Exception):
+            await self.audit.anchor_now()  # the broker keeps the last head, then stops
         await self.supervisor.stop()
         await self.runtime.close()
         await self.audit.close()

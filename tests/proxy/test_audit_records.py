@@ -12,9 +12,11 @@ import orjson
 import pytest
 from aiohttp import web
 
+from blindkey.audit.chain import Head
 from blindkey.audit.cli_trust import broker_anchor
-from blindkey.audit.store import audit_file
+from blindkey.audit.store import audit_file, head_of_file
 from blindkey.audit.verify import verify
+from blindkey.broker.anchor import ANCHOR_FILE
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from tests.proxy.conftest import Env, open_env
@@ -148,3 +150,15 @@ async def test_the_broker_holds_the_chains_head(env: Env) -> None:
     path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
     verdict = verify(env.paths.audit_dir, anchor)
     assert not verdict.ok and "cut" in (verdict.reason or "")
+
+
+async def test_stopping_leaves_the_last_head_with_the_broker(home: Paths) -> None:
+    async with open_env(home) as env:
+        for _ in range(5):
+            await env.call(headers=env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"))
+        await env.server.stop()
+        anchored = orjson.loads((home.state_dir / ANCHOR_FILE).read_bytes())
+        head = head_of_file(audit_file(home.audit_dir))
+        assert head is not None and anchored == {"seq": head.seq, "chain": head.chain}
+        verdict = verify(home.audit_dir, Head(anchored["seq"], anchored["chain"]))
+        assert verdict.ok, verdict.reason
