@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from blindkey.config.paths import Paths
 from blindkey.proxy.errors import REQUEST_ID_HEADER
 
 CHUNK = 65536
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: names and methods
 TIMEOUT = 330.0  # longer than the longest wait for an approval the proxy holds a call for
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 - names
 
@@ -76,7 +78,7 @@ def request_headers(args: argparse.Namespace) -> dict[str, str]:
     for line in args.headers:
         name, sep, value = line.partition(":")
         name = name.strip()
-        if not sep or not name or any(c in name for c in " \t"):
+        if not sep or not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
             raise UsageError(f"-H takes 'Name: value', got {line!r}")
         if name.lower().startswith("x-as-"):
             raise UsageError(f"-H {name}: blindkey sets X-AS-* headers from its own flags")
@@ -85,6 +87,12 @@ def request_headers(args: argparse.Namespace) -> dict[str, str]:
     if token is not None:
         headers["X-AS-Agent-Token"] = token
     return headers
+
+
+def wire_headers(headers: dict[str, str]) -> dict[str, str]:
+    """Header values as UTF-8 bytes (http.client writes each character as one Latin-1
+    byte; the proxy reads X-AS-* values as UTF-8)."""
+    return {name: value.encode("utf-8").decode("latin-1") for name, value in headers.items()}
 
 
 def request_body(data: str | None) -> bytes | None:
@@ -105,11 +113,13 @@ def cmd_call(paths: Paths, args: argparse.Namespace) -> int:
     headers = request_headers(args)
     body = request_body(args.data)
     method = (args.method or ("POST" if body is not None else "GET")).upper()
+    if not _TOKEN.fullmatch(method):
+        raise UsageError(f"--method {args.method!r} is not an HTTP method")
     host, port = proxy_address(paths)
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
     try:
         try:
-            connection.request(method, "/proxy", body=body, headers=headers)
+            connection.request(method, "/proxy", body=body, headers=wire_headers(headers))
             response = connection.getresponse()
         except ConnectionRefusedError:
             raise BlindkeyError(

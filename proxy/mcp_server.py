@@ -28,7 +28,7 @@ from blindkey.broker.release_exec import TOKEN_VARIABLE, agent_token, broker_soc
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.call import proxy_address
+from blindkey.proxy.call import proxy_address, wire_headers
 
 if TYPE_CHECKING:  # the SDK is imported only by `mcp serve` itself
     from mcp.server.mcpserver import MCPServer
@@ -111,7 +111,7 @@ def http_request(
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
     try:
         payload = body.encode("utf-8") if body else None
-        connection.request(method.upper(), "/proxy", body=payload, headers=sent)
+        connection.request(method.upper(), "/proxy", body=payload, headers=wire_headers(sent))
         response = connection.getresponse()
         data = response.read(MAX_ANSWER + 1)
         answer_headers = dict(response.getheaders())

@@ -52,6 +52,7 @@ async def test_injections_and_body(home: Paths, tmp_path: Path) -> None:
             "--query", "key=STRIPE_KEY",
             "--body-field", "auth.token=BASIC_PAIR",
             "-H", "X-Trace: abc",
+            "-H", "X-Note: café",
             "-d", f"@{body_file}",
         )  # fmt: skip
         assert (status, err) == (0, b"")
@@ -60,6 +61,7 @@ async def test_injections_and_body(home: Paths, tmp_path: Path) -> None:
         assert echoed["path"].startswith("/things?page=2&key=")
         sent = dict(echoed["headers"])
         assert sent["X-Trace"] == "abc"
+        assert sent["X-Note"] == "café"  # sent as UTF-8, read back as UTF-8 by the upstream
         assert sent["X-Stripe"] == "[REDACTED:STRIPE_KEY]"
         assert orjson.loads(echoed["body"]) == {
             "model": "m",
@@ -124,6 +126,8 @@ async def test_refusals_print_the_error_and_exit_1(env: Env) -> None:
         (["--bearer", "A", "-H", "NoColon"], "-H takes 'Name: value'"),
         (["--bearer", "A", "-H", "X-AS-Target-URL: y"], "X-AS-* headers"),
         (["--bearer", "A", "-d", "@/nonexistent"], "-d @/nonexistent"),
+        (["--bearer", "A", "-H", "X-Bad: a\r\nInjected: b"], "-H takes 'Name: value'"),
+        (["--bearer", "A", "--method", "GET /x"], "not an HTTP method"),
     ],
 )
 async def test_bad_flags_are_refused_before_anything_is_sent(
