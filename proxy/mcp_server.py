@@ -28,7 +28,7 @@ from blindkey.broker.release_exec import TOKEN_VARIABLE, agent_token, broker_soc
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.call import proxy_address, wire_headers
+from blindkey.proxy.call import HTTP_TOKEN, proxy_address, wire_headers
 
 if TYPE_CHECKING:  # the SDK is imported only by `mcp serve` itself
     from mcp.server.mcpserver import MCPServer
@@ -94,10 +94,14 @@ def http_request(
     headers: dict[str, str] | None = None,
     body: str = "",
 ) -> dict[str, Any]:
+    if not HTTP_TOKEN.fullmatch(method):
+        raise BlindkeyError(f"method {method[:16]!r} is not an HTTP method")
     sent = {"X-AS-Target-URL": url, **injection_headers(inject)}
     for name, value in (headers or {}).items():
         if name.lower().startswith("x-as-"):
             raise BlindkeyError(f"header {name}: X-AS-* headers come from url and inject")
+        if not HTTP_TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+            raise BlindkeyError(f"header {name[:64]!r}: not a header name and value")
         sent[name] = value
     token = agent_token()
     if token is not None:

@@ -98,6 +98,10 @@ async def test_tools_through_the_sdk_client(home: Paths) -> None:
                 "http_request", {"method": "GET", "url": env.base, "inject": {"cookie": "X"}}
             )
             assert bad.is_error
+            for wrong in ({"method": "GET /x"}, {"headers": {"X-A": "1\r\nX-B: 2"}}):
+                arguments = {"method": "GET", "url": env.base, "inject": bearer, **wrong}
+                bad = await session.call_tool("http_request", arguments)
+                assert bad.is_error and "Error executing tool http_request: " in str(bad.content)
             bad = await session.call_tool(
                 "http_request",
                 {"method": "GET", "url": env.base, "inject": {"bearer": "GITHUB_TOKEN"},
