@@ -101,7 +101,7 @@ def install(paths: Paths, args: argparse.Namespace, platform: str) -> int:
         if args.dry_run:
             plan.show()
         else:
-            # The unit makes these directories writable; a missing one would be skipped.
+            # The home the unit pins exists, with a config.toml to edit, before it starts.
             init_config(paths)
             plan.write()
             manager_runs = _manager_runs(platform)

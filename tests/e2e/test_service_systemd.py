@@ -31,14 +31,15 @@ from pathlib import Path
 
 import pytest
 
-from blindkey.proxy.units import blindkey_path
 from tests.conftest import ROOT
 from tests.staging import Installed, install
+from tests.users import system_users
 
 pytestmark = pytest.mark.timeout(300)
 SECRET = "ghp_systemdUnitValue0123456789XYZ"
 UNITS = ("blindkey-broker.service", "blindkey.service")
 HOMES = (Path("/var/lib/blindkey-broker"), Path("/var/lib/blindkey"))
+USER = "bk-service-user"
 STAND_INS = ("default", "sysinit", "basic", "shutdown", "multi-user", "network-online",
              "network", "sockets", "timers", "paths", "slices", "local-fs")  # fmt: skip
 BOOT = """
@@ -247,43 +248,58 @@ def _remove_cgroups(before: set[Path]) -> None:
                 directory.rmdir()
 
 
-def test_the_user_unit_runs_under_a_user_manager(tmp_path: Path) -> None:
-    """`service install` for a user with XDG directories, then `systemctl --user enable
-    --now` against a real user manager (root's, inside the namespaces): notify, reload, and
-    the CLI and the service sharing one home."""
-    blindkey = str(blindkey_path(executable=sys.executable))
+def test_the_user_unit_runs_under_a_users_manager(opt_install: Installed, tmp_path: Path) -> None:
+    """`service install` by an ordinary user with XDG directories, then `systemctl --user
+    enable --now` against that user's own, unprivileged manager: notify, reload, and the
+    CLI and the service sharing one home."""
     home = Path(tempfile.mkdtemp(prefix="blindkey-user-", dir="/opt"))
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": "/run/user/0"}
-    try:
-        host_env = {**env, "XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
-        done = subprocess.run([blindkey, "service", "install"], env=host_env, cwd="/",
-                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert "sudo loginctl enable-linger" in done.stdout
-        user_units = stand_ins(tmp_path / "user-units", ("default", "basic", "shutdown", "exit",
-                                                         "sockets", "timers", "paths"))  # fmt: skip
-        (user_units / "systemd-exit.service").write_text(
-            "[Service]\nType=oneshot\nExecStart=/bin/true\n"
-        )
-        system_units = stand_ins(tmp_path / "units", STAND_INS)
-        with boot(system_units, tmp_path / "systemd.log", blindkey) as booted:
-            booted.inside("install", "-d", "-m", "0700", "/run/user/0")
-            unit_path = f"{user_units}:{home}/.config/systemd/user"
-            booted.inside(
-                "systemd-run", "--unit=user-manager", "-p", "Type=notify", "-p", "Delegate=yes",
-                *(f"--setenv={k}={v}" for k, v in env.items()),
-                f"--setenv=SYSTEMD_UNIT_PATH={unit_path}", "/lib/systemd/systemd", "--user",
+    with system_users((USER, ())):
+        entry = pwd.getpwnam(USER)
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        runtime = f"/run/user/{entry.pw_uid}"
+        env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "XDG_RUNTIME_DIR": runtime}
+        try:
+            done = subprocess.run(
+                [opt_install.blindkey, "service", "install"],
+                env={**env, "XDG_RUNTIME_DIR": str(home / "xdg")}, user=USER, group=USER,
+                extra_groups=[], cwd="/", capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
-            user = ["env", *(f"{k}={v}" for k, v in env.items()), "systemctl", "--user"]
-            booted.inside(*user, "enable", "--now", "blindkey.service")
-            shown = booted.inside(*user, "show", "-p", "ActiveState,StatusText", "blindkey.service")
-            assert "ActiveState=active" in shown and "listening on 127.0.0.1:8765" in shown
-            booted.inside(*user, "reload", "blindkey.service")
-            status = booted.inside("env", *(f"{k}={v}" for k, v in env.items()), blindkey,
-                                   "proxy", "status", "--json")  # fmt: skip
-            assert json.loads(status)["healthy"] is True
-            booted.inside(*user, "disable", "--now", "blindkey.service")
-            shown = booted.inside(*user, "show", "-p", "ActiveState,Result", "blindkey.service")
-            assert "ActiveState=inactive" in shown and "Result=success" in shown
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+            assert done.returncode == 0, done.stderr
+            assert f"sudo loginctl enable-linger {USER}" in done.stdout
+            # Readable by the user's manager (pytest's own directory is root's alone).
+            user_units = stand_ins(home / "stand-ins", ("default", "basic", "shutdown", "exit",
+                                                        "sockets", "timers", "paths"))  # fmt: skip
+            (user_units / "systemd-exit.service").write_text(
+                "[Service]\nType=oneshot\nExecStart=/bin/true\n"
+            )
+            system_units = stand_ins(tmp_path / "units", STAND_INS)
+            with boot(system_units, tmp_path / "systemd.log", opt_install.blindkey) as booted:
+                booted.inside("install", "-d", "-m", "0700", "-o", USER, "-g", USER, runtime)
+                unit_path = f"{user_units}:{home}/.config/systemd/user"
+                booted.inside(
+                    "systemd-run", "--unit=user-manager", "-p", "Type=notify",
+                    "-p", "Delegate=yes", "-p", f"User={USER}",
+                    *(f"--setenv={k}={v}" for k, v in env.items()),
+                    f"--setenv=SYSTEMD_UNIT_PATH={unit_path}", "/lib/systemd/systemd", "--user",
+                )  # fmt: skip
+                as_user = [
+                    "runuser",
+                    "-u",
+                    USER,
+                    "--",
+                    "env",
+                    *(f"{k}={v}" for k, v in env.items()),
+                ]
+                user = [*as_user, "systemctl", "--user"]
+                booted.inside(*user, "enable", "--now", "blindkey.service")
+                shown = booted.inside(*user, "show", "-p", "ActiveState,StatusText",
+                                      "blindkey.service")  # fmt: skip
+                assert "ActiveState=active" in shown and "listening on 127.0.0.1:8765" in shown
+                booted.inside(*user, "reload", "blindkey.service")
+                status = booted.inside(*as_user, opt_install.blindkey, "proxy", "status", "--json")
+                assert json.loads(status)["healthy"] is True
+                booted.inside(*user, "disable", "--now", "blindkey.service")
+                shown = booted.inside(*user, "show", "-p", "ActiveState,Result", "blindkey.service")
+                assert "ActiveState=inactive" in shown and "Result=success" in shown
+        finally:
+            shutil.rmtree(home, ignore_errors=True)

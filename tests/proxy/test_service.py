@@ -84,7 +84,7 @@ def test_install_writes_the_unit_prints_how_to_start_and_uninstall_removes_it(
     assert "  systemctl --user enable --now blindkey.service" in installed.stdout
     assert f"ExecStart={BLINDKEY} proxy start --foreground\n" in unit.read_text()
     assert f"Environment=BLINDKEY_HOME={home / 'bk'}\n" in unit.read_text()
-    # The directories the unit makes writable exist before anything starts it.
+    # The home the unit pins exists before anything starts it.
     assert (home / "bk" / "config.toml").is_file() and (home / "bk" / "run").is_dir()
     status = run("service", "status", "--json")
     assert status.returncode == 0
