@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ import pytest
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.paths import Paths
 from blindkey.proxy import service, service_system
-from blindkey.proxy.units import blindkey_path
+from blindkey.proxy.units import SystemLayout, blindkey_path
 from tests.conftest import ROOT
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -191,3 +192,18 @@ def test_service_broker_notifies_ready_then_stopping(home: Paths, tmp_path: Path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("place", ["/tmp/venv/bin/blindkey", "/home/ada/.local/bin/blindkey"])
+def test_a_system_install_of_a_blindkey_its_units_cannot_see_changes_nothing(
+    place: str, tmp_path: Path
+) -> None:
+    layout = SystemLayout(
+        broker_user="bk-never-broker", proxy_user="bk-never-proxy", unit_dir=tmp_path / "units"
+    )
+    with pytest.raises(BlindkeyError, match="which the hardened units hide"):
+        service_system.install_system(Path(place), layout, dry_run=False)
+    assert not (tmp_path / "units").exists() and not layout.broker_home.exists()
+    for name in (layout.broker_user, layout.proxy_user):
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
