@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import re
 import sys
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.errors import REQUEST_ID_HEADER
+from blindkey.proxy.parse import HTTP_TOKEN
 
 CHUNK = 65536
-HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: names and methods
 TIMEOUT = 330.0  # longer than the longest wait for an approval the proxy holds a call for
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # noqa: S104 - names
 
@@ -78,7 +77,7 @@ def request_headers(args: argparse.Namespace) -> dict[str, str]:
     for line in args.headers:
         name, sep, value = line.partition(":")
         name = name.strip()
-        if not sep or not HTTP_TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+        if not sep or not HTTP_TOKEN.match(name) or any(c in value for c in "\r\n\0"):
             raise UsageError(f"-H takes 'Name: value', got {line!r}")
         if name.lower().startswith("x-as-"):
             raise UsageError(f"-H {name}: blindkey sets X-AS-* headers from its own flags")
@@ -113,7 +112,7 @@ def cmd_call(paths: Paths, args: argparse.Namespace) -> int:
     headers = request_headers(args)
     body = request_body(args.data)
     method = (args.method or ("POST" if body is not None else "GET")).upper()
-    if not HTTP_TOKEN.fullmatch(method):
+    if not HTTP_TOKEN.match(method):
         raise UsageError(f"--method {args.method!r} is not an HTTP method")
     host, port = proxy_address(paths)
     connection = http.client.HTTPConnection(host, port, timeout=TIMEOUT)

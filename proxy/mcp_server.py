@@ -28,7 +28,8 @@ from blindkey.broker.release_exec import TOKEN_VARIABLE, agent_token, broker_soc
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.call import HTTP_TOKEN, proxy_address, wire_headers
+from blindkey.proxy.call import proxy_address, wire_headers
+from blindkey.proxy.parse import HTTP_TOKEN
 
 if TYPE_CHECKING:  # the SDK is imported only by `mcp serve` itself
     from mcp.server.mcpserver import MCPServer
@@ -94,13 +95,13 @@ def http_request(
     headers: dict[str, str] | None = None,
     body: str = "",
 ) -> dict[str, Any]:
-    if not HTTP_TOKEN.fullmatch(method):
+    if not HTTP_TOKEN.match(method):
         raise BlindkeyError(f"method {method[:16]!r} is not an HTTP method")
     sent = {"X-AS-Target-URL": url, **injection_headers(inject)}
     for name, value in (headers or {}).items():
         if name.lower().startswith("x-as-"):
             raise BlindkeyError(f"header {name}: X-AS-* headers come from url and inject")
-        if not HTTP_TOKEN.fullmatch(name) or any(c in value for c in "\r\n\0"):
+        if not HTTP_TOKEN.match(name) or any(c in value for c in "\r\n\0"):
             raise BlindkeyError(f"header {name[:64]!r}: not a header name and value")
         sent[name] = value
     token = agent_token()

@@ -31,7 +31,7 @@ HOP_BY_HOP = frozenset(
         "proxy-connection",
     }
 )
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+HTTP_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
 _FORBIDDEN_HEADERS = frozenset(
     {
@@ -148,7 +148,7 @@ def _port(text: str, url: str) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _injection(name: str, value: str) -> Injection:
+def parse_injection(name: str, value: str) -> Injection:
     """`name` is the header name as sent, minus `X-AS-Inject-`."""
     lowered = name.lower()
     if lowered in ("bearer", "basic"):
@@ -165,7 +165,7 @@ def _injection(name: str, value: str) -> Injection:
             raise _bad(f"X-AS-Inject-{name} names no {style} to inject into")
         if style == "header":
             if (
-                not _TOKEN.match(key)
+                not HTTP_TOKEN.match(key)
                 or key.lower() in _FORBIDDEN_HEADERS
                 or key.lower().startswith(PREFIX)
             ):
@@ -181,7 +181,7 @@ def _injection(name: str, value: str) -> Injection:
     return Injection(style=style, key=key, secret=secret)
 
 
-def _utf8(name: str, value: str) -> str:
+def header_text(name: str, value: str) -> str:
     """Header bytes arrive as latin-1 text; X-AS-* values are read as the UTF-8 clients send."""
     try:
         return value.encode("latin-1").decode("utf-8")
@@ -202,7 +202,7 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
         lowered = name.lower()
         if not lowered.startswith(PREFIX):
             continue
-        value = _utf8(name, raw_value)
+        value = header_text(name, raw_value)
         if lowered == "x-as-target-url":
             if target_url is not None:
                 raise _bad("X-AS-Target-URL given more than once")
@@ -212,7 +212,7 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
         elif lowered == "x-as-agent-token":
             token = value.strip()
         elif lowered.startswith("x-as-inject-"):
-            injections.append(_injection(name[len("x-as-inject-") :], value))
+            injections.append(parse_injection(name[len("x-as-inject-") :], value))
     target = parse_target(target_url)
     if not injections:
         raise _bad("at least one X-AS-Inject-* header is required")
@@ -233,9 +233,16 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
         seen.add(slot)
     if {"body", "form"} <= {i.style for i in injections}:
         raise _bad("a request cannot inject both Body-* and Form-* fields")
-    verb = as_method or method
-    if not _TOKEN.match(verb) or verb.upper() in _FORBIDDEN_METHODS:
-        raise _bad(f"method {verb[:16]!r} cannot be proxied")
     return ProxySpec(
-        target=target, method=verb.upper(), token=token or None, injections=tuple(injections)
+        target=target,
+        method=proxy_method(as_method or method),
+        token=token or None,
+        injections=tuple(injections),
     )
+
+
+def proxy_method(verb: str) -> str:
+    """The method to send upstream; CONNECT and TRACE are not proxied."""
+    if not HTTP_TOKEN.match(verb) or verb.upper() in _FORBIDDEN_METHODS:
+        raise _bad(f"method {verb[:16]!r} cannot be proxied")
+    return verb.upper()

@@ -22,15 +22,14 @@ from aiohttp import web
 from blindkey.config.model import Route
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import (
-    _FORBIDDEN_METHODS,
-    _TOKEN,
     PREFIX,
     Injection,
     ProxySpec,
     Target,
-    _injection,
-    _utf8,
+    header_text,
+    parse_injection,
     parse_target,
+    proxy_method,
     request_headers,
 )
 
@@ -56,7 +55,7 @@ def injection_label(route: Route) -> str:
 def route_injection(name: str, route: Route) -> Injection:
     """The route's injection, checked by the same rules as an X-AS-Inject-* header."""
     try:
-        return _injection(injection_label(route), route.secret)
+        return parse_injection(injection_label(route), route.secret)
     except ProxyError as exc:
         raise _bad(f"route {name} cannot inject: {exc}; fix [routes.{name}]") from None
 
@@ -146,7 +145,7 @@ def parse_route(
                     "and injection (use /proxy to name them)"
                 )
             if lowered == "x-as-agent-token":
-                token = _utf8(header, value).strip() or None
+                token = header_text(header, value).strip() or None
             forwarded.append((header, value))
         elif lowered == header_slot:
             # The SDK's key: the agent token, or a placeholder. It never goes on.
@@ -159,12 +158,9 @@ def parse_route(
             forwarded.append((header, value))
     if route.style == "query":
         query, slot_token = _take_query_token(query, route.param)
-    verb = request.method
-    if not _TOKEN.match(verb) or verb.upper() in _FORBIDDEN_METHODS:
-        raise _bad(f"method {verb[:16]!r} cannot be proxied")
     spec = ProxySpec(
         target=route_target(name, route.to, tail, query),
-        method=verb.upper(),
+        method=proxy_method(request.method),
         token=token or slot_token or authorization,
         injections=(injection,),
     )
