@@ -21,7 +21,12 @@ from blindkey.config.home import init_config
 from blindkey.config.paths import Paths
 from blindkey.proxy import lifecycle
 from blindkey.proxy.service_plan import Artifact, Plan, remove, run_checked, systemd_runs
-from blindkey.proxy.service_system import install_sudoers, install_system, uninstall_system
+from blindkey.proxy.service_system import (
+    install_sudoers,
+    install_system,
+    sudoers_allowed,
+    uninstall_system,
+)
 from blindkey.proxy.units import (
     BROKER_UNIT,
     LABEL,
@@ -92,6 +97,9 @@ def install(paths: Paths, args: argparse.Namespace, platform: str) -> int:
     if args.elevate_user and not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", args.elevate_user):
         raise UsageError(f"--elevate-user {args.elevate_user!r}: not a user name")
     blindkey = blindkey_path()
+    if args.elevate_user and not args.dry_run:
+        # Checked before anything is written: a refusal here leaves the machine as it was.
+        sudoers_allowed(blindkey)
     if args.system:
         if not platform.startswith("linux"):
             raise UsageError("--system sets up systemd system units: Linux only")
@@ -101,12 +109,16 @@ def install(paths: Paths, args: argparse.Namespace, platform: str) -> int:
         if args.dry_run:
             plan.show()
         else:
+            manager_runs = _manager_runs(platform)
+            by_hand = lifecycle.running(paths) if manager_runs else None
+            if by_hand is not None:
+                raise BlindkeyError(
+                    f"a proxy started by hand runs (pid {by_hand.pid}) and would keep the "
+                    "service from starting: `blindkey proxy stop`, then install"
+                )
             # The home the unit pins exists, with a config.toml to edit, before it starts.
             init_config(paths)
             plan.write()
-            manager_runs = _manager_runs(platform)
-            if manager_runs and lifecycle.running(paths) is not None:
-                say("a proxy started by hand runs: `blindkey proxy stop` it so the service can")
             if manager_runs and platform == "darwin":
                 # Bootstrapping an agent that is already loaded fails: unload it first.
                 subprocess.run(

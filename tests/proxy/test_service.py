@@ -207,3 +207,20 @@ def test_a_system_install_of_a_blindkey_its_units_cannot_see_changes_nothing(
     for name in (layout.broker_user, layout.proxy_user):
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
+
+
+def test_an_elevate_rule_that_would_be_refused_stops_the_install_before_it_writes(
+    home: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writable = tmp_path / "shared"
+    writable.mkdir()
+    fake = writable / "blindkey"
+    shutil.copy(BLINDKEY, fake)
+    os.chown(writable, 65534, 65534)
+    monkeypatch.setattr(sys, "argv", [str(fake), "service", "install"])
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    args = argparse.Namespace(system=False, elevate_user="alice", dry_run=False, json=False)
+    with pytest.raises(BlindkeyError, match="can be changed by a user other than root"):
+        service.install(home, args, "linux")
+    assert not (tmp_path / "user").exists()
