@@ -4,9 +4,10 @@ api_key=AGENT_TOKEN)`). Every later stage is the one /proxy uses.
 
 The agent's token travels where the SDK puts its own key: `X-AS-Agent-Token`, else the
 route's header (header route) or query parameter (query route), else `Authorization`
-(`Bearer TOKEN`, or the password of `Basic`), which no route passes on. It is taken out of
-the request here, so it never reaches the upstream, the audit record's URL or an error
-message; the injection then writes the real value where it goes.
+(`Bearer TOKEN`, or the password of `Basic`), which no route passes on. A token found in
+any other header or query parameter (an SDK set up for another kind of route) is taken
+too. It is all taken out of the request here, so no token reaches the upstream, the audit
+record's URL or an error message; the injection then writes the real value where it goes.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from collections.abc import Mapping
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from blindkey.broker.agents import TOKEN_PREFIX
 from blindkey.config.model import Route
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import (
@@ -38,6 +41,7 @@ ROUTE_PREFIX = "/r/"
 # the target and the injections itself.
 _ROUTE_HEADERS = frozenset({"x-as-agent-token", "x-as-wait-approval"})
 _DOT_SEGMENTS = frozenset({".", ".."})
+_AGENT_TOKEN = re.compile(rf"(?:bearer\s+)?({re.escape(TOKEN_PREFIX)}[A-Za-z0-9_-]{{43}})\Z", re.I)
 
 
 def _bad(message: str) -> ProxyError:
@@ -107,16 +111,25 @@ def _bearer(value: str) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _take_query_token(query: str, param: str) -> tuple[str, str | None]:
-    """The query without `param`, and the value it carried (the agent token)."""
-    if not query:
+def _stray_token(value: str) -> str | None:
+    """An agent token (or `Bearer` one) in a place the route does not read: an SDK set up
+    for another kind of route puts its key there. Cheap for every other value."""
+    if TOKEN_PREFIX not in value:
+        return None
+    found = _AGENT_TOKEN.match(value.strip())
+    return found.group(1) if found else None
+
+
+def _take_query_token(query: str, param: str | None) -> tuple[str, str | None]:
+    """The query without `param` and without any agent token, and the token it carried."""
+    if not query or (param is None and TOKEN_PREFIX not in query):
         return query, None
     kept, token = [], None
     for pair in query.split("&"):
         key, _, value = pair.partition("=")
-        if unquote(key.replace("+", " ")) == param:
-            if token is None:
-                token = unquote(value.replace("+", " ")) or None
+        text = unquote(value.replace("+", " "))
+        if unquote(key.replace("+", " ")) == param or _stray_token(text):
+            token = token or text or None
             continue
         kept.append(pair)
     return "&".join(kept), token
@@ -134,7 +147,7 @@ def parse_route(
         raise _bad(f"no route named {shown!r}; `blindkey route list` shows the routes")
     injection = route_injection(name, route)
     header_slot = route.param.lower() if route.style == "header" else None
-    token = slot_token = authorization = None
+    token = slot_token = authorization = stray = None
     forwarded: list[tuple[str, str]] = []
     for header, value in request_headers(request):
         lowered = header.lower()
@@ -154,14 +167,17 @@ def parse_route(
             # Where most SDKs put their key, whatever the route injects (some send the key
             # as a bearer token where the API documents a header): never passed on either.
             authorization = authorization or _bearer(value) or _basic_password(value)
+        elif (found := _stray_token(value)) is not None:
+            stray = stray or found
         else:
             forwarded.append((header, value))
+    query, in_query = _take_query_token(query, route.param if route.style == "query" else None)
     if route.style == "query":
-        query, slot_token = _take_query_token(query, route.param)
+        slot_token = in_query
     spec = ProxySpec(
         target=route_target(name, route.to, tail, query),
         method=proxy_method(request.method),
-        token=token or slot_token or authorization,
+        token=token or slot_token or authorization or stray or in_query,
         injections=(injection,),
     )
     return spec, forwarded

@@ -260,3 +260,16 @@ async def test_a_remote_only_proxy_accepts_the_token_in_the_sdk_slot(home: Paths
         assert status == 200
         status, _, body = await send(env, "GET", "/r/echo/x")
         assert (status, orjson.loads(body)["error"]) == (401, "unauthenticated")
+
+
+async def test_a_token_in_a_place_the_route_does_not_read_is_taken_not_passed_on(
+    routed: Env,
+) -> None:
+    """An SDK set up for another kind of route: its key (the token) is still taken out."""
+    env = routed
+    status, _, body = await send(env, "GET", f"/r/echo/x?key={env.token}", {"X-Api-Key": env.token})
+    assert status == 200, body
+    ((_, path, sent),) = hits(env)
+    assert path == "/v1/x"
+    assert env.token not in repr(sent) and "x-api-key" not in {k.lower() for k in sent}
+    assert sent["Authorization"] == f"Bearer {SECRET}"
