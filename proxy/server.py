@@ -200,6 +200,8 @@ class ProxyServer:
         """
         for site in list(runner.sites):
             await site.stop()
+        # A held call waits for a human, not for the network: answer it now rather than
+        # let it hold the drain up for drain_timeout.
         guard = self.guard
         if guard is None:
             return

@@ -142,8 +142,12 @@ async def test_held_calls_count_toward_the_connection_limit(home: Paths) -> None
                 await session.close()
 
 
+def _long_drain(document: Any) -> None:
+    toml_table(document, "limits")["drain_timeout"] = "30s"
+
+
 async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
-    env_cm = open_env(home, configure=_two_connections)
+    env_cm = open_env(home, configure=_long_drain)
     env = await env_cm.__aenter__()
     try:
         _, headers = await _gated(env)
@@ -151,11 +155,16 @@ async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
         held = asyncio.create_task(env.call(headers=headers), name="held-call")
         await _pending_id(env)
         started = time.monotonic()
-        await env.server.stop()
-        # Answered or cut by the end of the drain (1 s here), never left waiting 300 s.
-        done, _ = await asyncio.wait([held], timeout=1)
-        assert done, "the held call outlived the proxy's shutdown"
-        assert time.monotonic() - started < 3
+        stopping = asyncio.create_task(env.server.stop(), name="stop")
+        # Answered at the start of the drain, not cut at its end (30 s here) and never
+        # left waiting its 300 s: a held call waits for a human, who will not come now.
+        done, _ = await asyncio.wait([held], timeout=3)
+        assert done, "the held call held the shutdown up"
+        status, _, body = held.result()
+        assert status == 403
+        assert orjson.loads(body)["error"] == "approval_required"
+        await stopping
+        assert time.monotonic() - started < 5
         assert _held(env) == 0
     finally:
         env.server.stop = _noop  # type: ignore[method-assign]
