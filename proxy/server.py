@@ -202,6 +202,7 @@ class ProxyServer:
             await site.stop()
         # A held call waits for a human, not for the network: answer it now rather than
         # let it hold the drain up for drain_timeout.
+        self.runtime.authoriser.release_held()
         guard = self.guard
         if guard is None:
             return

@@ -143,12 +143,14 @@ async def test_held_calls_count_toward_the_connection_limit(home: Paths) -> None
 
 
 def _long_drain(document: Any) -> None:
-    toml_table(document, "limits")["drain_timeout"] = "30s"
+    toml_table(document, "limits")["drain_timeout"] = "10s"
 
 
 async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
     env_cm = open_env(home, configure=_long_drain)
     env = await env_cm.__aenter__()
+    held: asyncio.Task[tuple[int, dict[str, str], bytes]] | None = None
+    stopping: asyncio.Task[None] | None = None
     try:
         _, headers = await _gated(env)
         headers["X-AS-Wait-Approval"] = "300"
@@ -156,7 +158,7 @@ async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
         await _pending_id(env)
         started = time.monotonic()
         stopping = asyncio.create_task(env.server.stop(), name="stop")
-        # Answered at the start of the drain, not cut at its end (30 s here) and never
+        # Answered at the start of the drain, not cut at its end (10 s here) and never
         # left waiting its 300 s: a held call waits for a human, who will not come now.
         done, _ = await asyncio.wait([held], timeout=3)
         assert done, "the held call held the shutdown up"
@@ -167,6 +169,10 @@ async def test_held_call_does_not_outlive_shutdown(home: Paths) -> None:
         assert time.monotonic() - started < 5
         assert _held(env) == 0
     finally:
+        if held is not None:
+            held.cancel()
+        if stopping is not None:
+            await asyncio.gather(stopping, return_exceptions=True)
         env.server.stop = _noop  # type: ignore[method-assign]
         await env_cm.__aexit__(None, None, None)
 
