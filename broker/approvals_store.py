@@ -8,22 +8,18 @@ agent's user, in the hardened deployment, can neither read a seed nor write a gr
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from blindkey.config.atomic import locked, write_atomic
-from blindkey.config.errors import BlindkeyError
+from blindkey.broker.vault import read_sealed, write_sealed
+from blindkey.config.atomic import locked
 from blindkey.config.paths import Paths
 
 _MAGIC = b"BKA1"
-_NONCE = 12
 State = dict[str, Any]
 
 
@@ -45,19 +41,6 @@ class ApprovalsFile:
     def of(cls, paths: Paths) -> ApprovalsFile:
         return cls(approvals_file(paths), paths.vault_key, paths.state_dir / "approvals.lock")
 
-    def _cipher(self) -> AESGCM:
-        try:
-            key = self.key_path.read_bytes()
-        except FileNotFoundError as exc:
-            raise BlindkeyError(f"{self.key_path}: key missing; run `blindkey init`") from exc
-        except PermissionError as exc:
-            raise BlindkeyError(
-                f"{self.key_path}: permission denied; approvals belong to the broker's user"
-            ) from exc
-        if len(key) != 32:
-            raise BlindkeyError(f"{self.key_path}: not a 256-bit key")
-        return AESGCM(key)
-
     def stamp(self) -> tuple[int, int, int]:
         try:
             st = self.path.stat()
@@ -66,33 +49,12 @@ class ApprovalsFile:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def load(self) -> State:
-        try:
-            blob = self.path.read_bytes()
-        except FileNotFoundError:
-            return empty_state()
-        except PermissionError as exc:
-            raise BlindkeyError(
-                f"{self.path}: permission denied; approvals belong to the broker's user"
-            ) from exc
-        if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _NONCE + 16:
-            raise BlindkeyError(f"{self.path}: not a blindkey approvals file")
-        nonce = blob[len(_MAGIC) : len(_MAGIC) + _NONCE]
-        try:
-            plain = self._cipher().decrypt(nonce, blob[len(_MAGIC) + _NONCE :], _MAGIC)
-        except InvalidTag as exc:
-            # Edited or swapped: refused whole, never half trusted.
-            raise BlindkeyError(f"{self.path}: does not decrypt with {self.key_path}") from exc
-        state = orjson.loads(plain)
-        if not isinstance(state, dict):
-            raise BlindkeyError(f"{self.path}: unexpected content")
-        base = empty_state()
-        base.update(state)
-        return base
+        state = empty_state()
+        state.update(read_sealed(self.path, self.key_path, _MAGIC, "approvals file") or {})
+        return state
 
     def store(self, state: State) -> None:
-        nonce = os.urandom(_NONCE)
-        sealed = self._cipher().encrypt(nonce, orjson.dumps(state), _MAGIC)
-        write_atomic(self.path, _MAGIC + nonce + sealed)
+        write_sealed(self.path, self.key_path, _MAGIC, state)
 
     @contextlib.contextmanager
     def editing(self) -> Iterator[State]:

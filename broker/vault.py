@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -49,52 +51,67 @@ def ensure_key(paths: Paths) -> None:
         tmp.unlink()
 
 
+def _cipher(key_path: Path) -> AESGCM:
+    try:
+        key = key_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise VaultError(f"{key_path}: vault key missing; run `blindkey init`") from exc
+    except PermissionError as exc:
+        raise VaultError(
+            f"{key_path}: permission denied reading the vault key (it belongs to the broker's user)"
+        ) from exc
+    if len(key) != 32:
+        raise VaultError(f"{key_path}: not a 256-bit key")
+    return AESGCM(key)
+
+
+def read_sealed(path: Path, key_path: Path, magic: bytes, what: str) -> dict[str, Any] | None:
+    """The JSON object sealed in `path` under the vault key, None when there is no file.
+
+    An edited or swapped file does not decrypt and is refused whole, never half trusted.
+    """
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except PermissionError as exc:
+        raise VaultError(f"{path}: permission denied reading the {what}") from exc
+    if not blob.startswith(magic) or len(blob) < len(magic) + _NONCE + 16:
+        raise VaultError(f"{path}: not a blindkey {what}")
+    nonce = blob[len(magic) : len(magic) + _NONCE]
+    try:
+        plain = _cipher(key_path).decrypt(nonce, blob[len(magic) + _NONCE :], magic)
+    except InvalidTag as exc:
+        raise VaultError(f"{path}: does not decrypt with {key_path}") from exc
+    data = orjson.loads(plain)
+    if not isinstance(data, dict):
+        raise VaultError(f"{path}: unexpected content")
+    return data
+
+
+def write_sealed(path: Path, key_path: Path, magic: bytes, data: Mapping[str, Any]) -> None:
+    """Seal `data` under the vault key (AES-256-GCM, a fresh nonce) and replace `path`."""
+    nonce = os.urandom(_NONCE)
+    sealed = _cipher(key_path).encrypt(nonce, orjson.dumps(data), magic)
+    write_atomic(path, magic + nonce + sealed)
+
+
 class FileVault:
     def __init__(self, paths: Paths) -> None:
         self.path = paths.vault_file
         self.key_path = paths.vault_key
         self.lock_path = paths.lock_file
 
-    def _cipher(self) -> AESGCM:
-        try:
-            key = self.key_path.read_bytes()
-        except FileNotFoundError as exc:
-            raise VaultError(f"{self.key_path}: vault key missing; run `blindkey init`") from exc
-        except PermissionError as exc:
-            raise VaultError(f"{self.key_path}: permission denied reading the vault key") from exc
-        if len(key) != 32:
-            raise VaultError(f"{self.key_path}: not a 256-bit key")
-        return AESGCM(key)
-
     def load(self) -> VaultData:
-        try:
-            blob = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except PermissionError as exc:
-            raise VaultError(f"{self.path}: permission denied reading the vault") from exc
-        if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _NONCE + 16:
-            raise VaultError(f"{self.path}: not a blindkey vault")
-        nonce = blob[len(_MAGIC) : len(_MAGIC) + _NONCE]
-        try:
-            plain = self._cipher().decrypt(nonce, blob[len(_MAGIC) + _NONCE :], _MAGIC)
-        except InvalidTag as exc:
-            raise VaultError(f"{self.path}: does not decrypt with {self.key_path}") from exc
-        data = orjson.loads(plain)
-        if not isinstance(data, dict):
-            raise VaultError(f"{self.path}: unexpected content")
-        return data
-
-    def _store(self, data: VaultData) -> None:
-        nonce = os.urandom(_NONCE)
-        sealed = self._cipher().encrypt(nonce, orjson.dumps(data), _MAGIC)
-        write_atomic(self.path, _MAGIC + nonce + sealed)
+        data = read_sealed(self.path, self.key_path, _MAGIC, "vault")
+        return {} if data is None else data
 
     def update(self, change: Callable[[VaultData], None]) -> VaultData:
         with locked(self.lock_path):
             data = self.load()
             change(data)
-            self._store({env: values for env, values in data.items() if values})
+            kept = {env: values for env, values in data.items() if values}
+            write_sealed(self.path, self.key_path, _MAGIC, kept)
             return data
 
     def set(self, env: str, name: str, value: str) -> None:
