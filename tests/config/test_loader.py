@@ -589,3 +589,58 @@ def test_audit_fsync_switch(tmp_path: Path) -> None:
     file.write_text('[audit]\nfsync = "no"\n')
     with pytest.raises(ConfigError, match=r"\[audit\] fsync"):
         load_settings(file)
+
+
+ROUTE = '[routes.openai]\nto = "https://api.openai.com"\ninject = "bearer"\nsecret = "OPENAI_KEY"\n'
+WAVE2_ERRORS = [
+    (ROUTE.replace("https://api.openai.com", "api.openai.com"), ["[routes.openai] to", "http(s)"]),
+    (ROUTE.replace('inject = "bearer"\n', ""), ["[routes.openai] inject", "required"]),
+    (ROUTE.replace('"bearer"', '"cookie"'), ["[routes.openai] inject", "one of"]),
+    (ROUTE.replace('"OPENAI_KEY"', '"9 lives"'), ["[routes.openai] secret"]),
+    (ROUTE.replace('"bearer"', '"header"'), ["[routes.openai] name", "required"]),
+    (ROUTE.replace("[routes.openai]", '[routes."a b"]'), ["not a valid route name"]),
+    (ROUTE + "port = 1\n", ["[routes.openai]", "port"]),
+    ('[approvals]\ncontrolled_ttl = "0s"\n', ["[approvals] controlled_ttl", "greater than zero"]),
+    ('[approvals]\nrestricted_ttl = "soon"\n', ["[approvals] restricted_ttl", "duration"]),
+    ("[approvals]\nforever = true\n", ["[approvals]", "forever"]),
+    ("[audit]\nrotate_mb = 0\n", ["[audit] rotate_mb"]),
+    ('[audit]\nkeep_days = "90"\n', ["[audit] keep_days"]),
+    ("[secrets.GH]\napprovals = 0\n", ["[secrets.GH] approvals"]),
+]
+
+
+@pytest.mark.parametrize(("text", "fragments"), WAVE2_ERRORS)
+def test_bad_routes_approvals_and_audit_keys_are_refused(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
+    file = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(file)
+    message = str(info.value)
+    assert message.startswith(f"{file}: "), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_routes_approvals_and_audit_keys_load(tmp_path: Path) -> None:
+    text = (
+        ROUTE.replace('"bearer"', '"header"').replace("https://api.openai.com", "https://x.io/")
+        + 'name = "x-api-key"\n'
+        + '[approvals]\ncontrolled_ttl = "1h"\nrestricted_ttl = "5m"\nelevate_ttl = "10m"\n'
+        + "[audit]\nrotate_mb = 8\nkeep_days = 7\n"
+        + '[secrets.GH]\ntier = "restricted"\napprovals = 2\n'
+    )
+    settings = load_settings(write(tmp_path, text))
+    route = settings.routes["openai"]
+    assert (route.to, route.style, route.secret, route.param) == (
+        "https://x.io",
+        "header",
+        "OPENAI_KEY",
+        "x-api-key",
+    )
+    assert settings.approvals.grant_ttl("controlled") == 3600
+    assert settings.approvals.grant_ttl("restricted") == 300
+    assert settings.approvals.grant_ttl("open") is None
+    assert settings.approvals.elevate_ttl == 600
+    assert (settings.audit.rotate_mb, settings.audit.keep_days) == (8, 7)
+    assert settings.policy("GH").approvals == 2
