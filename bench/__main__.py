@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=float, default=480.0, help="abort after this many seconds (default 480)"
     )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run blindkey at commit REV beside this checkout (at 1 and 32 "
+        "connections, same rounds) and report this build's cost against it",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round, 2 s runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:

@@ -80,14 +80,27 @@ class Home:
     path: Path
     token: str = ""
     values: dict[str, str] = field(default_factory=dict)
+    # Another build of blindkey to run (bench/against.py), ahead of the installed one.
+    pythonpath: Path | None = None
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "BLINDKEY_HOME": str(self.path)}
+        env = {**os.environ, "BLINDKEY_HOME": str(self.path)}
+        if self.pythonpath is not None:
+            env["PYTHONPATH"] = str(self.pythonpath)
+        return env
 
     @classmethod
-    def create(cls, base: Path, upstream_ports: list[int], values: dict[str, str]) -> Home:
-        home = cls(base / "home")
+    def create(
+        cls,
+        base: Path,
+        upstream_ports: list[int],
+        values: dict[str, str],
+        *,
+        pythonpath: Path | None = None,
+        route: bool = True,
+    ) -> Home:
+        home = cls(base / "home", pythonpath=pythonpath)
         env = home.env
         cli(env, "init")
         config = home.path / "config.toml"
@@ -99,6 +112,8 @@ class Home:
             cli(env, "secrets", "set", name, stdin=value)
             home.values[name] = value
         home.token = json.loads(cli(env, "agent", "add", "bench", "--json"))["token"]
+        if not route:  # an earlier build may have no routes
+            return home
         # /r/bench/... : the same upstream and secret as the /proxy rows, for SDKs' base_url.
         cli(env, "route", "add", ROUTE, "--to", f"http://127.0.0.1:{upstream_ports[0]}",
             "--bearer", INJECTED)  # fmt: skip

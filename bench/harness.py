@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import nginx
+from bench import against, nginx
 from bench.blindkey import (
     INJECTED,
     ROUTE,
@@ -113,6 +113,7 @@ class Bench:
 
         small = f"http://127.0.0.1:{small_port}/small"
         self.small_port = small_port
+        earlier = self._start_against([small_port, stream_port], values)
         bk_headers = home.headers(small)
         plan: dict[str, tuple[str, dict[str, str], dict[str, list[int]]]] = {
             "direct": (small, {"Authorization": f"Bearer {values[INJECTED]}"}, {}),
@@ -148,6 +149,13 @@ class Bench:
                 bk_headers,
                 {"proxy": [nofsync.pid], "broker": [nofsync.broker_pid]},
             )
+        if earlier is not None:
+            earlier_home, earlier_run = earlier
+            plan["blindkey_against"] = (
+                earlier_run.url,
+                earlier_home.headers(small),
+                {"proxy": [earlier_run.pid], "broker": [earlier_run.broker_pid]},
+            )
         for name, (url, headers, pids) in plan.items():
             self.urls[name] = url
             self.headers[name] = headers
@@ -166,6 +174,30 @@ class Bench:
             "forwarder": forwarder.pid,
             "blindkey": running.pid,
         }
+
+    def _start_against(
+        self, upstream_ports: list[int], values: dict[str, str]
+    ) -> tuple[Home, Running] | None:
+        """The commit named by --against, built and started beside this one."""
+        rev = self.args.against
+        if not rev:
+            return None
+        commit = against.resolve(rev)
+        log(f"--against {rev}: blindkey {commit} from git archive, its own home")
+        lib = against.build(commit, self.work / "against")
+        home = Home.create(
+            self.work / "against", upstream_ports, values, pythonpath=lib, route=False
+        )
+        self.homes.append(home)
+        running, _ = home.start()
+        self.running.append(running)
+        self.out["against"] = {
+            "rev": rev,
+            "commit": commit,
+            "how": "git archive of the commit, imported ahead of this checkout with "
+            "PYTHONPATH, same venv, upstream, secret and wrk settings, interleaved per round",
+        }
+        return home, running
 
     def _service(
         self, name: str, command: list[str], env_extra: dict[str, str] | None = None

@@ -23,6 +23,8 @@ SSE_ROUNDS = 3
 BIG_ROUNDS = 3
 # Group commit hides the fsync under load; with one request in flight every record pays it.
 FSYNC_COMPARED = (1, 32)
+# --against REV: the budgets for a change are req/s at 32 and p50 at 1.
+AGAINST_COMPARED = (1, 32)
 
 
 def in_turn(names: list[str], round_no: int) -> list[str]:
@@ -51,6 +53,8 @@ def load_matrix(bench: Bench) -> None:
                 names.append("blindkey_nofsync")
             if "blindkey_route" in bench.urls:
                 names.append("blindkey_route")
+            if connections in AGAINST_COMPARED and "blindkey_against" in bench.urls:
+                names.append("blindkey_against")
             for name in in_turn(names, round_no - 1):
                 result = bench.quiet_wrk(name, connections, args.duration)
                 load[str(connections)].setdefault(name, []).append(result.as_json())

@@ -97,6 +97,12 @@ def summarise_load(load: Mapping[str, Mapping[str, Sequence[Json]]]) -> Json:
         if "blindkey_route" in runs:
             # A route against /proxy: the same upstream, secret, proxy and round.
             row["route_vs_proxy"] = _paired(runs, "blindkey", _rps, "ratio", "blindkey_route")
+        if "blindkey_against" in runs:
+            # This build against an earlier commit (--against), the same round and work.
+            row["vs_against"] = {
+                "rps": _paired(runs, "blindkey_against", _rps, "ratio"),
+                "p50_added_us": _paired(runs, "blindkey_against", _lat("p50"), "diff"),
+            }
         out[connections] = row
     return out
 
@@ -136,7 +142,16 @@ def targets(report: Json) -> list[Json]:
             "x",
         )
     )
-    counted = (*TARGETS, "blindkey_route")
+    commit = report.get("against", {}).get("commit")
+    rps = load.get("32", {}).get("vs_against", {}).get("rps", {}).get("median")
+    if commit and rps is not None:
+        out.append(
+            _check(f"req/s @32 vs {commit}", rps, ">= 0.90x (costs at most 10 %)", rps >= 0.9, "x")
+        )
+    added = load.get("1", {}).get("vs_against", {}).get("p50_added_us", {}).get("median")
+    if commit and added is not None:
+        out.append(_check(f"p50 @1 added over {commit}", added, "<= 50 us", added <= 50, "us"))
+    counted = (*TARGETS, "blindkey_route", "blindkey_against")
     errors = sum(row[t]["errors"] for row in load.values() for t in row if t in counted)
     out.append(_check("load runs: errors (all targets)", errors, "0", errors == 0, "errors"))
     added = load.get("1", {}).get("blindkey_added_us", {}).get("direct", {}).get("p50", {})
@@ -442,6 +457,7 @@ def _single_figures(report: Json) -> list[str]:
             f"| req/s @{connections}, /r/NAME route / /proxy | {route:,.0f} / {proxy:,.0f} "
             f"({_ratio(row['route_vs_proxy'])}) |"
         )
+    lines.extend(_against_lines(report))
     big = report.get("big")
     if big and "redacted_as_expected" in big.get("blindkey", {}):
         verdict = "yes" if big["blindkey"]["redacted_as_expected"] else "**no**"
@@ -464,6 +480,31 @@ def _single_figures(report: Json) -> list[str]:
             f"{long['rss_mb_before_first_call']['proxy']:.1f} / "
             f"{long['rss_mb_after_first_call']['proxy']:.1f} MB |"
         )
+    return lines
+
+
+def _against_lines(report: Json) -> list[str]:
+    """This build beside the commit named by --against (medians of per-round figures)."""
+    commit = report.get("against", {}).get("commit")
+    lines = []
+    for connections, row in report["summary"]["load"].items():
+        if not commit or "vs_against" not in row:
+            continue
+        now, then = row["blindkey"], row["blindkey_against"]
+        versus = row["vs_against"]
+        added = versus["p50_added_us"]
+        lines += [
+            f"| req/s @{connections}, this build / {commit} | {now['rps']:,.0f} / "
+            f"{then['rps']:,.0f} ({_ratio(versus['rps'])}) |",
+            f"| p50 @{connections}, this build / {commit} (us) | {now['p50_us']:,.0f} / "
+            f"{then['p50_us']:,.0f} ({added['median']:+,.0f} us, {added['min']:+,.0f} to "
+            f"{added['max']:+,.0f}) |",
+        ]
+        if now["cpu_us_per_request"] is not None and then["cpu_us_per_request"] is not None:
+            lines.append(
+                f"| CPU per request @{connections}, this build / {commit} (us) | "
+                f"{now['cpu_us_per_request']:,.0f} / {then['cpu_us_per_request']:,.0f} |"
+            )
     return lines
 
 
