@@ -1,6 +1,12 @@
-"""The proxy's audit writer: each record is handed to the kernel (one write()) before the
-answer it describes is complete, so a killed proxy never leaves an answered call
-unrecorded; fsyncs are grouped by a background task, so the disk sets no pace.
+"""The proxy's audit writer: each record is handed to the kernel before the answer it
+describes is complete, so a killed proxy never leaves an answered call unrecorded; fsyncs
+are grouped by a background task, so the disk sets no pace.
+
+A request's record is written with every other record finished in the same turn of the
+event loop, in one write(), and its answer waits for that write (`commit`). A write() per
+record cost 64 us of proxy CPU per request at 32 connections on the bench machine (an
+append to ext4 is far dearer under load than alone); one per turn brings the durable path
+back to what queuing records after the answer cost.
 
 When a write fails (disk full, file unwritable), the record is held in memory, the writer
 says it is unavailable (the edge then refuses calls 503 `audit_unavailable`, injecting
@@ -68,6 +74,10 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._last_anchor = 0.0
         self._recheck: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Records finished in this turn of the loop, and the callers waiting for their write.
+        self._turn: list[dict[str, Any]] = []
+        self._turn_waiters: list[asyncio.Future[bool]] = []
 
     @property
     def available(self) -> bool:
@@ -85,6 +95,7 @@ class AuditWriter:
         }
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
             self.log.open()
@@ -105,28 +116,61 @@ class AuditWriter:
                         records.append(value)
             self.tracker.learn(records)
 
+    def _finish(self, record: AuditRecord) -> dict[str, Any]:
+        values = record.finish()
+        values["flags"] = self.tracker.flags(values)
+        return values
+
     def seal(self, record: AuditRecord) -> dict[str, Any] | None:
         """Finish `record`, flag it and write it now. None once written; else the record as
         held (the writer is unavailable until the disk takes it), for the caller to say
         what the agent got instead."""
-        values = record.finish()
-        values["flags"] = self.tracker.flags(values)
+        values = self._finish(record)
         return None if self.submit(values) else values
+
+    async def commit(self, record: AuditRecord) -> dict[str, Any] | None:
+        """As `seal`, but written with the other records finished in this turn of the loop:
+        one write() for all of them once the turn's callbacks have run, and none of their
+        callers goes on (answers) before it. A caller cancelled meanwhile leaves its record
+        to be written all the same."""
+        values = self._finish(record)
+        if self._loop is None or self.held:
+            return None if self.submit(values) else values
+        waiter = self._loop.create_future()
+        self._turn.append(values)
+        self._turn_waiters.append(waiter)
+        if len(self._turn) == 1:
+            self._loop.call_soon(self._write_turn)
+        return None if await waiter else values
+
+    def _write_turn(self) -> None:
+        records, waiters = self._turn, self._turn_waiters
+        self._turn, self._turn_waiters = [], []
+        if not records:
+            return
+        written = self._write(records)
+        for waiter in waiters:
+            if not waiter.done():  # its caller was cancelled: the record is written anyway
+                waiter.set_result(written)
 
     def submit(self, record: dict[str, Any]) -> bool:
         """Write one record now (before the caller answers anyone); False if it is held."""
         record.setdefault("event", "request")
-        if self.held:
+        return self._write([record])
+
+    def _write(self, records: list[dict[str, Any]]) -> bool:
+        """One write() for `records`; False when they are held instead (in this order)."""
+        if not self.held:
+            try:
+                self.log.append(records)
+            except OSError as exc:
+                self._failed(exc)
+            else:
+                self._written()
+                return True
+        for record in records:
             self._hold(record)  # behind what waits, so the order stays
-            return False
-        try:
-            self.log.append([record])
-        except OSError as exc:
-            self._failed(exc)
-            self._hold(record)
-            return False
-        self._written()
-        return True
+        return False
 
     def _hold(self, record: dict[str, Any]) -> None:
         if len(self.held) >= MAX_HELD:
@@ -241,6 +285,7 @@ class AuditWriter:
 
     async def flush(self) -> None:
         """Wait until everything written so far is fsync'd (held records stay held)."""
+        self._write_turn()
         if self._task is None or self._wake is None:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -250,6 +295,7 @@ class AuditWriter:
 
     async def close(self) -> None:
         """Write what is held if the disk takes it now, fsync, anchor, then stop."""
+        self._write_turn()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -170,7 +170,7 @@ class JsonErrorHandler(RequestHandler):
         return error_response(error, request_id)
 
 
-def sealed(
+async def sealed(
     audit: AuditWriter,
     record: AuditRecord,
     response: web.StreamResponse | None,
@@ -179,6 +179,7 @@ def sealed(
     """Write `record` before the answer is complete: a small answer is still unsent, a
     stream still lacks its end (aiohttp writes it once the handler returns). So an agent
     that got a whole answer can count on its record, even if the proxy is killed next.
+    The records of the calls ending in one turn of the event loop share one write().
 
     `response` is None when the handler did not return one (cut by shutdown or a gone
     agent, or a bug). When the record cannot be written, the agent gets no answer without
@@ -186,7 +187,7 @@ def sealed(
     """
     if response is None:
         record.cut()
-    held = audit.seal(record)
+    held = await audit.commit(record)
     if held is None:
         return response
     if response is not None and not response.prepared:

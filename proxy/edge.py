@@ -91,7 +91,7 @@ class Front:
             self.guard.request_finished(transport)
             if audited:
                 # Written before the answer is complete; no answer without its record.
-                response = sealed(self.runtime.audit, record, response, request)
+                response = await sealed(self.runtime.audit, record, response, request)
         assert response is not None
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id

@@ -1,5 +1,6 @@
-"""AuditWriter: each record in the file before submit returns, chained; fsyncs grouped;
-a full disk (a real tmpfs) holds records and makes the writer unavailable until they land."""
+"""AuditWriter: each record in the file before submit or commit returns (commit: one write
+for a turn of the event loop), chained; fsyncs grouped; a full disk (a real tmpfs) holds
+records and makes the writer unavailable until they land."""
 
 from __future__ import annotations
 
@@ -70,6 +71,100 @@ async def test_seal_finishes_flags_and_writes(tmp_path: Path) -> None:
     (line,) = lines_of(audit_file(tmp_path))
     assert line["event"] == "request" and line["flags"] == ["new_host"]
     assert line["complete"] is True
+
+
+def request(i: int) -> AuditRecord:
+    return AuditRecord(request_id=f"req-{i}", method="GET", url=f"https://api.example.com/{i}")
+
+
+class AppendCounter:
+    """Wraps the log's real append: the records are really written, the calls counted."""
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self.real = writer.log.append
+        self.calls = 0
+        writer.log.append = self  # type: ignore[method-assign]
+
+    def __call__(self, records: Any) -> list[bytes]:
+        self.calls += 1
+        return self.real(records)
+
+
+async def test_commit_writes_a_turns_records_at_once_before_any_caller_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Calls ending in one turn of the loop share one write(), and each caller finds its
+    record in the file when commit returns: the answer can only follow its record."""
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    appends = AppendCounter(writer)
+
+    async def call(i: int) -> None:
+        assert await writer.commit(request(i)) is None
+        written = {r["request_id"] for r in lines_of(audit_file(tmp_path))}
+        assert f"req-{i}" in written
+
+    await asyncio.gather(*(call(i) for i in range(20)))
+    assert appends.calls == 1
+    await asyncio.gather(*(call(i) for i in range(20, 25)))
+    assert appends.calls == 2
+    await writer.close()
+    assert [r["seq"] for r in lines_of(audit_file(tmp_path))] == list(range(1, 26))
+    assert verify(tmp_path, None).ok
+
+
+async def test_a_caller_cancelled_while_waiting_leaves_its_record_written(
+    tmp_path: Path,
+) -> None:
+    """An agent that hangs up (its handler cancelled) must not take its record, or the
+    record of the call beside it, away."""
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    gone = asyncio.create_task(writer.commit(request(1)))
+    stays = asyncio.create_task(writer.commit(request(2)))
+    await asyncio.sleep(0)  # both wait for the turn's write, which comes after this step
+    gone.cancel()
+    assert await stays is None
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    await writer.close()
+    assert [r["request_id"] for r in lines_of(audit_file(tmp_path))] == ["req-1", "req-2"]
+
+
+async def test_close_writes_a_turn_still_waiting(tmp_path: Path) -> None:
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    waiting = asyncio.create_task(writer.commit(request(1)))
+    await asyncio.sleep(0)  # the record is in the turn; its write is not yet run
+    await writer.close()
+    assert [r["request_id"] for r in lines_of(audit_file(tmp_path))] == ["req-1"]
+    assert await waiting is None
+
+
+async def test_a_turn_the_full_disk_refuses_is_held_in_order(tmp_path: Path) -> None:
+    """Every caller of the turn hears that its record is held (so none answers as if it
+    were written), and the records land in their order once space returns."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        audit_dir = disk / "audit"
+        writer = AuditWriter(audit_dir)
+        await writer.start()
+        assert await writer.commit(request(0)) is None
+        fill(disk / "filler")
+        i = 1
+        while writer.available:  # the free space a full tmpfs still had goes first
+            await writer.commit(request(i))
+            i += 1
+            assert i < 1000, "a full tmpfs took every record"
+        turn = await asyncio.gather(*(writer.commit(request(j)) for j in range(i, i + 5)))
+        assert [held["request_id"] for held in turn if held] == [
+            f"req-{j}" for j in range(i, i + 5)
+        ]
+        assert [r["request_id"] for r in writer.held][-5:] == [f"req-{j}" for j in range(i, i + 5)]
+        (disk / "filler").unlink()
+        await writer.close()
+        written = [r["request_id"] for r in lines_of(audit_file(audit_dir))]
+        assert written == [f"req-{n}" for n in range(i + 5)]
+        assert verify(audit_dir, None).ok
 
 
 async def test_files_are_private(tmp_path: Path) -> None:
