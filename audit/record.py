@@ -17,7 +17,10 @@ def _second(whole: int) -> str:
 def rfc3339(epoch: float) -> str:
     # Per request: the formatted second is reused, only the milliseconds change.
     whole = int(epoch)
-    return f"{_second(whole)}{int((epoch - whole) * 1000):03d}Z"
+    return _second(whole) + _MILLIS[int((epoch - whole) * 1000)]
+
+
+_MILLIS = [f"{n:03d}Z" for n in range(1000)]
 
 
 @dataclass
@@ -57,7 +60,8 @@ class AuditRecord:
 
     def finish(self) -> dict[str, Any]:
         self.ts = rfc3339(self.started)
-        self.duration_ms = round((time.perf_counter() - self._clock) * 1000, 3)
+        # Microseconds rounded to the nearest, then as ms: round(x, 3) costs three times more.
+        self.duration_ms = int((time.perf_counter() - self._clock) * 1_000_000 + 0.5) / 1000
         # Spelled out rather than dataclasses.asdict, which deep-copies: this runs per request.
         return {
             "ts": self.ts,

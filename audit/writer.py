@@ -1,12 +1,17 @@
 """The proxy's audit writer: each record is handed to the kernel before the answer it
 describes is complete, so a killed proxy never leaves an answered call unrecorded; fsyncs
-are grouped by a background task, so the disk sets no pace.
+are grouped by a thread of their own, so the disk sets no pace.
 
 A request's record is written with every other record finished in the same turn of the
 event loop, in one write(), and its answer waits for that write (`commit`). A write() per
 record cost 64 us of proxy CPU per request at 32 connections on the bench machine (an
 append to ext4 is far dearer under load than alone); one per turn brings the durable path
 back to what queuing records after the answer cost.
+
+The rest runs beside the requests at no cost to each: the fsync thread syncs GROUP_WINDOW
+after the first write it was told of (no task, timer or executor hop on the event loop per
+group), the audit lock is let go every RELEASE_INTERVAL for other writers, and the chain's
+head goes to the anchor every ANCHOR_INTERVAL while records are written.
 
 When a write fails (disk full, file unwritable), the record is held in memory, the writer
 says it is unavailable (the edge then refuses calls 503 `audit_unavailable`, injecting
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -35,11 +41,52 @@ __all__ = ["AuditWriter", "audit_file"]
 
 log = logging.getLogger("blindkey.audit")
 GROUP_WINDOW = 0.002
+RELEASE_INTERVAL = 0.01  # other writers (broker, CLI) wait about this long for the audit lock
 RETRY_INTERVAL = 0.25
 ANCHOR_INTERVAL = 0.5
 ANCHOR_TIMEOUT = 2.0
 MAX_HELD = 20_000  # records held while the disk is full (about 20 MB); then counted
 LEARN_LIMIT = 256 << 20  # a current file bigger than this is not read for new_host
+
+
+class _Syncer(threading.Thread):
+    """fsyncs the audit GROUP_WINDOW after the first write it is told of: one fsync for
+    every record written meanwhile. The event loop only sets an Event once per group."""
+
+    def __init__(self, writer: AuditWriter, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="audit-fsync", daemon=True)
+        self.writer = writer
+        self.loop = loop
+        self.wanted = threading.Event()
+        self.stopping = False
+        self.synced = 0  # the writer's count of writes covered by the last good fsync
+
+    def run(self) -> None:
+        writer = self.writer
+        while True:
+            self.wanted.wait()
+            if self.stopping:
+                return
+            time.sleep(GROUP_WINDOW)
+            self.wanted.clear()
+            target = writer.writes
+            try:
+                writer.log.sync()
+            except OSError as exc:
+                if self.stopping:
+                    return
+                self.loop.call_soon_threadsafe(writer.sync_failed, exc)
+                continue
+            self.synced = target
+            if self.stopping:  # its wake-up may have been cleared above
+                return
+            if writer.flushes:
+                self.loop.call_soon_threadsafe(writer.synced)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wanted.set()
+        self.join()
 
 
 class AuditWriter:
@@ -68,13 +115,14 @@ class AuditWriter:
         # Given the chain's head now and then, to keep where this writer cannot rewrite it.
         self.anchor: Callable[[int, str], Awaitable[None]] | None = None
         self.anchored = Head()
-        self._unsynced = False
-        self._wake: asyncio.Event | None = None
-        self._waiters: list[asyncio.Future[None]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._last_anchor = 0.0
-        self._recheck: asyncio.TimerHandle | None = None
+        self.writes = 0  # successful writes; the fsync thread says how many it covered
+        # flush() callers: the count of writes each waits to see synced.
+        self.flushes: list[tuple[int, asyncio.Future[None]]] = []
+        self._syncer: _Syncer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._anchor_task: asyncio.Task[None] | None = None
         # Records finished in this turn of the loop, and the callers waiting for their write.
         self._turn: list[dict[str, Any]] = []
         self._turn_waiters: list[asyncio.Future[bool]] = []
@@ -96,13 +144,15 @@ class AuditWriter:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        if self.fsync:
+            self._syncer = _Syncer(self, self._loop)
+            self._syncer.start()
+        self._anchor_task = asyncio.create_task(self._anchoring(), name="audit-anchor")
         try:
             self.log.open()
             self._learn()
         except OSError as exc:
             self._failed(exc)
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     def _learn(self) -> None:
         with contextlib.suppress(OSError):
@@ -179,9 +229,15 @@ class AuditWriter:
         self.held.append(record)
 
     def _written(self) -> None:
-        self._unsynced = True
-        if self._wake is not None and not self._wake.is_set():
-            self._wake.set()
+        self.writes += 1
+        if self._syncer is not None and not self._syncer.wanted.is_set():
+            self._syncer.wanted.set()
+        if self._release_timer is None and self._loop is not None:
+            self._release_timer = self._loop.call_later(RELEASE_INTERVAL, self._release)
+
+    def _release(self) -> None:
+        self._release_timer = None
+        self.log.release()
 
     def _failed(self, exc: OSError) -> None:
         self.failures += 1
@@ -198,8 +254,34 @@ class AuditWriter:
         self.error = error
         if changed or self.held:
             self._tell()  # the status file shows how many records wait
-        if self._wake is not None:
-            self._wake.set()
+        if self._retry_timer is None and self._loop is not None:
+            self._retry_timer = self._loop.call_later(RETRY_INTERVAL, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        if not self.available:
+            self._retry()  # schedules the next try itself if this one fails
+
+    def sync_failed(self, exc: OSError) -> None:
+        """From the fsync thread: what was written may not be on the disk."""
+        log.error("audit fsync failed: %s", exc.strerror)
+        self._failed(exc)
+        for _, waiter in self.flushes:  # no fsync to wait for: the writer says unavailable
+            if not waiter.done():
+                waiter.set_result(None)
+        self.flushes = []
+
+    def synced(self) -> None:
+        """From the fsync thread: wake the flush() callers it covered."""
+        done = self._syncer.synced if self._syncer is not None else self.writes
+        waiting = []
+        for target, waiter in self.flushes:
+            if target <= done:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self.flushes = waiting
 
     def _tell(self) -> None:
         if self.on_state is not None:
@@ -228,39 +310,13 @@ class AuditWriter:
                 log.error("%d audit records beyond %d held were not kept", self.dropped, MAX_HELD)
             self._tell()
 
-    async def _run(self) -> None:
-        assert self._wake is not None
-        loop = asyncio.get_running_loop()
+    async def _anchoring(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(None if self.available else RETRY_INTERVAL):
-                    await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(GROUP_WINDOW)  # one fsync for what arrives meanwhile
-            self.log.release()  # other writers (broker, CLI) wait at most one group
-            if not self.available:
-                self._retry()
-            waiters, self._waiters = self._waiters, []
-            if self._unsynced and self.fsync:
-                self._unsynced = False
-                try:
-                    await loop.run_in_executor(None, self.log.sync)
-                except OSError as exc:
-                    log.error("audit fsync failed: %s", exc.strerror)
-                    self._failed(exc)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            await self._anchor_now(loop.time())
+            await asyncio.sleep(ANCHOR_INTERVAL)
+            await self._anchor_now()
 
-    async def _anchor_now(self, now: float, *, force: bool = False) -> None:
+    async def _anchor_now(self) -> None:
         if self.anchor is None or not self.log.opened:
-            return
-        if not force and now - self._last_anchor < ANCHOR_INTERVAL:
-            if self._wake is not None and self._recheck is None:  # come back for it
-                self._recheck = asyncio.get_running_loop().call_later(
-                    ANCHOR_INTERVAL, self._anchor_due
-                )
             return
         try:
             head = self.log.refresh()  # counts the records of other writers too
@@ -268,7 +324,6 @@ class AuditWriter:
             return
         if head == self.anchored or head.seq == 0:
             return
-        self._last_anchor = now
         with contextlib.suppress(Exception):
             async with asyncio.timeout(ANCHOR_TIMEOUT):
                 await self.anchor(head.seq, head.chain)
@@ -276,46 +331,50 @@ class AuditWriter:
 
     async def anchor_now(self) -> None:
         """Give the anchor the chain's head now (before the broker stops)."""
-        await self._anchor_now(0.0, force=True)
-
-    def _anchor_due(self) -> None:
-        self._recheck = None
-        if self._wake is not None:
-            self._wake.set()
+        await self._anchor_now()
 
     async def flush(self) -> None:
         """Wait until everything written so far is fsync'd (held records stay held)."""
         self._write_turn()
-        if self._task is None or self._wake is None:
+        syncer = self._syncer
+        if syncer is None or syncer.synced >= self.writes:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._wake.set()
+        self.flushes.append((self.writes, waiter))
+        syncer.wanted.set()
         await waiter
 
     async def close(self) -> None:
         """Write what is held if the disk takes it now, fsync, anchor, then stop."""
         self._write_turn()
-        if self._task is not None:
-            self._task.cancel()
+        if self._anchor_task is not None:
+            self._anchor_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._recheck is not None:
-            self._recheck.cancel()
-            self._recheck = None
+                await self._anchor_task
+            self._anchor_task = None
+        for timer in (self._release_timer, self._retry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._release_timer = self._retry_timer = None
         if not self.available:
             self._retry()
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
         if self.held:
             # The last place left: the service log (records never hold a value).
             log.error("audit still unwritable at shutdown: %d records follow", len(self.held))
             for record in self.held:
                 log.error("unwritten audit record: %s", orjson.dumps(record).decode())
+        if self._syncer is not None:
+            self._syncer.stop()  # at most one group window and an fsync away
+            self._syncer = None
         with contextlib.suppress(OSError):
             self.log.sync()
         with contextlib.suppress(Exception):
-            await self._anchor_now(0.0, force=True)
-        for waiter in self._waiters:
+            await self._anchor_now()
+        for _, waiter in self.flushes:
             if not waiter.done():
                 waiter.set_result(None)
+        self.flushes = []
         self.log.close()

@@ -195,7 +195,9 @@ async def test_fsyncs_are_grouped(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for i in range(500):
         writer.submit(record(i))
     await writer.flush()
-    assert 1 <= counter.calls <= 3
+    # The fsync thread syncs what came in the last GROUP_WINDOW while submits go on: a
+    # handful of fsyncs for 500 records (one per record would be 500).
+    assert 1 <= counter.calls <= 50
     await writer.close()
     assert len(lines_of(audit_file(tmp_path))) == 500
 
