@@ -175,11 +175,14 @@ async def sealed(
     record: AuditRecord,
     response: web.StreamResponse | None,
     request: web.BaseRequest,
+    *,
+    alone: bool = False,
 ) -> web.StreamResponse | None:
     """Write `record` before the answer is complete: a small answer is still unsent, a
     stream still lacks its end (aiohttp writes it once the handler returns). So an agent
     that got a whole answer can count on its record, even if the proxy is killed next.
-    The records of the calls ending in one turn of the event loop share one write().
+    The records of the calls ending in one turn of the event loop share one write(); a
+    call `alone` (no other under way) has its record written at once.
 
     `response` is None when the handler did not return one (cut by shutdown or a gone
     agent, or a bug). When the record cannot be written, the agent gets no answer without
@@ -187,7 +190,7 @@ async def sealed(
     """
     if response is None:
         record.cut()
-    held = await audit.commit(record)
+    held = audit.seal(record) if alone else await audit.commit(record)
     if held is None:
         return response
     if response is not None and not response.prepared:

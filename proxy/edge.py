@@ -68,6 +68,7 @@ class Front:
         # Bound to loopback, every peer is local: the peer checks are skipped.
         self.bound_remote = not is_loopback_host(own_host)
         self.allow_remote_flag = allow_remote  # `proxy start --allow-remote`, kept over reloads
+        self.handling = 0  # calls between arrival and their record
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = next_request_id()
@@ -81,6 +82,7 @@ class Front:
         )
         audited = True
         response: web.StreamResponse | None = None
+        self.handling += 1
         try:
             response, audited = await self._route(request, record)
         except Exception as exc:
@@ -89,9 +91,13 @@ class Front:
             response = error_response(error, request_id)
         finally:
             self.guard.request_finished(transport)
+            self.handling -= 1
             if audited:
-                # Written before the answer is complete; no answer without its record.
-                response = await sealed(self.runtime.audit, record, response, request)
+                # Written before the answer is complete; no answer without its record. With
+                # no other call under way, none could share its write: written at once.
+                response = await sealed(
+                    self.runtime.audit, record, response, request, alone=not self.handling
+                )
         assert response is not None
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
