@@ -29,9 +29,16 @@ from bench.upstream import SMALL
 from bench.wrk import WrkResult, run_wrk, write_script
 
 START_CYCLES = 3
-# A load run during which other tenants used more than this share of all CPUs is repeated.
+# A load run that lost more than this share of all CPUs to other tenants or to steal is
+# repeated.
 FOREIGN_LIMIT_PCT = 10.0
 RETRIES = 2
+
+
+def _noise(result: WrkResult) -> float:
+    """CPU the run lost: to other tenants of this machine, or to other virtual machines
+    (steal: one round at 32 connections measured 0.74x its pair at 24 % steal)."""
+    return max(result.foreign_pct, result.steal_pct)
 
 
 class Bench:
@@ -240,11 +247,14 @@ class Bench:
         for attempt in range(1 + RETRIES):
             result = self.wrk(name, connections, duration)
             result.attempts = attempt + 1
-            if best is None or result.foreign_pct < best.foreign_pct:
+            if best is None or _noise(result) < _noise(best):
                 best = result
-            if result.foreign_pct <= FOREIGN_LIMIT_PCT or time.monotonic() > self.retry_until:
+            if _noise(result) <= FOREIGN_LIMIT_PCT or time.monotonic() > self.retry_until:
                 break
-            log(f"  {name} @{connections}: other tenants took {result.foreign_pct}% CPU, again")
+            log(
+                f"  {name} @{connections}: other tenants took {result.foreign_pct}% CPU, "
+                f"the hypervisor {result.steal_pct}% (steal), again"
+            )
         assert best is not None
         return best
 

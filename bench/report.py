@@ -8,6 +8,8 @@ from typing import Any
 
 TARGETS = ("direct", "nginx", "forwarder", "blindkey")
 OTHERS = ("direct", "nginx", "forwarder")
+# Every target of the load runs.
+LOAD_TARGETS = (*TARGETS, "floor", "blindkey_nofsync", "blindkey_route", "blindkey_against")
 Json = dict[str, Any]
 
 
@@ -68,6 +70,7 @@ def summarise_load(load: Mapping[str, Mapping[str, Sequence[Json]]]) -> Json:
                 "other_tenants_cpu_pct_max": max(
                     (r.get("other_tenants_cpu_pct", 0.0) for r in results), default=0.0
                 ),
+                "steal_pct_max": max((r.get("steal_pct", 0.0) for r in results), default=0.0),
             }
         row["blindkey_rps_ratio"] = {
             other: _paired(runs, other, _rps, "ratio") for other in OTHERS if other in runs
@@ -370,18 +373,17 @@ def render(report: Json) -> str:
             )
             + " | - |"
         )
-    stats = [
-        s for row in load.values() for t, s in row.items() if t in (*TARGETS, "blindkey_nofsync")
-    ]
+    stats = [s for row in load.values() for t, s in row.items() if t in LOAD_TARGETS]
     repeated = sum(s["repeated_for_noise"] for s in stats)
     worst = max((s["other_tenants_cpu_pct_max"] for s in stats), default=0.0)
+    steal = max((s.get("steal_pct_max", 0.0) for s in stats), default=0.0)
     lines += [
         "",
         f"Medians of {stats[0]['rounds'] if stats else 0} interleaved rounds (SSE and the big "
         "body: 3; peak RSS: the highest); ratios are medians of per-round ratios (range in "
-        "brackets). Runs during which other tenants of "
-        f"the machine used > 10% of its CPU were repeated ({repeated} repeats); the worst "
-        f"kept run still had {worst:.0f}%.",
+        "brackets). Runs that lost > 10% of the machine's CPU to its other tenants or to "
+        f"other virtual machines (steal) were repeated, at most twice ({repeated} repeats); "
+        f"the worst kept run still lost {worst:.0f}% to tenants, {steal:.0f}% to steal.",
     ]
     lines += ["", *_floor_lines(report), "", *_single_figures(report), "", *_target_lines(report)]
     return "\n".join(lines)
