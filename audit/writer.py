@@ -111,7 +111,6 @@ class AuditWriter:
         self.tracker = FlagTracker(clock=clock)
         self.held: deque[dict[str, Any]] = deque()
         self.dropped = 0  # records beyond MAX_HELD while unavailable
-        self.failures = 0  # writes that failed (each such record is held, not lost)
         self.error: str | None = None
         self.unavailable_since: float | None = None
         # Told when the state changes (the server rewrites its status file).
@@ -244,7 +243,6 @@ class AuditWriter:
         self.log.release()
 
     def _failed(self, exc: OSError) -> None:
-        self.failures += 1
         error = exc.strerror or type(exc).__name__
         if self.error is None:
             self.unavailable_since = time.time()
@@ -317,9 +315,11 @@ class AuditWriter:
     async def _anchoring(self) -> None:
         while True:
             await asyncio.sleep(ANCHOR_INTERVAL)
-            await self._anchor_now()
+            await self.anchor_now()
 
-    async def _anchor_now(self) -> None:
+    async def anchor_now(self) -> None:
+        """Give the anchor the chain's head if it moved (every ANCHOR_INTERVAL, and before
+        the broker stops)."""
         if self.anchor is None or not self.log.opened:
             return
         try:
@@ -332,10 +332,6 @@ class AuditWriter:
             async with asyncio.timeout(ANCHOR_TIMEOUT):
                 await self.anchor(head.seq, head.chain)
             self.anchored = head
-
-    async def anchor_now(self) -> None:
-        """Give the anchor the chain's head now (before the broker stops)."""
-        await self._anchor_now()
 
     async def flush(self) -> None:
         """Wait until everything written so far is fsync'd (held records stay held)."""
@@ -376,7 +372,7 @@ class AuditWriter:
         with contextlib.suppress(OSError):
             self.log.sync()
         with contextlib.suppress(Exception):
-            await self._anchor_now()
+            await self.anchor_now()
         for _, waiter in self.flushes:
             if not waiter.done():
                 waiter.set_result(None)
