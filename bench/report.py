@@ -154,8 +154,7 @@ def targets(report: Json) -> list[Json]:
     added = load.get("1", {}).get("vs_against", {}).get("p50_added_us", {}).get("median")
     if commit and added is not None:
         out.append(_check(f"p50 @1 added over {commit}", added, "<= 50 us", added <= 50, "us"))
-    counted = (*TARGETS, "blindkey_route", "blindkey_against")
-    errors = sum(row[t]["errors"] for row in load.values() for t in row if t in counted)
+    errors = sum(row[t]["errors"] for row in load.values() for t in row if t in LOAD_TARGETS)
     out.append(_check("load runs: errors (all targets)", errors, "0", errors == 0, "errors"))
     added = load.get("1", {}).get("blindkey_added_us", {}).get("direct", {}).get("p50", {})
     value = added.get("median")
