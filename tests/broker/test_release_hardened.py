@@ -12,7 +12,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tests.broker.test_separate_user import (
     VALUE,
     Deployment,
     _deploy,
+    serving_broker,
 )
 from tests.staging import Installed
 from tests.users import system_users
@@ -52,21 +52,8 @@ def hardened(installed: Installed) -> Iterator[Deployment]:
 
 @pytest.fixture
 def broker(hardened: Deployment) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [*hardened.python, "-m", "blindkey.proxy", "broker", "serve"],
-        user=BROKER, group=BROKER, extra_groups=[],
-        env=hardened.env(hardened.broker_home), cwd=hardened.base, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while not hardened.socket.exists():
-            assert process.poll() is None, "the broker exited"
-            assert time.monotonic() < deadline, "no broker socket"
-            time.sleep(0.05)
+    with serving_broker(hardened) as process:
         yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def as_agent(

@@ -9,6 +9,7 @@ checkout, which may sit where they cannot go.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import json
@@ -107,9 +108,10 @@ def _configure(config: Path, socket_path: Path, allowed_uids: list[int]) -> None
     config.write_text(text)
 
 
-@pytest.fixture
-def broker_service(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
-    """`blindkey broker serve` as bk-broker, as its service unit would run it."""
+@contextlib.contextmanager
+def serving_broker(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
+    """`blindkey broker serve` as bk-broker, as its service unit would run it, until its
+    socket is there; stopped on the way out."""
     process = subprocess.Popen(
         [*deployment.python, "-m", "blindkey.proxy", "broker", "serve"],
         user=BROKER,
@@ -129,6 +131,12 @@ def broker_service(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def broker_service(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
+    with serving_broker(deployment) as process:
+        yield process
 
 
 CONNECT = """
