@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomlkit
 
+from blindkey.broker.cli_secrets import local_store, opened
 from blindkey.broker.notify import put_in_force
 from blindkey.config.console import emit_json, say, table, warn
 from blindkey.config.edit import edit_config, string_array, toml_table
@@ -17,6 +19,7 @@ from blindkey.config.hosts import DEFAULT_PORTS, AllowEntry
 from blindkey.config.loader import load_settings
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, Route, Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.call import proxy_address
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import Target
 from blindkey.proxy.routes import ROUTE_PREFIX, route_base, route_injection
@@ -98,9 +101,11 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
     settings = edit_config(paths.config_file, paths.lock_file, change)
     put_in_force(paths, settings, f"route {args.name} is saved", config=True)
     say(
-        f"route {args.name}: {_base_url(settings, args.name)}/... -> {route.to}/... "
+        f"route {args.name}: {_base_url(paths, args.name)}/... -> {route.to}/... "
         f"({_describe(route)})"
     )
+    sdk = sdk_base_url(_base_url(paths, args.name), route)
+    say(f"SDK base URL: {sdk} (api_key: an agent token; `blindkey agent add NAME`)")
     if outcome["covered_by"] is None:
         say(f"allowlisted: {entry_text}")
     else:
@@ -115,7 +120,22 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
         )
     if "proxy" not in policy.release:
         warn(f"secret {route.secret} is not released to the proxy: calls will be refused")
+    if not _is_stored(paths, settings, route.secret):
+        warn(
+            f"secret {route.secret} is not set in the {settings.active_env} environment: calls "
+            f"will be refused (unknown_secret) until `blindkey secrets set {route.secret}`"
+        )
     return 0
+
+
+def _is_stored(paths: Paths, settings: Settings, name: str) -> bool:
+    """Whether the active environment holds `name`; True when the store cannot be read here
+    (a broker of its own user owns it): then only the proxy's answer can tell."""
+    try:
+        with opened(local_store(paths, settings)) as store:
+            return name in store.names(settings.active_env)
+    except (BlindkeyError, OSError):
+        return True
 
 
 def _describe(route: Route) -> str:
@@ -126,10 +146,31 @@ def _describe(route: Route) -> str:
     return f"{route.style} {route.secret}"
 
 
-def _base_url(settings: Settings, name: str) -> str:
-    host = settings.proxy.host
+# The path each vendor's SDK puts after its default base URL: `OpenAI(base_url=...)` expects
+# ".../v1", Anthropic's client adds "/v1/messages" itself. A route whose `to` already carries
+# a path is used as it is.
+_SDK_PATHS = {
+    "api.openai.com": "/v1",
+    "api.mistral.ai": "/v1",
+    "api.together.xyz": "/v1",
+    "api.groq.com": "/openai/v1",
+    "openrouter.ai": "/api/v1",
+}
+
+
+def _base_url(paths: Paths, name: str) -> str:
+    """The route's root on the proxy that runs (its status file), else the configured one."""
+    host, port = proxy_address(paths)
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.proxy.port}{ROUTE_PREFIX}{name}"
+    return f"http://{host}:{port}{ROUTE_PREFIX}{name}"
+
+
+def sdk_base_url(base: str, route: Route) -> str:
+    """What to give an SDK as `base_url` so its own paths land on the vendor's API."""
+    target = urlsplit(route.to)
+    if target.path.strip("/"):
+        return base
+    return base + _SDK_PATHS.get((target.hostname or "").lower(), "")
 
 
 def cmd_route_list(paths: Paths, args: argparse.Namespace) -> int:
@@ -141,7 +182,8 @@ def cmd_route_list(paths: Paths, args: argparse.Namespace) -> int:
             "inject": route.style,
             "secret": route.secret,
             "name": route.param,
-            "base_url": _base_url(settings, name),
+            "base_url": _base_url(paths, name),
+            "sdk_base_url": sdk_base_url(_base_url(paths, name), route),
         }
         for name, route in sorted(settings.routes.items())
     ]
@@ -155,10 +197,10 @@ def cmd_route_list(paths: Paths, args: argparse.Namespace) -> int:
     else:
         table(
             [
-                [name, r["base_url"], route.to, _describe(route)]
+                [name, r["sdk_base_url"], route.to, _describe(route)]
                 for (name, route), r in zip(sorted(settings.routes.items()), rows, strict=True)
             ],
-            ["ROUTE", "BASE URL", "TO", "INJECTS"],
+            ["ROUTE", "SDK BASE URL", "TO", "INJECTS"],
         )
     return 0
 

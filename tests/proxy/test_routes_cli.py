@@ -56,6 +56,7 @@ def test_add_list_remove(home: Paths, run_cli: RunCli) -> None:
         "secret": "ANT",
         "name": "x-api-key",
         "base_url": "http://127.0.0.1:8765/r/claude",
+        "sdk_base_url": "http://127.0.0.1:8765/r/claude",  # `to` has its own path
     }
     text = run_cli("route", "list").stdout
     assert "header x-api-key: ANT" in text and "query key=K" in text
@@ -129,3 +130,33 @@ async def test_add_and_remove_are_in_force_when_the_command_returns(home: Paths)
             async with env.session.get(url, headers=auth) as response:
                 assert response.status == 400
                 assert "no route named 'echo'" in (await response.json())["message"]
+
+
+def test_urls_name_the_running_proxy_and_what_an_sdk_takes(home: Paths, run_cli: RunCli) -> None:
+    """A proxy on another port than config.toml's: route add and list print its address, and
+    the base URL an SDK takes (the vendor's API path added where `to` has none)."""
+    assert run_cli("proxy", "start", "--port", "0").returncode == 0
+    try:
+        port = orjson.loads(home.status_file.read_bytes())["port"]
+        assert port != 8765
+        done = run_cli("route", "add", "openai", "--to", "https://api.openai.com", "--bearer", "K")
+        assert done.returncode == 0, done.stderr
+        root = f"http://127.0.0.1:{port}/r/openai"
+        assert f"route openai: {root}/... -> https://api.openai.com/..." in done.stdout
+        assert f"SDK base URL: {root}/v1" in done.stdout
+        (listed,) = orjson.loads(run_cli("route", "list", "--json").stdout)
+        assert listed["base_url"] == root and listed["sdk_base_url"] == f"{root}/v1"
+        assert f"{root}/v1" in run_cli("route", "list").stdout
+    finally:
+        assert run_cli("proxy", "stop").returncode == 0
+
+
+def test_a_secret_that_is_not_set_is_named(home: Paths, run_cli: RunCli) -> None:
+    done = run_cli("route", "add", "gh", "--to", "https://api.github.com", "--bearer", "NOPE")
+    assert done.returncode == 0, done.stderr
+    assert "secret NOPE is not set in the development environment" in done.stderr
+    assert "blindkey secrets set NOPE" in done.stderr
+    assert run_cli("secrets", "set", "GH", input="ghp_" + "x" * 36 + "\n").returncode == 0
+    done = run_cli("route", "add", "gh2", "--to", "https://api.github.com", "--bearer", "GH")
+    assert done.returncode == 0, done.stderr
+    assert "is not set" not in done.stderr
