@@ -13,7 +13,7 @@ import socket
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from blindkey.config.hosts import AllowEntry, IPAddress, ip_literal
+from blindkey.config.hosts import DEFAULT_PORTS, AllowEntry, IPAddress, ip_literal
 from blindkey.config.model import AllowlistSettings, IPNetwork
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import Target
@@ -58,6 +58,14 @@ def is_public(address: IPAddress) -> bool:
     )
 
 
+def entry_for(target: Target) -> str:
+    """The allowlist entry that permits exactly `target`'s scheme, host and port."""
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    if target.port != DEFAULT_PORTS[target.scheme]:
+        host = f"{host}:{target.port}"
+    return host if target.scheme == "https" else f"http://{host}"
+
+
 class EgressGuard:
     def __init__(self, settings: AllowlistSettings, own_port: int | None = None) -> None:
         self.entries = settings.entries
@@ -72,7 +80,7 @@ class EgressGuard:
             raise ProxyError(
                 "host_not_allowed",
                 f"{target.scheme}://{target.host_header} is not on the allowlist; a human can "
-                f"add it with `blindkey allowlist add`",
+                f"add it with `blindkey allowlist add {entry_for(target)}`",
             )
         literal = ip_literal(target.host)
         if literal is not None and self._is_self(literal, target.port):

@@ -15,13 +15,13 @@ from blindkey.broker.notify import put_in_force
 from blindkey.config.console import emit_json, say, table, warn
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.hosts import DEFAULT_PORTS, AllowEntry
+from blindkey.config.hosts import AllowEntry
 from blindkey.config.loader import load_settings
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, Route, Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.call import proxy_address
+from blindkey.proxy.egress import entry_for
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.parse import Target
 from blindkey.proxy.routes import ROUTE_PREFIX, route_base, route_injection
 
 
@@ -57,14 +57,6 @@ def _route_from_args(args: argparse.Namespace) -> Route:
     return route
 
 
-def allow_entry_text(target: Target) -> str:
-    """The allowlist entry that permits exactly the route's scheme, host and port."""
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    if target.port != DEFAULT_PORTS[target.scheme]:
-        host = f"{host}:{target.port}"
-    return host if target.scheme == "https" else f"http://{host}"
-
-
 def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
     if not AGENT_NAME.match(args.name):
         raise UsageError(
@@ -72,7 +64,7 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
         )
     route = _route_from_args(args)
     target = route_base(args.name, route.to)
-    entry_text = allow_entry_text(target)
+    entry_text = entry_for(target)
     outcome: dict[str, str | None] = {"covered_by": None}
 
     def change(document: Any) -> None:

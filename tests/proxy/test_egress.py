@@ -135,3 +135,22 @@ async def test_resolver_returns_only_vetted_addresses() -> None:
     finally:
         await resolver.close()
     assert results and all(ipaddress.ip_address(r["host"]).is_loopback for r in results)
+
+
+@pytest.mark.parametrize(
+    ("url", "entry"),
+    [
+        ("https://api.example.com/x", "api.example.com"),
+        ("https://api.example.com:8443/", "api.example.com:8443"),
+        ("http://127.0.0.1:9000/echo", "http://127.0.0.1:9000"),
+        ("http://example.com/", "http://example.com"),
+        ("https://[2001:db8::1]:444/", "[2001:db8::1]:444"),
+    ],
+)
+def test_a_refusal_names_the_entry_that_would_allow_it(url: str, entry: str) -> None:
+    """The message carries the exact entry; added, that entry admits the call."""
+    target = parse_target(url)
+    with pytest.raises(ProxyError) as info:
+        guard("other.example").check(target)
+    assert f"`blindkey allowlist add {entry}`" in info.value.message
+    assert guard(entry).check(target).text == entry
