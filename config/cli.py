@@ -74,7 +74,13 @@ def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
         present = {AllowEntry.parse(h) for h in current}
         missing = [text for text in args.entries if AllowEntry.parse(text) not in present]
         if missing:
-            raise BlindkeyError(f"not on the allowlist: {', '.join(missing)}")
+            listed = [text for text in args.entries if text not in missing]
+            verb = "is" if len(listed) == 1 else "are"
+            kept = f"; {', '.join(listed)} {verb} still listed" if listed else ""
+            raise BlindkeyError(
+                f"not on the allowlist: {', '.join(missing)}; nothing was removed{kept} "
+                "(`blindkey allowlist list` shows the entries)"
+            )
         return [h for h in current if AllowEntry.parse(h) not in drop]
 
     _rewrite_hosts(paths, remove)

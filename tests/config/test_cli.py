@@ -172,3 +172,19 @@ def test_allowlist_add_bad_port_is_one_line(home: Paths, run_cli: RunCli) -> Non
     assert result.returncode == 1
     assert_one_error_line(result.stderr, "port must be a number")
     assert home.config_file.read_bytes() == before
+
+
+def test_allowlist_remove_of_an_unlisted_entry_says_what_stays(
+    home: Paths, run_cli: RunCli
+) -> None:
+    """All or nothing: one unlisted entry removes none, and the message says so for each."""
+    assert run_cli("allowlist", "add", "a.example.com").returncode == 0
+    config = home.config_file.read_bytes()
+    result = run_cli("allowlist", "remove", "a.example.com", "b.example.com")
+    assert result.returncode == 1
+    assert_one_error_line(
+        result.stderr,
+        "not on the allowlist: b.example.com",
+        "nothing was removed; a.example.com is still listed",
+    )
+    assert home.config_file.read_bytes() == config
