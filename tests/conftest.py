@@ -22,6 +22,22 @@ from tests.staging import Installed, install
 ROOT = Path(__file__).resolve().parent.parent
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
+# What the caller's shell says about blindkey must not reach a test, nor any process a test
+# starts with os.environ: a user's own home, agent token or XDG directories would otherwise
+# be read (or written) by tests that meant their own.
+CALLER_ONLY = (
+    "BLINDKEY_HOME",
+    "BLINDKEY_AGENT_TOKEN",
+    "BLINDKEY_BROKER_SUPERVISED",
+    "XDG_CONFIG_HOME",
+    "XDG_STATE_HOME",
+    "XDG_RUNTIME_DIR",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+)
+for _name in CALLER_ONLY:
+    os.environ.pop(_name, None)
+
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
