@@ -66,17 +66,50 @@ def entry_for(target: Target) -> str:
     return host if target.scheme == "https" else f"http://{host}"
 
 
+_Key = tuple[str, int, str]  # scheme, port, host (or a wildcard's domain)
+
+
+class AllowIndex:
+    """The allowlist as two tables, so a lookup costs one probe per label of the host, not
+    one comparison per entry: 10,000 entries cost what 10 do.
+
+    Finds what a scan in order would: the first entry (in file order) that matches.
+    """
+
+    def __init__(self, entries: tuple[AllowEntry, ...]) -> None:
+        self._exact: dict[_Key, tuple[int, AllowEntry]] = {}
+        self._domains: dict[_Key, tuple[int, AllowEntry]] = {}
+        for order, entry in enumerate(entries):
+            table = self._domains if entry.pattern.wildcard else self._exact
+            table.setdefault((entry.scheme, entry.port, entry.pattern.host), (order, entry))
+
+    def find(self, scheme: str, host: str, port: int) -> AllowEntry | None:
+        best = self._exact.get((scheme, port, host))
+        if self._domains:
+            # `*.example.com` admits every name that ends in ".example.com".
+            rest = host
+            while (dot := rest.find(".")) >= 0:
+                rest = rest[dot + 1 :]
+                found = self._domains.get((scheme, port, rest))
+                if found is not None and (best is None or found[0] < best[0]):
+                    best = found
+        return None if best is None else best[1]
+
+
 class EgressGuard:
     def __init__(self, settings: AllowlistSettings, own_port: int | None = None) -> None:
-        self.entries = settings.entries
-        self.private_ranges: tuple[IPNetwork, ...] = settings.private_ranges
         self.own_port = own_port
+        self.update(settings)
+
+    def update(self, settings: AllowlistSettings) -> None:
+        """Take a reloaded allowlist (the index and the entries change together)."""
+        self.entries = settings.entries
+        self.index = AllowIndex(settings.entries)
+        self.private_ranges: tuple[IPNetwork, ...] = settings.private_ranges
 
     def check(self, target: Target) -> AllowEntry:
-        for entry in self.entries:
-            if entry.matches(target.scheme, target.host, target.port):
-                break
-        else:
+        entry = self.index.find(target.scheme, target.host, target.port)
+        if entry is None:
             raise ProxyError(
                 "host_not_allowed",
                 f"{target.scheme}://{target.host_header} is not on the allowlist; a human can "

@@ -112,8 +112,7 @@ class ProxyRuntime:
         self.config_error = None
         self.config_generation += 1
         self.on_reloaded()
-        self.guard.entries = settings.allowlist.entries
-        self.guard.private_ranges = settings.allowlist.private_ranges
+        self.guard.update(settings.allowlist)
         pool = self.upstream
         if pool is None:
             return True

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from blindkey.config.hosts import AllowEntry
+from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.model import AllowlistSettings
-from blindkey.proxy.egress import EgressGuard, VettingResolver, is_public
+from blindkey.proxy.egress import AllowIndex, EgressGuard, VettingResolver, is_public
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import parse_target
 from blindkey.proxy.upstream import BlockedAddressError
@@ -154,3 +156,56 @@ def test_a_refusal_names_the_entry_that_would_allow_it(url: str, entry: str) -> 
         guard("other.example").check(target)
     assert f"`blindkey allowlist add {entry}`" in info.value.message
     assert guard(entry).check(target).text == entry
+
+
+_LABELS = st.sampled_from(["a", "b", "api", "example", "com", "xn--bcher-kva", "stripe"])
+_HOSTS = st.lists(_LABELS, min_size=1, max_size=4).map(".".join)
+_ENTRIES = st.tuples(
+    st.sampled_from(["", "http://"]),
+    st.booleans(),
+    _HOSTS.filter(lambda h: "." in h),  # a wildcard over a single label is refused anyway
+    st.sampled_from([None, 443, 8443]),
+)
+
+
+def _entry(scheme: str, wildcard: bool, host: str, port: int | None) -> AllowEntry | None:
+    text = f"{scheme}{'*.' if wildcard else ''}{host}{'' if port is None else f':{port}'}"
+    try:
+        return AllowEntry.parse(text)
+    except HostError:  # a public suffix under a wildcard
+        return None
+
+
+@pytest.mark.parametrize(
+    ("entries", "url", "first"),
+    [
+        (("*.example.com", "api.example.com"), "https://api.example.com/", "*.example.com"),
+        (("api.example.com", "*.example.com"), "https://api.example.com/", "api.example.com"),
+        (("*.example.com", "*.api.example.com"), "https://x.api.example.com/", "*.example.com"),
+        (("*.api.example.com", "*.example.com"), "https://x.api.example.com/", "*.api.example.com"),
+        (
+            ("http://api.example.com", "api.example.com"),
+            "https://api.example.com/",
+            "api.example.com",
+        ),
+    ],
+)
+def test_the_first_matching_entry_in_file_order_is_the_rule(
+    entries: tuple[str, ...], url: str, first: str
+) -> None:
+    assert guard(*entries).check(parse_target(url)).text == first
+
+
+@given(
+    st.lists(_ENTRIES, max_size=12),
+    st.sampled_from(["http", "https"]),
+    _HOSTS,
+    st.sampled_from([80, 443, 8443]),
+)
+def test_the_index_finds_what_a_scan_in_order_finds(
+    raw: list[tuple[str, bool, str, int | None]], scheme: str, host: str, port: int
+) -> None:
+    entries = tuple(e for e in (_entry(*r) for r in raw) if e is not None)
+    scanned = next((e for e in entries if e.matches(scheme, host, port)), None)
+    found = AllowIndex(entries).find(scheme, host, port)
+    assert found is scanned
