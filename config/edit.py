@@ -26,6 +26,14 @@ def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument],
             raise ConfigError(f"{file}: not UTF-8 text") from exc
         except tomlkit.exceptions.ParseError as exc:
             raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+        if not document.unwrap():
+            # An emptied file is a policy lost, not a request for defaults: an edit on top of
+            # it would write a file whose every [secrets.*] binding and allowlist is gone.
+            raise ConfigError(
+                f"{file}: holds no settings (empty, or only comments); blindkey will not "
+                "rebuild it from defaults over a policy that may have been lost: restore it, "
+                "or move it away and run `blindkey init` for the default file"
+            )
         change(document)
         settings = parse_settings(file, document.unwrap())
         write_atomic(file, tomlkit.dumps(document).encode("utf-8"))

@@ -188,3 +188,13 @@ def test_allowlist_remove_of_an_unlisted_entry_says_what_stays(
         "nothing was removed; a.example.com is still listed",
     )
     assert home.config_file.read_bytes() == config
+
+
+def test_a_cli_edit_of_an_emptied_config_refuses(home: Paths, run_cli: RunCli) -> None:
+    """Issue: an emptied config.toml plus `allowlist add` wrote a default file, and every
+    [secrets.*] binding with it was gone. Now the edit refuses and the file stays empty."""
+    home.config_file.write_bytes(b"")
+    result = run_cli("allowlist", "add", "evil.example.com")
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr, "holds no settings", "blindkey init")
+    assert home.config_file.read_bytes() == b""

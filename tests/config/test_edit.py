@@ -195,3 +195,12 @@ def test_concurrent_edits_all_land(tmp_path: Path) -> None:
     hosts = {e.text for e in load_settings(file).allowlist.entries}
     assert hosts == {"api.github.com"} | {f"{p}{i}.example" for p in "abc" for i in range(10)}
     assert "# CI" in file.read_text()
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_emptied_config_is_not_rebuilt_from_defaults(home: Paths, text: str) -> None:
+    """A config.toml that lost its content refuses every CLI edit and stays as it is."""
+    home.config_file.write_text(text)
+    with pytest.raises(ConfigError, match="holds no settings"):
+        edit_config(home.config_file, home.lock_file, lambda d: toml_table(d, "allowlist"))
+    assert home.config_file.read_text() == text
