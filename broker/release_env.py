@@ -27,8 +27,9 @@ import tty
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
+from blindkey.broker.protocol import BrokerDenied
 from blindkey.broker.release import ReleaseLink
-from blindkey.broker.release_exec import agent_token, broker_socket
+from blindkey.broker.release_exec import agent_token, broker_socket, denial_text
 from blindkey.config.console import warn
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.model import SECRET_NAME
@@ -63,7 +64,10 @@ def _names(args: argparse.Namespace) -> list[str] | None:
 def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
     argv, names = _command(args), _names(args)
     with ReleaseLink(broker_socket(paths)) as link:
-        answer = link.release(agent_token(), names, "env", argv)
+        try:
+            answer = link.release(agent_token(), names, "env", argv)
+        except BrokerDenied as exc:
+            raise BlindkeyError(denial_text(exc)) from None
         if names is not None and answer.errors:
             link.released(None)  # recorded: released nothing, ran nothing
             name, error = next(iter(answer.errors.items()))

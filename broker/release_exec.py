@@ -44,6 +44,17 @@ def agent_token() -> str | None:
     return os.environ.get(TOKEN_VARIABLE, "").strip() or None
 
 
+def denial_text(exc: BrokerDenied) -> str:
+    """The broker's refusal as a command run by an agent should say it: a missing token is
+    a variable to set (the broker speaks of the header the proxy's callers send)."""
+    if exc.code == "unauthenticated" and agent_token() is None:
+        return (
+            f"unauthenticated: {TOKEN_VARIABLE} is not set; export the token that "
+            "`blindkey agent add NAME` printed"
+        )
+    return f"{exc.code}: {exc}"
+
+
 def parse_request(data: bytes) -> list[str]:
     """The ids of a v1 request, in order, once each; BlindkeyError when it is none."""
     try:
@@ -71,7 +82,7 @@ def resolve(paths: Paths, ids: list[str]) -> dict[str, Any]:
             with ReleaseLink(broker_socket(paths)) as link:
                 answer = link.release(agent_token(), ids, "exec", None)
         except BrokerDenied as exc:  # the token, or a broker that serves nothing yet
-            errors = {i: {"message": f"{exc.code}: {exc}"} for i in ids}
+            errors = {i: {"message": denial_text(exc)} for i in ids}
         except BrokerUnavailable as exc:
             errors = {i: {"message": f"broker_unavailable: {exc}"} for i in ids}
         else:

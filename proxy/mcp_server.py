@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
 from blindkey.broker.release import ReleaseLink
-from blindkey.broker.release_exec import TOKEN_VARIABLE, agent_token, broker_socket
+from blindkey.broker.release_exec import (
+    TOKEN_VARIABLE,
+    agent_token,
+    broker_socket,
+    denial_text,
+)
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
@@ -52,7 +57,7 @@ def _broker(paths: Paths, tool: str, detail: dict[str, Any]) -> dict[str, Any]:
         with ReleaseLink(broker_socket(paths)) as link:
             return link.call("mcp", tool=tool, detail=detail, token=agent_token())
     except BrokerDenied as exc:
-        raise BlindkeyError(f"{exc.code}: {exc}") from None
+        raise BlindkeyError(denial_text(exc)) from None
     except BrokerUnavailable as exc:
         raise BlindkeyError(f"broker_unavailable: {exc}") from None
 

@@ -74,8 +74,16 @@ async def test_a_named_secret_that_is_not_released_runs_nothing(
 
 async def test_a_wrong_token_runs_nothing(released: Released) -> None:
     status, _, err = await released.run("env", "--", "true", stdin=b"", token="bk_nope")
-    assert (status, err) == (1, b"blindkey: unknown or revoked agent token\n")
+    assert (status, err) == (1, b"blindkey: unauthenticated: unknown or revoked agent token\n")
     assert released.records("env") == []
+
+
+async def test_no_token_names_the_variable_to_set(released: Released) -> None:
+    """Not the X-AS-Agent-Token header: a user of `env` never sends one."""
+    status, _, err = await released.run("env", "--", "true", stdin=b"", token="")
+    assert status == 1
+    assert err.startswith(b"blindkey: unauthenticated: BLINDKEY_AGENT_TOKEN is not set")
+    assert b"X-AS-" not in err
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,14 @@ async def test_an_unknown_token_gets_every_id_refused(released: Released) -> Non
     assert released.records("exec") == []  # nothing released to nobody in particular
 
 
+async def test_no_token_names_the_variable_to_set(released: Released) -> None:
+    status, out, _ = await released.run("exec", stdin=request("EXEC_KEY"), token="")
+    assert status == 0
+    message = orjson.loads(out)["errors"]["EXEC_KEY"]["message"]
+    assert message.startswith("unauthenticated: BLINDKEY_AGENT_TOKEN is not set")
+    assert "X-AS-" not in message
+
+
 async def test_no_ids_is_an_empty_answer(released: Released) -> None:
     status, out, _ = await released.run("exec", stdin=request())
     assert (status, orjson.loads(out)) == (0, {"protocolVersion": 1, "values": {}, "errors": {}})

@@ -142,6 +142,23 @@ async def test_a_wrong_token_lists_nothing(home: Paths) -> None:
             assert "unauthenticated" in answer.content[0].text  # type: ignore[union-attr]
 
 
+async def test_no_token_names_the_variable_to_set(home: Paths) -> None:
+    async with open_env(home):
+        env = {k: v for k, v in os.environ.items() if k != "BLINDKEY_AGENT_TOKEN"}
+        server = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "blindkey.proxy", "mcp", "serve"],
+            env={**env, "BLINDKEY_HOME": str(home.config_dir)},
+            cwd=str(ROOT),
+        )
+        async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            answer = await session.call_tool("list_secrets", {})
+            assert answer.is_error
+            text = answer.content[0].text  # type: ignore[union-attr]
+            assert "BLINDKEY_AGENT_TOKEN is not set" in text and "X-AS-" not in text
+
+
 def test_mcp_config_prints_a_snippet(run_cli: Any) -> None:
     done = run_cli("mcp", "config")
     assert done.returncode == 0
