@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from blindkey.audit.reader import Filter, follow, parse_since, read_all
+from blindkey.audit.reader import Filter, follow, iter_all, last_records, parse_since
 from blindkey.audit.writer import audit_file
 from blindkey.config.console import say
 from blindkey.config.paths import Paths
@@ -42,6 +43,17 @@ def _print(record: dict[str, Any], as_json: bool) -> None:
     sys.stdout.flush()
 
 
+def _print_array(records: Iterable[dict[str, Any]]) -> None:
+    """A JSON array written one record at a time (the audit may not fit in memory)."""
+    out = sys.stdout
+    written = False
+    for record in records:
+        out.write(",\n" if written else "[\n")
+        out.write(orjson.dumps(record).decode())
+        written = True
+    out.write("\n]\n" if written else "[]\n")
+
+
 def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
     selection = Filter(
         secret=args.secret,
@@ -51,11 +63,14 @@ def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
         flagged=bool(getattr(args, "flagged", False)),
     )
     path = audit_file(paths.audit_dir)
-    records, start = read_all(paths.audit_dir, selection)
+    records: Iterable[dict[str, Any]]
     if args.last is not None:
-        records = records[-args.last :] if args.last > 0 else []
+        # From the end back: the last N records cost N records, not the whole audit.
+        records, start = last_records(paths.audit_dir, selection, max(args.last, 0))
+    else:
+        records, start = iter_all(paths.audit_dir, selection)
     if args.json and not args.follow:
-        sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_array(records)
     else:
         for record in records:
             _print(record, args.json)

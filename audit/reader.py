@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -80,7 +81,7 @@ class Filter:
         return self.until is None or record_time(record) < self.until
 
 
-def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+def _parse_lines(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if not line.strip():
             continue
@@ -92,31 +93,130 @@ def _parse_lines(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             yield record
 
 
+# Files are read a block at a time: memory stays flat over any number of records.
+BLOCK = 1 << 20
+
+
+def _whole_lines(path: Path, end: int | None = None) -> Iterator[bytes]:
+    """The complete lines of `path` up to byte `end` (a line not ended by a newline, being
+    written now or torn, is not one), oldest first, one block in memory at a time."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        pending = b""
+        remaining = end
+        while remaining is None or remaining > 0:
+            block = handle.read(BLOCK if remaining is None else min(BLOCK, remaining))
+            if not block:
+                return
+            if remaining is not None:
+                remaining -= len(block)
+            *lines, pending = (pending + block).split(b"\n")
+            yield from lines
+
+
+def end_of_whole_lines(path: Path) -> int:
+    """The offset just past the last newline of `path` (0 when it has none or is gone)."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    with handle:
+        position = handle.seek(0, os.SEEK_END)
+        while position > 0:
+            start = max(0, position - BLOCK)
+            handle.seek(start)
+            block = handle.read(position - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            position = start
+    return 0
+
+
+def iter_records(path: Path, selection: Filter, end: int | None = None) -> Iterator[dict[str, Any]]:
+    """The matching records of every complete line of `path` (up to `end`), oldest first."""
+    return (r for r in _parse_lines(_whole_lines(path, end)) if selection.accepts(r))
+
+
 def read_records(path: Path, selection: Filter) -> tuple[list[dict[str, Any]], int]:
     """The matching records of every complete line, and the offset just past them.
 
     Following from that offset neither repeats nor skips a record appended meanwhile.
     """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    end = data.rfind(b"\n") + 1
-    records = [r for r in _parse_lines(data[:end].splitlines()) if selection.accepts(r)]
-    return records, end
+    end = end_of_whole_lines(path)
+    return list(iter_records(path, selection, end)), end
+
+
+def iter_all(
+    audit_dir: Path, selection: Filter, paths: list[Path] | None = None
+) -> tuple[Iterator[dict[str, Any]], int]:
+    """The matching records of every audit file, oldest first (rotated ones included),
+    streamed (what the caller keeps is all that stays in memory), and the offset just past
+    the last whole line of the current file when the call was made, which the stream stops
+    at: following from there neither repeats nor skips a record appended meanwhile."""
+    files = paths if paths is not None else audit_files(audit_dir)
+    if not files:
+        return iter(()), 0
+    end = end_of_whole_lines(files[-1])
+
+    def stream() -> Iterator[dict[str, Any]]:
+        for path in files[:-1]:
+            yield from iter_records(path, selection)
+        yield from iter_records(files[-1], selection, end)
+
+    return stream(), end
 
 
 def read_all(
     audit_dir: Path, selection: Filter, paths: list[Path] | None = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """The matching records of every audit file, oldest first (rotated ones included), and
-    the offset just past the last whole line of the current file, for following."""
-    records: list[dict[str, Any]] = []
-    end = 0
-    for path in paths if paths is not None else audit_files(audit_dir):
-        found, end = read_records(path, selection)
-        records.extend(found)
-    return records, end
+    """`iter_all`, as a list: for callers that need every record at once."""
+    records, end = iter_all(audit_dir, selection, paths)
+    return list(records), end
+
+
+def _lines_backwards(path: Path, end: int) -> Iterator[bytes]:
+    """The complete lines of `path` before byte `end`, newest first."""
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        position, pending = end, b""
+        while position > 0:
+            start = max(0, position - BLOCK)
+            handle.seek(start)
+            lines = (handle.read(position - start) + pending).split(b"\n")
+            position = start
+            pending = lines.pop(0) if position > 0 else b""
+            yield from reversed(lines)
+        if pending:
+            yield pending
+
+
+def last_records(
+    audit_dir: Path, selection: Filter, count: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The last `count` matching records, oldest first, read from the end of the newest file
+    back (`proxy logs --last N` costs N records, not the whole audit), and the offset just
+    past the last whole line of the current file, for following."""
+    files = audit_files(audit_dir)
+    end = end_of_whole_lines(files[-1])
+    found: list[dict[str, Any]] = []
+    for path in reversed(files):
+        if len(found) >= count:
+            break
+        stop = end if path == files[-1] else end_of_whole_lines(path)
+        for record in _parse_lines(_lines_backwards(path, stop)):
+            if selection.accepts(record):
+                found.append(record)
+                if len(found) >= count:
+                    break
+    found.reverse()
+    return found, end
 
 
 def follow(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -51,23 +51,36 @@ class _Line:
 
 
 def _lines(paths: list[Path]) -> Iterator[_Line]:
+    """Every line of every file, one at a time: memory stays flat over any audit size."""
     for path in paths:
         try:
-            data = path.read_bytes()
+            handle = path.open("rb")
         except FileNotFoundError:
             continue
-        for number, raw in enumerate(data.split(b"\n"), 1):
-            if not raw.strip():
-                continue
-            try:
-                value = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                yield _Line(path, number, raw, None, None)
-                continue
-            record = value if isinstance(value, dict) else None
-            seq = record.get("seq") if record is not None else None
-            ok_seq = isinstance(seq, int) and not isinstance(seq, bool)
-            yield _Line(path, number, raw, record, seq if ok_seq else None)
+        with handle:
+            yield from _file_lines(path, handle)
+
+
+def _file_lines(path: Path, handle: BinaryIO) -> Iterator[_Line]:
+    for number, line in enumerate(handle, 1):
+        raw = line[:-1] if line.endswith(b"\n") else line
+        if not raw.strip():
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            yield _Line(path, number, raw, None, None)
+            continue
+        record = value if isinstance(value, dict) else None
+        seq = record.get("seq") if record is not None else None
+        ok_seq = isinstance(seq, int) and not isinstance(seq, bool)
+        yield _Line(path, number, raw, record, seq if ok_seq else None)
+
+
+def _any_between(paths: list[Path], low: int, high: int) -> bool:
+    """Whether any record has a seq in [low, high): a second pass, taken only once a record
+    is out of place, tells records removed from records moved."""
+    return any(line.seq is not None and low <= line.seq < high for line in _lines(paths))
 
 
 def verify(
@@ -78,8 +91,6 @@ def verify(
     verdict = Verdict()
     paths = [p for p in audit_files(audit_dir) if p.exists()]
     verdict.files = [str(p) for p in paths]
-    lines = list(_lines(paths))
-    present = {line.seq for line in lines if line.seq is not None}
     try:
         key = load_key(audit_dir, create=False)
     except FileNotFoundError:
@@ -87,14 +98,16 @@ def verify(
     except PermissionError:
         verdict.fail(0, f"cannot read {audit_dir / 'chain.key'}: run as the proxy's user")
         return verdict
-    if present and not key:
-        verdict.fail(min(present), "the chain key is missing: records cannot be checked")
-        return verdict
+    if not key:
+        seqs = [line.seq for line in _lines(paths) if line.seq is not None]
+        if seqs:
+            verdict.fail(min(seqs), "the chain key is missing: records cannot be checked")
+            return verdict
     pruned = read_pruned(audit_dir)
     head = pruned or Head()
     anchored_chain: str | None = None
     started = False
-    for index, line in enumerate(lines):
+    for index, line in enumerate(_lines(paths)):
         if progress is not None and index % 10000 == 0:
             progress(index)
         expected = head.seq + 1
@@ -117,7 +130,7 @@ def verify(
         started = True
         seq = line.seq
         if seq != expected:
-            if seq > expected and not any(s in present for s in range(expected, seq)):
+            if seq > expected and not _any_between(paths, expected, seq):
                 reason = (
                     f"records before seq {seq} are missing (removed)"
                     if head.seq == 0 and pruned is None

@@ -9,8 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from blindkey.audit import reader
 from blindkey.audit.reader import Filter, follow, parse_since, read_records
+from blindkey.audit.store import ROTATED_PREFIX
 from blindkey.audit.writer import audit_file
 from blindkey.config.errors import UsageError
 from tests.audit.records import make_record
@@ -259,3 +263,45 @@ def test_offset_stops_before_a_partial_last_line(tmp_path: Path) -> None:
     records, offset = read_records(path, Filter())
     assert records == [SAMPLE[0]]
     assert offset == len(complete)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    block=st.integers(1, 300),
+    count=st.integers(0, 25),
+    bob_only=st.booleans(),
+    torn=st.booleans(),
+)
+def test_streamed_and_backwards_reads_agree_with_a_whole_read(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    sizes: list[int],
+    block: int,
+    count: int,
+    bob_only: bool,
+    torn: bool,
+) -> None:
+    """Over rotated files and block sizes that cut lines anywhere: `iter_all` streams what a
+    whole read finds, `last_records` finds its last N from the end, a torn tail is skipped."""
+    monkeypatch.setattr(reader, "BLOCK", block)
+    audit_dir = tmp_path_factory.mktemp("audit")
+    everything: list[dict[str, Any]] = []
+    files = [audit_dir / f"{ROTATED_PREFIX}{i:012d}.jsonl" for i in range(len(sizes) - 1)]
+    files.append(audit_file(audit_dir))
+    for index, (path, size) in enumerate(zip(files, sizes, strict=True)):
+        records = [
+            rec(f"f{index}r{n}", NOW, agent="bob" if n % 2 else "alice") for n in range(size)
+        ]
+        write_lines(path, records, b'{"torn' if torn and path == files[-1] else b"")
+        everything += records
+    selection = Filter(agent="bob") if bob_only else Filter()
+    wanted = [r for r in everything if selection.accepts(r)]
+    streamed, end = reader.iter_all(audit_dir, selection)
+    assert ids(list(streamed)) == ids(wanted)
+    assert end == len(files[-1].read_bytes()) - (len(b'{"torn') if torn else 0)
+    last, last_end = reader.last_records(audit_dir, selection, count)
+    assert ids(last) == ids(wanted[-count:] if count else [])
+    assert last_end == end
