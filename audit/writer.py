@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from blindkey.audit.chain import Head
-from blindkey.audit.flags import FlagTracker
+from blindkey.audit.flags import FlagTracker, allowed_records, load_seen, save_seen
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.store import AuditLog, audit_file
 
@@ -158,20 +158,23 @@ class AuditWriter:
             self._failed(exc)
 
     def _learn(self) -> None:
+        seen = load_seen(self.path.parent)
+        if seen is not None:
+            self.tracker.seen = seen
+            return
+        # No file of pairs yet (an audit written before it existed): learn from the current
+        # file once, a line at a time, and keep what was learnt.
         with contextlib.suppress(OSError):
             if self.path.stat().st_size > LEARN_LIMIT:
                 return
-            records = []
-            for line in self.path.read_bytes().splitlines():
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    value = orjson.loads(line)
-                    if isinstance(value, dict):
-                        records.append(value)
-            self.tracker.learn(records)
+        self.tracker.learn(allowed_records(self.path))
+        save_seen(self.path.parent, self.tracker.seen)
 
     def _finish(self, record: AuditRecord) -> dict[str, Any]:
         values = record.finish()
-        values["flags"] = self.tracker.flags(values)
+        values["flags"] = flags = self.tracker.flags(values)
+        if "new_host" in flags:  # rare: once per secret and host
+            save_seen(self.path.parent, self.tracker.seen)
         return values
 
     def seal(self, record: AuditRecord) -> dict[str, Any] | None:

@@ -3,9 +3,14 @@ agent's own recent rate, denied_streak at 5 refusals within a minute."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from blindkey.audit.flags import BURST_MIN_CALLS, BURST_WINDOW, FlagTracker
+import orjson
+
+from blindkey.audit.flags import BURST_MIN_CALLS, BURST_WINDOW, SEEN_FILE, FlagTracker, load_seen
+from blindkey.audit.record import AuditRecord
+from blindkey.audit.writer import AuditWriter, audit_file
 
 
 class Clock:
@@ -65,3 +70,39 @@ def test_denied_streak_within_a_minute() -> None:
     clock.now += 61  # the old refusals age out
     assert "denied_streak" not in tracker.flags(refused)
     assert "denied_streak" not in tracker.flags(call(agent="other", decision="blocked"))
+
+
+def _used(host: str) -> AuditRecord:
+    record = AuditRecord(request_id=host, method="GET", url=f"https://{host}/", host=host)
+    record.secrets = ["K"]
+    return record
+
+
+async def _flags_after_restart(audit_dir: Path, host: str) -> list[str]:
+    writer = AuditWriter(audit_dir)
+    await writer.start()
+    try:
+        sealed = writer.seal(_used(host))
+        assert sealed is None
+    finally:
+        await writer.close()
+    last = audit_file(audit_dir).read_bytes().splitlines()[-1]
+    flags: list[str] = orjson.loads(last)["flags"]
+    return flags
+
+
+async def test_a_restart_remembers_pairs_from_the_small_file(tmp_path: Path) -> None:
+    """A start reads the pairs kept beside the audit, not the audit file: with the audit
+    file's records gone, a pair used before is still not new."""
+    assert await _flags_after_restart(tmp_path, "a.example") == ["new_host"]
+    assert load_seen(tmp_path) == {("K", "a.example")}
+    audit_file(tmp_path).write_bytes(b"")  # what a start would have parsed
+    assert await _flags_after_restart(tmp_path, "a.example") == []
+    assert await _flags_after_restart(tmp_path, "b.example") == ["new_host"]
+
+
+async def test_an_audit_from_before_the_file_is_learnt_once(tmp_path: Path) -> None:
+    assert await _flags_after_restart(tmp_path, "a.example") == ["new_host"]
+    (tmp_path / SEEN_FILE).unlink()
+    assert await _flags_after_restart(tmp_path, "a.example") == []
+    assert load_seen(tmp_path) == {("K", "a.example")}
