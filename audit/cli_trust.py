@@ -117,9 +117,14 @@ def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
         else "; no anchor from the broker: a cut tail cannot be ruled out"
     )
     legacy = f"; {verdict.unchained} older unchained records" if verdict.unchained else ""
+    counted = (
+        f"; {verdict.counted} records of an audit outage are known only by count (event gap)"
+        if verdict.counted
+        else ""
+    )
     say(
         f"audit ok: {verdict.records} records, {span}, in {len(verdict.files)} file(s)"
-        f"{anchored}{legacy}"
+        f"{anchored}{legacy}{counted}"
     )
     return 0
 

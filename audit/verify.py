@@ -25,6 +25,7 @@ class Verdict:
     last_seq: int | None = None
     files: list[str] = field(default_factory=list)
     unchained: int = 0  # leading records written before the audit was chained
+    counted: int = 0  # records an outage left known only by a count (`event: gap`)
     anchor: dict[str, Any] | None = None
     bad_seq: int | None = None
     reason: str | None = None
@@ -152,6 +153,9 @@ def verify(
             )
             return verdict
         head = Head(seq, chain)
+        if line.record.get("event") == "gap":
+            count = line.record.get("count")
+            verdict.counted += count if isinstance(count, int) else 0
         verdict.records += 1
         verdict.first_seq = verdict.first_seq or seq
         verdict.last_seq = seq

@@ -15,7 +15,11 @@ head goes to the anchor every ANCHOR_INTERVAL while records are written.
 
 When a write fails (disk full, file unwritable), the record is held in memory, the writer
 says it is unavailable (the edge then refuses calls 503 `audit_unavailable`, injecting
-nothing), and a retry every RETRY_INTERVAL writes what is held, in order, once it can.
+nothing), and a retry every RETRY_INTERVAL writes what is held, in order, once it can, a
+batch at a time, so space freed for part of the backlog is used at once. Past MAX_HELD
+held records, the records that follow (refusals: nothing is injected meanwhile) are counted
+into one `event: gap` record, written after the held ones: no answered call goes
+unaccounted, and `audit verify` reports how many are known only by that count.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ RETRY_INTERVAL = 0.25
 ANCHOR_INTERVAL = 0.5
 ANCHOR_TIMEOUT = 2.0
 MAX_HELD = 20_000  # records held while the disk is full (about 20 MB); then counted
+RETRY_BATCH = 256  # held records per write() when the backlog is written again
 LEARN_LIMIT = 256 << 20  # a current file bigger than this is not read for new_host
 
 
@@ -93,6 +98,47 @@ class _Syncer(threading.Thread):
         self.join()
 
 
+class Gap:
+    """Records that came while the audit could not be written and MAX_HELD were held: kept
+    as counts (by decision, reason and agent) and the span of time they cover."""
+
+    KEYS = 64  # distinct reasons or agents counted by name; the rest under "other"
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self.last: str | None = None
+        self.reasons: dict[str, int] = {}
+        self.agents: dict[str, int] = {}
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        moment = str(record.get("ts", ""))
+        self.first = self.first or moment
+        self.last = moment
+        reason = str(record.get("reason") or record.get("decision") or record.get("event"))
+        self._tally(self.reasons, reason)
+        self._tally(self.agents, str(record.get("agent") or "-"))
+
+    def _tally(self, table: dict[str, int], key: str) -> None:
+        if key not in table and len(table) >= self.KEYS:
+            key = "other"
+        table[key] = table.get(key, 0) + 1
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "ts": self.last,
+            "event": "gap",
+            "count": self.count,
+            "first_ts": self.first,
+            "last_ts": self.last,
+            "reasons": self.reasons,
+            "agents": self.agents,
+            "detail": f"{self.count} records beyond the {MAX_HELD} held while the audit could "
+            "not be written are known only by these counts",
+        }
+
+
 class AuditWriter:
     def __init__(
         self,
@@ -110,7 +156,7 @@ class AuditWriter:
         )
         self.tracker = FlagTracker(clock=clock)
         self.held: deque[dict[str, Any]] = deque()
-        self.dropped = 0  # records beyond MAX_HELD while unavailable
+        self.gap = Gap()  # records beyond MAX_HELD while unavailable: counted
         self.error: str | None = None
         self.unavailable_since: float | None = None
         # Told when the state changes (the server rewrites its status file).
@@ -141,7 +187,7 @@ class AuditWriter:
             "error": self.error,
             "since": self.unavailable_since,
             "held": len(self.held),
-            "dropped": self.dropped,
+            "counted": self.gap.count,
             "seq": self.log.head.seq,
         }
 
@@ -190,7 +236,7 @@ class AuditWriter:
         callers goes on (answers) before it. A caller cancelled meanwhile leaves its record
         to be written all the same."""
         values = self._finish(record)
-        if self._loop is None or self.held:
+        if self._loop is None or self.backlog:
             return None if self.submit(values) else values
         waiter = self._loop.create_future()
         self._turn.append(values)
@@ -214,9 +260,14 @@ class AuditWriter:
         record.setdefault("event", "request")
         return self._write([record])
 
+    @property
+    def backlog(self) -> int:
+        """Records waiting to be written: held whole, or counted in the gap."""
+        return len(self.held) + self.gap.count
+
     def _write(self, records: list[dict[str, Any]]) -> bool:
         """One write() for `records`; False when they are held instead (in this order)."""
-        if not self.held:
+        if not self.backlog:
             try:
                 self.log.append(records)
             except OSError as exc:
@@ -229,8 +280,8 @@ class AuditWriter:
         return False
 
     def _hold(self, record: dict[str, Any]) -> None:
-        if len(self.held) >= MAX_HELD:
-            self.dropped += 1
+        if len(self.held) >= MAX_HELD or self.gap.count:
+            self.gap.add(record)  # once counting began, every later record is counted
             return
         self.held.append(record)
 
@@ -257,7 +308,7 @@ class AuditWriter:
             )
         changed = error != self.error
         self.error = error
-        if changed or self.held:
+        if changed or self.backlog:
             self._tell()  # the status file shows how many records wait
         if self._retry_timer is None and self._loop is not None:
             self._retry_timer = self._loop.call_later(RETRY_INTERVAL, self._retry_due)
@@ -293,26 +344,34 @@ class AuditWriter:
             self.on_state()
 
     def _retry(self) -> None:
-        """Write what is held, in order; back to available once it all went."""
-        if self.held:
-            try:
-                self.log.append(list(self.held))
-            except OSError as exc:
-                self._failed(exc)
-                return
-            self.held.clear()
-            self._written()
-        elif not self.log.opened:
-            try:
+        """Write what is held, in order, a batch per write(); then the gap's record; back to
+        available once it all went."""
+        size = RETRY_BATCH
+        try:
+            if not self.log.opened:
                 self.log.open()
-            except OSError as exc:
-                self._failed(exc)
-                return
+            while self.held:
+                batch = [self.held[i] for i in range(min(size, len(self.held)))]
+                try:
+                    self.log.append(batch)
+                except OSError:
+                    if size == 1:
+                        raise
+                    size //= 2  # less room than the batch needs: use what there is
+                    continue
+                for _ in batch:
+                    self.held.popleft()
+                self._written()
+            if self.gap.count:
+                self.log.append([self.gap.record()])
+                self.gap = Gap()
+                self._written()
+        except OSError as exc:
+            self._failed(exc)
+            return
         if self.error is not None:
             log.warning("audit writable again after %s: calls are served", self.error)
             self.error = self.unavailable_since = None
-            if self.dropped:
-                log.error("%d audit records beyond %d held were not kept", self.dropped, MAX_HELD)
             self._tell()
 
     async def _anchoring(self) -> None:
@@ -364,10 +423,10 @@ class AuditWriter:
             if self._retry_timer is not None:
                 self._retry_timer.cancel()
                 self._retry_timer = None
-        if self.held:
+        if self.backlog:
             # The last place left: the service log (records never hold a value).
-            log.error("audit still unwritable at shutdown: %d records follow", len(self.held))
-            for record in self.held:
+            log.error("audit still unwritable at shutdown: %d records follow", self.backlog)
+            for record in [*self.held, *([self.gap.record()] if self.gap.count else [])]:
                 log.error("unwritten audit record: %s", orjson.dumps(record).decode())
         if self._syncer is not None:
             self._syncer.stop()  # at most one group window and an fsync away

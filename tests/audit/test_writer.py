@@ -9,12 +9,14 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from blindkey.audit import writer as writer_module
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.store import rotated_files
 from blindkey.audit.verify import verify
@@ -346,3 +348,74 @@ async def test_a_torn_fragment_does_not_swallow_the_next_record(tmp_path: Path) 
     raw = audit_file(tmp_path).read_bytes().split(b"\n")
     assert orjson.loads(raw[2])["request_id"] == "req-2"
     assert orjson.loads(raw[2])["seq"] == 2
+
+
+async def _unavailable(writer: AuditWriter, disk: Path) -> int:
+    """Fill the disk and commit until the writer says it cannot write; the next index."""
+    fill(disk / "filler")
+    i = 1
+    while writer.available:  # the free space a full tmpfs still had goes first
+        await writer.commit(request(i))
+        i += 1
+        assert i < 1000, "a full tmpfs took every record"
+    return i
+
+
+async def test_records_past_the_held_ones_are_counted_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: an outage beyond MAX_HELD dropped records of answered calls and `audit verify`
+    still said ok. Now they land as one `event: gap` record that verify reports."""
+    monkeypatch.setattr(writer_module, "MAX_HELD", 5)
+    with small_tmpfs(tmp_path / "disk") as disk:
+        audit_dir = disk / "audit"
+        writer = AuditWriter(audit_dir)
+        await writer.start()
+        assert await writer.commit(request(0)) is None
+        i = await _unavailable(writer, disk)
+        for j in range(i, i + 20):
+            refused = request(j)
+            refused.decision, refused.reason = "blocked", "audit_unavailable"
+            assert await writer.commit(refused) is not None  # held or counted, not written
+        assert len(writer.held) == 5 and writer.gap.count == 20 - 5 + 1
+        (disk / "filler").unlink()
+        await writer.close()
+        written = lines_of(audit_file(audit_dir))
+        gap = written[-1]
+        assert gap["event"] == "gap" and gap["count"] == 16
+        assert gap["reasons"] == {"audit_unavailable": 16}
+        assert len(written) == i + 20 - 16 + 1  # every record: whole, or in the count
+        verdict = verify(audit_dir, None)
+        assert verdict.ok and verdict.counted == 16
+
+
+async def test_space_for_part_of_the_backlog_is_used_at_once(tmp_path: Path) -> None:
+    """Issue: the retry wrote the whole backlog in one write(), so freeing less space than
+    the backlog took left the proxy refusing calls for good. Now it writes what fits."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        audit_dir = disk / "audit"
+        writer = AuditWriter(audit_dir)
+        await writer.start()
+        assert await writer.commit(request(0)) is None
+        i = await _unavailable(writer, disk)
+        for j in range(i, i + 200):
+            writer.submit(record(j))
+        backlog = len(writer.held)
+        told = asyncio.Event()
+        writer.on_state = told.set  # each retry says how many records still wait
+
+        async def until(done: Callable[[], bool]) -> None:
+            while not done():
+                told.clear()
+                await told.wait()
+
+        filler = disk / "filler"
+        os.truncate(filler, filler.stat().st_size - 8192)  # room for some records, not all
+        await until(lambda: len(writer.held) < backlog)  # the writer's own retry finds it
+        assert not writer.available and 0 < len(writer.held) < backlog
+        filler.unlink()
+        await until(lambda: writer.available)
+        await writer.close()
+        written = [r["request_id"] for r in lines_of(audit_file(audit_dir))]
+        assert written[-200:] == [f"req-{j}" for j in range(i, i + 200)]
+        assert verify(audit_dir, None).ok
