@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from blindkey.audit.chain import Head, head_of, load_key, seal
+from blindkey.audit.chain import KEY_FILE, Head, head_of, load_key, seal
 
 AUDIT_FILE = "audit.jsonl"
 LOCK_FILE = "audit.lock"
@@ -86,6 +86,17 @@ def last_line(path: Path | int) -> tuple[bytes | None, bool]:
             os.close(fd)
 
 
+class ChainKeyMissing(OSError):
+    """The key is gone while records are chained with it: writing stops (fail closed)."""
+
+    def __init__(self, path: Path, seq: int) -> None:
+        super().__init__(
+            f"{path} is missing while {seq} records are chained with it: restore it from a "
+            "backup, or move the audit files away to start a new chain"
+        )
+        self.strerror = str(self)
+
+
 def head_of_file(path: Path) -> Head | None:
     try:
         line, _ = last_line(path)
@@ -133,10 +144,19 @@ class AuditLog:
             self._lock_fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            self.key = self.key or load_key(self.dir)
+            self.key = self.key or self._key()
             self._reopen()
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _key(self) -> bytes:
+        """The chain key, made on first use only: once records are chained, a missing key
+        is a loss to report (a new one would leave every earlier record unverifiable)."""
+        if not (self.dir / KEY_FILE).exists():
+            head = head_of_file(self.path) or self._previous_head()
+            if head.seq:
+                raise ChainKeyMissing(self.dir / KEY_FILE, head.seq)
+        return load_key(self.dir)
 
     def _reopen(self) -> None:
         # Read too: catching up reads the last record through this descriptor.

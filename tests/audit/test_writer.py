@@ -419,3 +419,33 @@ async def test_space_for_part_of_the_backlog_is_used_at_once(tmp_path: Path) -> 
         written = [r["request_id"] for r in lines_of(audit_file(audit_dir))]
         assert written[-200:] == [f"req-{j}" for j in range(i, i + 200)]
         assert verify(audit_dir, None).ok
+
+
+async def test_a_lost_chain_key_stops_writing_instead_of_starting_a_new_chain(
+    tmp_path: Path,
+) -> None:
+    """Issue: a deleted chain.key was replaced by a new one at the next start, silently, and
+    `audit verify` failed for good from there. Now the writer says why it cannot write (the
+    status file shows it; calls are refused 503) and makes no key of its own."""
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    assert writer.submit(record(1))
+    await writer.close()
+    (tmp_path / "chain.key").unlink()
+    writer = AuditWriter(tmp_path)
+    await writer.start()
+    try:
+        assert not writer.available
+        assert "chain.key is missing while 1 records are chained" in str(writer.state()["error"])
+        assert not writer.submit(record(2))
+        assert not (tmp_path / "chain.key").exists()
+    finally:
+        await writer.close()
+
+
+async def test_a_fresh_audit_makes_its_key(tmp_path: Path) -> None:
+    writer = AuditWriter(tmp_path / "audit")
+    await writer.start()
+    assert writer.submit(record(1))
+    await writer.close()
+    assert (tmp_path / "audit" / "chain.key").stat().st_size == 32
