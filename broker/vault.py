@@ -55,7 +55,10 @@ def _cipher(key_path: Path) -> AESGCM:
     try:
         key = key_path.read_bytes()
     except FileNotFoundError as exc:
-        raise VaultError(f"{key_path}: vault key missing; run `blindkey init`") from exc
+        raise VaultError(
+            f"{key_path}: vault key missing; restore it from your backup if the vault was "
+            "written with it (a new key cannot decrypt it), else run `blindkey init`"
+        ) from exc
     except PermissionError as exc:
         raise VaultError(
             f"{key_path}: permission denied reading the vault key (it belongs to the broker's user)"

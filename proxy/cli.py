@@ -10,6 +10,7 @@ then loads what it needs and no more (the HTTP stack costs about 0.2 s to import
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Callable, Sequence
@@ -51,15 +52,21 @@ Handler = Callable[[Paths, argparse.Namespace], int]
 
 
 def ensure_home(paths: Paths, backend: str = "file") -> bool:
-    from blindkey.broker.vault import ensure_key
+    from blindkey.broker.vault import VaultError, ensure_key
 
     created = init_config(paths, backend)
-    ensure_key(paths)
+    # A vault whose key is gone is reported by the commands that open it; the others
+    # (proxy status, stop, logs, the audit) must still work, or nothing could stop a proxy.
+    with contextlib.suppress(VaultError):
+        ensure_key(paths)
     return created
 
 
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.vault import ensure_key
+
     created = ensure_home(paths, args.backend)
+    ensure_key(paths)
     state = "created" if created else "already initialised"
     say(f"{paths.config_file}: {state}")
     return 0
