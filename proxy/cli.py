@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 from blindkey.config.arguments import (
     CommandParser,
@@ -77,6 +80,50 @@ def _version() -> str:
         return version("blindkey")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown"
+
+
+def _checkout_commit(package: Path) -> str | None:
+    """The commit of the git checkout the code runs from (an editable install), if any."""
+    root = package.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )  # fmt: skip
+    except OSError:
+        return None
+    dirty = ""
+    if done.returncode == 0:
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=False,
+        )  # fmt: skip
+        dirty = " with uncommitted changes" if changed.stdout.strip() else ""
+    return done.stdout.strip() + dirty if done.returncode == 0 else None
+
+
+def version_text() -> str:
+    """Which blindkey runs: the version, the environment it is installed in (a make-run
+    venv, pipx and uv each have their own) and, from a checkout, the commit."""
+    package = Path(__file__).resolve().parent
+    lines = [f"blindkey {_version()}", f"python: {sys.executable}", f"code: {package}"]
+    commit = _checkout_commit(package)
+    if commit is not None:
+        lines.append(f"commit: {commit}")
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    """--version, worked out only when asked (it may run git)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print which blindkey runs, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        sys.stdout.write(version_text() + "\n")
+        parser.exit()
 
 
 def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
@@ -292,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"blindkey {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("init", help="create the home (config, vault key); idempotent")
     p.add_argument(

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import RunCli
 from tests.staging import PACKAGES, ROOT, Installed, clean_env
 
 pytestmark = pytest.mark.timeout(600)  # the first user builds and installs the wheel
@@ -68,9 +69,28 @@ def test_every_module_of_the_checkout_imports_from_the_wheel(installed: Installe
     assert not names & {"proxy", "broker", "audit", "config"}, names & set(PACKAGES)
 
 
-def test_version_is_the_distribution_version(installed: Installed, tmp_path: Path) -> None:
+def test_version_says_which_install_runs(installed: Installed, tmp_path: Path) -> None:
+    """The version, then the environment and the code it runs from: a make-run venv, pipx
+    and uv installs of one version are told apart. An installed wheel has no commit."""
     expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert run(installed, "--version", home=tmp_path).strip() == f"blindkey {expected}"
+    lines = run(installed, "--version", home=tmp_path).strip().splitlines()
+    assert lines[0] == f"blindkey {expected}"
+    python, code = Path(lines[1].removeprefix("python: ")), Path(lines[2].removeprefix("code: "))
+    assert not python.is_relative_to(ROOT) and not code.is_relative_to(ROOT)
+    assert code.parts[-2:] == ("blindkey", "proxy")
+    assert len(lines) == 3
+
+
+def test_version_from_a_checkout_names_its_commit(run_cli: RunCli) -> None:
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[2] == f"code: {ROOT / 'proxy'}"
+    assert lines[3].startswith(f"commit: {head}")
 
 
 def test_quick_start_from_the_installed_wheel(
