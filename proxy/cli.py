@@ -67,9 +67,18 @@ def ensure_home(paths: Paths, backend: str = "file") -> bool:
 
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
     from blindkey.broker.vault import ensure_key
+    from blindkey.config.loader import load_settings
 
-    created = ensure_home(paths, args.backend)
+    created = ensure_home(paths, args.backend or "file")
     ensure_key(paths)
+    if not created and args.backend is not None:
+        current = load_settings(paths.config_file).backend
+        if current != args.backend:
+            raise BlindkeyError(
+                f"{paths.config_file} exists with backend {current}; init does not change it "
+                f'(values stay where they are): set [backend] kind = "{args.backend}" there '
+                "yourself once the values are in the new backend"
+            )
     state = "created" if created else "already initialised"
     say(f"{paths.config_file}: {state}")
     return 0
@@ -345,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         choices=("file", "keyring", "openbao"),
-        default="file",
+        default=None,
         help="where values live (file: the encrypted vault; default)",
     )
     p.set_defaults(handler=cmd_init)

@@ -198,3 +198,16 @@ def test_a_cli_edit_of_an_emptied_config_refuses(home: Paths, run_cli: RunCli) -
     assert result.returncode == 1
     assert_one_error_line(result.stderr, "holds no settings", "blindkey init")
     assert home.config_file.read_bytes() == b""
+
+
+def test_init_with_another_backend_on_an_existing_home_refuses(
+    home: Paths, run_cli: RunCli
+) -> None:
+    """Issue: it said "already initialised", kept the old backend and exited 0."""
+    config = home.config_file.read_bytes()
+    result = run_cli("init", "--backend", "keyring")
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr, "exists with backend file", 'kind = "keyring"')
+    assert home.config_file.read_bytes() == config
+    assert run_cli("init", "--backend", "file").returncode == 0
+    assert run_cli("init").returncode == 0
