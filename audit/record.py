@@ -44,6 +44,8 @@ class AuditRecord:
     short_secrets: list[str] = field(default_factory=list)
     # False when the answer the agent got was cut (shutdown, upstream reset, agent gone).
     complete: bool = True
+    # Time a held call waited for a human (X-AS-Wait-Approval); part of duration_ms.
+    waited_ms: float | None = None
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -63,7 +65,7 @@ class AuditRecord:
         # Microseconds rounded to the nearest, then as ms: round(x, 3) costs three times more.
         self.duration_ms = int((time.perf_counter() - self._clock) * 1_000_000 + 0.5) / 1000
         # Spelled out rather than dataclasses.asdict, which deep-copies: this runs per request.
-        return {
+        values = {
             "ts": self.ts,
             "request_id": self.request_id,
             "event": "request",
@@ -85,3 +87,6 @@ class AuditRecord:
             "short_secrets": list(self.short_secrets),
             "complete": self.complete,
         }
+        if self.waited_ms is not None:
+            values["waited_ms"] = self.waited_ms
+        return values

@@ -11,6 +11,18 @@ from typing import Any
 from blindkey.audit.reader import record_time
 
 
+# Refusals that are faults on the way, not decisions: the call was allowed, then failed.
+FAILURES = frozenset(
+    {
+        "upstream_error",
+        "upstream_timeout",
+        "broker_unavailable",
+        "audit_unavailable",
+        "internal_error",
+    }
+)
+
+
 def percentile(values: list[float], share: float) -> float | None:
     """Nearest-rank percentile of sorted `values`."""
     if not values:
@@ -24,6 +36,7 @@ class Tally:
     calls: int = 0
     allowed: int = 0
     blocked: int = 0
+    failed: int = 0  # upstream, broker, audit or internal faults (recorded `blocked`)
     cut: int = 0
     flagged: int = 0
     bytes_in: int = 0
@@ -34,8 +47,12 @@ class Tally:
     def add(self, record: dict[str, Any]) -> None:
         self.calls += 1
         if record.get("decision") == "blocked":
-            self.blocked += 1
-            self.refusals[str(record.get("reason"))] += 1
+            reason = str(record.get("reason"))
+            if reason in FAILURES:
+                self.failed += 1
+            else:
+                self.blocked += 1
+            self.refusals[reason] += 1
         else:
             self.allowed += 1
         self.cut += record.get("complete") is False
@@ -44,7 +61,10 @@ class Tally:
         self.bytes_out += _int(record.get("bytes_out"))
         duration = record.get("duration_ms")
         if isinstance(duration, int | float):
-            self.durations.append(float(duration))
+            # Time a held call spent waiting for a human is not the service's own time.
+            waited = record.get("waited_ms")
+            waited = waited if isinstance(waited, int | float) else 0.0
+            self.durations.append(max(0.0, float(duration) - float(waited)))
 
     def as_json(self) -> dict[str, Any]:
         ordered = sorted(self.durations)
@@ -52,6 +72,7 @@ class Tally:
             "calls": self.calls,
             "allowed": self.allowed,
             "blocked": self.blocked,
+            "failed": self.failed,
             "refusals": dict(self.refusals.most_common()),
             "cut": self.cut,
             "flagged": self.flagged,
@@ -78,6 +99,8 @@ class Summary:
 
     def add(self, record: dict[str, Any]) -> None:
         event = str(record.get("event", "request"))
+        if event == "request" and record.get("url") == "/health" and not record.get("host"):
+            event = "health"  # a probe of the proxy, not a call through it
         self.events[event] += 1
         moment = record_time(record)
         self.first = moment if self.first is None else min(self.first, moment)
