@@ -10,7 +10,6 @@ from typing import Any
 
 from blindkey.audit.reader import record_time
 
-
 # Refusals that are faults on the way, not decisions: the call was allowed, then failed.
 FAILURES = frozenset(
     {
