@@ -238,7 +238,9 @@ class BrokerServer:
         # A JSON op may be a list or an object: those cannot even be looked up.
         operation = self.operations.get(op) if isinstance(op, str) else None
         if client.release_only and op not in RELEASE_OPS:
-            operation = None
+            # approvals is kept: its own check refuses every user but the broker's, on the
+            # record (code_refused, not_broker_user), the agent's user included.
+            operation = self._approvals if op == "approvals" else None
         if operation is None:
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
         try:
