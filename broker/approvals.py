@@ -42,6 +42,11 @@ from blindkey.config.paths import Paths
 
 T = TypeVar("T")
 DEFAULT_APPROVER = "default"
+# An enrolment not confirmed within this lapses. Until then it is the only one accepted
+# (while no approver is active), so nobody can slip an approver of their own in between
+# the human's `totp enroll` and `totp confirm`, nor take the pending seed by enrolling again.
+ENROL_TTL = 600.0
+GATED_TIERS = ("controlled", "restricted")
 Clock = Callable[[], float]
 
 
@@ -157,14 +162,38 @@ class Approvals:
 
     # --- approvers ----------------------------------------------------------------------
 
+    def _lapse_enrolments(self, state: State) -> None:
+        now = self.clock()
+        for name, record in list(state["approvers"].items()):
+            if not record.get("active") and now - float(record.get("created", 0.0)) >= ENROL_TTL:
+                del state["approvers"][name]
+                self.note("config", change="approver_removed", approver=name, by="",
+                          reason="enrolment not confirmed in time")  # fmt: skip
+
+    def _only_pending(self, state: State, doing: str) -> None:
+        """While enrolments wait and no approver is active, nobody can consent to anything
+        about approvers: refuse, and say when the enrolment lapses."""
+        if self._has_approvers(state) or not state["approvers"]:
+            return
+        name, record = sorted(state["approvers"].items())[0]
+        lapses = rfc3339(float(record.get("created", 0.0)) + ENROL_TTL)
+        raise BlindkeyError(
+            f"cannot {doing}: approver {name} is enrolled and waits for `blindkey totp "
+            f"confirm --approver {name}`; until it is confirmed no other enrolment or removal "
+            f"is accepted. An enrolment not confirmed by {lapses} lapses, and then one may "
+            "start over"
+        )
+
     def enroll(self, approver: str | None, by: str | None, code: str | None) -> dict[str, Any]:
         name = check_approver_name(approver or DEFAULT_APPROVER)
         seed = totp.new_seed()
 
         def work(state: State) -> dict[str, Any]:
+            self._lapse_enrolments(state)
             existing = state["approvers"].get(name)
             if existing is not None and existing.get("active"):
                 raise BlindkeyError(f"approver {name} is already enrolled; pick another name")
+            self._only_pending(state, f"enrol approver {name}")
             consented = self._consent(state, by, code, f"enrol approver {name}")
             state["approvers"][name] = new_approver(seed, self.clock())
             self.note("config", change="approver_enrolled", approver=name, by=consented)
@@ -174,6 +203,7 @@ class Approvals:
 
     def confirm(self, approver: str | None, code: str | None) -> dict[str, Any]:
         def work(state: State) -> dict[str, Any]:
+            self._lapse_enrolments(state)
             waiting = sorted(n for n, a in state["approvers"].items() if not a.get("active"))
             name = approver or (waiting[0] if len(waiting) == 1 else DEFAULT_APPROVER)
             check_approver_name(name)
@@ -196,6 +226,8 @@ class Approvals:
         now = self.clock()
         rows = []
         for name, record in sorted(self.state["approvers"].items()):
+            if not record.get("active") and now - float(record.get("created", 0)) >= ENROL_TTL:
+                continue  # lapsed: dropped by the next change
             until = locked_until(record, now)
             status = "active" if record.get("active") else "pending"
             rows.append(
@@ -212,8 +244,10 @@ class Approvals:
         check_approver_name(name)
 
         def work(state: State) -> None:
+            self._lapse_enrolments(state)
             if name not in state["approvers"]:
                 raise BlindkeyError(f"no approver named {name}; see `blindkey totp list`")
+            self._only_pending(state, f"remove approver {name}")
             consented = self._consent(state, by, code, f"remove approver {name}")
             del state["approvers"][name]
             self.note("config", change="approver_removed", approver=name, by=consented)
@@ -411,19 +445,31 @@ class Approvals:
         approvals: int | None,
         by: str | None,
         code: str | None,
-    ) -> None:
+        anyway: bool = False,
+    ) -> dict[str, Any]:
+        """Returns {"approvable": False} when the tier is gated and no approver is active
+        (allowed only `anyway`: whoever enrols first could then approve it)."""
         self.load()
         current_tier, current_needed = self.effective(name, settings.policy(name))
         new_tier = tier or current_tier
         new_needed = approvals or current_needed
         lowers = RANK[new_tier] < RANK[current_tier] or new_needed < current_needed
 
-        def work(state: State) -> None:
+        def work(state: State) -> dict[str, Any]:
+            approvable = self._has_approvers(state)
+            if tier in GATED_TIERS and not approvable and not anyway:
+                raise BlindkeyError(
+                    f"no approver is active: a {tier} secret waits for a grant nobody can "
+                    "give yet, and whoever enrols first could give it. Enrol one first "
+                    "(`blindkey totp enroll`, then `blindkey totp confirm`), or pass --yes "
+                    "to set it anyway"
+                )
             if lowers:
                 self._consent(state, by, code, f"lower the protection of {name}")
             state["floors"][name] = {"tier": new_tier, "approvals": new_needed}
+            return {"approvable": approvable}
 
-        self.edit(work)
+        return self.edit(work)
 
     def forget_secret(
         self, settings: Settings, name: str, env: str, last: bool, by: str | None, code: str | None

@@ -79,6 +79,7 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
             int(n(params, "approvals") or 0) or None,
             t(params, "by"),
             t(params, "code"),
+            params.get("anyway") is True,
         ),
         "forget": lambda: approvals.forget_secret(
             settings,

@@ -137,13 +137,19 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     )
     if args.tier or args.approvals:
         # The broker keeps each secret's tier floor: lowering it needs an approver's code.
-        with_code(
+        floor = with_code(
             args.code,
             f"Code of approver {args.by or 'default'} (consent to lowering {name}'s protection)",
             lambda code: call(paths, "policy", name=name, tier=args.tier,
-                              approvals=args.approvals, by=args.by, code=code),
+                              approvals=args.approvals, by=args.by, code=code,
+                              anyway=args.yes or None),
             required=False,
         )  # fmt: skip
+        if args.tier in ("controlled", "restricted") and not floor["approvable"]:
+            warn(
+                f"no approver is active: nobody can approve {name} yet, and whoever enrols "
+                "first can. Enrol yours now: blindkey totp enroll && blindkey totp confirm"
+            )
     if edits_config:
 
         def change(document: Any) -> None:
