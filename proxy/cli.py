@@ -175,7 +175,7 @@ def _secrets(sub: Subcommands) -> None:
         help="distinct approvers a grant of this secret needs (default 1)",
     )
     approver_code(p)
-    p.add_argument("--yes", action="store_true", help="set a gated tier while no approver is active")
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
     p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_set")
     p = actions.add_parser("list", help="names, environments and policy (never values)")
     json_flag(p)
