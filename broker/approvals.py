@@ -8,14 +8,17 @@ never wait for a TOTP step, a lockout or an expiry.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
 from blindkey.broker import totp
 from blindkey.broker.approvals_codes import (
+    LOCKOUT,
     CodeNeeded,
     CodeRefused,
     check_code,
@@ -50,6 +53,16 @@ GATED_TIERS = ("controlled", "restricted")
 Clock = Callable[[], float]
 
 
+def local_source() -> str:
+    """The source of codes typed into this process: its Unix user (the broker names a
+    CLI's the same way, from the peer credentials of its socket)."""
+    return uid_source(os.getuid())
+
+
+def uid_source(uid: int | None) -> str:
+    return f"uid:{uid}"
+
+
 def check_approver_name(name: str) -> str:
     if not AGENT_NAME.fullmatch(name):
         raise BlindkeyError(
@@ -71,6 +84,9 @@ class Approvals:
         self._stamp: tuple[int, int, int] | None = None
         # Set by the broker: a grant changed (push an invalidation), a request resolved.
         self.on_change: Callable[[], None] | None = None
+        # Who is giving codes now, for the lockout (acting_for): a wrong code locks the
+        # approver for its source only.
+        self.source = local_source()
 
     # --- the state, cached for the hot path -------------------------------------------
 
@@ -117,6 +133,14 @@ class Approvals:
     def note(self, event: str, **fields: Any) -> None:
         self._events.append((event, fields))
 
+    @contextlib.contextmanager
+    def acting_for(self, source: str) -> Iterator[None]:
+        saved, self.source = self.source, source
+        try:
+            yield
+        finally:
+            self.source = saved
+
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
@@ -144,11 +168,13 @@ class Approvals:
         record = state["approvers"][name]
         now = self.clock()
         try:
-            accepted = check_code(name, record, code, now)
+            accepted = check_code(name, record, code, now, self.source)
         except CodeRefused as exc:
-            self.note("code_refused", approver=name, reason=exc.code, purpose=purpose)
-            if exc.kind == "locked" and locked_until(record, now) == now + 300.0:
-                self.note("locked_out", approver=name, until=rfc3339(now + 300.0))
+            self.note("code_refused", approver=name, reason=exc.code, purpose=purpose,
+                      source=self.source)  # fmt: skip
+            if exc.kind == "locked" and locked_until(record, now, self.source) == now + LOCKOUT:
+                self.note("locked_out", approver=name, until=rfc3339(now + LOCKOUT),
+                          source=self.source)  # fmt: skip
             raise
         return accepted
 

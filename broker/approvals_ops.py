@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals import Approvals, uid_source
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
@@ -96,13 +96,18 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
     return work()
 
 
-def approvals_op(approvals: Approvals, settings: Settings, request: Message) -> Message:
+def approvals_op(
+    approvals: Approvals, settings: Settings, request: Message, uid: int | None
+) -> Message:
+    """`uid`: the Unix user of the CLI asking (SO_PEERCRED): the source its codes count
+    against for the lockout."""
     action = request.get("action")
     params = request.get("params")
     if not isinstance(action, str) or not isinstance(params, dict):
         raise BrokerDenied("bad_request", "malformed approvals request")
     try:
-        result = run_action(approvals, settings, action, params)
+        with approvals.acting_for(uid_source(uid)):
+            result = run_action(approvals, settings, action, params)
     except CodeRefused as exc:
         raise BrokerDenied(exc.code, str(exc)) from None
     except CodeNeeded as exc:

@@ -339,7 +339,7 @@ class BrokerServer:
         if getattr(client, "uid", None) != os.getuid():
             refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
         before = self._pushed
-        reply = approvals_op(self.state.approvals, self.state.settings, request)
+        reply = approvals_op(self.state.approvals, self.state.settings, request, client.uid)
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply
