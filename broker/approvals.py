@@ -42,6 +42,7 @@ from blindkey.broker.grants import (
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
 from blindkey.config.paths import Paths
+from blindkey.config.stores import PRODUCTION
 
 T = TypeVar("T")
 DEFAULT_APPROVER = "default"
@@ -451,6 +452,24 @@ class Approvals:
         if changed:
             self._changed()
         return changed
+
+    def consent_to_copy(
+        self, source: str, target: str, by: str | None, code: str | None
+    ) -> dict[str, Any]:
+        """`environment copy`: copying from production (live values), or into an
+        environment whose grants would then release the copied values, needs an approver's
+        code once one exists. Returns the consenting approver ("" when none was needed)."""
+
+        def work(state: State) -> dict[str, Any]:
+            drop_expired(state["grants"], self.clock())
+            granted = any(g["env"] == target for g in state["grants"])
+            if source != PRODUCTION and not granted:
+                return {"approver": ""}
+            why = f"{source}'s live values" if source == PRODUCTION else "grants in force there"
+            approver = self._consent(state, by, code, f"copy {source} into {target} ({why})")
+            return {"approver": approver}
+
+        return self.edit(work)
 
     # --- tiers: what an approver allowed is the floor -------------------------------------
 

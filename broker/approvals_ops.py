@@ -81,6 +81,9 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
             t(params, "code"),
             params.get("anyway") is True,
         ),
+        "copy_env": lambda: approvals.consent_to_copy(
+            t(params, "source") or "", t(params, "target") or "", t(params, "by"), t(params, "code")
+        ),
         "forget": lambda: approvals.forget_secret(
             settings,
             t(params, "name") or "",

@@ -221,6 +221,7 @@ def _environment(sub: Subcommands) -> None:
     p.add_argument("source", metavar="FROM")
     p.add_argument("target", metavar="TO")
     p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
+    approver_code(p)  # from production, or into an environment with grants
     p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_copy")
 
 
