@@ -139,9 +139,12 @@ def hold_op(state: BrokerState, request: Message) -> Message:
     for name in names:
         denied = state.check_release(agent, env, name, "proxy")
         if denied is not None and denied.code == "approval_required":
-            pending = state.approvals.pending.add(
-                agent, name, env, str(method), str(host), str(path)
-            )
+            try:
+                pending = state.approvals.pending.add(
+                    agent, name, env, str(method), str(host), str(path)
+                )
+            except BlindkeyError as exc:  # past the cap: refused, no id to approve
+                raise BrokerDenied("approval_required", f"{name} needs a grant; {exc}") from None
             return {"id": request.get("id"), "approval_id": pending.id, "secret": name}
     # Granted meanwhile (or refused for another reason): the proxy asks again.
     return {"id": request.get("id"), "approval_id": None}

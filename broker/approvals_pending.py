@@ -12,7 +12,11 @@ from typing import Any
 from blindkey.config.errors import BlindkeyError
 
 PENDING_TTL = 600.0
-MAX_PENDING = 1000  # an agent cannot grow the broker's memory by asking again and again
+# An agent cannot grow the broker's memory by asking again and again, nor push another
+# agent's request out: past its own share it is refused, and past the whole cap every new
+# request is refused; no request is ever dropped to make room.
+MAX_PENDING = 1000
+MAX_PENDING_PER_AGENT = 50
 
 
 @dataclass
@@ -58,8 +62,18 @@ class PendingRequests:
             if (pending.agent, pending.secret, pending.env, pending.method, pending.host,
                     pending.path) == (agent, secret, env, method, host, path):  # fmt: skip
                 return pending
-        while len(self._requests) >= MAX_PENDING:
-            self.tell(self._requests.pop(next(iter(self._requests))).id, "expired")
+        mine = sum(1 for pending in self._requests.values() if pending.agent == agent)
+        if mine >= MAX_PENDING_PER_AGENT:
+            raise BlindkeyError(
+                f"agent {agent} already has {mine} calls waiting for a human, the most it may "
+                "have: a new one is listed once a human answers one (`blindkey approvals "
+                f"list`) or it lapses ({int(PENDING_TTL // 60)} minutes)"
+            )
+        if len(self._requests) >= MAX_PENDING:
+            raise BlindkeyError(
+                f"{len(self._requests)} calls of several agents wait for a human, the most "
+                "the broker keeps: a new one is listed once a human answers one or it lapses"
+            )
         pending = Pending(
             id=f"ap_{os.urandom(8).hex()}",
             agent=agent,
