@@ -31,10 +31,13 @@ from blindkey.broker.grants import (
     RANK,
     Floors,
     GrantIndex,
+    Scope,
     alive,
     complete,
+    covers_text,
     drop_expired,
     find_grant,
+    grant_key,
     new_grant,
     public_grant,
     span_text,
@@ -287,8 +290,8 @@ class Approvals:
         """The tier and approvals count served: never below what an approver last allowed."""
         return self.floors.effective(name, policy)
 
-    def in_force(self, name: str, env: str, agent: str) -> bool:
-        return self.index.covers(name, env, agent, self.clock())
+    def in_force(self, name: str, env: str, agent: str, target: Scope | None = None) -> bool:
+        return self.index.covers(name, env, agent, self.clock(), target)
 
     def approve(
         self,
@@ -300,7 +303,11 @@ class Approvals:
         approver: str | None,
         code: str | None,
         request: str | None = None,
+        scope: Scope | None = None,
     ) -> dict[str, Any]:
+        """A grant of `secret` in `env` to `agent` (None: every agent), for `scope` (the
+        scheme, host and port of the request approved) or, without one, for wherever the
+        secret may go."""
         if not SECRET_NAME.fullmatch(secret):
             raise BlindkeyError(f"invalid secret name {secret!r}")
         if env not in settings.environments:
@@ -326,9 +333,9 @@ class Approvals:
             drop_expired(state["grants"], now)
             # A grant still waiting for approvers; approving one in force starts its
             # renewal, and the old one stays in force until the renewal is complete.
-            grant = find_grant(state["grants"], secret, env, whom)
+            grant = find_grant(state["grants"], secret, env, whom, scope)
             if grant is None:
-                grant = new_grant(secret, env, whom, needed, span, now)
+                grant = new_grant(secret, env, whom, scope, needed, span, now)
                 state["grants"].append(grant)
             elif name in grant["approvers"]:
                 # The code is spent all the same (saved below): it was shown.
@@ -338,11 +345,8 @@ class Approvals:
             grant["needed"] = max(int(grant["needed"]), needed)
             if complete(grant):
                 grant["expires"] = now + float(grant["span"])
-                key = (secret, env, whom)
-                state["grants"] = [
-                    g for g in state["grants"]
-                    if g is grant or (g["secret"], g["env"], g["agent"]) != key
-                ]  # fmt: skip
+                key = (secret, env, whom, scope)
+                state["grants"] = [g for g in state["grants"] if g is grant or grant_key(g) != key]
             self.note(
                 "grant",
                 grant=grant["id"],
@@ -355,6 +359,7 @@ class Approvals:
                 complete=complete(grant),
                 expires=rfc3339(float(grant["expires"])),
                 request=request,
+                covers=covers_text(scope),
             )
             return dict(grant)
 
@@ -366,7 +371,7 @@ class Approvals:
             )
         if complete(grant):
             self._changed()
-            self.pending.settle(secret, env, whom)
+            self.pending.settle(secret, env, whom, scope)
         return public_grant(grant)
 
     def approve_request(
@@ -387,6 +392,7 @@ class Approvals:
             approver,
             code,
             request=request_id,
+            scope=(pending.scheme, pending.host, pending.port),
         )
         return grant
 

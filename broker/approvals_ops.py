@@ -127,21 +127,25 @@ def hold_op(state: BrokerState, request: Message) -> Message:
     list`, and give the proxy the id the agent is told to hand its human."""
     token, names = request.get("token"), request.get("names")
     host, method, path = request.get("host"), request.get("method"), request.get("path")
+    # A proxy that does not say (an older one): the destination a bare host entry names.
+    scheme, port = request.get("scheme", "https"), request.get("port", 443)
     if (
         not (token is None or isinstance(token, str))
         or not isinstance(names, list)
         or not all(isinstance(name, str) for name in names)
-        or not all(isinstance(v, str) for v in (host, method, path))
+        or not all(isinstance(v, str) for v in (host, method, path, scheme))
+        or not isinstance(port, int)
     ):
         raise BrokerDenied("bad_request", "malformed hold")
     agent = state.authenticate(token)
     env = state.settings.active_env
+    target = (str(scheme), str(host), int(port))
     for name in names:
-        denied = state.check_release(agent, env, name, "proxy")
+        denied = state.check_release(agent, env, name, "proxy", target)
         if denied is not None and denied.code == "approval_required":
             try:
                 pending = state.approvals.pending.add(
-                    agent, name, env, str(method), str(host), str(path)
+                    agent, name, env, str(method), target, str(path)
                 )
             except BlindkeyError as exc:  # past the cap: refused, no id to approve
                 raise BrokerDenied("approval_required", f"{name} needs a grant; {exc}") from None

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from blindkey.broker.grants import Scope
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.hosts import origin
 
 PENDING_TTL = 600.0
 # An agent cannot grow the broker's memory by asking again and again, nor push another
@@ -26,7 +28,9 @@ class Pending:
     secret: str
     env: str
     method: str
+    scheme: str
     host: str
+    port: int
     path: str
     created: float
 
@@ -40,6 +44,10 @@ class Pending:
             "host": self.host,
             "path": self.path,
             "age_s": int(now - self.created),
+            "scheme": self.scheme,
+            "port": self.port,
+            # What approving it grants: the secret for this scheme, host and port only.
+            "covers": origin(self.scheme, self.host, self.port),
         }
 
 
@@ -54,13 +62,17 @@ class PendingRequests:
         if self.on_outcome is not None:
             self.on_outcome(request_id, outcome)
 
-    def add(self, agent: str, secret: str, env: str, method: str, host: str, path: str) -> Pending:
+    def add(
+        self, agent: str, secret: str, env: str, method: str, target: Scope, path: str
+    ) -> Pending:
         """The pending request for this call; the same call again is the same request."""
         now = self.clock()
         self.forget_old(now)
+        scheme, host, port = target
+        call = (agent, secret, env, method, scheme, host, port, path)
         for pending in self._requests.values():
-            if (pending.agent, pending.secret, pending.env, pending.method, pending.host,
-                    pending.path) == (agent, secret, env, method, host, path):  # fmt: skip
+            if (pending.agent, pending.secret, pending.env, pending.method, pending.scheme,
+                    pending.host, pending.port, pending.path) == call:  # fmt: skip
                 return pending
         mine = sum(1 for pending in self._requests.values() if pending.agent == agent)
         if mine >= MAX_PENDING_PER_AGENT:
@@ -80,7 +92,9 @@ class PendingRequests:
             secret=secret,
             env=env,
             method=method[:16],
+            scheme=scheme,
             host=host[:255],
+            port=port,
             path=path[:512],
             created=now,
         )
@@ -107,9 +121,11 @@ class PendingRequests:
         del self._requests[request_id]
         return pending
 
-    def settle(self, secret: str, env: str, agent: str) -> None:
+    def settle(self, secret: str, env: str, agent: str, scope: Scope | None) -> None:
         """Requests a new grant covers are approved with it."""
         for request_id, pending in list(self._requests.items()):
+            if scope is not None and scope != (pending.scheme, pending.host, pending.port):
+                continue
             if (pending.secret, pending.env) == (secret, env) and agent in ("*", pending.agent):
                 del self._requests[request_id]
                 self.tell(request_id, "approved")

@@ -254,16 +254,21 @@ class BrokerServer:
         token = request.get("token")
         names = request.get("names")
         host = request.get("host")
+        # Where the values would go; a client that does not say: what a bare host names.
+        scheme, port = request.get("scheme", "https"), request.get("port", 443)
         if (
             not isinstance(names, list)
             or not all(isinstance(n, str) for n in names)
             or not isinstance(host, str)
             or not (token is None or isinstance(token, str))
+            or not isinstance(scheme, str)
+            or not isinstance(port, int)
         ):
             return {"id": request_id, "error": "bad_request", "message": "malformed resolve"}
-        answer = self.state.resolve(token, names, host)
+        answer = self.state.resolve(token, names, host, scheme, port)
         if answer.missing:
-            self._spawn(self._resolve_later(request_id, token, names, host, client))
+            target = (scheme, host, port)
+            self._spawn(self._resolve_later(request_id, token, names, target, client))
             return None
         return self._resolved(request_id, answer)
 
@@ -367,14 +372,15 @@ class BrokerServer:
         request_id: Any,
         token: str | None,
         names: list[str],
-        host: str,
+        target: tuple[str, str, int],
         client: _Client,
     ) -> None:
         state = self.state
+        scheme, host, port = target
         try:
-            first = state.resolve(token, names, host)
+            first = state.resolve(token, names, host, scheme, port)
             await state.fetch(first.env, first.missing)
-            answer = state.resolve(token, names, host)
+            answer = state.resolve(token, names, host, scheme, port)
             if answer.missing:
                 state.unavailable()
             reply = self._resolved(request_id, answer)

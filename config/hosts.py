@@ -164,6 +164,31 @@ class AllowEntry:
     def matches(self, scheme: str, host: str, port: int) -> bool:
         return scheme == self.scheme and port == self.port and self.pattern.matches(host)
 
+    def overlaps(self, other: AllowEntry) -> bool:
+        """Whether some destination matches both entries."""
+        return (
+            self.scheme == other.scheme
+            and self.port == other.port
+            and self.pattern.overlaps(other.pattern)
+        )
+
+    def __str__(self) -> str:
+        return entry_for(self.scheme, str(self.pattern), self.port)
+
+
+def entry_for(scheme: str, host: str, port: int) -> str:
+    """The shortest entry text that names exactly this scheme, host and port."""
+    shown = f"[{host}]" if ":" in host else host
+    if scheme == "https":
+        return shown if port == DEFAULT_PORTS["https"] else f"{shown}:{port}"
+    return f"{scheme}://{shown}" if port == DEFAULT_PORTS[scheme] else f"{scheme}://{shown}:{port}"
+
+
+def origin(scheme: str, host: str, port: int) -> str:
+    """scheme://host:port, the port always shown (what a grant from a request covers)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
+
 
 def _split_port(rest: str, raw: str) -> tuple[str, int | None]:
     if rest.startswith("["):

@@ -148,7 +148,8 @@ def _secrets(sub: Subcommands) -> None:
         action="append",
         default=[],
         metavar="HOST",
-        help="bind the secret to this host (repeatable; *.example.com allowed)",
+        help="bind the secret to this destination, as an allowlist entry: host (https, "
+        "port 443), host:port, http://host[:port], *.example.com (repeatable)",
     )
     p.add_argument(
         "--agent",

@@ -135,9 +135,10 @@ def test_tier_host_and_agent_write_metadata(home: Paths, run_cli: RunCli) -> Non
     }
     policy = load_settings(home.config_file).policy("GITHUB_TOKEN")
     assert policy.tier == "controlled"
-    assert policy.allows_host("api.github.com")
-    assert policy.allows_host("raw.githubusercontent.com")
-    assert not policy.allows_host("api.stripe.com")
+    assert policy.allows_host("https", "api.github.com", 443)
+    assert policy.allows_host("https", "raw.githubusercontent.com", 443)
+    assert not policy.allows_host("https", "api.stripe.com", 443)
+    assert not policy.allows_host("http", "api.github.com", 80)
     assert policy.allows_agent("claude")
     assert not policy.allows_agent("other")
     assert VALUE not in home.config_file.read_text()

@@ -6,6 +6,7 @@ codes differ (Unix users), one source's wrong codes lock out that source only.""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pyotp
@@ -56,7 +57,7 @@ def test_wrong_codes_lock_out_their_own_source_only(home: Paths) -> None:
     app = pyotp.TOTP(seed_of(uri))
     approvals.confirm(None, app.at(now[0]))
 
-    def change(document: object) -> None:
+    def change(document: Any) -> None:
         toml_table(document, "secrets", "S")["tier"] = "controlled"
 
     edit_config(home.config_file, home.lock_file, change)

@@ -64,7 +64,7 @@ def test_the_whole_cap_refuses_rather_than_evicts() -> None:
     agents = MAX_PENDING // MAX_PENDING_PER_AGENT
     for agent in range(agents):
         for n in range(MAX_PENDING_PER_AGENT):
-            pending.add(f"a{agent}", "S", "development", "GET", "h", f"/{n}")
+            pending.add(f"a{agent}", "S", "development", "GET", ("https", "h", 443), f"/{n}")
     with pytest.raises(BlindkeyError, match="the most the broker keeps"):
-        pending.add("newcomer", "S", "development", "GET", "h", "/")
+        pending.add("newcomer", "S", "development", "GET", ("https", "h", 443), "/")
     assert told == [] and len(pending.listed()) == MAX_PENDING
