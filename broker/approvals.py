@@ -3,34 +3,20 @@
 One object, `Approvals`, used by the broker process (which serves it over its socket) and,
 when no broker runs, by the CLI in-process on the same files: whoever can do the latter can
 read the broker's files anyway, i.e. is the broker's user. The clock is injected, so tests
-never wait for a TOTP step, a lockout or an expiry.
+never wait for a TOTP step, a lockout or an expiry. The file, its lock and the codes are in
+approvals_core.py; approvers in approvals_approvers.py; grants and tier floors here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
-from blindkey.broker import totp
-from blindkey.broker.approvals_codes import (
-    LOCKOUT,
-    CodeNeeded,
-    CodeRefused,
-    check_code,
-    locked_until,
-    new_approver,
-)
-from blindkey.broker.approvals_pending import PendingRequests
-from blindkey.broker.approvals_store import ApprovalsFile, State
+from blindkey.broker.approvals_approvers import ApproverBook
+from blindkey.broker.approvals_store import State
 from blindkey.broker.grants import (
     RANK,
     Floors,
-    GrantIndex,
     Scope,
     alive,
     complete,
@@ -44,246 +30,12 @@ from blindkey.broker.grants import (
 )
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
-from blindkey.config.paths import Paths
 from blindkey.config.stores import PRODUCTION
 
-T = TypeVar("T")
-DEFAULT_APPROVER = "default"
-# An enrolment not confirmed within this lapses. Until then it is the only one accepted
-# (while no approver is active), so nobody can slip an approver of their own in between
-# the human's `totp enroll` and `totp confirm`, nor take the pending seed by enrolling again.
-ENROL_TTL = 600.0
 GATED_TIERS = ("controlled", "restricted")
-Clock = Callable[[], float]
 
 
-def local_source() -> str:
-    """The source of codes typed into this process: its Unix user (the broker names a
-    CLI's the same way, from the peer credentials of its socket)."""
-    return uid_source(os.getuid())
-
-
-def uid_source(uid: int | None) -> str:
-    return f"uid:{uid}"
-
-
-def check_approver_name(name: str) -> str:
-    if not AGENT_NAME.fullmatch(name):
-        raise BlindkeyError(
-            f"invalid approver name {name!r}: letters, digits, '_', '.', '-' (at most 64)"
-        )
-    return name
-
-
-class Approvals:
-    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
-        self.paths = paths
-        self.clock = clock
-        self.file = ApprovalsFile.of(paths)
-        self.state: State = {}
-        self.index = GrantIndex()
-        self.floors = Floors({}, False)
-        # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
-        self.pending = PendingRequests(clock)
-        self._stamp: tuple[int, int, int] | None = None
-        # Set by the broker: a grant changed (push an invalidation), a request resolved.
-        self.on_change: Callable[[], None] | None = None
-        # Who is giving codes now, for the lockout (acting_for): a wrong code locks the
-        # approver for its source only.
-        self.source = local_source()
-
-    # --- the state, cached for the hot path -------------------------------------------
-
-    def load(self) -> bool:
-        """Re-read the file if it changed; True when it did."""
-        stamp = self.file.stamp()
-        if stamp == self._stamp:
-            return False
-        self._adopt(self.file.load())
-        self._stamp = stamp
-        return True
-
-    def _adopt(self, state: State) -> None:
-        self.state = state
-        self.index = GrantIndex.of(state["grants"])
-        self.floors = Floors(state["floors"], self._has_approvers(state))
-        self._stamp = self.file.stamp()
-
-    @staticmethod
-    def _has_approvers(state: State) -> bool:
-        return any(a.get("active") for a in state["approvers"].values())
-
-    def edit(self, work: Callable[[State], T]) -> T:
-        """Run `work` on the state under the file's lock. A refused code is saved too
-        (its counters are the lockout), then raised."""
-        events: list[tuple[str, dict[str, Any]]] = []
-        self._events = events
-        refused: CodeRefused | None = None
-        with self.file.editing() as state:
-            try:
-                result = work(state)
-            except CodeRefused as exc:
-                refused = exc
-        self._adopt(state)
-        for event, fields in events:
-            self._audit(event, fields)
-        if refused is not None:
-            raise refused
-        return result
-
-    def _audit(self, event: str, fields: dict[str, Any]) -> None:
-        append_event(self.paths.audit_dir, event, fields)
-
-    def note(self, event: str, **fields: Any) -> None:
-        self._events.append((event, fields))
-
-    @contextlib.contextmanager
-    def acting_for(self, source: str) -> Iterator[None]:
-        saved, self.source = self.source, source
-        try:
-            yield
-        finally:
-            self.source = saved
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    # --- codes --------------------------------------------------------------------------
-
-    def pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
-        active = sorted(n for n, a in state["approvers"].items() if a.get("active"))
-        if given:
-            check_approver_name(given)
-            if given not in active:
-                raise BlindkeyError(f"no active approver named {given}; see `blindkey totp list`")
-            return given
-        if not active:
-            raise BlindkeyError("no approver is enrolled: `blindkey totp enroll` first")
-        if len(active) == 1:
-            return str(active[0])
-        if DEFAULT_APPROVER in active:
-            return DEFAULT_APPROVER
-        raise BlindkeyError(f"{len(active)} approvers: name one with {flag}")
-
-    def verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
-        if not code:
-            raise CodeNeeded(f"a code of approver {name} is needed to {purpose}")
-        record = state["approvers"][name]
-        now = self.clock()
-        try:
-            accepted = check_code(name, record, code, now, self.source)
-        except CodeRefused as exc:
-            self.note("code_refused", approver=name, reason=exc.code, purpose=purpose,
-                      source=self.source)  # fmt: skip
-            if exc.kind == "locked" and locked_until(record, now, self.source) == now + LOCKOUT:
-                self.note("locked_out", approver=name, until=rfc3339(now + LOCKOUT),
-                          source=self.source)  # fmt: skip
-            raise
-        return accepted
-
-    def _consent(self, state: State, by: str | None, code: str | None, purpose: str) -> str:
-        """Once an approver exists, a change that weakens protection needs one's code."""
-        if not self._has_approvers(state):
-            return ""
-        name = self.pick(state, by, flag="--by")
-        self.verify(state, name, code, purpose)
-        return name
-
-    # --- approvers ----------------------------------------------------------------------
-
-    def _lapse_enrolments(self, state: State) -> None:
-        now = self.clock()
-        for name, record in list(state["approvers"].items()):
-            if not record.get("active") and now - float(record.get("created", 0.0)) >= ENROL_TTL:
-                del state["approvers"][name]
-                self.note("config", change="approver_removed", approver=name, by="",
-                          reason="enrolment not confirmed in time")  # fmt: skip
-
-    def _only_pending(self, state: State, doing: str) -> None:
-        """While enrolments wait and no approver is active, nobody can consent to anything
-        about approvers: refuse, and say when the enrolment lapses."""
-        if self._has_approvers(state) or not state["approvers"]:
-            return
-        name, record = sorted(state["approvers"].items())[0]
-        lapses = rfc3339(float(record.get("created", 0.0)) + ENROL_TTL)
-        raise BlindkeyError(
-            f"cannot {doing}: approver {name} is enrolled and waits for `blindkey totp "
-            f"confirm --approver {name}`; until it is confirmed no other enrolment or removal "
-            f"is accepted. An enrolment not confirmed by {lapses} lapses, and then one may "
-            "start over"
-        )
-
-    def enroll(self, approver: str | None, by: str | None, code: str | None) -> dict[str, Any]:
-        name = check_approver_name(approver or DEFAULT_APPROVER)
-        seed = totp.new_seed()
-
-        def work(state: State) -> dict[str, Any]:
-            self._lapse_enrolments(state)
-            existing = state["approvers"].get(name)
-            if existing is not None and existing.get("active"):
-                raise BlindkeyError(f"approver {name} is already enrolled; pick another name")
-            self._only_pending(state, f"enrol approver {name}")
-            consented = self._consent(state, by, code, f"enrol approver {name}")
-            state["approvers"][name] = new_approver(seed, self.clock())
-            self.note("config", change="approver_enrolled", approver=name, by=consented)
-            return {"approver": name, "otpauth_uri": totp.otpauth_uri(name, seed, totp.account())}
-
-        return self.edit(work)
-
-    def confirm(self, approver: str | None, code: str | None) -> dict[str, Any]:
-        def work(state: State) -> dict[str, Any]:
-            self._lapse_enrolments(state)
-            waiting = sorted(n for n, a in state["approvers"].items() if not a.get("active"))
-            name = approver or (waiting[0] if len(waiting) == 1 else DEFAULT_APPROVER)
-            check_approver_name(name)
-            record = state["approvers"].get(name)
-            if record is None or record.get("active"):
-                raise BlindkeyError(
-                    f"no enrolment of {name} waits for confirmation; `blindkey totp enroll`"
-                )
-            self.verify(state, name, code, f"confirm approver {name}")
-            codes = totp.new_recovery_codes()
-            record["recovery"] = [totp.hash_recovery(c) for c in codes]
-            record["active"] = True
-            self.note("config", change="approver_confirmed", approver=name)
-            return {"approver": name, "recovery_codes": codes}
-
-        return self.edit(work)
-
-    def approvers(self) -> list[dict[str, Any]]:
-        self.load()
-        now = self.clock()
-        rows = []
-        for name, record in sorted(self.state["approvers"].items()):
-            if not record.get("active") and now - float(record.get("created", 0)) >= ENROL_TTL:
-                continue  # lapsed: dropped by the next change
-            until = locked_until(record, now)
-            status = "active" if record.get("active") else "pending"
-            rows.append(
-                {
-                    "approver": name,
-                    "status": "locked" if until is not None else status,
-                    "locked_until": rfc3339(until) if until is not None else None,
-                    "recovery_codes_left": len(record.get("recovery", [])),
-                }
-            )
-        return rows
-
-    def remove(self, name: str, by: str | None, code: str | None) -> None:
-        check_approver_name(name)
-
-        def work(state: State) -> None:
-            self._lapse_enrolments(state)
-            if name not in state["approvers"]:
-                raise BlindkeyError(f"no approver named {name}; see `blindkey totp list`")
-            self._only_pending(state, f"remove approver {name}")
-            consented = self._consent(state, by, code, f"remove approver {name}")
-            del state["approvers"][name]
-            self.note("config", change="approver_removed", approver=name, by=consented)
-
-        self.edit(work)
-
+class Approvals(ApproverBook):
     # --- grants -------------------------------------------------------------------------
 
     def effective(self, name: str, policy: SecretPolicy) -> tuple[str, int]:

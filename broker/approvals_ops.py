@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals, uid_source
+from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals_core import uid_source
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings

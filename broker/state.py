@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
-from blindkey.broker.approvals import Approvals, Clock
+from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals_core import Clock
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
 from blindkey.broker.grants import Scope

@@ -12,7 +12,8 @@ import orjson
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import ENROL_TTL, Approvals
+from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals_approvers import ENROL_TTL
 from blindkey.broker.approvals_codes import CodeRefused
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths

@@ -12,8 +12,9 @@ import orjson
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import Approvals, uid_source
+from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeRefused
+from blindkey.broker.approvals_core import uid_source
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
