@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +20,8 @@ import pytest
 from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import acli, enrol
-from tests.proxy.conftest import Env, eventually_status, open_env, set_secret_policy
+from tests.conftest import ROOT
+from tests.proxy.conftest import SECRET, Env, eventually_status, open_env, set_secret_policy
 from tests.upstream import start_upstream
 
 
@@ -96,3 +99,37 @@ async def test_a_binding_names_scheme_and_port(two: tuple[Env, str]) -> None:
     other = env.to(f"{elsewhere}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN")
     status, _, body = await env.call(headers=other)
     assert status == 403 and orjson.loads(body)["error"] == "secret_denied"
+
+
+async def _exec(env: Env, name: str) -> dict[str, Any]:
+    """`blindkey exec` as the agent runs it (OpenClaw's exec provider)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "blindkey.proxy", "exec", cwd=ROOT,
+        env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir),
+             "BLINDKEY_AGENT_TOKEN": env.token},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    request = {"protocolVersion": 1, "provider": "blindkey", "ids": [name]}
+    out, _ = await process.communicate(orjson.dumps(request))
+    answer: dict[str, Any] = orjson.loads(out)
+    return answer
+
+
+async def test_a_grant_from_a_request_releases_nothing_to_exec(env: Env) -> None:
+    human = await asyncio.to_thread(enrol)
+    set_secret_policy(env.paths, "GITHUB_TOKEN", tier="controlled", release=["proxy", "exec"])
+    headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
+    await eventually_status(env, 403, headers, code="approval_required")
+    _, _, body = await env.call(headers=headers)
+    request = orjson.loads(body)["approval_id"]
+    code, _, err = await acli("approve", "--request", request, "--code", human.code())
+    assert code == 0, err
+    status, _, _ = await env.call(headers=headers)
+    assert status == 200
+    # The value out of the proxy altogether goes to any host: not what was approved.
+    answer = await _exec(env, "GITHUB_TOKEN")
+    assert answer["values"] == {}
+    assert answer["errors"]["GITHUB_TOKEN"]["message"].startswith("approval_required:")
+    code, _, err = await acli("approve", "GITHUB_TOKEN", "--code", human.recovery[0])
+    assert code == 0, err
+    assert (await _exec(env, "GITHUB_TOKEN"))["values"] == {"GITHUB_TOKEN": SECRET}
