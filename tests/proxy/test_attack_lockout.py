@@ -17,6 +17,7 @@ from blindkey.broker.approvals_codes import CodeRefused
 from blindkey.broker.approvals_core import uid_source
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.loader import load_settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import acli, enrol, seed_of
 from tests.proxy.conftest import Env, eventually_status, set_secret_policy
@@ -51,6 +52,14 @@ async def test_the_agent_cannot_lock_the_human_out(env: Env) -> None:
     assert status == 200, body
 
 
+def _controlled(home: Paths) -> Settings:
+    def change(document: Any) -> None:
+        toml_table(document, "secrets", "S")["tier"] = "controlled"
+
+    edit_config(home.config_file, home.lock_file, change)
+    return load_settings(home.config_file)
+
+
 def test_wrong_codes_lock_out_their_own_source_only(home: Paths) -> None:
     now = [1_800_000_001.0]
     approvals = Approvals(home, lambda: now[0])
@@ -58,11 +67,7 @@ def test_wrong_codes_lock_out_their_own_source_only(home: Paths) -> None:
     app = pyotp.TOTP(seed_of(uri))
     approvals.confirm(None, app.at(now[0]))
 
-    def change(document: Any) -> None:
-        toml_table(document, "secrets", "S")["tier"] = "controlled"
-
-    edit_config(home.config_file, home.lock_file, change)
-    settings = load_settings(home.config_file)
+    settings = _controlled(home)
     agent, human = uid_source(1001), uid_source(1000)
     now[0] += 60
     with approvals.acting_for(agent):
@@ -74,4 +79,21 @@ def test_wrong_codes_lock_out_their_own_source_only(home: Paths) -> None:
     assert approvals.approvers()[0]["status"] == "locked"
     with approvals.acting_for(human):
         approvals.approve(settings, "S", "development", None, None, None, app.at(now[0] + 30))
+    assert approvals.in_force("S", "development", "any-agent")
+
+
+def test_a_lockout_written_before_sources_holds_for_every_source(home: Paths) -> None:
+    now = [1_800_000_001.0]
+    approvals = Approvals(home, lambda: now[0])
+    app = pyotp.TOTP(seed_of(approvals.enroll(None, None, None)["otpauth_uri"]))
+    codes = approvals.confirm(None, app.at(now[0]))["recovery_codes"]
+    with approvals.file.editing() as state:  # the file as the older version left it
+        state["approvers"]["default"].update(locked_until=now[0] + 200, wrong=[now[0]])
+    now[0] += 60
+    settings = _controlled(home)
+    with approvals.acting_for(uid_source(4242)), pytest.raises(CodeRefused, match="locked"):
+        approvals.approve(settings, "S", "development", None, None, None, app.at(now[0]))
+    assert approvals.approvers()[0]["status"] == "locked"
+    # A recovery code still works, as it does for a lockout of now.
+    approvals.approve(settings, "S", "development", None, None, None, codes[0])
     assert approvals.in_force("S", "development", "any-agent")
