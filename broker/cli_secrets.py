@@ -104,7 +104,7 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     bound = []
     for host in args.host:
         try:
-            bound.append(AllowEntry.parse(host))
+            bound.append(AllowEntry.binding(host))
         except HostError as exc:
             raise BlindkeyError(f"--host: {exc}") from exc
     if value is None:
