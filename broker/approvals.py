@@ -3,231 +3,47 @@
 One object, `Approvals`, used by the broker process (which serves it over its socket) and,
 when no broker runs, by the CLI in-process on the same files: whoever can do the latter can
 read the broker's files anyway, i.e. is the broker's user. The clock is injected, so tests
-never wait for a TOTP step, a lockout or an expiry.
+never wait for a TOTP step, a lockout or an expiry. The file, its lock and the codes are in
+approvals_core.py; approvers in approvals_approvers.py; grants and tier floors here.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
-from blindkey.broker import totp
-from blindkey.broker.approvals_codes import (
-    CodeNeeded,
-    CodeRefused,
-    check_code,
-    locked_until,
-    new_approver,
-)
-from blindkey.broker.approvals_pending import PendingRequests
-from blindkey.broker.approvals_store import ApprovalsFile, State
+from blindkey.broker.approvals_approvers import ApproverBook
+from blindkey.broker.approvals_store import State
 from blindkey.broker.grants import (
     RANK,
     Floors,
-    GrantIndex,
+    Scope,
     alive,
     complete,
+    covers_text,
     drop_expired,
     find_grant,
+    grant_key,
     new_grant,
     public_grant,
     span_text,
 )
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
-from blindkey.config.paths import Paths
+from blindkey.config.stores import PRODUCTION
 
-T = TypeVar("T")
-DEFAULT_APPROVER = "default"
-Clock = Callable[[], float]
+GATED_TIERS = ("controlled", "restricted")
 
 
-def check_approver_name(name: str) -> str:
-    if not AGENT_NAME.fullmatch(name):
-        raise BlindkeyError(
-            f"invalid approver name {name!r}: letters, digits, '_', '.', '-' (at most 64)"
-        )
-    return name
-
-
-class Approvals:
-    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
-        self.paths = paths
-        self.clock = clock
-        self.file = ApprovalsFile.of(paths)
-        self.state: State = {}
-        self.index = GrantIndex()
-        self.floors = Floors({}, False)
-        # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
-        self.pending = PendingRequests(clock)
-        self._stamp: tuple[int, int, int] | None = None
-        # Set by the broker: a grant changed (push an invalidation), a request resolved.
-        self.on_change: Callable[[], None] | None = None
-
-    # --- the state, cached for the hot path -------------------------------------------
-
-    def load(self) -> bool:
-        """Re-read the file if it changed; True when it did."""
-        stamp = self.file.stamp()
-        if stamp == self._stamp:
-            return False
-        self._adopt(self.file.load())
-        self._stamp = stamp
-        return True
-
-    def _adopt(self, state: State) -> None:
-        self.state = state
-        self.index = GrantIndex.of(state["grants"])
-        self.floors = Floors(state["floors"], self._has_approvers(state))
-        self._stamp = self.file.stamp()
-
-    @staticmethod
-    def _has_approvers(state: State) -> bool:
-        return any(a.get("active") for a in state["approvers"].values())
-
-    def edit(self, work: Callable[[State], T]) -> T:
-        """Run `work` on the state under the file's lock. A refused code is saved too
-        (its counters are the lockout), then raised."""
-        events: list[tuple[str, dict[str, Any]]] = []
-        self._events = events
-        refused: CodeRefused | None = None
-        with self.file.editing() as state:
-            try:
-                result = work(state)
-            except CodeRefused as exc:
-                refused = exc
-        self._adopt(state)
-        for event, fields in events:
-            self._audit(event, fields)
-        if refused is not None:
-            raise refused
-        return result
-
-    def _audit(self, event: str, fields: dict[str, Any]) -> None:
-        append_event(self.paths.audit_dir, event, fields)
-
-    def note(self, event: str, **fields: Any) -> None:
-        self._events.append((event, fields))
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    # --- codes --------------------------------------------------------------------------
-
-    def pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
-        active = sorted(n for n, a in state["approvers"].items() if a.get("active"))
-        if given:
-            check_approver_name(given)
-            if given not in active:
-                raise BlindkeyError(f"no active approver named {given}; see `blindkey totp list`")
-            return given
-        if not active:
-            raise BlindkeyError("no approver is enrolled: `blindkey totp enroll` first")
-        if len(active) == 1:
-            return str(active[0])
-        if DEFAULT_APPROVER in active:
-            return DEFAULT_APPROVER
-        raise BlindkeyError(f"{len(active)} approvers: name one with {flag}")
-
-    def verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
-        if not code:
-            raise CodeNeeded(f"a code of approver {name} is needed to {purpose}")
-        record = state["approvers"][name]
-        now = self.clock()
-        try:
-            accepted = check_code(name, record, code, now)
-        except CodeRefused as exc:
-            self.note("code_refused", approver=name, reason=exc.code, purpose=purpose)
-            if exc.kind == "locked" and locked_until(record, now) == now + 300.0:
-                self.note("locked_out", approver=name, until=rfc3339(now + 300.0))
-            raise
-        return accepted
-
-    def _consent(self, state: State, by: str | None, code: str | None, purpose: str) -> str:
-        """Once an approver exists, a change that weakens protection needs one's code."""
-        if not self._has_approvers(state):
-            return ""
-        name = self.pick(state, by, flag="--by")
-        self.verify(state, name, code, purpose)
-        return name
-
-    # --- approvers ----------------------------------------------------------------------
-
-    def enroll(self, approver: str | None, by: str | None, code: str | None) -> dict[str, Any]:
-        name = check_approver_name(approver or DEFAULT_APPROVER)
-        seed = totp.new_seed()
-
-        def work(state: State) -> dict[str, Any]:
-            existing = state["approvers"].get(name)
-            if existing is not None and existing.get("active"):
-                raise BlindkeyError(f"approver {name} is already enrolled; pick another name")
-            consented = self._consent(state, by, code, f"enrol approver {name}")
-            state["approvers"][name] = new_approver(seed, self.clock())
-            self.note("config", change="approver_enrolled", approver=name, by=consented)
-            return {"approver": name, "otpauth_uri": totp.otpauth_uri(name, seed, totp.account())}
-
-        return self.edit(work)
-
-    def confirm(self, approver: str | None, code: str | None) -> dict[str, Any]:
-        def work(state: State) -> dict[str, Any]:
-            waiting = sorted(n for n, a in state["approvers"].items() if not a.get("active"))
-            name = approver or (waiting[0] if len(waiting) == 1 else DEFAULT_APPROVER)
-            check_approver_name(name)
-            record = state["approvers"].get(name)
-            if record is None or record.get("active"):
-                raise BlindkeyError(
-                    f"no enrolment of {name} waits for confirmation; `blindkey totp enroll`"
-                )
-            self.verify(state, name, code, f"confirm approver {name}")
-            codes = totp.new_recovery_codes()
-            record["recovery"] = [totp.hash_recovery(c) for c in codes]
-            record["active"] = True
-            self.note("config", change="approver_confirmed", approver=name)
-            return {"approver": name, "recovery_codes": codes}
-
-        return self.edit(work)
-
-    def approvers(self) -> list[dict[str, Any]]:
-        self.load()
-        now = self.clock()
-        rows = []
-        for name, record in sorted(self.state["approvers"].items()):
-            until = locked_until(record, now)
-            status = "active" if record.get("active") else "pending"
-            rows.append(
-                {
-                    "approver": name,
-                    "status": "locked" if until is not None else status,
-                    "locked_until": rfc3339(until) if until is not None else None,
-                    "recovery_codes_left": len(record.get("recovery", [])),
-                }
-            )
-        return rows
-
-    def remove(self, name: str, by: str | None, code: str | None) -> None:
-        check_approver_name(name)
-
-        def work(state: State) -> None:
-            if name not in state["approvers"]:
-                raise BlindkeyError(f"no approver named {name}; see `blindkey totp list`")
-            consented = self._consent(state, by, code, f"remove approver {name}")
-            del state["approvers"][name]
-            self.note("config", change="approver_removed", approver=name, by=consented)
-
-        self.edit(work)
-
+class Approvals(ApproverBook):
     # --- grants -------------------------------------------------------------------------
 
     def effective(self, name: str, policy: SecretPolicy) -> tuple[str, int]:
         """The tier and approvals count served: never below what an approver last allowed."""
         return self.floors.effective(name, policy)
 
-    def in_force(self, name: str, env: str, agent: str) -> bool:
-        return self.index.covers(name, env, agent, self.clock())
+    def in_force(self, name: str, env: str, agent: str, target: Scope | None = None) -> bool:
+        return self.index.covers(name, env, agent, self.clock(), target)
 
     def approve(
         self,
@@ -239,7 +55,11 @@ class Approvals:
         approver: str | None,
         code: str | None,
         request: str | None = None,
+        scope: Scope | None = None,
     ) -> dict[str, Any]:
+        """A grant of `secret` in `env` to `agent` (None: every agent), for `scope` (the
+        scheme, host and port of the request approved) or, without one, for wherever the
+        secret may go."""
         if not SECRET_NAME.fullmatch(secret):
             raise BlindkeyError(f"invalid secret name {secret!r}")
         if env not in settings.environments:
@@ -265,9 +85,9 @@ class Approvals:
             drop_expired(state["grants"], now)
             # A grant still waiting for approvers; approving one in force starts its
             # renewal, and the old one stays in force until the renewal is complete.
-            grant = find_grant(state["grants"], secret, env, whom)
+            grant = find_grant(state["grants"], secret, env, whom, scope)
             if grant is None:
-                grant = new_grant(secret, env, whom, needed, span, now)
+                grant = new_grant(secret, env, whom, scope, needed, span, now)
                 state["grants"].append(grant)
             elif name in grant["approvers"]:
                 # The code is spent all the same (saved below): it was shown.
@@ -277,11 +97,8 @@ class Approvals:
             grant["needed"] = max(int(grant["needed"]), needed)
             if complete(grant):
                 grant["expires"] = now + float(grant["span"])
-                key = (secret, env, whom)
-                state["grants"] = [
-                    g for g in state["grants"]
-                    if g is grant or (g["secret"], g["env"], g["agent"]) != key
-                ]  # fmt: skip
+                key = (secret, env, whom, scope)
+                state["grants"] = [g for g in state["grants"] if g is grant or grant_key(g) != key]
             self.note(
                 "grant",
                 grant=grant["id"],
@@ -294,6 +111,7 @@ class Approvals:
                 complete=complete(grant),
                 expires=rfc3339(float(grant["expires"])),
                 request=request,
+                covers=covers_text(scope),
             )
             return dict(grant)
 
@@ -305,7 +123,7 @@ class Approvals:
             )
         if complete(grant):
             self._changed()
-            self.pending.settle(secret, env, whom)
+            self.pending.settle(secret, env, whom, scope)
         return public_grant(grant)
 
     def approve_request(
@@ -326,6 +144,7 @@ class Approvals:
             approver,
             code,
             request=request_id,
+            scope=(pending.scheme, pending.host, pending.port),
         )
         return grant
 
@@ -392,6 +211,24 @@ class Approvals:
             self._changed()
         return changed
 
+    def consent_to_copy(
+        self, source: str, target: str, by: str | None, code: str | None
+    ) -> dict[str, Any]:
+        """`environment copy`: copying from production (live values), or into an
+        environment whose grants would then release the copied values, needs an approver's
+        code once one exists. Returns the consenting approver ("" when none was needed)."""
+
+        def work(state: State) -> dict[str, Any]:
+            drop_expired(state["grants"], self.clock())
+            granted = any(g["env"] == target for g in state["grants"])
+            if source != PRODUCTION and not granted:
+                return {"approver": ""}
+            why = f"{source}'s live values" if source == PRODUCTION else "grants in force there"
+            approver = self._consent(state, by, code, f"copy {source} into {target} ({why})")
+            return {"approver": approver}
+
+        return self.edit(work)
+
     # --- tiers: what an approver allowed is the floor -------------------------------------
 
     def follow(self, settings: Settings) -> None:
@@ -411,19 +248,31 @@ class Approvals:
         approvals: int | None,
         by: str | None,
         code: str | None,
-    ) -> None:
+        anyway: bool = False,
+    ) -> dict[str, Any]:
+        """Returns {"approvable": False} when the tier is gated and no approver is active
+        (allowed only `anyway`: whoever enrols first could then approve it)."""
         self.load()
         current_tier, current_needed = self.effective(name, settings.policy(name))
         new_tier = tier or current_tier
         new_needed = approvals or current_needed
         lowers = RANK[new_tier] < RANK[current_tier] or new_needed < current_needed
 
-        def work(state: State) -> None:
+        def work(state: State) -> dict[str, Any]:
+            approvable = self._has_approvers(state)
+            if tier in GATED_TIERS and not approvable and not anyway:
+                raise BlindkeyError(
+                    f"no approver is active: a {tier} secret waits for a grant nobody can "
+                    "give yet, and whoever enrols first could give it. Enrol one first "
+                    "(`blindkey totp enroll`, then `blindkey totp confirm`), or pass --yes "
+                    "to set it anyway"
+                )
             if lowers:
                 self._consent(state, by, code, f"lower the protection of {name}")
             state["floors"][name] = {"tier": new_tier, "approvals": new_needed}
+            return {"approvable": approvable}
 
-        self.edit(work)
+        return self.edit(work)
 
     def forget_secret(
         self, settings: Settings, name: str, env: str, last: bool, by: str | None, code: str | None

@@ -57,8 +57,8 @@ def new_approver(seed: bytes, now: float) -> Approver:
         "created": now,
         "recovery": [],
         "used_steps": [],
-        "wrong": [],
-        "locked_until": 0.0,
+        "wrong": {},
+        "locked_until": {},
     }
 
 
@@ -67,23 +67,51 @@ def seed_of(record: Approver) -> bytes:
     return base64.b32decode(text + "=" * (-len(text) % 8))
 
 
-def locked_until(record: Approver, now: float) -> float | None:
-    until = float(record.get("locked_until", 0.0))
+# Lockouts written before they were kept per source: they hold for every source.
+ANY_SOURCE = "*"
+
+
+def _per_source(record: Approver, key: str) -> dict[str, Any]:
+    value = record.get(key)
+    if isinstance(value, dict):
+        return value
+    # The older file format: one lockout for everyone (kept), one list of wrong codes
+    # (dropped: at worst four wrong codes are forgotten once).
+    if key == "locked_until" and isinstance(value, int | float) and value:
+        return {ANY_SOURCE: float(value)}
+    return {}
+
+
+def locked_until(record: Approver, now: float, source: str | None = None) -> float | None:
+    """When `source`'s lockout ends (None: not locked); with no source, any source's."""
+    locks = _per_source(record, "locked_until")
+    if source is not None:
+        locks = {k: v for k, v in locks.items() if k in (source, ANY_SOURCE)}
+    until = max((float(v) for v in locks.values()), default=0.0)
     return until if until > now else None
 
 
-def check_code(name: str, record: Approver, code: str, now: float) -> dict[str, Any]:
+def check_code(name: str, record: Approver, code: str, now: float, source: str) -> dict[str, Any]:
     """Accept the code (and consume it) or raise CodeRefused; the record is updated either
-    way. Returns audit fields of the acceptance (recovery: True when a recovery code)."""
+    way. Returns audit fields of the acceptance (recovery: True when a recovery code).
+
+    Wrong TOTP codes lock the approver for the source they came from (the Unix user of the
+    CLI, as the broker's socket tells it), not for everyone. A recovery code is never
+    locked out and never counts toward a lockout: it is the way back in when someone else
+    keeps the approver locked, and at 60 bits behind scrypt it cannot be guessed."""
     code = code.strip()
-    until = locked_until(record, now)
+    if not totp.is_totp_shape(code):
+        return _recovery(name, record, code)
+    until = locked_until(record, now, source)
     if until is not None:
         raise CodeRefused(
             "locked",
             name,
             f"approver {name} is locked out after {MAX_WRONG} wrong codes; "
-            f"try again in {int(until - now) + 1}s (even a right code is refused until then)",
+            f"try again in {int(until - now) + 1}s (even a right code is refused until then; "
+            "a recovery code still works)",
         )
+    wrongs = _per_source(record, "wrong")
     step = totp.matching_step(seed_of(record), code, now)
     if step is not None:
         used = [int(s) for s in record.get("used_steps", [])]
@@ -96,32 +124,43 @@ def check_code(name: str, record: Approver, code: str, now: float) -> dict[str, 
         # Steps older than the drift window can never match again: no need to keep them.
         current = totp.step_at(now)
         record["used_steps"] = [s for s in used if s >= current - 2 * totp.DRIFT] + [step]
-        record["wrong"] = []
+        wrongs.pop(source, None)
+        record["wrong"] = wrongs
         return {"recovery": False}
-    if not totp.is_totp_shape(code):
-        hashes = [str(h) for h in record.get("recovery", [])]
-        for stored in hashes:
-            if totp.recovery_matches(code, stored):
-                hashes.remove(stored)
-                record["recovery"] = hashes
-                record["wrong"] = []
-                return {"recovery": True, "recovery_left": len(hashes)}
-    wrong = [float(t) for t in record.get("wrong", []) if now - float(t) < WRONG_WINDOW]
+    wrong = [float(t) for t in wrongs.get(source, []) if now - float(t) < WRONG_WINDOW]
     wrong.append(now)
     if len(wrong) >= MAX_WRONG:
-        record["locked_until"] = now + LOCKOUT
-        record["wrong"] = []
+        locks = _per_source(record, "locked_until")
+        locks[source] = now + LOCKOUT
+        record["locked_until"] = locks
+        wrongs.pop(source, None)
+        record["wrong"] = wrongs
         raise CodeRefused(
             "locked",
             name,
             f"wrong code for {name}; that was {MAX_WRONG} wrong codes within "
             f"{int(WRONG_WINDOW // 60)} minutes: {name} is locked out for "
-            f"{int(LOCKOUT // 60)} minutes",
+            f"{int(LOCKOUT // 60)} minutes (a recovery code still works)",
         )
-    record["wrong"] = wrong
+    wrongs[source] = wrong
+    record["wrong"] = wrongs
     raise CodeRefused(
         "wrong",
         name,
         f"wrong code for {name} ({MAX_WRONG - len(wrong)} more and {name} is locked out "
         f"for {int(LOCKOUT // 60)} minutes); check the phone's clock and the approver's name",
+    )
+
+
+def _recovery(name: str, record: Approver, code: str) -> dict[str, Any]:
+    hashes = [str(h) for h in record.get("recovery", [])]
+    for stored in hashes:
+        if totp.recovery_matches(code, stored):
+            hashes.remove(stored)
+            record["recovery"] = hashes
+            return {"recovery": True, "recovery_left": len(hashes)}
+    raise CodeRefused(
+        "wrong",
+        name,
+        f"wrong code for {name}: neither a 6-digit code nor one of {name}'s unused recovery codes",
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from blindkey.audit.events import append_event
 from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals_core import uid_source
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
@@ -79,6 +80,10 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
             int(n(params, "approvals") or 0) or None,
             t(params, "by"),
             t(params, "code"),
+            params.get("anyway") is True,
+        ),
+        "copy_env": lambda: approvals.consent_to_copy(
+            t(params, "source") or "", t(params, "target") or "", t(params, "by"), t(params, "code")
         ),
         "forget": lambda: approvals.forget_secret(
             settings,
@@ -95,13 +100,18 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
     return work()
 
 
-def approvals_op(approvals: Approvals, settings: Settings, request: Message) -> Message:
+def approvals_op(
+    approvals: Approvals, settings: Settings, request: Message, uid: int | None
+) -> Message:
+    """`uid`: the Unix user of the CLI asking (SO_PEERCRED): the source its codes count
+    against for the lockout."""
     action = request.get("action")
     params = request.get("params")
     if not isinstance(action, str) or not isinstance(params, dict):
         raise BrokerDenied("bad_request", "malformed approvals request")
     try:
-        result = run_action(approvals, settings, action, params)
+        with approvals.acting_for(uid_source(uid)):
+            result = run_action(approvals, settings, action, params)
     except CodeRefused as exc:
         raise BrokerDenied(exc.code, str(exc)) from None
     except CodeNeeded as exc:
@@ -118,21 +128,28 @@ def hold_op(state: BrokerState, request: Message) -> Message:
     list`, and give the proxy the id the agent is told to hand its human."""
     token, names = request.get("token"), request.get("names")
     host, method, path = request.get("host"), request.get("method"), request.get("path")
+    # A proxy that does not say (an older one): the destination a bare host entry names.
+    scheme, port = request.get("scheme", "https"), request.get("port", 443)
     if (
         not (token is None or isinstance(token, str))
         or not isinstance(names, list)
         or not all(isinstance(name, str) for name in names)
-        or not all(isinstance(v, str) for v in (host, method, path))
+        or not all(isinstance(v, str) for v in (host, method, path, scheme))
+        or not isinstance(port, int)
     ):
         raise BrokerDenied("bad_request", "malformed hold")
     agent = state.authenticate(token)
     env = state.settings.active_env
+    target = (str(scheme), str(host), int(port))
     for name in names:
-        denied = state.check_release(agent, env, name, "proxy")
+        denied = state.check_release(agent, env, name, "proxy", target)
         if denied is not None and denied.code == "approval_required":
-            pending = state.approvals.pending.add(
-                agent, name, env, str(method), str(host), str(path)
-            )
+            try:
+                pending = state.approvals.pending.add(
+                    agent, name, env, str(method), target, str(path)
+                )
+            except BlindkeyError as exc:  # past the cap: refused, no id to approve
+                raise BrokerDenied("approval_required", f"{name} needs a grant; {exc}") from None
             return {"id": request.get("id"), "approval_id": pending.id, "secret": name}
     # Granted meanwhile (or refused for another reason): the proxy asks again.
     return {"id": request.get("id"), "approval_id": None}

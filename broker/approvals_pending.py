@@ -9,10 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from blindkey.broker.grants import Scope
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.hosts import origin
 
 PENDING_TTL = 600.0
-MAX_PENDING = 1000  # an agent cannot grow the broker's memory by asking again and again
+# An agent cannot grow the broker's memory by asking again and again, nor push another
+# agent's request out: past its own share it is refused, and past the whole cap every new
+# request is refused; no request is ever dropped to make room.
+MAX_PENDING = 1000
+MAX_PENDING_PER_AGENT = 50
 
 
 @dataclass
@@ -22,7 +28,9 @@ class Pending:
     secret: str
     env: str
     method: str
+    scheme: str
     host: str
+    port: int
     path: str
     created: float
 
@@ -36,6 +44,10 @@ class Pending:
             "host": self.host,
             "path": self.path,
             "age_s": int(now - self.created),
+            "scheme": self.scheme,
+            "port": self.port,
+            # What approving it grants: the secret for this scheme, host and port only.
+            "covers": origin(self.scheme, self.host, self.port),
         }
 
 
@@ -50,23 +62,39 @@ class PendingRequests:
         if self.on_outcome is not None:
             self.on_outcome(request_id, outcome)
 
-    def add(self, agent: str, secret: str, env: str, method: str, host: str, path: str) -> Pending:
+    def add(
+        self, agent: str, secret: str, env: str, method: str, target: Scope, path: str
+    ) -> Pending:
         """The pending request for this call; the same call again is the same request."""
         now = self.clock()
         self.forget_old(now)
+        scheme, host, port = target
+        call = (agent, secret, env, method, scheme, host, port, path)
         for pending in self._requests.values():
-            if (pending.agent, pending.secret, pending.env, pending.method, pending.host,
-                    pending.path) == (agent, secret, env, method, host, path):  # fmt: skip
+            if (pending.agent, pending.secret, pending.env, pending.method, pending.scheme,
+                    pending.host, pending.port, pending.path) == call:  # fmt: skip
                 return pending
-        while len(self._requests) >= MAX_PENDING:
-            self.tell(self._requests.pop(next(iter(self._requests))).id, "expired")
+        mine = sum(1 for pending in self._requests.values() if pending.agent == agent)
+        if mine >= MAX_PENDING_PER_AGENT:
+            raise BlindkeyError(
+                f"agent {agent} already has {mine} calls waiting for a human, the most it may "
+                "have: a new one is listed once a human answers one (`blindkey approvals "
+                f"list`) or it lapses ({int(PENDING_TTL // 60)} minutes)"
+            )
+        if len(self._requests) >= MAX_PENDING:
+            raise BlindkeyError(
+                f"{len(self._requests)} calls of several agents wait for a human, the most "
+                "the broker keeps: a new one is listed once a human answers one or it lapses"
+            )
         pending = Pending(
             id=f"ap_{os.urandom(8).hex()}",
             agent=agent,
             secret=secret,
             env=env,
             method=method[:16],
+            scheme=scheme,
             host=host[:255],
+            port=port,
             path=path[:512],
             created=now,
         )
@@ -93,9 +121,11 @@ class PendingRequests:
         del self._requests[request_id]
         return pending
 
-    def settle(self, secret: str, env: str, agent: str) -> None:
+    def settle(self, secret: str, env: str, agent: str, scope: Scope | None) -> None:
         """Requests a new grant covers are approved with it."""
         for request_id, pending in list(self._requests.items()):
+            if scope is not None and scope != (pending.scheme, pending.host, pending.port):
+                continue
             if (pending.secret, pending.env) == (secret, env) and agent in ("*", pending.agent):
                 del self._requests[request_id]
                 self.tell(request_id, "approved")

@@ -113,6 +113,8 @@ def cmd_approve(paths: Paths, args: argparse.Namespace) -> int:
 
 def _say_grant(grant: dict[str, Any]) -> None:
     whom = "every agent" if grant["agent"] == "*" else f"agent {grant['agent']}"
+    covers = grant.get("covers", "*")
+    where = f"for any host {grant['secret']} may reach" if covers == "*" else f"for {covers} only"
     have, needed = len(grant["approvers"]), grant["needed"]
     if have < needed:
         say(
@@ -121,12 +123,15 @@ def _say_grant(grant: dict[str, Any]) -> None:
             f"({have} of {needed})"
         )
     else:
-        say(f"{grant['secret']} in {grant['env']} is granted to {whom} until {grant['expires']}")
+        say(
+            f"{grant['secret']} in {grant['env']} is granted to {whom} {where} until "
+            f"{grant['expires']}"
+        )
 
 
 def cmd_deny(paths: Paths, args: argparse.Namespace) -> int:
     pending = call(paths, "deny", request=args.request)
-    say(f"denied {pending['id']}: {pending['agent']} {pending['method']} {pending['host']}")
+    say(f"denied {pending['id']}: {pending['agent']} {pending['method']} {pending['covers']}")
     return 0
 
 
@@ -138,10 +143,14 @@ def cmd_approvals_list(paths: Paths, args: argparse.Namespace) -> int:
         say("no calls wait for approval")
     else:
         print_table(
-            [[r["id"], r["agent"], r["secret"], r["env"], r["method"], r["host"], r["path"],
+            [[r["id"], r["agent"], r["secret"], r["env"], r["method"], r["covers"], r["path"],
               f"{r['age_s']}s"] for r in rows],
-            ["ID", "AGENT", "SECRET", "ENV", "METHOD", "HOST", "PATH", "AGE"],
+            ["ID", "AGENT", "SECRET", "ENV", "METHOD", "DESTINATION", "PATH", "AGE"],
         )  # fmt: skip
+        say(
+            "approve --request ID grants the secret for that DESTINATION (scheme, host and "
+            "port) only; approve SECRET grants it for every host it may reach"
+        )
     return 0
 
 
@@ -153,9 +162,9 @@ def cmd_grants_list(paths: Paths, args: argparse.Namespace) -> int:
         say("no grants")
     else:
         print_table(
-            [[r["secret"], r["env"], r["agent"], r["expires"],
+            [[r["secret"], r["env"], r["agent"], r["covers"], r["expires"],
               f"{len(r['approvers'])}/{r['needed']} {','.join(r['approvers'])}"] for r in rows],
-            ["SECRET", "ENV", "AGENT", "EXPIRES", "APPROVERS"],
+            ["SECRET", "ENV", "AGENT", "COVERS", "EXPIRES", "APPROVERS"],
         )  # fmt: skip
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from blindkey.broker.approvals_link import call, exit_for_refusal, with_code
 from blindkey.broker.cli_secrets import (
     confirm,
     inventory,
@@ -58,11 +59,21 @@ def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_for_refusal
 def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
     settings = load_settings(paths.config_file)
     source, target = pick_env(settings, args.source), pick_env(settings, args.target)
     if source == target:
         raise BlindkeyError(f"copying {source} onto itself changes nothing")
+    # A grant covers a secret in an environment, whatever its value: copied values would
+    # ride on grants given for others, and production's are the live ones.
+    with_code(
+        args.code,
+        f"Code of approver {args.by or 'default'} (consent to copying {source} into {target})",
+        lambda code: call(paths, "copy_env", source=source, target=target, by=args.by,
+                          code=code),
+        required=False,
+    )  # fmt: skip
     with opened(local_store(paths, settings)) as store:
         values = store.values(source)
         if not values:

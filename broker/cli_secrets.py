@@ -19,7 +19,7 @@ from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.hosts import HostError, HostPattern
+from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import (
     MAX_VALUE_BYTES,
@@ -104,7 +104,7 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     bound = []
     for host in args.host:
         try:
-            bound.append(HostPattern.parse(host))
+            bound.append(AllowEntry.binding(host))
         except HostError as exc:
             raise BlindkeyError(f"--host: {exc}") from exc
     if value is None:
@@ -137,13 +137,19 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     )
     if args.tier or args.approvals:
         # The broker keeps each secret's tier floor: lowering it needs an approver's code.
-        with_code(
+        floor = with_code(
             args.code,
             f"Code of approver {args.by or 'default'} (consent to lowering {name}'s protection)",
             lambda code: call(paths, "policy", name=name, tier=args.tier,
-                              approvals=args.approvals, by=args.by, code=code),
+                              approvals=args.approvals, by=args.by, code=code,
+                              anyway=args.yes or None),
             required=False,
         )  # fmt: skip
+        if args.tier in ("controlled", "restricted") and not floor["approvable"]:
+            warn(
+                f"no approver is active: nobody can approve {name} yet, and whoever enrols "
+                "first can. Enrol yours now: blindkey totp enroll && blindkey totp confirm"
+            )
     if edits_config:
 
         def change(document: Any) -> None:
@@ -169,7 +175,7 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     put_in_force(paths, settings, f"{name} is stored in {env}", [(env, name)], config=edits_config)
     allowlist = settings.allowlist.entries
     for pattern in bound:
-        if not any(entry.pattern.overlaps(pattern) for entry in allowlist):
+        if not any(entry.overlaps(pattern) for entry in allowlist):
             # Stored all the same: the allowlist may well come next.
             warn(
                 f"{pattern} is not on the allowlist: the proxy refuses every call to it "

@@ -8,21 +8,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from blindkey.audit.record import rfc3339
+from blindkey.config.hosts import origin
 from blindkey.config.model import SecretPolicy
 
 RANK = {"open": 0, "controlled": 1, "restricted": 2}
+# What a grant approved from a request covers: that request's scheme, host and port. A
+# grant without one (`approve SECRET`) covers every destination the secret may reach.
+Scope = tuple[str, str, int]
 # A grant still waiting for more approvers is dropped after this long.
 PARTIAL_TTL = 600.0
 Grant = dict[str, Any]
 _NONE = ("open", 1)
 
 
-def new_grant(secret: str, env: str, agent: str, needed: int, span: float, now: float) -> Grant:
+def new_grant(
+    secret: str, env: str, agent: str, scope: Scope | None, needed: int, span: float, now: float
+) -> Grant:
     return {
         "id": f"g_{os.urandom(6).hex()}",
         "secret": secret,
         "env": env,
         "agent": agent,
+        "scope": list(scope) if scope is not None else None,
         "created": now,
         "expires": now + PARTIAL_TTL,
         "span": span,
@@ -46,13 +53,30 @@ def drop_expired(grants: list[Grant], now: float) -> list[Grant]:
     return gone
 
 
-def find_grant(grants: list[Grant], secret: str, env: str, agent: str) -> Grant | None:
-    """The grant of (secret, env, agent) still waiting for approvers, if any."""
+def scope_of(grant: Grant) -> Scope | None:
+    scope = grant.get("scope")
+    if not scope:
+        return None
+    scheme, host, port = scope
+    return str(scheme), str(host), int(port)
+
+
+def grant_key(grant: Grant) -> tuple[str, str, str, Scope | None]:
+    return grant["secret"], grant["env"], grant["agent"], scope_of(grant)
+
+
+def find_grant(
+    grants: list[Grant], secret: str, env: str, agent: str, scope: Scope | None
+) -> Grant | None:
+    """The grant of (secret, env, agent, scope) still waiting for approvers, if any."""
     for grant in grants:
-        key = (grant["secret"], grant["env"], grant["agent"])
-        if key == (secret, env, agent) and not complete(grant):
+        if grant_key(grant) == (secret, env, agent, scope) and not complete(grant):
             return grant
     return None
+
+
+def covers_text(scope: Scope | None) -> str:
+    return "*" if scope is None else origin(*scope)
 
 
 class GrantIndex:
@@ -61,7 +85,7 @@ class GrantIndex:
     __slots__ = ("_by_secret", "_next_expiry")
 
     def __init__(self) -> None:
-        self._by_secret: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        self._by_secret: dict[tuple[str, str], list[tuple[str, float, Scope | None]]] = {}
         self._next_expiry = float("inf")
 
     @classmethod
@@ -72,12 +96,16 @@ class GrantIndex:
             index._next_expiry = min(index._next_expiry, expires)
             if complete(grant):
                 key = (str(grant["secret"]), str(grant["env"]))
-                index._by_secret.setdefault(key, []).append((str(grant["agent"]), expires))
+                entry = (str(grant["agent"]), expires, scope_of(grant))
+                index._by_secret.setdefault(key, []).append(entry)
         return index
 
-    def covers(self, secret: str, env: str, agent: str, now: float) -> bool:
-        for whom, expires in self._by_secret.get((secret, env), ()):
-            if (whom == "*" or whom == agent) and expires > now:
+    def covers(self, secret: str, env: str, agent: str, now: float, target: Scope | None) -> bool:
+        """`target`: where the value would go (None: out of the proxy, to env or exec,
+        which only a grant for every destination covers)."""
+        for whom, expires, scope in self._by_secret.get((secret, env), ()):
+            mine = whom == "*" or whom == agent
+            if mine and expires > now and (scope is None or scope == target):
                 return True
         return False
 
@@ -142,6 +170,7 @@ def public_grant(grant: dict[str, Any]) -> dict[str, Any]:
         "expires": rfc3339(float(grant["expires"])),
         "approvers": list(grant["approvers"]),
         "needed": int(grant["needed"]),
+        "covers": covers_text(scope_of(grant)),
     }
 
 

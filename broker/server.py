@@ -238,7 +238,9 @@ class BrokerServer:
         # A JSON op may be a list or an object: those cannot even be looked up.
         operation = self.operations.get(op) if isinstance(op, str) else None
         if client.release_only and op not in RELEASE_OPS:
-            operation = None
+            # approvals is kept: its own check refuses every user but the broker's, on the
+            # record (code_refused, not_broker_user), the agent's user included.
+            operation = self._approvals if op == "approvals" else None
         if operation is None:
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
         try:
@@ -252,16 +254,21 @@ class BrokerServer:
         token = request.get("token")
         names = request.get("names")
         host = request.get("host")
+        # Where the values would go; a client that does not say: what a bare host names.
+        scheme, port = request.get("scheme", "https"), request.get("port", 443)
         if (
             not isinstance(names, list)
             or not all(isinstance(n, str) for n in names)
             or not isinstance(host, str)
             or not (token is None or isinstance(token, str))
+            or not isinstance(scheme, str)
+            or not isinstance(port, int)
         ):
             return {"id": request_id, "error": "bad_request", "message": "malformed resolve"}
-        answer = self.state.resolve(token, names, host)
+        answer = self.state.resolve(token, names, host, scheme, port)
         if answer.missing:
-            self._spawn(self._resolve_later(request_id, token, names, host, client))
+            target = (scheme, host, port)
+            self._spawn(self._resolve_later(request_id, token, names, target, client))
             return None
         return self._resolved(request_id, answer)
 
@@ -337,7 +344,7 @@ class BrokerServer:
         if getattr(client, "uid", None) != os.getuid():
             refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
         before = self._pushed
-        reply = approvals_op(self.state.approvals, self.state.settings, request)
+        reply = approvals_op(self.state.approvals, self.state.settings, request, client.uid)
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply
@@ -365,14 +372,15 @@ class BrokerServer:
         request_id: Any,
         token: str | None,
         names: list[str],
-        host: str,
+        target: tuple[str, str, int],
         client: _Client,
     ) -> None:
         state = self.state
+        scheme, host, port = target
         try:
-            first = state.resolve(token, names, host)
+            first = state.resolve(token, names, host, scheme, port)
             await state.fetch(first.env, first.missing)
-            answer = state.resolve(token, names, host)
+            answer = state.resolve(token, names, host, scheme, port)
             if answer.missing:
                 state.unavailable()
             reply = self._resolved(request_id, answer)

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
-from blindkey.broker.approvals import Approvals, Clock
+from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals_core import Clock
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
+from blindkey.broker.grants import Scope
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.hosts import entry_for, origin
 from blindkey.config.loader import load_settings
 from blindkey.config.model import SecretPolicy, Settings
 from blindkey.config.paths import Paths
@@ -37,6 +40,17 @@ class BrokerAnswer(NamedTuple):
     denied: BrokerDenied | None
     # Names the view could not answer from memory: fetch them, then resolve again.
     missing: tuple[str, ...] = ()
+
+
+def _not_bound(name: str, policy: SecretPolicy, target: Scope) -> str:
+    scheme, host, port = target
+    entry = entry_for(scheme, host, port)
+    bound = ", ".join(str(e) for e in policy.hosts)
+    return (
+        f"secret {name} is not bound to {origin(scheme, host, port)} (its hosts: {bound}; a "
+        f"bare host means https on port 443): to send it there, add {entry!r} to "
+        f"[secrets.{name}] hosts"
+    )
 
 
 def _fingerprint(files: Iterable[Path]) -> Stamp:
@@ -174,7 +188,12 @@ class BrokerState:
             raise BrokerDenied("unauthenticated", "unknown or revoked agent token")
         return record.name
 
-    def resolve(self, token: str | None, names: list[str], host: str) -> BrokerAnswer:
+    def resolve(
+        self, token: str | None, names: list[str], host: str, scheme: str = "https",
+        port: int = 443,
+    ) -> BrokerAnswer:  # fmt: skip
+        """The values `names` for a call to scheme://host:port (the defaults: what a bare
+        host entry names), or the refusal."""
         view = self.view
         if view is None:
             # Nothing was ever loaded: no agents to know a token by, no values.
@@ -190,14 +209,14 @@ class BrokerState:
             return BrokerAnswer(agent, env, {}, None, missing)
         values: dict[str, str] = {}
         for name, value in zip(names, found, strict=True):
-            denied = self._check(agent, env, name, host, value)
+            denied = self._check(agent, env, name, (scheme, host, port), value)
             if denied is not None:
                 return BrokerAnswer(agent, env, {}, denied)
             values[name] = value  # type: ignore[assignment]  # _check refused None
         return BrokerAnswer(agent, env, values, None)
 
     def _check(
-        self, agent: str, env: str, name: str, host: str, value: object
+        self, agent: str, env: str, name: str, target: Scope, value: object
     ) -> BrokerDenied | None:
         if value is None:
             return BrokerDenied("unknown_secret", f"no secret named {name} in environment {env}")
@@ -206,31 +225,36 @@ class BrokerState:
             return BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
         if "proxy" not in policy.release:
             return BrokerDenied("secret_denied", f"secret {name} is not released to the proxy")
-        if not policy.allows_host(host):
-            return BrokerDenied("secret_denied", f"secret {name} is not bound to host {host}")
-        return self._gate(agent, env, name, policy)
+        if not policy.allows_host(*target):
+            return BrokerDenied("secret_denied", _not_bound(name, policy, target))
+        return self._gate(agent, env, name, policy, target)
 
-    def _gate(self, agent: str, env: str, name: str, policy: SecretPolicy) -> BrokerDenied | None:
+    def _gate(
+        self, agent: str, env: str, name: str, policy: SecretPolicy, target: Scope | None
+    ) -> BrokerDenied | None:
         # The hot path: an open secret that no approver ever raised needs nothing more.
         if policy.tier == "open" and not self.approvals.floors.raised(name):
             return None
         tier, _ = self.approvals.effective(name, policy)
-        if tier == "open" or self.approvals.in_force(name, env, agent):
+        if tier == "open" or self.approvals.in_force(name, env, agent, target):
             return None
         return BrokerDenied(
             "approval_required",
             f"secret {name} is {tier}: a human must approve its use first",
         )
 
-    def check_release(self, agent: str, env: str, name: str, channel: str) -> BrokerDenied | None:
+    def check_release(
+        self, agent: str, env: str, name: str, channel: str, target: Scope | None = None
+    ) -> BrokerDenied | None:
         """Whether `agent` may have `name`'s value through `channel` (proxy, env, exec) now:
-        bindings, release channels, tiers and grants applied. None: it may."""
+        bindings, release channels, tiers and grants applied. None: it may. `target`: the
+        proxy's destination; without one only grants for every destination count."""
         policy = self.settings.secrets.get(name, OPEN_POLICY)
         if not policy.allows_agent(agent):
             return BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
         if channel not in policy.release:
             return BrokerDenied("secret_denied", f"secret {name} is not released to {channel}")
-        return self._gate(agent, env, name, policy)
+        return self._gate(agent, env, name, policy, target)
 
     def unavailable(self) -> NoReturn:
         # An error, not a denial: a proxy may cache denials, and this one passes.

@@ -133,7 +133,14 @@ class AllowEntry:
     text: str = field(compare=False)
 
     @classmethod
-    def parse(cls, raw: str) -> AllowEntry:
+    def binding(cls, raw: str) -> AllowEntry:
+        """A secret's `hosts` entry: an allowlist entry, but a wildcard under a public suffix
+        is accepted. A binding only narrows the allowlist, which refuses such a wildcard, so
+        `*.githubusercontent.com` binds to the hosts of it that are allowlisted, no more."""
+        return cls.parse(raw, any_suffix=True)
+
+    @classmethod
+    def parse(cls, raw: str, *, any_suffix: bool = False) -> AllowEntry:
         text = raw.strip()
         scheme = "https"
         rest = text
@@ -148,7 +155,7 @@ class AllowEntry:
         pattern = HostPattern.parse(host_part)
         if pattern.wildcard and ip_literal(pattern.host) is not None:
             raise HostError(f"{raw!r}: a wildcard cannot cover an IP address")
-        if pattern.wildcard and _public_suffixes().is_public(pattern.host):
+        if pattern.wildcard and not any_suffix and _public_suffixes().is_public(pattern.host):
             raise HostError(
                 f"{raw!r}: {pattern.host} is a public suffix, where anyone can register a "
                 f"name; allowlist the hosts you mean, or *.DOMAIN.{pattern.host} for a domain "
@@ -163,6 +170,31 @@ class AllowEntry:
 
     def matches(self, scheme: str, host: str, port: int) -> bool:
         return scheme == self.scheme and port == self.port and self.pattern.matches(host)
+
+    def overlaps(self, other: AllowEntry) -> bool:
+        """Whether some destination matches both entries."""
+        return (
+            self.scheme == other.scheme
+            and self.port == other.port
+            and self.pattern.overlaps(other.pattern)
+        )
+
+    def __str__(self) -> str:
+        return entry_for(self.scheme, str(self.pattern), self.port)
+
+
+def entry_for(scheme: str, host: str, port: int) -> str:
+    """The shortest entry text that names exactly this scheme, host and port."""
+    shown = f"[{host}]" if ":" in host else host
+    if scheme == "https":
+        return shown if port == DEFAULT_PORTS["https"] else f"{shown}:{port}"
+    return f"{scheme}://{shown}" if port == DEFAULT_PORTS[scheme] else f"{scheme}://{shown}:{port}"
+
+
+def origin(scheme: str, host: str, port: int) -> str:
+    """scheme://host:port, the port always shown (what a grant from a request covers)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}"
 
 
 def _split_port(rest: str, raw: str) -> tuple[str, int | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from blindkey.config.errors import ConfigError
-from blindkey.config.hosts import AllowEntry, HostError, HostPattern
+from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.model import (
     AGENT_NAME,
     DEFAULT_POLICY,
@@ -170,7 +170,7 @@ def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
     default = DEFAULT_POLICY
     policy = SecretPolicy(
         tier=section.get("tier", default.tier, _one_of(TIERS)),
-        hosts=section.get("hosts", default.hosts, _string_list(HostPattern.parse)),
+        hosts=section.get("hosts", default.hosts, _string_list(AllowEntry.binding)),
         agents=section.get("agents", default.agents, _string_list()),
         release=section.get("release", default.release, _string_list(_one_of(RELEASE_CHANNELS))),
         allow_short=section.get("allow_short", default.allow_short, _BOOL),

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from blindkey.config.hosts import AllowEntry, HostPattern
+from blindkey.config.hosts import AllowEntry
 from blindkey.config.stores import (
     DEFAULT_ENVIRONMENTS,
     BackendSettings,
@@ -93,7 +93,8 @@ class AllowlistSettings:
 @dataclass(frozen=True)
 class SecretPolicy:
     tier: str = "open"
-    hosts: tuple[HostPattern, ...] = ()
+    # Where the value may go: allowlist entries (scheme, host pattern and port, exactly).
+    hosts: tuple[AllowEntry, ...] = ()
     agents: tuple[str, ...] = ("*",)
     release: tuple[str, ...] = ("proxy",)
     # Stored with --allow-short: too short to redact reliably, so every use is audited as such.
@@ -104,8 +105,8 @@ class SecretPolicy:
     def allows_agent(self, agent: str) -> bool:
         return "*" in self.agents or agent in self.agents
 
-    def allows_host(self, host: str) -> bool:
-        return not self.hosts or any(pattern.matches(host) for pattern in self.hosts)
+    def allows_host(self, scheme: str, host: str, port: int) -> bool:
+        return not self.hosts or any(entry.matches(scheme, host, port) for entry in self.hosts)
 
 
 DEFAULT_POLICY = SecretPolicy()  # a secret without a [secrets.NAME] table

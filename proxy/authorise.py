@@ -34,7 +34,7 @@ class Grant:
 
 # The caller's agent and environment, and the values released or the broker's refusal.
 Resolution = tuple[str, str, "Grant | BrokerDenied"]
-ResolutionKey = tuple[str | None, tuple[str, ...], str]
+ResolutionKey = tuple[str | None, tuple[str, ...], str, str, int]
 
 
 class Authoriser:
@@ -100,16 +100,20 @@ class Authoriser:
             self._resolutions_epoch = epoch
             self.on_invalidate()
 
-    async def resolve(self, token: str | None, names: list[str], host: str) -> Resolution:
-        """(agent, env, grant or the broker's refusal); raises for unauthenticated callers
+    async def resolve(
+        self, token: str | None, names: list[str], host: str, scheme: str = "https",
+        port: int = 443,
+    ) -> Resolution:  # fmt: skip
+        """(agent, env, grant or the broker's refusal) for a call to scheme://host:port
+        (bindings and grants name all three); raises for unauthenticated callers
         (BrokerDenied) and when the broker cannot answer (BrokerUnavailable)."""
-        key = (token, tuple(names), host)
+        key = (token, tuple(names), host, scheme, port)
         if self.broker.connected and self.broker.connection_epoch == self._resolutions_epoch:
             cached = self._resolutions.get(key)
             if cached is not None:
                 return cached
         epoch, invalidations = self.broker.connection_epoch, self._invalidations
-        resolution = await self._ask_broker(token, names, host)
+        resolution = await self._ask_broker(token, names, host, scheme, port)
         # An invalidation handled while this call waited may be newer than its answer
         # (both can arrive in one read): the answer serves this call, which began before
         # the change, and no later one.
@@ -130,8 +134,12 @@ class Authoriser:
         agent, env, _ = await self.resolve(token, [], "")
         return agent, env
 
-    async def _ask_broker(self, token: str | None, names: list[str], host: str) -> Resolution:
-        reply = await self.broker.call("resolve", token=token, names=names, host=host)
+    async def _ask_broker(
+        self, token: str | None, names: list[str], host: str, scheme: str, port: int
+    ) -> Resolution:
+        reply = await self.broker.call(
+            "resolve", token=token, names=names, host=host, scheme=scheme, port=port
+        )
         agent, env = str(reply["agent"]), str(reply["env"])
         denied = reply.get("denied")
         if denied:
@@ -158,13 +166,17 @@ class Authoriser:
     # --- calls held for a human ---------------------------------------------------------
 
     async def hold(
-        self, token: str | None, names: list[str], host: str, method: str, path: str
-    ) -> tuple[str | None, str]:
-        """Record a call that met a gate as a pending request: (approval id, the secret
-        that needs a grant); the id is None when nothing needs one any more."""
+        self, token: str | None, names: list[str], target: tuple[str, str, int], method: str,
+        path: str,
+    ) -> tuple[str | None, str]:  # fmt: skip
+        """Record a call to target (scheme, host, port) that met a gate as a pending
+        request: (approval id, the secret that needs a grant); the id is None when nothing
+        needs one any more."""
+        scheme, host, port = target
         reply = await self.broker.call(
-            "hold", token=token, names=names, host=host, method=method, path=path
-        )
+            "hold", token=token, names=names, scheme=scheme, host=host, port=port,
+            method=method, path=path,
+        )  # fmt: skip
         approval_id = reply.get("approval_id")
         return (str(approval_id) if approval_id else None), str(reply.get("secret", ""))
 

@@ -211,7 +211,8 @@ def _secrets(sub: Subcommands) -> None:
         action="append",
         default=[],
         metavar="HOST",
-        help="bind the secret to this host (repeatable; *.example.com allowed)",
+        help="bind the secret to this destination, as an allowlist entry: host (https, "
+        "port 443), host:port, http://host[:port], *.example.com (repeatable)",
     )
     p.add_argument(
         "--agent",
@@ -238,6 +239,7 @@ def _secrets(sub: Subcommands) -> None:
         help="distinct approvers a grant of this secret needs (default 1)",
     )
     approver_code(p)
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
     p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_set")
     p = actions.add_parser("list", help="names, environments and policy (never values)")
     json_flag(p)
@@ -283,6 +285,7 @@ def _environment(sub: Subcommands) -> None:
     p.add_argument("source", metavar="FROM")
     p.add_argument("target", metavar="TO")
     p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
+    approver_code(p)  # from production, or into an environment with grants
     p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_copy")
 
 

@@ -14,6 +14,7 @@ import asyncio
 
 from aiohttp import web
 
+from blindkey.config.hosts import origin
 from blindkey.proxy.authorise import Authoriser, Grant
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import ProxySpec
@@ -37,8 +38,9 @@ def _required(approval_id: str, secret: str, host: str, why: str = "") -> ProxyE
     return ProxyError(
         "approval_required",
         f"{why}secret {secret} needs a human's approval before it is used on {host}: ask "
-        f"them to run `blindkey approve --request {approval_id}` (or `blindkey approve "
-        f"{secret}`), then retry; or send {WAIT_HEADER}: SECONDS to wait for it",
+        f"them to run `blindkey approve --request {approval_id}` (for {host} only; or "
+        f"`blindkey approve {secret}`, for every host it may reach), then retry; or send "
+        f"{WAIT_HEADER}: SECONDS to wait for it",
         fields={"approval_id": approval_id},
     )
 
@@ -70,20 +72,25 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
     authoriser = runtime.authoriser
     target = spec.target
     names, host = spec.secret_names, target.host
+    destination = (target.scheme, target.host, target.port)
+    # The refusal names the destination a grant from this request covers, port included.
+    shown = origin(*destination)
     path = target.path_query.split("?", 1)[0]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (wait or 0)
     while True:
         since = authoriser.changes
-        approval_id, secret = await authoriser.hold(spec.token, names, host, spec.method, path)
+        approval_id, secret = await authoriser.hold(
+            spec.token, names, destination, spec.method, path
+        )
         if approval_id is not None:
             if wait is None:
-                raise _required(approval_id, secret, host)
+                raise _required(approval_id, secret, shown)
             outcome = await _outlast(authoriser, request, approval_id, deadline, since)
             if outcome == "denied":
                 raise ProxyError(
                     "approval_denied",
-                    f"a human denied request {approval_id} to use {secret} on {host}",
+                    f"a human denied request {approval_id} to use {secret} on {shown}",
                     fields={"approval_id": approval_id},
                 )
             if outcome in ("timeout", "shutdown", "expired", "gone"):
@@ -93,11 +100,11 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
                     "gone": "the caller went away: ",
                     "expired": "the request was not approved within 10 minutes: ",
                 }[outcome]
-                raise _required(approval_id, secret, host, why)
-        _, _, grant = await authoriser.resolve(spec.token, names, host)
+                raise _required(approval_id, secret, shown, why)
+        _, _, grant = await authoriser.resolve(spec.token, names, host, target.scheme, target.port)
         if isinstance(grant, Grant):
             return grant
         if grant.code != "approval_required" or wait is None or approval_id is None:
             raise grant
         if loop.time() >= deadline:
-            raise _required(approval_id or "", secret, host, f"no human approved within {wait}s: ")
+            raise _required(approval_id or "", secret, shown, f"no human approved within {wait}s: ")

@@ -63,7 +63,9 @@ async def forward(
         raise
 
     # Authorise: the broker releases the values this agent may use on this host.
-    agent, env, grant = await authoriser.resolve(spec.token, names, target.host)
+    agent, env, grant = await authoriser.resolve(
+        spec.token, names, target.host, target.scheme, target.port
+    )
     record.agent, record.env = agent, env
     if isinstance(grant, BrokerDenied):
         if grant.code != "approval_required":

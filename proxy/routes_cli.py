@@ -103,12 +103,12 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
     else:
         say(f"already allowlisted by {outcome['covered_by']}")
     policy = settings.policy(route.secret)
-    if not policy.allows_host(target.host):
+    if not policy.allows_host(target.scheme, target.host, target.port):
         hosts = ", ".join(str(p) for p in policy.hosts)
         warn(
-            f"secret {route.secret} is bound to {hosts}, not {target.host}: calls through "
+            f"secret {route.secret} is bound to {hosts}, not {entry_text}: calls through "
             f"this route will be refused (secret_denied) until it is bound with "
-            f"`blindkey secrets set {route.secret} --host {target.host}`"
+            f"`blindkey secrets set {route.secret} --host {entry_text}`"
         )
     if "proxy" not in policy.release:
         warn(f"secret {route.secret} is not released to the proxy: calls will be refused")

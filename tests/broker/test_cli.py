@@ -118,7 +118,7 @@ def test_empty_value_is_refused(home: Paths, run_cli: RunCli, stdin: str) -> Non
 def test_tier_host_and_agent_write_metadata(home: Paths, run_cli: RunCli) -> None:
     result = run_cli(
         "secrets", "set", "GITHUB_TOKEN",
-        "--tier", "controlled",
+        "--tier", "controlled", "--yes",  # no approver here: set it all the same
         "--host", "api.github.com",
         "--host", "*.githubusercontent.com",
         "--agent", "claude",
@@ -135,9 +135,10 @@ def test_tier_host_and_agent_write_metadata(home: Paths, run_cli: RunCli) -> Non
     }
     policy = load_settings(home.config_file).policy("GITHUB_TOKEN")
     assert policy.tier == "controlled"
-    assert policy.allows_host("api.github.com")
-    assert policy.allows_host("raw.githubusercontent.com")
-    assert not policy.allows_host("api.stripe.com")
+    assert policy.allows_host("https", "api.github.com", 443)
+    assert policy.allows_host("https", "raw.githubusercontent.com", 443)
+    assert not policy.allows_host("https", "api.stripe.com", 443)
+    assert not policy.allows_host("http", "api.github.com", 80)
     assert policy.allows_agent("claude")
     assert not policy.allows_agent("other")
     assert VALUE not in home.config_file.read_text()
@@ -187,7 +188,11 @@ def test_bad_tier_is_a_usage_error(home: Paths, run_cli: RunCli) -> None:
 def test_list_json_names_policy_and_never_values(home: Paths, run_cli: RunCli) -> None:
     ok(run_cli("secrets", "set", "GITHUB_TOKEN", "--host", "api.github.com", input=VALUE))
     ok(run_cli("secrets", "set", "GITHUB_TOKEN", "--env", "staging", input="staging-value-42"))
-    ok(run_cli("secrets", "set", "STRIPE", "--tier", "restricted", input="sk_live_value_77"))
+    ok(
+        run_cli(
+            "secrets", "set", "STRIPE", "--tier", "restricted", "--yes", input="sk_live_value_77"
+        )
+    )
 
     result = ok(run_cli("secrets", "list", "--json"), VALUE, "staging-value-42", "sk_live_value_77")
     rows = json.loads(result.stdout)
@@ -219,7 +224,7 @@ def test_list_json_when_empty(run_cli: RunCli) -> None:
 
 
 def test_delete(home: Paths, run_cli: RunCli) -> None:
-    ok(run_cli("secrets", "set", "A", "--tier", "controlled", input="alpha-value"))
+    ok(run_cli("secrets", "set", "A", "--tier", "controlled", "--yes", input="alpha-value"))
     ok(run_cli("secrets", "set", "B", input="beta-value"))
 
     result = ok(run_cli("secrets", "delete", "A"), "alpha-value", "beta-value")
@@ -238,7 +243,7 @@ def test_delete(home: Paths, run_cli: RunCli) -> None:
 def test_delete_in_one_environment_keeps_metadata_used_elsewhere(
     home: Paths, run_cli: RunCli
 ) -> None:
-    ok(run_cli("secrets", "set", "A", "--tier", "controlled", input="dev-a-value"))
+    ok(run_cli("secrets", "set", "A", "--tier", "controlled", "--yes", input="dev-a-value"))
     ok(run_cli("secrets", "set", "A", "--env", "staging", input="stage-a-value"))
     ok(run_cli("secrets", "delete", "A", "--env", "staging"))
     assert vault(home) == {"development": {"A": "dev-a-value"}}

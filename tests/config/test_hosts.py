@@ -319,6 +319,8 @@ def test_an_allow_entry_parses_or_is_a_host_error_and_parses_again_the_same(raw:
     assert AllowEntry.parse(entry.text) == entry
     # Its normal form too, as `allowlist list` could print it.
     assert AllowEntry.parse(_canonical(entry)) == entry
+    # And the shortest form str() gives (what `secrets list` shows of a binding).
+    assert AllowEntry.parse(str(entry)) == entry
     host = entry.pattern.host
     assert entry.matches(entry.scheme, "x." + host if entry.pattern.wildcard else host, entry.port)
 
@@ -332,3 +334,31 @@ def test_a_host_pattern_parses_or_is_a_host_error_and_parses_again_the_same(raw:
     assert HostPattern.parse(str(pattern)) == pattern
     assert normalize_host(pattern.host) == pattern.host
     assert pattern.overlaps(pattern)
+
+
+# A secret's binding means what an allowlist entry means: (binding, scheme, host, port, ok)
+BINDINGS = [
+    ("api.github.com", "https", "api.github.com", 443, True),
+    ("api.github.com", "http", "api.github.com", 80, False),
+    ("api.github.com", "https", "api.github.com", 8443, False),
+    ("api.github.com:8443", "https", "api.github.com", 8443, True),
+    ("http://127.0.0.1:9000", "http", "127.0.0.1", 9000, True),
+    ("http://127.0.0.1:9000", "http", "127.0.0.1", 9001, False),
+    ("http://127.0.0.1:9000", "https", "127.0.0.1", 9000, False),
+    ("*.githubusercontent.com", "https", "raw.githubusercontent.com", 443, True),
+    ("*.githubusercontent.com", "http", "raw.githubusercontent.com", 80, False),
+]
+
+
+@pytest.mark.parametrize(("binding", "scheme", "host", "port", "ok"), BINDINGS)
+def test_a_binding_names_scheme_host_and_port(
+    binding: str, scheme: str, host: str, port: int, ok: bool
+) -> None:
+    assert AllowEntry.binding(binding).matches(scheme, host, port) is ok
+
+
+def test_a_binding_may_be_a_wildcard_under_a_public_suffix() -> None:
+    # It only narrows the allowlist, which refuses such a wildcard itself.
+    with pytest.raises(HostError, match="public suffix"):
+        AllowEntry.parse("*.githubusercontent.com")
+    assert str(AllowEntry.binding("*.githubusercontent.com")) == "*.githubusercontent.com"

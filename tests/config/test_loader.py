@@ -94,12 +94,17 @@ release = ["proxy", "exec"]
         ipaddress.ip_network("fd00::/8"),
     )
     github = settings.policy("GITHUB_TOKEN")
-    assert github.allows_host("api.github.com") and not github.allows_host("github.com")
+    assert github.allows_host("https", "api.github.com", 443)
+    assert not github.allows_host("https", "github.com", 443)
+    # A bare host is https on port 443, as on the allowlist: not http, not another port.
+    assert not github.allows_host("http", "api.github.com", 80)
+    assert not github.allows_host("https", "api.github.com", 8443)
     assert github.allows_agent("anyone")
     stripe = settings.policy("stripe.live-key")
     assert stripe.tier == "restricted"
     assert stripe.release == ("proxy", "exec")
-    assert stripe.allows_host("api.stripe.com") and not stripe.allows_host("stripe.com")
+    assert stripe.allows_host("https", "api.stripe.com", 443)
+    assert not stripe.allows_host("https", "stripe.com", 443)
     assert stripe.allows_agent("billing-bot") and not stripe.allows_agent("other")
     # A name without a [secrets.NAME] table gets the open default policy.
     assert settings.policy("UNLISTED") == SecretPolicy()

@@ -170,8 +170,6 @@ def test_the_installed_units_run_hardened_under_systemd(booted: Booted) -> None:
     assert booted.show("blindkey.service", "StatusText") == "listening on 127.0.0.1:8765"
     assert booted.show("blindkey-broker.service", "StatusText").startswith("serving /run/")
 
-    booted.cli("blindkey-broker", broker_home, "secrets", "set", "GH", "--host", "127.0.0.1",
-               stdin=SECRET)  # fmt: skip
     token = json.loads(booted.cli("blindkey-broker", broker_home, "agent", "add", "a", "--json"))
     upstream = subprocess.Popen(
         ["nsenter", "-t", str(booted.pid), "-n", sys.executable, "-m", "tests.upstream"],
@@ -180,6 +178,9 @@ def test_the_installed_units_run_hardened_under_systemd(booted: Booted) -> None:
     try:
         assert upstream.stdout is not None
         port = int(upstream.stdout.readline().split()[1])
+        # A binding names scheme and port, as an allowlist entry does.
+        booted.cli("blindkey-broker", broker_home, "secrets", "set", "GH", "--host",
+                   f"http://127.0.0.1:{port}", stdin=SECRET)  # fmt: skip
         booted.cli("blindkey", proxy_home, "allowlist", "add", f"http://127.0.0.1:{port}")
         booted.systemctl("reload", "blindkey.service")  # `proxy reload`: waits for it
         answer = booted.inside(

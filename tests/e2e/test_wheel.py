@@ -100,7 +100,7 @@ def test_quick_start_from_the_installed_wheel(
     upstream = f"http://127.0.0.1:{upstream_port}"
     run(installed, "init", home=home)
     run(installed, "allowlist", "add", upstream, home=home)
-    run(installed, "secrets", "set", "GITHUB_TOKEN", "--host", "127.0.0.1", home=home, stdin=VALUE)
+    run(installed, "secrets", "set", "GITHUB_TOKEN", "--host", upstream, home=home, stdin=VALUE)
     token = json.loads(run(installed, "agent", "add", "my-agent", "--json", home=home))["token"]
     run(installed, "proxy", "start", "--port", "0", home=home)
     try:

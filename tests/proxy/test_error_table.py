@@ -157,7 +157,7 @@ async def test_policy_refusals(env: Env, policy: dict[str, Any], code: str) -> N
 
 async def test_secret_bound_to_another_host_never_reaches_this_one(env: Env) -> None:
     # Both hosts are allowlisted; the key is bound to one of them only.
-    set_secret_policy(env.paths, "STRIPE_KEY", hosts=["localhost"])
+    set_secret_policy(env.paths, "STRIPE_KEY", hosts=[f"http://localhost:{env.upstream_port}"])
     headers = env.headers(X_AS_Inject_Bearer="STRIPE_KEY")
     await eventually_status(env, 403, headers)
     assert_error(*await env.call(headers=headers), "secret_denied", 403)

@@ -97,7 +97,8 @@ async def test_rotation_is_used_by_the_next_request(env: Env) -> None:
 
 async def test_a_new_secret_is_usable_when_secrets_set_returns(env: Env) -> None:
     assert (await env.call(headers=env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")))[0] == 200
-    await cli(env, "secrets", "set", "NEW_KEY", "--host", "127.0.0.1", stdin=b"new-key-0123456789")
+    bound = f"http://127.0.0.1:{env.upstream_port}"  # a binding names scheme and port
+    await cli(env, "secrets", "set", "NEW_KEY", "--host", bound, stdin=b"new-key-0123456789")
     status, response_headers, _ = await env.call(headers=env.headers(X_AS_Inject_Bearer="NEW_KEY"))
     assert status == 200
     expected = hashlib.sha256(b"Bearer new-key-0123456789").hexdigest()

@@ -34,7 +34,8 @@ def test_the_proxy_serves_under_memory_deny_write_execute(
     home: Paths, run_cli: RunCli, upstream_port: int
 ) -> None:
     assert run_cli("allowlist", "add", f"http://127.0.0.1:{upstream_port}").returncode == 0
-    stored = run_cli("secrets", "set", "GH", "--host", "127.0.0.1", input=SECRET)
+    bound = f"http://127.0.0.1:{upstream_port}"  # a binding names scheme and port
+    stored = run_cli("secrets", "set", "GH", "--host", bound, input=SECRET)
     assert stored.returncode == 0, stored.stderr
     token = json.loads(run_cli("agent", "add", "a", "--json").stdout)["token"]
     env = {**os.environ, "BLINDKEY_HOME": str(home.config_dir)}

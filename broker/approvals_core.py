@@ -1,0 +1,165 @@
+"""What every approvals change goes through: the approvals file under its lock, cached for
+the hot path; its audit events; and an approver's code, checked against the lockout of
+the source it came from. `Approvals` (approvals.py) builds on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from blindkey.audit.events import append_event
+from blindkey.audit.record import rfc3339
+from blindkey.broker.approvals_codes import (
+    LOCKOUT,
+    CodeNeeded,
+    CodeRefused,
+    check_code,
+    locked_until,
+)
+from blindkey.broker.approvals_pending import PendingRequests
+from blindkey.broker.approvals_store import ApprovalsFile, State
+from blindkey.broker.grants import Floors, GrantIndex
+from blindkey.config.errors import BlindkeyError
+from blindkey.config.model import AGENT_NAME
+from blindkey.config.paths import Paths
+
+T = TypeVar("T")
+DEFAULT_APPROVER = "default"
+Clock = Callable[[], float]
+
+
+def local_source() -> str:
+    """The source of codes typed into this process: its Unix user (the broker names a
+    CLI's the same way, from the peer credentials of its socket)."""
+    return uid_source(os.getuid())
+
+
+def uid_source(uid: int | None) -> str:
+    return f"uid:{uid}"
+
+
+def check_approver_name(name: str) -> str:
+    if not AGENT_NAME.fullmatch(name):
+        raise BlindkeyError(
+            f"invalid approver name {name!r}: letters, digits, '_', '.', '-' (at most 64)"
+        )
+    return name
+
+
+class ApprovalsCore:
+    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
+        self.paths = paths
+        self.clock = clock
+        self.file = ApprovalsFile.of(paths)
+        self.state: State = {}
+        self.index = GrantIndex()
+        self.floors = Floors({}, False)
+        # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
+        self.pending = PendingRequests(clock)
+        self._stamp: tuple[int, int, int] | None = None
+        # Set by the broker: a grant changed (push an invalidation), a request resolved.
+        self.on_change: Callable[[], None] | None = None
+        # Who is giving codes now, for the lockout (acting_for): a wrong code locks the
+        # approver for its source only.
+        self.source = local_source()
+
+    # --- the state, cached for the hot path -------------------------------------------
+
+    def load(self) -> bool:
+        """Re-read the file if it changed; True when it did."""
+        stamp = self.file.stamp()
+        if stamp == self._stamp:
+            return False
+        self._adopt(self.file.load())
+        self._stamp = stamp
+        return True
+
+    def _adopt(self, state: State) -> None:
+        self.state = state
+        self.index = GrantIndex.of(state["grants"])
+        self.floors = Floors(state["floors"], self._has_approvers(state))
+        self._stamp = self.file.stamp()
+
+    @staticmethod
+    def _has_approvers(state: State) -> bool:
+        return any(a.get("active") for a in state["approvers"].values())
+
+    def edit(self, work: Callable[[State], T]) -> T:
+        """Run `work` on the state under the file's lock. A refused code is saved too
+        (its counters are the lockout), then raised."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        self._events = events
+        refused: CodeRefused | None = None
+        with self.file.editing() as state:
+            try:
+                result = work(state)
+            except CodeRefused as exc:
+                refused = exc
+        self._adopt(state)
+        for event, fields in events:
+            self._audit(event, fields)
+        if refused is not None:
+            raise refused
+        return result
+
+    def _audit(self, event: str, fields: dict[str, Any]) -> None:
+        append_event(self.paths.audit_dir, event, fields)
+
+    def note(self, event: str, **fields: Any) -> None:
+        self._events.append((event, fields))
+
+    @contextlib.contextmanager
+    def acting_for(self, source: str) -> Iterator[None]:
+        saved, self.source = self.source, source
+        try:
+            yield
+        finally:
+            self.source = saved
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # --- codes --------------------------------------------------------------------------
+
+    def pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
+        active = sorted(n for n, a in state["approvers"].items() if a.get("active"))
+        if given:
+            check_approver_name(given)
+            if given not in active:
+                raise BlindkeyError(f"no active approver named {given}; see `blindkey totp list`")
+            return given
+        if not active:
+            raise BlindkeyError("no approver is enrolled: `blindkey totp enroll` first")
+        if len(active) == 1:
+            return str(active[0])
+        if DEFAULT_APPROVER in active:
+            return DEFAULT_APPROVER
+        raise BlindkeyError(f"{len(active)} approvers: name one with {flag}")
+
+    def verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
+        if not code:
+            raise CodeNeeded(f"a code of approver {name} is needed to {purpose}")
+        record = state["approvers"][name]
+        now = self.clock()
+        try:
+            accepted = check_code(name, record, code, now, self.source)
+        except CodeRefused as exc:
+            self.note("code_refused", approver=name, reason=exc.code, purpose=purpose,
+                      source=self.source)  # fmt: skip
+            if exc.kind == "locked" and locked_until(record, now, self.source) == now + LOCKOUT:
+                self.note("locked_out", approver=name, until=rfc3339(now + LOCKOUT),
+                          source=self.source)  # fmt: skip
+            raise
+        return accepted
+
+    def _consent(self, state: State, by: str | None, code: str | None, purpose: str) -> str:
+        """Once an approver exists, a change that weakens protection needs one's code."""
+        if not self._has_approvers(state):
+            return ""
+        name = self.pick(state, by, flag="--by")
+        self.verify(state, name, code, purpose)
+        return name
