@@ -201,6 +201,7 @@ def test_concurrent_edits_all_land(tmp_path: Path) -> None:
 def test_an_emptied_config_is_not_rebuilt_from_defaults(home: Paths, text: str) -> None:
     """A config.toml that lost its content refuses every CLI edit and stays as it is."""
     home.config_file.write_text(text)
+
     def change(document: tomlkit.TOMLDocument) -> None:
         toml_table(document, "allowlist")
 
