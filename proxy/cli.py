@@ -344,6 +344,16 @@ def _config(sub: Subcommands) -> None:
     p.set_defaults(handler="blindkey.config.cli:cmd_config_check", needs_home=False)
 
 
+def _doctor(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check this installation: deployment, file modes, proxy, store, approvers, policy",
+        description="One line per check: ok, warn or fail (exit 1 on any fail).",
+    )
+    json_flag(p)
+    p.set_defaults(handler="blindkey.proxy.doctor:cmd_doctor")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="blindkey",
@@ -373,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_service_commands,
         _broker,
         _config,
+        _doctor,
     ):
         add(sub)
     return parser
