@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from blindkey.audit.printable import printable
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.audit.printable import printable
 
 
 @dataclass(frozen=True)

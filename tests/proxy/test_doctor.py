@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import orjson
@@ -10,7 +11,6 @@ import pytest
 
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.paths import Paths
-from blindkey.proxy import doctor
 from blindkey.proxy.doctor import Finding, diagnose
 from tests.conftest import RunCli
 
@@ -104,7 +104,7 @@ def test_a_ca_key_others_can_read_fails(home: Paths) -> None:
 def test_where_a_service_would_run_from(
     home: Paths, monkeypatch: pytest.MonkeyPatch, program: str, status: str
 ) -> None:
-    monkeypatch.setattr(doctor.shutil, "which", lambda name: program)
+    monkeypatch.setattr(shutil, "which", lambda name: program)
     found = finding(home, "service program")
     assert found.status == status and program in found.detail
 
