@@ -354,6 +354,22 @@ def _doctor(sub: Subcommands) -> None:
     p.set_defaults(handler="blindkey.proxy.doctor:cmd_doctor")
 
 
+def _run(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run an agent's command; --isolate: it cannot see blindkey's files",
+        description="--isolate (Linux, bubblewrap): CMD runs as you, but blindkey's home, the "
+        "broker's socket and the CA key are covered by empty directories and other processes "
+        "are out of its sight; the proxy stays reachable on loopback. blindkey exits with "
+        "CMD's status.",
+    )
+    p.add_argument(
+        "--isolate", action="store_true", help="hide blindkey's files from CMD (bubblewrap)"
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(handler="blindkey.proxy.run:cmd_run")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="blindkey",
@@ -384,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         _broker,
         _config,
         _doctor,
+        _run,
     ):
         add(sub)
     return parser
