@@ -58,7 +58,8 @@ def test_the_isolated_agent_reads_nothing_of_blindkeys_and_still_calls_through_i
                 secrets.append(Path(f"/proc/{pid}/root{home.vault_key}"))
         script = "\n".join(
             [
-                f"find {home.config_dir} {home.broker_socket.parent} -mindepth 1 | sed 's/^/SEEN /'",
+                f"find {home.config_dir} {home.broker_socket.parent} -mindepth 1"
+                " | sed 's/^/SEEN /'",
                 *(f"cat {p} >/dev/null 2>&1 && echo READ {p}" for p in secrets),
                 f"test -S {home.broker_socket} && echo SOCKET",
                 f"curl -s -H 'X-AS-Agent-Token: {token}' -H 'X-AS-Target-URL: {target}/echo' "
