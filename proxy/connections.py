@@ -29,8 +29,12 @@ class ConnectionGuard:
     a new connection and for headers). Deadlines are kept in dicts and swept a few times
     per second rather than a timer per request (bench: about 2 µs a request saved).
 
-    At the cap, a new connection is not refused while an idle one exists: the idlest is
-    closed instead, so idle keep-alive connections can never lock agents out.
+    At the cap, a new connection is not refused while another can make room. Connections
+    that never carried a request from an identified agent (a valid token) go first: the
+    idlest idle one, else the oldest still reading its headers; only then the idlest idle
+    agent connection. So any local process can hold at most the slots agents leave free:
+    half-sent heads and hoarded sockets give way to every new caller, and an agent whose
+    head arrives promptly is served (an agent in a request is never evicted).
     """
 
     def __init__(
@@ -81,19 +85,35 @@ class ConnectionGuard:
         self._schedule()
 
     def admit(self) -> bool:
-        """Room for one more connection: at the cap, close the idlest idle one, if any."""
+        """Room for one more connection: at the cap, close one that can make room, if any."""
         if self.active < self.max_connections:
             return True
-        idlest = next(iter(self.idle.items()), None)
-        # One that went idle an instant ago may still be writing its last answer.
-        if idlest is None or self._now() - idlest[1][0] < MIN_IDLE_TO_EVICT:
+        connection = self._evictable()
+        if connection is None:
             self.refused += 1
             return False
-        connection = idlest[0]
-        del self.idle[connection]
+        self.idle.pop(connection, None)
+        self.waiting.pop(connection, None)
         self.evicted += 1
         connection.evict()
         return True
+
+    def _evictable(self) -> GuardedConnection | None:
+        # Dicts keep insertion order: the first found is the idlest (or the oldest head).
+        now = self._now()
+        trusted_idle: GuardedConnection | None = None
+        for connection, (since, _) in self.idle.items():
+            # One that went idle an instant ago may still be writing its last answer.
+            if connection.requests and now - since < MIN_IDLE_TO_EVICT:
+                continue
+            if not connection.trusted:
+                return connection
+            if trusted_idle is None:
+                trusted_idle = connection
+        for connection in self.waiting:
+            if not connection.trusted:
+                return connection
+        return trusted_idle
 
     def went_idle(self, connection: GuardedConnection, timeout: float) -> None:
         self.waiting.pop(connection, None)
@@ -101,9 +121,14 @@ class ConnectionGuard:
         self.idle[connection] = (now, now + timeout)
 
     def expect_headers(self, connection: GuardedConnection) -> None:
-        self.idle.pop(connection, None)
+        accepted = self.idle.pop(connection, None)
         if connection not in self.waiting:
-            self.waiting[connection] = self._now() + self.header_timeout
+            deadline = self._now() + self.header_timeout
+            if accepted is not None and not connection.requests:
+                # A new connection's first head is due header_timeout after the accept, not
+                # after its first byte: silence and then a trickle do not add up to twice.
+                deadline = min(deadline, accepted[1])
+            self.waiting[connection] = deadline
 
     def forget(self, connection: GuardedConnection) -> None:
         self.waiting.pop(connection, None)
@@ -131,7 +156,15 @@ class ConnectionGuard:
         connection = self.by_transport.get(transport) if transport is not None else None
         if connection is not None:
             connection.in_request = True
+            connection.requests += 1
             self.forget(connection)
+
+    def identified(self, transport: asyncio.BaseTransport | None) -> None:
+        """The connection carried a request of an agent with a valid token: it keeps its
+        slot over those of callers that never showed one."""
+        connection = self.by_transport.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.trusted = True
 
     def request_finished(self, transport: asyncio.BaseTransport | None) -> None:
         connection = self.by_transport.get(transport) if transport is not None else None
@@ -220,6 +253,8 @@ class GuardedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.in_request = False
         self.counted = False
+        self.requests = 0
+        self.trusted = False  # a request on it came from an identified agent
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.

@@ -90,6 +90,8 @@ class Front:
             record.block(error.code, error.status)
             response = error_response(error, request_id)
         finally:
+            if record.agent is not None:  # the broker knew its token
+                self.guard.identified(transport)
             self.guard.request_finished(transport)
             self.handling -= 1
             if audited:
