@@ -5,12 +5,14 @@ so neither keep-alive hoarders nor slowloris clients can hold sockets."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.writer import AuditWriter
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
@@ -18,6 +20,30 @@ from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 # An idle connection younger than this is not closed to make room (its answer may still be
 # leaving: the guard hears of a request's end when the handler returns).
 MIN_IDLE_TO_EVICT = 0.25
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def peer_address(transport: asyncio.BaseTransport | None) -> Address | None:
+    """The caller's address; an IPv4 caller of a dual-stack listener (`--host ::`) arrives
+    as ::ffff:a.b.c.d and is given back as the IPv4 address it is."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    try:
+        address = ipaddress.ip_address(peer[0]) if peer else None
+    except (ValueError, TypeError, IndexError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def peer_key(transport: asyncio.BaseTransport | None) -> str:
+    """Whose calls a record of an unidentified caller is counted with: every loopback
+    address is one local caller."""
+    address = peer_address(transport)
+    if address is None:
+        return "unknown"
+    return "local" if address.is_loopback else str(address)
 
 
 class ConnectionGuard:
@@ -180,8 +206,8 @@ class JsonErrorHandler(RequestHandler):
     headers, bad framing) with the same JSON error and audit record as every other
     refusal."""
 
-    __slots__ = ("audit",)
-    audit: AuditWriter | None
+    __slots__ = ("refusals",)
+    refusals: Coalescer | None
 
     def handle_error(
         self,
@@ -195,11 +221,12 @@ class JsonErrorHandler(RequestHandler):
         reason = type(exc).__name__ if exc is not None else "malformed request"
         error = ProxyError("bad_request", f"malformed HTTP request ({reason})", close=True)
         request_id = next_request_id()
-        if self.audit is not None:
-            # What the parser made of the request line before it gave up, if anything.
+        if self.refusals is not None:
+            # What the parser made of the request line before it gave up, if anything. No
+            # agent was identified: its record is one of those a flood may not multiply.
             record = AuditRecord(request_id=request_id, method=request.method[:16], url="")
             record.block(error.code, error.status)
-            self.audit.seal(record)  # held if the disk refuses it: a refusal injects nothing
+            self.refusals.add(record, peer_key(self.transport))
         return error_response(error, request_id)
 
 
@@ -315,11 +342,11 @@ class GuardedSite(web.SockSite):
         runner: web.BaseRunner,
         sock: object,
         guard: ConnectionGuard,
-        audit: AuditWriter | None = None,
+        refusals: Coalescer | None = None,
     ) -> None:
         super().__init__(runner, sock, backlog=1024)  # type: ignore[arg-type]
         self.guard = guard
-        self.audit = audit
+        self.refusals = refusals
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -331,7 +358,7 @@ class GuardedSite(web.SockSite):
 
         def factory() -> asyncio.Protocol:
             handler = JsonErrorHandler(server, loop=loop, **settings)
-            handler.audit = self.audit
+            handler.refusals = self.refusals
             return GuardedConnection(handler, self.guard)
 
         self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)

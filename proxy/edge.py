@@ -10,15 +10,14 @@ and each middleware adds a coroutine layer on top).
 
 from __future__ import annotations
 
-import ipaddress
-
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
 from blindkey.config.model import is_loopback_host
-from blindkey.proxy.connections import ConnectionGuard, sealed
+from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key, sealed
 from blindkey.proxy.errors import (
     REQUEST_ID_HEADER,
     STATUS,
@@ -59,11 +58,13 @@ class Front:
         runtime: ProxyRuntime,
         own_host: str,
         guard: ConnectionGuard,
+        refusals: Coalescer,
         *,
         allow_remote: bool = False,
     ) -> None:
         self.runtime = runtime
         self.guard = guard
+        self.refusals = refusals
         self.allowed_hosts = LOOPBACK_NAMES | ({own_host.lower()} - WILDCARD_HOSTS)
         # Bound to loopback, every peer is local: the peer checks are skipped.
         self.bound_remote = not is_loopback_host(own_host)
@@ -94,7 +95,13 @@ class Front:
                 self.guard.identified(transport)
             self.guard.request_finished(transport)
             self.handling -= 1
-            if audited:
+            if audited and record.agent is None:
+                # Nobody identified: a flood of these may not fill the disk. Its answer
+                # injects nothing, so it need not wait for its record.
+                if response is None:
+                    record.cut()
+                self.refusals.add(record, peer_key(transport))
+            elif audited:
                 # Written before the answer is complete; no answer without its record. With
                 # no other call under way, none could share its write: written at once.
                 response = await sealed(
@@ -159,11 +166,7 @@ class Front:
 
     def _check_peer(self, request: web.BaseRequest) -> bool:
         """True for a caller on another machine that may call; refuses one that may not."""
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        try:
-            address = ipaddress.ip_address(peer[0]) if peer else None
-        except ValueError:
-            address = None
+        address = peer_address(request.transport)
         if address is not None and address.is_loopback:
             return False
         proxy_settings = self.runtime.settings.proxy

@@ -1,12 +1,22 @@
-"""Issue 23, item 9a: any local process, with no token, tries to take agents offline by
-holding the proxy's connection slots with half-sent request heads."""
+"""Issue 23, item 9: any local process, with no token, tries to take agents offline by
+holding the proxy's connection slots with half-sent request heads (9a), or by filling the
+audit's disk with the records of its refused calls until the fail-closed audit refuses
+every agent (9b)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import orjson
+import pytest
+
+from blindkey.audit.store import audit_files
+from blindkey.audit.verify import verify
 from blindkey.config.paths import Paths
+from blindkey.proxy.server import ProxyServer
+from tests.audit.tmpfs import small_tmpfs
 from tests.proxy.conftest import Env, open_env
 from tests.proxy.test_connections import agent_call, closed, limits
 
@@ -97,3 +107,46 @@ async def test_a_silent_connection_then_a_trickle_is_cut_one_deadline_after_acce
         # Before: the clock restarted at the first byte, so the head had 1.7 s.
         assert cut and time.monotonic() - began < 1.55
         writer.close()
+
+
+def audit_records(audit_dir: Path) -> list[dict[str, object]]:
+    return [
+        orjson.loads(line)
+        for path in audit_files(audit_dir)
+        if path.exists()
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+def short_interval(server: ProxyServer) -> None:
+    server.refusal_interval = 0.2
+
+
+@pytest.mark.timeout(120)
+async def test_a_flood_of_unauthenticated_refusals_does_not_fill_the_audit_disk(
+    home: Paths,
+) -> None:
+    flood = 3000  # 2 KB URLs: about 7 MB of records, one by one, on a disk of 512 KB
+    with small_tmpfs(home.audit_dir, "512k"):
+        async with open_env(home, prepare=short_interval) as env:
+            long_url = f"{env.base}/" + "a" * 2000
+            anonymous = {"X-AS-Target-URL": long_url, "X-AS-Inject-Bearer": "GITHUB_TOKEN"}
+            refused = 0
+            for _ in range(flood):
+                async with env.session.get(env.url, headers=anonymous) as r:
+                    await r.read()
+                    refused += r.status == 401
+            assert refused == flood
+            status, _, body = await env.call(headers=env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"))
+            assert status == 200, body
+            assert env.server.audit.available
+            assert env.server.refusals is not None and env.server.refusals.folded > flood - 100
+        records = audit_records(home.audit_dir)
+        verdict = verify(home.audit_dir, None)
+        assert verdict.ok, verdict.reason
+    unauthenticated = [r for r in records if r.get("reason") == "unauthenticated"]
+    # Every refusal is counted, none of them alone, and no URL is kept at length.
+    assert sum(int(str(r.get("count", 1))) for r in unauthenticated) == flood
+    assert len(unauthenticated) < 200
+    assert all(len(str(r["url"])) <= 256 for r in unauthenticated)
+    assert any(r.get("agent") == "tester" and r.get("status") == 200 for r in records)
