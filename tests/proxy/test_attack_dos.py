@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from blindkey.audit.store import audit_files
+from blindkey.audit.summary import summarise
 from blindkey.audit.verify import verify
 from blindkey.config.paths import Paths
 from blindkey.proxy.server import ProxyServer
@@ -109,7 +111,7 @@ async def test_a_silent_connection_then_a_trickle_is_cut_one_deadline_after_acce
         writer.close()
 
 
-def audit_records(audit_dir: Path) -> list[dict[str, object]]:
+def audit_records(audit_dir: Path) -> list[dict[str, Any]]:
     return [
         orjson.loads(line)
         for path in audit_files(audit_dir)
@@ -150,3 +152,5 @@ async def test_a_flood_of_unauthenticated_refusals_does_not_fill_the_audit_disk(
     assert len(unauthenticated) < 200
     assert all(len(str(r["url"])) <= 256 for r in unauthenticated)
     assert any(r.get("agent") == "tester" and r.get("status") == 200 for r in records)
+    # What people read counts the calls, not the records.
+    assert summarise(records).total.refusals["unauthenticated"] == flood
