@@ -95,9 +95,11 @@ class Front:
                 self.guard.identified(transport)
             self.guard.request_finished(transport)
             self.handling -= 1
-            if audited and record.agent is None:
+            if audited and record.agent is None and record.reason != "audit_unavailable":
                 # Nobody identified: a flood of these may not fill the disk. Its answer
-                # injects nothing, so it need not wait for its record.
+                # injects nothing, so it need not wait for its record. (While the audit is
+                # unavailable nothing reaches the disk: every refusal is held, in its own
+                # record, up to the writer's cap.)
                 if response is None:
                     record.cut()
                 self.refusals.add(record, peer_key(transport))
