@@ -129,12 +129,10 @@ class ConnectionGuard:
         now = self._now()
         trusted_idle: GuardedConnection | None = None
         for connection, (since, _) in self.idle.items():
-            # One that went idle an instant ago may still be writing its last answer.
-            if connection.requests and now - since < MIN_IDLE_TO_EVICT:
-                continue
             if not connection.trusted:
-                return connection
-            if trusted_idle is None:
+                return connection  # at most a refusal of its last call is cut short
+            # One that went idle an instant ago may still be writing its last answer.
+            if trusted_idle is None and now - since >= MIN_IDLE_TO_EVICT:
                 trusted_idle = connection
         for connection in self.waiting:
             if not connection.trusted:
