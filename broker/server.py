@@ -75,7 +75,7 @@ class _Client(asyncio.Protocol):
             log.warning("refused broker connection from uid %d", uid)
             transport.close()
             return
-        if not self.server.admit(self, pid, uid):
+        if not self.server.peers.admit(self.server.limits, pid, uid):
             transport.close()
             return
         self.pid = pid
@@ -183,22 +183,6 @@ class BrokerServer:
 
     def clock(self) -> float:
         return asyncio.get_running_loop().time()
-
-    def admit(self, client: _Client, pid: int, uid: int) -> bool:
-        if self.peers.take(self.limits, pid, uid):
-            return True
-        refused = self.peers.refused
-        if refused & (refused - 1) == 0:  # 1, 2, 4, 8...: a flood is not a flood of lines
-            log.warning(
-                "refused broker connection from pid %d uid %d: it holds its share "
-                "(%d per process, %d per user); %d refused so far",
-                pid,
-                uid,
-                self.limits.per_pid,
-                self.limits.per_uid,
-                refused,
-            )
-        return False
 
     def _sweep_idle(self) -> None:
         """Close connections that said nothing for idle_timeout and wait for nothing."""

@@ -9,6 +9,7 @@ are not listed.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
@@ -21,6 +22,8 @@ from typing import Any
 
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import ensure_dir
+
+log = logging.getLogger("blindkey.broker")
 
 
 def socket_mode(shared: bool) -> int:
@@ -84,10 +87,21 @@ class PeerCounts:
         self.by_uid: Counter[int] = Counter()
         self.refused = 0
 
-    def take(self, limits: ConnectionLimits, pid: int, uid: int) -> bool:
+    def admit(self, limits: ConnectionLimits, pid: int, uid: int) -> bool:
+        """Count a new connection in, or refuse it (False) when its peer holds its share."""
         over_pid = pid > 0 and self.by_pid[pid] >= limits.per_pid
         if over_pid or self.by_uid[uid] >= limits.per_uid:
             self.refused += 1
+            if self.refused & (self.refused - 1) == 0:  # 1, 2, 4, 8...: no flood of lines
+                log.warning(
+                    "refused broker connection from pid %d uid %d: it holds its share (%d per "
+                    "process, %d per user); %d refused so far",
+                    pid,
+                    uid,
+                    limits.per_pid,
+                    limits.per_uid,
+                    self.refused,
+                )
             return False
         self.by_uid[uid] += 1
         if pid > 0:
