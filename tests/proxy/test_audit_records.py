@@ -40,12 +40,7 @@ async def test_health_and_front_refusals_have_records(env: Env) -> None:
     ]:
         async with env.session.get(base + path, headers=headers) as response:
             ids[name] = response.headers["X-Blindkey-Request-Id"]
-    # The second forbidden_origin of this unidentified caller is counted, and written at
-    # the end of the interval as its summary (audit/coalesce.py): end it now.
-    assert env.server.refusals is not None
-    env.server.refusals.flush()
     written = await records(env)
-    assert written[ids["host"]]["count"] == 1
     assert written[ids["health"]]["url"] == "/health" and written[ids["health"]]["status"] == 200
     assert written[ids["unknown"]]["reason"] == "bad_request"
     assert written[ids["origin"]]["reason"] == "forbidden_origin"
