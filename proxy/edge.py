@@ -10,12 +10,15 @@ and each middleware adds a coroutine layer on top).
 
 from __future__ import annotations
 
+import contextlib
+
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
+from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import is_loopback_host
 from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key, sealed
 from blindkey.proxy.errors import (
@@ -90,6 +93,8 @@ class Front:
             error = to_proxy_error(exc)
             record.block(error.code, error.status)
             response = error_response(error, request_id)
+            if record.agent is None and "X-AS-Agent-Token" in request.headers:
+                await self._identify(request.headers["X-AS-Agent-Token"], record)
         finally:
             if record.agent is not None:  # the broker knew its token
                 self.guard.identified(transport)
@@ -165,6 +170,13 @@ class Front:
             raw = request_headers(request)
             spec = parse_spec(request.method, raw)
         return await forward(self.runtime, request, spec, raw, record), True
+
+    async def _identify(self, token: str, record: AuditRecord) -> None:
+        """Name the agent of a call refused before it was asked who it is (a malformed
+        call, say): an agent's refusals keep a record each, only callers without a valid
+        token are counted together. The answer is kept, so an agent's costs nothing."""
+        with contextlib.suppress(BlindkeyError):
+            record.agent, record.env = await self.runtime.authoriser.identify(token)
 
     def _check_peer(self, request: web.BaseRequest) -> bool:
         """True for a caller on another machine that may call; refuses one that may not."""
