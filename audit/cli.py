@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from blindkey.audit.printable import inert_json, printable
 from blindkey.audit.reader import Filter, follow, iter_all, last_records, parse_since
 from blindkey.audit.writer import audit_file
 from blindkey.config.console import say
@@ -27,19 +28,21 @@ def _line(record: dict[str, Any]) -> str:
     outcome = record.get("status") if record.get("decision") == "allowed" else record.get("reason")
     if record.get("complete") is False:
         outcome = f"{outcome} cut"
-    flags = f"  [{','.join(record['flags'])}]" if record.get("flags") else ""
+    flags = f"  [{','.join(map(str, record['flags']))}]" if record.get("flags") else ""
+    # One record standing for the calls of an unidentified caller over an interval.
+    count = f"  x{record['count']}" if record.get("count") else ""
     return (
         f"{record.get('ts', '')}  {record.get('decision', '')!s:7}  {outcome!s:18}  "
         f"{record.get('agent') or '-'!s:12}  {secrets:20}  {record.get('method', '')} "
-        f"{record.get('url', '')}  {record.get('duration_ms', 0)}ms{flags}"
+        f"{record.get('url', '')}  {record.get('duration_ms', 0)}ms{count}{flags}"
     )
 
 
 def _print(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(orjson.dumps(record).decode() + "\n")
+        sys.stdout.write(inert_json(orjson.dumps(record).decode()) + "\n")
     else:
-        say(_line(record))
+        say(printable(_line(record)))
     sys.stdout.flush()
 
 
@@ -49,7 +52,7 @@ def _print_array(records: Iterable[dict[str, Any]]) -> None:
     written = False
     for record in records:
         out.write(",\n" if written else "[\n")
-        out.write(orjson.dumps(record).decode())
+        out.write(inert_json(orjson.dumps(record).decode()))
         written = True
     out.write("\n]\n" if written else "[]\n")
 

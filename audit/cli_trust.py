@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from blindkey.audit.chain import Head
+from blindkey.audit.printable import inert_json, printable
 from blindkey.audit.reader import Filter, parse_since, read_all
 from blindkey.audit.report import render
 from blindkey.audit.summary import Summary, Tally, summarise
@@ -28,6 +29,7 @@ from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CSV_FIELDS = (
     "seq", "ts", "event", "request_id", "agent", "env", "method", "url", "host", "secrets",
     "styles", "decision", "reason", "status", "complete", "flags", "duration_ms", "bytes_in",
@@ -179,7 +181,7 @@ def cmd_audit_summary(paths: Paths, args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(summary.as_json()).decode() + "\n")
         return 0
     for line in _summary_text(summary):
-        say(line)
+        say(printable(line))
     return 0
 
 
@@ -195,16 +197,23 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    # A cell a spreadsheet would run as a formula is written as text (a leading TAB or CR
+    # is skipped by some before they look for the "="); controls are shown, not kept: a
+    # CSV is read in terminals too.
+    return printable("'" + text if text[:1] in FORMULA_START else text)
+
+
 def export_text(records: list[dict[str, Any]], form: str) -> bytes:
     if form == "jsonl":
-        return b"".join(orjson.dumps(record) + b"\n" for record in records)
+        return "".join(inert_json(orjson.dumps(r).decode()) + "\n" for r in records).encode()
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for record in records:
         # A cell a spreadsheet would run as a formula is written as text.
         row = [_csv_value(record.get(name)) for name in CSV_FIELDS]
-        writer.writerow(["'" + cell if cell[:1] in ("=", "+", "-", "@") else cell for cell in row])
+        writer.writerow([_cell(cell) for cell in row])
     return out.getvalue().encode()
 
 

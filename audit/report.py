@@ -5,15 +5,22 @@ records and what `audit verify` says."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from html import escape
+from html import escape as _html
 from typing import Any
 
+from blindkey.audit.printable import printable
 from blindkey.audit.summary import Summary, Tally, timeline
 from blindkey.audit.verify import Verdict
 
 CHART_W, CHART_H, PAD = 900, 220, 36
 ALLOWED, BLOCKED = "#2f855a", "#c53030"
 MAX_FLAGGED = 200
+
+
+def escape(value: str) -> str:
+    """HTML-escaped, with controls shown: the page is read, and copied into terminals."""
+    return _html(printable(value))
+
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;

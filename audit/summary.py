@@ -44,16 +44,17 @@ class Tally:
     durations: list[float] = field(default_factory=list)
 
     def add(self, record: dict[str, Any]) -> None:
-        self.calls += 1
+        calls = weight(record)
+        self.calls += calls
         if record.get("decision") == "blocked":
             reason = str(record.get("reason"))
             if reason in FAILURES:
-                self.failed += 1
+                self.failed += calls
             else:
-                self.blocked += 1
-            self.refusals[reason] += 1
+                self.blocked += calls
+            self.refusals[reason] += calls
         else:
-            self.allowed += 1
+            self.allowed += calls
         self.cut += record.get("complete") is False
         self.flagged += bool(record.get("flags"))
         self.bytes_in += _int(record.get("bytes_in"))
@@ -84,6 +85,12 @@ class Tally:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def weight(record: dict[str, Any]) -> int:
+    """The calls a record stands for: `count` for the coalesced record of an unidentified
+    caller's calls (audit/coalesce.py), else one."""
+    return max(_int(record.get("count")), 1)
 
 
 @dataclass
@@ -138,19 +145,19 @@ def summarise(records: list[dict[str, Any]]) -> Summary:
 def timeline(records: list[dict[str, Any]], buckets: int = 48) -> list[tuple[datetime, int, int]]:
     """(bucket start, allowed, blocked) over the records' time span, in equal buckets."""
     calls = [
-        (record_time(r), r.get("decision") == "blocked")
+        (record_time(r), r.get("decision") == "blocked", weight(r))
         for r in records
         if r.get("event", "request") == "request"
     ]
     if not calls:
         return []
-    start = min(m for m, _ in calls)
-    span = max((max(m for m, _ in calls) - start).total_seconds(), 1.0)
+    start = min(m for m, _, _ in calls)
+    span = max((max(m for m, _, _ in calls) - start).total_seconds(), 1.0)
     width = span / buckets
     counts = [[0, 0] for _ in range(buckets)]
-    for moment, blocked in calls:
+    for moment, blocked, times in calls:
         index = min(int((moment - start).total_seconds() / width), buckets - 1)
-        counts[index][blocked] += 1
+        counts[index][blocked] += times
     return [
         (start + timedelta(seconds=i * width), allowed, blocked)
         for i, (allowed, blocked) in enumerate(counts)

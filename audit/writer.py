@@ -223,11 +223,13 @@ class AuditWriter:
             save_seen(self.path.parent, self.tracker.seen)
         return values
 
-    def seal(self, record: AuditRecord) -> dict[str, Any] | None:
+    def seal(self, record: AuditRecord, count: int | None = None) -> dict[str, Any] | None:
         """Finish `record`, flag it and write it now. None once written; else the record as
         held (the writer is unavailable until the disk takes it), for the caller to say
-        what the agent got instead."""
+        what the agent got instead. `count`: the calls a coalesced record stands for."""
         values = self._finish(record)
+        if count is not None:
+            values["count"] = count
         return None if self.submit(values) else values
 
     async def commit(self, record: AuditRecord) -> dict[str, Any] | None:

@@ -12,9 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
-import struct
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +28,13 @@ from blindkey.broker.protocol import (
     encode,
 )
 from blindkey.broker.release import RELEASE_OPS, Releaser
-from blindkey.broker.sockets import prepare_socket_dir, socket_mode
+from blindkey.broker.sockets import (
+    ConnectionLimits,
+    PeerCounts,
+    peer_credentials,
+    prepare_socket_dir,
+    socket_mode,
+)
 from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.config.paths import Paths
 
@@ -41,12 +44,7 @@ SYNC_MIN, SYNC_MAX = 0.5, 60.0
 
 
 def peer_uid(sock: Any) -> int:
-    if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return int(struct.unpack("3i", creds)[1])
-    # macOS and the BSDs: LOCAL_PEERCRED (level 0, option 1) returns struct xucred.
-    creds = sock.getsockopt(0, 1, struct.calcsize("2I"))
-    return int(struct.unpack("2I", creds)[1])
+    return peer_credentials(sock)[1]
 
 
 class _Client(asyncio.Protocol):
@@ -63,11 +61,13 @@ class _Client(asyncio.Protocol):
         # Frames for this client while a read is being answered: they leave together, in
         # order, so a push never overtakes a reply computed before it.
         self.batch: list[bytes] | None = None
+        self.pid = 0
+        self.active = server.clock()  # when it last sent anything
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
-        uid = peer_uid(transport.get_extra_info("socket"))
+        pid, uid = peer_credentials(transport.get_extra_info("socket"))
         self.uid = uid
         # An agent's user ([broker] release_uids) may ask for released values only.
         self.release_only = uid not in self.server.allowed_uids
@@ -75,10 +75,16 @@ class _Client(asyncio.Protocol):
             log.warning("refused broker connection from uid %d", uid)
             transport.close()
             return
+        if not self.server.peers.admit(self.server.limits, pid, uid):
+            transport.close()
+            return
+        self.pid = pid
         self.transport = transport
         self.server.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:  # admitted: its place is given back
+            self.server.peers.give_back(self.pid, self.uid)
         self.server.clients.discard(self)
         self.transport = None
         self.server.releaser.client_lost(self)
@@ -101,6 +107,7 @@ class _Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
+        self.active = self.server.clock()
         try:
             requests = self.frames.feed(data)
         except ProtocolError as exc:
@@ -132,7 +139,10 @@ class BrokerServer:
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
         self.clients: set[_Client] = set()
+        self.limits = ConnectionLimits()
+        self.peers = PeerCounts()
         self._server: asyncio.AbstractServer | None = None
+        self._idle_sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._pushed = 0
         self._ack_waiters: list[asyncio.Future[None]] = []
@@ -169,6 +179,21 @@ class BrokerServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.socket_path, socket_mode(shared))
+        self._sweep_idle()
+
+    def clock(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _sweep_idle(self) -> None:
+        """Close connections that said nothing for idle_timeout and wait for nothing."""
+        now, limit = self.clock(), self.limits.idle_timeout
+        for client in list(self.clients):
+            quiet = now - client.active > limit
+            waits = client.caches or client in self.releaser.open
+            if quiet and not waits and client.transport is not None:
+                client.transport.close()
+        interval = min(max(limit / 4, 0.05), 1.0)
+        self._idle_sweep = asyncio.get_running_loop().call_later(interval, self._sweep_idle)
 
     async def watch(self) -> None:
         while True:
@@ -220,6 +245,8 @@ class BrokerServer:
             client.send(frame)
 
     async def close(self) -> None:
+        if self._idle_sweep is not None:
+            self._idle_sweep.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
+from blindkey.audit.printable import printable
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
@@ -39,34 +42,41 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
     info = lifecycle.describe(current, lifecycle.ask_broker(paths))
     if args.json:
         emit_json(info)
-    else:
-        say(
-            f"running: pid {info['pid']}, http://{info['host']}:{info['port']}, "
-            f"up {info['uptime_s']}s, broker {info['broker']}, backend {info['backend']}, "
-            f"environment {info['env']}"
-        )
-        if info["config_error"]:
-            say(f"config refused (running configuration kept): {info['config_error']}")
-        if not info["healthy"]:
-            say(f"not serving: {info['broker_error'] or 'the proxy does not answer /health'}")
-        if info["backend_error"]:
-            say(f"secret store: {info['backend_error']} (cached values serve until cache_ttl)")
-        audit = info["audit"]
-        if isinstance(audit, dict):
-            if audit.get("state") == "ok":
-                say(f"audit: ok, {audit.get('seq')} records")
-            else:
-                since = audit.get("since")
-                when = (
-                    datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
-                    if isinstance(since, int | float)
-                    else "?"
-                )
-                say(
-                    f"audit: {audit.get('state')} since {when}: {audit.get('error')}"
-                    f" ({audit.get('held')} records held, calls refused until it recovers)"
-                )
+        return 0
+    # Errors quote files and stores an agent may write to: shown, never obeyed.
+    for line in _status_lines(info):
+        say(printable(line))
     return 0
+
+
+def _status_lines(info: dict[str, Any]) -> Iterator[str]:
+    yield (
+        f"running: pid {info['pid']}, http://{info['host']}:{info['port']}, "
+        f"up {info['uptime_s']}s, broker {info['broker']}, backend {info['backend']}, "
+        f"environment {info['env']}"
+    )
+    if info["config_error"]:
+        yield f"config refused (running configuration kept): {info['config_error']}"
+    if not info["healthy"]:
+        yield f"not serving: {info['broker_error'] or 'the proxy does not answer /health'}"
+    if info["backend_error"]:
+        yield f"secret store: {info['backend_error']} (cached values serve until cache_ttl)"
+    audit = info["audit"]
+    if not isinstance(audit, dict):
+        return
+    if audit.get("state") == "ok":
+        yield f"audit: ok, {audit.get('seq')} records"
+        return
+    since = audit.get("since")
+    when = (
+        datetime.fromtimestamp(since, UTC).isoformat(timespec="seconds")
+        if isinstance(since, int | float)
+        else "?"
+    )
+    yield (
+        f"audit: {audit.get('state')} since {when}: {audit.get('error')}"
+        f" ({audit.get('held')} records held, calls refused until it recovers)"
+    )
 
 
 def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:

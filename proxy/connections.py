@@ -5,12 +5,14 @@ so neither keep-alive hoarders nor slowloris clients can hold sockets."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.writer import AuditWriter
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
@@ -18,6 +20,30 @@ from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 # An idle connection younger than this is not closed to make room (its answer may still be
 # leaving: the guard hears of a request's end when the handler returns).
 MIN_IDLE_TO_EVICT = 0.25
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def peer_address(transport: asyncio.BaseTransport | None) -> Address | None:
+    """The caller's address; an IPv4 caller of a dual-stack listener (`--host ::`) arrives
+    as ::ffff:a.b.c.d and is given back as the IPv4 address it is."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    try:
+        address = ipaddress.ip_address(peer[0]) if peer else None
+    except (ValueError, TypeError, IndexError):
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def peer_key(transport: asyncio.BaseTransport | None) -> str:
+    """Whose calls a record of an unidentified caller is counted with: every loopback
+    address is one local caller."""
+    address = peer_address(transport)
+    if address is None:
+        return "unknown"
+    return "local" if address.is_loopback else str(address)
 
 
 class ConnectionGuard:
@@ -29,8 +55,12 @@ class ConnectionGuard:
     a new connection and for headers). Deadlines are kept in dicts and swept a few times
     per second rather than a timer per request (bench: about 2 µs a request saved).
 
-    At the cap, a new connection is not refused while an idle one exists: the idlest is
-    closed instead, so idle keep-alive connections can never lock agents out.
+    At the cap, a new connection is not refused while another can make room. Connections
+    that never carried a request from an identified agent (a valid token) go first: the
+    idlest idle one, else the oldest still reading its headers; only then the idlest idle
+    agent connection. So any local process can hold at most the slots agents leave free:
+    half-sent heads and hoarded sockets give way to every new caller, and an agent whose
+    head arrives promptly is served (an agent in a request is never evicted).
     """
 
     def __init__(
@@ -81,19 +111,33 @@ class ConnectionGuard:
         self._schedule()
 
     def admit(self) -> bool:
-        """Room for one more connection: at the cap, close the idlest idle one, if any."""
+        """Room for one more connection: at the cap, close one that can make room, if any."""
         if self.active < self.max_connections:
             return True
-        idlest = next(iter(self.idle.items()), None)
-        # One that went idle an instant ago may still be writing its last answer.
-        if idlest is None or self._now() - idlest[1][0] < MIN_IDLE_TO_EVICT:
+        connection = self._evictable()
+        if connection is None:
             self.refused += 1
             return False
-        connection = idlest[0]
-        del self.idle[connection]
+        self.idle.pop(connection, None)
+        self.waiting.pop(connection, None)
         self.evicted += 1
         connection.evict()
         return True
+
+    def _evictable(self) -> GuardedConnection | None:
+        # Dicts keep insertion order: the first found is the idlest (or the oldest head).
+        now = self._now()
+        trusted_idle: GuardedConnection | None = None
+        for connection, (since, _) in self.idle.items():
+            if not connection.trusted:
+                return connection  # at most a refusal of its last call is cut short
+            # One that went idle an instant ago may still be writing its last answer.
+            if trusted_idle is None and now - since >= MIN_IDLE_TO_EVICT:
+                trusted_idle = connection
+        for connection in self.waiting:
+            if not connection.trusted:
+                return connection
+        return trusted_idle
 
     def went_idle(self, connection: GuardedConnection, timeout: float) -> None:
         self.waiting.pop(connection, None)
@@ -101,9 +145,14 @@ class ConnectionGuard:
         self.idle[connection] = (now, now + timeout)
 
     def expect_headers(self, connection: GuardedConnection) -> None:
-        self.idle.pop(connection, None)
+        accepted = self.idle.pop(connection, None)
         if connection not in self.waiting:
-            self.waiting[connection] = self._now() + self.header_timeout
+            deadline = self._now() + self.header_timeout
+            if accepted is not None and not connection.requests:
+                # A new connection's first head is due header_timeout after the accept, not
+                # after its first byte: silence and then a trickle do not add up to twice.
+                deadline = min(deadline, accepted[1])
+            self.waiting[connection] = deadline
 
     def forget(self, connection: GuardedConnection) -> None:
         self.waiting.pop(connection, None)
@@ -131,7 +180,15 @@ class ConnectionGuard:
         connection = self.by_transport.get(transport) if transport is not None else None
         if connection is not None:
             connection.in_request = True
+            connection.requests += 1
             self.forget(connection)
+
+    def identified(self, transport: asyncio.BaseTransport | None) -> None:
+        """The connection carried a request of an agent with a valid token: it keeps its
+        slot over those of callers that never showed one."""
+        connection = self.by_transport.get(transport) if transport is not None else None
+        if connection is not None:
+            connection.trusted = True
 
     def request_finished(self, transport: asyncio.BaseTransport | None) -> None:
         connection = self.by_transport.get(transport) if transport is not None else None
@@ -147,8 +204,8 @@ class JsonErrorHandler(RequestHandler):
     headers, bad framing) with the same JSON error and audit record as every other
     refusal."""
 
-    __slots__ = ("audit",)
-    audit: AuditWriter | None
+    __slots__ = ("refusals",)
+    refusals: Coalescer | None
 
     def handle_error(
         self,
@@ -162,11 +219,12 @@ class JsonErrorHandler(RequestHandler):
         reason = type(exc).__name__ if exc is not None else "malformed request"
         error = ProxyError("bad_request", f"malformed HTTP request ({reason})", close=True)
         request_id = next_request_id()
-        if self.audit is not None:
-            # What the parser made of the request line before it gave up, if anything.
+        if self.refusals is not None:
+            # What the parser made of the request line before it gave up, if anything. No
+            # agent was identified: its record is one of those a flood may not multiply.
             record = AuditRecord(request_id=request_id, method=request.method[:16], url="")
             record.block(error.code, error.status)
-            self.audit.seal(record)  # held if the disk refuses it: a refusal injects nothing
+            self.refusals.add(record, peer_key(self.transport))
         return error_response(error, request_id)
 
 
@@ -220,6 +278,8 @@ class GuardedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.in_request = False
         self.counted = False
+        self.requests = 0
+        self.trusted = False  # a request on it came from an identified agent
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -280,11 +340,11 @@ class GuardedSite(web.SockSite):
         runner: web.BaseRunner,
         sock: object,
         guard: ConnectionGuard,
-        audit: AuditWriter | None = None,
+        refusals: Coalescer | None = None,
     ) -> None:
         super().__init__(runner, sock, backlog=1024)  # type: ignore[arg-type]
         self.guard = guard
-        self.audit = audit
+        self.refusals = refusals
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -296,7 +356,7 @@ class GuardedSite(web.SockSite):
 
         def factory() -> asyncio.Protocol:
             handler = JsonErrorHandler(server, loop=loop, **settings)
-            handler.audit = self.audit
+            handler.refusals = self.refusals
             return GuardedConnection(handler, self.guard)
 
         self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)

@@ -10,15 +10,17 @@ and each middleware adds a coroutine layer on top).
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
+from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import is_loopback_host
-from blindkey.proxy.connections import ConnectionGuard, sealed
+from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key, sealed
 from blindkey.proxy.errors import (
     REQUEST_ID_HEADER,
     STATUS,
@@ -59,11 +61,13 @@ class Front:
         runtime: ProxyRuntime,
         own_host: str,
         guard: ConnectionGuard,
+        refusals: Coalescer,
         *,
         allow_remote: bool = False,
     ) -> None:
         self.runtime = runtime
         self.guard = guard
+        self.refusals = refusals
         self.allowed_hosts = LOOPBACK_NAMES | ({own_host.lower()} - WILDCARD_HOSTS)
         # Bound to loopback, every peer is local: the peer checks are skipped.
         self.bound_remote = not is_loopback_host(own_host)
@@ -89,10 +93,22 @@ class Front:
             error = to_proxy_error(exc)
             record.block(error.code, error.status)
             response = error_response(error, request_id)
+            if record.agent is None and "X-AS-Agent-Token" in request.headers:
+                await self._identify(request.headers["X-AS-Agent-Token"], record)
         finally:
+            if record.agent is not None:  # the broker knew its token
+                self.guard.identified(transport)
             self.guard.request_finished(transport)
             self.handling -= 1
-            if audited:
+            if audited and record.agent is None and record.reason != "audit_unavailable":
+                # Nobody identified: a flood of these may not fill the disk. Its answer
+                # injects nothing, so it need not wait for its record. (While the audit is
+                # unavailable nothing reaches the disk: every refusal is held, in its own
+                # record, up to the writer's cap.)
+                if response is None:
+                    record.cut()
+                self.refusals.add(record, peer_key(transport))
+            elif audited:
                 # Written before the answer is complete; no answer without its record. With
                 # no other call under way, none could share its write: written at once.
                 response = await sealed(
@@ -155,13 +171,16 @@ class Front:
             spec = parse_spec(request.method, raw)
         return await forward(self.runtime, request, spec, raw, record), True
 
+    async def _identify(self, token: str, record: AuditRecord) -> None:
+        """Name the agent of a call refused before it was asked who it is (a malformed
+        call, say): an agent's refusals keep a record each, only callers without a valid
+        token are counted together. The answer is kept, so an agent's costs nothing."""
+        with contextlib.suppress(BlindkeyError):
+            record.agent, record.env = await self.runtime.authoriser.identify(token)
+
     def _check_peer(self, request: web.BaseRequest) -> bool:
         """True for a caller on another machine that may call; refuses one that may not."""
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        try:
-            address = ipaddress.ip_address(peer[0]) if peer else None
-        except ValueError:
-            address = None
+        address = peer_address(request.transport)
         if address is not None and address.is_loopback:
             return False
         proxy_settings = self.runtime.settings.proxy

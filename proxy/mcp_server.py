@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from blindkey.audit.printable import printable
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
 from blindkey.broker.release import ReleaseLink
 from blindkey.broker.release_exec import (
@@ -32,9 +33,10 @@ from blindkey.broker.release_exec import (
 )
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
+from blindkey.config.model import SECRET_NAME
 from blindkey.config.paths import Paths
 from blindkey.proxy.call import proxy_address, wire_headers
-from blindkey.proxy.parse import HTTP_TOKEN
+from blindkey.proxy.parse import HTTP_TOKEN, parse_target
 
 if TYPE_CHECKING:  # the SDK is imported only by `mcp serve` itself
     from mcp.server.mcpserver import MCPServer
@@ -82,14 +84,40 @@ def injection_headers(inject: dict[str, str]) -> dict[str, str]:
     for place, secret in inject.items():
         style, _, key = place.partition(":")
         style = style.strip().lower()
-        if style not in _PLACES or (style in ("bearer", "basic")) != (key == ""):
+        if (
+            style not in _PLACES
+            or (style in ("bearer", "basic")) != (key == "")
+            or (key and not HTTP_TOKEN.match(key))
+        ):
             raise BlindkeyError(
-                f"inject key {place!r}: use 'bearer', 'basic', 'header:Name', 'query:param', "
-                "'body:a.b' or 'form:field'"
+                f"inject key {printable(place[:64])!r}: use 'bearer', 'basic', 'header:Name', "
+                "'query:param', 'body:a.b' or 'form:field'"
             )
         suffix = style.capitalize() + (f"-{key}" if key else "")
         headers[f"X-AS-Inject-{suffix}"] = secret
     return headers
+
+
+def _checked(
+    method: str, url: str, inject: dict[str, str], headers: dict[str, str]
+) -> dict[str, str]:
+    """The proxy headers for a tool call, or a refusal of the first thing that is wrong."""
+    if not HTTP_TOKEN.match(method):
+        raise BlindkeyError(f"method {printable(method[:16])!r} is not an HTTP method")
+    if not url.isprintable():  # C1 controls and bidi overrides too, not only C0
+        raise BlindkeyError("url must not contain control characters")
+    parse_target(url)  # an absolute http(s) URL with no spaces or controls, or a refusal
+    for secret in inject.values():
+        if not SECRET_NAME.match(secret):
+            raise BlindkeyError(f"inject: {printable(secret[:64])!r} is not a secret name")
+    sent = {"X-AS-Target-URL": url, **injection_headers(inject)}
+    for name, value in headers.items():
+        if name.lower().startswith("x-as-"):
+            raise BlindkeyError(f"header {name}: X-AS-* headers come from url and inject")
+        if not HTTP_TOKEN.match(name) or any(c in value for c in "\r\n\0"):
+            raise BlindkeyError(f"header {printable(name[:64])!r}: not a header name and value")
+        sent[name] = value
+    return sent
 
 
 def http_request(
@@ -100,15 +128,10 @@ def http_request(
     headers: dict[str, str] | None = None,
     body: str = "",
 ) -> dict[str, Any]:
-    if not HTTP_TOKEN.match(method):
-        raise BlindkeyError(f"method {method[:16]!r} is not an HTTP method")
-    sent = {"X-AS-Target-URL": url, **injection_headers(inject)}
-    for name, value in (headers or {}).items():
-        if name.lower().startswith("x-as-"):
-            raise BlindkeyError(f"header {name}: X-AS-* headers come from url and inject")
-        if not HTTP_TOKEN.match(name) or any(c in value for c in "\r\n\0"):
-            raise BlindkeyError(f"header {name[:64]!r}: not a header name and value")
-        sent[name] = value
+    # Everything is checked before anything is recorded: the broker's `mcp` record holds
+    # the method, url and names, and a CR/LF or an escape in them would reach whoever
+    # reads the log.
+    sent = _checked(method, url, inject, headers or {})
     token = agent_token()
     if token is not None:
         sent["X-AS-Agent-Token"] = token

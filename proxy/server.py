@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from blindkey.audit.coalesce import INTERVAL, Coalescer
 from blindkey.audit.writer import AuditWriter
 from blindkey.config.atomic import write_atomic
 from blindkey.config.errors import BlindkeyError
@@ -102,6 +103,9 @@ class ProxyServer:
         self.started = time.time()
         self._runner: web.ServerRunner | None = None
         self.guard: ConnectionGuard | None = None
+        # How long the calls of an unidentified caller are counted before their summary.
+        self.refusal_interval = INTERVAL
+        self.refusals: Coalescer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.runtime.on_reloaded = self.write_status
 
@@ -126,8 +130,9 @@ class ProxyServer:
             guard = self.guard = ConnectionGuard(
                 limits.max_connections, limits.header_read_timeout, limits.keepalive_idle_timeout
             )
+            refusals = self.refusals = Coalescer(self.audit, interval=self.refusal_interval)
             server = web.Server(
-                Front(self.runtime, self.host, guard, allow_remote=self.allow_remote),
+                Front(self.runtime, self.host, guard, refusals, allow_remote=self.allow_remote),
                 handler_cancellation=True,
                 access_log=None,
                 keepalive_timeout=KEEPALIVE_TIMEOUT,
@@ -137,7 +142,7 @@ class ProxyServer:
             )
             self._runner = web.ServerRunner(server, shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
             await self._runner.setup()
-            await GuardedSite(self._runner, sock, guard, self.audit).start()
+            await GuardedSite(self._runner, sock, guard, refusals).start()
         except BaseException:
             sock.close()
             await self._stop_parts()
@@ -216,6 +221,8 @@ class ProxyServer:
     async def _stop_parts(self) -> None:
         if self.guard is not None:
             self.guard.close()
+        if self.refusals is not None:
+            self.refusals.flush()
         with contextlib.suppress(Exception):
             await self.audit.anchor_now()  # the broker keeps the last head, then stops
         await self.supervisor.stop()

@@ -65,16 +65,15 @@ def install_system(blindkey: Path, layout: SystemLayout, *, dry_run: bool) -> No
         for step in steps:
             say(f"# {step}")
         plan.show()
+        # A preview that the real install would refuse says so, and fails as it would.
+        problem = hidden_program(blindkey)
+        if problem is not None:
+            raise BlindkeyError(f"--dry-run: the real install would refuse: {problem}")
         return
     require_root("service install --system")
-    for program in (blindkey, Path(sys.executable).resolve()):
-        hidden = next((d for d in _HIDDEN if d in program.parents), None)
-        if hidden is not None:
-            raise BlindkeyError(
-                f"{program} is under {hidden}, which the hardened units hide: "
-                "install blindkey system-wide first, e.g. in a venv under /opt made with "
-                "the system's python3"
-            )
+    problem = hidden_program(blindkey)
+    if problem is not None:
+        raise BlindkeyError(problem)
     _ensure_user(layout.broker_user, None)
     _ensure_user(layout.proxy_user, layout.broker_user)
     proxy_uid = pwd.getpwnam(layout.proxy_user).pw_uid
@@ -82,6 +81,19 @@ def install_system(blindkey: Path, layout: SystemLayout, *, dry_run: bool) -> No
     _prepare_home(blindkey, layout.proxy_user, layout.proxy_home, layout, allow=None)
     plan.write()
     plan.run(systemd_runs(user=False))
+
+
+def hidden_program(blindkey: Path) -> str | None:
+    """Why the hardened units could not start `blindkey` (or its interpreter), if so."""
+    for program in (blindkey, Path(sys.executable).resolve()):
+        hidden = next((d for d in _HIDDEN if d in program.parents), None)
+        if hidden is not None:
+            return (
+                f"{program} is under {hidden}, which the hardened units hide: "
+                "install blindkey system-wide first, e.g. in a venv under /opt made with "
+                "the system's python3"
+            )
+    return None
 
 
 def uninstall_system(layout: SystemLayout) -> None:
@@ -172,6 +184,12 @@ def install_sudoers(
 
     text = sudoers_rule(user, blindkey)
     if dry_run:
+        try:
+            _root_owned(blindkey)
+        except BlindkeyError as exc:  # no rule is shown that the install would not write
+            raise BlindkeyError(
+                f"--dry-run: the real install would refuse the sudoers rule: {exc}"
+            ) from None
         say(f"# {target} (mode 0440, checked with visudo -cf)")
         say(text.rstrip("\n"))
         return

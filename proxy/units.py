@@ -25,6 +25,10 @@ PROXY_UNIT = "blindkey.service"
 WATCHDOG_SEC = 30
 # The proxy drains calls for [limits] drain_timeout (10 s by default), then flushes its audit.
 STOP_TIMEOUT_SEC = 45
+# Descriptors each service may open: the proxy holds up to [limits] max_connections agent
+# connections and their upstream ones, the broker a connection per exec, env and mcp call.
+# A service manager's default soft limit (1,024) let ~1,100 idle connections stop both.
+OPEN_FILES = 65536
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ def _notify_service(blindkey: Path) -> str:
         "Restart=on-failure\n"
         "RestartSec=1\n"
         f"TimeoutStopSec={STOP_TIMEOUT_SEC}\n"
+        f"LimitNOFILE={OPEN_FILES}\n"
     )
 
 

@@ -356,10 +356,36 @@ async def test_slowloris_connection_is_closed(tight: Env) -> None:
     writer.close()
 
 
-async def test_connection_cap_refuses_the_extra_connection(tight: Env) -> None:
+async def test_at_the_cap_a_half_sent_head_gives_way_to_a_new_caller(tight: Env) -> None:
     held = [await asyncio.open_connection("127.0.0.1", tight.server.port) for _ in range(4)]
     for _, writer in held:
         writer.write(b"G")  # each has begun a request; none completes
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.server.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    guard = tight.server.guard
+    assert guard is not None
+    assert (guard.evicted, guard.refused) == (1, 0)
+    assert await _closed_within(held[0][0], 1.0)  # the oldest head made room
+    writer.close()
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_connection_cap_refuses_the_extra_connection_when_all_are_in_calls(
+    tight: Env,
+) -> None:
+    streams = []
+    for _ in range(4):  # four agent calls streaming: none can give way
+        reader, writer = await asyncio.open_connection("127.0.0.1", tight.server.port)
+        writer.write(
+            (
+                f"GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-AS-Agent-Token: {tight.token}\r\n"
+                f"X-AS-Target-URL: {tight.base}/sse\r\nX-AS-Inject-Bearer: GITHUB_TOKEN\r\n\r\n"
+            ).encode()
+        )
+        await reader.readuntil(b"data: first")
+        streams.append(writer)
     reader, writer = await asyncio.open_connection("127.0.0.1", tight.server.port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert await _closed_within(reader, 1.0)
@@ -367,11 +393,9 @@ async def test_connection_cap_refuses_the_extra_connection(tight: Env) -> None:
     assert guard is not None
     assert guard.refused == 1
     writer.close()
-    for _, held_writer in held:
-        held_writer.close()
-    await asyncio.sleep(0.6)
-    async with tight.session.get(f"http://127.0.0.1:{tight.server.port}/health") as response:
-        assert response.status == 200
+    tight.release_sse()
+    for stream in streams:
+        stream.close()
 
 
 async def test_total_timeout_cuts_an_endless_stream(tight: Env) -> None:

@@ -94,6 +94,17 @@ def test_units_are_notify_with_a_watchdog_and_name_an_absolute_program() -> None
     assert f"ExecReload={BLINDKEY} proxy reload\n" in user_unit(BLINDKEY, XDG_HOME)
 
 
+def test_units_raise_the_open_file_limit_above_the_managers_default() -> None:
+    # Issue 23 item 15: at the default soft limit of 1,024, ~1,100 idle connections left
+    # the broker no descriptor to accept anyone's call with.
+    for text in (
+        user_unit(BLINDKEY, XDG_HOME),
+        broker_unit(BLINDKEY, SystemLayout()),
+        proxy_unit(BLINDKEY, SystemLayout()),
+    ):
+        assert "LimitNOFILE=65536\n" in text
+
+
 def test_the_user_unit_asks_for_nothing_an_unprivileged_manager_cannot_do() -> None:
     # Mount namespacing in a user manager fails the unit (218/CAPABILITIES) on systemd 252:
     # none of it, so no path has to exist either (the old unit's ReadWritePaths= on missing
