@@ -11,6 +11,8 @@ and each middleware adds a coroutine layer on top).
 from __future__ import annotations
 
 import contextlib
+import logging
+import traceback
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -44,6 +46,8 @@ from blindkey.proxy.upstream import (
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+log = logging.getLogger("blindkey.proxy")
 
 
 def host_name(value: str) -> str:
@@ -92,7 +96,8 @@ class Front:
         except Exception as exc:
             error = to_proxy_error(exc)
             record.block(error.code, error.status)
-            response = error_response(error, request_id)
+            vendor = request.path.startswith(ROUTE_PREFIX)
+            response = error_response(error, request_id, vendor=vendor)
             if record.agent is None and "X-AS-Agent-Token" in request.headers:
                 await self._identify(request.headers["X-AS-Agent-Token"], record)
         finally:
@@ -247,8 +252,9 @@ def to_proxy_error(exc: Exception) -> ProxyError:
     """The one place a failure becomes an error of INTERFACE.md's table.
 
     Every exception the stages raise derives from BlindkeyError and is mapped here
-    (tests/proxy/test_error_mapping.py checks each class); anything else is a bug, and
-    is raised again for aiohttp to answer 500.
+    (tests/proxy/test_error_mapping.py checks each class); anything else is a bug of
+    blindkey's own: logged with its traceback, answered 500 `internal_error` (still JSON,
+    still with the request id) and recorded `blocked`.
     """
     if isinstance(exc, ProxyError):
         return exc
@@ -263,7 +269,15 @@ def to_proxy_error(exc: Exception) -> ProxyError:
         )
     if isinstance(exc, web.HTTPException):  # raised by aiohttp itself, e.g. on a bad body
         return ProxyError("bad_request", exc.reason)
-    raise exc
+    # Where, not what: the exception's own text could hold anything the code had in hand.
+    where = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("internal error %s at:\n%s", type(exc).__name__, where)
+    return ProxyError(
+        "internal_error",
+        "blindkey failed on its own (a bug, not the call's fault); the proxy's log has the "
+        "details under this request id",
+        close=True,
+    )
 
 
 def _upstream_error(failure: UpstreamFailure) -> ProxyError:

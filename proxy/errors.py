@@ -25,6 +25,7 @@ STATUS = {
     "broker_unavailable": 503,
     "audit_unavailable": 503,
     "upstream_timeout": 504,
+    "internal_error": 500,
 }
 REQUEST_ID_HEADER = "X-Blindkey-Request-Id"
 _ID_PREFIX = os.urandom(8).hex()
@@ -66,11 +67,20 @@ class ProxyError(BlindkeyError):
         return STATUS[self.code]
 
 
-def error_response(error: ProxyError, request_id: str) -> web.Response:
-    answer = {"error": error.code, "message": error.message, "request_id": request_id}
+def error_body(error: ProxyError, request_id: str, *, vendor: bool = False) -> bytes:
+    """The error JSON. `vendor`: as vendors' SDKs read it (the OpenAI and Anthropic clients
+    show `error.message`), for `/r/NAME` routes that SDKs call by base_url."""
+    detail: dict[str, object] = {"message": error.message, "request_id": request_id}
     if error.fields:
-        answer.update(error.fields)
-    body = orjson.dumps(answer)
+        detail.update(error.fields)
+    if vendor:
+        inner = {"type": error.code, "code": error.code, **detail}
+        return orjson.dumps({"type": "error", "error": inner, "request_id": request_id})
+    return orjson.dumps({"error": error.code, **detail})
+
+
+def error_response(error: ProxyError, request_id: str, *, vendor: bool = False) -> web.Response:
+    body = error_body(error, request_id, vendor=vendor)
     response = web.Response(
         status=error.status,
         body=body,

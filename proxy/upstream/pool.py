@@ -178,7 +178,10 @@ class UpstreamPool:
             except TimeoutError:
                 raise UpstreamTimeout("did not accept the connection in time") from None
             except ssl.SSLCertVerificationError:
-                failure = "cannot connect: its TLS certificate is not trusted"
+                failure = (
+                    "cannot connect: its TLS certificate is not trusted (signed by a private "
+                    "CA? give blindkey that CA's bundle as [proxy] ca_file)"
+                )
             except ssl.SSLError:
                 failure = "cannot connect: the TLS handshake failed"
             except OSError:

@@ -20,6 +20,7 @@ from blindkey.audit.writer import ANCHOR_INTERVAL
 from blindkey.broker.anchor import ANCHOR_FILE
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
+from blindkey.proxy import pipeline
 from tests.proxy.conftest import Env, open_env
 
 
@@ -173,3 +174,27 @@ async def test_stopping_leaves_the_last_head_with_the_broker(home: Paths) -> Non
         assert head is not None and anchored == {"seq": head.seq, "chain": head.chain}
         verdict = verify(home.audit_dir, Head(anchored["seq"], anchored["chain"]))
         assert verdict.ok, verdict.reason
+
+
+async def test_a_fault_of_blindkeys_own_is_json_with_its_request_id_and_recorded(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage that raises what no stage should (a bug, injected here: this fault cannot be
+    produced on purpose) gets the agent a 500 in the error JSON with the request id, not
+    aiohttp's plain text, and its record says blocked, internal_error, not allowed/cut."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(pipeline, "inject_headers", broken)
+    status, headers, body = await env.call(headers=env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN"))
+    assert status == 500
+    answer = orjson.loads(body)
+    assert answer["error"] == "internal_error"
+    assert answer["request_id"] == headers["X-Blindkey-Request-Id"]
+    record = (await records(env))[answer["request_id"]]
+    assert (record["decision"], record["reason"], record["status"]) == (
+        "blocked",
+        "internal_error",
+        500,
+    )

@@ -65,9 +65,10 @@ def test_every_class_maps_to_a_code_of_the_table(cls: type[BlindkeyError]) -> No
     assert VALUE not in error.message
 
 
-def test_an_exception_that_is_no_failure_of_ours_is_raised_again() -> None:
-    with pytest.raises(KeyError):
-        to_proxy_error(KeyError("a bug"))
+def test_an_exception_of_no_known_class_is_an_internal_error_whose_text_is_not_shown() -> None:
+    error = to_proxy_error(KeyError(f"a bug holding {VALUE}"))
+    assert (error.code, error.status) == ("internal_error", 500)
+    assert VALUE not in error.message and error.close
 
 
 @pytest.mark.parametrize(
