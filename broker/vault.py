@@ -56,7 +56,7 @@ def _cipher(key_path: Path) -> AESGCM:
         key = key_path.read_bytes()
     except FileNotFoundError as exc:
         raise VaultError(
-            f"{key_path}: vault key missing; restore it from your backup if the vault was "
+            f"{key_path}: vault key missing; restore the key from your backup if a vault was "
             "written with it (a new key cannot decrypt it), else run `blindkey init`"
         ) from exc
     except PermissionError as exc:

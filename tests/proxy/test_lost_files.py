@@ -19,7 +19,7 @@ def test_a_lost_vault_key_leaves_status_logs_and_stop_working(home: Paths, run_c
         assert run_cli("proxy", "logs", "--last", "1").returncode == 0
         listed = run_cli("secrets", "list")
         assert listed.returncode == 1
-        assert "restore it from your backup" in listed.stderr
+        assert "restore the key from your backup" in listed.stderr
         assert not home.vault_key.exists()  # no new key was made over the vault
     finally:
         stopped = run_cli("proxy", "stop")
