@@ -291,6 +291,8 @@ class BrokerServer:
             # False until a vault, key and agents file were loaded: every call would fail.
             # A later change the broker refuses keeps it serving what it had.
             "serving": state.view is not None,
+            # The approvals file cannot be read: gated secrets are refused until it can.
+            "approvals_error": state.approvals.broken,
         }
 
     def _ack(self, request: Message, client: _Client) -> None:

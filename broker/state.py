@@ -150,13 +150,19 @@ class BrokerState:
     def refresh_approvals(self) -> bool:
         """Re-read the approvals file if another process changed it, drop expired grants;
         True when what is served changed."""
+        was_broken = self.approvals.broken
         try:
             changed = self.approvals.load()
             if changed:
                 self.approvals.follow(self.settings)
             expired = self.approvals.expire()
         except BlindkeyError as exc:
-            log.error("approvals: %s", exc)
+            if str(exc) != was_broken:
+                log.error("approvals: %s", exc)
+            # Unreadable now: grants a proxy kept must go (gated secrets are refused).
+            if was_broken is None and self.approvals.broken is not None:
+                self._bump()
+                return True
             return False
         if changed and not expired:
             self._bump()
@@ -232,6 +238,8 @@ class BrokerState:
     def _gate(
         self, agent: str, env: str, name: str, policy: SecretPolicy, target: Scope | None
     ) -> BrokerDenied | None:
+        if self.approvals.broken is not None:
+            return self.approvals.refusal(name, policy)
         # The hot path: an open secret that no approver ever raised needs nothing more.
         if policy.tier == "open" and not self.approvals.floors.raised(name):
             return None

@@ -51,6 +51,14 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
             say(f"not serving: {info['broker_error'] or 'the proxy does not answer /health'}")
         if info["backend_error"]:
             say(f"secret store: {info['backend_error']} (cached values serve until cache_ttl)")
+        if info["load_error"] and info["healthy"]:
+            say(
+                f"broker refused a changed file and serves what it loaded before: "
+                f"{info['load_error']}; fix or restore that file (`secrets` commands fail "
+                "until then)"
+            )
+        if info["approvals_error"]:
+            say(f"approvals file unreadable, gated secrets refused: {info['approvals_error']}")
         audit = info["audit"]
         if isinstance(audit, dict):
             if audit.get("state") == "ok":

@@ -312,6 +312,10 @@ def describe(current: Running, broker: dict[str, Any] | None = None) -> dict[str
         "config_error": status.get("config_error"),
         "broker_error": status.get("broker_error"),
         "backend_error": backend_error,
+        # Files the broker refused to load (it serves what it had), and an approvals file
+        # it cannot read (gated secrets refused): each names the file and what to do.
+        "load_error": (broker or {}).get("error_state"),
+        "approvals_error": (broker or {}).get("approvals_error"),
         "audit": status.get("audit"),
         "healthy": bool(status.get("port"))
         and health(str(status.get("host")), int(status["port"])),
