@@ -10,6 +10,7 @@ from blindkey.audit.events import append_event
 from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
 from blindkey.broker.approvals_core import uid_source
+from blindkey.broker.approvals_pending import PENDING_ID
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
@@ -130,8 +131,11 @@ def hold_op(state: BrokerState, request: Message) -> Message:
     host, method, path = request.get("host"), request.get("method"), request.get("path")
     # A proxy that does not say (an older one): the destination a bare host entry names.
     scheme, port = request.get("scheme", "https"), request.get("port", 443)
+    # The id the call had before this broker started (it restarted while the call waited).
+    known = request.get("approval_id")
     if (
-        not (token is None or isinstance(token, str))
+        not (known is None or (isinstance(known, str) and PENDING_ID.fullmatch(known)))
+        or not (token is None or isinstance(token, str))
         or not isinstance(names, list)
         or not all(isinstance(name, str) for name in names)
         or not all(isinstance(v, str) for v in (host, method, path, scheme))
@@ -146,7 +150,7 @@ def hold_op(state: BrokerState, request: Message) -> Message:
         if denied is not None and denied.code == "approval_required":
             try:
                 pending = state.approvals.pending.add(
-                    agent, name, env, str(method), target, str(path)
+                    agent, name, env, str(method), target, str(path), known
                 )
             except BlindkeyError as exc:  # past the cap: refused, no id to approve
                 raise BrokerDenied("approval_required", f"{name} needs a grant; {exc}") from None

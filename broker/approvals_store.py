@@ -153,4 +153,9 @@ def approvals_health(paths: Paths) -> dict[str, Any]:
             "error": str(exc),
             "approvers": None if mark is None else mark["approvers"],
         }
-    return {"ok": True, "file": str(store.path), "error": None, "approvers": mark_of(state)["approvers"]}
+    return {
+        "ok": True,
+        "file": str(store.path),
+        "error": None,
+        "approvers": mark_of(state)["approvers"],
+    }

@@ -54,8 +54,11 @@ async def _outlast(
     since: int,
 ) -> str:  # fmt: skip
     """Wait as Authoriser.wait does, but give up ("gone") once the caller hung up: nothing
-    would carry the answer, and the held call would be kept for nothing."""
+    would carry the answer, and the held call would be kept for nothing. A broker that
+    restarted meanwhile knows neither the call nor what changed while it was down (a
+    grant made then is in its file, and no push says so): "rejoined", ask it again."""
     loop = asyncio.get_running_loop()
+    link = authoriser.broker.connection_epoch
     while True:
         left = deadline - loop.time()
         outcome = await authoriser.wait(approval_id, min(left, CALLER_CHECK), since)
@@ -64,6 +67,8 @@ async def _outlast(
         transport = request.transport
         if transport is None or transport.is_closing():
             return "gone"
+        if await authoriser.rejoined(link):
+            return "rejoined"
 
 
 async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxySpec) -> Grant:
@@ -78,10 +83,12 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
     path = target.path_query.split("?", 1)[0]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (wait or 0)
+    approval_id: str | None = None
     while True:
         since = authoriser.changes
+        # Asked again (a change, a restarted broker), the call keeps the id its human has.
         approval_id, secret = await authoriser.hold(
-            spec.token, names, destination, spec.method, path
+            spec.token, names, destination, spec.method, path, approval_id
         )
         if approval_id is not None:
             if wait is None:
