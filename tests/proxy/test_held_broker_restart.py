@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import time
 
-from blindkey.proxy.server import ProxyServer
 from tests.approvals_helpers import Approver, acli, enrol
+from tests.proxy.broker_kill import killed, restarted
 from tests.proxy.conftest import Env, eventually_status, set_secret_policy
 
 WAIT = "20"
@@ -39,35 +37,11 @@ async def _listed(timeout: float = 10) -> list[str]:
         await asyncio.sleep(0.05)
 
 
-async def _killed(server: ProxyServer) -> int:
-    """SIGKILL the supervised broker; returns once the process is gone."""
-    pid = server.broker_pid
-    assert pid is not None
-    fd = os.pidfd_open(pid)
-    os.kill(pid, signal.SIGKILL)
-    ended = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_reader(fd, ended.set)
-    try:
-        await asyncio.wait_for(ended.wait(), 10)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return pid
-
-
-async def _restarted(server: ProxyServer, old: int) -> None:
-    deadline = time.monotonic() + 10
-    while server.broker_pid in (None, old) or server.broker_state != "running":
-        assert time.monotonic() < deadline, "the broker was not restarted"
-        await asyncio.sleep(0.02)
-
-
 async def test_an_approval_while_the_broker_is_down_releases_the_held_call(env: Env) -> None:
     approver, headers = await _gated(env)
     held = asyncio.create_task(env.call(headers=headers), name="held-call")
     await _listed()
-    await _killed(env.server)
+    await killed(env.server)
     # At once: the CLI finds no broker (or the new one starting) and writes the grant.
     code, _, err = await acli("approve", "GITHUB_TOKEN", "--code", approver.code())
     assert code == 0, err
@@ -82,8 +56,8 @@ async def test_the_restarted_broker_knows_the_held_call_by_its_id(env: Env) -> N
     approver, headers = await _gated(env)
     held = asyncio.create_task(env.call(headers=headers), name="held-call")
     (approval_id,) = await _listed()
-    old = await _killed(env.server)
-    await _restarted(env.server, old)
+    old = await killed(env.server)
+    await restarted(env.server, old)
     assert await _listed() == [approval_id]
     code, _, err = await acli("approve", "--request", approval_id, "--code", approver.code())
     assert code == 0, err
