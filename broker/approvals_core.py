@@ -47,6 +47,16 @@ def uid_source(uid: int | None) -> str:
     return f"uid:{uid}"
 
 
+def approvals_count(needed: int, have: int) -> str:
+    """What a refusal adds when one approval is not enough ("" when it is)."""
+    if needed <= 1:
+        return ""
+    return (
+        f" (a grant needs {needed} approvals from distinct approvers and has {have}: each "
+        "approves with their own code, `--approver NAME`)"
+    )
+
+
 def check_approver_name(name: str) -> str:
     if not AGENT_NAME.fullmatch(name):
         raise BlindkeyError(

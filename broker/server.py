@@ -346,7 +346,9 @@ class BrokerServer:
         if getattr(client, "uid", None) != os.getuid():
             refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
         before = self._pushed
-        reply = approvals_op(self.state.approvals, self.state.settings, request, client.uid)
+        reply = approvals_op(
+            self.state.approvals, self.state.settings, request, client.uid, self.state.holds
+        )
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply

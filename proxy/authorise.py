@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from blindkey.broker.approvals_core import approvals_count
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, Message
 from blindkey.proxy.redact import Redactor
@@ -169,10 +170,11 @@ class Authoriser:
     async def hold(
         self, token: str | None, names: list[str], target: tuple[str, str, int], method: str,
         path: str, known: str | None = None,
-    ) -> tuple[str | None, str]:  # fmt: skip
+    ) -> tuple[str | None, str, str]:  # fmt: skip
         """Record a call to target (scheme, host, port) that met a gate as a pending
-        request: (approval id, the secret that needs a grant); the id is None when nothing
-        needs one any more. `known`: the id the call had (a restarted broker takes it
+        request: (approval id, the secret that needs a grant, how many approvals it needs
+        and has when one is not enough, else ""); the id is None when nothing needs one
+        any more. `known`: the id the call had (a restarted broker takes it
         back, so the human's `approve --request ID` still finds it)."""
         scheme, host, port = target
         extra = {} if known is None else {"approval_id": known}
@@ -181,7 +183,13 @@ class Authoriser:
             method=method, path=path, **extra,
         )  # fmt: skip
         approval_id = reply.get("approval_id")
-        return (str(approval_id) if approval_id else None), str(reply.get("secret", ""))
+        needed, have = reply.get("needed"), reply.get("have")
+        count = (
+            approvals_count(needed, have)
+            if isinstance(needed, int) and isinstance(have, int)
+            else ""
+        )
+        return (str(approval_id) if approval_id else None), str(reply.get("secret", "")), count
 
     @property
     def changes(self) -> int:
