@@ -52,11 +52,7 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
         if info["backend_error"]:
             say(f"secret store: {info['backend_error']} (cached values serve until cache_ttl)")
         if info["load_error"] and info["healthy"]:
-            say(
-                f"broker refused a changed file and serves what it loaded before: "
-                f"{info['load_error']}; fix or restore that file (`secrets` commands fail "
-                "until then)"
-            )
+            say(f"broker: {info['load_error']}: {info['load_error_hint']}")
         if info["approvals_error"]:
             say(f"approvals file unreadable, gated secrets refused: {info['approvals_error']}")
         audit = info["audit"]
