@@ -59,7 +59,7 @@ class ApprovalsFile:
     path: Path
     key_path: Path
     lock_path: Path
-    mark_path: Path = field(default=Path())
+    mark_path: Path
     _mark: Mark | None = field(default=None, repr=False)
 
     @classmethod
@@ -82,7 +82,7 @@ class ApprovalsFile:
         """The marker as last written; None when it is missing or unreadable."""
         try:
             data = read_sealed(self.mark_path, self.key_path, _MARK_MAGIC, "approvals marker")
-        except (BlindkeyError, orjson.JSONDecodeError):
+        except (BlindkeyError, OSError, ValueError):
             return None
         if data is None or not isinstance(data.get("floors"), dict):
             return None
