@@ -92,6 +92,12 @@ class ApprovalsFile:
         try:
             data = read_sealed(self.path, self.key_path, _MAGIC, "approvals file")
         except (VaultError, orjson.JSONDecodeError) as exc:
+            if isinstance(exc.__cause__, PermissionError):
+                # Not damaged: read by a user it is not for (the broker's user owns it).
+                raise ApprovalsUnreadable(
+                    f"{exc}: approvals are the broker's user's to read (run the command as "
+                    "that user); nothing it guards is released meanwhile"
+                ) from exc
             raise ApprovalsUnreadable(f"{self.path} cannot be read ({exc}). {self.advice}") from exc
         if data is None:
             mark = self.mark()
