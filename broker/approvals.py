@@ -9,6 +9,7 @@ approvals_core.py; approvers in approvals_approvers.py; grants and tier floors h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from blindkey.audit.record import rfc3339
@@ -26,6 +27,7 @@ from blindkey.broker.grants import (
     grant_key,
     new_grant,
     public_grant,
+    scope_of,
     span_text,
 )
 from blindkey.config.errors import BlindkeyError
@@ -33,6 +35,8 @@ from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Setting
 from blindkey.config.stores import PRODUCTION
 
 GATED_TIERS = ("controlled", "restricted")
+# (env, secret) -> whether the store may hold it (False only when it surely does not).
+Exists = Callable[[str, str], bool]
 
 
 class Approvals(ApproverBook):
@@ -45,6 +49,24 @@ class Approvals(ApproverBook):
     def in_force(self, name: str, env: str, agent: str, target: Scope | None = None) -> bool:
         return self.index.covers(name, env, agent, self.clock(), target)
 
+    def progress(
+        self, name: str, env: str, agent: str, target: Scope | None, policy: SecretPolicy
+    ) -> tuple[int, int]:
+        """(approvals a grant of `name` needs, the most a grant still waiting for
+        approvers that would cover this call has)."""
+        _, needed = self.effective(name, policy)
+        now, have = self.clock(), 0
+        for grant in self.state.get("grants", ()):
+            if (
+                (grant["secret"], grant["env"]) == (name, env)
+                and grant["agent"] in ("*", agent)
+                and scope_of(grant) in (None, target)
+                and alive(grant, now)
+                and not complete(grant)
+            ):
+                have = max(have, len(grant["approvers"]))
+        return needed, have
+
     def approve(
         self,
         settings: Settings,
@@ -56,14 +78,21 @@ class Approvals(ApproverBook):
         code: str | None,
         request: str | None = None,
         scope: Scope | None = None,
+        exists: Exists | None = None,
     ) -> dict[str, Any]:
         """A grant of `secret` in `env` to `agent` (None: every agent), for `scope` (the
         scheme, host and port of the request approved) or, without one, for wherever the
-        secret may go."""
+        secret may go. `exists(env, secret)`: False when the store surely has no such
+        secret (a typo is said as one, before a code is spent)."""
         if not SECRET_NAME.fullmatch(secret):
             raise BlindkeyError(f"invalid secret name {secret!r}")
         if env not in settings.environments:
             raise BlindkeyError(f"unknown environment {env!r}")
+        if exists is not None and not exists(env, secret):
+            raise BlindkeyError(
+                f"no secret named {secret} in environment {env}: nothing to approve; see "
+                "`blindkey secrets list`"
+            )
         if agent is not None and agent != "*" and not AGENT_NAME.fullmatch(agent):
             raise BlindkeyError(f"invalid agent name {agent!r}")
         self.load()

@@ -158,7 +158,16 @@ def _recovery(name: str, record: Approver, code: str) -> dict[str, Any]:
         if totp.recovery_matches(code, stored):
             hashes.remove(stored)
             record["recovery"] = hashes
+            # Kept (hashed, like the unused ones) to tell a used code from a wrong one.
+            record["recovery_used"] = [*record.get("recovery_used", []), stored]
             return {"recovery": True, "recovery_left": len(hashes)}
+    if any(totp.recovery_matches(code, str(h)) for h in record.get("recovery_used", [])):
+        raise CodeRefused(
+            "reused",
+            name,
+            f"recovery code already used: each of {name}'s recovery codes works once "
+            f"({len(hashes)} unused left)",
+        )
     raise CodeRefused(
         "wrong",
         name,

@@ -20,10 +20,16 @@ from blindkey.broker.approvals_codes import (
     locked_until,
 )
 from blindkey.broker.approvals_pending import PendingRequests
-from blindkey.broker.approvals_store import ApprovalsFile, State
+from blindkey.broker.approvals_store import (
+    ApprovalsFile,
+    ApprovalsUnreadable,
+    State,
+    empty_state,
+)
 from blindkey.broker.grants import Floors, GrantIndex
+from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.model import AGENT_NAME
+from blindkey.config.model import AGENT_NAME, SecretPolicy
 from blindkey.config.paths import Paths
 
 T = TypeVar("T")
@@ -39,6 +45,16 @@ def local_source() -> str:
 
 def uid_source(uid: int | None) -> str:
     return f"uid:{uid}"
+
+
+def approvals_count(needed: int, have: int) -> str:
+    """What a refusal adds when one approval is not enough ("" when it is)."""
+    if needed <= 1:
+        return ""
+    return (
+        f" (a grant needs {needed} approvals from distinct approvers and has {have}: each "
+        "approves with their own code, `--approver NAME`)"
+    )
 
 
 def check_approver_name(name: str) -> str:
@@ -60,6 +76,10 @@ class ApprovalsCore:
         # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
         self.pending = PendingRequests(clock)
         self._stamp: tuple[int, int, int] | None = None
+        # Why the file cannot be read now (None: it can); the floors then come from the
+        # marker, and floors_known is False when there is none either.
+        self.broken: str | None = None
+        self.floors_known = True
         # Set by the broker: a grant changed (push an invalidation), a request resolved.
         self.on_change: Callable[[], None] | None = None
         # Who is giving codes now, for the lockout (acting_for): a wrong code locks the
@@ -69,15 +89,50 @@ class ApprovalsCore:
     # --- the state, cached for the hot path -------------------------------------------
 
     def load(self) -> bool:
-        """Re-read the file if it changed; True when it did."""
+        """Re-read the file if it changed; True when it did (or became readable again).
+        Raises ApprovalsUnreadable while it cannot be read: then no grant is in force and
+        the floors are the marker's (unknown without one: see refusal())."""
         stamp = self.file.stamp()
         if stamp == self._stamp:
+            if self.broken is not None:
+                raise ApprovalsUnreadable(self.broken)
             return False
-        self._adopt(self.file.load())
         self._stamp = stamp
+        try:
+            state = self.file.load()
+        except ApprovalsUnreadable as exc:
+            self._break(str(exc))
+            raise
+        self.broken = None
+        self._adopt(state)
         return True
 
+    def _break(self, why: str) -> None:
+        self.broken = why
+        self.state = empty_state()
+        self.index = GrantIndex()
+        mark = self.file.mark()
+        self.floors_known = mark is not None
+        self.floors = Floors(mark["floors"] if mark else {}, bool(mark and mark["approvers"]))
+
+    def refusal(self, name: str, policy: SecretPolicy) -> BrokerDenied | None:
+        """While the file cannot be read: what is released of `name` (None: it is open,
+        and was never raised above open as far as the marker knows)."""
+        if self.floors_known:
+            tier, _ = self.floors.effective(name, policy)
+            if tier == "open":
+                return None
+            what = f"is {tier}"
+        else:
+            what = "may need a grant (no marker says which tier it had)"
+        return BrokerDenied(
+            "broker_unavailable",
+            f"secret {name} {what}, and the broker's approvals file cannot be read, so no "
+            f"grant can be checked: {self.broken}",
+        )
+
     def _adopt(self, state: State) -> None:
+        self.broken, self.floors_known = None, True
         self.state = state
         self.index = GrantIndex.of(state["grants"])
         self.floors = Floors(state["floors"], self._has_approvers(state))

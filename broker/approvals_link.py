@@ -9,13 +9,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals import Approvals, Exists
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
 from blindkey.broker.approvals_ops import run_action
+from blindkey.broker.backends import open_backend
 from blindkey.broker.notify import TIMEOUT
 from blindkey.broker.protocol import FrameDecoder, Message, ProtocolError, encode
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 
 
@@ -49,13 +51,30 @@ def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | 
             raise BlindkeyError(f"the broker's answer broke off: {exc}") from exc
 
 
+def _store_has(paths: Paths, settings: Settings) -> Exists:
+    """Whether the secret store holds a name (True when it cannot say: the store is
+    not this check's to report)."""
+
+    def exists(env: str, name: str) -> bool:
+        try:
+            store = open_backend(paths, settings)
+            try:
+                return name in store.names(env)
+            finally:
+                store.close()
+        except BlindkeyError:
+            return True
+
+    return exists
+
+
 def call(paths: Paths, action: str, **params: Any) -> Any:
     """The action's result; raises CodeRefused (exit 4), CodeNeeded or BlindkeyError."""
     params = {k: v for k, v in params.items() if v is not None}
     reply = _ask_broker(paths, action, params)
     if reply is None:
         settings = load_settings(paths.config_file)
-        return run_action(Approvals(paths), settings, action, params)
+        return run_action(Approvals(paths), settings, action, params, _store_has(paths, settings))
     error = reply.get("error")
     if error is None:
         return reply.get("result")

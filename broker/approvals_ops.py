@@ -7,9 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals import Approvals, Exists
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
 from blindkey.broker.approvals_core import uid_source
+from blindkey.broker.approvals_pending import PENDING_ID
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
@@ -37,7 +38,10 @@ def _number(params: Message, key: str) -> float | None:
     return float(value)
 
 
-def run_action(approvals: Approvals, settings: Settings, action: str, params: Message) -> Any:
+def run_action(
+    approvals: Approvals, settings: Settings, action: str, params: Message,
+    exists: Exists | None = None,
+) -> Any:  # fmt: skip
     """One CLI command, done by whoever holds the approvals file (the broker, or the CLI
     in-process when no broker runs). Raises CodeRefused or BlindkeyError."""
     t, n = _text, _number
@@ -59,6 +63,7 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
             n(params, "duration"),
             t(params, "approver"),
             t(params, "code"),
+            exists=exists,
         ),
         "approve_request": lambda: approvals.approve_request(
             settings,
@@ -101,8 +106,9 @@ def run_action(approvals: Approvals, settings: Settings, action: str, params: Me
 
 
 def approvals_op(
-    approvals: Approvals, settings: Settings, request: Message, uid: int | None
-) -> Message:
+    approvals: Approvals, settings: Settings, request: Message, uid: int | None,
+    exists: Exists | None = None,
+) -> Message:  # fmt: skip
     """`uid`: the Unix user of the CLI asking (SO_PEERCRED): the source its codes count
     against for the lockout."""
     action = request.get("action")
@@ -111,7 +117,7 @@ def approvals_op(
         raise BrokerDenied("bad_request", "malformed approvals request")
     try:
         with approvals.acting_for(uid_source(uid)):
-            result = run_action(approvals, settings, action, params)
+            result = run_action(approvals, settings, action, params, exists)
     except CodeRefused as exc:
         raise BrokerDenied(exc.code, str(exc)) from None
     except CodeNeeded as exc:
@@ -130,8 +136,11 @@ def hold_op(state: BrokerState, request: Message) -> Message:
     host, method, path = request.get("host"), request.get("method"), request.get("path")
     # A proxy that does not say (an older one): the destination a bare host entry names.
     scheme, port = request.get("scheme", "https"), request.get("port", 443)
+    # The id the call had before this broker started (it restarted while the call waited).
+    known = request.get("approval_id")
     if (
-        not (token is None or isinstance(token, str))
+        not (known is None or (isinstance(known, str) and PENDING_ID.fullmatch(known)))
+        or not (token is None or isinstance(token, str))
         or not isinstance(names, list)
         or not all(isinstance(name, str) for name in names)
         or not all(isinstance(v, str) for v in (host, method, path, scheme))
@@ -146,11 +155,16 @@ def hold_op(state: BrokerState, request: Message) -> Message:
         if denied is not None and denied.code == "approval_required":
             try:
                 pending = state.approvals.pending.add(
-                    agent, name, env, str(method), target, str(path)
+                    agent, name, env, str(method), target, str(path), known
                 )
             except BlindkeyError as exc:  # past the cap: refused, no id to approve
                 raise BrokerDenied("approval_required", f"{name} needs a grant; {exc}") from None
-            return {"id": request.get("id"), "approval_id": pending.id, "secret": name}
+            policy = state.settings.policy(name)
+            needed, have = state.approvals.progress(name, env, agent, target, policy)
+            return {
+                "id": request.get("id"), "approval_id": pending.id, "secret": name,
+                "needed": needed, "have": have,
+            }  # fmt: skip
     # Granted meanwhile (or refused for another reason): the proxy asks again.
     return {"id": request.get("id"), "approval_id": None}
 

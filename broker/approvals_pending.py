@@ -5,6 +5,7 @@ a request is worth nothing once the call that made it is gone."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import origin
 
 PENDING_TTL = 600.0
+PENDING_ID = re.compile(r"ap_[0-9a-f]{16}")
 # An agent cannot grow the broker's memory by asking again and again, nor push another
 # agent's request out: past its own share it is refused, and past the whole cap every new
 # request is refused; no request is ever dropped to make room.
@@ -63,9 +65,12 @@ class PendingRequests:
             self.on_outcome(request_id, outcome)
 
     def add(
-        self, agent: str, secret: str, env: str, method: str, target: Scope, path: str
-    ) -> Pending:
-        """The pending request for this call; the same call again is the same request."""
+        self, agent: str, secret: str, env: str, method: str, target: Scope, path: str,
+        known: str | None = None,
+    ) -> Pending:  # fmt: skip
+        """The pending request for this call; the same call again is the same request.
+        `known`: the id a held call had with a broker that restarted since; it is kept
+        unless another request has it."""
         now = self.clock()
         self.forget_old(now)
         scheme, host, port = target
@@ -86,8 +91,10 @@ class PendingRequests:
                 f"{len(self._requests)} calls of several agents wait for a human, the most "
                 "the broker keeps: a new one is listed once a human answers one or it lapses"
             )
+        if known is None or known in self._requests:
+            known = f"ap_{os.urandom(8).hex()}"
         pending = Pending(
-            id=f"ap_{os.urandom(8).hex()}",
+            id=known,
             agent=agent,
             secret=secret,
             env=env,

@@ -318,6 +318,8 @@ class BrokerServer:
             # False until a vault, key and agents file were loaded: every call would fail.
             # A later change the broker refuses keeps it serving what it had.
             "serving": state.view is not None,
+            # The approvals file cannot be read: gated secrets are refused until it can.
+            "approvals_error": state.approvals.broken,
         }
 
     def _ack(self, request: Message, client: _Client) -> None:
@@ -371,7 +373,9 @@ class BrokerServer:
         if getattr(client, "uid", None) != os.getuid():
             refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
         before = self._pushed
-        reply = approvals_op(self.state.approvals, self.state.settings, request, client.uid)
+        reply = approvals_op(
+            self.state.approvals, self.state.settings, request, client.uid, self.state.holds
+        )
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply

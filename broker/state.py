@@ -13,7 +13,7 @@ from typing import NamedTuple, NoReturn
 
 from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
 from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_core import Clock
+from blindkey.broker.approvals_core import Clock, approvals_count
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
 from blindkey.broker.grants import Scope
@@ -150,13 +150,19 @@ class BrokerState:
     def refresh_approvals(self) -> bool:
         """Re-read the approvals file if another process changed it, drop expired grants;
         True when what is served changed."""
+        was_broken = self.approvals.broken
         try:
             changed = self.approvals.load()
             if changed:
                 self.approvals.follow(self.settings)
             expired = self.approvals.expire()
         except BlindkeyError as exc:
-            log.error("approvals: %s", exc)
+            if str(exc) != was_broken:
+                log.error("approvals: %s", exc)
+            # Unreadable now: grants a proxy kept must go (gated secrets are refused).
+            if was_broken is None and self.approvals.broken is not None:
+                self._bump()
+                return True
             return False
         if changed and not expired:
             self._bump()
@@ -232,15 +238,19 @@ class BrokerState:
     def _gate(
         self, agent: str, env: str, name: str, policy: SecretPolicy, target: Scope | None
     ) -> BrokerDenied | None:
+        if self.approvals.broken is not None:
+            return self.approvals.refusal(name, policy)
         # The hot path: an open secret that no approver ever raised needs nothing more.
         if policy.tier == "open" and not self.approvals.floors.raised(name):
             return None
         tier, _ = self.approvals.effective(name, policy)
         if tier == "open" or self.approvals.in_force(name, env, agent, target):
             return None
+        needed, have = self.approvals.progress(name, env, agent, target, policy)
         return BrokerDenied(
             "approval_required",
-            f"secret {name} is {tier}: a human must approve its use first",
+            f"secret {name} is {tier}: a human must approve its use first"
+            f"{approvals_count(needed, have)}",
         )
 
     def check_release(
@@ -255,6 +265,10 @@ class BrokerState:
         if channel not in policy.release:
             return BrokerDenied("secret_denied", f"secret {name} is not released to {channel}")
         return self._gate(agent, env, name, policy, target)
+
+    def holds(self, env: str, name: str) -> bool:
+        """Whether the store may hold `name` in `env` (False only when surely not)."""
+        return self.view is None or self.view.lookup(env, name) is not None
 
     def unavailable(self) -> NoReturn:
         # An error, not a denial: a proxy may cache denials, and this one passes.

@@ -9,12 +9,14 @@ current set of values, built off the event loop once per change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from blindkey.broker.approvals_core import approvals_count
 from blindkey.broker.client import BrokerClient
-from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, Message
 from blindkey.proxy.redact import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
@@ -167,18 +169,27 @@ class Authoriser:
 
     async def hold(
         self, token: str | None, names: list[str], target: tuple[str, str, int], method: str,
-        path: str,
-    ) -> tuple[str | None, str]:  # fmt: skip
+        path: str, known: str | None = None,
+    ) -> tuple[str | None, str, str]:  # fmt: skip
         """Record a call to target (scheme, host, port) that met a gate as a pending
-        request: (approval id, the secret that needs a grant); the id is None when nothing
-        needs one any more."""
+        request: (approval id, the secret that needs a grant, how many approvals it needs
+        and has when one is not enough, else ""); the id is None when nothing needs one
+        any more. `known`: the id the call had (a restarted broker takes it
+        back, so the human's `approve --request ID` still finds it)."""
         scheme, host, port = target
+        extra = {} if known is None else {"approval_id": known}
         reply = await self.broker.call(
             "hold", token=token, names=names, scheme=scheme, host=host, port=port,
-            method=method, path=path,
+            method=method, path=path, **extra,
         )  # fmt: skip
         approval_id = reply.get("approval_id")
-        return (str(approval_id) if approval_id else None), str(reply.get("secret", ""))
+        needed, have = reply.get("needed"), reply.get("have")
+        count = (
+            approvals_count(needed, have)
+            if isinstance(needed, int) and isinstance(have, int)
+            else ""
+        )
+        return (str(approval_id) if approval_id else None), str(reply.get("secret", "")), count
 
     @property
     def changes(self) -> int:
@@ -205,6 +216,14 @@ class Authoriser:
             waiters.discard(future)
             if not waiters and self._held.get(approval_id) is waiters:
                 del self._held[approval_id]
+
+    async def rejoined(self, epoch: int) -> bool:
+        """Whether the broker link is not the one of `epoch` any more (the broker went
+        and came back): reconnects if it can; while the broker is away, False."""
+        if not self.broker.connected:
+            with contextlib.suppress(BrokerUnavailable):
+                await self.broker.connect()
+        return self.broker.connected and self.broker.connection_epoch != epoch
 
     @property
     def held(self) -> int:

@@ -61,6 +61,10 @@ def _status_lines(info: dict[str, Any]) -> Iterator[str]:
         yield f"not serving: {info['broker_error'] or 'the proxy does not answer /health'}"
     if info["backend_error"]:
         yield f"secret store: {info['backend_error']} (cached values serve until cache_ttl)"
+    if info["load_error"] and info["healthy"]:
+        yield f"broker: {info['load_error']}: {info['load_error_hint']}"
+    if info["approvals_error"]:
+        yield f"approvals file unreadable, gated secrets refused: {info['approvals_error']}"
     audit = info["audit"]
     if not isinstance(audit, dict):
         return

@@ -34,11 +34,13 @@ def wait_seconds(text: str | None) -> int | None:
     return int(value)
 
 
-def _required(approval_id: str, secret: str, host: str, why: str = "") -> ProxyError:
+def _required(
+    approval_id: str, secret: str, host: str, why: str = "", count: str = ""
+) -> ProxyError:
     return ProxyError(
         "approval_required",
-        f"{why}secret {secret} needs a human's approval before it is used on {host}: ask "
-        f"them to run `blindkey approve --request {approval_id}` (for {host} only; or "
+        f"{why}secret {secret} needs a human's approval before it is used on {host}{count}: "
+        f"ask them to run `blindkey approve --request {approval_id}` (for {host} only; or "
         f"`blindkey approve {secret}`, for every host it may reach), then retry; or send "
         f"{WAIT_HEADER}: SECONDS to wait for it",
         fields={"approval_id": approval_id},
@@ -54,8 +56,11 @@ async def _outlast(
     since: int,
 ) -> str:  # fmt: skip
     """Wait as Authoriser.wait does, but give up ("gone") once the caller hung up: nothing
-    would carry the answer, and the held call would be kept for nothing."""
+    would carry the answer, and the held call would be kept for nothing. A broker that
+    restarted meanwhile knows neither the call nor what changed while it was down (a
+    grant made then is in its file, and no push says so): "rejoined", ask it again."""
     loop = asyncio.get_running_loop()
+    link = authoriser.broker.connection_epoch
     while True:
         left = deadline - loop.time()
         outcome = await authoriser.wait(approval_id, min(left, CALLER_CHECK), since)
@@ -64,6 +69,8 @@ async def _outlast(
         transport = request.transport
         if transport is None or transport.is_closing():
             return "gone"
+        if await authoriser.rejoined(link):
+            return "rejoined"
 
 
 async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxySpec) -> Grant:
@@ -78,14 +85,16 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
     path = target.path_query.split("?", 1)[0]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + (wait or 0)
+    approval_id: str | None = None
     while True:
         since = authoriser.changes
-        approval_id, secret = await authoriser.hold(
-            spec.token, names, destination, spec.method, path
+        # Asked again (a change, a restarted broker), the call keeps the id its human has.
+        approval_id, secret, count = await authoriser.hold(
+            spec.token, names, destination, spec.method, path, approval_id
         )
         if approval_id is not None:
             if wait is None:
-                raise _required(approval_id, secret, shown)
+                raise _required(approval_id, secret, shown, count=count)
             outcome = await _outlast(authoriser, request, approval_id, deadline, since)
             if outcome == "denied":
                 raise ProxyError(
@@ -100,11 +109,12 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
                     "gone": "the caller went away: ",
                     "expired": "the request was not approved within 10 minutes: ",
                 }[outcome]
-                raise _required(approval_id, secret, shown, why)
+                raise _required(approval_id, secret, shown, why, count)
         _, _, grant = await authoriser.resolve(spec.token, names, host, target.scheme, target.port)
         if isinstance(grant, Grant):
             return grant
         if grant.code != "approval_required" or wait is None or approval_id is None:
             raise grant
         if loop.time() >= deadline:
-            raise _required(approval_id or "", secret, shown, f"no human approved within {wait}s: ")
+            why = f"no human approved within {wait}s: "
+            raise _required(approval_id or "", secret, shown, why, count)

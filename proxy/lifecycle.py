@@ -294,10 +294,17 @@ def reload(paths: Paths) -> dict[str, Any]:
     raise BlindkeyError("the proxy did not confirm the reload within 5s")
 
 
+LOAD_ERROR_HINT = (
+    "the broker refused a changed file and serves what it loaded before; restore that file "
+    "from a backup or undo the change (`blindkey secrets` commands fail until then)"
+)
+
+
 def describe(current: Running, broker: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `proxy status` shows; `broker` is the broker's ping answer when it was reached."""
     status = current.status
     backend_error = (broker or {}).get("backend_error")
+    load_error = (broker or {}).get("error_state")
     started = status.get("started")
     return {
         "running": True,
@@ -312,6 +319,11 @@ def describe(current: Running, broker: dict[str, Any] | None = None) -> dict[str
         "config_error": status.get("config_error"),
         "broker_error": status.get("broker_error"),
         "backend_error": backend_error,
+        # Files the broker refused to load (it serves what it had), and an approvals file
+        # it cannot read (gated secrets refused): each names the file and what to do.
+        "load_error": load_error,
+        "load_error_hint": LOAD_ERROR_HINT if load_error else None,
+        "approvals_error": (broker or {}).get("approvals_error"),
         "audit": status.get("audit"),
         "healthy": bool(status.get("port"))
         and health(str(status.get("host")), int(status["port"])),

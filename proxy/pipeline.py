@@ -13,6 +13,7 @@ must be the address dialled, and a pooled connection needs no new lookup.
 from __future__ import annotations
 
 import contextlib
+import time
 
 from aiohttp import web
 
@@ -20,7 +21,7 @@ from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
 from blindkey.config.errors import BlindkeyError
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.held import approved
+from blindkey.proxy.held import WAIT_HEADER, approved
 from blindkey.proxy.inject import (
     CountingBody,
     inject_body,
@@ -71,7 +72,12 @@ async def forward(
         if grant.code != "approval_required":
             raise grant
         # A human must approve first: say how, or hold the call until they do.
-        grant = await approved(runtime, request, spec)
+        held = time.perf_counter()
+        try:
+            grant = await approved(runtime, request, spec)
+        finally:
+            if WAIT_HEADER in request.headers:  # the human's time, not the service's
+                record.waited_ms = round((time.perf_counter() - held) * 1000, 3)
 
     # Inject.
     headers = upstream_headers(request, raw_headers)

@@ -140,6 +140,8 @@ class ProxyRuntime:
         else:
             serving = reply.get("serving", True)
             error = None if serving else reply.get("error_state") or "the broker loaded nothing"
+            if error is None and reply.get("approvals_error"):
+                error = f"approvals: {reply['approvals_error']}"
         if error != self.broker_error:
             self.broker_error = error
             self.on_reloaded()  # the status file says so

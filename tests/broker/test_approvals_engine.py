@@ -165,6 +165,11 @@ def test_recovery_codes_work_once_each(home: Paths, approvals: Approvals, clock:
     approvals.approve(settings, "S", "development", None, None, None, codes[0].upper())
     with pytest.raises(CodeRefused) as refused:
         approvals.approve(settings, "S", "development", None, None, None, codes[0])
+    # Said as it is, not "wrong code".
+    assert refused.value.kind == "reused" and refused.value.code == "code_reused"
+    assert "recovery code already used" in str(refused.value)
+    with pytest.raises(CodeRefused) as refused:
+        approvals.approve(settings, "S", "development", None, None, None, "abcd-efgh-jkmn")
     assert refused.value.kind == "wrong"
     assert approvals.approvers()[0]["recovery_codes_left"] == 9
     raw = approvals_file(home).read_bytes() + json.dumps(approvals.state).encode()
