@@ -39,7 +39,7 @@ def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
         else:
             say("blindkey proxy is not running")
         return lifecycle.EXIT_NOT_RUNNING
-    info = lifecycle.describe(current, lifecycle.ask_broker(paths))
+    info = lifecycle.describe(current, lifecycle.ask_broker(paths), paths)
     if args.json:
         emit_json(info)
         return 0
@@ -55,6 +55,8 @@ def _status_lines(info: dict[str, Any]) -> Iterator[str]:
         f"up {info['uptime_s']}s, broker {info['broker']}, backend {info['backend']}, "
         f"environment {info['env']}"
     )
+    if info["deployment"]:
+        yield f"deployment: {info['deployment']}"
     if info["config_error"]:
         yield f"config refused (running configuration kept): {info['config_error']}"
     if not info["healthy"]:

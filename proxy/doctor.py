@@ -22,6 +22,7 @@ from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.lifecycle import deployment
 
 
 @dataclass(frozen=True)
@@ -41,22 +42,6 @@ REMEDIES = (
     "install the hardened deployment with `sudo blindkey service install --system` (the "
     "broker and the vault under a user of their own)"
 )
-
-
-def _broker_owner(paths: Paths, settings: Settings) -> int | None:
-    """The uid owning the socket of a broker run as its own service; None when the proxy
-    spawns its own broker (as this user)."""
-    if not settings.broker.socket:
-        return None
-    try:
-        return paths.broker_socket_at(settings.broker.socket).stat().st_uid
-    except OSError:
-        return None
-
-
-def deployment(paths: Paths, settings: Settings) -> str:
-    owner = _broker_owner(paths, settings)
-    return "separate broker user" if owner is not None and owner != os.getuid() else "single-user"
 
 
 def check_deployment(paths: Paths, settings: Settings) -> Iterator[Finding]:
@@ -117,7 +102,7 @@ def check_proxy(paths: Paths, settings: Settings) -> Iterator[Finding]:
     if current is None:
         yield Finding("proxy", "warn", "not running; start it with `blindkey proxy start`")
         return
-    shown = describe(current)
+    shown = describe(current, None, paths)
     where = f"{shown['host']}:{shown['port']}"
     problems = [
         f"{label}: {shown[key]}"
@@ -180,6 +165,16 @@ def check_service_program(paths: Paths, settings: Settings) -> Iterator[Finding]
         )
     else:
         yield Finding("service program", "ok", f"{program}")
+
+
+def check_approvals_store(paths: Paths, settings: Settings) -> Iterator[Finding]:
+    from blindkey.broker.approvals_store import approvals_health
+
+    health = approvals_health(paths)
+    if health["ok"]:
+        yield Finding("approvals store", "ok", f"{health['file']}: readable")
+    else:
+        yield Finding("approvals store", "fail", str(health["error"]))
 
 
 def check_approvers(paths: Paths, settings: Settings) -> Iterator[Finding]:
@@ -255,6 +250,7 @@ CHECKS: tuple[Check, ...] = (
     check_backend,
     check_ca,
     check_service_program,
+    check_approvals_store,
     check_approvers,
     check_policies,
 )

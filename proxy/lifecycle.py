@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from blindkey.audit.store import audit_file, head_of_file
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import LimitSettings, Settings
@@ -300,9 +301,39 @@ LOAD_ERROR_HINT = (
 )
 
 
-def describe(current: Running, broker: dict[str, Any] | None = None) -> dict[str, Any]:
+def deployment(paths: Paths, settings: Settings) -> str:
+    """`separate broker user` when the proxy talks to a broker whose socket another user
+    owns (the hardened deployment), else `single-user`."""
+    if settings.broker.socket:
+        try:
+            owner = paths.broker_socket_at(settings.broker.socket).stat().st_uid
+        except OSError:
+            owner = os.getuid()
+        if owner != os.getuid():
+            return "separate broker user"
+    return "single-user"
+
+
+def _live_audit(paths: Paths | None, audit: Any) -> Any:
+    """The status file's audit state with the record count read from the file now: the
+    status file is rewritten when the state changes, not per record."""
+    if paths is None or not isinstance(audit, dict):
+        return audit
+    head = head_of_file(audit_file(paths.audit_dir))
+    return {**audit, "seq": head.seq} if head is not None else audit
+
+
+def describe(
+    current: Running, broker: dict[str, Any] | None = None, paths: Paths | None = None
+) -> dict[str, Any]:
     """What `proxy status` shows; `broker` is the broker's ping answer when it was reached."""
     status = current.status
+    kind = None
+    if paths is not None:
+        try:
+            kind = deployment(paths, load_settings(paths.config_file))
+        except BlindkeyError:
+            kind = None
     backend_error = (broker or {}).get("backend_error")
     load_error = (broker or {}).get("error_state")
     started = status.get("started")
@@ -324,7 +355,8 @@ def describe(current: Running, broker: dict[str, Any] | None = None) -> dict[str
         "load_error": load_error,
         "load_error_hint": LOAD_ERROR_HINT if load_error else None,
         "approvals_error": (broker or {}).get("approvals_error"),
-        "audit": status.get("audit"),
+        "audit": _live_audit(paths, status.get("audit")),
+        "deployment": kind,
         "healthy": bool(status.get("port"))
         and health(str(status.get("host")), int(status["port"])),
     }

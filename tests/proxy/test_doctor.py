@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from blindkey.broker.approvals_store import approvals_file
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.doctor import Finding, diagnose
@@ -140,3 +141,13 @@ def test_an_unreadable_config_is_one_failure(home: Paths, run_cli: RunCli) -> No
     assert done.returncode == 1
     (row,) = orjson.loads(done.stdout)
     assert row["check"] == "config" and row["status"] == "fail"
+
+
+def test_an_approvals_file_that_does_not_decrypt_fails(home: Paths, run_cli: RunCli) -> None:
+    assert run_cli("totp", "enroll").returncode == 0
+    assert finding(home, "approvals store").status == "ok"
+    stored = approvals_file(home)
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 1
+    stored.write_bytes(bytes(data))
+    assert finding(home, "approvals store").status == "fail"

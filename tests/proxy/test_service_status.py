@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.request
 
 import pytest
 import tomlkit
@@ -49,5 +50,24 @@ def test_a_healthy_store_shows_no_error(home: Paths, run_cli: RunCli) -> None:
         text = run_cli("proxy", "status")
         assert "secret store:" not in text.stdout
         assert json.loads(run_cli("proxy", "status", "--json").stdout)["backend_error"] is None
+    finally:
+        assert run_cli("proxy", "stop").returncode == 0
+
+
+def test_status_names_the_deployment_and_counts_records_as_they_are_written(
+    home: Paths, run_cli: RunCli
+) -> None:
+    """Issue: the record count stopped moving (125 while the audit was at 137): the status
+    file is rewritten on changes of state, not per record. Now the count is read at once."""
+    assert run_cli("proxy", "start", "--port", "0").returncode == 0
+    try:
+        first = json.loads(run_cli("proxy", "status", "--json").stdout)
+        assert first["deployment"] == "single-user"
+        port = first["port"]
+        for _ in range(3):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).read()
+        later = json.loads(run_cli("proxy", "status", "--json").stdout)
+        assert later["audit"]["seq"] >= first["audit"]["seq"] + 3
+        assert "deployment: single-user" in run_cli("proxy", "status").stdout
     finally:
         assert run_cli("proxy", "stop").returncode == 0
