@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,17 +148,24 @@ def _records(paths: Paths, args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
+def rfc3339_of(moment: datetime | None) -> str:
+    """A time as people read it here everywhere: RFC 3339, UTC, milliseconds, Z."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _summary_text(summary: Summary) -> list[str]:
     lines = [
-        f"from {summary.first or '-'} to {summary.last or '-'}",
+        f"from {rfc3339_of(summary.first)} to {rfc3339_of(summary.last)}",
         "events: " + (", ".join(f"{k} {v}" for k, v in summary.events.most_common()) or "none"),
     ]
 
     def block(title: str, tallies: dict[str, Tally]) -> None:
         lines.append("")
         lines.append(
-            f"{title:24} {'calls':>7} {'allowed':>7} {'blocked':>7} {'bytes out':>11} "
-            f"{'p50 ms':>8} {'p99 ms':>8}  refusals"
+            f"{title:24} {'calls':>7} {'allowed':>7} {'blocked':>7} {'failed':>7} "
+            f"{'bytes out':>11} {'p50 ms':>8} {'p99 ms':>8}  refusals"
         )
         for name, tally in sorted(tallies.items(), key=lambda item: (-item[1].calls, item[0])):
             figures = tally.as_json()
@@ -165,7 +173,7 @@ def _summary_text(summary: Summary) -> list[str]:
             p50, p99 = figures["p50_ms"], figures["p99_ms"]
             lines.append(
                 f"{name[:24]:24} {tally.calls:7} {tally.allowed:7} {tally.blocked:7} "
-                f"{tally.bytes_out:11} {p50 if p50 is not None else '-':>8} "
+                f"{tally.failed:7} {tally.bytes_out:11} {p50 if p50 is not None else '-':>8} "
                 f"{p99 if p99 is not None else '-':>8}  {refusals}"
             )
 

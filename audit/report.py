@@ -90,14 +90,16 @@ def _table(title: str, tallies: dict[str, Tally]) -> str:
         rows.append(
             f"<tr><td>{escape(name)}</td><td class=n>{tally.calls}</td>"
             f"<td class=n>{tally.allowed}</td><td class=n>{tally.blocked}</td>"
+            f"<td class=n>{tally.failed}</td>"
             f"<td>{refusals}</td><td class=n>{tally.bytes_out:,}</td>"
             f"<td class=n>{_ms(figures['p50_ms'])}</td><td class=n>{_ms(figures['p99_ms'])}</td>"
             f"<td class=n>{tally.flagged}</td></tr>"
         )
-    body = "".join(rows) or "<tr><td colspan=9 class=muted>none</td></tr>"
+    body = "".join(rows) or "<tr><td colspan=10 class=muted>none</td></tr>"
     return (
         f"<h2>{escape(title)}</h2><table><thead><tr><th>{escape(title.split()[-1])}</th>"
         "<th class=n>calls</th><th class=n>allowed</th><th class=n>blocked</th>"
+        "<th class=n>failed</th>"
         "<th>refusals</th><th class=n>bytes out</th><th class=n>p50 ms</th>"
         f"<th class=n>p99 ms</th><th class=n>flagged</th></tr></thead><tbody>{body}</tbody></table>"
     )
@@ -149,6 +151,7 @@ def render(records: list[dict[str, Any]], summary: Summary, verdict: Verdict, wi
             ("calls", f"{total.calls:,}"),
             ("allowed", f"{total.allowed:,}"),
             ("blocked", f"{total.blocked:,}"),
+            ("failed", f"{total.failed:,}"),
             ("flagged", f"{total.flagged:,}"),
             ("cut answers", f"{total.cut:,}"),
             ("other events", f"{sum(summary.events.values()) - total.calls:,}"),

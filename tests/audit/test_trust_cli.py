@@ -4,6 +4,7 @@ user runs them, on an audit written through the writer (chained, rotated)."""
 from __future__ import annotations
 
 import csv
+import re
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,3 +94,28 @@ def test_logs_flagged_and_event_records(home: Paths, run_cli: RunCli) -> None:
     assert "[denied_streak]" in table[2]
     bob = orjson.loads(run_cli("proxy", "logs", "--agent", "bob", "--json").stdout)
     assert [r["request_id"] for r in bob] == ["r2"]
+
+
+def test_people_read_times_and_fields_without_python_reprs(home: Paths, run_cli: RunCli) -> None:
+    """Issue: `audit summary` printed `2026-12-07 06:43:38.499000+00:00` and `proxy logs`
+    printed `approvers=['default', 'bob'] ... request=None` for event records."""
+    write(home)
+    append_event(
+        home.audit_dir, "grant", {"secret": "K", "approvers": ["default", "bob"], "request": None}
+    )
+    summary = run_cli("audit", "summary").stdout.splitlines()[0]
+    assert re.fullmatch(r"from \S+T\S+\.\d{3}Z to \S+T\S+\.\d{3}Z", summary), summary
+    logs = run_cli("proxy", "logs", "--last", "1").stdout
+    assert "approvers=default,bob" in logs
+    assert "None" not in logs and "[" not in logs.split("grant", 1)[1]
+
+
+def test_faults_on_the_way_are_their_own_column(home: Paths, run_cli: RunCli) -> None:
+    log = AuditLog(home.audit_dir)
+    log.append([make_record("u", NOW, decision="blocked", reason="upstream_error", status=502)])
+    log.close()
+    text = run_cli("audit", "summary").stdout
+    header = next(line for line in text.splitlines() if line.startswith("secret"))
+    row = next(line for line in text.splitlines() if line.startswith("GITHUB_TOKEN"))
+    columns = dict(zip(header.split()[1:6], row.split()[1:6], strict=True))
+    assert columns == {"calls": "1", "allowed": "0", "blocked": "0", "failed": "1", "bytes": "100"}
