@@ -5,10 +5,27 @@ Users the tests create are removed again; users that were already there are left
 
 from __future__ import annotations
 
+import fcntl
+import os
 import pwd
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# One lock for the whole machine: two `make test` runs at once must not create, use and
+# delete the same system users (or system units) under each other.
+MACHINE_LOCK = "/tmp/blindkey-tests-machine.lock"
+
+
+@contextmanager
+def machine_lock() -> Iterator[None]:
+    """Hold the machine-wide lock for the block; a concurrent run waits its turn."""
+    fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _exists(name: str) -> bool:
@@ -26,6 +43,11 @@ def system_users(*users: tuple[str, tuple[str, ...]]) -> Iterator[None]:
     Groups are added in order, so a user may join the group of a user listed before it.
     """
     created: list[str] = []
+    with machine_lock():
+        yield from _made(users, created)
+
+
+def _made(users: tuple[tuple[str, tuple[str, ...]], ...], created: list[str]) -> Iterator[None]:
     try:
         for name, groups in users:
             if not _exists(name):

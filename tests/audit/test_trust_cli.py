@@ -4,8 +4,8 @@ user runs them, on an audit written through the writer (chained, rotated)."""
 from __future__ import annotations
 
 import csv
-import re
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any

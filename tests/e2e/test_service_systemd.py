@@ -33,7 +33,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.staging import Installed, install
-from tests.users import system_users
+from tests.users import machine_lock, system_users
 
 pytestmark = pytest.mark.timeout(300)
 SECRET = "ghp_systemdUnitValue0123456789XYZ"
@@ -90,6 +90,11 @@ def opt_install() -> Iterator[Installed]:
 @pytest.fixture
 def system_install(opt_install: Installed) -> Iterator[Installed]:
     assert os.geteuid() == 0, "this test creates users and boots systemd: run it as root"
+    with machine_lock():  # another run's system install must not meet this one
+        yield from _system_install(opt_install)
+
+
+def _system_install(opt_install: Installed) -> Iterator[Installed]:
     existing = [p for p in (*HOMES, *(Path("/etc/systemd/system") / u for u in UNITS))
                 if p.exists()]  # fmt: skip
     assert not existing, f"a blindkey system install exists ({existing}); not replacing it"
