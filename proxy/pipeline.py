@@ -33,7 +33,7 @@ from blindkey.proxy.parse import ProxySpec, Target
 from blindkey.proxy.redact import Redactor
 from blindkey.proxy.relay import relay
 from blindkey.proxy.runtime import ProxyRuntime
-from blindkey.proxy.upstream import UpstreamError
+from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 
 
 async def forward(
@@ -72,7 +72,8 @@ async def forward(
         grant = await approved(runtime, request, spec)
 
     # Inject.
-    headers = upstream_headers(request, raw_headers)
+    ranged = all(settings.policy(name).allow_range for name in names)
+    headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
@@ -110,10 +111,28 @@ async def forward(
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
+        if not ranged:
+            refuse_parts(upstream, target)
         try:
             return await relay(request, upstream, grant.redactor, record, target.host_header)
         except UpstreamError as exc:  # relay raises it only while nothing is sent
             raise UpstreamFailure(exc, target, grant.redactor) from None
+
+
+def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
+    """A 206 (or a Content-Range on another answer) is a part: refused unless asked for. A
+    Range header was not sent, but an upstream may answer with parts anyway (S3's
+    `?partNumber=`), and slices shorter than a value pass any redactor."""
+    if upstream.status == 416:
+        return
+    if upstream.status == 206 or any(n.lower() == "content-range" for n, _ in upstream.headers):
+        raise ProxyError(
+            "upstream_error",
+            f"{target.host_header} answered with a part of its content ({upstream.status}, "
+            "Content-Range): blindkey relays only whole answers, since parts can spell out a "
+            "value in slices too short to redact; a human can permit parts for the secrets "
+            "of this call with [secrets.NAME] allow_range = true",
+        )
 
 
 class UpstreamFailure(BlindkeyError):
