@@ -16,8 +16,9 @@ import base64
 import binascii
 import functools
 import re
+import unicodedata
 from collections.abc import Mapping
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
 
@@ -40,7 +41,8 @@ ROUTE_PREFIX = "/r/"
 # X-AS-* headers a route call may carry; the rest belong to /proxy, where the agent names
 # the target and the injections itself.
 _ROUTE_HEADERS = frozenset({"x-as-agent-token", "x-as-wait-approval"})
-_DOT_SEGMENTS = frozenset({".", ".."})
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AGENT_TOKEN = re.compile(rf"(?:bearer\s+)?({re.escape(TOKEN_PREFIX)}[A-Za-z0-9_-]{{43}})\Z", re.I)
 
 
@@ -77,13 +79,35 @@ def route_base(name: str, to: str) -> Target:
     return base
 
 
+def check_tail(name: str, tail: str) -> None:
+    """Refuse a tail any server on the way could read as climbing out of the base path.
+
+    Servers differ in what they decode before they resolve dot segments: `%2f` and `%5c`
+    (`..%2f..%2f`), a second `%25` round (`%252e%252e`), `;` parameters (`..;/` in Tomcat),
+    `\\` as a separator, compatibility forms of the dot (`%ef%bc%8e`) and trailing dots or
+    spaces (Windows). The tail is decoded once and read the widest way: anything that
+    could be a dot segment in any of those readings is refused, and so is anything a
+    second decoding would change. The tail itself goes on as sent.
+    """
+    try:
+        decoded = unquote_to_bytes(tail).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(f"/r/{name}/ paths must be UTF-8 once percent-decoded") from None
+    if _PERCENT_ESCAPE.search(decoded):
+        raise _bad(f"/r/{name}/ paths may not be percent-encoded twice (%25 before hex digits)")
+    if "\\" in decoded or _CONTROL.search(decoded):
+        raise _bad(f"/r/{name}/ paths may not contain backslashes or control characters")
+    for segment in decoded.split("/"):
+        bare = unicodedata.normalize("NFKC", segment.partition(";")[0])
+        if "." in bare and not bare.strip(". "):
+            raise _bad(f"/r/{name}/ paths may not contain '.' or '..' segments")
+
+
 @functools.lru_cache(maxsize=1024)
 def route_target(name: str, to: str, tail: str, query: str) -> Target:
     """`to` + `/tail` + `?query`; the tail may not climb out of the route's base path."""
     base = route_base(name, to)
-    for segment in tail.split("/"):
-        if unquote(segment) in _DOT_SEGMENTS:
-            raise _bad(f"/r/{name}/ paths may not contain '.' or '..' segments")
+    check_tail(name, tail)
     path = f"{base.path_query.rstrip('/')}/{tail}"
     path_query = f"{path}?{query}" if query else path
     return Target(
