@@ -33,6 +33,7 @@ from blindkey.proxy.parse import ProxySpec, Target
 from blindkey.proxy.redact import Redactor
 from blindkey.proxy.relay import relay
 from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.proxy.token_scan import refusal
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 
 
@@ -87,8 +88,10 @@ async def forward(
         )
         headers["Content-Type"] = content_type
         record.bytes_in = len(body)
+        if spec.token_scan is not None and spec.token_scan.found(original):
+            raise refusal("the body")
     elif request.body_exists:
-        counter = body = CountingBody(request)
+        counter = body = CountingBody(request, spec.token_scan)
 
     # Upstream, then relay. A failure before the answer's head is sent carries the redactor
     # along, for what an upstream's error text may echo.
@@ -107,6 +110,8 @@ async def forward(
             request.content_length if counter is not None else None,
         )
     except (UpstreamError, OSError) as exc:
+        if counter is not None and counter.refusal is not None:
+            raise counter.refusal from None  # the token scan cut the body short
         raise UpstreamFailure(exc, target, grant.redactor) from None
     async with upstream:
         if counter is not None:
@@ -116,6 +121,8 @@ async def forward(
         try:
             return await relay(request, upstream, grant.redactor, record, target.host_header)
         except UpstreamError as exc:  # relay raises it only while nothing is sent
+            if counter is not None and counter.refusal is not None:
+                raise counter.refusal from None
             raise UpstreamFailure(exc, target, grant.redactor) from None
 
 

@@ -18,6 +18,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
@@ -36,6 +37,7 @@ from blindkey.proxy.parse import (
     proxy_method,
     request_headers,
 )
+from blindkey.proxy.token_scan import TokenScan
 
 ROUTE_PREFIX = "/r/"
 # X-AS-* headers a route call may carry; the rest belong to /proxy, where the agent names
@@ -159,17 +161,26 @@ def _take_query_token(query: str, param: str | None) -> tuple[str, str | None]:
     return "&".join(kept), token
 
 
-def parse_route(
-    routes: Mapping[str, Route], request: web.BaseRequest
-) -> tuple[ProxySpec, list[tuple[str, str]]]:
-    """The spec of a route call, and the caller's headers without its token."""
+@dataclass
+class _RouteCall:
+    """A route call as read, its token taken out of the places a route reads it from."""
+
+    name: str
+    route: Route
+    tail: str
+    query: str
+    token: str | None
+    offered: list[str]  # every agent token taken out, to look for anywhere else
+    forwarded: list[tuple[str, str]]
+
+
+def _read_call(routes: Mapping[str, Route], request: web.BaseRequest) -> _RouteCall:
     path, _, query = request.raw_path[len(ROUTE_PREFIX) :].partition("?")
     name, _, tail = path.partition("/")
     route = routes.get(name)
     if route is None:
         shown = name[:64]
         raise _bad(f"no route named {shown!r}; `blindkey route list` shows the routes")
-    injection = route_injection(name, route)
     header_slot = route.param.lower() if route.style == "header" else None
     token = slot_token = authorization = stray = None
     forwarded: list[tuple[str, str]] = []
@@ -198,10 +209,65 @@ def parse_route(
     query, in_query = _take_query_token(query, route.param if route.style == "query" else None)
     if route.style == "query":
         slot_token = in_query
-    spec = ProxySpec(
-        target=route_target(name, route.to, tail, query),
-        method=proxy_method(request.method),
+    offered = [t for t in (token, slot_token, authorization, stray, in_query) if t is not None]
+    return _RouteCall(
+        name=name,
+        route=route,
+        tail=tail,
+        query=query,
         token=token or slot_token or authorization or stray or in_query,
-        injections=(injection,),
+        # Only what has a token's shape is looked for: a placeholder key ("sk-x") is no
+        # secret, and a value that is not a valid token is refused 401 before any sending.
+        offered=[t for t in offered if _AGENT_TOKEN.match(t)],
+        forwarded=forwarded,
     )
-    return spec, forwarded
+
+
+def parse_route(
+    routes: Mapping[str, Route], request: web.BaseRequest
+) -> tuple[ProxySpec, list[tuple[str, str]]]:
+    """The spec of a route call, and the caller's headers without its token.
+
+    A token anywhere else in what goes upstream (a header's text, the query, the path; the
+    body as it streams, in the pipeline) is refused: see proxy/token_scan.py.
+    """
+    call = _read_call(routes, request)
+    injection = route_injection(call.name, call.route)
+    scan = TokenScan(call.offered)
+    for header, value in call.forwarded:
+        if not header.lower().startswith(PREFIX):
+            scan.check(f"header {header[:64]}", value)
+    scan.check("the query", call.query)
+    scan.check("the path", call.tail)
+    spec = ProxySpec(
+        target=route_target(call.name, call.route.to, call.tail, call.query),
+        method=proxy_method(request.method),
+        token=call.token,
+        injections=(injection,),
+        token_scan=scan,
+    )
+    return spec, call.forwarded
+
+
+def record_url(routes: Mapping[str, Route], request: web.BaseRequest) -> str:
+    """The URL a route call's audit record names from the start, as /proxy records its
+    X-AS-Target-URL: the route's target before injection, so a call refused at any point
+    is recorded where it was going. A part of the path or query that carries the agent
+    token is left out; a call that names no route is recorded under its route name."""
+    name = request.raw_path[len(ROUTE_PREFIX) :].partition("?")[0].partition("/")[0]
+    route = routes.get(name)
+    if route is None:
+        return f"{ROUTE_PREFIX}{name[:64]}"
+    try:
+        base = route_base(name, route.to)
+        call = _read_call(routes, request)
+    except ProxyError:
+        return route.to[:2048]
+    scan = TokenScan(call.offered)
+    url = f"{base.scheme}://{base.host_header}{base.path_query.rstrip('/')}/"
+    if not scan.found_text(call.tail):
+        url += call.tail
+    kept = [pair for pair in call.query.split("&") if pair and not scan.found_text(pair)]
+    if kept:
+        url += "?" + "&".join(kept)
+    return url[:2048]
