@@ -9,7 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +28,7 @@ def every_char_encoded(text: str) -> str:
     return "".join(f"%{b:02X}" for b in text.encode())
 
 
-HEADER_SPELLINGS = {
+HEADER_SPELLINGS: dict[str, Callable[[str], tuple[str, str]]] = {
     "cookie": lambda t: ("Cookie", f"theme=dark; api_key={t}"),
     "token-scheme": lambda t: ("X-Api-Token", f"Token {t}"),
     "basic-in-custom-header": lambda t: (
@@ -58,7 +58,7 @@ async def test_the_token_in_another_header_is_refused(routed: Env, spelling: str
     assert env.token not in body.decode()
 
 
-QUERY_SPELLINGS = {
+QUERY_SPELLINGS: dict[str, Callable[[str], str]] = {
     "token-scheme": lambda t: f"x=Token%20{t}",
     "quoted": lambda t: f"x=%22{t}%22",
     "double-encoded": lambda t: "x=" + every_char_encoded(every_char_encoded(t)),
