@@ -33,7 +33,7 @@ from blindkey.proxy.parse import ProxySpec, Target
 from blindkey.proxy.redact import Redactor
 from blindkey.proxy.relay import relay
 from blindkey.proxy.runtime import ProxyRuntime
-from blindkey.proxy.token_scan import refusal
+from blindkey.proxy.token_scan import refusal as token_refusal
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 
 
@@ -89,7 +89,7 @@ async def forward(
         headers["Content-Type"] = content_type
         record.bytes_in = len(body)
         if spec.token_scan is not None and spec.token_scan.found(original):
-            raise refusal("the body")
+            raise token_refusal("the body")
     elif request.body_exists:
         counter = body = CountingBody(request, spec.token_scan)
 

@@ -37,7 +37,7 @@ from blindkey.proxy.parse import (
     proxy_method,
     request_headers,
 )
-from blindkey.proxy.token_scan import TokenScan
+from blindkey.proxy.token_scan import scan_for
 
 ROUTE_PREFIX = "/r/"
 # X-AS-* headers a route call may carry; the rest belong to /proxy, where the agent names
@@ -170,11 +170,23 @@ class _RouteCall:
     tail: str
     query: str
     token: str | None
-    offered: list[str]  # every agent token taken out, to look for anywhere else
+    offered: tuple[str, ...]  # every agent token taken out, to look for anywhere else
     forwarded: list[tuple[str, str]]
+    routes: Mapping[str, Route]
+
+
+# The edge reads a route call once for its record's URL, then again to parse it.
+_READ = web.RequestKey("blindkey_route_call", _RouteCall)
 
 
 def _read_call(routes: Mapping[str, Route], request: web.BaseRequest) -> _RouteCall:
+    call = request.get(_READ)
+    if call is None or call.routes is not routes:
+        call = request[_READ] = _read_call_anew(routes, request)
+    return call
+
+
+def _read_call_anew(routes: Mapping[str, Route], request: web.BaseRequest) -> _RouteCall:
     path, _, query = request.raw_path[len(ROUTE_PREFIX) :].partition("?")
     name, _, tail = path.partition("/")
     route = routes.get(name)
@@ -218,8 +230,9 @@ def _read_call(routes: Mapping[str, Route], request: web.BaseRequest) -> _RouteC
         token=token or slot_token or authorization or stray or in_query,
         # Only what has a token's shape is looked for: a placeholder key ("sk-x") is no
         # secret, and a value that is not a valid token is refused 401 before any sending.
-        offered=[t for t in offered if _AGENT_TOKEN.match(t)],
+        offered=tuple(t for t in offered if _AGENT_TOKEN.match(t)),
         forwarded=forwarded,
+        routes=routes,
     )
 
 
@@ -233,12 +246,9 @@ def parse_route(
     """
     call = _read_call(routes, request)
     injection = route_injection(call.name, call.route)
-    scan = TokenScan(call.offered)
-    for header, value in call.forwarded:
-        if not header.lower().startswith(PREFIX):
-            scan.check(f"header {header[:64]}", value)
-    scan.check("the query", call.query)
-    scan.check("the path", call.tail)
+    scan = scan_for(call.offered)
+    parts = [(f"header {h[:64]}", v) for h, v in call.forwarded if not h.lower().startswith(PREFIX)]
+    scan.check([*parts, ("the query", call.query), ("the path", call.tail)])
     spec = ProxySpec(
         target=route_target(call.name, call.route.to, call.tail, call.query),
         method=proxy_method(request.method),
@@ -263,11 +273,13 @@ def record_url(routes: Mapping[str, Route], request: web.BaseRequest) -> str:
         call = _read_call(routes, request)
     except ProxyError:
         return route.to[:2048]
-    scan = TokenScan(call.offered)
+    scan = scan_for(call.offered)
     url = f"{base.scheme}://{base.host_header}{base.path_query.rstrip('/')}/"
     if not scan.found_text(call.tail):
         url += call.tail
-    kept = [pair for pair in call.query.split("&") if pair and not scan.found_text(pair)]
-    if kept:
-        url += "?" + "&".join(kept)
+    query = call.query
+    if query and scan.found_text(query):
+        query = "&".join(pair for pair in query.split("&") if pair and not scan.found_text(pair))
+    if query:
+        url += f"?{query}"
     return url[:2048]

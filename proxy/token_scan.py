@@ -18,6 +18,7 @@ seen; the upstream then gets a cut body and the agent a 400.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import AsyncIterator, Iterable
 from urllib.parse import unquote_to_bytes
@@ -25,11 +26,13 @@ from urllib.parse import unquote_to_bytes
 from blindkey.broker.agents import TOKEN_PREFIX
 from blindkey.proxy.errors import ProxyError
 
-# Any agent token written out whole; the boundaries keep a run of base64url text (a JWT in
-# a cookie) from matching by chance.
-ANY_TOKEN = re.compile(
-    rb"(?<![A-Za-z0-9_-])%s[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])" % re.escape(TOKEN_PREFIX.encode())
-)
+# Any agent token written out whole. The literal prefix first keeps the search fast; the
+# boundaries (checked in _any_token) keep a run of base64url text, a JWT in a cookie, from
+# matching by chance.
+ANY_TOKEN = re.compile(rb"%s[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])" % re.escape(TOKEN_PREFIX.encode()))
+_TOKEN_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# A spelling is looked for by a short piece of it first: long needles cost more to search.
+_PIECE = 12
 _JSON_ESCAPE = re.compile(rb"\\u00([0-7][0-9a-fA-F])")
 PERCENT_ROUNDS = 3
 # Bytes of a streamed body held back: the longest spelling looked for (a token of up to 46
@@ -46,6 +49,14 @@ def _base64_cores(token: bytes) -> set[bytes]:
         core = encoded[start:end]
         cores |= {core, core.replace(b"+", b"-").replace(b"/", b"_")}
     return cores
+
+
+def _any_token(view: bytes) -> bool:
+    for match in ANY_TOKEN.finditer(view):
+        start = match.start()
+        if start == 0 or view[start - 1] not in _TOKEN_CHARS:
+            return True
+    return False
 
 
 def _views(data: bytes) -> Iterable[bytes]:
@@ -65,25 +76,38 @@ class TokenScan:
     """Finds the presented tokens (and any raw `bk_` token) in text bound for upstream."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
-        presented = {t.encode("utf-8") for t in tokens if t}
-        self.exact = presented | {c for t in presented for c in _base64_cores(t)}
-        self.hex = {t.hex().encode() for t in presented}
+        presented = sorted({t.encode("utf-8") for t in tokens if t})
+        exact = {c for t in presented for c in _base64_cores(t)} | set(presented)
+        self.exact = [(s[:_PIECE], s) for s in sorted(exact)]
+        self.hex = [(h[:_PIECE], h) for h in (t.hex().encode() for t in presented)]
 
     def found(self, data: bytes) -> bool:
-        for view in _views(data):
-            if ANY_TOKEN.search(view) or any(s in view for s in self.exact):
-                return True
-            if self.hex and any(h in view.lower() for h in self.hex):
-                return True
+        return any(self._found_in(view) for view in _views(data))
+
+    def _found_in(self, view: bytes) -> bool:
+        if _any_token(view):
+            return True
+        if any(piece in view and whole in view for piece, whole in self.exact):
+            return True
+        if self.hex:
+            lowered = view.lower()
+            return any(piece in lowered and whole in lowered for piece, whole in self.hex)
         return False
 
     def found_text(self, text: str) -> bool:
         # Every spelling is ASCII: other characters only need to stay out of a match.
         return self.found(text.encode("ascii", "replace"))
 
-    def check(self, where: str, text: str) -> None:
-        if self.found_text(text):
-            raise refusal(where)
+    def check(self, parts: Iterable[tuple[str, str]]) -> None:
+        """Refuse naming the first of `parts` (where, text) that carries a token; the texts
+        are scanned as one (joined by a line break, which no spelling holds)."""
+        listed = list(parts)
+        if not self.found_text("\n".join(text for _, text in listed)):
+            return
+        for where, text in listed:
+            if self.found_text(text):
+                raise refusal(where)
+        raise refusal("the request")  # not reached: a spelling holds no line break
 
     async def guard(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """`chunks` passed on, each byte only once everything up to HOLD bytes past it has
@@ -99,6 +123,12 @@ class TokenScan:
             held = window[cut:]
         if held:
             yield held
+
+
+@functools.lru_cache(maxsize=256)
+def scan_for(tokens: tuple[str, ...]) -> TokenScan:
+    """The scan for these presented tokens; an agent sends the same token call after call."""
+    return TokenScan(tokens)
 
 
 def refusal(where: str) -> ProxyError:
