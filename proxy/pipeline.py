@@ -13,8 +13,10 @@ must be the address dialled, and a pooled connection needs no new lookup.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
@@ -78,20 +80,8 @@ async def forward(
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
-    counter: CountingBody | None = None
-    body: bytes | CountingBody | None = None
-    if spec.buffers_body:
-        limits = settings.limits
-        original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
-        body, content_type = inject_body(
-            original, request.headers.get("Content-Type", ""), spec.injections, grant.values
-        )
-        headers["Content-Type"] = content_type
-        record.bytes_in = len(body)
-        if spec.token_scan is not None and spec.token_scan.found(original):
-            raise token_refusal("the body")
-    elif request.body_exists:
-        counter = body = CountingBody(request, spec.token_scan)
+    body = await request_body(runtime, request, spec, grant.values, headers, record)
+    counter = body if isinstance(body, CountingBody) else None
 
     # Upstream, then relay. A failure before the answer's head is sent carries the redactor
     # along, for what an upstream's error text may echo.
@@ -124,6 +114,30 @@ async def forward(
             if counter is not None and counter.refusal is not None:
                 raise counter.refusal from None
             raise UpstreamFailure(exc, target, grant.redactor) from None
+
+
+async def request_body(
+    runtime: ProxyRuntime,
+    request: web.BaseRequest,
+    spec: ProxySpec,
+    values: Mapping[str, str],
+    headers: CIMultiDict[str],
+    record: AuditRecord,
+) -> bytes | CountingBody | None:
+    """The body to send: read whole for a Body-*/Form-* injection, else streamed (through
+    a route's token scan)."""
+    if not spec.buffers_body:
+        return CountingBody(request, spec.token_scan) if request.body_exists else None
+    limits = runtime.settings.limits
+    original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
+    if spec.token_scan is not None and spec.token_scan.found(original):
+        raise token_refusal("the body")
+    body, content_type = inject_body(
+        original, request.headers.get("Content-Type", ""), spec.injections, values
+    )
+    headers["Content-Type"] = content_type
+    record.bytes_in = len(body)
+    return body
 
 
 def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
