@@ -175,6 +175,7 @@ def _secret_policy(file: Path, name: str, table: object) -> SecretPolicy:
         release=section.get("release", default.release, _string_list(_one_of(RELEASE_CHANNELS))),
         allow_short=section.get("allow_short", default.allow_short, _BOOL),
         approvals=section.get("approvals", default.approvals, _positive_int),
+        allow_range=section.get("allow_range", default.allow_range, _BOOL),
     )
     section.finish()
     return policy

@@ -194,6 +194,12 @@ def render(defaults: Settings) -> str:
         line(
             "approvals", value(policy.approvals), "distinct approvers a grant needs", commented=True
         ),
+        line(
+            "allow_range",
+            value(policy.allow_range),
+            "true: Range and 206 answers (values can then be read in slices)",
+            commented=True,
+        ),
         "",
         "# [routes.openai]                 # /r/openai/... for SDKs given base_url (`route add`)",
         '# to = "https://api.openai.com"',

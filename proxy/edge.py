@@ -32,7 +32,7 @@ from blindkey.proxy.errors import (
 )
 from blindkey.proxy.parse import ProxySpec, parse_spec, request_headers
 from blindkey.proxy.pipeline import UpstreamFailure, forward
-from blindkey.proxy.routes import ROUTE_PREFIX, parse_route
+from blindkey.proxy.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.upstream import (
     BlockedAddressError,
@@ -86,7 +86,11 @@ class Front:
         record = AuditRecord(
             request_id=request_id,
             method=request.headers.get("X-AS-Method", request.method)[:16],
-            url=request.headers.get("X-AS-Target-URL", "")[:2048],
+            url=(
+                record_url(self.runtime.settings.routes, request)
+                if request.path.startswith(ROUTE_PREFIX)
+                else request.headers.get("X-AS-Target-URL", "")[:2048]
+            ),
         )
         audited = True
         response: web.StreamResponse | None = None
@@ -145,7 +149,7 @@ class Front:
             return web.json_response({"status": "unavailable"}, status=503), True
         spec: ProxySpec | None = None
         if path.startswith(ROUTE_PREFIX):
-            record.method, record.url = request.method[:16], request.path[:2048]
+            record.method = request.method[:16]
             spec, raw = parse_route(self.runtime.settings.routes, request)
             record.url = spec.target.original[:2048]
             token_sent = spec.token is not None

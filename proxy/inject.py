@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.parse import HOP_BY_HOP, PREFIX, Injection
+from blindkey.proxy.token_scan import TokenScan
 from blindkey.proxy.upstream.decoding import DECODABLE
 
 _UNSAFE_IN_HEADER = ("\r", "\n", "\0")
@@ -125,10 +126,16 @@ def inject_body(
 
 # Expect: the proxy itself answered 100-continue to the agent.
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "origin", "expect"}
+# A part of an answer can be a slice of a stored value shorter than anything the redactor
+# recognises: asked for only where every secret of the call allows it ([secrets] allow_range).
+# Request-Range is the name older servers (Apache) still honour.
+RANGE_HEADERS = frozenset({"range", "if-range", "request-range"})
 CHUNK = 2**16
 
 
-def upstream_headers(request: web.BaseRequest, raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+def upstream_headers(
+    request: web.BaseRequest, raw: list[tuple[str, str]], *, allow_range: bool = False
+) -> CIMultiDict[str]:
     listed = {
         token.strip().lower()
         for value in request.headers.getall("Connection", [])
@@ -138,6 +145,8 @@ def upstream_headers(request: web.BaseRequest, raw: list[tuple[str, str]]) -> CI
     for name, value in raw:
         lowered = name.lower()
         if lowered in _NOT_FORWARDED or lowered in listed or lowered.startswith(PREFIX):
+            continue
+        if lowered in RANGE_HEADERS and not allow_range:
             continue
         headers.add(name, value)
     headers["Accept-Encoding"] = ", ".join(DECODABLE)
@@ -173,13 +182,26 @@ async def read_limited(request: web.BaseRequest, limit: int, deadline: float) ->
 
 
 class CountingBody:
-    """Streams the agent's body upstream while counting it for the audit record."""
+    """Streams the agent's body upstream while counting it for the audit record; on a route,
+    through the token scan, whose refusal is kept for the answer (the upstream client only
+    sees the body fail)."""
 
-    def __init__(self, request: web.BaseRequest) -> None:
+    def __init__(self, request: web.BaseRequest, scan: TokenScan | None = None) -> None:
         self.request = request
+        self.scan = scan
         self.size = 0
+        self.refusal: ProxyError | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def _read(self) -> AsyncIterator[bytes]:
         async for chunk in self.request.content.iter_chunked(CHUNK):
             self.size += len(chunk)
             yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._read() if self.scan is None else self.scan.guard(self._read())
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except ProxyError as exc:
+            self.refusal = exc
+            raise

@@ -14,6 +14,7 @@ from aiohttp import web
 from blindkey.config.hosts import DEFAULT_PORTS, HostError, normalize_host, parse_port
 from blindkey.config.model import SECRET_NAME
 from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.token_scan import TokenScan
 
 PREFIX = "x-as-"
 # RFC 9110 §7.6.1: headers of one connection, never passed on in either direction.
@@ -78,6 +79,8 @@ class ProxySpec:
     method: str
     token: str | None
     injections: tuple[Injection, ...]
+    # A route call's: the agent token in any spelling is refused in what goes upstream.
+    token_scan: TokenScan | None = None
 
     @property
     def secret_names(self) -> list[str]:

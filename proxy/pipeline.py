@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
@@ -34,7 +36,8 @@ from blindkey.proxy.parse import ProxySpec, Target
 from blindkey.proxy.redact import Redactor
 from blindkey.proxy.relay import relay
 from blindkey.proxy.runtime import ProxyRuntime
-from blindkey.proxy.upstream import UpstreamError
+from blindkey.proxy.token_scan import refusal as token_refusal
+from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 
 
 async def forward(
@@ -80,22 +83,13 @@ async def forward(
                 record.waited_ms = round((time.perf_counter() - held) * 1000, 3)
 
     # Inject.
-    headers = upstream_headers(request, raw_headers)
+    ranged = all(settings.policy(name).allow_range for name in names)
+    headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
-    counter: CountingBody | None = None
-    body: bytes | CountingBody | None = None
-    if spec.buffers_body:
-        limits = settings.limits
-        original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
-        body, content_type = inject_body(
-            original, request.headers.get("Content-Type", ""), spec.injections, grant.values
-        )
-        headers["Content-Type"] = content_type
-        record.bytes_in = len(body)
-    elif request.body_exists:
-        counter = body = CountingBody(request)
+    body = await request_body(runtime, request, spec, grant.values, headers, record)
+    counter = body if isinstance(body, CountingBody) else None
 
     # Upstream, then relay. A failure before the answer's head is sent carries the redactor
     # along, for what an upstream's error text may echo.
@@ -114,14 +108,60 @@ async def forward(
             request.content_length if counter is not None else None,
         )
     except (UpstreamError, OSError) as exc:
+        if counter is not None and counter.refusal is not None:
+            raise counter.refusal from None  # the token scan cut the body short
         raise UpstreamFailure(exc, target, grant.redactor) from None
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
+        if not ranged:
+            refuse_parts(upstream, target)
         try:
             return await relay(request, upstream, grant.redactor, record, target.host_header)
         except UpstreamError as exc:  # relay raises it only while nothing is sent
+            if counter is not None and counter.refusal is not None:
+                raise counter.refusal from None
             raise UpstreamFailure(exc, target, grant.redactor) from None
+
+
+async def request_body(
+    runtime: ProxyRuntime,
+    request: web.BaseRequest,
+    spec: ProxySpec,
+    values: Mapping[str, str],
+    headers: CIMultiDict[str],
+    record: AuditRecord,
+) -> bytes | CountingBody | None:
+    """The body to send: read whole for a Body-*/Form-* injection, else streamed (through
+    a route's token scan)."""
+    if not spec.buffers_body:
+        return CountingBody(request, spec.token_scan) if request.body_exists else None
+    limits = runtime.settings.limits
+    original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
+    if spec.token_scan is not None and spec.token_scan.found(original):
+        raise token_refusal("the body")
+    body, content_type = inject_body(
+        original, request.headers.get("Content-Type", ""), spec.injections, values
+    )
+    headers["Content-Type"] = content_type
+    record.bytes_in = len(body)
+    return body
+
+
+def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
+    """A 206 (or a Content-Range on another answer) is a part: refused unless asked for. A
+    Range header was not sent, but an upstream may answer with parts anyway (S3's
+    `?partNumber=`), and slices shorter than a value pass any redactor."""
+    if upstream.status == 416:
+        return
+    if upstream.status == 206 or any(n.lower() == "content-range" for n, _ in upstream.headers):
+        raise ProxyError(
+            "upstream_error",
+            f"{target.host_header} answered with a part of its content ({upstream.status}, "
+            "Content-Range): blindkey relays only whole answers, since parts can spell out a "
+            "value in slices too short to redact; a human can permit parts for the secrets "
+            "of this call with [secrets.NAME] allow_range = true",
+        )
 
 
 class UpstreamFailure(BlindkeyError):

@@ -16,8 +16,10 @@ import base64
 import binascii
 import functools
 import re
+import unicodedata
 from collections.abc import Mapping
-from urllib.parse import unquote
+from dataclasses import dataclass
+from urllib.parse import unquote, unquote_to_bytes
 
 from aiohttp import web
 
@@ -35,12 +37,14 @@ from blindkey.proxy.parse import (
     proxy_method,
     request_headers,
 )
+from blindkey.proxy.token_scan import scan_for
 
 ROUTE_PREFIX = "/r/"
 # X-AS-* headers a route call may carry; the rest belong to /proxy, where the agent names
 # the target and the injections itself.
 _ROUTE_HEADERS = frozenset({"x-as-agent-token", "x-as-wait-approval"})
-_DOT_SEGMENTS = frozenset({".", ".."})
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AGENT_TOKEN = re.compile(rf"(?:bearer\s+)?({re.escape(TOKEN_PREFIX)}[A-Za-z0-9_-]{{43}})\Z", re.I)
 
 
@@ -77,13 +81,35 @@ def route_base(name: str, to: str) -> Target:
     return base
 
 
+def check_tail(name: str, tail: str) -> None:
+    """Refuse a tail any server on the way could read as climbing out of the base path.
+
+    Servers differ in what they decode before they resolve dot segments: `%2f` and `%5c`
+    (`..%2f..%2f`), a second `%25` round (`%252e%252e`), `;` parameters (`..;/` in Tomcat),
+    `\\` as a separator, compatibility forms of the dot (`%ef%bc%8e`) and trailing dots or
+    spaces (Windows). The tail is decoded once and read the widest way: anything that
+    could be a dot segment in any of those readings is refused, and so is anything a
+    second decoding would change. The tail itself goes on as sent.
+    """
+    try:
+        decoded = unquote_to_bytes(tail).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(f"/r/{name}/ paths must be UTF-8 once percent-decoded") from None
+    if _PERCENT_ESCAPE.search(decoded):
+        raise _bad(f"/r/{name}/ paths may not be percent-encoded twice (%25 before hex digits)")
+    if "\\" in decoded or _CONTROL.search(decoded):
+        raise _bad(f"/r/{name}/ paths may not contain backslashes or control characters")
+    for segment in decoded.split("/"):
+        bare = unicodedata.normalize("NFKC", segment.partition(";")[0])
+        if "." in bare and not bare.strip(". "):
+            raise _bad(f"/r/{name}/ paths may not contain '.' or '..' segments")
+
+
 @functools.lru_cache(maxsize=1024)
 def route_target(name: str, to: str, tail: str, query: str) -> Target:
     """`to` + `/tail` + `?query`; the tail may not climb out of the route's base path."""
     base = route_base(name, to)
-    for segment in tail.split("/"):
-        if unquote(segment) in _DOT_SEGMENTS:
-            raise _bad(f"/r/{name}/ paths may not contain '.' or '..' segments")
+    check_tail(name, tail)
     path = f"{base.path_query.rstrip('/')}/{tail}"
     path_query = f"{path}?{query}" if query else path
     return Target(
@@ -135,17 +161,38 @@ def _take_query_token(query: str, param: str | None) -> tuple[str, str | None]:
     return "&".join(kept), token
 
 
-def parse_route(
-    routes: Mapping[str, Route], request: web.BaseRequest
-) -> tuple[ProxySpec, list[tuple[str, str]]]:
-    """The spec of a route call, and the caller's headers without its token."""
+@dataclass
+class _RouteCall:
+    """A route call as read, its token taken out of the places a route reads it from."""
+
+    name: str
+    route: Route
+    tail: str
+    query: str
+    token: str | None
+    offered: tuple[str, ...]  # every agent token taken out, to look for anywhere else
+    forwarded: list[tuple[str, str]]
+    routes: Mapping[str, Route]
+
+
+# The edge reads a route call once for its record's URL, then again to parse it.
+_READ = web.RequestKey("blindkey_route_call", _RouteCall)
+
+
+def _read_call(routes: Mapping[str, Route], request: web.BaseRequest) -> _RouteCall:
+    call = request.get(_READ)
+    if call is None or call.routes is not routes:
+        call = request[_READ] = _read_call_anew(routes, request)
+    return call
+
+
+def _read_call_anew(routes: Mapping[str, Route], request: web.BaseRequest) -> _RouteCall:
     path, _, query = request.raw_path[len(ROUTE_PREFIX) :].partition("?")
     name, _, tail = path.partition("/")
     route = routes.get(name)
     if route is None:
         shown = name[:64]
         raise _bad(f"no route named {shown!r}; `blindkey route list` shows the routes")
-    injection = route_injection(name, route)
     header_slot = route.param.lower() if route.style == "header" else None
     token = slot_token = authorization = stray = None
     forwarded: list[tuple[str, str]] = []
@@ -174,10 +221,65 @@ def parse_route(
     query, in_query = _take_query_token(query, route.param if route.style == "query" else None)
     if route.style == "query":
         slot_token = in_query
-    spec = ProxySpec(
-        target=route_target(name, route.to, tail, query),
-        method=proxy_method(request.method),
+    offered = [t for t in (token, slot_token, authorization, stray, in_query) if t is not None]
+    return _RouteCall(
+        name=name,
+        route=route,
+        tail=tail,
+        query=query,
         token=token or slot_token or authorization or stray or in_query,
-        injections=(injection,),
+        # Only what has a token's shape is looked for: a placeholder key ("sk-x") is no
+        # secret, and a value that is not a valid token is refused 401 before any sending.
+        offered=tuple(t for t in offered if _AGENT_TOKEN.match(t)),
+        forwarded=forwarded,
+        routes=routes,
     )
-    return spec, forwarded
+
+
+def parse_route(
+    routes: Mapping[str, Route], request: web.BaseRequest
+) -> tuple[ProxySpec, list[tuple[str, str]]]:
+    """The spec of a route call, and the caller's headers without its token.
+
+    A token anywhere else in what goes upstream (a header's text, the query, the path; the
+    body as it streams, in the pipeline) is refused: see proxy/token_scan.py.
+    """
+    call = _read_call(routes, request)
+    injection = route_injection(call.name, call.route)
+    scan = scan_for(call.offered)
+    parts = [(f"header {h[:64]}", v) for h, v in call.forwarded if not h.lower().startswith(PREFIX)]
+    scan.check([*parts, ("the query", call.query), ("the path", call.tail)])
+    spec = ProxySpec(
+        target=route_target(call.name, call.route.to, call.tail, call.query),
+        method=proxy_method(request.method),
+        token=call.token,
+        injections=(injection,),
+        token_scan=scan,
+    )
+    return spec, call.forwarded
+
+
+def record_url(routes: Mapping[str, Route], request: web.BaseRequest) -> str:
+    """The URL a route call's audit record names from the start, as /proxy records its
+    X-AS-Target-URL: the route's target before injection, so a call refused at any point
+    is recorded where it was going. A part of the path or query that carries the agent
+    token is left out; a call that names no route is recorded under its route name."""
+    name = request.raw_path[len(ROUTE_PREFIX) :].partition("?")[0].partition("/")[0]
+    route = routes.get(name)
+    if route is None:
+        return f"{ROUTE_PREFIX}{name[:64]}"
+    try:
+        base = route_base(name, route.to)
+        call = _read_call(routes, request)
+    except ProxyError:
+        return route.to[:2048]
+    scan = scan_for(call.offered)
+    url = f"{base.scheme}://{base.host_header}{base.path_query.rstrip('/')}/"
+    if not scan.found_text(call.tail):
+        url += call.tail
+    query = call.query
+    if query and scan.found_text(query):
+        query = "&".join(pair for pair in query.split("&") if pair and not scan.found_text(pair))
+    if query:
+        url += f"?{query}"
+    return url[:2048]

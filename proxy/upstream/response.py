@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from blindkey.proxy.upstream.decoding import Decoder, codings
+from blindkey.proxy.upstream.decoding import Decoder, codings, undecodable
 from blindkey.proxy.upstream.errors import (
     StaleConnection,
     UpstreamError,
@@ -48,7 +48,9 @@ class UpstreamResponse:
         self.reason_bytes = b""
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
-        self.codings: list[str] = []  # Content-Encoding, every line, in the order applied
+        # Every coding to undo, in the order applied: Content-Encoding's, then the transfer
+        # codings other than chunked (RFC 9112 §6.1), which llhttp passes on undecoded.
+        self.codings: list[str] = []
         self.chunked = False
         self.received = 0
         self.headers_done = False
@@ -94,7 +96,7 @@ class UpstreamResponse:
             self.reason_bytes = b""
             return
         self.status = status
-        encodings = []
+        encodings, transfer = [], []
         for name, value in self.headers:
             lowered = name.lower()
             if lowered == "content-length" and value.strip().isdigit():
@@ -102,13 +104,33 @@ class UpstreamResponse:
             elif lowered == "content-encoding":
                 encodings.append(value)
             elif lowered == "transfer-encoding":
-                self.chunked = "chunked" in value.lower()
+                transfer.append(value)
         self.codings = codings(encodings) if encodings else []
+        if transfer:
+            self.codings.extend(self._transfer_codings(transfer))
         self.headers_done = True
         if self.head_only:
             # llhttp cannot be told the answer has no body; this connection is not reused.
             self.complete = True
         self._wake()
+
+    def _transfer_codings(self, lines: list[str]) -> list[str]:
+        """The transfer codings to undo. llhttp takes chunked off only when it is the last
+        one; any other (`gzip, chunked`, or `gzip` alone, which ends with the connection)
+        reaches the body undecoded, so it is decoded as a content coding is, or refused."""
+        applied = codings(lines)
+        if applied and applied[-1] == "chunked":
+            self.chunked = True
+            applied.pop()
+        refused = "chunked" if "chunked" in applied else undecodable(applied)
+        if refused is not None:
+            # Raised inside llhttp's callback: the answer fails and its connection is closed.
+            self.violation = UpstreamProtocolError(
+                f"answered with transfer coding {refused[:32]!r}, which blindkey cannot "
+                "decode and scan"
+            )
+            raise self.violation
+        return applied
 
     def feed(self, data: bytes) -> None:
         if self.complete:

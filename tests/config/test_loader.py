@@ -323,6 +323,11 @@ BAD_CONFIGS = [
     ("[audit]\nrotate_mb = 0\n", ["[audit] rotate_mb"], "audit-rotate-mb-zero"),
     ('[audit]\nkeep_days = "90"\n', ["[audit] keep_days"], "audit-keep-days-string"),
     ("[secrets.GH]\napprovals = 0\n", ["[secrets.GH] approvals"], "secret-approvals-zero"),
+    (
+        '[secrets.GH]\nallow_range = "yes"\n',
+        ["[secrets.GH] allow_range", "true or false"],
+        "secret-allow-range-not-bool",
+    ),
 ]
 
 
@@ -649,7 +654,7 @@ def test_routes_approvals_and_audit_keys_load(tmp_path: Path) -> None:
         + 'name = "x-api-key"\n'
         + '[approvals]\ncontrolled_ttl = "1h"\nrestricted_ttl = "5m"\nelevate_ttl = "10m"\n'
         + "[audit]\nrotate_mb = 8\nkeep_days = 7\n"
-        + '[secrets.GH]\ntier = "restricted"\napprovals = 2\n'
+        + '[secrets.GH]\ntier = "restricted"\napprovals = 2\nallow_range = true\n'
     )
     settings = load_settings(write(tmp_path, text))
     route = settings.routes["openai"]
@@ -665,3 +670,4 @@ def test_routes_approvals_and_audit_keys_load(tmp_path: Path) -> None:
     assert settings.approvals.elevate_ttl == 600
     assert (settings.audit.rotate_mb, settings.audit.keep_days) == (8, 7)
     assert settings.policy("GH").approvals == 2
+    assert settings.policy("GH").allow_range and not settings.policy("OTHER").allow_range
