@@ -20,6 +20,7 @@ STATUS = {
     "approval_denied": 403,
     "forbidden_origin": 403,
     "unknown_secret": 404,
+    "unknown_route": 404,
     "body_too_large": 413,
     "upstream_error": 502,
     "broker_unavailable": 503,

@@ -192,7 +192,9 @@ def _read_call_anew(routes: Mapping[str, Route], request: web.BaseRequest) -> _R
     route = routes.get(name)
     if route is None:
         shown = name[:64]
-        raise _bad(f"no route named {shown!r}; `blindkey route list` shows the routes")
+        raise ProxyError(
+            "unknown_route", f"no route named {shown!r}; `blindkey route list` shows the routes"
+        )
     header_slot = route.param.lower() if route.style == "header" else None
     token = slot_token = authorization = stray = None
     forwarded: list[tuple[str, str]] = []

@@ -48,7 +48,7 @@ async def test_an_encoded_climb_out_of_the_base_path_is_refused(routed: Env, tai
     env = routed
     auth = {"Authorization": f"Bearer {env.token}"}
     status, _, body = await send(env, "GET", f"/r/echo/{tail}", auth)
-    assert (status, orjson.loads(body)["error"]) == (400, "bad_request"), body
+    assert (status, orjson.loads(body)["error"]["code"]) == (400, "bad_request"), body
     assert hits(env) == []
 
 

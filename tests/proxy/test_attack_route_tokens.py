@@ -52,8 +52,8 @@ async def test_the_token_in_another_header_is_refused(routed: Env, spelling: str
     headers = {"Authorization": f"Bearer {env.token}", header: value}
     status, _, body = await send(env, "GET", "/r/echo/models", headers)
     error = orjson.loads(body)
-    assert (status, error["error"]) == (400, "bad_request"), body
-    assert f"header {header}" in error["message"]
+    assert (status, error["error"]["code"]) == (400, "bad_request"), body
+    assert f"header {header}" in error["error"]["message"]
     assert hits(env) == []
     assert env.token not in body.decode()
 
@@ -73,7 +73,7 @@ async def test_the_token_in_the_query_text_is_refused(routed: Env, spelling: str
     query = QUERY_SPELLINGS[spelling](env.token)
     headers = {"Authorization": f"Bearer {env.token}"}
     status, _, body = await send(env, "GET", f"/r/echo/search?q=1&{query}", headers)
-    assert (status, orjson.loads(body)["error"]) == (400, "bad_request"), body
+    assert (status, orjson.loads(body)["error"]["code"]) == (400, "bad_request"), body
     assert hits(env) == []
 
 
@@ -81,7 +81,7 @@ async def test_the_token_in_the_path_is_refused(routed: Env) -> None:
     env = routed
     headers = {"Authorization": f"Bearer {env.token}"}
     status, _, body = await send(env, "GET", f"/r/echo/keys/{env.token}", headers)
-    assert (status, orjson.loads(body)["error"]) == (400, "bad_request"), body
+    assert (status, orjson.loads(body)["error"]["code"]) == (400, "bad_request"), body
     assert hits(env) == []
 
 
@@ -160,8 +160,8 @@ async def test_the_token_in_a_streamed_body_never_reaches_the_upstream(
             data = pieces()
         headers = {"Authorization": f"Bearer {env.token}", "Content-Type": "application/json"}
         status, _, body = await send(env, "POST", "/r/sink/v1/chat", headers, data=data)
-        assert (status, orjson.loads(body)["error"]) == (400, "bad_request"), body
-        assert "the body" in orjson.loads(body)["message"]
+        assert (status, orjson.loads(body)["error"]["code"]) == (400, "bad_request"), body
+        assert "the body" in orjson.loads(body)["error"]["message"]
         await asyncio.wait_for(sink.closed.wait(), 10)
         assert sink.received.startswith(b"POST /v1/chat")  # the call went, the token did not
         assert env.token[:12].encode() not in sink.received

@@ -196,7 +196,6 @@ async def test_refusals_of_proxy_apply_to_routes(routed: Env) -> None:
 @pytest.mark.parametrize(
     ("path", "headers", "fragment"),
     [
-        ("/r/nosuch/x", {}, "no route named 'nosuch'"),
         ("/r/echo/../admin", {}, "'..' segments"),
         ("/r/echo/a/%2e%2E/admin", {}, "'..' segments"),
         ("/r/echo/x", {"X-AS-Target-URL": "http://evil.example/"}, "does not apply to a route"),
@@ -214,6 +213,16 @@ async def test_bad_route_calls_are_400_and_nothing_leaves(
     error = answer["error"] if path.startswith("/r/") else answer
     assert (status, error["code"] if "code" in error else error["error"]) == (400, "bad_request")
     assert fragment in error["message"]
+    assert hits(routed) == []
+
+
+async def test_an_unknown_route_is_404_unknown_route(routed: Env) -> None:
+    """A client expects 404 for a path that names nothing (issue: it was 400)."""
+    headers = {"Authorization": f"Bearer {routed.token}"}
+    status, _, body = await send(routed, "GET", "/r/nosuch/x", headers)
+    error = orjson.loads(body)["error"]
+    assert (status, error["code"]) == (404, "unknown_route")
+    assert "no route named 'nosuch'" in error["message"]
     assert hits(routed) == []
 
 
