@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ import orjson
 
 from blindkey.audit.chain import Head
 from blindkey.audit.printable import inert_json, printable
-from blindkey.audit.reader import Filter, parse_since, read_all
-from blindkey.audit.report import render
+from blindkey.audit.reader import Filter, iter_all, parse_since
+from blindkey.audit.report import gather, render
 from blindkey.audit.summary import Summary, Tally, summarise
 from blindkey.audit.verify import Verdict, verify
 from blindkey.broker.anchor import ANCHOR_FILE
@@ -143,8 +143,9 @@ def _selection(args: argparse.Namespace) -> Filter:
     )
 
 
-def _records(paths: Paths, args: argparse.Namespace) -> list[dict[str, Any]]:
-    records, _ = read_all(paths.audit_dir, _selection(args))
+def _records(paths: Paths, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The selected records, streamed: the audit may not fit in memory."""
+    records, _ = iter_all(paths.audit_dir, _selection(args))
     return records
 
 
@@ -212,9 +213,12 @@ def _cell(text: str) -> str:
     return printable("'" + text if text[:1] in FORMULA_START else text)
 
 
-def export_text(records: list[dict[str, Any]], form: str) -> bytes:
+def export_chunks(records: Iterable[dict[str, Any]], form: str) -> Iterator[bytes]:
+    """The export, a record at a time."""
     if form == "jsonl":
-        return "".join(inert_json(orjson.dumps(r).decode()) + "\n" for r in records).encode()
+        for record in records:
+            yield (inert_json(orjson.dumps(record).decode()) + "\n").encode()
+        return
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
@@ -222,40 +226,64 @@ def export_text(records: list[dict[str, Any]], form: str) -> bytes:
         # A cell a spreadsheet would run as a formula is written as text.
         row = [_csv_value(record.get(name)) for name in CSV_FIELDS]
         writer.writerow([_cell(cell) for cell in row])
-    return out.getvalue().encode()
+        yield out.getvalue().encode()
+        out.seek(0)
+        out.truncate()
+    if out.tell():
+        yield out.getvalue().encode()
 
 
-def _write_out(target: str | None, data: bytes) -> None:
+def _write_out(target: str | None, chunks: Iterable[bytes]) -> int:
+    """Write the chunks to `target` (stdout for None or -); how many were written."""
+    written = 0
     if target is None or target == "-":
-        sys.stdout.buffer.write(data)
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
+            written += 1
         sys.stdout.flush()
-        return
+        return written
     path = Path(target)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for chunk in chunks:
+                handle.write(chunk)
+                written += 1
     except OSError as exc:
         raise BlindkeyError(f"cannot write {path}: {exc.strerror}") from exc
+    return written
 
 
 def cmd_audit_export(paths: Paths, args: argparse.Namespace) -> int:
-    records = _records(paths, args)
-    _write_out(args.output, export_text(records, args.format))
+    counted = _Counted(_records(paths, args))
+    _write_out(args.output, export_chunks(counted, args.format))
     if args.output not in (None, "-"):
-        say(f"{len(records)} records written to {args.output}")
+        say(f"{counted.count} records written to {args.output}")
     return 0
 
 
+class _Counted:
+    """An iterable of records that counts what passed through it."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]) -> None:
+        self.records, self.count = records, 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for record in self.records:
+            self.count += 1
+            yield record
+
+
 def cmd_audit_report(paths: Paths, args: argparse.Namespace) -> int:
-    records = _records(paths, args)
+    data = gather(lambda: _records(paths, args))
     progress = Progress("verifying")
     verdict = check(paths, progress)
     progress.done()
     window = f"records since {args.since}" if args.since else "all records"
     if getattr(args, "until", None):
         window += f" until {args.until}"
-    page = render(records, summarise(records), verdict, window)
-    _write_out(args.html, page.encode())
-    say(f"report of {len(records)} records written to {args.html}")
+    page = render(data, verdict, window)
+    _write_out(args.html, [page.encode()])
+    records = sum(data.summary.events.values())
+    say(f"report of {records} records written to {args.html}")
     return 0

@@ -1,20 +1,76 @@
 """`audit report --html`: one self-contained page (inline CSS and SVG, no script, nothing
 fetched) with calls over time by decision, per-secret and per-agent tables, flagged
-records and what `audit verify` says."""
+records, the changes and approvals on the record, and what `audit verify` says.
+
+Built in two passes over the records (`gather`), each a stream: the page of an audit of
+millions of records costs what its tables and the latest rows shown cost, not the audit."""
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape as _html
 from typing import Any
 
+import orjson
+
 from blindkey.audit.printable import printable
-from blindkey.audit.summary import Summary, Tally, timeline
+from blindkey.audit.summary import Summary, Tally, summarise, timeline
 from blindkey.audit.verify import Verdict
 
 CHART_W, CHART_H, PAD = 900, 220, 36
 ALLOWED, BLOCKED = "#2f855a", "#c53030"
 MAX_FLAGGED = 200
+MAX_EVENTS = 200
+# Records a security lead looks for beside the calls: who changed policy, who approved what,
+# who was refused a code, what was handed out raw, what an outage left as a count.
+LISTED_EVENTS = frozenset(
+    {
+        "config",
+        "grant",
+        "grant_revoked",
+        "grant_expired",
+        "code_refused",
+        "locked_out",
+        "elevate",
+        "env",
+        "exec",
+        "gap",
+    }
+)
+_NOT_LISTED = frozenset({"ts", "event", "seq", "chain"})
+Points = list[tuple[datetime, int, int]]
+
+
+@dataclass
+class ReportData:
+    summary: Summary
+    points: Points
+    flagged: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_FLAGGED))
+    flagged_count: int = 0
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    events_count: int = 0
+
+
+def gather(records: Callable[[], Iterable[dict[str, Any]]]) -> ReportData:
+    """The page's figures from two passes of `records()` (a fresh stream each call)."""
+    summary = summarise(records())
+    data = ReportData(summary, [])
+
+    def second_pass() -> Iterable[dict[str, Any]]:
+        for record in records():
+            if record.get("flags"):
+                data.flagged.append(record)
+                data.flagged_count += 1
+            if record.get("event") in LISTED_EVENTS:
+                data.events.append(record)
+                data.events_count += 1
+            yield record
+
+    data.points = timeline(second_pass(), summary.calls_first, summary.calls_last)
+    return data
 
 
 def escape(value: str) -> str:
@@ -37,8 +93,7 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def _chart(records: list[dict[str, Any]]) -> str:
-    points = timeline(records)
+def _chart(points: Points) -> str:
     if not points:
         return "<p class=muted>No calls in this period.</p>"
     peak = max(a + b for _, a, b in points) or 1
@@ -105,12 +160,11 @@ def _table(title: str, tallies: dict[str, Tally]) -> str:
     )
 
 
-def _flagged(records: list[dict[str, Any]]) -> str:
-    flagged = [r for r in records if r.get("flags")]
+def _flagged(flagged: deque[dict[str, Any]], count: int) -> str:
     if not flagged:
         return "<h2>Flagged records</h2><p class=muted>Nothing flagged.</p>"
     rows = []
-    for record in flagged[-MAX_FLAGGED:]:
+    for record in flagged:
         flags = "".join(f"<span class=flag>{escape(str(f))}</span>" for f in record["flags"])
         outcome = (
             record.get("status") if record.get("decision") == "allowed" else record.get("reason")
@@ -122,12 +176,44 @@ def _flagged(records: list[dict[str, Any]]) -> str:
             f"<td>{escape(str(record.get('method', '')))} {escape(str(record.get('url', '')))}</td>"
             f"<td>{escape(str(outcome))}</td><td class=n>{record.get('seq', '')}</td></tr>"
         )
-    more = len(flagged) - MAX_FLAGGED
-    note = f"<p class=muted>The latest {MAX_FLAGGED} of {len(flagged)}.</p>" if more > 0 else ""
+    note = (
+        f"<p class=muted>The latest {len(flagged)} of {count}.</p>" if count > len(flagged) else ""
+    )
     return (
-        f"<h2>Flagged records ({len(flagged)})</h2>{note}<table><thead><tr><th>time</th>"
+        f"<h2>Flagged records ({count})</h2>{note}<table><thead><tr><th>time</th>"
         "<th>flags</th><th>agent</th><th>secrets</th><th>request</th><th>outcome</th>"
         f"<th class=n>seq</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _field(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_field(item) for item in value)
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _events(events: deque[dict[str, Any]], count: int) -> str:
+    title = "Changes, approvals and releases"
+    if not events:
+        return f"<h2>{title}</h2><p class=muted>None in this period.</p>"
+    rows = []
+    for record in events:
+        detail = "  ".join(
+            f"{k}={_field(v)}"
+            for k, v in record.items()
+            if k not in _NOT_LISTED and v not in (None, [], "")
+        )
+        rows.append(
+            f"<tr><td>{escape(str(record.get('ts', '')))}</td>"
+            f"<td>{escape(str(record.get('event')))}</td><td>{escape(detail)}</td>"
+            f"<td class=n>{record.get('seq', '')}</td></tr>"
+        )
+    note = f"<p class=muted>The latest {len(events)} of {count}.</p>" if count > len(events) else ""
+    return (
+        f"<h2>{title} ({count})</h2>{note}<table><thead><tr><th>time</th><th>event</th>"
+        f"<th>detail</th><th class=n>seq</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -143,7 +229,8 @@ def _verdict(verdict: Verdict) -> str:
     return f"<p class=bad>Chain broken at seq {verdict.bad_seq}: {escape(verdict.reason or '')}</p>"
 
 
-def render(records: list[dict[str, Any]], summary: Summary, verdict: Verdict, window: str) -> str:
+def render(data: ReportData, verdict: Verdict, window: str) -> str:
+    summary = data.summary
     total = summary.total
     cards = "".join(
         f"<div class=card><b>{value}</b>{escape(label)}</div>"
@@ -164,7 +251,8 @@ def render(records: list[dict[str, Any]], summary: Summary, verdict: Verdict, wi
         f"<title>blindkey audit report</title><style>{STYLE}</style></head><body>"
         f"<h1>blindkey audit report</h1><p class=muted>{escape(window)}; made {made}</p>"
         f"{_verdict(verdict)}<div class=cards>{cards}</div>"
-        f"<h2>Calls over time</h2>{_chart(records)}"
+        f"<h2>Calls over time</h2>{_chart(data.points)}"
         f"{_table('Per secret', summary.by_secret)}{_table('Per agent', summary.by_agent)}"
-        f"{_flagged(records)}</body></html>\n"
+        f"{_flagged(data.flagged, data.flagged_count)}"
+        f"{_events(data.events, data.events_count)}</body></html>\n"
     )

@@ -3,7 +3,9 @@ duration percentiles; calls over time by decision."""
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,7 +43,8 @@ class Tally:
     bytes_in: int = 0
     bytes_out: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
-    durations: list[float] = field(default_factory=list)
+    # Compact (8 bytes a call): a summary of millions of records stays in tens of MB.
+    durations: array[float] = field(default_factory=lambda: array("d"))
 
     def add(self, record: dict[str, Any]) -> None:
         calls = weight(record)
@@ -102,6 +105,9 @@ class Summary:
     events: Counter[str] = field(default_factory=Counter)
     first: datetime | None = None
     last: datetime | None = None
+    # The span of the calls alone (the timeline's), events aside.
+    calls_first: datetime | None = None
+    calls_last: datetime | None = None
 
     def add(self, record: dict[str, Any]) -> None:
         event = str(record.get("event", "request"))
@@ -113,6 +119,8 @@ class Summary:
         self.last = moment if self.last is None else max(self.last, moment)
         if event != "request":
             return
+        self.calls_first = moment if self.calls_first is None else min(self.calls_first, moment)
+        self.calls_last = moment if self.calls_last is None else max(self.calls_last, moment)
         self.total.add(record)
         for name in record.get("secrets") or ():
             self.by_secret.setdefault(str(name), Tally()).add(record)
@@ -135,30 +143,34 @@ class Summary:
         }
 
 
-def summarise(records: list[dict[str, Any]]) -> Summary:
+def summarise(records: Iterable[dict[str, Any]]) -> Summary:
     summary = Summary()
     for record in records:
         summary.add(record)
     return summary
 
 
-def timeline(records: list[dict[str, Any]], buckets: int = 48) -> list[tuple[datetime, int, int]]:
-    """(bucket start, allowed, blocked) over the records' time span, in equal buckets."""
-    calls = [
-        (record_time(r), r.get("decision") == "blocked", weight(r))
-        for r in records
-        if r.get("event", "request") == "request"
-    ]
-    if not calls:
+def timeline(
+    records: Iterable[dict[str, Any]],
+    first: datetime | None,
+    last: datetime | None,
+    buckets: int = 48,
+) -> list[tuple[datetime, int, int]]:
+    """(bucket start, allowed, blocked) over the calls between `first` and `last` (their
+    span, from the summary), in equal buckets, in one pass over the records."""
+    if first is None or last is None:
         return []
-    start = min(m for m, _, _ in calls)
-    span = max((max(m for m, _, _ in calls) - start).total_seconds(), 1.0)
-    width = span / buckets
+    width = max((last - first).total_seconds(), 1.0) / buckets
     counts = [[0, 0] for _ in range(buckets)]
-    for moment, blocked, times in calls:
-        index = min(int((moment - start).total_seconds() / width), buckets - 1)
-        counts[index][blocked] += times
+    for record in records:
+        if record.get("event", "request") != "request":
+            continue
+        moment = record_time(record)
+        if moment < first or moment > last:
+            continue
+        index = min(int((moment - first).total_seconds() / width), buckets - 1)
+        counts[index][record.get("decision") == "blocked"] += weight(record)
     return [
-        (start + timedelta(seconds=i * width), allowed, blocked)
+        (first + timedelta(seconds=i * width), allowed, blocked)
         for i, (allowed, blocked) in enumerate(counts)
     ]

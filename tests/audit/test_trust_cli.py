@@ -119,3 +119,19 @@ def test_faults_on_the_way_are_their_own_column(home: Paths, run_cli: RunCli) ->
     row = next(line for line in text.splitlines() if line.startswith("GITHUB_TOKEN"))
     columns = dict(zip(header.split()[1:6], row.split()[1:6], strict=True))
     assert columns == {"calls": "1", "allowed": "0", "blocked": "0", "failed": "1", "bytes": "100"}
+
+
+def test_the_report_lists_changes_approvals_and_releases(
+    home: Paths, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Issue: grants, lockouts, raw releases and config changes were only "N other events"."""
+    write(home)
+    append_event(home.audit_dir, "config", {"change": "allowlist_add", "names": ["evil.example"]})
+    append_event(home.audit_dir, "exec", {"agent": "openclaw", "secrets": ["K"]})
+    page_file = tmp_path / "report.html"
+    assert run_cli("audit", "report", "--html", str(page_file)).returncode == 0
+    page = page_file.read_text()
+    section = page.split("Changes, approvals and releases (3)", 1)[1]
+    assert "approver=ann" in section and "secret=STRIPE_KEY" in section
+    assert "change=allowlist_add" in section and "names=evil.example" in section
+    assert "secrets=K" in section
