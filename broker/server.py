@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from blindkey.broker.anchor import AuditAnchor
 from blindkey.broker.approvals_ops import approvals_op, hold_op, refuse_foreign
+from blindkey.broker.policy_ops import config_op
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
     PUSH_ID,
@@ -151,6 +152,7 @@ class BrokerServer:
             "mcp": self.releaser.mcp,
             "approvals": self._approvals,
             "hold": lambda request, client: hold_op(self.state, request),
+            "config": self._config,
         }
 
     async def start(self) -> None:
@@ -291,6 +293,7 @@ class BrokerServer:
             # False until a vault, key and agents file were loaded: every call would fail.
             # A later change the broker refuses keeps it serving what it had.
             "serving": state.view is not None,
+            "policy_refused": state.policy.refused,
         }
 
     def _ack(self, request: Message, client: _Client) -> None:
@@ -332,6 +335,8 @@ class BrokerServer:
         if state.last_error is not None:
             # The files did not load: the broker still serves what it had before.
             reply["refused"] = state.last_error
+        if state.policy.refused is not None:
+            reply["policy_refused"] = state.policy.refused
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply
@@ -351,6 +356,12 @@ class BrokerServer:
         # A revocation is in force once every proxy has dropped what it kept.
         self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
         return None
+
+    def _config(self, request: Message, client: _Client) -> Message:
+        # Accepting a policy spends an approver's code: the broker's own user only.
+        if getattr(client, "uid", None) != os.getuid():
+            refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
+        return config_op(self.state, request, client.uid)
 
     def _approval_outcome(self, approval_id: str, outcome: str) -> None:
         self._push({"event": "approval", "approval_id": approval_id, "outcome": outcome})
