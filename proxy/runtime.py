@@ -50,6 +50,8 @@ class ProxyRuntime:
         # Unknown: the settings we were given may predate the file; the first check reads it.
         self._config_stamp: FileStamp | None = None
         self.broker_error: str | None = None
+        # The broker serves its approved policy, not this file (a widening awaits a code).
+        self.policy_refused: str | None = None
         # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
         self.on_reloaded: Callable[[], None] = lambda: None
 
@@ -74,8 +76,15 @@ class ProxyRuntime:
         self.guard.own_port = port
 
     async def reload(self) -> bool:
-        """Re-read config.toml; a bad file is refused and the running settings kept."""
-        return self._reload()
+        """Re-read config.toml; a bad file is refused and the running settings kept. The
+        broker is asked first: a file that widens the approved policy is reported refused."""
+        try:
+            reply = await self.authoriser.broker.call("refresh", config=True)
+        except BlindkeyError:
+            pass  # no broker: its own start reads the file and judges it
+        else:
+            self.policy_refused = reply.get("policy_refused")
+        return self._reload() and self.policy_refused is None
 
     def file_stamp(self) -> FileStamp:
         try:
@@ -140,6 +149,10 @@ class ProxyRuntime:
         else:
             serving = reply.get("serving", True)
             error = None if serving else reply.get("error_state") or "the broker loaded nothing"
+            refused = reply.get("policy_refused")
+            if refused != self.policy_refused:
+                self.policy_refused = refused
+                self.on_reloaded()
         if error != self.broker_error:
             self.broker_error = error
             self.on_reloaded()  # the status file says so
@@ -150,6 +163,6 @@ class ProxyRuntime:
             "broker_error": self.broker_error,
             "backend": self.settings.backend,
             "env": self.settings.active_env,
-            "config_error": self.config_error,
+            "config_error": self.config_error or self.policy_refused,
             "config_generation": self.config_generation,
         }
