@@ -42,6 +42,10 @@ def read_config_text(file: Path) -> str:
         raise ConfigError(f"{file}: not UTF-8 text") from exc
 
 
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def owner_of(file: Path) -> str:
     try:
         uid = file.stat().st_uid
@@ -58,6 +62,8 @@ class PolicyGate:
         self.store = PolicyStore(paths)
         # Why the file on disk is not what the broker serves (for `proxy status`).
         self.refused: str | None = None
+        # sha256 of the config.toml text served: a proxy applies that text only unasked.
+        self.served: str | None = None
         self._noted: bytes | None = None
 
     def _guarded(self) -> bool:
@@ -80,7 +86,7 @@ class PolicyGate:
         if kept is None or kept.get("policy") == view:
             if kept is None:
                 self._save(text, view)
-            self.refused = None
+            self.refused, self.served = None, _sha(text)
             return settings
         approved = kept["policy"]
         widened = widenings(approved, view, self.held)
@@ -91,13 +97,14 @@ class PolicyGate:
             self._record(approved, view, widened, refuse)
         if not refuse:
             self._save(text, view)
-            self.refused = None
+            self.refused, self.served = None, _sha(text)
             return settings
         self.refused = (
             f"config.toml widens the approved policy ({'; '.join(widened)}): the broker "
             "serves the approved policy until `blindkey config approve --by NAME --code CODE`"
         )
         log.error("reload refused: %s", self.refused)
+        self.served = _sha(str(kept["text"]))
         return settings_from_text(file, str(kept["text"]))
 
     def _save(self, text: str, view: dict[str, object]) -> None:

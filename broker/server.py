@@ -189,7 +189,12 @@ class BrokerServer:
     def _invalidate(self) -> None:
         self._pushed += 1
         self._push(
-            {"event": "invalidate", "generation": self.state.generation, "ack": self._pushed}
+            {
+                "event": "invalidate",
+                "generation": self.state.generation,
+                "ack": self._pushed,
+                "config_sha256": self.state.policy.served,
+            }
         )
 
     async def _answer_when_acknowledged(

@@ -244,7 +244,7 @@ class BrokerState:
             return BrokerDenied("secret_denied", f"secret {name} is not released to the proxy")
         if not policy.allows_host(*target):
             return BrokerDenied("secret_denied", _not_bound(name, policy, target))
-        if not policy.hosts and not self._allowlisted(target):
+        if not policy.hosts and self.policy.refused and not self._allowlisted(target):
             # "Any allowlisted host" means the allowlist this broker approved, not one a
             # proxy read from a file the broker refused.
             return BrokerDenied(

@@ -16,6 +16,7 @@ from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import Approver, acli, audit_events, seed_of
 from tests.proxy.conftest import Env, open_env
+from tests.upstream import start_upstream
 
 
 def _bound_to_someone_else(document: Any) -> None:
@@ -106,3 +107,28 @@ async def test_a_hand_edit_that_narrows_applies_without_a_code(bound: Env) -> No
     assert (status, orjson.loads(body)["error"]) == (403, "secret_denied")
     reload = audit_events(bound.paths.audit_dir, "config")[-1]
     assert reload["refused"] is False and reload["names"] == ["secrets.STRIPE_KEY"]
+
+
+async def test_an_allowlist_added_by_hand_stays_out_until_approved(bound: Env) -> None:
+    other, port = await start_upstream()
+    try:
+        approver = await _enrol()
+        target = f"http://127.0.0.1:{port}"
+        text = bound.paths.config_file.read_text()
+        old = f'hosts = ["http://127.0.0.1:{bound.upstream_port}"]'
+        assert old in text
+        widened = text.replace(
+            old, f'hosts = ["http://127.0.0.1:{bound.upstream_port}", "{target}"]'
+        )
+        bound.paths.config_file.write_text(widened)
+        assert await bound.server.reload() is False
+        # STRIPE_KEY is bound to no host: "any allowlisted host" is the approved allowlist.
+        headers = bound.to(target + "/echo", X_AS_Inject_Bearer="STRIPE_KEY")
+        status, _, body = await bound.call(headers=headers)
+        assert (status, orjson.loads(body)["error"]) == (403, "host_not_allowed")
+        code, _, err = await acli("config", "approve", "--code", approver.code())
+        assert code == 0, err
+        status, _, _ = await bound.call(headers=headers)
+        assert status == 200
+    finally:
+        await other.cleanup()
