@@ -65,21 +65,29 @@ def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | 
             raise BlindkeyError(f"the broker's answer broke off: {exc}") from exc
 
 
+def _assume_held(name: str) -> bool:
+    return True
+
+
 def _in_process(paths: Paths, action: str, params: dict[str, Any]) -> Any:
     """No broker runs: the same acceptance on the broker's files, in this process."""
     current = load_settings(paths.config_file)
     text = params.get("text") or paths.config_file.read_text("utf-8")
-    store = open_backend(paths, current)
+    held: Callable[[str], bool] = _assume_held
     try:
-        names = {n for env in current.environments for n in store.names(env)}
-    finally:
-        store.close()
+        store = open_backend(paths, current)
+        try:
+            held = {n for env in current.environments for n in store.names(env)}.__contains__
+        finally:
+            store.close()
+    except (BlindkeyError, OSError):
+        pass  # a store that cannot be read: every value may still be there
     return accept_policy(
         paths,
         Approvals(paths),
         text,
         policy_view(current),
-        names.__contains__,
+        held,
         params.get("by"),
         params.get("code"),
     )
