@@ -98,7 +98,7 @@ def cmd_secrets_policy(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-_LINE = re.compile(r"^(?:export\s+)?([^=\s]+)\s*=\s*(.*)$")
+_LINE = re.compile(r"^(?:export[ \t]+)?([^=\s]+)[ \t]*=[ \t]*(.*)\Z", re.DOTALL)
 
 
 def _value(raw: str) -> str | None:
@@ -121,8 +121,9 @@ def parse_dotenv(text: str) -> dict[str, str]:
     """NAME=VALUE lines; every bad line named by its number (never its content)."""
     values: dict[str, str] = {}
     problems: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
+    # Only "\n" ends a line: splitlines() would also cut at characters a quoted value holds.
+    for number, line in enumerate(text.split("\n"), 1):
+        stripped = line.removesuffix("\r").strip(" \t")
         if not stripped or stripped.startswith("#"):
             continue
         match = _LINE.match(stripped)
