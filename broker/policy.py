@@ -21,7 +21,7 @@ from blindkey.broker.approvals import Approvals
 from blindkey.broker.grants import RANK
 from blindkey.broker.vault import read_sealed, write_sealed
 from blindkey.config.atomic import locked
-from blindkey.config.errors import ConfigError
+from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import parse_settings
 from blindkey.config.model import DEFAULT_POLICY, SecretPolicy, Settings
 from blindkey.config.paths import Paths
@@ -196,7 +196,13 @@ def accept_policy(
             return approver
 
         approver = approvals.edit(work)
-        store.save(text, view)
+        try:
+            store.save(text, view)
+        except BlindkeyError:
+            if approver:
+                raise
+            # No approver, no gate (a home without a vault key: a proxy's own): the
+            # broker's next reload takes the file as its baseline.
     names, old, new = changed_keys(before, view)
     return {
         "approver": approver or None,

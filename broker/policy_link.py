@@ -52,11 +52,9 @@ def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | 
             sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
         except (FileNotFoundError, ConnectionRefusedError):
             return None
-        except PermissionError as exc:
-            raise BlindkeyError(
-                "this user may not open the broker's socket: policy is changed by the "
-                "broker's user (e.g. `sudo -u BROKER_USER blindkey ...`)"
-            ) from exc
+        except PermissionError:
+            # Another user's broker: it does not serve this user's config.toml.
+            return None
         try:
             return _answer(sock, request)
         except TimeoutError as exc:
@@ -96,7 +94,7 @@ def _in_process(paths: Paths, action: str, params: dict[str, Any]) -> Any:
 def _accept(paths: Paths, action: str, params: dict[str, Any]) -> dict[str, Any]:
     params = {k: v for k, v in params.items() if v is not None}
     reply = _ask_broker(paths, action, params)
-    if reply is None:
+    if reply is None or reply.get("error") == "not_broker_user":
         result: dict[str, Any] = _in_process(paths, action, params)
         return result
     error = reply.get("error")

@@ -299,6 +299,8 @@ class BrokerServer:
             # A later change the broker refuses keeps it serving what it had.
             "serving": state.view is not None,
             "policy_refused": state.policy.refused,
+            "config_file": str(state.paths.config_file),
+            "config_sha256": state.policy.served,
         }
 
     def _ack(self, request: Message, client: _Client) -> None:
@@ -342,6 +344,8 @@ class BrokerServer:
             reply["refused"] = state.last_error
         if state.policy.refused is not None:
             reply["policy_refused"] = state.policy.refused
+        reply["config_file"] = str(state.paths.config_file)
+        reply["config_sha256"] = state.policy.served
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply
@@ -363,9 +367,10 @@ class BrokerServer:
         return None
 
     def _config(self, request: Message, client: _Client) -> Message:
-        # Accepting a policy spends an approver's code: the broker's own user only.
+        # The policy is the config.toml of the broker's own user: another user's CLI (a
+        # proxy's, in the separate-broker deployment) edits a file this broker never serves.
         if getattr(client, "uid", None) != os.getuid():
-            refuse_foreign(self.state.paths, request, getattr(client, "uid", None))
+            raise BrokerDenied("not_broker_user", "this broker does not serve your config.toml")
         return config_op(self.state, request, client.uid)
 
     def _approval_outcome(self, approval_id: str, outcome: str) -> None:

@@ -57,6 +57,8 @@ class ProxyRuntime:
         # The broker serves its approved policy, not this file (a widening awaits a code).
         self.policy_refused: str | None = None
         self._recheck: asyncio.Task[bool] | None = None
+        # Unknown until the broker says: judged by it (a widening waits for its word).
+        self._same_file = True
         # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
         self.on_reloaded: Callable[[], None] = lambda: None
 
@@ -89,13 +91,26 @@ class ProxyRuntime:
         except BlindkeyError:
             pass  # no broker: its own start reads the file and judges it
         else:
+            self._learn(reply)
             self.policy_refused = reply.get("policy_refused")
         if self.policy_refused is not None:
             # The running allowlist stays too: the file is applied once it is approved.
             self._config_stamp = self.file_stamp()
             self.on_reloaded()
             return False
+        if self._widens_unapproved():
+            # The broker judged another text (the file changed since): the watcher asks again.
+            self._config_stamp = None
+            return False
         return self._reload()
+
+    def _learn(self, reply: dict[str, Any]) -> None:
+        """Whether the broker judges this proxy's config.toml (single-user: one file) and
+        which text of it it serves."""
+        judged = reply.get("config_file")
+        if judged is not None:
+            self._same_file = judged == str(self.paths.config_file)
+        self.authoriser.config_sha256 = reply.get("config_sha256")
 
     def file_stamp(self) -> FileStamp:
         try:
@@ -134,7 +149,7 @@ class ProxyRuntime:
             settings = load_settings(self.paths.config_file)
         except (ConfigError, OSError):
             return False  # _reload refuses it and says why
-        if hashlib.sha256(raw).hexdigest() == self.authoriser.config_sha256:
+        if not self._same_file or hashlib.sha256(raw).hexdigest() == self.authoriser.config_sha256:
             return False
         return bool(widenings(policy_view(self.settings), policy_view(settings), lambda _: True))
 
@@ -189,6 +204,7 @@ class ProxyRuntime:
         else:
             serving = reply.get("serving", True)
             error = None if serving else reply.get("error_state") or "the broker loaded nothing"
+            self._learn(reply)
             refused = reply.get("policy_refused")
             if refused != self.policy_refused:
                 self.policy_refused = refused
