@@ -12,6 +12,7 @@ from pathlib import Path
 
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.notify import put_in_force
+from blindkey.broker.policy_link import record
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
@@ -36,6 +37,7 @@ def cmd_agent_add(paths: Paths, args: argparse.Namespace) -> int:
         say(f"agent {args.name} added. Its token, shown this once:\n\n  {token}\n")
         say("Send it as the X-AS-Agent-Token header; only its hash is stored.")
     sys.stdout.flush()
+    record(paths, "agent_add", [args.name])
     put_in_force(paths, None, f"agent {args.name} is added")
     return 0
 
@@ -59,6 +61,7 @@ def cmd_agent_list(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
     _agents(paths).revoke(args.name)
+    record(paths, "agent_revoke", [args.name])
     put_in_force(paths, None, f"agent {args.name} is revoked")
     say(f"agent {args.name} revoked; its token no longer works")
     return 0

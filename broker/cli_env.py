@@ -15,8 +15,9 @@ from blindkey.broker.cli_secrets import (
     pick_env,
 )
 from blindkey.broker.notify import put_in_force
+from blindkey.broker.policy_link import change_policy
 from blindkey.config.console import emit_json, say, table
-from blindkey.config.edit import edit_config, toml_table
+from blindkey.config.edit import toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
@@ -41,6 +42,7 @@ def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_for_refusal
 def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
     settings = load_settings(paths.config_file)
     env = pick_env(settings, args.name)
@@ -53,7 +55,7 @@ def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
     def change(document: Any) -> None:
         toml_table(document, "environments")["active"] = env
 
-    settings = edit_config(paths.config_file, paths.lock_file, change)
+    settings = change_policy(paths, change, "environment_switch", [env], None, None)
     put_in_force(paths, settings, f"{env} is saved as the active environment", config=True)
     say(f"active environment: {env} (a running proxy uses it for the next request)")
     return 0

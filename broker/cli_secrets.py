@@ -15,9 +15,10 @@ from blindkey.broker.approvals_link import call, exit_for_refusal, with_code
 from blindkey.broker.backends import SecretBackend, open_backend, open_openbao
 from blindkey.broker.compare import Difference, compare, comparison_key, keyed_digests
 from blindkey.broker.notify import put_in_force
+from blindkey.broker.policy_link import change_policy, record
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
-from blindkey.config.edit import edit_config, string_array, toml_table
+from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
@@ -169,7 +170,9 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
             elif "allow_short" in section:
                 del section["allow_short"]
 
-        settings = edit_config(paths.config_file, paths.lock_file, change)
+        settings = change_policy(paths, change, "secret_set", [name], args.by, args.code)
+    else:
+        record(paths, "secret_set", [name], via="cli")
     with opened(local_store(paths, settings)) as store:
         store.set(env, name, value)
     put_in_force(paths, settings, f"{name} is stored in {env}", [(env, name)], config=edits_config)
@@ -275,7 +278,9 @@ def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
             if secrets is not None and args.name in secrets:
                 del secrets[args.name]
 
-        settings = edit_config(paths.config_file, paths.lock_file, change)
+        settings = change_policy(paths, change, "secret_delete", [args.name], args.by, None)
+    else:
+        record(paths, "secret_delete", [args.name])
     done = f"{args.name} is deleted from {env}"
     put_in_force(paths, settings, done, [(env, args.name)], config=not still_used)
     say(f"deleted {args.name} from {env}")

@@ -79,6 +79,9 @@ def notify_broker(
             f"the broker cannot load the files and serves what it had before: "
             f"{reply['refused']}; fix that and the change applies by itself"
         )
+    if reply.get("policy_refused"):
+        # config.toml holds a widening nobody approved: the broker serves the approved one.
+        return str(reply["policy_refused"])
     late = reply.get("unconfirmed")
     if isinstance(late, int) and late > 0:
         proxies = "1 running proxy" if late == 1 else f"{late} running proxies"

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from blindkey.broker.anchor import AuditAnchor
 from blindkey.broker.approvals_ops import approvals_op, hold_op, refuse_foreign
+from blindkey.broker.policy_ops import config_op
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
     PUSH_ID,
@@ -161,6 +162,7 @@ class BrokerServer:
             "mcp": self.releaser.mcp,
             "approvals": self._approvals,
             "hold": lambda request, client: hold_op(self.state, request),
+            "config": self._config,
         }
 
     async def start(self) -> None:
@@ -212,7 +214,12 @@ class BrokerServer:
     def _invalidate(self) -> None:
         self._pushed += 1
         self._push(
-            {"event": "invalidate", "generation": self.state.generation, "ack": self._pushed}
+            {
+                "event": "invalidate",
+                "generation": self.state.generation,
+                "ack": self._pushed,
+                "config_sha256": self.state.policy.served,
+            }
         )
 
     async def _answer_when_acknowledged(
@@ -320,6 +327,9 @@ class BrokerServer:
             "serving": state.view is not None,
             # The approvals file cannot be read: gated secrets are refused until it can.
             "approvals_error": state.approvals.broken,
+            "policy_refused": state.policy.refused,
+            "config_file": str(state.paths.config_file),
+            "config_sha256": state.policy.served,
         }
 
     def _ack(self, request: Message, client: _Client) -> None:
@@ -361,6 +371,10 @@ class BrokerServer:
         if state.last_error is not None:
             # The files did not load: the broker still serves what it had before.
             reply["refused"] = state.last_error
+        if state.policy.refused is not None:
+            reply["policy_refused"] = state.policy.refused
+        reply["config_file"] = str(state.paths.config_file)
+        reply["config_sha256"] = state.policy.served
         targets = [c for c in self.clients if c.caches and c is not client]
         if self._pushed == before or not targets:
             return reply
@@ -382,6 +396,13 @@ class BrokerServer:
         # A revocation is in force once every proxy has dropped what it kept.
         self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
         return None
+
+    def _config(self, request: Message, client: _Client) -> Message:
+        # The policy is the config.toml of the broker's own user: another user's CLI (a
+        # proxy's, in the separate-broker deployment) edits a file this broker never serves.
+        if getattr(client, "uid", None) != os.getuid():
+            raise BrokerDenied("not_broker_user", "this broker does not serve your config.toml")
+        return config_op(self.state, request, client.uid)
 
     def _approval_outcome(self, approval_id: str, outcome: str) -> None:
         self._push({"event": "approval", "approval_id": approval_id, "outcome": outcome})

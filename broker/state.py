@@ -17,10 +17,10 @@ from blindkey.broker.approvals_core import Clock, approvals_count
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
 from blindkey.broker.grants import Scope
+from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import entry_for, origin
-from blindkey.config.loader import load_settings
 from blindkey.config.model import SecretPolicy, Settings
 from blindkey.config.paths import Paths
 from blindkey.config.stores import BackendSettings
@@ -73,6 +73,8 @@ class BrokerState:
         self.approvals = Approvals(paths, clock)
         self.approvals.on_change = self._bump
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
+        # The last approved policy: a config.toml that widens it waits for a code.
+        self.policy = PolicyGate(paths, self.approvals, self.held)
         self.generation = 0
         self.settings = Settings()
         self.view: ValueView | None = None
@@ -112,7 +114,7 @@ class BrokerState:
         if stamp == self._stamp and store_stamp == self._store_stamp:
             return False
         try:
-            settings = load_settings(self.paths.config_file)
+            settings = self.policy.admit()
             agents = self.agent_store.load()
             view = self.view
             if view is None or settings.storage != self._storage:
@@ -138,6 +140,21 @@ class BrokerState:
         self._follow_tiers()
         self._bump()
         return True
+
+    def held(self, name: str) -> bool:
+        """Whether any environment still stores `name`; unknown counts as stored."""
+        view = self.view
+        if view is None:
+            return True
+        try:
+            return any(name in view.backend.names(env) for env in self.settings.environments)
+        except Exception:  # a store that does not answer: assume the value is there
+            return True
+
+    def reread(self) -> bool:
+        """Apply config.toml again even if unchanged (a code just approved it)."""
+        self._stamp = ()
+        return self.refresh()
 
     def _follow_tiers(self) -> None:
         try:
@@ -233,7 +250,17 @@ class BrokerState:
             return BrokerDenied("secret_denied", f"secret {name} is not released to the proxy")
         if not policy.allows_host(*target):
             return BrokerDenied("secret_denied", _not_bound(name, policy, target))
+        if not policy.hosts and self.policy.refused and not self._allowlisted(target):
+            # "Any allowlisted host" means the allowlist this broker approved, not one a
+            # proxy read from a file the broker refused.
+            return BrokerDenied(
+                "secret_denied",
+                f"secret {name}: {origin(*target)} is not on the approved allowlist",
+            )
         return self._gate(agent, env, name, policy, target)
+
+    def _allowlisted(self, target: Scope) -> bool:
+        return any(entry.matches(*target) for entry in self.settings.allowlist.entries)
 
     def _gate(
         self, agent: str, env: str, name: str, policy: SecretPolicy, target: Scope | None

@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from blindkey.broker.approvals_link import exit_for_refusal
 from blindkey.broker.notify import put_in_force
 from blindkey.config.console import emit_json, say, table
-from blindkey.config.edit import edit_config, string_array, toml_table
+from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
@@ -39,17 +40,28 @@ def _parse_entries(entries: list[str]) -> list[AllowEntry]:
     return parsed
 
 
-def _rewrite_hosts(paths: Paths, rewrite: Callable[[list[str]], list[str]]) -> None:
-    """Edit [allowlist] hosts under the config lock, then put the change in force."""
+def _rewrite_hosts(
+    paths: Paths,
+    rewrite: Callable[[list[str]], list[str]],
+    kind: str,
+    args: argparse.Namespace,
+) -> None:
+    """Edit [allowlist] hosts under the config lock (accepted by the broker: a code when it
+    widens), record it, then put the change in force."""
+    from blindkey.broker.policy_link import change_policy
 
     def change(document: Any) -> None:
         section = toml_table(document, "allowlist")
         section["hosts"] = string_array(rewrite([str(h) for h in section.get("hosts", [])]))
 
-    settings = edit_config(paths.config_file, paths.lock_file, change)
+    names = list(args.entries)
+    settings = change_policy(
+        paths, change, kind, names, getattr(args, "by", None), getattr(args, "code", None)
+    )
     put_in_force(paths, settings, "the allowlist is saved", config=True)
 
 
+@exit_for_refusal
 def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
     entries = _parse_entries(args.entries)
 
@@ -62,7 +74,7 @@ def cmd_allowlist_add(paths: Paths, args: argparse.Namespace) -> int:
                 added.append(entry.text)
         return current + added
 
-    _rewrite_hosts(paths, add)
+    _rewrite_hosts(paths, add, "allowlist_add", args)
     say(f"allowlisted: {', '.join(e.text for e in entries)}")
     return 0
 
@@ -83,7 +95,7 @@ def cmd_allowlist_remove(paths: Paths, args: argparse.Namespace) -> int:
             )
         return [h for h in current if AllowEntry.parse(h) not in drop]
 
-    _rewrite_hosts(paths, remove)
+    _rewrite_hosts(paths, remove, "allowlist_remove", args)
     say(f"removed: {', '.join(sorted(args.entries))}")
     return 0
 

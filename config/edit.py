@@ -15,8 +15,14 @@ from blindkey.config.loader import parse_settings
 from blindkey.config.model import Settings
 
 
-def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Settings:
-    """Apply `change` to the document; the file is replaced only if the result is valid."""
+def edit_config(
+    file: Path,
+    lock: Path,
+    change: Callable[[tomlkit.TOMLDocument], None],
+    approve: Callable[[str], None] | None = None,
+) -> Settings:
+    """Apply `change` to the document; the file is replaced only if the result is valid
+    and `approve` (given the new text; the broker's consent to a policy change) returns."""
     with locked(lock):
         try:
             document = tomlkit.parse(file.read_text("utf-8"))
@@ -36,7 +42,10 @@ def edit_config(file: Path, lock: Path, change: Callable[[tomlkit.TOMLDocument],
             )
         change(document)
         settings = parse_settings(file, document.unwrap())
-        write_atomic(file, tomlkit.dumps(document).encode("utf-8"))
+        text = tomlkit.dumps(document)
+        if approve is not None:
+            approve(text)
+        write_atomic(file, text.encode("utf-8"))
         return settings
 
 

@@ -54,6 +54,8 @@ class Authoriser:
         self._resolutions: dict[ResolutionKey, Resolution] = {}
         self._resolutions_epoch = -1
         self._invalidations = 0
+        # sha256 of the config.toml text the broker serves (its approved policy).
+        self.config_sha256: str | None = None
         # Calls held for a human (X-AS-Wait-Approval), by approval id: woken by the broker's
         # pushes (a grant appeared, a request was approved, denied or forgotten).
         self._held: dict[str, set[asyncio.Future[str]]] = {}
@@ -78,6 +80,7 @@ class Authoriser:
             self._invalidations += 1
             self._redactor_generation = -1
             self._resolutions.clear()
+            self.config_sha256 = message.get("config_sha256")
             self.on_invalidate()
             if self._held:
                 self._wake(None, "changed")

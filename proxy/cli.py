@@ -249,6 +249,7 @@ def _secrets(sub: Subcommands) -> None:
     p.add_argument("--env", help="environment (default: the active one)")
     approver_code(p)
     p.set_defaults(handler="blindkey.broker.cli_secrets:cmd_secrets_delete")
+    _secrets_policy(actions)
     p = actions.add_parser(
         "diff",
         help="names missing or different: between two environments, or local and [remote]",
@@ -289,6 +290,29 @@ def _environment(sub: Subcommands) -> None:
     p.set_defaults(handler="blindkey.broker.cli_env:cmd_environment_copy")
 
 
+def _secrets_policy(actions: Any) -> None:
+    p = actions.add_parser("policy", help="change a secret's policy (no value needed)")
+    p.add_argument("name", metavar="NAME")
+    for flag, what in (("host", "destination (an allowlist entry)"), ("agent", "agent")):
+        for verb in ("add", "remove"):
+            p.add_argument(
+                f"--{verb}-{flag}", action="append", default=[], metavar=flag.upper(),
+                help=f"{verb} this {what} (repeatable)",
+            )  # fmt: skip
+    p.add_argument("--tier", choices=TIERS, help="open, controlled or restricted")
+    p.add_argument("--release", metavar="CHANNELS", help="proxy, env, exec, comma-separated")
+    p.add_argument("--approvals", type=positive, metavar="N", help="approvers a grant needs")
+    approver_code(p)
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
+    p.set_defaults(handler="blindkey.broker.cli_policy:cmd_secrets_policy")
+    p = actions.add_parser(
+        "import", help="store NAME=VALUE lines of a .env file (values never echoed)"
+    )
+    p.add_argument("file", metavar="FILE", help="the .env file, or - for stdin")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.set_defaults(handler="blindkey.broker.cli_policy:cmd_secrets_import")
+
+
 def _allowlist(sub: Subcommands) -> None:
     actions = action_group(
         sub,
@@ -299,6 +323,7 @@ def _allowlist(sub: Subcommands) -> None:
     )
     p = actions.add_parser("add", help="permit one or more destinations")
     p.add_argument("entries", nargs="+", metavar="ENTRY")
+    approver_code(p)
     p.set_defaults(handler="blindkey.config.cli:cmd_allowlist_add")
     p = actions.add_parser("remove", help="stop permitting destinations")
     p.add_argument("entries", nargs="+", metavar="ENTRY")
@@ -342,6 +367,11 @@ def _config(sub: Subcommands) -> None:
     p = actions.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")
     p.add_argument("--config", metavar="FILE", help="file to check (default: the home's)")
     p.set_defaults(handler="blindkey.config.cli:cmd_config_check", needs_home=False)
+    p = actions.add_parser(
+        "approve", help="accept a hand-edited config.toml that widens the approved policy"
+    )
+    approver_code(p)
+    p.set_defaults(handler="blindkey.broker.cli_policy:cmd_config_approve")
 
 
 def _doctor(sub: Subcommands) -> None:

@@ -39,6 +39,9 @@ def _route(sub: Subcommands) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", required=True, metavar="URL", help="the API's base URL")
     _injections(p, many=False)
+    from blindkey.proxy.cli_approvals import approver_code
+
+    approver_code(p)  # the route's host joins the allowlist: a widening
     p.set_defaults(handler="blindkey.proxy.routes_cli:cmd_route_add")
     p = actions.add_parser("list", help="routes and what they inject")
     json_flag(p)

@@ -10,10 +10,12 @@ from urllib.parse import urlsplit
 
 import tomlkit
 
+from blindkey.broker.approvals_link import exit_for_refusal
 from blindkey.broker.cli_secrets import local_store, opened
 from blindkey.broker.notify import put_in_force
+from blindkey.broker.policy_link import change_policy
 from blindkey.config.console import emit_json, say, table, warn
-from blindkey.config.edit import edit_config, string_array, toml_table
+from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import AllowEntry
 from blindkey.config.loader import load_settings
@@ -57,6 +59,7 @@ def _route_from_args(args: argparse.Namespace) -> Route:
     return route
 
 
+@exit_for_refusal
 def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
     if not AGENT_NAME.match(args.name):
         raise UsageError(
@@ -90,7 +93,7 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
                 return
         allowlist["hosts"] = string_array([*hosts, entry_text])
 
-    settings = edit_config(paths.config_file, paths.lock_file, change)
+    settings = change_policy(paths, change, "route_add", [args.name], args.by, args.code)
     put_in_force(paths, settings, f"route {args.name} is saved", config=True)
     say(
         f"route {args.name}: {_base_url(paths, args.name)}/... -> {route.to}/... "
@@ -108,7 +111,7 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
         warn(
             f"secret {route.secret} is bound to {hosts}, not {entry_text}: calls through "
             f"this route will be refused (secret_denied) until it is bound with "
-            f"`blindkey secrets set {route.secret} --host {entry_text}`"
+            f"`blindkey secrets policy {route.secret} --add-host {entry_text}`"
         )
     if "proxy" not in policy.release:
         warn(f"secret {route.secret} is not released to the proxy: calls will be refused")
@@ -197,6 +200,7 @@ def cmd_route_list(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
+@exit_for_refusal
 def cmd_route_remove(paths: Paths, args: argparse.Namespace) -> int:
     def change(document: Any) -> None:
         routes = document.get("routes")
@@ -204,7 +208,7 @@ def cmd_route_remove(paths: Paths, args: argparse.Namespace) -> int:
             raise BlindkeyError(f"no route named {args.name}; `blindkey route list` shows them")
         del routes[args.name]
 
-    settings = edit_config(paths.config_file, paths.lock_file, change)
+    settings = change_policy(paths, change, "route_remove", [args.name], None, None)
     put_in_force(paths, settings, f"route {args.name} is removed", config=True)
     say(f"route {args.name} removed; the allowlist is unchanged (blindkey allowlist list)")
     return 0

@@ -3,6 +3,9 @@ the authoriser (broker link) and the pool of upstream connections."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import ssl
 from collections.abc import Callable
@@ -11,6 +14,7 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 
 from blindkey.audit.writer import AuditWriter
+from blindkey.broker.policy import policy_view, widenings
 from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
@@ -50,6 +54,11 @@ class ProxyRuntime:
         # Unknown: the settings we were given may predate the file; the first check reads it.
         self._config_stamp: FileStamp | None = None
         self.broker_error: str | None = None
+        # The broker serves its approved policy, not this file (a widening awaits a code).
+        self.policy_refused: str | None = None
+        self._recheck: asyncio.Task[bool] | None = None
+        # Unknown until the broker says: judged by it (a widening waits for its word).
+        self._same_file = True
         # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
         self.on_reloaded: Callable[[], None] = lambda: None
 
@@ -74,8 +83,34 @@ class ProxyRuntime:
         self.guard.own_port = port
 
     async def reload(self) -> bool:
-        """Re-read config.toml; a bad file is refused and the running settings kept."""
+        """Re-read config.toml; a bad file is refused and the running settings kept. The
+        broker is asked first: a file that widens the approved policy is reported refused."""
+        try:
+            # Not `config`: that would push an invalidation back here, and round again.
+            reply = await self.authoriser.broker.call("refresh")
+        except BlindkeyError:
+            pass  # no broker: its own start reads the file and judges it
+        else:
+            self._learn(reply)
+            self.policy_refused = reply.get("policy_refused")
+        if self.policy_refused is not None:
+            # The running allowlist stays too: the file is applied once it is approved.
+            self._config_stamp = self.file_stamp()
+            self.on_reloaded()
+            return False
+        if self._widens_unapproved():
+            # The broker judged another text (the file changed since): the watcher asks again.
+            self._config_stamp = None
+            return False
         return self._reload()
+
+    def _learn(self, reply: dict[str, Any]) -> None:
+        """Whether the broker judges this proxy's config.toml (single-user: one file) and
+        which text of it it serves."""
+        judged = reply.get("config_file")
+        if judged is not None:
+            self._same_file = judged == str(self.paths.config_file)
+        self.authoriser.config_sha256 = reply.get("config_sha256")
 
     def file_stamp(self) -> FileStamp:
         try:
@@ -90,8 +125,33 @@ class ProxyRuntime:
         return self._config_stamp
 
     def _reload_if_changed(self) -> None:
-        if self.file_stamp() != self._config_stamp:
-            self._reload()
+        if self.policy_refused is not None:
+            # The broker refused this file: ask it again (an approval?) rather than apply it.
+            self._ask_broker_then_reload()
+        elif self.file_stamp() != self._config_stamp:
+            if self._widens_unapproved():
+                # Applied only once the broker has judged this text (reload asks it).
+                self._ask_broker_then_reload()
+            else:
+                self._reload()
+
+    def _ask_broker_then_reload(self) -> None:
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.get_running_loop().create_task(
+                self.reload(), name="proxy-policy-recheck"
+            )
+
+    def _widens_unapproved(self) -> bool:
+        """Whether config.toml on disk widens the running policy and is not the text the
+        broker last said it serves (an edit the broker has not judged, or refused)."""
+        try:
+            raw = self.paths.config_file.read_bytes()
+            settings = load_settings(self.paths.config_file)
+        except (ConfigError, OSError):
+            return False  # _reload refuses it and says why
+        if not self._same_file or hashlib.sha256(raw).hexdigest() == self.authoriser.config_sha256:
+            return False
+        return bool(widenings(policy_view(self.settings), policy_view(settings), lambda _: True))
 
     def _reload(self) -> bool:
         # Stamped before reading: a change made meanwhile is read next time.
@@ -126,6 +186,10 @@ class ProxyRuntime:
         return True
 
     async def close(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recheck
         if self.upstream is not None:
             self.upstream.close()
         await self.authoriser.close()
@@ -142,6 +206,13 @@ class ProxyRuntime:
             error = None if serving else reply.get("error_state") or "the broker loaded nothing"
             if error is None and reply.get("approvals_error"):
                 error = f"approvals: {reply['approvals_error']}"
+            self._learn(reply)
+            refused = reply.get("policy_refused")
+            if refused != self.policy_refused:
+                self.policy_refused = refused
+                self.on_reloaded()
+                if refused is None:
+                    self._reload()  # approved meanwhile: the file applies now
         if error != self.broker_error:
             self.broker_error = error
             self.on_reloaded()  # the status file says so
@@ -152,6 +223,6 @@ class ProxyRuntime:
             "broker_error": self.broker_error,
             "backend": self.settings.backend,
             "env": self.settings.active_env,
-            "config_error": self.config_error,
+            "config_error": self.config_error or self.policy_refused,
             "config_generation": self.config_generation,
         }

@@ -317,7 +317,8 @@ async def test_vault_change_pushes_invalidate_within_a_second(
         started = time.monotonic()
         push = await asyncio.wait_for(pushes.get(), 1.0)
         assert time.monotonic() - started < 1.0
-        assert push == {"id": 0, "event": "invalidate", "generation": 2, "ack": push["ack"]}
+        assert push == {"id": 0, "event": "invalidate", "generation": 2, "ack": push["ack"],
+                        "config_sha256": push["config_sha256"]}  # fmt: skip
         assert isinstance(push["ack"], int)
 
         reply = await client.call(

@@ -116,8 +116,9 @@ async def _exec(env: Env, name: str) -> dict[str, Any]:
 
 
 async def test_a_grant_from_a_request_releases_nothing_to_exec(env: Env) -> None:
-    human = await asyncio.to_thread(enrol)
+    # Released to exec before an approver exists: afterwards that widening needs a code.
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="controlled", release=["proxy", "exec"])
+    human = await asyncio.to_thread(enrol)
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
     await eventually_status(env, 403, headers, code="approval_required")
     _, _, body = await env.call(headers=headers)

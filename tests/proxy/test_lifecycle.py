@@ -195,7 +195,8 @@ def test_stop_drains_then_cuts_a_long_stream_and_exits_0(
     records = [
         json.loads(line) for line in (home.audit_dir / "audit.jsonl").read_text().splitlines()
     ]
-    assert any(r["url"].endswith("/drip?n=300") for r in records)
+    requests = [r for r in records if r.get("event", "request") == "request"]
+    assert any(r["url"].endswith("/drip?n=300") for r in requests)
 
 
 @pytest.mark.parametrize("damaged", ["vault.bin", "vault.key", "agents.json"])
