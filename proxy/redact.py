@@ -16,7 +16,7 @@ from urllib.parse import quote, quote_plus
 import hyperscan
 
 from blindkey.config.model import MAX_VALUE_BYTES
-from blindkey.proxy.redact_views import View, active_views
+from blindkey.proxy.redact_views import WIDEST_ESCAPE, View, active_views
 
 # Derived forms this short would match ordinary text; the raw value is always kept.
 _MIN_DERIVED = 6
@@ -77,9 +77,9 @@ def secret_parts(value: str) -> list[str]:
 
 # Hyperscan gets at most this much of a pattern; a longer one is confirmed by comparison.
 ANCHOR = 1024
-# Held-back search: suffixes shorter than this are looked up in a set of short prefixes,
-# longer ones start where a pattern's first HEAD bytes occur.
-HEAD = 8
+# The stream's hold never falls below this, and is a power of two: all it tells an agent
+# about the values is the power of two above the longest form's length.
+HOLD_FLOOR = 256
 
 Span = tuple[int, int, int]  # start, end, pattern index
 
@@ -122,9 +122,9 @@ def _merge(spans: list[Span]) -> list[Span]:
 class Redactor:
     """One compiled matcher over every form of every value (Hyperscan, literal mode).
 
-    Memory and build time grow with the total size of the forms, not with its square: the
-    held-back check keeps only short prefixes, and patterns longer than ANCHOR are found
-    by their first ANCHOR bytes and confirmed by comparison.
+    Memory and build time grow with the total size of the forms, not with its square:
+    patterns longer than ANCHOR are found by their first ANCHOR bytes and confirmed by
+    comparison.
     """
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
@@ -143,64 +143,22 @@ class Redactor:
         self.max_len = max((len(p) for p in self.patterns), default=0)
         self.min_len = min((len(p) for p in self.patterns), default=0)
         anchors: dict[bytes, list[int]] = {}
-        heads: dict[bytes, list[bytes]] = {}
-        short: set[bytes] = set()
         for index, pattern in enumerate(self.patterns):
             anchors.setdefault(pattern[:ANCHOR], []).append(index)
-            short.update(pattern[:i] for i in range(1, min(len(pattern), HEAD)))
-            if len(pattern) > HEAD:
-                heads.setdefault(pattern[:HEAD], []).append(pattern)
         self._anchored = [
             sorted(ids, key=lambda i: -len(self.patterns[i])) for ids in anchors.values()
         ]
-        self._short_prefixes = frozenset(short)
-        self._heads = heads
-        self._head_list = list(heads)
-        # Bytes a proper prefix can end with: any other last byte means nothing is held.
-        self.prefix_ends = frozenset(byte for pattern in self.patterns for byte in pattern[:-1])
+        self.hold = max(HOLD_FLOOR, 1 << max(self.max_len - 1, 0).bit_length())
         self.database = _literal_database(list(anchors)) if self.patterns else None
-        self._head_database = _literal_database(self._head_list) if heads else None
 
-    def _held_plain(self, data: bytes) -> int:
-        """Length of the longest suffix of `data` that is a proper prefix of a pattern."""
-        if not data or data[-1] not in self.prefix_ends:
-            return 0
-        window = min(self.max_len - 1, len(data))
-        if self._head_database is not None and window >= HEAD:
-            offset = len(data) - window
-            for start, _, head_id in sorted(_scan(self._head_database, data[offset:])):
-                suffix = data[offset + start :]
-                for pattern in self._heads[self._head_list[head_id]]:
-                    if len(pattern) > len(suffix) and pattern.startswith(suffix):
-                        return len(suffix)
-        for length in range(min(HEAD - 1, len(data)), 0, -1):
-            if data[-length:] in self._short_prefixes:
-                return length
-        return 0
-
-    def _held_in_view(self, view: View, data: bytes) -> int:
-        """What must be held so a value spelled in `view`'s family is not cut in two."""
-        size = min(len(data), 4 * self.max_len + 16)
-        while True:
-            region = data[-size:]
-            rendered = view.render(region)
-            held = self._held_plain(rendered)
-            if held == 0:
-                return 0
-            # The region's own first bytes may be half an escape: stay clear of them.
-            if len(rendered) - held >= 16 or size == len(data):
-                return size - view.mapping(region).source_start(len(rendered) - held)
-            size = min(len(data), size * 2)
-
-    def held_length(self, data: bytes, views: tuple[View, ...] | None = None) -> int:
-        """How many trailing bytes could still begin a value, in any spelling."""
-        held = self._held_plain(data)
-        for view in active_views(data) if views is None else views:
-            # An escape cut at the end is held whole; what precedes it is judged decoded.
-            cut = view.partial_length(data)
-            before = data[: len(data) - cut] if cut else data
-            held = max(held, cut + self._held_in_view(view, before) if before else cut)
-        return held
+    def hold_length(self, size: int, views: tuple[View, ...]) -> int:
+        """How many trailing bytes of `size` a stream keeps back: enough for any form that
+        is not yet whole, in any active view. A function of the size, the views active on
+        the data and the longest form's length only, never of what the bytes are, so what
+        is held and for how long tells the agent nothing about whether they begin a value.
+        """
+        width = max((view.width for view in views), default=1)
+        return min(size, width * self.hold + WIDEST_ESCAPE)
 
     def _literal_matches(self, data: bytes) -> list[Span]:
         assert self.database is not None
@@ -227,23 +185,31 @@ class Redactor:
         return _merge(spans) if spans else spans
 
     def substitute(
-        self, data: bytes, limit: int | None = None, views: tuple[View, ...] | None = None
+        self,
+        data: bytes,
+        limit: int | None = None,
+        views: tuple[View, ...] | None = None,
+        begin: int = 0,
     ) -> tuple[bytes, int, int]:
-        """Replace matches starting before `limit`; return (output, consumed, count)."""
+        """Replace matches starting before `limit` in `data[begin:]`; return (output of
+        `data[begin:consumed]`, consumed, count). The bytes before `begin` were sent
+        already: a match that starts there has only its part from `begin` on replaced."""
         stop = len(data) if limit is None else limit
-        if self.database is None or not data:
-            return data[:stop], stop, 0
+        if self.database is None or len(data) <= begin:
+            return data[begin:stop], max(stop, begin), 0
         out: list[bytes] = []
-        position = count = 0
+        position, count = begin, 0
         for start, end, pattern_id in self._matches(data, views):
             if start >= stop:
                 break
+            if end <= position:
+                continue
             out.append(data[position:start])
             out.append(self.replacements[pattern_id])
             position = end
             count += 1
         if not count:
-            return data[:stop], stop, 0
+            return data[begin:stop], max(stop, begin), 0
         consumed = max(position, stop)
         out.append(data[position:consumed])
         return b"".join(out), consumed, count
@@ -279,27 +245,44 @@ class Redactor:
 
 
 class RedactStream:
-    """Per-response state: feed chunks in order, then `finish()`."""
+    """Per-response state: feed chunks in order, `flush()` when the stream pauses, then
+    `finish()`. Each feed keeps back the last `hold_length` bytes whatever they are."""
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
         self.tail = b""
+        # What a flush sent, kept so a value cut by the flush still has its rest replaced.
+        self.sent = b""
         self.count = 0
 
     def feed(self, chunk: bytes) -> bytes:
         redactor = self.redactor
         if redactor.database is None:
             return chunk
-        data = self.tail + chunk if self.tail else chunk
+        held = self.tail + chunk if self.tail else chunk
+        data = self.sent + held if self.sent else held
         views = active_views(data)
-        cut = len(data) - redactor.held_length(data, views)
-        output, consumed, count = redactor.substitute(data, cut, views)
+        cut = len(data) - redactor.hold_length(len(held), views)
+        output, consumed, count = redactor.substitute(data, cut, views, len(self.sent))
         self.tail = data[consumed:]
+        self._keep_sent(data[:consumed])
         self.count += count
         return output
 
-    def finish(self) -> bytes:
-        output, count = self.redactor.redact(self.tail)
-        self.tail = b""
+    def flush(self) -> bytes:
+        """Everything held, now: the stream has paused (a fixed delay with no chunk)."""
+        redactor = self.redactor
+        data = self.sent + self.tail
+        output, consumed, count = redactor.substitute(data, None, None, len(self.sent))
         self.count += count
+        self.tail = b""
+        self._keep_sent(data)
+        return output
+
+    def _keep_sent(self, data: bytes) -> None:
+        self.sent = data[len(data) - self.redactor.hold_length(len(data), active_views(data)) :]
+
+    def finish(self) -> bytes:
+        output = self.flush()
+        self.sent = b""
         return output

@@ -44,8 +44,9 @@ class View:
     decode: Callable[[re.Match[bytes]], bytes]
     # When every escape decodes to the same bytes, rendering runs in C, without a callback.
     constant: bytes | None
-    # An escape that the next chunk may complete (group "cut"): held back, never half decoded.
-    partial: re.Pattern[bytes]
+    # The most source bytes one byte of the view can take: a stream holds back that many
+    # times the longest form, so a form cut by a chunk's end is never released in part.
+    width: int
 
     def render(self, data: bytes) -> bytes:
         if self is LINE_BREAKS and b"\\" not in data:
@@ -61,10 +62,6 @@ class View:
         if self is LINE_BREAKS and b"\\" not in data:
             return BreaksMap(data)
         return ViewMap(self, data)
-
-    def partial_length(self, data: bytes) -> int:
-        found = self.partial.search(data, max(0, len(data) - 16))
-        return len(data) - found.start("cut") if found else 0
 
 
 class ViewMap:
@@ -145,17 +142,14 @@ JSON_STRING = View(
     ),
     decode=_json_escape,
     constant=None,
-    partial=re.compile(
-        rb"(?<!\\)(?:\\\\)*(?P<cut>\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u?[0-9a-fA-F]{0,3})?"
-        rb"|\\u[0-9a-fA-F]{0,3}|\\)\Z"
-    ),
+    width=6,  # \\u0041 is one byte
 )
 PERCENT = View(
     name="percent",
     escape=re.compile(rb"%([0-9a-fA-F]{2})"),
     decode=lambda match: bytes([int(match.group(1), 16)]),
     constant=None,
-    partial=re.compile(rb"(?P<cut>%[0-9a-fA-F]?)\Z"),
+    width=3,  # %41 is one byte
 )
 # Line breaks inside base64 (raw or JSON-escaped): the view has none of them.
 LINE_BREAKS = View(
@@ -163,9 +157,11 @@ LINE_BREAKS = View(
     escape=re.compile(rb"[\r\n]|\\[rn]"),
     decode=lambda match: b"",
     constant=b"",
-    partial=re.compile(rb"(?P<cut>\\)\Z"),
+    width=2,  # base64 in lines of two or more characters, CRLF-broken
 )
 VIEWS = (JSON_STRING, PERCENT, LINE_BREAKS)
+# Source bytes past `width` times the longest form that a form may need: a surrogate pair.
+WIDEST_ESCAPE = 12
 
 
 def active_views(data: bytes) -> tuple[View, ...]:

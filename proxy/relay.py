@@ -1,10 +1,13 @@
 """Relay: the upstream's answer back to the agent, with every value redacted from what the
 agent receives: the status line's reason phrase, header names and values, and the body,
-whole or streamed, holding back only what could be the start of a value."""
+whole or streamed. A stream's last bytes are held back whatever they are (see FLUSH_DELAY)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -12,7 +15,7 @@ from multidict import CIMultiDict
 from blindkey.audit.record import AuditRecord
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError
 from blindkey.proxy.parse import HOP_BY_HOP
-from blindkey.proxy.redact import Redactor
+from blindkey.proxy.redact import Redactor, RedactStream
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 from blindkey.proxy.upstream.decoding import undecodable
 
@@ -20,6 +23,13 @@ log = logging.getLogger("blindkey.proxy")
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
 # Answers up to this size with a known length are read whole and sent with a length.
 SMALL_BODY = 2**16
+# A stream's held-back tail goes out when the next chunk comes, when the stream ends, or
+# after this long without a chunk: a constant, so when bytes arrive tells the agent nothing
+# about them. Short enough to stay under the gap between an LLM's tokens (tens of ms) and
+# far under what a person notices; long enough that a chunk split in two by the network
+# (a few ms on a loaded link) is usually joined before release. Read at each relay, so a
+# test can change it.
+FLUSH_DELAY = 0.02
 
 
 async def relay(
@@ -75,15 +85,12 @@ async def relay(
     # or an upstream reset leave the record saying so, with the bytes and redactions so far.
     record.cut()
     try:
-        async for chunk in upstream.iter_chunks():
-            out = stream.feed(chunk)
-            if out:
+        async with contextlib.aclosing(
+            _redacted(upstream.iter_chunks(), stream, record.request_id)
+        ) as outputs:
+            async for out in outputs:
                 record.bytes_out += len(out)
                 await response.write(out)
-        tail = stream.finish()
-        if tail:
-            record.bytes_out += len(tail)
-            await response.write(tail)
     except UpstreamError as exc:
         # Headers are gone; all we can do is cut the stream so the agent sees a failure.
         log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
@@ -96,3 +103,40 @@ async def relay(
     # The end of the stream is written by aiohttp once the handler returns: after the
     # edge has written the record, so no agent holds a whole answer without its record.
     return response
+
+
+async def _redacted(
+    chunks: AsyncIterator[bytes], stream: RedactStream, request_id: str
+) -> AsyncIterator[bytes]:
+    """`chunks` through `stream`, flushing the held tail after FLUSH_DELAY without a chunk.
+
+    The next chunk is read by a task that a pause never cancels: cancelling a read midway
+    would leave the upstream connection in an unknown state.
+    """
+    delay = FLUSH_DELAY
+    reader = chunks.__aiter__()
+    pending: asyncio.Task[bytes] | None = None
+    try:
+        while True:
+            try:
+                if stream.tail:
+                    pending = asyncio.ensure_future(anext(reader))
+                    pending.set_name(f"relay-read-{request_id}")
+                    done, _ = await asyncio.wait((pending,), timeout=delay)
+                    if not done and (flushed := stream.flush()):
+                        yield flushed
+                    chunk = await pending
+                    pending = None
+                else:
+                    chunk = await anext(reader)
+            except StopAsyncIteration:
+                break
+            out = stream.feed(chunk)
+            if out:
+                yield out
+        tail = stream.finish()
+        if tail:
+            yield tail
+    finally:
+        if pending is not None:
+            pending.cancel()
