@@ -273,7 +273,7 @@ class RedactStream:
         """Everything held, now: the stream has paused (a fixed delay with no chunk)."""
         redactor = self.redactor
         data = self.sent + self.tail
-        output, consumed, count = redactor.substitute(data, None, None, len(self.sent))
+        output, _, count = redactor.substitute(data, None, None, len(self.sent))
         self.count += count
         self.tail = b""
         self._keep_sent(data)
