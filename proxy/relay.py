@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from blindkey.audit.record import AuditRecord
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError
 from blindkey.proxy.parse import HOP_BY_HOP
-from blindkey.proxy.redact import Redactor, RedactStream
+from blindkey.proxy.redact import FLUSH_DELAY, Redactor, RedactStream
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 from blindkey.proxy.upstream.decoding import undecodable
 
@@ -23,13 +23,6 @@ log = logging.getLogger("blindkey.proxy")
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
 # Answers up to this size with a known length are read whole and sent with a length.
 SMALL_BODY = 2**16
-# A stream's held-back tail goes out when the next chunk comes, when the stream ends, or
-# after this long without a chunk: a constant, so when bytes arrive tells the agent nothing
-# about them. Short enough to stay under the gap between an LLM's tokens (tens of ms) and
-# far under what a person notices; long enough that a chunk split in two by the network
-# (a few ms on a loaded link) is usually joined before release. Read at each relay, so a
-# test can change it.
-FLUSH_DELAY = 0.02
 
 
 async def relay(
@@ -108,7 +101,8 @@ async def relay(
 async def _redacted(
     chunks: AsyncIterator[bytes], stream: RedactStream, request_id: str
 ) -> AsyncIterator[bytes]:
-    """`chunks` through `stream`, flushing the held tail after FLUSH_DELAY without a chunk.
+    """`chunks` through `stream`, flushing the held tail after FLUSH_DELAY without a chunk
+    (read here at each call, so a test can change it).
 
     The next chunk is read by a task that a pause never cancels: cancelling a read midway
     would leave the upstream connection in an unknown state.
