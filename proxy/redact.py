@@ -224,18 +224,25 @@ class Redactor:
         return output, count
 
     def redact_text(self, text: str) -> tuple[str, int]:
+        """`text` with every value replaced. A header or reason phrase arrives as bytes
+        decoded as Latin-1, so a UTF-8 value in it is looked for in those bytes too."""
         if len(text) * 6 < self.min_len:  # even at 6 bytes a character, too short to match
             return text, 0
-        output, count = self.redact(text.encode("utf-8", "surrogateescape"))
-        return output.decode("utf-8", "surrogateescape"), count
+        count = 0
+        if not text.isascii():
+            with contextlib.suppress(UnicodeEncodeError):
+                wire, count = self.redact(text.encode("latin-1"))
+                text = wire.decode("latin-1")
+        output, more = self.redact(text.encode("utf-8", "surrogateescape"))
+        return output.decode("utf-8", "surrogateescape"), count + more
 
     def redact_texts(self, texts: list[str]) -> tuple[list[str], int]:
         """`redact_text` of each; one scan over all of them when nothing matches (the rule)."""
         if self.database is None:
             return texts, 0
         # A value inside the joined text is a substring of it: no match there, none in any.
-        joined = "\n".join(texts).encode("utf-8", "surrogateescape")
-        if not self._matches(joined):
+        joined = "\n".join(texts)
+        if joined.isascii() and not self._matches(joined.encode()):
             return texts, 0
         total = 0
         out = []
