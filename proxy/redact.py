@@ -7,6 +7,7 @@ is fed chunk by chunk and holds back only a tail that could still begin a patter
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import json
 import re
@@ -40,6 +41,44 @@ def _b64_cores(value: bytes, alphabet: bytes | None) -> set[bytes]:
     return forms
 
 
+def _b32_cores(value: bytes) -> set[bytes]:
+    """The base32 text of `value` at each of the five byte alignments, upper and lower case."""
+    forms: set[bytes] = set()
+    for k in range(5):
+        encoded = base64.b32encode(b"\0" * k + value)
+        start = -(-8 * k // 5)
+        end = (8 * (k + len(value))) // 5
+        forms.add(encoded[start:end])
+    whole = base64.b32encode(value)
+    forms |= {whole, whole.rstrip(b"=")}
+    return forms | {form.lower() for form in forms}
+
+
+# How HTML writers spell the characters they escape: Go's html/template (`+` too, and in
+# attributes `=`, space and backquote), Python's html.escape, PHP's htmlspecialchars, and
+# encoders that write every one as a numeric entity, decimal or hex.
+_HTML_STYLES = [
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;", "+": "&#43;"},
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;", "+": "&#43;",
+     "=": "&#61;", " ": "&#32;", "`": "&#96;"},
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"},
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#039;"},
+    {c: f"&#{ord(c)};" for c in "&<>\"'+=/`"},
+    {c: f"&#x{ord(c):X};" for c in "&<>\"'+=/`"},
+    {c: f"&#x{ord(c):x};" for c in "&<>\"'+=/`"},
+]  # fmt: skip
+
+
+def _html_forms(form: bytes) -> set[bytes]:
+    if not any(byte in form for byte in b"&<>\"'+=/` "):
+        return set()
+    out = set()
+    for style in _HTML_STYLES:
+        table = {ord(c): e for c, e in style.items()}
+        out.add(form.decode("latin-1").translate(table).encode("latin-1"))
+    return out - {form}
+
+
 def _url_forms(text: str) -> set[str]:
     forms = {quote(text, safe=""), quote(text, safe="/"), quote_plus(text, safe="")}
     return forms | {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
@@ -62,6 +101,14 @@ def encodings(value: str) -> set[bytes]:
         forms.add(value.encode("latin-1"))
     forms |= _b64_cores(raw, None) | _b64_cores(raw, b"-_")
     forms |= {f.encode() for f in _url_forms(value) | _json_forms(value)}
+    forms |= _b32_cores(raw)
+    # Quoted-printable (a value short of a line), and the HTML spellings of every form.
+    printable = binascii.b2a_qp(raw, quotetabs=True)
+    forms |= {printable, re.sub(rb"=[0-9A-F]{2}", lambda m: m.group().lower(), printable)}
+    forms |= {spelled for form in list(forms) for spelled in _html_forms(form)}
+    # UTF-16 and UTF-32 bodies, either byte order (a BOM comes only at the body's start).
+    for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        forms.add(value.encode(codec, "surrogatepass"))
     return {f for f in forms if f == raw or len(f) >= _MIN_DERIVED}
 
 
@@ -89,26 +136,43 @@ FLUSH_DELAY = 0.02
 Span = tuple[int, int, int]  # start, end, pattern index
 
 
-def _literal_database(literals: list[bytes]) -> hyperscan.Database:
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    database.compile(
-        expressions=literals,
-        ids=list(range(len(literals))),
-        elements=len(literals),
-        flags=hyperscan.HS_FLAG_SOM_LEFTMOST,
-        literal=True,
-    )
-    return database
+class _Matcher:
+    """Hyperscan over literals. Its Python binding takes a literal as a C string, so one
+    holding a NUL (a UTF-16 or UTF-32 form) goes to a second database as a regex of escapes.
+    """
 
+    def __init__(self, literals: list[bytes]) -> None:
+        self.databases: list[tuple[hyperscan.Database, list[int]]] = []
+        plain = [i for i, literal in enumerate(literals) if b"\0" not in literal]
+        nul = [i for i, literal in enumerate(literals) if b"\0" in literal]
+        for ids, literal in ((plain, True), (nul, False)):
+            if not ids:
+                continue
+            database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            expressions = [
+                literals[i] if literal else b"".join(b"\\x%02x" % c for c in literals[i])
+                for i in ids
+            ]
+            database.compile(
+                expressions=expressions,
+                ids=list(range(len(ids))),
+                elements=len(ids),
+                flags=hyperscan.HS_FLAG_SOM_LEFTMOST,
+                literal=literal,
+            )
+            self.databases.append((database, ids))
 
-def _scan(database: hyperscan.Database, data: bytes) -> list[tuple[int, int, int]]:
-    found: list[tuple[int, int, int]] = []
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        found: list[tuple[int, int, int]] = []
+        for database, ids in self.databases:
 
-    def on_match(literal_id: int, start: int, end: int, flags: int, context: object) -> None:
-        found.append((start, end, literal_id))
+            def on_match(
+                local: int, start: int, end: int, flags: int, context: object, ids: list[int] = ids
+            ) -> None:
+                found.append((start, end, ids[local]))
 
-    database.scan(data, match_event_handler=on_match)
-    return found
+            database.scan(data, match_event_handler=on_match)
+        return found
 
 
 def _merge(spans: list[Span]) -> list[Span]:
@@ -154,7 +218,7 @@ class Redactor:
             sorted(ids, key=lambda i: -len(self.patterns[i])) for ids in anchors.values()
         ]
         self.hold = max(HOLD_FLOOR, 1 << max(self.max_len - 1, 0).bit_length())
-        self.database = _literal_database(list(anchors)) if self.patterns else None
+        self.database = _Matcher(list(anchors)) if self.patterns else None
 
     def hold_length(self, size: int, views: tuple[View, ...]) -> int:
         """How many trailing bytes of `size` a stream keeps back: enough for any form that
@@ -168,7 +232,7 @@ class Redactor:
     def _literal_matches(self, data: bytes) -> list[Span]:
         assert self.database is not None
         spans: list[Span] = []
-        for start, _, anchor_id in _scan(self.database, data):
+        for start, _, anchor_id in self.database.scan(data):
             for index in self._anchored[anchor_id]:
                 pattern = self.patterns[index]
                 if len(pattern) <= ANCHOR or data.startswith(pattern, start):
