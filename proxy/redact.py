@@ -11,6 +11,7 @@ import binascii
 import contextlib
 import json
 import re
+import threading
 from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
@@ -143,6 +144,8 @@ class _Matcher:
 
     def __init__(self, literals: list[bytes]) -> None:
         self.databases: list[tuple[hyperscan.Database, list[int]]] = []
+        # A database has one scratch space: streams redacted on worker threads take turns.
+        self.lock = threading.Lock()
         plain = [i for i, literal in enumerate(literals) if b"\0" not in literal]
         nul = [i for i, literal in enumerate(literals) if b"\0" in literal]
         for ids, literal in ((plain, True), (nul, False)):
@@ -171,7 +174,8 @@ class _Matcher:
             ) -> None:
                 found.append((start, end, ids[local]))
 
-            database.scan(data, match_event_handler=on_match)
+            with self.lock:
+                database.scan(data, match_event_handler=on_match)
         return found
 
 

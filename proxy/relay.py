@@ -23,6 +23,8 @@ log = logging.getLogger("blindkey.proxy")
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
 # Answers up to this size with a known length are read whole and sent with a length.
 SMALL_BODY = 2**16
+# Streamed chunks this big that hold escapes are redacted off the event loop.
+OFFLOAD = 2**14
 
 
 async def relay(
@@ -125,7 +127,12 @@ async def _redacted(
                     chunk = await anext(reader)
             except StopAsyncIteration:
                 break
-            out = stream.feed(chunk)
+            # An escape-dense chunk costs the views a Python call per escape (a few MiB/s):
+            # it is redacted on a worker thread, so the loop answers other calls meanwhile.
+            if len(chunk) >= OFFLOAD and (b"%" in chunk or b"\\" in chunk):
+                out = await asyncio.to_thread(stream.feed, chunk)
+            else:
+                out = stream.feed(chunk)
             if out:
                 yield out
         tail = stream.finish()
