@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -102,7 +102,7 @@ async def relay(
 
 async def _redacted(
     chunks: AsyncIterator[bytes], stream: RedactStream, request_id: str
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """`chunks` through `stream`, flushing the held tail after FLUSH_DELAY without a chunk
     (read here at each call, so a test can change it).
 
