@@ -179,6 +179,10 @@ class _Matcher:
         return found
 
 
+def _rounded(longest: int) -> int:
+    return max(HOLD_FLOOR, 1 << max(longest - 1, 0).bit_length())
+
+
 def _merge(spans: list[Span]) -> list[Span]:
     """Overlapping matches become one replacement, named after the leftmost, longest one."""
     spans.sort(key=lambda span: (span[0], -span[1]))
@@ -221,7 +225,9 @@ class Redactor:
         self._anchored = [
             sorted(ids, key=lambda i: -len(self.patterns[i])) for ids in anchors.values()
         ]
-        self.hold = max(HOLD_FLOOR, 1 << max(self.max_len - 1, 0).bit_length())
+        self.hold = _rounded(self.max_len)
+        # UTF-16 and UTF-32 forms (the only ones with NULs) are not spelled with escapes.
+        self.view_hold = _rounded(max((len(p) for p in self.patterns if b"\0" not in p), default=0))
         self.database = _Matcher(list(anchors)) if self.patterns else None
 
     def hold_length(self, size: int, views: tuple[View, ...]) -> int:
@@ -230,8 +236,8 @@ class Redactor:
         the data and the longest form's length only, never of what the bytes are, so what
         is held and for how long tells the agent nothing about whether they begin a value.
         """
-        width = max((view.width for view in views), default=1)
-        return min(size, width * self.hold + WIDEST_ESCAPE)
+        width = max((view.width for view in views), default=0)
+        return min(size, max(self.hold, width * self.view_hold) + WIDEST_ESCAPE)
 
     def _literal_matches(self, data: bytes) -> list[Span]:
         assert self.database is not None
@@ -331,8 +337,10 @@ class RedactStream:
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
         self.tail = b""
-        # What a flush sent, kept so a value cut by the flush still has its rest replaced.
+        # What a flush sent, kept until no value cut by the flush can still be completed,
+        # so the rest of one is replaced; `since` counts the bytes fed after the flush.
         self.sent = b""
+        self.since = 0
         self.count = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -342,11 +350,19 @@ class RedactStream:
         held = self.tail + chunk if self.tail else chunk
         data = self.sent + held if self.sent else held
         views = active_views(data)
-        cut = len(data) - redactor.hold_length(len(held), views)
+        reach = redactor.hold_length(len(data) + 1, views)
+        cut = len(data) - min(len(held), reach)
         output, consumed, count = redactor.substitute(data, cut, views, len(self.sent))
         self.tail = data[consumed:]
-        self._keep_sent(data[:consumed])
         self.count += count
+        if self.sent:
+            self.since += len(chunk)
+            # A value across the flush point is no longer than `reach`: once that much has
+            # come after it, every such value has been seen whole.
+            if self.since >= reach:
+                self.sent = b""
+            else:
+                self.sent = data[max(0, consumed - reach) : consumed]
         return output
 
     def flush(self) -> bytes:
@@ -356,11 +372,9 @@ class RedactStream:
         output, _, count = redactor.substitute(data, None, None, len(self.sent))
         self.count += count
         self.tail = b""
-        self._keep_sent(data)
+        reach = redactor.hold_length(len(data) + 1, active_views(data))
+        self.sent, self.since = data[len(data) - min(len(data), reach) :], 0
         return output
-
-    def _keep_sent(self, data: bytes) -> None:
-        self.sent = data[len(data) - self.redactor.hold_length(len(data), active_views(data)) :]
 
     def finish(self) -> bytes:
         output = self.flush()
