@@ -128,8 +128,9 @@ ANCHOR = 1024
 # The stream's hold never falls below this, and is a power of two: all it tells an agent
 # about the values is the power of two above the longest form's length.
 HOLD_FLOOR = 256
-# A stream's held tail goes out with the next chunk, at the end, or after this many seconds
-# without a chunk: a constant, so when bytes arrive tells the agent nothing about them.
+# A stream's held tail goes out as later chunks push it out, at the end, or this many
+# seconds after it began to be held: a constant, so when bytes arrive tells the agent
+# nothing about them.
 # Under the gap between an LLM's streamed tokens (tens of ms) and far under what a person
 # notices; long enough that a write the network split in two is usually joined first.
 FLUSH_DELAY = 0.02

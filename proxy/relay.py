@@ -103,24 +103,31 @@ async def relay(
 async def _redacted(
     chunks: AsyncIterator[bytes], stream: RedactStream, request_id: str
 ) -> AsyncGenerator[bytes, None]:
-    """`chunks` through `stream`, flushing the held tail after FLUSH_DELAY without a chunk
-    (read here at each call, so a test can change it).
+    """`chunks` through `stream`, flushing the held tail FLUSH_DELAY after it began to be
+    held (read here at each call, so a test can change it).
 
     The next chunk is read by a task that a pause never cancels: cancelling a read midway
     would leave the upstream connection in an unknown state.
     """
     delay = FLUSH_DELAY
+    loop = asyncio.get_running_loop()
     reader = chunks.__aiter__()
     pending: asyncio.Task[bytes] | None = None
+    # When the held bytes go out if no flush came first: FLUSH_DELAY after the oldest of
+    # them was held, so no byte waits longer, however fast or slow the stream runs.
+    deadline: float | None = None
     try:
         while True:
             try:
-                if stream.tail:
+                if deadline is not None:
                     pending = asyncio.ensure_future(anext(reader))
                     pending.set_name(f"relay-read-{request_id}")
-                    done, _ = await asyncio.wait((pending,), timeout=delay)
-                    if not done and (flushed := stream.flush()):
-                        yield flushed
+                    wait = max(0.0, deadline - loop.time())
+                    done, _ = await asyncio.wait((pending,), timeout=wait)
+                    if not done:
+                        deadline = None
+                        if flushed := stream.flush():
+                            yield flushed
                     chunk = await pending
                     pending = None
                 else:
@@ -133,6 +140,10 @@ async def _redacted(
                 out = await asyncio.to_thread(stream.feed, chunk)
             else:
                 out = stream.feed(chunk)
+            if not stream.tail:
+                deadline = None
+            elif deadline is None:
+                deadline = loop.time() + delay
             if out:
                 yield out
         tail = stream.finish()
