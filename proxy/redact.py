@@ -1,7 +1,8 @@
 """Stripping every encoding of every secret value from what flows back to the agent.
 
 A `Redactor` is built once per secret set; each response gets a `RedactStream` that
-is fed chunk by chunk and holds back only a tail that could still begin a pattern.
+is fed chunk by chunk and holds back a tail of a fixed length, whatever its bytes are:
+holding back only what could begin a value told the agent which bytes could.
 """
 
 from __future__ import annotations

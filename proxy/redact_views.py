@@ -8,7 +8,7 @@ in which that family is decoded, and maps what it finds there back to the bytes 
 
 A view is rendered only when a byte that begins its escapes occurs, so an answer without
 `\\`, `%` or line breaks costs nothing here; the map back is worked out only for what
-matched or must be held back.
+matched.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ JSON_STRING = View(
     ),
     decode=_json_escape,
     constant=None,
-    width=6,  # \\u0041 is one byte
+    width=6,  # `\u0041` is one byte
 )
 PERCENT = View(
     name="percent",
