@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from blindkey.config.model import MAX_VALUE_BYTES
 from blindkey.proxy.redact import Redactor
-from blindkey.proxy.redact_views import active_views
+from blindkey.proxy.redact_views import PERCENT, active_views
 from tests.proxy.test_redact import redact_all
 
 NAME = "KEY"
@@ -209,3 +209,10 @@ def test_property_the_counting_map_of_line_breaks_agrees_with_the_general_one(
     for position in range(len(LINE_BREAKS.render(data)) + 1):
         assert counting.source_start(position) == general.source_start(position), position
         assert counting.source_end(position) == general.source_end(position), position
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.sampled_from([b"%", b"4", b"1", b"e", b"F", b"z", b"\\", b"x", b"\xe9"])))
+def test_property_percent_rendered_in_c_agrees_with_the_regex(data: list[bytes]) -> None:
+    joined = b"".join(data)
+    assert PERCENT.render(joined) == PERCENT.escape.sub(PERCENT.decode, joined)
