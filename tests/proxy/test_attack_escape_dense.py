@@ -15,8 +15,9 @@ from blindkey.config.paths import Paths
 from tests.proxy.conftest import open_env
 from tests.proxy.upstream.test_pool import RawServer
 
-# Percent escapes are decoded in C when all are valid; JSON escapes still cost a call each.
-CHUNK = b"\\u0041" * (2**16 // 6)
+# Percent escapes, and JSON escapes in ASCII text, are decoded in C; JSON escapes in UTF-8
+# text still cost a Python call each.
+CHUNK = "\\u0041é".encode() * (2**16 // 8)
 CHUNKS = 48
 
 

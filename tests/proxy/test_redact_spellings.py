@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from blindkey.config.model import MAX_VALUE_BYTES
 from blindkey.proxy.redact import Redactor
-from blindkey.proxy.redact_views import PERCENT, active_views
+from blindkey.proxy.redact_views import JSON_STRING, PERCENT, active_views
 from tests.proxy.test_redact import redact_all
 
 NAME = "KEY"
@@ -216,3 +216,31 @@ def test_property_the_counting_map_of_line_breaks_agrees_with_the_general_one(
 def test_property_percent_rendered_in_c_agrees_with_the_regex(data: list[bytes]) -> None:
     joined = b"".join(data)
     assert PERCENT.render(joined) == PERCENT.escape.sub(PERCENT.decode, joined)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.lists(
+        st.sampled_from(
+            [
+                b"\\",
+                b"u",
+                b"d",
+                b"8",
+                b"3",
+                b"D",
+                b"c",
+                b"e",
+                b"0",
+                b"0041",
+                b'"',
+                b"/",
+                b"n",
+                b"\x01",
+            ]
+        )
+    )
+)
+def test_property_json_rendered_in_c_agrees_with_the_regex(data: list[bytes]) -> None:
+    joined = b"".join(data)
+    assert JSON_STRING.render(joined) == JSON_STRING.escape.sub(JSON_STRING.decode, joined)
