@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, report
+from bench import phases, redaction, report
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         phases.big(bench)
         phases.idle_connections(bench)
         phases.long_values(bench)
+        out["redaction_mib_s"] = redaction.rates()
         phases.run_profile(bench)
         time.sleep(1.0)
         out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)

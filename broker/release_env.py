@@ -34,7 +34,7 @@ from blindkey.config.console import warn
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.model import SECRET_NAME
 from blindkey.config.paths import Paths
-from blindkey.proxy.redact import Redactor, RedactStream
+from blindkey.proxy.redact import FLUSH_DELAY, Redactor, RedactStream
 
 CHUNK = 65536
 # Signals someone sends blindkey (kill, a supervisor) that are meant for CMD.
@@ -134,6 +134,9 @@ def _write_all(fd: int, data: bytes) -> None:
             select.select([], [fd], [])
 
 
+PIPE_FLUSH_DELAY = 1.0
+
+
 def _run_with_pipes(argv: list[str], env: dict[str, str], redactor: Redactor) -> int:
     try:
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -160,7 +163,14 @@ def _run_with_pipes(argv: list[str], env: dict[str, str], redactor: Redactor) ->
         for fd in streams:
             selector.register(fd, selectors.EVENT_READ)
         while streams:
-            for key, _ in selector.select():
+            # The redactor holds each stream's last bytes; a pause sends them. CMD holds the
+            # values (no oracle to fear), so the pause is long: a value printed in parts
+            # a moment apart is still joined.
+            held = any(stream.tail for _, stream in streams.values())
+            ready = selector.select(PIPE_FLUSH_DELAY if held else None)
+            for out, stream in [] if ready else streams.values():
+                _write_all(out, stream.flush())
+            for key, _ in ready:
                 fd = key.fd
                 data = os.read(fd, CHUNK)
                 out, stream = streams[fd]
@@ -222,7 +232,10 @@ def _run_in_pty(argv: list[str], env: dict[str, str], redactor: Redactor) -> int
             selector.register(stdin, selectors.EVENT_READ)
             while True:
                 done = False
-                for key, _ in selector.select():
+                ready = selector.select(FLUSH_DELAY if stream.tail else None)
+                if not ready:
+                    _write_all(stdout, stream.flush())
+                for key, _ in ready:
                     if key.fd == stdin:
                         typed = os.read(stdin, CHUNK)
                         if typed:

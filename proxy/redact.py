@@ -1,22 +1,25 @@
 """Stripping every encoding of every secret value from what flows back to the agent.
 
 A `Redactor` is built once per secret set; each response gets a `RedactStream` that
-is fed chunk by chunk and holds back only a tail that could still begin a pattern.
+is fed chunk by chunk and holds back a tail of a fixed length, whatever its bytes are:
+holding back only what could begin a value told the agent which bytes could.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import json
 import re
+import threading
 from collections.abc import Mapping
 from urllib.parse import quote, quote_plus
 
 import hyperscan
 
 from blindkey.config.model import MAX_VALUE_BYTES
-from blindkey.proxy.redact_views import View, active_views
+from blindkey.proxy.redact_views import WIDEST_ESCAPE, View, active_views
 
 # Derived forms this short would match ordinary text; the raw value is always kept.
 _MIN_DERIVED = 6
@@ -38,6 +41,44 @@ def _b64_cores(value: bytes, alphabet: bytes | None) -> set[bytes]:
     forms.add(whole)
     forms.add(whole.rstrip(b"="))
     return forms
+
+
+def _b32_cores(value: bytes) -> set[bytes]:
+    """The base32 text of `value` at each of the five byte alignments, upper and lower case."""
+    forms: set[bytes] = set()
+    for k in range(5):
+        encoded = base64.b32encode(b"\0" * k + value)
+        start = -(-8 * k // 5)
+        end = (8 * (k + len(value))) // 5
+        forms.add(encoded[start:end])
+    whole = base64.b32encode(value)
+    forms |= {whole, whole.rstrip(b"=")}
+    return forms | {form.lower() for form in forms}
+
+
+# How HTML writers spell the characters they escape: Go's html/template (`+` too, and in
+# attributes `=`, space and backquote), Python's html.escape, PHP's htmlspecialchars, and
+# encoders that write every one as a numeric entity, decimal or hex.
+_HTML_STYLES = [
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;", "+": "&#43;"},
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;", "+": "&#43;",
+     "=": "&#61;", " ": "&#32;", "`": "&#96;"},
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"},
+    {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#039;"},
+    {c: f"&#{ord(c)};" for c in "&<>\"'+=/`"},
+    {c: f"&#x{ord(c):X};" for c in "&<>\"'+=/`"},
+    {c: f"&#x{ord(c):x};" for c in "&<>\"'+=/`"},
+]  # fmt: skip
+
+
+def _html_forms(form: bytes) -> set[bytes]:
+    if not any(byte in form for byte in b"&<>\"'+=/` "):
+        return set()
+    out = set()
+    for style in _HTML_STYLES:
+        table = {ord(c): e for c, e in style.items()}
+        out.add(form.decode("latin-1").translate(table).encode("latin-1"))
+    return out - {form}
 
 
 def _url_forms(text: str) -> set[str]:
@@ -62,6 +103,14 @@ def encodings(value: str) -> set[bytes]:
         forms.add(value.encode("latin-1"))
     forms |= _b64_cores(raw, None) | _b64_cores(raw, b"-_")
     forms |= {f.encode() for f in _url_forms(value) | _json_forms(value)}
+    forms |= _b32_cores(raw)
+    # Quoted-printable (a value short of a line), and the HTML spellings of every form.
+    printable = binascii.b2a_qp(raw, quotetabs=True)
+    forms |= {printable, re.sub(rb"=[0-9A-F]{2}", lambda m: m.group().lower(), printable)}
+    forms |= {spelled for form in list(forms) for spelled in _html_forms(form)}
+    # UTF-16 and UTF-32 bodies, either byte order (a BOM comes only at the body's start).
+    for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        forms.add(value.encode(codec, "surrogatepass"))
     return {f for f in forms if f == raw or len(f) >= _MIN_DERIVED}
 
 
@@ -77,33 +126,63 @@ def secret_parts(value: str) -> list[str]:
 
 # Hyperscan gets at most this much of a pattern; a longer one is confirmed by comparison.
 ANCHOR = 1024
-# Held-back search: suffixes shorter than this are looked up in a set of short prefixes,
-# longer ones start where a pattern's first HEAD bytes occur.
-HEAD = 8
+# The stream's hold never falls below this, and is a power of two: all it tells an agent
+# about the values is the power of two above the longest form's length.
+HOLD_FLOOR = 256
+# A stream's held tail goes out as later chunks push it out, at the end, or this many
+# seconds after it began to be held: a constant, so when bytes arrive tells the agent
+# nothing about them.
+# Under the gap between an LLM's streamed tokens (tens of ms) and far under what a person
+# notices; long enough that a write the network split in two is usually joined first.
+FLUSH_DELAY = 0.02
 
 Span = tuple[int, int, int]  # start, end, pattern index
 
 
-def _literal_database(literals: list[bytes]) -> hyperscan.Database:
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-    database.compile(
-        expressions=literals,
-        ids=list(range(len(literals))),
-        elements=len(literals),
-        flags=hyperscan.HS_FLAG_SOM_LEFTMOST,
-        literal=True,
-    )
-    return database
+class _Matcher:
+    """Hyperscan over literals. Its Python binding takes a literal as a C string, so one
+    holding a NUL (a UTF-16 or UTF-32 form) goes to a second database as a regex of escapes.
+    """
+
+    def __init__(self, literals: list[bytes]) -> None:
+        self.databases: list[tuple[hyperscan.Database, list[int]]] = []
+        # A database has one scratch space: streams redacted on worker threads take turns.
+        self.lock = threading.Lock()
+        plain = [i for i, literal in enumerate(literals) if b"\0" not in literal]
+        nul = [i for i, literal in enumerate(literals) if b"\0" in literal]
+        for ids, literal in ((plain, True), (nul, False)):
+            if not ids:
+                continue
+            database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            expressions = [
+                literals[i] if literal else b"".join(b"\\x%02x" % c for c in literals[i])
+                for i in ids
+            ]
+            database.compile(
+                expressions=expressions,
+                ids=list(range(len(ids))),
+                elements=len(ids),
+                flags=hyperscan.HS_FLAG_SOM_LEFTMOST,
+                literal=literal,
+            )
+            self.databases.append((database, ids))
+
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        found: list[tuple[int, int, int]] = []
+        for database, ids in self.databases:
+
+            def on_match(
+                local: int, start: int, end: int, flags: int, context: object, ids: list[int] = ids
+            ) -> None:
+                found.append((start, end, ids[local]))
+
+            with self.lock:
+                database.scan(data, match_event_handler=on_match)
+        return found
 
 
-def _scan(database: hyperscan.Database, data: bytes) -> list[tuple[int, int, int]]:
-    found: list[tuple[int, int, int]] = []
-
-    def on_match(literal_id: int, start: int, end: int, flags: int, context: object) -> None:
-        found.append((start, end, literal_id))
-
-    database.scan(data, match_event_handler=on_match)
-    return found
+def _rounded(longest: int) -> int:
+    return max(HOLD_FLOOR, 1 << max(longest - 1, 0).bit_length())
 
 
 def _merge(spans: list[Span]) -> list[Span]:
@@ -122,9 +201,9 @@ def _merge(spans: list[Span]) -> list[Span]:
 class Redactor:
     """One compiled matcher over every form of every value (Hyperscan, literal mode).
 
-    Memory and build time grow with the total size of the forms, not with its square: the
-    held-back check keeps only short prefixes, and patterns longer than ANCHOR are found
-    by their first ANCHOR bytes and confirmed by comparison.
+    Memory and build time grow with the total size of the forms, not with its square:
+    patterns longer than ANCHOR are found by their first ANCHOR bytes and confirmed by
+    comparison.
     """
 
     def __init__(self, secrets: Mapping[str, str]) -> None:
@@ -143,69 +222,29 @@ class Redactor:
         self.max_len = max((len(p) for p in self.patterns), default=0)
         self.min_len = min((len(p) for p in self.patterns), default=0)
         anchors: dict[bytes, list[int]] = {}
-        heads: dict[bytes, list[bytes]] = {}
-        short: set[bytes] = set()
         for index, pattern in enumerate(self.patterns):
             anchors.setdefault(pattern[:ANCHOR], []).append(index)
-            short.update(pattern[:i] for i in range(1, min(len(pattern), HEAD)))
-            if len(pattern) > HEAD:
-                heads.setdefault(pattern[:HEAD], []).append(pattern)
         self._anchored = [
             sorted(ids, key=lambda i: -len(self.patterns[i])) for ids in anchors.values()
         ]
-        self._short_prefixes = frozenset(short)
-        self._heads = heads
-        self._head_list = list(heads)
-        # Bytes a proper prefix can end with: any other last byte means nothing is held.
-        self.prefix_ends = frozenset(byte for pattern in self.patterns for byte in pattern[:-1])
-        self.database = _literal_database(list(anchors)) if self.patterns else None
-        self._head_database = _literal_database(self._head_list) if heads else None
+        self.hold = _rounded(self.max_len)
+        # UTF-16 and UTF-32 forms (the only ones with NULs) are not spelled with escapes.
+        self.view_hold = _rounded(max((len(p) for p in self.patterns if b"\0" not in p), default=0))
+        self.database = _Matcher(list(anchors)) if self.patterns else None
 
-    def _held_plain(self, data: bytes) -> int:
-        """Length of the longest suffix of `data` that is a proper prefix of a pattern."""
-        if not data or data[-1] not in self.prefix_ends:
-            return 0
-        window = min(self.max_len - 1, len(data))
-        if self._head_database is not None and window >= HEAD:
-            offset = len(data) - window
-            for start, _, head_id in sorted(_scan(self._head_database, data[offset:])):
-                suffix = data[offset + start :]
-                for pattern in self._heads[self._head_list[head_id]]:
-                    if len(pattern) > len(suffix) and pattern.startswith(suffix):
-                        return len(suffix)
-        for length in range(min(HEAD - 1, len(data)), 0, -1):
-            if data[-length:] in self._short_prefixes:
-                return length
-        return 0
-
-    def _held_in_view(self, view: View, data: bytes) -> int:
-        """What must be held so a value spelled in `view`'s family is not cut in two."""
-        size = min(len(data), 4 * self.max_len + 16)
-        while True:
-            region = data[-size:]
-            rendered = view.render(region)
-            held = self._held_plain(rendered)
-            if held == 0:
-                return 0
-            # The region's own first bytes may be half an escape: stay clear of them.
-            if len(rendered) - held >= 16 or size == len(data):
-                return size - view.mapping(region).source_start(len(rendered) - held)
-            size = min(len(data), size * 2)
-
-    def held_length(self, data: bytes, views: tuple[View, ...] | None = None) -> int:
-        """How many trailing bytes could still begin a value, in any spelling."""
-        held = self._held_plain(data)
-        for view in active_views(data) if views is None else views:
-            # An escape cut at the end is held whole; what precedes it is judged decoded.
-            cut = view.partial_length(data)
-            before = data[: len(data) - cut] if cut else data
-            held = max(held, cut + self._held_in_view(view, before) if before else cut)
-        return held
+    def hold_length(self, size: int, views: tuple[View, ...]) -> int:
+        """How many trailing bytes of `size` a stream keeps back: enough for any form that
+        is not yet whole, in any active view. A function of the size, the views active on
+        the data and the longest form's length only, never of what the bytes are, so what
+        is held and for how long tells the agent nothing about whether they begin a value.
+        """
+        width = max((view.width for view in views), default=0)
+        return min(size, max(self.hold, width * self.view_hold) + WIDEST_ESCAPE)
 
     def _literal_matches(self, data: bytes) -> list[Span]:
         assert self.database is not None
         spans: list[Span] = []
-        for start, _, anchor_id in _scan(self.database, data):
+        for start, _, anchor_id in self.database.scan(data):
             for index in self._anchored[anchor_id]:
                 pattern = self.patterns[index]
                 if len(pattern) <= ANCHOR or data.startswith(pattern, start):
@@ -227,23 +266,31 @@ class Redactor:
         return _merge(spans) if spans else spans
 
     def substitute(
-        self, data: bytes, limit: int | None = None, views: tuple[View, ...] | None = None
+        self,
+        data: bytes,
+        limit: int | None = None,
+        views: tuple[View, ...] | None = None,
+        begin: int = 0,
     ) -> tuple[bytes, int, int]:
-        """Replace matches starting before `limit`; return (output, consumed, count)."""
+        """Replace matches starting before `limit` in `data[begin:]`; return (output of
+        `data[begin:consumed]`, consumed, count). The bytes before `begin` were sent
+        already: a match that starts there has only its part from `begin` on replaced."""
         stop = len(data) if limit is None else limit
-        if self.database is None or not data:
-            return data[:stop], stop, 0
+        if self.database is None or len(data) <= begin:
+            return data[begin:stop], max(stop, begin), 0
         out: list[bytes] = []
-        position = count = 0
+        position, count = begin, 0
         for start, end, pattern_id in self._matches(data, views):
             if start >= stop:
                 break
+            if end <= position:
+                continue
             out.append(data[position:start])
             out.append(self.replacements[pattern_id])
             position = end
             count += 1
         if not count:
-            return data[:stop], stop, 0
+            return data[begin:stop], max(stop, begin), 0
         consumed = max(position, stop)
         out.append(data[position:consumed])
         return b"".join(out), consumed, count
@@ -253,18 +300,25 @@ class Redactor:
         return output, count
 
     def redact_text(self, text: str) -> tuple[str, int]:
+        """`text` with every value replaced. A header or reason phrase arrives as bytes
+        decoded as Latin-1, so a UTF-8 value in it is looked for in those bytes too."""
         if len(text) * 6 < self.min_len:  # even at 6 bytes a character, too short to match
             return text, 0
-        output, count = self.redact(text.encode("utf-8", "surrogateescape"))
-        return output.decode("utf-8", "surrogateescape"), count
+        count = 0
+        if not text.isascii():
+            with contextlib.suppress(UnicodeEncodeError):
+                wire, count = self.redact(text.encode("latin-1"))
+                text = wire.decode("latin-1")
+        output, more = self.redact(text.encode("utf-8", "surrogateescape"))
+        return output.decode("utf-8", "surrogateescape"), count + more
 
     def redact_texts(self, texts: list[str]) -> tuple[list[str], int]:
         """`redact_text` of each; one scan over all of them when nothing matches (the rule)."""
         if self.database is None:
             return texts, 0
         # A value inside the joined text is a substring of it: no match there, none in any.
-        joined = "\n".join(texts).encode("utf-8", "surrogateescape")
-        if not self._matches(joined):
+        joined = "\n".join(texts)
+        if joined.isascii() and not self._matches(joined.encode()):
             return texts, 0
         total = 0
         out = []
@@ -279,27 +333,52 @@ class Redactor:
 
 
 class RedactStream:
-    """Per-response state: feed chunks in order, then `finish()`."""
+    """Per-response state: feed chunks in order, `flush()` when the stream pauses, then
+    `finish()`. Each feed keeps back the last `hold_length` bytes whatever they are."""
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
         self.tail = b""
+        # What a flush sent, kept until no value cut by the flush can still be completed,
+        # so the rest of one is replaced; `since` counts the bytes fed after the flush.
+        self.sent = b""
+        self.since = 0
         self.count = 0
 
     def feed(self, chunk: bytes) -> bytes:
         redactor = self.redactor
         if redactor.database is None:
             return chunk
-        data = self.tail + chunk if self.tail else chunk
+        held = self.tail + chunk if self.tail else chunk
+        data = self.sent + held if self.sent else held
         views = active_views(data)
-        cut = len(data) - redactor.held_length(data, views)
-        output, consumed, count = redactor.substitute(data, cut, views)
+        reach = redactor.hold_length(len(data) + 1, views)
+        cut = len(data) - min(len(held), reach)
+        output, consumed, count = redactor.substitute(data, cut, views, len(self.sent))
         self.tail = data[consumed:]
         self.count += count
+        if self.sent:
+            self.since += len(chunk)
+            # A value across the flush point is no longer than `reach`: once that much has
+            # come after it, every such value has been seen whole.
+            if self.since >= reach:
+                self.sent = b""
+            else:
+                self.sent = data[max(0, consumed - reach) : consumed]
+        return output
+
+    def flush(self) -> bytes:
+        """Everything held, now: the stream has paused (a fixed delay with no chunk)."""
+        redactor = self.redactor
+        data = self.sent + self.tail
+        output, _, count = redactor.substitute(data, None, None, len(self.sent))
+        self.count += count
+        self.tail = b""
+        reach = redactor.hold_length(len(data) + 1, active_views(data))
+        self.sent, self.since = data[len(data) - min(len(data), reach) :], 0
         return output
 
     def finish(self) -> bytes:
-        output, count = self.redactor.redact(self.tail)
-        self.tail = b""
-        self.count += count
+        output = self.flush()
+        self.sent = b""
         return output

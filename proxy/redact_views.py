@@ -8,15 +8,18 @@ in which that family is decoded, and maps what it finds there back to the bytes 
 
 A view is rendered only when a byte that begins its escapes occurs, so an answer without
 `\\`, `%` or line breaks costs nothing here; the map back is worked out only for what
-matched or must be held back.
+matched.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import re
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.decoder import scanstring  # type: ignore[attr-defined]
 
 
 def _json_escape(match: re.Match[bytes]) -> bytes:
@@ -35,6 +38,22 @@ _SHORT_ESCAPES = {
 }  # fmt: skip
 
 
+_LONE_BACKSLASH = re.compile(rb'\\(?!["\\/bfnrt]|u[0-9a-fA-F]{4})')
+_BARE_QUOTE = re.compile(rb'(?<!\\)"')
+
+
+def _json_in_c(data: bytes) -> bytes:
+    """The JSON view of ASCII `data` by the json module's C string scanner, the same bytes
+    as the regex gives, with no call per escape: each `\\\\` and each backslash that
+    begins no escape become `\\u005c`, each bare quote `\\u0022`, so the whole is one
+    valid JSON string body."""
+    body = data.replace(b"\\\\", b"\\u005c")
+    body = _LONE_BACKSLASH.sub(rb"\\u005c", body)
+    body = _BARE_QUOTE.sub(rb"\\u0022", body)
+    text: str = scanstring('"' + body.decode("ascii") + '"', 1, False)[0]
+    return text.encode("utf-8", "surrogatepass")
+
+
 @dataclass(frozen=True)
 class View:
     """One family of spellings: what it decodes, and what an escape cut short looks like."""
@@ -44,8 +63,9 @@ class View:
     decode: Callable[[re.Match[bytes]], bytes]
     # When every escape decodes to the same bytes, rendering runs in C, without a callback.
     constant: bytes | None
-    # An escape that the next chunk may complete (group "cut"): held back, never half decoded.
-    partial: re.Pattern[bytes]
+    # The most source bytes one byte of the view can take: a stream holds back that many
+    # times the longest form, so a form cut by a chunk's end is never released in part.
+    width: int
 
     def render(self, data: bytes) -> bytes:
         if self is LINE_BREAKS and b"\\" not in data:
@@ -53,6 +73,19 @@ class View:
             # (per 64 KiB of base64 lines: the regex ~600 µs, translate ~80, replace ~17).
             data = data.replace(b"\n", b"")
             return data.replace(b"\r", b"") if b"\r" in data else data
+        if self is LINE_BREAKS and b"\\/" not in data:
+            return _BREAKS.sub(b"", data)  # the same, in C, when no `\/` needs a callback
+        if self is PERCENT:
+            # Every `%` an escape (the usual case): decoded in C, without a call per escape.
+            # One that is not makes the codec refuse, and the regex below takes it.
+            # A `%` cut off by the chunk's end stays as it is, as the regex leaves it.
+            cut = data.rfind(b"%", max(0, len(data) - 2))
+            head, rest = (data[:cut], data[cut:]) if cut >= 0 else (data, b"")
+            with contextlib.suppress(ValueError):
+                escaped = head.replace(b"\\", b"\\\\").replace(b"%", b"\\x")
+                return bytes(codecs.escape_decode(escaped)[0]) + rest
+        if self is JSON_STRING and data.isascii():
+            return _json_in_c(data)
         if self.constant is not None:
             return self.escape.sub(self.constant, data)
         return self.escape.sub(self.decode, data)
@@ -61,10 +94,6 @@ class View:
         if self is LINE_BREAKS and b"\\" not in data:
             return BreaksMap(data)
         return ViewMap(self, data)
-
-    def partial_length(self, data: bytes) -> int:
-        found = self.partial.search(data, max(0, len(data) - 16))
-        return len(data) - found.start("cut") if found else 0
 
 
 class ViewMap:
@@ -145,27 +174,28 @@ JSON_STRING = View(
     ),
     decode=_json_escape,
     constant=None,
-    partial=re.compile(
-        rb"(?<!\\)(?:\\\\)*(?P<cut>\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u?[0-9a-fA-F]{0,3})?"
-        rb"|\\u[0-9a-fA-F]{0,3}|\\)\Z"
-    ),
+    width=6,  # `\u0041` is one byte
 )
 PERCENT = View(
     name="percent",
     escape=re.compile(rb"%([0-9a-fA-F]{2})"),
     decode=lambda match: bytes([int(match.group(1), 16)]),
     constant=None,
-    partial=re.compile(rb"(?P<cut>%[0-9a-fA-F]?)\Z"),
+    width=3,  # %41 is one byte
 )
-# Line breaks inside base64 (raw or JSON-escaped): the view has none of them.
+# Line breaks inside base64 (raw or JSON-escaped): the view has none of them. A JSON
+# writer may escape the base64's `/` as `\/` as well (PHP's json_encode does by default).
+_BREAKS = re.compile(rb"[\r\n]|\\[rn]")
 LINE_BREAKS = View(
     name="lines",
-    escape=re.compile(rb"[\r\n]|\\[rn]"),
-    decode=lambda match: b"",
-    constant=b"",
-    partial=re.compile(rb"(?P<cut>\\)\Z"),
+    escape=re.compile(rb"[\r\n]|\\[rn]|\\(/)"),
+    decode=lambda match: match.group(1) or b"",
+    constant=None,
+    width=2,  # base64 in lines of two or more characters, CRLF-broken
 )
 VIEWS = (JSON_STRING, PERCENT, LINE_BREAKS)
+# Source bytes past `width` times the longest form that a form may need: a surrogate pair.
+WIDEST_ESCAPE = 12
 
 
 def active_views(data: bytes) -> tuple[View, ...]:

@@ -1,10 +1,13 @@
 """Relay: the upstream's answer back to the agent, with every value redacted from what the
 agent receives: the status line's reason phrase, header names and values, and the body,
-whole or streamed, holding back only what could be the start of a value."""
+whole or streamed. A stream's last bytes are held back whatever they are (see FLUSH_DELAY)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -12,7 +15,7 @@ from multidict import CIMultiDict
 from blindkey.audit.record import AuditRecord
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError
 from blindkey.proxy.parse import HOP_BY_HOP
-from blindkey.proxy.redact import Redactor
+from blindkey.proxy.redact import FLUSH_DELAY, Redactor, RedactStream
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 from blindkey.proxy.upstream.decoding import undecodable
 
@@ -20,6 +23,8 @@ log = logging.getLogger("blindkey.proxy")
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding"}
 # Answers up to this size with a known length are read whole and sent with a length.
 SMALL_BODY = 2**16
+# Streamed chunks this big that hold escapes are redacted off the event loop.
+OFFLOAD = 2**14
 
 
 async def relay(
@@ -75,15 +80,12 @@ async def relay(
     # or an upstream reset leave the record saying so, with the bytes and redactions so far.
     record.cut()
     try:
-        async for chunk in upstream.iter_chunks():
-            out = stream.feed(chunk)
-            if out:
+        async with contextlib.aclosing(
+            _redacted(upstream.iter_chunks(), stream, record.request_id)
+        ) as outputs:
+            async for out in outputs:
                 record.bytes_out += len(out)
                 await response.write(out)
-        tail = stream.finish()
-        if tail:
-            record.bytes_out += len(tail)
-            await response.write(tail)
     except UpstreamError as exc:
         # Headers are gone; all we can do is cut the stream so the agent sees a failure.
         log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
@@ -96,3 +98,57 @@ async def relay(
     # The end of the stream is written by aiohttp once the handler returns: after the
     # edge has written the record, so no agent holds a whole answer without its record.
     return response
+
+
+async def _redacted(
+    chunks: AsyncIterator[bytes], stream: RedactStream, request_id: str
+) -> AsyncGenerator[bytes, None]:
+    """`chunks` through `stream`, flushing the held tail FLUSH_DELAY after it began to be
+    held (read here at each call, so a test can change it).
+
+    The next chunk is read by a task that a pause never cancels: cancelling a read midway
+    would leave the upstream connection in an unknown state.
+    """
+    delay = FLUSH_DELAY
+    loop = asyncio.get_running_loop()
+    reader = chunks.__aiter__()
+    pending: asyncio.Task[bytes] | None = None
+    # When the held bytes go out if no flush came first: FLUSH_DELAY after the oldest of
+    # them was held, so no byte waits longer, however fast or slow the stream runs.
+    deadline: float | None = None
+    try:
+        while True:
+            try:
+                if deadline is not None:
+                    pending = asyncio.ensure_future(anext(reader))
+                    pending.set_name(f"relay-read-{request_id}")
+                    wait = max(0.0, deadline - loop.time())
+                    done, _ = await asyncio.wait((pending,), timeout=wait)
+                    if not done:
+                        deadline = None
+                        if flushed := stream.flush():
+                            yield flushed
+                    chunk = await pending
+                    pending = None
+                else:
+                    chunk = await anext(reader)
+            except StopAsyncIteration:
+                break
+            # An escape-dense chunk costs the views a Python call per escape (a few MiB/s):
+            # it is redacted on a worker thread, so the loop answers other calls meanwhile.
+            if len(chunk) >= OFFLOAD and (b"%" in chunk or b"\\" in chunk):
+                out = await asyncio.to_thread(stream.feed, chunk)
+            else:
+                out = stream.feed(chunk)
+            if not stream.tail:
+                deadline = None
+            elif deadline is None:
+                deadline = loop.time() + delay
+            if out:
+                yield out
+        tail = stream.finish()
+        if tail:
+            yield tail
+    finally:
+        if pending is not None:
+            pending.cancel()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from blindkey.broker.vault import FileVault
 from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from tests.proxy.conftest import SECRET, open_env
@@ -17,7 +18,9 @@ from tests.proxy.upstream.test_pool import RawServer, answer_each, serve
 MARK = b"[REDACTED:GITHUB_TOKEN]"
 
 
-async def proxied(home: Paths, answer: bytes) -> tuple[bytes, RawServer]:
+async def proxied(
+    home: Paths, answer: bytes, inject: str = "GITHUB_TOKEN"
+) -> tuple[bytes, RawServer]:
     """The proxy's whole answer, as bytes on the wire, to a call the hostile upstream gets."""
     async with serve(answer_each(answer)) as server:
 
@@ -31,7 +34,7 @@ async def proxied(home: Paths, answer: bytes) -> tuple[bytes, RawServer]:
                 "GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                 f"X-AS-Agent-Token: {env.token}\r\n"
                 f"X-AS-Target-URL: http://127.0.0.1:{server.port}/\r\n"
-                "X-AS-Inject-Bearer: GITHUB_TOKEN\r\n\r\n"
+                f"X-AS-Inject-Bearer: {inject}\r\n\r\n"
             )
             writer.write(request.encode())
             wire = await asyncio.wait_for(reader.read(), 10)
@@ -109,6 +112,28 @@ async def test_interim_answer_with_a_value_never_reaches_the_agent(home: Paths) 
     wire, _ = await proxied(home, answer)
     assert status_line(wire) == b"HTTP/1.1 200 OK"
     assert_no_value(wire)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 2\r\n\r\nok", b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+    ids=["whole", "streamed"],
+)
+async def test_a_non_ascii_value_in_a_header_or_reason_phrase_is_redacted(
+    home: Paths, framing: bytes
+) -> None:
+    # The head is decoded as Latin-1: the UTF-8 bytes of the value become other characters,
+    # which the agent gets UTF-8-encoded again and undoes with one .encode("latin-1").
+    value = "pässwörd-Ünïcode-€-0123456789"
+    FileVault(home).set("development", "UNICODE_KEY", value)
+    raw = value.encode()
+    answer = b"HTTP/1.1 200 " + raw + b"\r\nX-Echo: key=" + raw + b"\r\n" + framing
+    wire, _ = await proxied(home, answer, inject="UNICODE_KEY")
+    head, _ = head_and_body(wire)
+    assert b"X-Echo: key=[REDACTED:UNICODE_KEY]" in head
+    assert status_line(wire) == b"HTTP/1.1 200 [REDACTED:UNICODE_KEY]"
+    for spelling in (raw, raw.decode("latin-1").encode()):
+        assert spelling not in wire and spelling[4:-4] not in wire
 
 
 def gzip_answer(body: bytes, *encoding_lines: bytes) -> bytes:

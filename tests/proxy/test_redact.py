@@ -86,18 +86,31 @@ def test_longest_match_wins_and_names_are_kept() -> None:
     assert out == b"x [REDACTED:LONG] y [REDACTED:SHORT] z"
 
 
-def test_stream_holds_back_only_a_possible_prefix() -> None:
-    stream = Redactor({NAME: VALUE}).stream()
-    assert stream.feed(b"data: hello\n\n") == b"data: hello\n\n"
-    assert stream.feed(b"data: sk-te") == b"data: "
-    assert stream.feed(b"st_4eC39Hq/Lyj+WDar=jt?T1&zd p7dc!\n") == MARK + b"!\n"
-    assert stream.finish() == b""
+def test_stream_holds_the_same_length_whatever_the_bytes_are() -> None:
+    redactor = Redactor({NAME: VALUE})
+    hold = redactor.hold_length(10**6, ())
+    filler = b"x" * 2 * hold
+    # A true prefix of the value, and bytes that begin nothing, are held alike.
+    for ending in (b"sk-test_4eC39H", b"qq-zzzz_0000zz"):
+        stream = redactor.stream()
+        assert stream.feed(filler + ending) == (filler + ending)[:-hold]
+        assert stream.finish() == (filler + ending)[-hold:]
 
 
-def test_prefix_at_end_of_stream_is_released_on_finish() -> None:
+def test_a_value_across_chunks_is_replaced_whole() -> None:
     stream = Redactor({NAME: VALUE}).stream()
-    assert stream.feed(b"tail sk-test_4e") == b"tail "
-    assert stream.finish() == b"sk-test_4e"
+    sent = stream.feed(b"data: sk-te")
+    sent += stream.feed(b"st_4eC39Hq/Lyj+WDar=jt?T1&zd p7dc!\n")
+    assert sent + stream.finish() == b"data: " + MARK + b"!\n"
+
+
+def test_a_flush_sends_all_and_the_rest_of_a_cut_value_is_still_replaced() -> None:
+    stream = Redactor({NAME: VALUE}).stream()
+    assert stream.feed(b"tail sk-test_4e") == b""
+    assert stream.flush() == b"tail sk-test_4e"
+    rest = stream.feed(b"C39Hq/Lyj+WDar=jt?T1&zd p7dc and on")
+    assert rest + stream.finish() == MARK + b" and on"
+    assert stream.count == 1
 
 
 def test_every_chunking_of_every_form() -> None:
@@ -144,6 +157,31 @@ def test_property_no_form_survives_any_chunking(
     # Derived forms may lose a boundary character to alignment, never more than 4 bytes.
     if len(form) > 12:
         assert form[4:-4] not in out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=secret_text,
+    before=noise,
+    after=noise,
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    flushes=st.lists(st.booleans(), max_size=8),
+)
+def test_property_a_flush_never_lets_a_whole_value_through(
+    value: str, before: bytes, after: bytes, cuts: list[int], flushes: list[bool]
+) -> None:
+    redactor = Redactor({NAME: value})
+    data = before + value.encode() + after
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    stream = redactor.stream()
+    out = b""
+    for index, (a, b) in enumerate(zip([0, *points], [*points, len(data)], strict=True)):
+        out += stream.feed(data[a:b])
+        if index < len(flushes) and flushes[index]:
+            out += stream.flush()
+    out += stream.finish()
+    assert value.encode() not in out
+    assert stream.count >= 1
 
 
 @settings(max_examples=150, deadline=None)

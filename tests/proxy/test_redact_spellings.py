@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from blindkey.config.model import MAX_VALUE_BYTES
 from blindkey.proxy.redact import Redactor
+from blindkey.proxy.redact_views import JSON_STRING, PERCENT, active_views
 from tests.proxy.test_redact import redact_all
 
 NAME = "KEY"
@@ -106,19 +107,27 @@ def test_non_ascii_value_in_utf8_latin1_and_escapes() -> None:
     assert Redactor({NAME: latin}).redact(latin.encode("latin-1")) == (MARK, 1)
 
 
-def test_text_with_escapes_and_lines_but_no_value_is_not_held() -> None:
+def test_text_with_escapes_and_lines_but_no_value_comes_out_unchanged() -> None:
     stream = Redactor({NAME: VALUE}).stream()
-    for event in (b'data: {"a": "\\u00e9\\n", "b": "%41"}\n\n', b"data: [DONE]\n\n"):
-        assert stream.feed(event) == event
-    assert stream.finish() == b""
+    events = (b'data: {"a": "\\u00e9\\n", "b": "%41"}\n\n', b"data: [DONE]\n\n")
+    assert b"".join(stream.feed(event) for event in events) + stream.finish() == b"".join(events)
 
 
 def test_an_escape_cut_between_chunks_is_held_then_redacted() -> None:
     body = json_escaped(VALUE, {0, 5})
     stream = Redactor({NAME: VALUE}).stream()
     first = stream.feed(b"x" + body[:3])  # `\u0` of the first character
-    assert first == b"x"
     assert first + stream.feed(body[3:] + b"y") + stream.finish() == b"x" + MARK + b"y"
+
+
+def test_the_hold_widens_with_the_escapes_in_use() -> None:
+    redactor = Redactor({NAME: VALUE})
+    plain = redactor.hold_length(10**6, ())
+    assert redactor.hold_length(10**6, active_views(b"\\u0041")) > 5 * plain
+    # A form spelled with an escape for every byte fits in what is held.
+    body = b"y" * 10**4 + json_escaped(VALUE, set(range(len(VALUE))))
+    stream = redactor.stream()
+    assert stream.feed(body[:-1]) + stream.feed(body[-1:]) + stream.finish() == b"y" * 10**4 + MARK
 
 
 def pem(size: int) -> str:
@@ -200,3 +209,38 @@ def test_property_the_counting_map_of_line_breaks_agrees_with_the_general_one(
     for position in range(len(LINE_BREAKS.render(data)) + 1):
         assert counting.source_start(position) == general.source_start(position), position
         assert counting.source_end(position) == general.source_end(position), position
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.sampled_from([b"%", b"4", b"1", b"e", b"F", b"z", b"\\", b"x", b"\xe9"])))
+def test_property_percent_rendered_in_c_agrees_with_the_regex(data: list[bytes]) -> None:
+    joined = b"".join(data)
+    assert PERCENT.render(joined) == PERCENT.escape.sub(PERCENT.decode, joined)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.lists(
+        st.sampled_from(
+            [
+                b"\\",
+                b"u",
+                b"d",
+                b"8",
+                b"3",
+                b"D",
+                b"c",
+                b"e",
+                b"0",
+                b"0041",
+                b'"',
+                b"/",
+                b"n",
+                b"\x01",
+            ]
+        )
+    )
+)
+def test_property_json_rendered_in_c_agrees_with_the_regex(data: list[bytes]) -> None:
+    joined = b"".join(data)
+    assert JSON_STRING.render(joined) == JSON_STRING.escape.sub(JSON_STRING.decode, joined)
