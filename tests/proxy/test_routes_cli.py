@@ -128,8 +128,8 @@ async def test_add_and_remove_are_in_force_when_the_command_returns(home: Paths)
                 assert response.status == 200
             await blindkey(env, "route", "remove", "echo")
             async with env.session.get(url, headers=auth) as response:
-                assert response.status == 400
-                assert "no route named 'echo'" in (await response.json())["message"]
+                assert response.status == 404
+                assert "no route named 'echo'" in (await response.json())["error"]["message"]
 
 
 def test_urls_name_the_running_proxy_and_what_an_sdk_takes(home: Paths, run_cli: RunCli) -> None:
