@@ -29,7 +29,8 @@ blindkey() { "$PYTHON" -m blindkey.proxy "$@"; }
 read_token='import json,sys; print(json.load(sys.stdin)["token"])'
 for i in $(seq 1 "$RUNS"); do
   blindkey allowlist add "http://127.0.0.1:$UPSTREAM_PORT" >/dev/null
-  printf %s "$VALUE_PREFIX-$i" | blindkey secrets set "KEY_$i" --host "http://127.0.0.1:$UPSTREAM_PORT" >/dev/null
+  printf %s "$VALUE_PREFIX-$i" \
+    | blindkey secrets set "KEY_$i" --host "http://127.0.0.1:$UPSTREAM_PORT" >/dev/null
   TOKEN=$(blindkey agent add "agent-$i" --json | "$PYTHON" -c "$read_token")
   curl -s -o /dev/null -D - http://127.0.0.1:"$PROXY_PORT"/proxy \
     -H "X-AS-Agent-Token: $TOKEN" \
