@@ -40,6 +40,7 @@ def secret_view(policy: SecretPolicy) -> View:
         "agents": sorted(policy.agents),
         "release": sorted(policy.release),
         "approvals": policy.approvals,
+        "allow_range": policy.allow_range,
     }
 
 
@@ -76,6 +77,9 @@ def _secret_widenings(name: str, before: View, after: View) -> list[str]:
         found.append(f"secret {name} may be used by {', '.join(after['agents'])}")
     if _more(before["release"], after["release"]):
         found.append(f"secret {name} is released to {', '.join(after['release'])}")
+    # A policy kept before the key existed has none: it did not allow parts.
+    if after.get("allow_range") and not before.get("allow_range"):
+        found.append(f"secret {name} may be read in slices (allow_range)")
     return found
 
 

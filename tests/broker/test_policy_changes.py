@@ -10,6 +10,8 @@ import pwd
 
 import pytest
 
+from blindkey.broker.policy import policy_view, widenings
+from blindkey.config.model import SecretPolicy, Settings
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import Approver, audit_events, cli, enrol
 
@@ -114,3 +116,16 @@ def test_import_refuses_bad_lines_by_number_and_stores_nothing(home: Paths) -> N
     code, out, _ = cli("secrets", "list", "--json")
     assert json.loads(out) == []
     assert audit_events(home.audit_dir, "config") == []
+
+
+def test_allowing_parts_is_a_widening_and_disallowing_them_is_not() -> None:
+    """`allow_range = true` lets a value be read in slices (SECURITY.md, Range)."""
+    closed = policy_view(Settings(secrets={"K": SecretPolicy(allow_range=False)}))
+    opened = policy_view(Settings(secrets={"K": SecretPolicy(allow_range=True)}))
+    assert widenings(closed, opened, lambda name: True) == [
+        "secret K may be read in slices (allow_range)"
+    ]
+    assert widenings(opened, closed, lambda name: True) == []
+    kept_before_the_key = {**closed, "secrets": {"K": {**closed["secrets"]["K"]}}}
+    del kept_before_the_key["secrets"]["K"]["allow_range"]
+    assert widenings(kept_before_the_key, opened, lambda name: True)
