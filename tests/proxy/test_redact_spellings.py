@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blindkey.config.model import MAX_VALUE_BYTES
-from blindkey.proxy.redact import Redactor
+from blindkey.proxy.redact import NUL_ANCHOR, Redactor
 from blindkey.proxy.redact_views import JSON_STRING, PERCENT, active_views
 from tests.proxy.test_redact import redact_all
 
@@ -244,3 +244,24 @@ def test_property_percent_rendered_in_c_agrees_with_the_regex(data: list[bytes])
 def test_property_json_rendered_in_c_agrees_with_the_regex(data: list[bytes]) -> None:
     joined = b"".join(data)
     assert JSON_STRING.render(joined) == JSON_STRING.escape.sub(JSON_STRING.decode, joined)
+
+
+def test_base32_is_found_in_any_case_at_any_alignment() -> None:
+    value = "sk-live-0123456789abcdefghij"
+    redactor = Redactor({"K": value})
+    for pad in range(5):
+        text = base64.b32encode(b"p" * pad + value.encode())
+        for spelled in (text, text.lower(), text.swapcase()):
+            out, count = redactor.redact(b"<" + spelled + b">")
+            assert count == 1 and b"[REDACTED:K]" in out, (pad, spelled)
+
+
+def test_a_long_utf16_value_is_confirmed_whole_past_its_anchor() -> None:
+    """UTF-16/32 forms go to Hyperscan by their first NUL_ANCHOR bytes: the rest is compared."""
+    value = "v" * 30 + "-0123456789abcdefghijklmnopqrstuvwxyz"
+    redactor = Redactor({"K": value})
+    whole = value.encode("utf-16-le")
+    assert len(whole) > NUL_ANCHOR
+    assert redactor.redact(b"[" + whole + b"]")[1] == 1
+    changed = value[:-1] + "!"
+    assert redactor.redact(changed.encode("utf-16-le"))[1] == 0
