@@ -164,8 +164,7 @@ class _Matcher:
                 continue
             database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             expressions = [
-                keys[i][0] if literal else b"".join(b"\\x%02x" % c for c in keys[i][0])
-                for i in ids
+                keys[i][0] if literal else b"".join(b"\\x%02x" % c for c in keys[i][0]) for i in ids
             ]
             caseless = hyperscan.HS_FLAG_SOM_LEFTMOST | hyperscan.HS_FLAG_CASELESS
             database.compile(
