@@ -71,5 +71,7 @@ async def test_health_keeps_answering_while_an_escape_dense_answer_streams(home:
             size, answered = await asyncio.gather(relay_dense(), health_calls())
     assert size == CHUNKS * len(CHUNK)
     # On the loop, each chunk's redaction held up every other call: a health check got
-    # through once in several chunks. Off it, several get through while one is redacted.
-    assert answered >= CHUNKS, answered
+    # through once in several chunks (2-3 in all). Off it, one or more get through while a
+    # chunk is redacted (48-281 here alone, 27 beside the whole suite on 2 cores): the bar
+    # is set well above the first and below the busiest second.
+    assert answered >= CHUNKS // 4, answered

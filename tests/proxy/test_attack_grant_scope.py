@@ -118,9 +118,10 @@ async def _exec(env: Env, name: str) -> dict[str, Any]:
 async def test_a_grant_from_a_request_releases_nothing_to_exec(env: Env) -> None:
     # Released to exec before an approver exists: afterwards that widening needs a code.
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="controlled", release=["proxy", "exec"])
-    human = await asyncio.to_thread(enrol)
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    # In force before the approver exists (the broker takes the file in on its own).
+    await eventually_status(env, 403, headers, code="approval_required", timeout=10)
+    human = await asyncio.to_thread(enrol)
     _, _, body = await env.call(headers=headers)
     request = orjson.loads(body)["approval_id"]
     code, _, err = await acli("approve", "--request", request, "--code", human.code())
