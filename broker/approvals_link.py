@@ -13,17 +13,28 @@ from blindkey.broker.approvals import Approvals, Exists
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
 from blindkey.broker.approvals_ops import run_action
 from blindkey.broker.backends import open_backend
-from blindkey.broker.notify import TIMEOUT
-from blindkey.broker.protocol import FrameDecoder, Message, ProtocolError, encode
+from blindkey.broker.notify import TIMEOUT, _answer
+from blindkey.broker.protocol import Message, ProtocolError
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 
+# What a CLI command says when this home's broker belongs to another user.
+NOT_THIS_USERS = (
+    "this user may not open the broker's socket: approvals are managed by the "
+    "broker's user (e.g. `sudo -u BROKER_USER blindkey ...`)"
+)
 
-def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | None:
+
+def ask_broker(
+    paths: Paths, op: str, action: str, params: dict[str, Any], *, foreign: str | None
+) -> Message | None:
+    """One request of a CLI command to this home's broker: its reply, or None when no
+    broker runs. A broker of another user is refused with `foreign`, or taken as none when
+    `foreign` is None (it does not serve this user's files)."""
     settings = load_settings(paths.config_file)
-    request = {"id": 1, "op": "approvals", "action": action, "params": params}
+    request = {"id": 1, "op": op, "action": action, "params": params}
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(TIMEOUT)
         try:
@@ -31,20 +42,11 @@ def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | 
         except (FileNotFoundError, ConnectionRefusedError):
             return None
         except PermissionError as exc:
-            raise BlindkeyError(
-                "this user may not open the broker's socket: approvals are managed by the "
-                "broker's user (e.g. `sudo -u BROKER_USER blindkey ...`)"
-            ) from exc
+            if foreign is None:
+                return None
+            raise BlindkeyError(foreign) from exc
         try:
-            sock.sendall(encode(request))
-            frames = FrameDecoder()
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    raise BlindkeyError("the broker closed the connection; is it this user's?")
-                for reply in frames.feed(data):
-                    if reply.get("id") == 1:
-                        return reply
+            return _answer(sock, request)
         except TimeoutError as exc:
             raise BlindkeyError("the broker did not answer in time; retry") from exc
         except (OSError, ProtocolError) as exc:
@@ -71,7 +73,7 @@ def _store_has(paths: Paths, settings: Settings) -> Exists:
 def call(paths: Paths, action: str, **params: Any) -> Any:
     """The action's result; raises CodeRefused (exit 4), CodeNeeded or BlindkeyError."""
     params = {k: v for k, v in params.items() if v is not None}
-    reply = _ask_broker(paths, action, params)
+    reply = ask_broker(paths, "approvals", action, params, foreign=NOT_THIS_USERS)
     if reply is None:
         settings = load_settings(paths.config_file)
         return run_action(Approvals(paths), settings, action, params, _store_has(paths, settings))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -16,11 +15,9 @@ import tomlkit
 from blindkey.audit.events import append_event
 from blindkey.broker.approvals import Approvals
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
-from blindkey.broker.approvals_link import read_code
+from blindkey.broker.approvals_link import ask_broker, read_code
 from blindkey.broker.backends import open_backend
-from blindkey.broker.notify import TIMEOUT, _answer
 from blindkey.broker.policy import View, accept_policy, policy_view, settings_from_text
-from blindkey.broker.protocol import Message, ProtocolError
 from blindkey.config.edit import edit_config
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
@@ -41,26 +38,6 @@ def unix_user() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid:{os.getuid()}"
-
-
-def _ask_broker(paths: Paths, action: str, params: dict[str, Any]) -> Message | None:
-    settings = load_settings(paths.config_file)
-    request = {"id": 1, "op": "config", "action": action, "params": params}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
-        except (FileNotFoundError, ConnectionRefusedError):
-            return None
-        except PermissionError:
-            # Another user's broker: it does not serve this user's config.toml.
-            return None
-        try:
-            return _answer(sock, request)
-        except TimeoutError as exc:
-            raise BlindkeyError("the broker did not answer in time; retry") from exc
-        except (OSError, ProtocolError) as exc:
-            raise BlindkeyError(f"the broker's answer broke off: {exc}") from exc
 
 
 def _assume_held(name: str) -> bool:
@@ -93,7 +70,8 @@ def _in_process(paths: Paths, action: str, params: dict[str, Any]) -> Any:
 
 def _accept(paths: Paths, action: str, params: dict[str, Any]) -> dict[str, Any]:
     params = {k: v for k, v in params.items() if v is not None}
-    reply = _ask_broker(paths, action, params)
+    # Another user's broker does not serve this user's config.toml: judged here instead.
+    reply = ask_broker(paths, "config", action, params, foreign=None)
     if reply is None or reply.get("error") == "not_broker_user":
         result: dict[str, Any] = _in_process(paths, action, params)
         return result
