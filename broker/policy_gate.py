@@ -20,6 +20,7 @@ from blindkey.broker.policy import (
     widenings,
 )
 from blindkey.config.errors import BlindkeyError, ConfigError
+from blindkey.config.loader import read_config_text as loaded_text
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 
@@ -27,19 +28,12 @@ log = logging.getLogger("blindkey.broker")
 
 
 def read_config_text(file: Path) -> str:
-    try:
-        raw = file.read_bytes()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{file}: no such file; run `blindkey init` to create it") from exc
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
-    if not raw.strip():
-        # An editor truncates before it writes: never take that for "no policy".
+    """The file's text; an empty one is refused: an editor truncates before it writes, and
+    that is never "no policy"."""
+    text = loaded_text(file)
+    if not text.strip():
         raise ConfigError(f"{file}: the file is empty")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not UTF-8 text") from exc
+    return text
 
 
 def _sha(text: str) -> str:

@@ -394,7 +394,8 @@ def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
     )
 
 
-def load_settings(file: Path) -> Settings:
+def read_config_text(file: Path) -> str:
+    """The file's text, or ConfigError saying why it cannot be had."""
     try:
         raw = file.read_bytes()
     except FileNotFoundError as exc:
@@ -402,9 +403,15 @@ def load_settings(file: Path) -> Settings:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{file}: not UTF-8 text") from exc
+
+
+def load_settings(file: Path) -> Settings:
+    text = read_config_text(file)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
     return parse_settings(file, data)
