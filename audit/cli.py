@@ -9,31 +9,17 @@ from typing import Any
 
 import orjson
 
-from blindkey.audit.printable import inert_json, printable
+from blindkey.audit.printable import event_detail, inert_json, printable
 from blindkey.audit.reader import Filter, follow, iter_all, last_records, parse_since
 from blindkey.audit.writer import audit_file
 from blindkey.config.console import say
 from blindkey.config.paths import Paths
 
-_NOT_SHOWN = frozenset({"ts", "event", "seq", "chain"})
-
-
-def _shown(value: Any) -> str:
-    """A field as a person reads it: lists joined by commas, objects as JSON, no reprs."""
-    if isinstance(value, list):
-        return ",".join(_shown(item) for item in value)
-    if isinstance(value, dict):
-        return orjson.dumps(value).decode()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
 
 def _line(record: dict[str, Any]) -> str:
     if record.get("event", "request") != "request":
         # Grants, exec, config changes...: their own fields, after the event's name.
-        rest = {k: v for k, v in record.items() if k not in _NOT_SHOWN and v not in (None, [])}
-        detail = "  ".join(f"{k}={_shown(v)}" for k, v in rest.items())
+        detail = event_detail(record)
         return f"{record.get('ts', '')}  {record.get('event')!s:7}  {detail}"
     secrets = ",".join(record.get("secrets") or []) or "-"
     outcome = record.get("status") if record.get("decision") == "allowed" else record.get("reason")

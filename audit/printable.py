@@ -10,6 +10,10 @@ text through `printable`; JSON output needs nothing, its encoder escapes them al
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import orjson
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -34,6 +38,30 @@ def printable(value: object) -> str:
     if text.isprintable():
         return text
     return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+# An event record's own fields: what `proxy logs` and the report show after its name.
+_NOT_DETAIL = frozenset({"ts", "event", "seq", "chain"})
+
+
+def field_text(value: object) -> str:
+    """A field as a person reads it: lists joined by commas, objects as JSON, no reprs."""
+    if isinstance(value, list):
+        return ",".join(field_text(item) for item in value)
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def event_detail(record: Mapping[str, object]) -> str:
+    """`key=value` for each field of an event record that says something (not yet escaped)."""
+    return "  ".join(
+        f"{key}={field_text(value)}"
+        for key, value in record.items()
+        if key not in _NOT_DETAIL and value not in (None, [], "")
+    )
 
 
 # What JSON may carry raw but a terminal may obey (C1 controls: 0x9b is an 8-bit CSI) or

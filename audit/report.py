@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from html import escape as _html
 from typing import Any
 
-import orjson
-
-from blindkey.audit.printable import printable
+from blindkey.audit.events import EVENTS
+from blindkey.audit.printable import event_detail, printable
 from blindkey.audit.summary import Summary, Tally, summarise, timeline
 from blindkey.audit.verify import Verdict
 
@@ -26,21 +25,7 @@ MAX_FLAGGED = 200
 MAX_EVENTS = 200
 # Records a security lead looks for beside the calls: who changed policy, who approved what,
 # who was refused a code, what was handed out raw, what an outage left as a count.
-LISTED_EVENTS = frozenset(
-    {
-        "config",
-        "grant",
-        "grant_revoked",
-        "grant_expired",
-        "code_refused",
-        "locked_out",
-        "elevate",
-        "env",
-        "exec",
-        "gap",
-    }
-)
-_NOT_LISTED = frozenset({"ts", "event", "seq", "chain"})
+LISTED_EVENTS = (frozenset(EVENTS) - {"request", "mcp"}) | {"gap"}
 Points = list[tuple[datetime, int, int]]
 
 
@@ -186,25 +171,13 @@ def _flagged(flagged: deque[dict[str, Any]], count: int) -> str:
     )
 
 
-def _field(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(_field(item) for item in value)
-    if isinstance(value, dict):
-        return orjson.dumps(value).decode()
-    return str(value)
-
-
 def _events(events: deque[dict[str, Any]], count: int) -> str:
     title = "Changes, approvals and releases"
     if not events:
         return f"<h2>{title}</h2><p class=muted>None in this period.</p>"
     rows = []
     for record in events:
-        detail = "  ".join(
-            f"{k}={_field(v)}"
-            for k, v in record.items()
-            if k not in _NOT_LISTED and v not in (None, [], "")
-        )
+        detail = event_detail(record)
         rows.append(
             f"<tr><td>{escape(str(record.get('ts', '')))}</td>"
             f"<td>{escape(str(record.get('event')))}</td><td>{escape(detail)}</td>"
