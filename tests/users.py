@@ -5,27 +5,22 @@ Users the tests create are removed again; users that were already there are left
 
 from __future__ import annotations
 
-import fcntl
-import os
 import pwd
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from blindkey.config.atomic import locked
 
 # One lock for the whole machine: two `make test` runs at once must not create, use and
 # delete the same system users (or system units) under each other.
 MACHINE_LOCK = "/tmp/blindkey-tests-machine.lock"
 
 
-@contextmanager
-def machine_lock() -> Iterator[None]:
+def machine_lock() -> AbstractContextManager[None]:
     """Hold the machine-wide lock for the block; a concurrent run waits its turn."""
-    fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return locked(Path(MACHINE_LOCK))
 
 
 def _exists(name: str) -> bool:

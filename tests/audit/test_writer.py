@@ -5,11 +5,12 @@ records and makes the writer unavailable until they land."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,17 +147,8 @@ async def test_close_writes_a_turn_still_waiting(tmp_path: Path) -> None:
 async def test_a_turn_the_full_disk_refuses_is_held_in_order(tmp_path: Path) -> None:
     """Every caller of the turn hears that its record is held (so none answers as if it
     were written), and the records land in their order once space returns."""
-    with small_tmpfs(tmp_path / "disk") as disk:
+    async with full_disk(tmp_path) as (writer, disk, i):
         audit_dir = disk / "audit"
-        writer = AuditWriter(audit_dir)
-        await writer.start()
-        assert await writer.commit(request(0)) is None
-        fill(disk / "filler")
-        i = 1
-        while writer.available:  # the free space a full tmpfs still had goes first
-            await writer.commit(request(i))
-            i += 1
-            assert i < 1000, "a full tmpfs took every record"
         turn = await asyncio.gather(*(writer.commit(request(j)) for j in range(i, i + 5)))
         assert [held["request_id"] for held in turn if held] == [
             f"req-{j}" for j in range(i, i + 5)
@@ -350,15 +342,21 @@ async def test_a_torn_fragment_does_not_swallow_the_next_record(tmp_path: Path) 
     assert orjson.loads(raw[2])["seq"] == 2
 
 
-async def _unavailable(writer: AuditWriter, disk: Path) -> int:
-    """Fill the disk and commit until the writer says it cannot write; the next index."""
-    fill(disk / "filler")
-    i = 1
-    while writer.available:  # the free space a full tmpfs still had goes first
-        await writer.commit(request(i))
-        i += 1
-        assert i < 1000, "a full tmpfs took every record"
-    return i
+@contextlib.asynccontextmanager
+async def full_disk(tmp_path: Path) -> AsyncIterator[tuple[AuditWriter, Path, int]]:
+    """A writer on a real tmpfs that one record reached before the disk was filled, and
+    committed to until it said it cannot write: (writer, disk, the next record's index)."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        writer = AuditWriter(disk / "audit")
+        await writer.start()
+        assert await writer.commit(request(0)) is None
+        fill(disk / "filler")
+        i = 1
+        while writer.available:  # the free space a full tmpfs still had goes first
+            await writer.commit(request(i))
+            i += 1
+            assert i < 1000, "a full tmpfs took every record"
+        yield writer, disk, i
 
 
 async def test_records_past_the_held_ones_are_counted_not_lost(
@@ -367,12 +365,8 @@ async def test_records_past_the_held_ones_are_counted_not_lost(
     """Issue: an outage beyond MAX_HELD dropped records of answered calls and `audit verify`
     still said ok. Now they land as one `event: gap` record that verify reports."""
     monkeypatch.setattr(writer_module, "MAX_HELD", 5)
-    with small_tmpfs(tmp_path / "disk") as disk:
+    async with full_disk(tmp_path) as (writer, disk, i):
         audit_dir = disk / "audit"
-        writer = AuditWriter(audit_dir)
-        await writer.start()
-        assert await writer.commit(request(0)) is None
-        i = await _unavailable(writer, disk)
         for j in range(i, i + 20):
             refused = request(j)
             refused.decision, refused.reason = "blocked", "audit_unavailable"
@@ -392,12 +386,8 @@ async def test_records_past_the_held_ones_are_counted_not_lost(
 async def test_space_for_part_of_the_backlog_is_used_at_once(tmp_path: Path) -> None:
     """Issue: the retry wrote the whole backlog in one write(), so freeing less space than
     the backlog took left the proxy refusing calls for good. Now it writes what fits."""
-    with small_tmpfs(tmp_path / "disk") as disk:
+    async with full_disk(tmp_path) as (writer, disk, i):
         audit_dir = disk / "audit"
-        writer = AuditWriter(audit_dir)
-        await writer.start()
-        assert await writer.commit(request(0)) is None
-        i = await _unavailable(writer, disk)
         for j in range(i, i + 200):
             writer.submit(record(j))
         backlog = len(writer.held)
