@@ -77,6 +77,12 @@ def call(paths: Paths, action: str, **params: Any) -> Any:
     if reply is None:
         settings = load_settings(paths.config_file)
         return run_action(Approvals(paths), settings, action, params, _store_has(paths, settings))
+    return reply_result(reply)
+
+
+def reply_result(reply: Message) -> Any:
+    """A broker reply's result; its error as CodeRefused (exit 4), CodeNeeded or
+    BlindkeyError."""
     error = reply.get("error")
     if error is None:
         return reply.get("result")

@@ -14,8 +14,8 @@ import tomlkit
 
 from blindkey.audit.events import append_event
 from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
-from blindkey.broker.approvals_link import ask_broker, read_code
+from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals_link import ask_broker, read_code, reply_result
 from blindkey.broker.backends import open_backend
 from blindkey.broker.policy import View, accept_policy, policy_view, settings_from_text
 from blindkey.config.edit import edit_config
@@ -75,17 +75,8 @@ def _accept(paths: Paths, action: str, params: dict[str, Any]) -> dict[str, Any]
     if reply is None or reply.get("error") == "not_broker_user":
         result: dict[str, Any] = _in_process(paths, action, params)
         return result
-    error = reply.get("error")
-    if error is None:
-        answer: dict[str, Any] = reply.get("result") or {}
-        return answer
-    message = str(reply.get("message", error))
-    refusal = refusal_from(str(error), message)
-    if refusal is not None:
-        raise refusal
-    if error == "code_needed":
-        raise CodeNeeded(message)
-    raise BlindkeyError(message)
+    answer: dict[str, Any] = reply_result(reply) or {}
+    return answer
 
 
 def accept(
