@@ -30,7 +30,7 @@ CLI_TIMEOUT = 60.0
 
 def cli(env: dict[str, str], *args: str, stdin: str = "", check: bool = True) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "blindkey.proxy", *args],
+        [sys.executable, "-m", "blindkey.cli", *args],
         env=env,
         input=stdin,
         capture_output=True,
