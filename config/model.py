@@ -157,7 +157,13 @@ class AllowlistSettings:
 
 @dataclass(frozen=True)
 class SecretPolicy:
-    tier: str = setting(choice(TIERS), "open", "open | controlled | restricted")
+    tier: str = setting(
+        choice(TIERS),
+        "open",
+        "open | controlled | restricted",
+        doc="open: used without a grant; controlled, restricted: only under a grant a human "
+        "approved with a TOTP code (lasting [approvals] controlled_ttl, restricted_ttl)",
+    )
     # Where the value may go: allowlist entries (scheme, host pattern and port, exactly).
     hosts: tuple[AllowEntry, ...] = setting(
         string_list(AllowEntry.binding, _entry_text, "list of allowlist entries"),
@@ -226,7 +232,7 @@ class Route:
     to: str = setting(
         text(),
         "",
-        doc="the upstream base URL (required)",
+        doc="the upstream base URL: `/r/NAME/REST` goes to it + REST",
         example="https://api.openai.com",
         required=True,
     )
@@ -234,14 +240,13 @@ class Route:
         choice(ROUTE_STYLES),
         "",
         " | ".join(ROUTE_STYLES),
-        doc="how the secret goes in (required): as a bearer token, basic auth, a header or a "
-        "query parameter",
+        doc="how the secret goes in: as a bearer token, basic auth, a header or a query parameter",
         example="bearer",
         required=True,
         key="inject",
     )
     secret: str = setting(
-        text(), "", doc="the secret injected (required)", example="OPENAI_API_KEY", required=True
+        text(), "", doc="the secret injected", example="OPENAI_API_KEY", required=True
     )
     # The header (style header) or query parameter (style query) that carries the value.
     param: str = setting(

@@ -101,7 +101,7 @@ class OpenBaoSettings:
     address: str = setting(
         Kind(bao_address, toml_value, "http(s) URL: scheme, host and port"),
         "",
-        doc="where the store answers (required)",
+        doc="where the store answers",
         example="https://bao.example.com:8200",
         required=True,
     )
@@ -138,7 +138,7 @@ class OpenBaoSettings:
 
 @dataclass(frozen=True)
 class BackendSettings:
-    kind: str = setting(choice(BACKENDS), "file")
+    kind: str = setting(choice(BACKENDS), "file", doc="where values are kept (the notes above)")
     # keyring and openbao: how long a value read stays in the broker's memory
     cache_ttl: float = setting(
         DURATION, DEFAULT_CACHE_TTL, "keyring, openbao: how long the broker keeps a value read"

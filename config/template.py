@@ -33,7 +33,7 @@ def _commented(text: str, comment: str) -> list[str]:
     if not comment:
         return [text]
     first, *more = comment.split("\n")
-    return [f"{text:<{COMMENT_COLUMN}}# {first}"] + [
+    return [f"{text:<{COMMENT_COLUMN - 1}} # {first}"] + [
         f"{'':<{COMMENT_COLUMN}}# {rest}" for rest in more
     ]
 
