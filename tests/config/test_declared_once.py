@@ -20,6 +20,7 @@ import pytest
 from blindkey.config.docs import REGENERATE, configuration_markdown
 from blindkey.config.errors import ConfigError
 from blindkey.config.fields import keys, sections
+from blindkey.config.home import init_config
 from blindkey.config.hosts import AllowEntry
 from blindkey.config.loader import load_settings, parse_settings
 from blindkey.config.model import (
@@ -32,6 +33,7 @@ from blindkey.config.model import (
     SecretPolicy,
     Settings,
 )
+from blindkey.config.paths import resolve_paths
 from blindkey.config.stores import (
     BackendSettings,
     BrokerSettings,
@@ -224,3 +226,15 @@ def test_the_docs_name_every_declared_key_of_every_table() -> None:
         part = text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
         for key in keys(section.model):
             assert f"| `{key.name}` |" in part, (title, key.name)
+
+
+def test_init_with_openbao_writes_a_file_that_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    monkeypatch.setenv("BAO_ADDR", "https://bao.example.com:8200")
+    monkeypatch.setenv("BLINDKEY_HOME", str(tmp_path / "home"))
+    paths = resolve_paths()
+    assert init_config(paths, "openbao")
+    settings = load_settings(paths.config_file)
+    assert settings.storage.openbao == OpenBaoSettings(address="https://bao.example.com:8200")
