@@ -1,9 +1,9 @@
 """Declaring a config key once: the model's field carries its parser, default and comment.
 
-`setting(...)` is a dataclass field whose metadata is a `Key`; `section(...)` is a field of
-`Settings` whose metadata is a `Section` (a TOML table and the model of its keys). The
-loader, the template and docs/configuration.md all iterate these, so a key added to a
-model is read, written and documented without a second list to keep in step.
+`setting(...)` is a dataclass field whose metadata is a `Key`; a field of `Settings` whose
+metadata is `table(...)` or `named_tables(...)` is a TOML table and the model of its keys.
+The loader, the template, CLI edits and docs/configuration.md all iterate these, so a key
+added to a model is read, written and documented without a second list to keep in step.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomlkit
 
 from blindkey.config.docs import REGENERATE, configuration_markdown
+from blindkey.config.edit import toml_table
 from blindkey.config.errors import ConfigError
 from blindkey.config.fields import keys, sections
 from blindkey.config.home import init_config
@@ -238,3 +240,12 @@ def test_init_with_openbao_writes_a_file_that_loads(
     assert init_config(paths, "openbao")
     settings = load_settings(paths.config_file)
     assert settings.storage.openbao == OpenBaoSettings(address="https://bao.example.com:8200")
+
+
+@pytest.mark.parametrize("table", [s.name for s in sections(Settings) if s.named])
+def test_a_cli_edit_writes_a_named_table_without_a_bare_parent(table: str) -> None:
+    # `route add` used to leave an empty `[routes]` line above `[routes.NAME]`.
+    document = tomlkit.parse("[proxy]\nport = 8765\n")
+    toml_table(document, table, "ONE")["x"] = 1
+    assert f"\n[{table}]" not in tomlkit.dumps(document)
+    assert f"\n[{table}.ONE]\n" in tomlkit.dumps(document)
