@@ -80,7 +80,9 @@ def _unreachable(path: Path, exc: OSError, timeout: float) -> BrokerUnavailable:
             "to the broker's user"
         )
     # A broker whose queue of connections is full is running: it is busy, not absent.
-    if isinstance(exc, BlockingIOError | TimeoutError):
+    if isinstance(exc, BlockingIOError):
+        return NoAnswer(f"the broker takes no more connections now ({reason})")
+    if isinstance(exc, TimeoutError):
         return NoAnswer(f"the broker did not accept a connection within {timeout:g}s")
     return NotRunning(
         f"the secret broker is not running ({reason}); start it with `blindkey proxy start`"

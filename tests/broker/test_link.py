@@ -258,8 +258,9 @@ def test_a_broker_with_a_full_queue_is_busy_not_absent(home: Paths, sock_dir: Pa
                 waiting.connect(str(sock_dir / "busy.sock"))
             except BlockingIOError:
                 break
-        with pytest.raises(NoAnswer):
+        with pytest.raises(NoAnswer) as info:
             Link(sock_dir / "busy.sock", timeout=SHORT)
+        assert str(info.value).startswith("the broker takes no more connections now (")
         # A change made while the broker is busy is not in force: the command must say so
         # (taken for "no broker runs", it was reported in force).
         point_at(home, sock_dir / "busy.sock")
