@@ -17,9 +17,9 @@ from pathlib import Path
 
 from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals.service import Approvals
+from blindkey.broker.approvals.store import State
 from blindkey.broker.approvals_link import exit_for_refusal
-from blindkey.broker.approvals_store import State
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings

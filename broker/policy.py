@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.grants import RANK
+from blindkey.broker.approvals.grants import RANK
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.vault import read_sealed, write_sealed
 from blindkey.config.atomic import locked
 from blindkey.config.errors import BlindkeyError, ConfigError

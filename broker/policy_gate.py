@@ -10,7 +10,7 @@ import pwd
 from pathlib import Path
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.policy import (
     Held,
     PolicyStore,

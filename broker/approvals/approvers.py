@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from blindkey.audit.record import rfc3339
-from blindkey.broker import totp
-from blindkey.broker.approvals_codes import locked_until, new_approver
-from blindkey.broker.approvals_core import DEFAULT_APPROVER, ApprovalsCore, check_approver_name
-from blindkey.broker.approvals_store import State
+from blindkey.broker.approvals import totp
+from blindkey.broker.approvals.codes import locked_until, new_approver
+from blindkey.broker.approvals.core import DEFAULT_APPROVER, ApprovalsCore, check_approver_name
+from blindkey.broker.approvals.store import State
 from blindkey.config.errors import BlindkeyError
 
 # An enrolment not confirmed within this lapses. Until then it is the only one accepted

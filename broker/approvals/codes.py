@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from blindkey.broker import totp
+from blindkey.broker.approvals import totp
 from blindkey.config.errors import BlindkeyError
 
 MAX_WRONG = 5

@@ -1,6 +1,6 @@
 """What every approvals change goes through: the approvals file under its lock, cached for
 the hot path; its audit events; and an approver's code, checked against the lockout of
-the source it came from. `Approvals` (approvals.py) builds on it."""
+the source it came from. `Approvals` (service.py) builds on it."""
 
 from __future__ import annotations
 
@@ -12,21 +12,21 @@ from typing import Any, TypeVar
 
 from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
-from blindkey.broker.approvals_codes import (
+from blindkey.broker.approvals.codes import (
     LOCKOUT,
     CodeNeeded,
     CodeRefused,
     check_code,
     locked_until,
 )
-from blindkey.broker.approvals_pending import PendingRequests
-from blindkey.broker.approvals_store import (
+from blindkey.broker.approvals.grants import Floors, GrantIndex
+from blindkey.broker.approvals.pending import PendingRequests
+from blindkey.broker.approvals.store import (
     ApprovalsFile,
     ApprovalsUnreadable,
     State,
     empty_state,
 )
-from blindkey.broker.grants import Floors, GrantIndex
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SecretPolicy

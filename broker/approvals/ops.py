@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals, Exists
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
-from blindkey.broker.approvals_core import uid_source
-from blindkey.broker.approvals_pending import PENDING_ID
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.core import uid_source
+from blindkey.broker.approvals.pending import PENDING_ID
+from blindkey.broker.approvals.service import Approvals, Exists
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from blindkey.broker.grants import Scope
+from blindkey.broker.approvals.grants import Scope
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import origin
 

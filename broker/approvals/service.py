@@ -4,7 +4,7 @@ One object, `Approvals`, used by the broker process (which serves it over its so
 when no broker runs, by the CLI in-process on the same files: whoever can do the latter can
 read the broker's files anyway, i.e. is the broker's user. The clock is injected, so tests
 never wait for a TOTP step, a lockout or an expiry. The file, its lock and the codes are in
-approvals_core.py; approvers in approvals_approvers.py; grants and tier floors here.
+core.py; approvers in approvers.py; grants and tier floors here.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from blindkey.audit.record import rfc3339
-from blindkey.broker.approvals_approvers import ApproverBook
-from blindkey.broker.approvals_store import State
-from blindkey.broker.grants import (
+from blindkey.broker.approvals.approvers import ApproverBook
+from blindkey.broker.approvals.grants import (
     RANK,
     Floors,
     Scope,
@@ -30,6 +29,7 @@ from blindkey.broker.grants import (
     scope_of,
     span_text,
 )
+from blindkey.broker.approvals.store import State
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
 from blindkey.config.stores import PRODUCTION

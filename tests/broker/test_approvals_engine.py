@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blindkey.broker import totp
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
-from blindkey.broker.approvals_store import approvals_file
+from blindkey.broker.approvals import totp
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.service import Approvals
+from blindkey.broker.approvals.store import approvals_file
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings

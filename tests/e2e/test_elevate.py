@@ -21,8 +21,8 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_store import ApprovalsFile
+from blindkey.broker.approvals.service import Approvals
+from blindkey.broker.approvals.store import ApprovalsFile
 from blindkey.broker.elevate import sudoers_rule
 from blindkey.broker.vault import ensure_key
 from blindkey.config.home import init_config

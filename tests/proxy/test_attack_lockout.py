@@ -12,9 +12,9 @@ import orjson
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_codes import CodeRefused
-from blindkey.broker.approvals_core import uid_source
+from blindkey.broker.approvals.codes import CodeRefused
+from blindkey.broker.approvals.core import uid_source
+from blindkey.broker.approvals.service import Approvals
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
