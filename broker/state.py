@@ -13,7 +13,7 @@ from typing import NamedTuple, NoReturn
 
 from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
 from blindkey.broker.approvals.core import Clock, approvals_count
-from blindkey.broker.approvals.grants import Scope
+from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
