@@ -125,5 +125,7 @@ def test_a_malformed_file_is_refused_whole(home: Paths) -> None:
     approvals.file.write_stored(_corrupt(("grants", 1, "approvers"), "alice, bob"))
     with pytest.raises(ApprovalsUnreadable, match="approvers is not a list of strings"):
         approvals.load()
-    assert not approvals.in_force("STRIPE_KEY", "production", "claude")
+    # The code before this model counted len("alice, bob") as ten approvals: in force.
+    stripe = ("https", "api.stripe.com", 443)
+    assert not approvals.in_force("STRIPE_KEY", "production", "claude", stripe)
     assert not approvals.in_force("GITHUB_TOKEN", "development", "claude")
