@@ -6,6 +6,7 @@ named, with why.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,7 +145,7 @@ def verify(
             verdict.fail(expected, reason, line.path, line.number)
             return verdict
         body, chain = split(line.raw) or (b"", "")
-        if mac(key, head.chain, body) != chain:
+        if not hmac.compare_digest(mac(key, head.chain, body).encode(), chain.encode()):
             verdict.fail(
                 seq,
                 "the record does not match its chain (edited, or not written by blindkey)",
@@ -169,6 +170,8 @@ def verify(
                 f"records from seq {head.seq + 1} are missing: the broker's anchor is at seq "
                 f"{anchor.seq} (the tail was cut)",
             )
-        elif anchored_chain is not None and anchored_chain != anchor.chain:
+        elif anchored_chain is not None and not hmac.compare_digest(
+            anchored_chain.encode(), anchor.chain.encode()
+        ):
             verdict.fail(anchor.seq, "the record differs from the one the broker anchored")
     return verdict

@@ -9,6 +9,7 @@ The anchor only moves forward: a writer cannot wind it back to hide what it remo
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ class AuditAnchor:
         if seq < self.seq:
             return
         if seq == self.seq:
-            if chain != self.chain:
+            if not hmac.compare_digest(chain.encode(), self.chain.encode()):
                 raise BrokerDenied(
                     "bad_request", f"audit seq {seq} was anchored with another chain"
                 )

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from blindkey.broker.approvals import Approvals, Exists
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
-from blindkey.broker.approvals_ops import run_action
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused, refusal_from
+from blindkey.broker.approvals.ops import run_action
+from blindkey.broker.approvals.service import Approvals, Exists
 from blindkey.broker.backends import open_backend
 from blindkey.broker.link import CHANGE_TIMEOUT, NotPermitted, NotRunning, ask
 from blindkey.broker.protocol import Message

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals.model import ApprovalsState, Window
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.approvals_link import exit_for_refusal
-from blindkey.broker.approvals_store import State
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
@@ -76,11 +76,10 @@ def _command(argv: list[str]) -> list[str]:
 
 def _window(approvals: Approvals, user: str) -> float | None:
     approvals.load()
-    window = approvals.state["elevate"].get(user)
-    if not isinstance(window, dict):
+    window = approvals.state.elevate.get(user)
+    if window is None:
         return None
-    expires = float(window.get("expires", 0.0))
-    return expires if expires > approvals.clock() else None
+    return window.expires if window.expires > approvals.clock() else None
 
 
 def _run(paths: Paths, user: str, argv: list[str], how: str) -> int:
@@ -99,11 +98,11 @@ def _run(paths: Paths, user: str, argv: list[str], how: str) -> int:
 
 
 def _open(approvals: Approvals, settings: Settings, user: str, code: str) -> float:
-    def work(state: State) -> float:
+    def work(state: ApprovalsState) -> float:
         name = approvals.pick(state, None)
         approvals.verify(state, name, code, f"open an elevated window for {user}")
         expires = approvals.clock() + settings.approvals.elevate_ttl
-        state["elevate"][user] = {"expires": expires, "approver": name}
+        state.elevate[user] = Window(expires, name)
         approvals.note("elevate", user=user, approver=name, window="open",
                         expires=rfc3339(expires))  # fmt: skip
         return expires
@@ -112,8 +111,8 @@ def _open(approvals: Approvals, settings: Settings, user: str, code: str) -> flo
 
 
 def _end(approvals: Approvals, user: str) -> bool:
-    def work(state: State) -> bool:
-        if state["elevate"].pop(user, None) is None:
+    def work(state: ApprovalsState) -> bool:
+        if state.elevate.pop(user, None) is None:
             return False
         approvals.note("elevate", user=user, window="end")
         return True

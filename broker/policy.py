@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.grants import RANK
+from blindkey.broker.approvals.model import RANK, ApprovalsState, Floor
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.vault import read_sealed, write_sealed
 from blindkey.config.atomic import locked
 from blindkey.config.errors import BlindkeyError, ConfigError
@@ -189,14 +189,14 @@ def accept_policy(
         widened = widenings(before, view, held)
         widened += [f"secret {n} lowered to {t} ({a} approvals)" for n, (t, a) in lower.items()]
 
-        def work(state: dict[str, Any]) -> str:
+        def work(state: ApprovalsState) -> str:
             if not widened:
                 return ""
             approver = approvals._consent(
                 state, by, code, "widen the policy: " + "; ".join(widened)
             )
             for name, (tier, needed) in lower.items():
-                state["floors"][name] = {"tier": tier, "approvals": needed}
+                state.floors[name] = Floor(tier, needed)
             return approver
 
         approver = approvals.edit(work)

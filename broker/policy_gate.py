@@ -5,12 +5,13 @@ refused (the approved text keeps serving) until `blindkey config approve`."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import pwd
 from pathlib import Path
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.policy import (
     Held,
     PolicyStore,
@@ -86,7 +87,7 @@ class PolicyGate:
         widened = widenings(approved, view, self.held)
         refuse = bool(widened) and self._guarded()
         digest = hashlib.sha256(text.encode()).digest()
-        if digest != self._noted:
+        if self._noted is None or not hmac.compare_digest(digest, self._noted):
             self._noted = digest
             self._record(approved, view, widened, refuse)
         if not refuse:

@@ -13,8 +13,8 @@ from typing import Any
 import tomlkit
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.approvals_link import ask_broker, read_code, reply_result
 from blindkey.broker.backends import open_backend
 from blindkey.broker.policy import View, accept_policy, policy_view, settings_from_text

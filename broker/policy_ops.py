@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
-from blindkey.broker.approvals_core import uid_source
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.core import uid_source
 from blindkey.broker.policy import accept_policy, policy_view
 from blindkey.broker.policy_gate import read_config_text
 from blindkey.broker.protocol import BrokerDenied, Message

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from blindkey.broker.anchor import AuditAnchor
-from blindkey.broker.approvals_ops import approvals_op, hold_op, refuse_foreign
+from blindkey.broker.approvals.ops import approvals_op, hold_op, refuse_foreign
 from blindkey.broker.policy_ops import config_op
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_core import Clock, approvals_count
+from blindkey.broker.approvals.core import Clock, approvals_count
+from blindkey.broker.approvals.model import Scope
+from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
-from blindkey.broker.grants import Scope
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError

@@ -168,7 +168,7 @@ def check_service_program(paths: Paths, settings: Settings) -> Iterator[Finding]
 
 
 def check_approvals_store(paths: Paths, settings: Settings) -> Iterator[Finding]:
-    from blindkey.broker.approvals_store import approvals_health
+    from blindkey.broker.approvals.store import approvals_health
 
     health = approvals_health(paths)
     if health["ok"]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import ssl
 from collections.abc import Callable
@@ -149,7 +150,10 @@ class ProxyRuntime:
             settings = load_settings(self.paths.config_file)
         except (ConfigError, OSError):
             return False  # _reload refuses it and says why
-        if not self._same_file or hashlib.sha256(raw).hexdigest() == self.authoriser.config_sha256:
+        on_disk, served = hashlib.sha256(raw).hexdigest(), self.authoriser.config_sha256
+        if not self._same_file or (
+            served is not None and hmac.compare_digest(on_disk.encode(), served.encode())
+        ):
             return False
         return bool(widenings(policy_view(self.settings), policy_view(settings), lambda _: True))
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindkey.broker.approvals_core import approvals_count
+from blindkey.broker.approvals.core import approvals_count
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, Message
 from blindkey.redact.redactor import Redactor

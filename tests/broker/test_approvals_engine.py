@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blindkey.broker import totp
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
-from blindkey.broker.approvals_store import approvals_file
+from blindkey.broker.approvals import totp
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.model import encode_state
+from blindkey.broker.approvals.service import Approvals
+from blindkey.broker.approvals.store import approvals_file
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
@@ -78,8 +79,12 @@ def test_seed_is_sealed_and_private(home: Paths, approvals: Approvals, clock: Cl
     # Pending until confirmed: it cannot approve yet, and the listing says so.
     assert approvals.approvers()[0]["status"] == "pending"
     with pytest.raises(BlindkeyError, match="no approver is enrolled"):
-        approvals.approve(_settings(home, S={"tier": "controlled"}), "S", "development",
-                          None, None, None, pyotp.TOTP(seed).at(clock.now))  # fmt: skip
+        approvals.approve(
+            settings=_settings(home, S={"tier": "controlled"}),
+            secret="S",
+            env="development",
+            code=pyotp.TOTP(seed).at(clock.now),
+        )
 
 
 def test_drift_of_one_step_either_way(home: Paths, approvals: Approvals, clock: Clock) -> None:
@@ -88,12 +93,13 @@ def test_drift_of_one_step_either_way(home: Paths, approvals: Approvals, clock: 
     clock.now += 300
     for offset in (-30, 30):
         approvals.approve(
-            settings, "S", "development", None, None, None, app.at(clock.now + offset)
+            settings=settings, secret="S", env="development", code=app.at(clock.now + offset)
         )
     for offset in (-60, 60):
         with pytest.raises(CodeRefused) as refused:
-            approvals.approve(settings, "S", "development", None, None, None,
-                              app.at(clock.now + offset))  # fmt: skip
+            approvals.approve(
+                settings=settings, secret="S", env="development", code=app.at(clock.now + offset)
+            )
         assert refused.value.kind == "wrong" and refused.value.exit_code == 4
 
 
@@ -102,19 +108,19 @@ def test_a_code_is_accepted_once(home: Paths, approvals: Approvals, clock: Clock
     settings = _settings(home, S={"tier": "controlled"})
     clock.now += 60
     code = app.at(clock.now)
-    approvals.approve(settings, "S", "development", None, None, None, code)
+    approvals.approve(settings=settings, secret="S", env="development", code=code)
     # Seen in a process listing or the audit, it is worth nothing a second time.
     with pytest.raises(CodeRefused, match="already used") as refused:
-        approvals.approve(settings, "S", "development", None, None, None, code)
+        approvals.approve(settings=settings, secret="S", env="development", code=code)
     assert refused.value.kind == "reused"
     # Not even by another Approvals (another process) on the same files.
     with pytest.raises(CodeRefused):
-        Approvals(home, clock).approve(settings, "S", "development", None, None, None, code)
+        Approvals(home, clock).approve(settings=settings, secret="S", env="development", code=code)
     assert _events(home, "code_refused")[-1]["reason"] == "code_reused"
     # The confirming code's step was used too.
     clock.now = T0 + 1
     with pytest.raises(CodeRefused, match="already used"):
-        approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+        approvals.approve(settings=settings, secret="S", env="development", code=app.at(clock.now))
 
 
 def test_five_wrong_codes_lock_for_five_minutes(
@@ -125,22 +131,22 @@ def test_five_wrong_codes_lock_for_five_minutes(
     clock.now += 60
     for _ in range(4):
         with pytest.raises(CodeRefused) as refused:
-            approvals.approve(settings, "S", "development", None, None, None, "000000")
+            approvals.approve(settings=settings, secret="S", env="development", code="000000")
         assert refused.value.kind == "wrong"
         clock.now += 10
     with pytest.raises(CodeRefused, match="locked out for 5 minutes") as refused:
-        approvals.approve(settings, "S", "development", None, None, None, "000000")
+        approvals.approve(settings=settings, secret="S", env="development", code="000000")
     assert refused.value.kind == "locked"
     assert _events(home, "locked_out")[-1]["approver"] == "default"
     # During the lockout even the right code, and a recovery code, are refused.
     clock.now += 240
     with pytest.raises(CodeRefused) as refused:
-        approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+        approvals.approve(settings=settings, secret="S", env="development", code=app.at(clock.now))
     assert refused.value.kind == "locked"
     assert approvals.approvers()[0]["status"] == "locked"
     # It ends on time, by itself.
     clock.now += 61
-    approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+    approvals.approve(settings=settings, secret="S", env="development", code=app.at(clock.now))
     assert approvals.in_force("S", "development", "any-agent")
 
 
@@ -152,9 +158,9 @@ def test_wrong_codes_spread_over_more_than_five_minutes_do_not_lock(
     for _ in range(8):
         clock.now += 80  # never 5 within 300 s
         with pytest.raises(CodeRefused) as refused:
-            approvals.approve(settings, "S", "development", None, None, None, "000000")
+            approvals.approve(settings=settings, secret="S", env="development", code="000000")
         assert refused.value.kind == "wrong"
-    approvals.approve(settings, "S", "development", None, None, None, app.at(clock.now))
+    approvals.approve(settings=settings, secret="S", env="development", code=app.at(clock.now))
 
 
 def test_recovery_codes_work_once_each(home: Paths, approvals: Approvals, clock: Clock) -> None:
@@ -162,17 +168,17 @@ def test_recovery_codes_work_once_each(home: Paths, approvals: Approvals, clock:
     codes = approvals.confirm(None, pyotp.TOTP(seed_of(uri)).at(clock.now))["recovery_codes"]
     assert len(codes) == 10 == len(set(codes))
     settings = _settings(home, S={"tier": "restricted"})
-    approvals.approve(settings, "S", "development", None, None, None, codes[0].upper())
+    approvals.approve(settings=settings, secret="S", env="development", code=codes[0].upper())
     with pytest.raises(CodeRefused) as refused:
-        approvals.approve(settings, "S", "development", None, None, None, codes[0])
+        approvals.approve(settings=settings, secret="S", env="development", code=codes[0])
     # Said as it is, not "wrong code".
     assert refused.value.kind == "reused" and refused.value.code == "code_reused"
     assert "recovery code already used" in str(refused.value)
     with pytest.raises(CodeRefused) as refused:
-        approvals.approve(settings, "S", "development", None, None, None, "abcd-efgh-jkmn")
+        approvals.approve(settings=settings, secret="S", env="development", code="abcd-efgh-jkmn")
     assert refused.value.kind == "wrong"
     assert approvals.approvers()[0]["recovery_codes_left"] == 9
-    raw = approvals_file(home).read_bytes() + json.dumps(approvals.state).encode()
+    raw = approvals_file(home).read_bytes() + json.dumps(encode_state(approvals.state)).encode()
     assert all(code.encode() not in raw for code in codes)
 
 
@@ -189,16 +195,25 @@ def test_multi_party_needs_distinct_approvers(
     bob = _enrol(approvals, clock, "bob", by="alice", code=alice.at(clock.now))
     settings = _settings(home, S={"tier": "controlled", "approvals": 2})
     clock.now += 30
-    partial = approvals.approve(settings, "S", "development", None, None, "alice",
-                                alice.at(clock.now))  # fmt: skip
+    partial = approvals.approve(
+        settings=settings, secret="S", env="development", approver="alice", code=alice.at(clock.now)
+    )
     assert partial["approvers"] == ["alice"] and partial["needed"] == 2
     assert not approvals.in_force("S", "development", "agent")
     # Visible while partial.
     assert approvals.grants()[0]["approvers"] == ["alice"]
     clock.now += 30
     with pytest.raises(BlindkeyError, match="already approved"):
-        approvals.approve(settings, "S", "development", None, None, "alice", alice.at(clock.now))
-    approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
+        approvals.approve(
+            settings=settings,
+            secret="S",
+            env="development",
+            approver="alice",
+            code=alice.at(clock.now),
+        )
+    approvals.approve(
+        settings=settings, secret="S", env="development", approver="bob", code=bob.at(clock.now)
+    )
     assert approvals.in_force("S", "development", "agent")
     assert approvals.grants()[0]["approvers"] == ["alice", "bob"]
 
@@ -210,9 +225,22 @@ def test_grants_expire_on_time_and_for_only_shortens(
     settings = _settings(home, C={"tier": "controlled"}, R={"tier": "restricted"})
     clock.now += 30
     with pytest.raises(BlindkeyError, match="not lengthen it past 15m"):
-        approvals.approve(settings, "R", "development", None, 16 * 60, None, app.at(clock.now))
-    approvals.approve(settings, "R", "development", None, None, None, app.at(clock.now))
-    approvals.approve(settings, "C", "development", "bot", 600, None, app.at(clock.now + 30))
+        approvals.approve(
+            settings=settings,
+            secret="R",
+            env="development",
+            duration=16 * 60,
+            code=app.at(clock.now),
+        )
+    approvals.approve(settings=settings, secret="R", env="development", code=app.at(clock.now))
+    approvals.approve(
+        settings=settings,
+        secret="C",
+        env="development",
+        agent="bot",
+        duration=600,
+        code=app.at(clock.now + 30),
+    )
     assert approvals.in_force("C", "development", "bot")
     assert not approvals.in_force("C", "development", "other")
     assert not approvals.in_force("C", "production", "bot")
@@ -264,11 +292,30 @@ def test_removing_an_approver_needs_a_code(home: Paths, approvals: Approvals, cl
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda a, s: a.approve(s, "bad name", "development", None, None, None, "1"), "invalid"),
-        (lambda a, s: a.approve(s, "S", "nowhere", None, None, None, "1"), "unknown environment"),
-        (lambda a, s: a.approve(s, "S", "development", "b@d", None, None, "1"), "invalid agent"),
-        (lambda a, s: a.approve(s, "OPEN", "development", None, None, None, "1"), "needs no grant"),
-        (lambda a, s: a.approve(s, "S", "development", None, -1.0, None, "1"), "--for"),
+        (
+            lambda a, s: a.approve(settings=s, secret="bad name", env="development", code="1"),
+            "invalid",
+        ),
+        (
+            lambda a, s: a.approve(settings=s, secret="S", env="nowhere", code="1"),
+            "unknown environment",
+        ),
+        (
+            lambda a, s: a.approve(
+                settings=s, secret="S", env="development", agent="b@d", code="1"
+            ),
+            "invalid agent",
+        ),
+        (
+            lambda a, s: a.approve(settings=s, secret="OPEN", env="development", code="1"),
+            "needs no grant",
+        ),
+        (
+            lambda a, s: a.approve(
+                settings=s, secret="S", env="development", duration=-1.0, code="1"
+            ),
+            "--for",
+        ),
         (lambda a, s: a.enroll("no/slash", None, None), "invalid approver name"),
         (lambda a, s: a.revoke("S", None, None, False), "no grant matches"),
         (lambda a, s: a.deny("ap_nothing"), "no pending request"),
@@ -293,22 +340,40 @@ def test_renewing_a_two_party_grant_keeps_the_old_one_until_complete(
     bob = _enrol(approvals, clock, "bob", by="alice", code=alice.at(clock.now))
     settings = _settings(home, S={"tier": "controlled", "approvals": 2})
     clock.now += 60
-    approvals.approve(settings, "S", "development", None, None, "alice", alice.at(clock.now))
-    approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
+    approvals.approve(
+        settings=settings, secret="S", env="development", approver="alice", code=alice.at(clock.now)
+    )
+    approvals.approve(
+        settings=settings, secret="S", env="development", approver="bob", code=bob.at(clock.now)
+    )
     clock.now += 3600
     code = alice.at(clock.now)
-    renewal = approvals.approve(settings, "S", "development", None, None, "alice", code)
+    renewal = approvals.approve(
+        settings=settings, secret="S", env="development", approver="alice", code=code
+    )
     assert renewal["approvers"] == ["alice"]
     assert approvals.in_force("S", "development", "agent")  # the old grant still counts
     assert len(approvals.grants()) == 2
     # Approving twice is refused, and the code it came with is spent.
     with pytest.raises(BlindkeyError, match="already approved"):
-        approvals.approve(settings, "S", "development", None, None, "alice",
-                          alice.at(clock.now + 30))  # fmt: skip
+        approvals.approve(
+            settings=settings,
+            secret="S",
+            env="development",
+            approver="alice",
+            code=alice.at(clock.now + 30),
+        )
     with pytest.raises(CodeRefused, match="already used"):
-        approvals.approve(settings, "S", "development", None, None, "alice",
-                          alice.at(clock.now + 30))  # fmt: skip
-    approvals.approve(settings, "S", "development", None, None, "bob", bob.at(clock.now))
+        approvals.approve(
+            settings=settings,
+            secret="S",
+            env="development",
+            approver="alice",
+            code=alice.at(clock.now + 30),
+        )
+    approvals.approve(
+        settings=settings, secret="S", env="development", approver="bob", code=bob.at(clock.now)
+    )
     (grant,) = approvals.grants()
     assert grant["approvers"] == ["alice", "bob"]
 

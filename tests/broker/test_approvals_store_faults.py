@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blindkey.broker.agents import AgentStore
-from blindkey.broker.approvals_store import approvals_file, approvals_health, mark_file
+from blindkey.broker.approvals.store import approvals_file, approvals_health, mark_file
 from blindkey.broker.state import BrokerState
 from blindkey.broker.vault import FileVault
 from blindkey.config.paths import Paths

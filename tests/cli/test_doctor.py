@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from blindkey.broker.approvals_store import approvals_file
+from blindkey.broker.approvals.store import approvals_file
 from blindkey.cli.doctor import Finding, diagnose
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.paths import Paths

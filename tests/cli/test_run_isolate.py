@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from blindkey.broker.approvals_store import approvals_file
+from blindkey.broker.approvals.store import approvals_file
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.paths import Paths
 from tests.conftest import ROOT, RunCli

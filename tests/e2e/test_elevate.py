@@ -15,14 +15,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_store import ApprovalsFile
+from blindkey.broker.approvals.service import Approvals
+from blindkey.broker.approvals.store import ApprovalsFile
 from blindkey.broker.elevate import sudoers_rule
 from blindkey.broker.vault import ensure_key
 from blindkey.config.home import init_config
@@ -140,7 +140,7 @@ def test_an_expired_window_refuses(sudo: Sudo) -> None:
     env = _env(sudo)
     assert sudo.run(f"elevate {sudo.approver.code()} -- /bin/true", env).returncode == 0
     with ApprovalsFile.of(sudo.root_home).editing() as state:
-        state["elevate"][AGENT]["expires"] = time.time() - 1
+        state.elevate[AGENT] = replace(state.elevate[AGENT], expires=time.time() - 1)
     expired = sudo.run("elevate session -- /usr/bin/id -u", env)
     assert expired.returncode == 1 and "no elevated window" in expired.stderr
     assert "0" not in expired.stdout

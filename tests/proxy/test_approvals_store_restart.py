@@ -10,7 +10,7 @@ import os
 
 import orjson
 
-from blindkey.broker.approvals_store import approvals_file
+from blindkey.broker.approvals.store import approvals_file
 from blindkey.proxy import lifecycle
 from tests.approvals_helpers import enrol
 from tests.proxy.broker_kill import killed, restarted

@@ -12,9 +12,9 @@ import orjson
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_approvers import ENROL_TTL
-from blindkey.broker.approvals_codes import CodeRefused
+from blindkey.broker.approvals.approvers import ENROL_TTL
+from blindkey.broker.approvals.codes import CodeRefused
+from blindkey.broker.approvals.service import Approvals
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import Approver, acli, seed_of

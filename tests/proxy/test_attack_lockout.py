@@ -12,9 +12,9 @@ import orjson
 import pyotp
 import pytest
 
-from blindkey.broker.approvals import Approvals
-from blindkey.broker.approvals_codes import CodeRefused
-from blindkey.broker.approvals_core import uid_source
+from blindkey.broker.approvals.codes import CodeRefused
+from blindkey.broker.approvals.core import uid_source
+from blindkey.broker.approvals.service import Approvals
 from blindkey.config.edit import edit_config, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
@@ -73,12 +73,14 @@ def test_wrong_codes_lock_out_their_own_source_only(home: Paths) -> None:
     with approvals.acting_for(agent):
         for _ in range(5):
             with pytest.raises(CodeRefused):
-                approvals.approve(settings, "S", "development", None, None, None, "000000")
+                approvals.approve(settings=settings, secret="S", env="development", code="000000")
         with pytest.raises(CodeRefused, match="locked out"):
-            approvals.approve(settings, "S", "development", None, None, None, app.at(now[0]))
+            approvals.approve(settings=settings, secret="S", env="development", code=app.at(now[0]))
     assert approvals.approvers()[0]["status"] == "locked"
     with approvals.acting_for(human):
-        approvals.approve(settings, "S", "development", None, None, None, app.at(now[0] + 30))
+        approvals.approve(
+            settings=settings, secret="S", env="development", code=app.at(now[0] + 30)
+        )
     assert approvals.in_force("S", "development", "any-agent")
 
 
@@ -87,13 +89,14 @@ def test_a_lockout_written_before_sources_holds_for_every_source(home: Paths) ->
     approvals = Approvals(home, lambda: now[0])
     app = pyotp.TOTP(seed_of(approvals.enroll(None, None, None)["otpauth_uri"]))
     codes = approvals.confirm(None, app.at(now[0]))["recovery_codes"]
-    with approvals.file.editing() as state:  # the file as the older version left it
-        state["approvers"]["default"].update(locked_until=now[0] + 200, wrong=[now[0]])
+    stored = approvals.file.read_stored() or {}  # the file as the older version left it
+    stored["approvers"]["default"].update(locked_until=now[0] + 200, wrong=[now[0]])
+    approvals.file.write_stored(stored)
     now[0] += 60
     settings = _controlled(home)
     with approvals.acting_for(uid_source(4242)), pytest.raises(CodeRefused, match="locked"):
-        approvals.approve(settings, "S", "development", None, None, None, app.at(now[0]))
+        approvals.approve(settings=settings, secret="S", env="development", code=app.at(now[0]))
     assert approvals.approvers()[0]["status"] == "locked"
     # A recovery code still works, as it does for a lockout of now.
-    approvals.approve(settings, "S", "development", None, None, None, codes[0])
+    approvals.approve(settings=settings, secret="S", env="development", code=codes[0])
     assert approvals.in_force("S", "development", "any-agent")

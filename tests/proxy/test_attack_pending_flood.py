@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from blindkey.broker.agents import AgentStore
-from blindkey.broker.approvals_pending import MAX_PENDING, MAX_PENDING_PER_AGENT, PendingRequests
+from blindkey.broker.approvals.pending import MAX_PENDING, MAX_PENDING_PER_AGENT, PendingRequests
 from blindkey.config.errors import BlindkeyError
 from tests.approvals_helpers import acli, enrol
 from tests.proxy.conftest import Env, eventually_status, set_secret_policy

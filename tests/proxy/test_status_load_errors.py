@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from blindkey.broker.approvals_store import approvals_file
+from blindkey.broker.approvals.store import approvals_file
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import enrol
 from tests.conftest import RunCli

@@ -1,6 +1,6 @@
 """What every approvals change goes through: the approvals file under its lock, cached for
 the hot path; its audit events; and an approver's code, checked against the lockout of
-the source it came from. `Approvals` (approvals.py) builds on it."""
+the source it came from. `Approvals` (service.py) builds on it."""
 
 from __future__ import annotations
 
@@ -12,21 +12,17 @@ from typing import Any, TypeVar
 
 from blindkey.audit.events import append_event
 from blindkey.audit.record import rfc3339
-from blindkey.broker.approvals_codes import (
+from blindkey.broker.approvals.codes import (
     LOCKOUT,
     CodeNeeded,
     CodeRefused,
     check_code,
     locked_until,
 )
-from blindkey.broker.approvals_pending import PendingRequests
-from blindkey.broker.approvals_store import (
-    ApprovalsFile,
-    ApprovalsUnreadable,
-    State,
-    empty_state,
-)
-from blindkey.broker.grants import Floors, GrantIndex
+from blindkey.broker.approvals.grants import Floors, GrantIndex
+from blindkey.broker.approvals.model import ApprovalsState
+from blindkey.broker.approvals.pending import PendingRequests
+from blindkey.broker.approvals.store import ApprovalsFile, ApprovalsUnreadable
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SecretPolicy
@@ -70,7 +66,7 @@ class ApprovalsCore:
         self.paths = paths
         self.clock = clock
         self.file = ApprovalsFile.of(paths)
-        self.state: State = {}
+        self.state = ApprovalsState()
         self.index = GrantIndex()
         self.floors = Floors({}, False)
         # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
@@ -109,11 +105,11 @@ class ApprovalsCore:
 
     def _break(self, why: str) -> None:
         self.broken = why
-        self.state = empty_state()
+        self.state = ApprovalsState()
         self.index = GrantIndex()
         mark = self.file.mark()
         self.floors_known = mark is not None
-        self.floors = Floors(mark["floors"] if mark else {}, bool(mark and mark["approvers"]))
+        self.floors = Floors(mark.floors if mark else {}, bool(mark and mark.approvers))
 
     def refusal(self, name: str, policy: SecretPolicy) -> BrokerDenied | None:
         """While the file cannot be read: what is released of `name` (None: it is open,
@@ -131,18 +127,18 @@ class ApprovalsCore:
             f"grant can be checked: {self.broken}",
         )
 
-    def _adopt(self, state: State) -> None:
+    def _adopt(self, state: ApprovalsState) -> None:
         self.broken, self.floors_known = None, True
         self.state = state
-        self.index = GrantIndex.of(state["grants"])
-        self.floors = Floors(state["floors"], self._has_approvers(state))
+        self.index = GrantIndex.of(state.grants)
+        self.floors = Floors(state.floors, state.has_approvers())
         self._stamp = self.file.stamp()
 
     @staticmethod
-    def _has_approvers(state: State) -> bool:
-        return any(a.get("active") for a in state["approvers"].values())
+    def _has_approvers(state: ApprovalsState) -> bool:
+        return state.has_approvers()
 
-    def edit(self, work: Callable[[State], T]) -> T:
+    def edit(self, work: Callable[[ApprovalsState], T]) -> T:
         """Run `work` on the state under the file's lock. A refused code is saved too
         (its counters are the lockout), then raised."""
         events: list[tuple[str, dict[str, Any]]] = []
@@ -180,8 +176,8 @@ class ApprovalsCore:
 
     # --- codes --------------------------------------------------------------------------
 
-    def pick(self, state: State, given: str | None, *, flag: str = "--approver") -> str:
-        active = sorted(n for n, a in state["approvers"].items() if a.get("active"))
+    def pick(self, state: ApprovalsState, given: str | None, *, flag: str = "--approver") -> str:
+        active = sorted(n for n, a in state.approvers.items() if a.active)
         if given:
             check_approver_name(given)
             if given not in active:
@@ -190,15 +186,17 @@ class ApprovalsCore:
         if not active:
             raise BlindkeyError("no approver is enrolled: `blindkey totp enroll` first")
         if len(active) == 1:
-            return str(active[0])
+            return active[0]
         if DEFAULT_APPROVER in active:
             return DEFAULT_APPROVER
         raise BlindkeyError(f"{len(active)} approvers: name one with {flag}")
 
-    def verify(self, state: State, name: str, code: str | None, purpose: str) -> dict[str, Any]:
+    def verify(
+        self, state: ApprovalsState, name: str, code: str | None, purpose: str
+    ) -> dict[str, Any]:
         if not code:
             raise CodeNeeded(f"a code of approver {name} is needed to {purpose}")
-        record = state["approvers"][name]
+        record = state.approvers[name]
         now = self.clock()
         try:
             accepted = check_code(name, record, code, now, self.source)
@@ -211,7 +209,9 @@ class ApprovalsCore:
             raise
         return accepted
 
-    def _consent(self, state: State, by: str | None, code: str | None, purpose: str) -> str:
+    def _consent(
+        self, state: ApprovalsState, by: str | None, code: str | None, purpose: str
+    ) -> str:
         """Once an approver exists, a change that weakens protection needs one's code."""
         if not self._has_approvers(state):
             return ""

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from blindkey.audit.events import append_event
-from blindkey.broker.approvals import Approvals, Exists
-from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused
-from blindkey.broker.approvals_core import uid_source
-from blindkey.broker.approvals_pending import PENDING_ID
+from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
+from blindkey.broker.approvals.core import uid_source
+from blindkey.broker.approvals.pending import PENDING_ID
+from blindkey.broker.approvals.service import Approvals, Exists
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
@@ -38,6 +38,17 @@ def _number(params: Message, key: str) -> float | None:
     return float(value)
 
 
+def _approve(
+    approvals: Approvals, settings: Settings, params: Message, env: str, exists: Exists | None
+) -> dict[str, Any]:
+    t = _text
+    return approvals.approve(
+        settings=settings, secret=t(params, "secret") or "", env=env, agent=t(params, "agent"),
+        duration=_number(params, "duration"), approver=t(params, "approver"),
+        code=t(params, "code"), exists=exists,
+    )  # fmt: skip
+
+
 def run_action(
     approvals: Approvals, settings: Settings, action: str, params: Message,
     exists: Exists | None = None,
@@ -55,22 +66,13 @@ def run_action(
         "remove": lambda: approvals.remove(
             t(params, "name") or "", t(params, "by"), t(params, "code")
         ),
-        "approve": lambda: approvals.approve(
-            settings,
-            t(params, "secret") or "",
-            env,
-            t(params, "agent"),
-            n(params, "duration"),
-            t(params, "approver"),
-            t(params, "code"),
-            exists=exists,
-        ),
+        "approve": lambda: _approve(approvals, settings, params, env, exists),
         "approve_request": lambda: approvals.approve_request(
-            settings,
-            t(params, "request") or "",
-            n(params, "duration"),
-            t(params, "approver"),
-            t(params, "code"),
+            settings=settings,
+            request_id=t(params, "request") or "",
+            duration=n(params, "duration"),
+            approver=t(params, "approver"),
+            code=t(params, "code"),
         ),
         "deny": lambda: approvals.deny(t(params, "request") or ""),
         "requests": approvals.pending.listed,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from blindkey.broker import totp
+from blindkey.broker.approvals import totp
+from blindkey.broker.approvals.model import ANY_SOURCE, Approver
 from blindkey.config.errors import BlindkeyError
 
 MAX_WRONG = 5
@@ -20,7 +21,6 @@ LOCKOUT = 300.0
 EXIT_CODE_REFUSED = 4
 # kind -> the broker's error code
 KINDS = {"wrong": "code_wrong", "reused": "code_reused", "locked": "locked_out"}
-Approver = dict[str, Any]
 
 
 class CodeRefused(BlindkeyError):
@@ -51,43 +51,19 @@ def refusal_from(code: str, message: str) -> CodeRefused | None:
 
 
 def new_approver(seed: bytes, now: float) -> Approver:
-    return {
-        "seed": totp.b32(seed),
-        "active": False,
-        "created": now,
-        "recovery": [],
-        "used_steps": [],
-        "wrong": {},
-        "locked_until": {},
-    }
+    return Approver(seed=totp.b32(seed), created=now)
 
 
 def seed_of(record: Approver) -> bytes:
-    text = str(record["seed"])
-    return base64.b32decode(text + "=" * (-len(text) % 8))
-
-
-# Lockouts written before they were kept per source: they hold for every source.
-ANY_SOURCE = "*"
-
-
-def _per_source(record: Approver, key: str) -> dict[str, Any]:
-    value = record.get(key)
-    if isinstance(value, dict):
-        return value
-    # The older file format: one lockout for everyone (kept), one list of wrong codes
-    # (dropped: at worst four wrong codes are forgotten once).
-    if key == "locked_until" and isinstance(value, int | float) and value:
-        return {ANY_SOURCE: float(value)}
-    return {}
+    return base64.b32decode(record.seed + "=" * (-len(record.seed) % 8))
 
 
 def locked_until(record: Approver, now: float, source: str | None = None) -> float | None:
     """When `source`'s lockout ends (None: not locked); with no source, any source's."""
-    locks = _per_source(record, "locked_until")
+    locks = record.locked_until
     if source is not None:
         locks = {k: v for k, v in locks.items() if k in (source, ANY_SOURCE)}
-    until = max((float(v) for v in locks.values()), default=0.0)
+    until = max(locks.values(), default=0.0)
     return until if until > now else None
 
 
@@ -111,11 +87,9 @@ def check_code(name: str, record: Approver, code: str, now: float, source: str) 
             f"try again in {int(until - now) + 1}s (even a right code is refused until then; "
             "a recovery code still works)",
         )
-    wrongs = _per_source(record, "wrong")
     step = totp.matching_step(seed_of(record), code, now)
     if step is not None:
-        used = [int(s) for s in record.get("used_steps", [])]
-        if step in used:
+        if step in record.used_steps:
             raise CodeRefused(
                 "reused",
                 name,
@@ -123,18 +97,15 @@ def check_code(name: str, record: Approver, code: str, now: float, source: str) 
             )
         # Steps older than the drift window can never match again: no need to keep them.
         current = totp.step_at(now)
-        record["used_steps"] = [s for s in used if s >= current - 2 * totp.DRIFT] + [step]
-        wrongs.pop(source, None)
-        record["wrong"] = wrongs
+        kept = [s for s in record.used_steps if s >= current - 2 * totp.DRIFT]
+        record.used_steps = [*kept, step]
+        record.wrong.pop(source, None)
         return {"recovery": False}
-    wrong = [float(t) for t in wrongs.get(source, []) if now - float(t) < WRONG_WINDOW]
+    wrong = [t for t in record.wrong.get(source, []) if now - t < WRONG_WINDOW]
     wrong.append(now)
     if len(wrong) >= MAX_WRONG:
-        locks = _per_source(record, "locked_until")
-        locks[source] = now + LOCKOUT
-        record["locked_until"] = locks
-        wrongs.pop(source, None)
-        record["wrong"] = wrongs
+        record.locked_until[source] = now + LOCKOUT
+        record.wrong.pop(source, None)
         raise CodeRefused(
             "locked",
             name,
@@ -142,8 +113,7 @@ def check_code(name: str, record: Approver, code: str, now: float, source: str) 
             f"{int(WRONG_WINDOW // 60)} minutes: {name} is locked out for "
             f"{int(LOCKOUT // 60)} minutes (a recovery code still works)",
         )
-    wrongs[source] = wrong
-    record["wrong"] = wrongs
+    record.wrong[source] = wrong
     raise CodeRefused(
         "wrong",
         name,
@@ -153,15 +123,14 @@ def check_code(name: str, record: Approver, code: str, now: float, source: str) 
 
 
 def _recovery(name: str, record: Approver, code: str) -> dict[str, Any]:
-    hashes = [str(h) for h in record.get("recovery", [])]
+    hashes = record.recovery
     for stored in hashes:
         if totp.recovery_matches(code, stored):
-            hashes.remove(stored)
-            record["recovery"] = hashes
+            record.recovery = [h for h in hashes if h is not stored]
             # Kept (hashed, like the unused ones) to tell a used code from a wrong one.
-            record["recovery_used"] = [*record.get("recovery_used", []), stored]
-            return {"recovery": True, "recovery_left": len(hashes)}
-    if any(totp.recovery_matches(code, str(h)) for h in record.get("recovery_used", [])):
+            record.recovery_used = [*record.recovery_used, stored]
+            return {"recovery": True, "recovery_left": len(record.recovery)}
+    if any(totp.recovery_matches(code, h) for h in record.recovery_used):
         raise CodeRefused(
             "reused",
             name,

@@ -1,5 +1,5 @@
 """Grants (one secret, one environment, every agent or one, for a limited time, from N
-distinct approvers) and tier floors, as plain records of the approvals file."""
+distinct approvers) and tier floors, over the typed records of the approvals file."""
 
 from __future__ import annotations
 
@@ -8,61 +8,37 @@ from collections.abc import Mapping
 from typing import Any
 
 from blindkey.audit.record import rfc3339
+from blindkey.broker.approvals.model import RANK, Floor, Grant, Scope
 from blindkey.config.hosts import origin
 from blindkey.config.model import SecretPolicy
 
-RANK = {"open": 0, "controlled": 1, "restricted": 2}
-# What a grant approved from a request covers: that request's scheme, host and port. A
-# grant without one (`approve SECRET`) covers every destination the secret may reach.
-Scope = tuple[str, str, int]
 # A grant still waiting for more approvers is dropped after this long.
 PARTIAL_TTL = 600.0
-Grant = dict[str, Any]
-_NONE = ("open", 1)
+_NONE = Floor("open", 1)
 
 
 def new_grant(
     secret: str, env: str, agent: str, scope: Scope | None, needed: int, span: float, now: float
 ) -> Grant:
-    return {
-        "id": f"g_{os.urandom(6).hex()}",
-        "secret": secret,
-        "env": env,
-        "agent": agent,
-        "scope": list(scope) if scope is not None else None,
-        "created": now,
-        "expires": now + PARTIAL_TTL,
-        "span": span,
-        "approvers": [],
-        "needed": needed,
-    }
-
-
-def complete(grant: Grant) -> bool:
-    return len(grant["approvers"]) >= int(grant["needed"])
-
-
-def alive(grant: Grant, now: float) -> bool:
-    return float(grant["expires"]) > now
+    return Grant(
+        id=f"g_{os.urandom(6).hex()}",
+        secret=secret,
+        env=env,
+        agent=agent,
+        scope=scope,
+        created=now,
+        expires=now + PARTIAL_TTL,
+        span=span,
+        approvers=(),
+        needed=needed,
+    )
 
 
 def drop_expired(grants: list[Grant], now: float) -> list[Grant]:
-    gone = [g for g in grants if not alive(g, now)]
+    gone = [g for g in grants if not g.alive(now)]
     for grant in gone:
         grants.remove(grant)
     return gone
-
-
-def scope_of(grant: Grant) -> Scope | None:
-    scope = grant.get("scope")
-    if not scope:
-        return None
-    scheme, host, port = scope
-    return str(scheme), str(host), int(port)
-
-
-def grant_key(grant: Grant) -> tuple[str, str, str, Scope | None]:
-    return grant["secret"], grant["env"], grant["agent"], scope_of(grant)
 
 
 def find_grant(
@@ -70,7 +46,7 @@ def find_grant(
 ) -> Grant | None:
     """The grant of (secret, env, agent, scope) still waiting for approvers, if any."""
     for grant in grants:
-        if grant_key(grant) == (secret, env, agent, scope) and not complete(grant):
+        if grant.key == (secret, env, agent, scope) and not grant.complete:
             return grant
     return None
 
@@ -92,12 +68,10 @@ class GrantIndex:
     def of(cls, grants: list[Grant]) -> GrantIndex:
         index = cls()
         for grant in grants:
-            expires = float(grant["expires"])
-            index._next_expiry = min(index._next_expiry, expires)
-            if complete(grant):
-                key = (str(grant["secret"]), str(grant["env"]))
-                entry = (str(grant["agent"]), expires, scope_of(grant))
-                index._by_secret.setdefault(key, []).append(entry)
+            index._next_expiry = min(index._next_expiry, grant.expires)
+            if grant.complete:
+                entry = (grant.agent, grant.expires, grant.scope)
+                index._by_secret.setdefault((grant.secret, grant.env), []).append(entry)
         return index
 
     def covers(self, secret: str, env: str, agent: str, now: float, target: Scope | None) -> bool:
@@ -117,7 +91,7 @@ class Floors:
     """The lowest tier and approvals count each secret may be served with, once approvers
     exist: raised by config.toml, lowered only with an approver's code."""
 
-    def __init__(self, floors: dict[str, Any], guarded: bool) -> None:
+    def __init__(self, floors: dict[str, Floor], guarded: bool) -> None:
         self.floors = floors
         self.guarded = guarded
 
@@ -125,24 +99,22 @@ class Floors:
         """Whether `name` may be served above its config.toml tier."""
         return self.guarded and name in self.floors
 
-    def _floor(self, name: str) -> tuple[str, int]:
-        floor = self.floors.get(name)
-        if not isinstance(floor, dict):
-            return _NONE
-        return str(floor.get("tier", "open")), int(floor.get("approvals", 1))
+    def _floor(self, name: str) -> Floor:
+        return self.floors.get(name, _NONE)
 
     def effective(self, name: str, policy: SecretPolicy) -> tuple[str, int]:
         if not self.guarded:
             return policy.tier, policy.approvals
-        tier, needed = self._floor(name)
+        floor = self._floor(name)
+        tier, needed = floor.tier, floor.approvals
         if RANK.get(policy.tier, 2) > RANK.get(tier, 2):
             tier = policy.tier
         return tier, max(needed, policy.approvals)
 
-    def _wanted(self, name: str, policy: SecretPolicy) -> tuple[str, int]:
+    def _wanted(self, name: str, policy: SecretPolicy) -> Floor:
         if self.guarded:
-            return self.effective(name, policy)
-        return policy.tier, policy.approvals
+            return Floor(*self.effective(name, policy))
+        return Floor(policy.tier, policy.approvals)
 
     def follows(self, secrets: Mapping[str, SecretPolicy]) -> bool:
         """True when follow() would change nothing."""
@@ -155,22 +127,22 @@ class Floors:
         wanted = {name: self._wanted(name, policy) for name, policy in secrets.items()}
         if not self.guarded:
             self.floors.clear()
-        for name, (tier, needed) in wanted.items():
-            if (tier, needed) == _NONE:
+        for name, floor in wanted.items():
+            if floor == _NONE:
                 self.floors.pop(name, None)
             else:
-                self.floors[name] = {"tier": tier, "approvals": needed}
+                self.floors[name] = floor
 
 
-def public_grant(grant: dict[str, Any]) -> dict[str, Any]:
+def public_grant(grant: Grant) -> dict[str, Any]:
     return {
-        "secret": grant["secret"],
-        "env": grant["env"],
-        "agent": grant["agent"],
-        "expires": rfc3339(float(grant["expires"])),
-        "approvers": list(grant["approvers"]),
-        "needed": int(grant["needed"]),
-        "covers": covers_text(scope_of(grant)),
+        "secret": grant.secret,
+        "env": grant.env,
+        "agent": grant.agent,
+        "expires": rfc3339(grant.expires),
+        "approvers": list(grant.approvers),
+        "needed": grant.needed,
+        "covers": covers_text(grant.scope),
     }
 
 

@@ -21,6 +21,16 @@ from typing import Any
 
 import orjson
 
+from blindkey.broker.approvals.model import (
+    ApprovalsState,
+    Malformed,
+    Mark,
+    decode_mark,
+    decode_state,
+    encode_mark,
+    encode_state,
+    mark_of,
+)
 from blindkey.broker.vault import VaultError, read_sealed, write_sealed
 from blindkey.config.atomic import locked
 from blindkey.config.errors import BlindkeyError
@@ -28,8 +38,7 @@ from blindkey.config.paths import Paths
 
 _MAGIC = b"BKA1"
 _MARK_MAGIC = b"BKM1"
-State = dict[str, Any]
-Mark = dict[str, Any]
+_NO_MARK = Mark(0, {})
 
 
 class ApprovalsUnreadable(BlindkeyError):
@@ -43,15 +52,6 @@ def approvals_file(paths: Paths) -> Path:
 
 def mark_file(paths: Paths) -> Path:
     return paths.state_dir / "approvals.mark"
-
-
-def empty_state() -> State:
-    return {"approvers": {}, "grants": [], "floors": {}, "elevate": {}}
-
-
-def mark_of(state: State) -> Mark:
-    active = sum(1 for a in state["approvers"].values() if a.get("active"))
-    return {"approvers": active, "floors": state["floors"]}
 
 
 @dataclass
@@ -84,13 +84,23 @@ class ApprovalsFile:
             data = read_sealed(self.mark_path, self.key_path, _MARK_MAGIC, "approvals marker")
         except (BlindkeyError, OSError, ValueError):
             return None
-        if data is None or not isinstance(data.get("floors"), dict):
+        if data is None:
             return None
-        return {"approvers": int(data.get("approvers") or 0), "floors": data["floors"]}
-
-    def load(self) -> State:
         try:
-            data = read_sealed(self.path, self.key_path, _MAGIC, "approvals file")
+            return decode_mark(data)
+        except Malformed:
+            return None
+
+    def read_stored(self) -> dict[str, Any] | None:
+        """The file's stored form (None: no file), as `load` decodes it."""
+        return read_sealed(self.path, self.key_path, _MAGIC, "approvals file")
+
+    def write_stored(self, data: dict[str, Any]) -> None:
+        write_sealed(self.path, self.key_path, _MAGIC, data)
+
+    def load(self) -> ApprovalsState:
+        try:
+            data = self.read_stored()
         except (VaultError, orjson.JSONDecodeError) as exc:
             if isinstance(exc.__cause__, PermissionError):
                 # Not damaged: read by a user it is not for (the broker's user owns it).
@@ -101,13 +111,17 @@ class ApprovalsFile:
             raise ApprovalsUnreadable(f"{self.path} cannot be read ({exc}). {self.advice}") from exc
         if data is None:
             mark = self.mark()
-            if mark is not None and mark["approvers"]:
+            if mark is not None and mark.approvers:
                 raise ApprovalsUnreadable(
-                    f"{self.path} is missing, but {mark['approvers']} approver(s) were "
+                    f"{self.path} is missing, but {mark.approvers} approver(s) were "
                     f"enrolled ({self.mark_path} says so). {self.advice}"
                 )
-        state = empty_state()
-        state.update(data or {})
+        try:
+            state = decode_state(data or {})
+        except Malformed as exc:
+            raise ApprovalsUnreadable(
+                f"{self.path} cannot be read (it decrypts, but {exc}). {self.advice}"
+            ) from exc
         self._keep_mark(state)
         return state
 
@@ -120,27 +134,27 @@ class ApprovalsFile:
             "(`blindkey totp enroll`)"
         )
 
-    def _keep_mark(self, state: State) -> None:
+    def _keep_mark(self, state: ApprovalsState) -> None:
         mark = mark_of(state)
         if self._mark is None:
             # No marker (a fresh install, or one from before markers) is an empty one.
-            self._mark = self.mark() or {"approvers": 0, "floors": {}}
+            self._mark = self.mark() or _NO_MARK
         if mark != self._mark:
-            write_sealed(self.mark_path, self.key_path, _MARK_MAGIC, mark)
-            self._mark = orjson.loads(orjson.dumps(mark))
+            write_sealed(self.mark_path, self.key_path, _MARK_MAGIC, encode_mark(mark))
+            self._mark = mark
 
-    def store(self, state: State) -> None:
-        write_sealed(self.path, self.key_path, _MAGIC, state)
+    def store(self, state: ApprovalsState) -> None:
+        self.write_stored(encode_state(state))
         self._keep_mark(state)
 
     @contextlib.contextmanager
-    def editing(self) -> Iterator[State]:
+    def editing(self) -> Iterator[ApprovalsState]:
         """The state under the lock; saved when the block ends without an exception."""
         with locked(self.lock_path):
             state = self.load()
-            before = orjson.dumps(state)
+            before = encode_state(state)
             yield state
-            if orjson.dumps(state) != before:
+            if encode_state(state) != before:
                 self.store(state)
 
 
@@ -157,11 +171,11 @@ def approvals_health(paths: Paths) -> dict[str, Any]:
             "ok": False,
             "file": str(store.path),
             "error": str(exc),
-            "approvers": None if mark is None else mark["approvers"],
+            "approvers": None if mark is None else mark.approvers,
         }
     return {
         "ok": True,
         "file": str(store.path),
         "error": None,
-        "approvers": mark_of(state)["approvers"],
+        "approvers": mark_of(state).approvers,
     }

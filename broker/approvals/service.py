@@ -4,32 +4,27 @@ One object, `Approvals`, used by the broker process (which serves it over its so
 when no broker runs, by the CLI in-process on the same files: whoever can do the latter can
 read the broker's files anyway, i.e. is the broker's user. The clock is injected, so tests
 never wait for a TOTP step, a lockout or an expiry. The file, its lock and the codes are in
-approvals_core.py; approvers in approvals_approvers.py; grants and tier floors here.
+core.py; approvers in approvers.py; grants and tier floors here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from blindkey.audit.record import rfc3339
-from blindkey.broker.approvals_approvers import ApproverBook
-from blindkey.broker.approvals_store import State
-from blindkey.broker.grants import (
-    RANK,
+from blindkey.broker.approvals.approvers import ApproverBook
+from blindkey.broker.approvals.grants import (
     Floors,
-    Scope,
-    alive,
-    complete,
     covers_text,
     drop_expired,
     find_grant,
-    grant_key,
     new_grant,
     public_grant,
-    scope_of,
     span_text,
 )
+from blindkey.broker.approvals.model import RANK, ApprovalsState, Floor, Grant, Scope
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
 from blindkey.config.stores import PRODUCTION
@@ -37,6 +32,35 @@ from blindkey.config.stores import PRODUCTION
 GATED_TIERS = ("controlled", "restricted")
 # (env, secret) -> whether the store may hold it (False only when it surely does not).
 Exists = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class GrantAsk:
+    """What one approval asks for, checked before the file is locked."""
+
+    secret: str
+    env: str
+    agent: str  # "*": every agent
+    scope: Scope | None
+    needed: int
+    span: float
+    request: str | None
+
+
+def _check_names(
+    settings: Settings, secret: str, env: str, agent: str | None, exists: Exists | None
+) -> None:
+    if not SECRET_NAME.fullmatch(secret):
+        raise BlindkeyError(f"invalid secret name {secret!r}")
+    if env not in settings.environments:
+        raise BlindkeyError(f"unknown environment {env!r}")
+    if exists is not None and not exists(env, secret):
+        raise BlindkeyError(
+            f"no secret named {secret} in environment {env}: nothing to approve; see "
+            "`blindkey secrets list`"
+        )
+    if agent is not None and agent != "*" and not AGENT_NAME.fullmatch(agent):
+        raise BlindkeyError(f"invalid agent name {agent!r}")
 
 
 class Approvals(ApproverBook):
@@ -56,26 +80,27 @@ class Approvals(ApproverBook):
         approvers that would cover this call has)."""
         _, needed = self.effective(name, policy)
         now, have = self.clock(), 0
-        for grant in self.state.get("grants", ()):
+        for grant in self.state.grants:
             if (
-                (grant["secret"], grant["env"]) == (name, env)
-                and grant["agent"] in ("*", agent)
-                and scope_of(grant) in (None, target)
-                and alive(grant, now)
-                and not complete(grant)
+                (grant.secret, grant.env) == (name, env)
+                and grant.agent in ("*", agent)
+                and grant.scope in (None, target)
+                and grant.alive(now)
+                and not grant.complete
             ):
-                have = max(have, len(grant["approvers"]))
+                have = max(have, len(grant.approvers))
         return needed, have
 
     def approve(
         self,
+        *,
         settings: Settings,
         secret: str,
         env: str,
-        agent: str | None,
-        duration: float | None,
-        approver: str | None,
-        code: str | None,
+        agent: str | None = None,
+        duration: float | None = None,
+        approver: str | None = None,
+        code: str | None = None,
         request: str | None = None,
         scope: Scope | None = None,
         exists: Exists | None = None,
@@ -84,17 +109,7 @@ class Approvals(ApproverBook):
         scheme, host and port of the request approved) or, without one, for wherever the
         secret may go. `exists(env, secret)`: False when the store surely has no such
         secret (a typo is said as one, before a code is spent)."""
-        if not SECRET_NAME.fullmatch(secret):
-            raise BlindkeyError(f"invalid secret name {secret!r}")
-        if env not in settings.environments:
-            raise BlindkeyError(f"unknown environment {env!r}")
-        if exists is not None and not exists(env, secret):
-            raise BlindkeyError(
-                f"no secret named {secret} in environment {env}: nothing to approve; see "
-                "`blindkey secrets list`"
-            )
-        if agent is not None and agent != "*" and not AGENT_NAME.fullmatch(agent):
-            raise BlindkeyError(f"invalid agent name {agent!r}")
+        _check_names(settings, secret, env, agent, exists)
         self.load()
         tier, needed = self.effective(secret, settings.policy(secret))
         longest = settings.approvals.grant_ttl(tier)
@@ -104,78 +119,73 @@ class Approvals(ApproverBook):
             raise BlindkeyError(
                 f"--for may shorten a {tier} grant, not lengthen it past {span_text(longest)}"
             )
-        span = duration or longest
-        whom = agent or "*"
-
-        def work(state: State) -> dict[str, Any]:
-            name = self.pick(state, approver)
-            now = self.clock()
-            self.verify(state, name, code, f"approve {secret}")
-            drop_expired(state["grants"], now)
-            # A grant still waiting for approvers; approving one in force starts its
-            # renewal, and the old one stays in force until the renewal is complete.
-            grant = find_grant(state["grants"], secret, env, whom, scope)
-            if grant is None:
-                grant = new_grant(secret, env, whom, scope, needed, span, now)
-                state["grants"].append(grant)
-            elif name in grant["approvers"]:
-                # The code is spent all the same (saved below): it was shown.
-                return {**grant, "already": name}
-            grant["approvers"].append(name)
-            grant["span"] = min(float(grant["span"]), span)
-            grant["needed"] = max(int(grant["needed"]), needed)
-            if complete(grant):
-                grant["expires"] = now + float(grant["span"])
-                key = (secret, env, whom, scope)
-                state["grants"] = [g for g in state["grants"] if g is grant or grant_key(g) != key]
-            self.note(
-                "grant",
-                grant=grant["id"],
-                secret=secret,
-                env=env,
-                agent=whom,
-                approver=name,
-                approvers=list(grant["approvers"]),
-                needed=grant["needed"],
-                complete=complete(grant),
-                expires=rfc3339(float(grant["expires"])),
-                request=request,
-                covers=covers_text(scope),
-            )
-            return dict(grant)
-
-        grant = self.edit(work)
-        if "already" in grant:
+        ask = GrantAsk(secret, env, agent or "*", scope, needed, duration or longest, request)
+        grant, already = self.edit(lambda state: self._add_approval(state, ask, approver, code))
+        if already is not None:
             raise BlindkeyError(
-                f"{grant['already']} has already approved {secret}; it needs "
-                f"{grant['needed'] - len(grant['approvers'])} more distinct approver(s)"
+                f"{already} has already approved {secret}; it needs "
+                f"{grant.needed - len(grant.approvers)} more distinct approver(s)"
             )
-        if complete(grant):
+        if grant.complete:
             self._changed()
-            self.pending.settle(secret, env, whom, scope)
+            self.pending.settle(secret, env, ask.agent, scope)
         return public_grant(grant)
+
+    def _add_approval(
+        self, state: ApprovalsState, ask: GrantAsk, approver: str | None, code: str | None
+    ) -> tuple[Grant, str | None]:
+        """The grant with this approver's approval (and who had already given it, if so)."""
+        name = self.pick(state, approver)
+        now = self.clock()
+        self.verify(state, name, code, f"approve {ask.secret}")
+        drop_expired(state.grants, now)
+        # A grant still waiting for approvers; approving one in force starts its
+        # renewal, and the old one stays in force until the renewal is complete.
+        grant = find_grant(state.grants, ask.secret, ask.env, ask.agent, ask.scope)
+        if grant is None:
+            grant = new_grant(ask.secret, ask.env, ask.agent, ask.scope, ask.needed, ask.span, now)
+            state.grants.append(grant)
+        elif name in grant.approvers:
+            # The code is spent all the same (saved by edit): it was shown.
+            return grant, name
+        added = replace(
+            grant,
+            approvers=(*grant.approvers, name),
+            span=min(grant.span, ask.span),
+            needed=max(grant.needed, ask.needed),
+        )
+        if added.complete:
+            added = replace(added, expires=now + added.span)
+        state.grants[state.grants.index(grant)] = added
+        if added.complete:
+            state.grants = [g for g in state.grants if g is added or g.key != added.key]
+        self.note("grant", grant=added.id, secret=ask.secret, env=ask.env, agent=ask.agent,
+                  approver=name, approvers=list(added.approvers), needed=added.needed,
+                  complete=added.complete, expires=rfc3339(added.expires),
+                  request=ask.request, covers=covers_text(ask.scope))  # fmt: skip
+        return added, None
 
     def approve_request(
         self,
+        *,
         settings: Settings,
         request_id: str,
-        duration: float | None,
-        approver: str | None,
-        code: str | None,
+        duration: float | None = None,
+        approver: str | None = None,
+        code: str | None = None,
     ) -> dict[str, Any]:
         pending = self.pending.get(request_id)
-        grant = self.approve(
-            settings,
-            pending.secret,
-            pending.env,
-            pending.agent,
-            duration,
-            approver,
-            code,
+        return self.approve(
+            settings=settings,
+            secret=pending.secret,
+            env=pending.env,
+            agent=pending.agent,
+            duration=duration,
+            approver=approver,
+            code=code,
             request=request_id,
             scope=(pending.scheme, pending.host, pending.port),
         )
-        return grant
 
     def deny(self, request_id: str) -> dict[str, Any]:
         pending = self.pending.remove(request_id)
@@ -190,30 +200,30 @@ class Approvals(ApproverBook):
     def grants(self) -> list[dict[str, Any]]:
         self.load()
         now = self.clock()
-        return [public_grant(g) for g in self.state["grants"] if alive(g, now)]
+        return [public_grant(g) for g in self.state.grants if g.alive(now)]
 
     def revoke(self, secret: str | None, env: str | None, agent: str | None, every: bool) -> int:
         if not every and not secret:
             raise BlindkeyError("name the SECRET whose grants to revoke, or --all")
 
-        def matches(grant: dict[str, Any]) -> bool:
+        def matches(grant: Grant) -> bool:
             if every:
                 return True
             return (
-                grant["secret"] == secret
-                and (env is None or grant["env"] == env)
-                and (agent is None or grant["agent"] == agent)
+                grant.secret == secret
+                and (env is None or grant.env == env)
+                and (agent is None or grant.agent == agent)
             )
 
-        def work(state: State) -> int:
-            drop_expired(state["grants"], self.clock())
-            gone = [g for g in state["grants"] if matches(g)]
+        def work(state: ApprovalsState) -> int:
+            drop_expired(state.grants, self.clock())
+            gone = [g for g in state.grants if matches(g)]
             if not gone:
                 raise BlindkeyError("no grant matches; see `blindkey grants list`")
             for grant in gone:
-                state["grants"].remove(grant)
-                self.note("grant_revoked", grant=grant["id"], secret=grant["secret"],
-                           env=grant["env"], agent=grant["agent"])  # fmt: skip
+                state.grants.remove(grant)
+                self.note("grant_revoked", grant=grant.id, secret=grant.secret,
+                           env=grant.env, agent=grant.agent)  # fmt: skip
             return len(gone)
 
         count = self.edit(work)
@@ -227,13 +237,13 @@ class Approvals(ApproverBook):
             self.pending.forget_old(now)
             return False
 
-        def work(state: State) -> bool:
-            gone = drop_expired(state["grants"], now)
+        def work(state: ApprovalsState) -> bool:
+            gone = drop_expired(state.grants, now)
             for grant in gone:
-                if complete(grant):
-                    self.note("grant_expired", grant=grant["id"], secret=grant["secret"],
-                               env=grant["env"], agent=grant["agent"])  # fmt: skip
-            return any(complete(g) for g in gone)
+                if grant.complete:
+                    self.note("grant_expired", grant=grant.id, secret=grant.secret,
+                               env=grant.env, agent=grant.agent)  # fmt: skip
+            return any(g.complete for g in gone)
 
         changed = self.edit(work)
         if changed:
@@ -247,9 +257,9 @@ class Approvals(ApproverBook):
         environment whose grants would then release the copied values, needs an approver's
         code once one exists. Returns the consenting approver ("" when none was needed)."""
 
-        def work(state: State) -> dict[str, Any]:
-            drop_expired(state["grants"], self.clock())
-            granted = any(g["env"] == target for g in state["grants"])
+        def work(state: ApprovalsState) -> dict[str, Any]:
+            drop_expired(state.grants, self.clock())
+            granted = any(g.env == target for g in state.grants)
             if source != PRODUCTION and not granted:
                 return {"approver": ""}
             why = f"{source}'s live values" if source == PRODUCTION else "grants in force there"
@@ -266,8 +276,9 @@ class Approvals(ApproverBook):
         self.load()
         if self.floors.follows(settings.secrets):
             return
-        self.edit(lambda state: Floors(state["floors"], self._has_approvers(state)).follow(
-            settings.secrets))  # fmt: skip
+        self.edit(
+            lambda state: Floors(state.floors, state.has_approvers()).follow(settings.secrets)
+        )
 
     def set_policy(
         self,
@@ -287,8 +298,8 @@ class Approvals(ApproverBook):
         new_needed = approvals or current_needed
         lowers = RANK[new_tier] < RANK[current_tier] or new_needed < current_needed
 
-        def work(state: State) -> dict[str, Any]:
-            approvable = self._has_approvers(state)
+        def work(state: ApprovalsState) -> dict[str, Any]:
+            approvable = state.has_approvers()
             if tier in GATED_TIERS and not approvable and not anyway:
                 raise BlindkeyError(
                     f"no approver is active: a {tier} secret waits for a grant nobody can "
@@ -298,7 +309,7 @@ class Approvals(ApproverBook):
                 )
             if lowers:
                 self._consent(state, by, code, f"lower the protection of {name}")
-            state["floors"][name] = {"tier": new_tier, "approvals": new_needed}
+            state.floors[name] = Floor(new_tier, new_needed)
             return {"approvable": approvable}
 
         return self.edit(work)
@@ -309,14 +320,12 @@ class Approvals(ApproverBook):
         self.load()
         tier, _ = self.effective(name, settings.policy(name))
 
-        def work(state: State) -> None:
+        def work(state: ApprovalsState) -> None:
             if tier != "open":
                 self._consent(state, by, code, f"delete {tier} secret {name}")
-            state["grants"] = [
-                g for g in state["grants"] if not (g["secret"] == name and g["env"] == env)
-            ]
+            state.grants = [g for g in state.grants if not (g.secret == name and g.env == env)]
             if last:
-                state["floors"].pop(name, None)
+                state.floors.pop(name, None)
 
         self.edit(work)
         self._changed()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from blindkey.broker.grants import Scope
+from blindkey.broker.approvals.model import Scope
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import origin
 
@@ -23,7 +23,7 @@ MAX_PENDING = 1000
 MAX_PENDING_PER_AGENT = 50
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Pending:
     id: str
     agent: str
