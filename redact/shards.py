@@ -114,10 +114,7 @@ class Shard:
         self.shortest = min(len(form) for form, _ in names)
         # UTF-16 and UTF-32 forms (the only ones with NULs) are not spelled with escapes.
         self.longest_plain = max((len(form) for form, _ in names if b"\0" not in form), default=0)
-        anchors: dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]] = {}
-        for (form, caseless), owner in names.items():
-            anchor = form[: NUL_ANCHOR if b"\0" in form else ANCHOR]
-            anchors.setdefault((anchor, caseless), []).append((form, caseless, owner))
+        anchors = _anchored(names)
         # Nearly every anchor is its one form whole: of those only the owner and length are
         # kept (10,000 values: 200,000 forms, ~90 MB as objects), the rest are compared.
         self._lengths = array("i")
@@ -146,6 +143,30 @@ class Shard:
                     spans.append((start, start + len(form), self.ranks[owner], self.marks[owner]))
                     break
         return spans
+
+
+def _anchored(
+    names: dict[tuple[bytes, bool], int],
+) -> dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]]:
+    """The forms by the anchor Hyperscan looks for: the shortest other form a form begins
+    with (a value's base64, padded or not, begins with its aligned core: one pattern, not
+    three), else its first ANCHOR bytes (NUL_ANCHOR with NULs). The rest is compared."""
+    anchors: dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]] = {}
+    for caseless in (False, True):
+        # Sorted, a form's prefixes come before it, and every form between them begins
+        # with them too: a stack holds the chain of forms that begin the current one.
+        chain: list[tuple[bytes, tuple[bytes, bool]]] = []
+        for form in sorted(form for form, flag in names if flag is caseless):
+            while chain and not form.startswith(chain[-1][0]):
+                chain.pop()
+            key = (
+                chain[0][1]
+                if chain
+                else (form[: NUL_ANCHOR if b"\0" in form else ANCHOR], caseless)
+            )
+            anchors.setdefault(key, []).append((form, caseless, names[form, caseless]))
+            chain.append((form, key))
+    return anchors
 
 
 def _confirmed(data: bytes, start: int, form: bytes, caseless: bool) -> bool:
