@@ -114,6 +114,10 @@ class Shard:
         self.shortest = min(len(form) for form, _ in names)
         # UTF-16 and UTF-32 forms (the only ones with NULs) are not spelled with escapes.
         self.longest_plain = max((len(form) for form, _ in names if b"\0" not in form), default=0)
+        # A wide form that is a narrow one with NULs between is found by the NUL-less view.
+        for form, caseless in [key for key in names if b"\0" in key[0]]:
+            if (form.replace(b"\0", b""), False) in names:
+                del names[form, caseless]
         anchors = _anchored(names)
         # Nearly every anchor is its one form whole: of those only the owner and length are
         # kept (10,000 values: 200,000 forms, ~90 MB as objects), the rest are compared.
