@@ -23,17 +23,19 @@ from blindkey.redact.forms import caseless_encodings, encodings, secret_parts
 
 # Hyperscan gets at most this much of a pattern; a longer one is confirmed by comparison.
 ANCHOR = 1024
-# The same for forms with NULs (UTF-16, UTF-32), which go to Hyperscan as regexes of
-# escapes: their compile time grows with their length (1,000 values: 1.8 s whole, 0.2 s
-# at 64 bytes), and 64 bytes of one are as rare as its whole.
+# The same for forms with NULs (UTF-16, UTF-32 of values with characters past U+00FF;
+# the others are found in the NUL-less view), which go to Hyperscan as regexes of escapes:
+# their compile time grows with their length (1,000 values: 1.8 s whole, 0.2 s at 64
+# bytes), and 64 bytes of one are as rare as its whole.
 NUL_ANCHOR = 64
 # Values per shard, at most on average: the trade between what one change compiles and
 # how many databases each chunk is scanned by (10,000 random 40-character values, CPU
 # time: 64 a shard, 0.14 s a change and 12 ms a 64 KiB chunk; 256, 0.16 s and 2.5 ms;
-# 1,024, 0.87 s and 0.85 ms). Up to 256 values are one database, as before shards.
+# 1,024, 0.87 s and 0.85 ms; measured before wide forms became a view, which halved the
+# scans). Up to 256 values are one database, as before shards.
 SHARD_VALUES = 256
 
-# Shards compiled at once: the first build of 10,000 values is ~12 s of CPU.
+# Shards compiled at once: the first build of 10,000 values is ~7 s of CPU.
 BUILDERS = min(4, os.cpu_count() or 1)
 
 Group = tuple[tuple[str, str], ...]  # (name, value), longest value first
