@@ -1,0 +1,218 @@
+"""The redactor's matcher, in shards: the forms of a group of values compiled on their own.
+
+Hyperscan compiles a database in time that grows faster than its pattern count (20 forms
+a value: 200,000 patterns for 10,000 values took minutes and 600 MB), and every change to
+one value rebuilt all of it. Values are grouped by a hash of their name, each group is one
+database, and a group whose values did not change is taken from the last build as it
+was: a change to one value among 10,000 compiles the ~160 values of its group, and a change
+that touches no value compiles nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from array import array
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import hyperscan
+
+from blindkey.redact.forms import caseless_encodings, encodings, secret_parts
+
+# Hyperscan gets at most this much of a pattern; a longer one is confirmed by comparison.
+ANCHOR = 1024
+# The same for forms with NULs (UTF-16, UTF-32 of values with characters past U+00FF;
+# the others are found in the NUL-less view), which go to Hyperscan as regexes of escapes:
+# their compile time grows with their length (1,000 values: 1.8 s whole, 0.2 s at 64
+# bytes), and 64 bytes of one are as rare as its whole.
+NUL_ANCHOR = 64
+# Values per shard, at most on average: the trade between what one change compiles and
+# how many databases each chunk is scanned by (10,000 random 40-character values, CPU
+# time: 64 a shard, 0.14 s a change and 12 ms a 64 KiB chunk; 256, 0.16 s and 2.5 ms;
+# 1,024, 0.87 s and 0.85 ms; measured before wide forms became a view, which halved the
+# scans). Up to 256 values are one database, as before shards.
+SHARD_VALUES = 256
+
+# Shards compiled at once: the first build of 10,000 values is ~7 s of CPU.
+BUILDERS = min(4, os.cpu_count() or 1)
+
+Group = tuple[tuple[str, str], ...]  # (name, value), longest value first
+Span = tuple[int, int, int, bytes]  # start, end, minus the value's length, replacement
+
+
+def shard_count(values: int) -> int:
+    """A power of two, so small sets stay one database (one scan a chunk)."""
+    count = 1
+    while count * SHARD_VALUES < values:
+        count *= 2
+    return count
+
+
+def shard_of(name: str, count: int) -> int:
+    return zlib.crc32(name.encode("utf-8", "surrogatepass")) & (count - 1)
+
+
+class _Matcher:
+    """Hyperscan over literals. Its Python binding takes a literal as a C string, so one
+    holding a NUL (a UTF-16 or UTF-32 form) goes to a second database as a regex of escapes.
+    """
+
+    def __init__(self, keys: list[tuple[bytes, bool]]) -> None:
+        self.databases: list[tuple[hyperscan.Database, array[int]]] = []
+        # A database has one scratch space: streams redacted on worker threads take turns
+        # (a shard, and so its lock, is shared by every redactor built while it was current).
+        self.lock = threading.Lock()
+        plain = array("i", (i for i, (literal, _) in enumerate(keys) if b"\0" not in literal))
+        nul = array("i", (i for i, (literal, _) in enumerate(keys) if b"\0" in literal))
+        for ids, literal in ((plain, True), (nul, False)):
+            if not ids:
+                continue
+            database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            expressions = [
+                keys[i][0] if literal else b"".join(b"\\x%02x" % c for c in keys[i][0]) for i in ids
+            ]
+            caseless = hyperscan.HS_FLAG_SOM_LEFTMOST | hyperscan.HS_FLAG_CASELESS
+            database.compile(
+                expressions=expressions,
+                ids=list(range(len(ids))),
+                elements=len(ids),
+                flags=[caseless if keys[i][1] else hyperscan.HS_FLAG_SOM_LEFTMOST for i in ids],
+                literal=literal,
+            )
+            self.databases.append((database, ids))
+
+    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
+        found: list[tuple[int, int, int]] = []
+        for database, ids in self.databases:
+
+            def on_match(
+                local: int, start: int, end: int, flags: int, context: object, ids: array[int] = ids
+            ) -> None:
+                found.append((start, end, ids[local]))
+
+            with self.lock:
+                database.scan(data, match_event_handler=on_match)
+        return found
+
+
+class Shard:
+    """Every form of every value of one group, as one matcher."""
+
+    def __init__(self, group: Group) -> None:
+        names: dict[tuple[bytes, bool], int] = {}
+        # Longer values first so a value that contains another is reported under its own name.
+        for owner, (_, value) in enumerate(group):
+            for part in secret_parts(value):
+                for form in encodings(part):
+                    names.setdefault((form, False), owner)
+                for form in caseless_encodings(part):
+                    names.setdefault((form, True), owner)
+        self.marks = [f"[REDACTED:{name}]".encode() for name, _ in group]
+        # Between shards, the same span found twice goes to the longer value's name.
+        self.ranks = [-len(value) for _, value in group]
+        self.longest = max(len(form) for form, _ in names)
+        self.shortest = min(len(form) for form, _ in names)
+        # UTF-16 and UTF-32 forms (the only ones with NULs) are not spelled with escapes.
+        self.longest_plain = max((len(form) for form, _ in names if b"\0" not in form), default=0)
+        # A wide form that is a narrow one with NULs between is found by the NUL-less view.
+        for form, caseless in [key for key in names if b"\0" in key[0]]:
+            if (form.replace(b"\0", b""), False) in names:
+                del names[form, caseless]
+        anchors = _anchored(names)
+        # Nearly every anchor is its one form whole: of those only the owner and length are
+        # kept (10,000 values: 200,000 forms, ~90 MB as objects), the rest are compared.
+        self._lengths = array("i")
+        self._owners = array("i")  # -1: compare against _longer
+        self._longer: dict[int, list[tuple[bytes, bool, int]]] = {}
+        for anchor_id, ((anchor, _), forms) in enumerate(anchors.items()):
+            self._lengths.append(len(anchor))
+            if len(forms) == 1 and len(forms[0][0]) == len(anchor):
+                self._owners.append(forms[0][2])
+            else:
+                self._owners.append(-1)
+                self._longer[anchor_id] = sorted(forms, key=lambda form: -len(form[0]))
+        self._matcher = _Matcher(list(anchors))
+
+    def matches(self, data: bytes) -> list[Span]:
+        spans: list[Span] = []
+        for start, _, anchor_id in self._matcher.scan(data):
+            owner = self._owners[anchor_id]
+            if owner >= 0:
+                end = start + self._lengths[anchor_id]
+                spans.append((start, end, self.ranks[owner], self.marks[owner]))
+                continue
+            whole = self._lengths[anchor_id]
+            for form, caseless, owner in self._longer[anchor_id]:
+                if len(form) <= whole or _confirmed(data, start, form, caseless):
+                    spans.append((start, start + len(form), self.ranks[owner], self.marks[owner]))
+                    break
+        return spans
+
+
+def _anchored(
+    names: dict[tuple[bytes, bool], int],
+) -> dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]]:
+    """The forms by the anchor Hyperscan looks for: the shortest other form a form begins
+    with (a value's base64, padded or not, begins with its aligned core: one pattern, not
+    three), else its first ANCHOR bytes (NUL_ANCHOR with NULs). The rest is compared."""
+    anchors: dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]] = {}
+    for caseless in (False, True):
+        # Sorted, a form's prefixes come before it, and every form between them begins
+        # with them too: a stack holds the chain of forms that begin the current one.
+        chain: list[tuple[bytes, tuple[bytes, bool]]] = []
+        for form in sorted(form for form, flag in names if flag is caseless):
+            while chain and not form.startswith(chain[-1][0]):
+                chain.pop()
+            key = (
+                chain[0][1]
+                if chain
+                else (form[: NUL_ANCHOR if b"\0" in form else ANCHOR], caseless)
+            )
+            anchors.setdefault(key, []).append((form, caseless, names[form, caseless]))
+            chain.append((form, key))
+    return anchors
+
+
+def _confirmed(data: bytes, start: int, form: bytes, caseless: bool) -> bool:
+    """Whether the whole of a form longer than its anchor is at `start`."""
+    if caseless:
+        return data[start : start + len(form)].upper() == form.upper()
+    return data.startswith(form, start)
+
+
+class _Recent:
+    """The shards of the last build, by group. Only the last: after a change to every value
+    the shards of the set before would otherwise stay in memory (~100 MB at 10,000 values)
+    until the next change. What a redactor still in use holds stays alive with it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shards: dict[Group, Shard] = {}
+
+    def get(self, group: Group) -> Shard | None:
+        with self.lock:
+            return self.shards.get(group)
+
+    def keep(self, shards: dict[Group, Shard]) -> None:
+        with self.lock:
+            self.shards = shards
+
+
+_recent = _Recent()
+
+
+def build_shards(groups: Sequence[Group]) -> list[Shard]:
+    """One shard per group, taken from the last build when the group is unchanged; the
+    others are compiled side by side (Hyperscan lets go of the GIL while it compiles)."""
+    found = {group: _recent.get(group) for group in groups}
+    missing = [group for group, shard in found.items() if shard is None]
+    if len(missing) > 1:
+        with ThreadPoolExecutor(min(len(missing), BUILDERS), "blindkey-redact") as pool:
+            found.update(zip(missing, pool.map(Shard, missing), strict=True))
+    elif missing:
+        found[missing[0]] = Shard(missing[0])
+    built = {group: shard for group, shard in found.items() if shard is not None}
+    _recent.keep(built)
+    return list(built.values())
