@@ -44,11 +44,12 @@ def upward_imports(name: str, tree: ast.Module) -> list[str]:
     here = name.split("/")[0]
     upward = []
     for node in ast.walk(tree):
-        targets = []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            targets = [node.module]
+        if isinstance(node, ast.ImportFrom):
+            targets = [node.module or ""]
         elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
+        else:
+            continue
         for target in targets:
             parts = [*target.split("."), ""]
             there = parts[1]
