@@ -16,7 +16,9 @@ import hmac
 import os
 import re
 from pathlib import Path
+from typing import Any, Protocol
 
+from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.atomic import locked, write_atomic
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
@@ -76,3 +78,30 @@ def placeholders(
 def find(text: str) -> list[str]:
     """The placeholder bodies (mark included, prefix not) that appear in `text`."""
     return PATTERN.findall(text)
+
+
+class PlaceholderSource(Protocol):
+    """What the broker's state offers for placeholders (BrokerState)."""
+
+    generation: int
+
+    def environment_values(self, env: str) -> dict[str, str]: ...
+
+    def placeholder_prefixes(self) -> dict[str, str]: ...
+
+
+def placeholders_op(
+    state: PlaceholderSource, key: bytes, request: dict[str, Any]
+) -> dict[str, Any]:
+    """The broker's `placeholders` op: every placeholder of one environment, so proxy mode
+    can tell which secret a placeholder stands for and refuse one headed for a host its
+    secret is not bound to. Placeholders are not values: nothing here is released."""
+    env = request.get("env")
+    if not isinstance(env, str) or not env:
+        raise BrokerDenied("bad_request", "placeholders needs the environment (env)")
+    values = state.environment_values(env)
+    return {
+        "id": request.get("id"),
+        "generation": state.generation,
+        "placeholders": placeholders(key, env, values, state.placeholder_prefixes()),
+    }
