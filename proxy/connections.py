@@ -342,7 +342,9 @@ class GuardedConnection(asyncio.Protocol):
             return b""
         self.sniffed = None
         if verdict and self.door is not None and isinstance(self.inner, RequestHandler):
-            # aiohttp saw the connection open but no byte of it: it lets go cleanly.
+            # aiohttp saw the connection open but no byte of it: it lets go, without closing
+            # the transport it holds (no longer its own).
+            self.inner.transport = None
             self.inner.connection_lost(None)
             self.inner = self.door(self)
         return seen

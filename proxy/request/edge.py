@@ -30,6 +30,7 @@ from blindkey.proxy.errors import (
     error_response,
     next_request_id,
 )
+from blindkey.proxy.request.forward_proxy import parse_intercepted
 from blindkey.proxy.request.parse import ProxySpec, parse_spec, request_headers
 from blindkey.proxy.request.pipeline import UpstreamFailure, forward
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
@@ -132,6 +133,18 @@ class Front:
         self, request: web.BaseRequest, record: AuditRecord
     ) -> tuple[web.StreamResponse, bool]:
         """The answer, and whether it belongs in the audit (every answer does)."""
+        transport = request.transport
+        connection = self.guard.by_transport.get(transport) if transport is not None else None
+        if connection is not None and connection.session is not None:
+            # Inside a tunnel blindkey intercepted: the agent proved itself at CONNECT, the
+            # Host is the upstream's own.
+            inside, headers = await parse_intercepted(
+                self.runtime.settings, request, connection.session
+            )
+            record.via, record.method = inside.via, request.method[:16]
+            record.url = inside.target.original[:2048]
+            self._check_audit()
+            return await forward(self.runtime, request, inside, headers, record), True
         remote_peer = self.bound_remote and self._check_peer(request)
         _refuse_pages(request.headers)
         if not remote_peer:  # another machine names this one as it knows it
@@ -169,16 +182,19 @@ class Front:
             )
         if "Expect" in request.headers:
             await _expect(request)
+        self._check_audit()
+        if spec is None:
+            raw = request_headers(request)
+            spec = parse_spec(request.method, raw)
+        return await forward(self.runtime, request, spec, raw, record), True
+
+    def _check_audit(self) -> None:
         if not self.runtime.audit.available:
             raise ProxyError(
                 "audit_unavailable",
                 "blindkey cannot write its audit (disk full or file unwritable); nothing is "
                 "injected until it can: retry later",
             )
-        if spec is None:
-            raw = request_headers(request)
-            spec = parse_spec(request.method, raw)
-        return await forward(self.runtime, request, spec, raw, record), True
 
     async def _identify(self, token: str, record: AuditRecord) -> None:
         """Name the agent of a call refused before it was asked who it is (a malformed

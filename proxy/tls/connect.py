@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import ssl
 import time
@@ -25,13 +24,13 @@ from aiohttp.web_protocol import RequestHandler
 from blindkey.audit.events import event_record
 from blindkey.audit.record import AuditRecord
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.model import Settings
+from blindkey.config.hosts import ip_literal
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_body, next_request_id
 from blindkey.proxy.request.edge import to_proxy_error
 from blindkey.proxy.request.parse import Target
 from blindkey.proxy.tls.ca import LeafCache
 from blindkey.proxy.tls.head import ConnectHead, head_end, parse_head
-from blindkey.proxy.tls.session import Session
+from blindkey.proxy.tls.session import Session, bound_secrets
 from blindkey.proxy.upstream import BlockedAddressError
 
 if TYPE_CHECKING:
@@ -43,19 +42,6 @@ REALM = 'Basic realm="blindkey"'
 _REASONS = {400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}  # fmt: skip
-
-
-def bound_secrets(settings: Settings, agent: str, host: str, port: int) -> list[str]:
-    """The secrets this agent may use that are bound to host:port: TLS to it is answered by
-    blindkey. A secret bound to no host binds to nothing here (its placeholder goes nowhere)."""
-    return sorted(
-        name
-        for name, policy in settings.secrets.items()
-        if policy.hosts
-        and "proxy" in policy.release
-        and policy.allows_agent(agent)
-        and policy.allows_host("https", host, port)
-    )
 
 
 def refusal(error: ProxyError, request_id: str) -> bytes:
@@ -93,6 +79,7 @@ class Door(asyncio.Protocol):
         self.pipe: _Pipe | None = None
         self.bytes_up = 0
         self.task: asyncio.Task[None] | None = None
+        self.deciding_done = False
 
     # --- the protocol GuardedConnection forwards to ---------------------------------------
 
@@ -145,8 +132,6 @@ class Door(asyncio.Protocol):
 
     # --- deciding -------------------------------------------------------------------------
 
-    deciding_done = False
-
     def _spawn(self, work: Coroutine[None, None, None]) -> None:
         self.task = asyncio.get_running_loop().create_task(work)
 
@@ -198,14 +183,16 @@ class Door(asyncio.Protocol):
         return Session(head.host, head.port, token, agent, env, {p: n for n, p in found.items()})
 
     async def _refuse(self, record: AuditRecord, error: ProxyError) -> None:
-        transport = self.connection.transport
         status = 407 if error.code == "unauthenticated" else error.status
         record.block(error.code, status)
+        # No answer before its record (as the edge): a held record means the audit failed.
+        if await self.runtime.audit.commit(record) is not None:
+            error = ProxyError("audit_unavailable", "blindkey cannot write its audit")
+        transport = self.connection.transport
         if transport is not None and not transport.is_closing():
             transport.write(refusal(error, record.request_id))
             transport.close()
         self.connection.guard.request_finished(transport)
-        await self.runtime.audit.commit(record)
 
     # --- the two ways on ------------------------------------------------------------------
 
@@ -260,24 +247,25 @@ class Door(asyncio.Protocol):
         return done
 
     async def _vetted(self, host: str, port: int) -> list[str]:
-        """The addresses the egress guard lets this host be reached at (an allowlisted name
-        that resolves to a private address is refused as /proxy refuses it)."""
-        guard = self.runtime.guard
+        """The addresses the egress guard lets this host be reached at: an allowlisted name
+        that resolves only to private addresses is refused as /proxy refuses it; a literal
+        on the allowlist is dialled as /proxy dials it."""
+        if ip_literal(host) is not None:
+            return [host]
+        pool = self.runtime.upstream
+        assert pool is not None
         try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            pool = self.runtime.upstream
-            assert pool is not None
-            try:
-                results = await pool.resolver.resolve(host, port, socket.AF_UNSPEC)
-            except BlockedAddressError:
-                raise
-            except OSError:
-                raise ProxyError("upstream_error", f"cannot resolve {host}") from None
-            return list(dict.fromkeys(r["host"] for r in results))
-        if not guard.address_allowed(literal):
-            raise BlockedAddressError(host, [host])
-        return [host]
+            results = await pool.resolver.resolve(host, port, socket.AF_UNSPEC)
+        except BlockedAddressError:
+            raise ProxyError(
+                "blocked_address",
+                f"{host} resolves only to addresses blindkey does not dial (private, "
+                "loopback, link-local or reserved); a human can permit a range with "
+                "[allowlist] private_ranges",
+            ) from None
+        except OSError:
+            raise ProxyError("upstream_error", f"cannot resolve {host}") from None
+        return list(dict.fromkeys(r["host"] for r in results))
 
     async def _open_tls(self, session: Session, record: AuditRecord) -> None:
         if self.buffer:  # a ClientHello sent before the 200: start_tls cannot be given it
