@@ -4,7 +4,6 @@ none listens, the approvals file in-process (which only the broker's user can op
 from __future__ import annotations
 
 import getpass
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +12,8 @@ from blindkey.broker.approvals import Approvals, Exists
 from blindkey.broker.approvals_codes import CodeNeeded, CodeRefused, refusal_from
 from blindkey.broker.approvals_ops import run_action
 from blindkey.broker.backends import open_backend
-from blindkey.broker.notify import TIMEOUT, _answer
-from blindkey.broker.protocol import Message, ProtocolError
+from blindkey.broker.link import CHANGE_TIMEOUT, NotPermitted, NotRunning, ask
+from blindkey.broker.protocol import Message
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
@@ -34,23 +33,16 @@ def ask_broker(
     broker runs. A broker of another user is refused with `foreign`, or taken as none when
     `foreign` is None (it does not serve this user's files)."""
     settings = load_settings(paths.config_file)
-    request = {"id": 1, "op": op, "action": action, "params": params}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
-        except (FileNotFoundError, ConnectionRefusedError):
+    try:
+        return ask(
+            paths, op, settings=settings, timeout=CHANGE_TIMEOUT, action=action, params=params
+        )
+    except NotRunning:
+        return None
+    except NotPermitted as exc:
+        if foreign is None:
             return None
-        except PermissionError as exc:
-            if foreign is None:
-                return None
-            raise BlindkeyError(foreign) from exc
-        try:
-            return _answer(sock, request)
-        except TimeoutError as exc:
-            raise BlindkeyError("the broker did not answer in time; retry") from exc
-        except (OSError, ProtocolError) as exc:
-            raise BlindkeyError(f"the broker's answer broke off: {exc}") from exc
+        raise BlindkeyError(foreign) from exc
 
 
 def _store_has(paths: Paths, settings: Settings) -> Exists:

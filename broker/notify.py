@@ -11,31 +11,15 @@ proxy whose broker is restarting reads everything afresh before it serves again.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable
 
-from blindkey.broker.protocol import ACK_TIMEOUT, FrameDecoder, Message, ProtocolError, encode
+from blindkey.broker.link import CHANGE_TIMEOUT, NotPermitted, NotRunning, ask
+from blindkey.broker.protocol import ACK_TIMEOUT, BrokerUnavailable
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 
-# Longer than the broker waits for its proxies, so its own answer about a late one arrives.
-TIMEOUT = ACK_TIMEOUT + 3.0
 CHECK = "check `blindkey proxy status`; the change is saved and applies once it answers"
-
-
-def _answer(sock: socket.socket, request: Message) -> Message:
-    sock.sendall(encode(request))
-    frames = FrameDecoder()
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("the broker closed the connection")
-        for reply in frames.feed(data):
-            # Invalidations pushed to every client arrive here too.
-            if reply.get("id") == request["id"]:
-                return reply
 
 
 def notify_broker(
@@ -47,31 +31,22 @@ def notify_broker(
 ) -> str | None:
     """Why the change is not known to be in force, or None: every running proxy uses it,
     or none runs. `changed`: the (env, name) values written; `config`: config.toml edited."""
-    if settings is None:
-        try:
-            settings = load_settings(paths.config_file)
-        except BlindkeyError:
-            # The change itself is made; a broken config must not make it look failed.
-            settings = Settings()
-    request = {
-        "id": 1,
-        "op": "refresh",
-        "changed": [[env, name] for env, name in changed],
-        "config": config,
-    }
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(TIMEOUT)
-        try:
-            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
-        except OSError:
-            # Nothing listens, or the socket is another user's that we may not open.
-            return None
-        try:
-            reply = _answer(sock, request)
-        except TimeoutError:
-            return f"the broker did not answer within {TIMEOUT:.0f}s; {CHECK}"
-        except (OSError, ProtocolError) as exc:
-            return f"the broker's answer broke off ({exc}); {CHECK}"
+    # settings None: read here, and a broken config.toml must not make the change (made
+    # already) look failed, so the link falls back to the default socket.
+    try:
+        reply = ask(
+            paths,
+            "refresh",
+            settings=settings,
+            timeout=CHANGE_TIMEOUT,
+            changed=[[env, name] for env, name in changed],
+            config=config,
+        )
+    except (NotRunning, NotPermitted):
+        # Nothing listens, or the socket is another user's that we may not open.
+        return None
+    except BrokerUnavailable as exc:
+        return f"{exc}; {CHECK}"
     if "error" in reply:
         return f"the broker refused it: {reply.get('message', reply['error'])}"
     if reply.get("refused"):

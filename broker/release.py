@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from blindkey.audit.events import append_event
 from blindkey.broker.cache import MISSING
-from blindkey.broker.protocol import (
-    BrokerDenied,
-    BrokerUnavailable,
-    FrameDecoder,
-    Message,
-    ProtocolError,
-    encode,
-)
+from blindkey.broker.link import Link
+from blindkey.broker.protocol import BrokerDenied, Message, encode
 from blindkey.broker.state import BrokerState
 from blindkey.config.model import SECRET_NAME
 
@@ -40,7 +32,6 @@ MCP_TOOLS = ("list_secrets", "list_allowlist", "http_request")
 # All a user of [broker] release_uids may ask: never resolve (a proxy's), approvals, refresh.
 RELEASE_OPS = frozenset({"release", "released", "mcp", "ping"})
 MAX_NAMES = 256
-CALL_TIMEOUT = 10.0
 Errors = dict[str, dict[str, str]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -278,60 +269,19 @@ class Released:
     errors: Errors
 
 
-class ReleaseLink:
-    """One connection to the broker for one release (and, for env, its end)."""
+def release(
+    link: Link, token: str | None, names: list[str] | None, channel: str, argv: list[str] | None
+) -> Released:
+    """The values the broker releases to `channel` (its refusal of the whole: BrokerDenied)."""
+    reply = link.call("release", token=token, names=names, channel=channel, argv=argv)
+    return Released(
+        agent=str(reply["agent"]),
+        env=str(reply["env"]),
+        values=dict(reply.get("values") or {}),
+        errors=dict(reply.get("errors") or {}),
+    )
 
-    def __init__(self, socket_path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(CALL_TIMEOUT)
-        self.frames = FrameDecoder()
-        self._ids = 0
-        try:
-            self.sock.connect(str(socket_path))
-        except OSError as exc:
-            self.sock.close()
-            raise BrokerUnavailable(
-                f"the secret broker is not running ({exc.strerror}); start it with "
-                "`blindkey proxy start`"
-            ) from exc
 
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> ReleaseLink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def call(self, op: str, **params: object) -> Message:
-        self._ids += 1
-        request = {"id": self._ids, "op": op, **params}
-        try:
-            self.sock.sendall(encode(request))
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise BrokerUnavailable("the broker closed the connection")
-                for reply in self.frames.feed(data):
-                    if reply.get("id") == request["id"]:
-                        error = reply.get("error")
-                        if error is not None:
-                            raise BrokerDenied(str(error), str(reply.get("message", error)))
-                        return reply
-        except (OSError, ProtocolError) as exc:
-            raise BrokerUnavailable(f"the broker's answer broke off ({exc})") from exc
-
-    def release(
-        self, token: str | None, names: list[str] | None, channel: str, argv: list[str] | None
-    ) -> Released:
-        reply = self.call("release", token=token, names=names, channel=channel, argv=argv)
-        return Released(
-            agent=str(reply["agent"]),
-            env=str(reply["env"]),
-            values=dict(reply.get("values") or {}),
-            errors=dict(reply.get("errors") or {}),
-        )
-
-    def released(self, exit_status: int | None) -> None:
-        self.call("released", exit_status=exit_status)
+def released(link: Link, exit_status: int | None) -> None:
+    """Ends an `env` release on the same link: the broker writes its record now."""
+    link.call("released", exit_status=exit_status)

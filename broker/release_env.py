@@ -27,9 +27,10 @@ import tty
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
+from blindkey.broker.link import connect
 from blindkey.broker.protocol import BrokerDenied
-from blindkey.broker.release import ReleaseLink
-from blindkey.broker.release_exec import agent_token, broker_socket, denial_text
+from blindkey.broker.release import release, released
+from blindkey.broker.release_exec import agent_token, denial_text
 from blindkey.config.console import warn
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.model import SECRET_NAME
@@ -63,13 +64,13 @@ def _names(args: argparse.Namespace) -> list[str] | None:
 
 def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
     argv, names = _command(args), _names(args)
-    with ReleaseLink(broker_socket(paths)) as link:
+    with connect(paths) as link:
         try:
-            answer = link.release(agent_token(), names, "env", argv)
+            answer = release(link, agent_token(), names, "env", argv)
         except BrokerDenied as exc:
             raise BlindkeyError(denial_text(exc)) from None
         if names is not None and answer.errors:
-            link.released(None)  # recorded: released nothing, ran nothing
+            released(link, None)  # recorded: released nothing, ran nothing
             name, error = next(iter(answer.errors.items()))
             raise BlindkeyError(f"{name}: {error['error']}: {error['message']}")
         for name, error in answer.errors.items():
@@ -77,10 +78,10 @@ def cmd_env(paths: Paths, args: argparse.Namespace) -> int:
         try:
             status = run(argv, answer.values)
         except BaseException:
-            link.released(None)
+            released(link, None)
             raise
         try:
-            link.released(status)
+            released(link, status)
         except BlindkeyError as exc:  # CMD ran: its status stands, the gap is reported
             warn(f"the broker did not confirm the env record: {exc}")
     return pass_through(status)

@@ -14,30 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from blindkey.broker.link import connect
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
-from blindkey.broker.release import ReleaseLink
+from blindkey.broker.release import release
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.loader import load_settings
-from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 2**20
 TOKEN_VARIABLE = "BLINDKEY_AGENT_TOKEN"  # noqa: S105 - the name of a variable
-
-
-def broker_socket(paths: Paths) -> Path:
-    """The broker's socket; an agent's user may be unable to read config.toml."""
-    try:
-        settings = load_settings(paths.config_file)
-    except (BlindkeyError, OSError):
-        settings = Settings()
-    return paths.broker_socket_at(settings.broker.socket)
 
 
 def agent_token() -> str | None:
@@ -79,8 +68,8 @@ def resolve(paths: Paths, ids: list[str]) -> dict[str, Any]:
     errors: dict[str, dict[str, str]] = {}
     if ids:
         try:
-            with ReleaseLink(broker_socket(paths)) as link:
-                answer = link.release(agent_token(), ids, "exec", None)
+            with connect(paths) as link:
+                answer = release(link, agent_token(), ids, "exec", None)
         except BrokerDenied as exc:  # the token, or a broker that serves nothing yet
             errors = {i: {"message": denial_text(exc)} for i in ids}
         except BrokerUnavailable as exc:

@@ -7,7 +7,6 @@ import contextlib
 import csv
 import io
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,10 +23,10 @@ from blindkey.audit.report import gather, render
 from blindkey.audit.summary import Summary, Tally, summarise
 from blindkey.audit.verify import Verdict, verify
 from blindkey.broker.anchor import ANCHOR_FILE
-from blindkey.broker.protocol import FrameDecoder, encode
+from blindkey.broker.link import ask
+from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -60,35 +59,22 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _ask_broker(socket_path: Path) -> Head | None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(ANCHOR_TIMEOUT)
-        sock.connect(str(socket_path))
-        sock.sendall(encode({"id": 1, "op": "audit_anchor"}))
-        frames = FrameDecoder()
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return None
-            for reply in frames.feed(data):
-                if reply.get("id") == 1:
-                    seq, chain = reply.get("seq"), reply.get("chain")
-                    if isinstance(seq, int) and isinstance(chain, str):
-                        return Head(seq, chain)
-                    return None
+def _ask_broker(paths: Paths) -> Head | None:
+    try:
+        reply = ask(paths, "audit_anchor", timeout=ANCHOR_TIMEOUT)
+    except BrokerUnavailable:
+        return None
+    seq, chain = reply.get("seq"), reply.get("chain")
+    if isinstance(seq, int) and isinstance(chain, str):
+        return Head(seq, chain)
+    return None
 
 
 def broker_anchor(paths: Paths) -> tuple[Head | None, str]:
     """The broker's anchor, and where it came from: the running broker, else its file."""
-    try:
-        settings = load_settings(paths.config_file)
-        socket_path = paths.broker_socket_at(settings.broker.socket)
-    except BlindkeyError:
-        socket_path = paths.broker_socket
-    with contextlib.suppress(OSError, ValueError):
-        head = _ask_broker(socket_path)
-        if head is not None:
-            return head, "broker"
+    head = _ask_broker(paths)
+    if head is not None:
+        return head, "broker"
     with contextlib.suppress(OSError, ValueError):
         data = orjson.loads((paths.state_dir / ANCHOR_FILE).read_bytes())
         if isinstance(data.get("seq"), int) and isinstance(data.get("chain"), str):

@@ -23,14 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from blindkey.audit.printable import printable
+from blindkey.broker.link import connect
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
-from blindkey.broker.release import ReleaseLink
-from blindkey.broker.release_exec import (
-    TOKEN_VARIABLE,
-    agent_token,
-    broker_socket,
-    denial_text,
-)
+from blindkey.broker.release_exec import TOKEN_VARIABLE, agent_token, denial_text
 from blindkey.cli.call import proxy_address, wire_headers
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
@@ -56,7 +51,7 @@ INSTRUCTIONS = (
 
 def _broker(paths: Paths, tool: str, detail: dict[str, Any]) -> dict[str, Any]:
     try:
-        with ReleaseLink(broker_socket(paths)) as link:
+        with connect(paths) as link:
             return link.call("mcp", tool=tool, detail=detail, token=agent_token())
     except BrokerDenied as exc:
         raise BlindkeyError(denial_text(exc)) from None

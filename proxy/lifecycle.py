@@ -9,7 +9,6 @@ import gc
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from typing import Any
 import orjson
 
 from blindkey.audit.store import audit_file, head_of_file
+from blindkey.broker import link
+from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import LimitSettings, Settings
@@ -365,22 +366,7 @@ def describe(
 def ask_broker(paths: Paths, timeout: float = 2.0) -> dict[str, Any] | None:
     """The broker's own ping answer (its backend's last error among it), or None when this
     user cannot reach it. Asked afresh: the proxy only notes whether the broker serves."""
-    from blindkey.broker.protocol import FrameDecoder, ProtocolError, encode
-
     try:
-        settings = load_settings(paths.config_file)
-    except BlindkeyError:
-        settings = Settings()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(paths.broker_socket_at(settings.broker.socket)))
-            sock.sendall(encode({"id": 1, "op": "ping"}))
-            frames = FrameDecoder()
-            while data := sock.recv(65536):
-                for reply in frames.feed(data):
-                    if reply.get("id") == 1:
-                        return reply
-        except (OSError, ProtocolError):
-            return None
-    return None
+        return link.ask(paths, "ping", timeout=timeout)
+    except BrokerUnavailable:
+        return None

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from blindkey.broker.link import Link
 from blindkey.broker.protocol import encode, read_frame
-from blindkey.broker.release import ReleaseLink
 from blindkey.broker.sockets import ConnectionLimits
 from blindkey.config.paths import Paths
 from tests.broker.conftest import Brokers
@@ -83,7 +83,7 @@ def test_a_process_hoarding_connections_does_not_lock_others_out(broker_process:
         assert hoarder.stdout is not None
         assert int(hoarder.stdout.readline()) > 0
         # Another process (this one) still gets an answer, as `blindkey exec` asks.
-        with ReleaseLink(broker_process) as link:
+        with Link(broker_process) as link:
             assert link.call("ping")["pid"] != os.getpid()
     finally:
         assert hoarder.stdin is not None
