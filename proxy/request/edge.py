@@ -30,11 +30,17 @@ from blindkey.proxy.errors import (
     error_response,
     next_request_id,
 )
-from blindkey.proxy.request.forward_proxy import parse_intercepted
-from blindkey.proxy.request.parse import ProxySpec, parse_spec, request_headers
+from blindkey.proxy.request.forward_proxy import (
+    absolute_session,
+    absolute_target,
+    parse_forwarded,
+    tunnel_target,
+)
+from blindkey.proxy.request.parse import ProxySpec, Target, parse_spec, request_headers
 from blindkey.proxy.request.pipeline import UpstreamFailure, forward
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.proxy.tls.session import Session
 from blindkey.proxy.upstream import (
     BlockedAddressError,
     UnsendableRequest,
@@ -138,15 +144,14 @@ class Front:
         if connection is not None and connection.session is not None:
             # Inside a tunnel blindkey intercepted: the agent proved itself at CONNECT, the
             # Host is the upstream's own.
-            inside, headers = await parse_intercepted(
-                self.runtime.settings, request, connection.session
-            )
-            record.via, record.method = inside.via, request.method[:16]
-            record.url = inside.target.original[:2048]
-            self._check_audit()
-            return await forward(self.runtime, request, inside, headers, record), True
+            session = connection.session
+            return await self._forwarded(request, record, session, tunnel_target(request, session))
         remote_peer = self.bound_remote and self._check_peer(request)
         _refuse_pages(request.headers)
+        if request.raw_path.startswith(("http://", "https://")):  # HTTP_PROXY: absolute-form
+            record.method, record.url = request.method[:16], request.raw_path[:2048]
+            session = await absolute_session(self.runtime, request)
+            return await self._forwarded(request, record, session, absolute_target(request))
         if not remote_peer:  # another machine names this one as it knows it
             self._check_host(request.headers)
         path = request.path
@@ -187,6 +192,17 @@ class Front:
             raw = request_headers(request)
             spec = parse_spec(request.method, raw)
         return await forward(self.runtime, request, spec, raw, record), True
+
+    async def _forwarded(
+        self, request: web.BaseRequest, record: AuditRecord, session: Session, target: Target
+    ) -> tuple[web.StreamResponse, bool]:
+        """Proxy mode: a request sent to blindkey as the caller's proxy."""
+        record.agent, record.env = session.agent, session.env
+        spec, headers = await parse_forwarded(self.runtime.settings, request, session, target)
+        record.via, record.method = spec.via, request.method[:16]
+        record.url = spec.target.original[:2048]
+        self._check_audit()
+        return await forward(self.runtime, request, spec, headers, record), True
 
     def _check_audit(self) -> None:
         if not self.runtime.audit.available:

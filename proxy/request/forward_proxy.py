@@ -13,17 +13,29 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.model import Settings
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.inject import read_limited
-from blindkey.proxy.request.parse import Injection, ProxySpec, Target, request_headers
+from blindkey.proxy.request.parse import (
+    Injection,
+    ProxySpec,
+    Target,
+    parse_target,
+    request_headers,
+)
+from blindkey.proxy.tls.head import no_token, proxy_token
 from blindkey.proxy.tls.session import Session, bound_secrets
+
+if TYPE_CHECKING:
+    from blindkey.proxy.runtime import ProxyRuntime
 
 STYLE = "placeholder"
 # Bodies that are read and searched for placeholders; any other streams as it is.
@@ -68,24 +80,40 @@ def _searched(raw: list[tuple[str, str]], path_query: str, body: bytes | None) -
     return texts
 
 
-async def parse_intercepted(
-    settings: Settings, request: web.BaseRequest, session: Session
-) -> tuple[ProxySpec, list[tuple[str, str]]]:
-    raw = request_headers(request)
+def tunnel_target(request: web.BaseRequest, session: Session) -> Target:
+    """Inside a tunnel the host is the one CONNECT named, whatever the Host header says."""
     host = f"[{session.host}]" if ":" in session.host else session.host
     authority = host if session.port == 443 else f"{host}:{session.port}"
     path_query = request.raw_path or "/"
     if not path_query.startswith("/"):
         raise ProxyError("bad_request", "inside a tunnel a request names a path (origin-form)")
-    target = Target(
+    return Target(
         "https", session.host, session.port, path_query, f"https://{authority}{path_query}"
     )
+
+
+def absolute_target(request: web.BaseRequest) -> Target:
+    """`GET http://host/path` (HTTP_PROXY): the target is the request line's own."""
+    target = parse_target(request.raw_path)
+    if target.scheme != "http":
+        raise ProxyError(
+            "bad_request", "an https:// target goes through CONNECT, not a request line"
+        )
+    return target
+
+
+async def parse_forwarded(
+    settings: Settings, request: web.BaseRequest, session: Session, target: Target
+) -> tuple[ProxySpec, list[tuple[str, str]]]:
+    """The spec of a request sent to blindkey as a proxy: in a tunnel, or absolute-form."""
+    raw = request_headers(request)
+    authority, path_query = target.host_header, target.path_query
     body = None
     if request.body_exists and is_text(request.headers.get("Content-Type", "")):
         limits = settings.limits
         body = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
     names = found_in(_searched(raw, path_query, body), session.placeholders)
-    bound = set(bound_secrets(settings, session.agent, session.host, session.port))
+    bound = set(bound_secrets(settings, session.agent, target.host, target.port, target.scheme))
     foreign = sorted(names - bound)
     if foreign:
         raise ProxyError(
@@ -101,10 +129,40 @@ async def parse_intercepted(
         session.token,
         injections,
         body=body,
-        via="connect",
+        via="connect" if target.scheme == "https" else "proxy",
         placeholders=session.placeholders,
     )
     return spec, raw
+
+
+async def identify(runtime: ProxyRuntime, token: str) -> tuple[str, str]:
+    """The agent of a proxy-mode token; an unknown one is 407, as a missing one."""
+    try:
+        return await runtime.authoriser.identify(token)
+    except BrokerDenied as exc:
+        if exc.code != "unauthenticated":
+            raise
+        error = no_token()
+        error.message = "unknown or revoked agent token in Proxy-Authorization"
+        raise error from None
+
+
+async def placeholders_of(runtime: ProxyRuntime, env: str) -> dict[str, str]:
+    """placeholder -> secret for every value of `env` (the broker's, never a value)."""
+    reply = await runtime.authoriser.broker.call("placeholders", env=env)
+    found = cast(dict[str, str], reply.get("placeholders") or {})
+    return {placeholder: name for name, placeholder in found.items()}
+
+
+async def absolute_session(runtime: ProxyRuntime, request: web.BaseRequest) -> Session:
+    """Who sends `GET http://host/path` to blindkey as its proxy: Proxy-Authorization."""
+    token = proxy_token(request.headers.getall("Proxy-Authorization", []))
+    if token is None:
+        raise no_token()
+    agent, env = await identify(runtime, token)
+    target = absolute_target(request)
+    found = await placeholders_of(runtime, env)
+    return Session(target.host, target.port, token, agent, env, found, scheme="http")
 
 
 Encode = Callable[[str], str]

@@ -25,11 +25,19 @@ from blindkey.audit.events import event_record
 from blindkey.audit.record import AuditRecord
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import ip_literal
-from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError, error_body, next_request_id
+from blindkey.proxy.errors import (
+    PROXY_AUTH_STATUS,
+    PROXY_AUTHENTICATE,
+    REQUEST_ID_HEADER,
+    ProxyError,
+    error_body,
+    next_request_id,
+)
 from blindkey.proxy.request.edge import to_proxy_error
+from blindkey.proxy.request.forward_proxy import identify, placeholders_of
 from blindkey.proxy.request.parse import Target
 from blindkey.proxy.tls.ca import LeafCache
-from blindkey.proxy.tls.head import ConnectHead, head_end, parse_head
+from blindkey.proxy.tls.head import ConnectHead, head_end, no_token, parse_head
 from blindkey.proxy.tls.session import Session, bound_secrets
 from blindkey.proxy.upstream import BlockedAddressError
 
@@ -38,14 +46,13 @@ if TYPE_CHECKING:
     from blindkey.proxy.runtime import ProxyRuntime
 
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
-REALM = 'Basic realm="blindkey"'
 _REASONS = {400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}  # fmt: skip
 
 
 def refusal(error: ProxyError, request_id: str) -> bytes:
-    status = 407 if error.code == "unauthenticated" else error.status
+    status = PROXY_AUTH_STATUS if error.code == "unauthenticated" else error.status
     body = error_body(error, request_id)
     lines = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
@@ -54,8 +61,8 @@ def refusal(error: ProxyError, request_id: str) -> bytes:
         f"{REQUEST_ID_HEADER}: {request_id}",
         "Connection: close",
     ]
-    if status == 407:
-        lines.append(f"Proxy-Authenticate: {REALM}")
+    if status == PROXY_AUTH_STATUS:
+        lines.append(f"Proxy-Authenticate: {PROXY_AUTHENTICATE}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -161,12 +168,8 @@ class Door(asyncio.Protocol):
         runtime = self.runtime
         token = head.token
         if token is None:
-            raise ProxyError(
-                "unauthenticated",
-                "proxy mode needs the agent's token: Proxy-Authorization: Basic "
-                "base64(agent:TOKEN), as HTTPS_PROXY=http://agent:TOKEN@host:port sends it",
-            )
-        agent, env = await runtime.authoriser.identify(token)
+            raise no_token()
+        agent, env = await identify(runtime, token)
         record.agent, record.env = agent, env
         target = Target("https", head.host, head.port, "/", f"https://{head.authority}/")
         runtime.guard.check(target)
@@ -178,12 +181,11 @@ class Door(asyncio.Protocol):
         names = bound_secrets(runtime.settings, agent, head.host, head.port)
         if not names:
             return None
-        reply = await runtime.authoriser.broker.call("placeholders", env=env)
-        found = cast(dict[str, str], reply.get("placeholders") or {})
-        return Session(head.host, head.port, token, agent, env, {p: n for n, p in found.items()})
+        found = await placeholders_of(runtime, env)
+        return Session(head.host, head.port, token, agent, env, found)
 
     async def _refuse(self, record: AuditRecord, error: ProxyError) -> None:
-        status = 407 if error.code == "unauthenticated" else error.status
+        status = PROXY_AUTH_STATUS if error.code == "unauthenticated" else error.status
         record.block(error.code, status)
         # No answer before its record (as the edge): a held record means the audit failed.
         if await self.runtime.audit.commit(record) is not None:

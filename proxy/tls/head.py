@@ -41,19 +41,31 @@ class ConnectHead:
 
     @property
     def token(self) -> str | None:
-        """The agent token from `Proxy-Authorization: Basic base64(ANY:TOKEN)`."""
-        values = self.headers.getall("Proxy-Authorization", [])
-        if len(values) != 1:
-            return None
-        scheme, _, encoded = values[0].strip().partition(" ")
-        if scheme.lower() != "basic":
-            return None
-        try:
-            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        _, colon, token = decoded.partition(":")
-        return token if colon and token else None
+        return proxy_token(self.headers.getall("Proxy-Authorization", []))
+
+
+def proxy_token(values: list[str]) -> str | None:
+    """The agent token from `Proxy-Authorization: Basic base64(ANY:TOKEN)` (one header)."""
+    if len(values) != 1:
+        return None
+    scheme, _, encoded = values[0].strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, token = decoded.partition(":")
+    return token if colon and token else None
+
+
+def no_token() -> ProxyError:
+    return ProxyError(
+        "unauthenticated",
+        "proxy mode needs the agent's token: Proxy-Authorization: Basic base64(agent:TOKEN), "
+        "as HTTPS_PROXY=http://agent:TOKEN@host:port sends it",
+        proxy_auth=True,
+    )
 
 
 def _bad(message: str) -> ProxyError:

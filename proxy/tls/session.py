@@ -17,9 +17,12 @@ class Session:
     agent: str
     env: str
     placeholders: dict[str, str] = field(default_factory=dict)  # placeholder -> secret
+    scheme: str = "https"  # "http": one absolute-form request (HTTP_PROXY), no tunnel
 
 
-def bound_secrets(settings: Settings, agent: str, host: str, port: int) -> list[str]:
+def bound_secrets(
+    settings: Settings, agent: str, host: str, port: int, scheme: str = "https"
+) -> list[str]:
     """The secrets this agent may use that are bound to host:port: TLS to it is answered by
     blindkey. A secret bound to no host binds to nothing here (its placeholder goes nowhere)."""
     return sorted(
@@ -28,5 +31,5 @@ def bound_secrets(settings: Settings, agent: str, host: str, port: int) -> list[
         if policy.hosts
         and "proxy" in policy.release
         and policy.allows_agent(agent)
-        and policy.allows_host("https", host, port)
+        and policy.allows_host(scheme, host, port)
     )

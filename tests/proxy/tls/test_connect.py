@@ -193,3 +193,28 @@ async def test_an_unbound_host_is_tunnelled_blind(mode: Mode) -> None:
     tunnels = [r for r in audit_records(mode.env.paths.audit_dir) if r["event"] == "tunnel"]
     assert tunnels and tunnels[-1]["port"] == mode.free_port
     assert tunnels[-1]["bytes_up"] > 0 and tunnels[-1]["bytes_down"] > 0
+
+
+async def test_absolute_form_http_through_the_proxy(mode: Mode) -> None:
+    """HTTP_PROXY for an http:// API: `GET http://host/path` to blindkey as the proxy."""
+    env = mode.env
+    http_target = f"http://127.0.0.1:{env.upstream_port}"
+
+    def bind(document: Any) -> None:
+        toml_table(document, "secrets", "STRIPE_KEY")["hosts"] = string_array([http_target])
+
+    env.configure(bind)
+    await env.server.reload()
+    placeholder = mode.placeholders["STRIPE_KEY"]
+    status, out = await curl(mode, f"{http_target}/echo", "-H", f"X-Key: {placeholder}")
+    assert status == 0, out
+    _, _, headers = env.upstream.app[HITS][-1]
+    assert headers["X-Key"] == OTHER
+    assert "[REDACTED:STRIPE_KEY]" in out.decode() and OTHER.encode() not in out
+    status, out = await curl(mode, f"{http_target}/echo", "-w", "\n%{http_code}", token="")
+    assert out.endswith(b"\n407")
+    # GITHUB_TOKEN is bound to the TLS host only: its placeholder is refused here.
+    github = mode.placeholders["GITHUB_TOKEN"]
+    status, out = await curl(mode, f"{http_target}/echo", "-H", f"X-Key: {github}",
+                             "-w", "\n%{http_code}")  # fmt: skip
+    assert out.endswith(b"\n403") and b"secret_denied" in out
