@@ -29,6 +29,7 @@ EVENTS = (
     "exec",
     "mcp",
     "config",
+    "tunnel",
 )
 
 

@@ -46,6 +46,7 @@ class AuditRecord:
     complete: bool = True
     # Time a held call waited for a human (X-AS-Wait-Approval); part of duration_ms.
     waited_ms: float | None = None
+    via: str | None = None  # "connect": a request inside a tunnel blindkey intercepted
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -89,4 +90,6 @@ class AuditRecord:
         }
         if self.waited_ms is not None:
             values["waited_ms"] = self.waited_ms
+        if self.via is not None:
+            values["via"] = self.via
         return values

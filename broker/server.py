@@ -18,6 +18,8 @@ from typing import Any, cast
 
 from blindkey.broker.anchor import AuditAnchor
 from blindkey.broker.approvals.ops import approvals_op, hold_op, refuse_foreign
+from blindkey.broker.placeholders import ensure_key as ensure_placeholder_key
+from blindkey.broker.placeholders import placeholders_op
 from blindkey.broker.policy_ops import config_op
 from blindkey.broker.protocol import (
     ACK_TIMEOUT,
@@ -148,6 +150,7 @@ class BrokerServer:
         self._pushed = 0
         self._ack_waiters: list[asyncio.Future[None]] = []
         self.audit_anchor = AuditAnchor.load(paths.state_dir)
+        self.placeholder_key = ensure_placeholder_key(paths)
         self.releaser = Releaser(self.state, self._spawn)  # values for env and exec
         # What a client may ask, by the `op` of its request.
         self.operations: dict[str, Operation] = {
@@ -163,6 +166,9 @@ class BrokerServer:
             "approvals": self._approvals,
             "hold": lambda request, client: hold_op(self.state, request),
             "config": self._config,
+            "placeholders": lambda request, client: placeholders_op(
+                self.state, self.placeholder_key, request
+            ),
         }
 
     async def start(self) -> None:

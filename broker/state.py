@@ -309,6 +309,13 @@ class BrokerState:
             return {}
         return self.view.snapshot(self.settings.active_env)
 
+    def environment_values(self, env: str) -> dict[str, str]:
+        """The values of `env` this broker holds now (for placeholders, never released)."""
+        return {} if self.view is None else self.view.snapshot(env)
+
+    def placeholder_prefixes(self) -> dict[str, str]:
+        return {}
+
     # --- fetching from a slow store (keychain, OpenBao) ---------------------------------
 
     def _run(self, view: ValueView, env: str, names: list[str] | None) -> asyncio.Future[Fetched]:

@@ -22,6 +22,7 @@ from typing import Any
 from blindkey.broker import serve
 from blindkey.cli.approvals_tree import add_approval_commands, approver_code
 from blindkey.cli.audit_tree import add_audit_commands
+from blindkey.cli.ca import add_ca_commands, add_placeholder_command
 from blindkey.cli.integrations_tree import add_integration_commands
 from blindkey.cli.service_tree import add_service_commands
 from blindkey.config.arguments import (
@@ -69,9 +70,11 @@ def ensure_home(paths: Paths, backend: str = "file") -> bool:
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
     from blindkey.broker.vault import ensure_key
     from blindkey.config.loader import load_settings
+    from blindkey.proxy.tls.ca import ensure_ca
 
     created = ensure_home(paths, args.backend or "file")
     ensure_key(paths)
+    ensure_ca(paths)  # proxy mode's CA: made once, its key this user's only
     if not created and args.backend is not None:
         current = load_settings(paths.config_file).backend
         if current != args.backend:
@@ -251,6 +254,7 @@ def _secrets(sub: Subcommands) -> None:
     approver_code(p)
     p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_delete")
     _secrets_policy(actions)
+    add_placeholder_command(actions)
     p = actions.add_parser(
         "diff",
         help="names missing or different: between two environments, or local and [remote]",
@@ -389,6 +393,19 @@ def _run(sub: Subcommands) -> None:
     p.add_argument(
         "--isolate", action="store_true", help="hide blindkey's files from CMD (bubblewrap)"
     )
+    p.add_argument(
+        "--agent",
+        metavar="NAME",
+        help="issue a token for agent NAME for this run only (revoked when CMD exits); "
+        "default: BLINDKEY_AGENT_TOKEN",
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=VAR]",
+        help="give CMD the placeholder of secret NAME in VAR (default: NAME); repeatable",
+    )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(handler="blindkey.cli.run:cmd_run")
 
@@ -424,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         _config,
         _doctor,
         _run,
+        add_ca_commands,
     ):
         add(sub)
     return parser

@@ -1,5 +1,6 @@
-"""`blindkey run [--isolate] -- CMD`: an agent's command, run so that it can use blindkey
-and, isolated, cannot read what blindkey keeps.
+"""`blindkey run [--agent NAME] [--secret NAME[=VAR]]... [--isolate] -- CMD`: an agent's
+command, run so that every program in it uses blindkey unchanged (proxy mode: the proxy and
+CA variables, placeholders where keys go) and, isolated, cannot read what blindkey keeps.
 
 In the single-user deployment an agent with a shell is the vault's owner: it can read the
 vault key, approvals.bin, the chain key and reach the broker's socket. `--isolate` runs CMD
@@ -13,16 +14,32 @@ the proxy stays reachable on loopback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from blindkey.broker import link
+from blindkey.broker.agents import AgentStore
+from blindkey.broker.notify import put_in_force
 from blindkey.broker.release_env import pass_through
+from blindkey.config.console import warn
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths, resolve_paths
+from blindkey.proxy import lifecycle
+from blindkey.proxy.tls.ca import ensure_ca, load_ca
+from blindkey.proxy.tls.environment import (
+    agent_token,
+    proxy_url,
+    run_directory,
+    run_environment,
+    secret_variables,
+    write_bundles,
+)
 
 BWRAP = "bwrap"
 
@@ -79,24 +96,83 @@ def _bubblewrap_works(hidden: list[Path]) -> str | None:
     )
 
 
-def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
+def _placeholders(paths: Paths, settings: Settings, wanted: list[str]) -> dict[str, str]:
+    if not wanted:
+        return {}
+    reply = link.ask(paths, "placeholders", settings=settings, env=settings.active_env)
+    if reply.get("error"):
+        raise BlindkeyError(f"the broker gave no placeholders: {reply.get('message')}")
+    return dict(reply.get("placeholders") or {})
+
+
+def _proxy_address(paths: Paths, settings: Settings) -> tuple[str, int]:
+    current = lifecycle.running(paths)
+    if current is None:
+        warn("the proxy is not running: start it with `blindkey proxy start`")
+        return settings.proxy.host, settings.proxy.port
+    return str(current.status.get("host")), int(current.status.get("port") or 0)
+
+
+@contextlib.contextmanager
+def _run_token(paths: Paths, agent: str | None) -> Iterator[str | None]:
+    """The token CMD's proxy variables carry: one issued for this run only (--agent NAME),
+    revoked when CMD exits; else BLINDKEY_AGENT_TOKEN."""
+    if agent is None:
+        token = agent_token()
+        if token is None:
+            warn(
+                "no agent token (--agent NAME, or BLINDKEY_AGENT_TOKEN): the proxy answers "
+                "CMD's HTTPS calls 407"
+            )
+        yield token
+        return
+    store = AgentStore(paths.agents_file, paths.lock_file)
+    token = store.add(agent)
+    try:
+        put_in_force(paths, None, f"agent {agent} is added for this run")
+        yield token
+    finally:
+        store.revoke(agent)
+        with contextlib.suppress(BlindkeyError):
+            put_in_force(paths, None, f"agent {agent} is revoked")
+
+
+def _command(args: argparse.Namespace) -> list[str]:
     command = list(args.argv)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise UsageError("run needs a command: blindkey run [--isolate] -- CMD [ARG...]")
+    return command
+
+
+def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
+    command = _command(args)
+    settings = load_settings(paths.config_file)
     if args.isolate:
-        try:
-            configured = load_settings(paths.config_file).broker.socket
-        except BlindkeyError:
-            configured = ""
-        hidden = hidden_paths(paths, configured)
+        hidden = hidden_paths(paths, settings.broker.socket)
         problem = _bubblewrap_works(hidden)
         if problem is not None:
             raise BlindkeyError(f"run --isolate: {problem}")
         command = isolation_argv(hidden, command)
+    ensure_ca(paths)
+    variables = secret_variables(args.secret, _placeholders(paths, settings, args.secret))
+    host, port = _proxy_address(paths, settings)
+    directory = run_directory()
     try:
-        process = subprocess.Popen(command)
+        ca, bundle = write_bundles(directory, load_ca(paths))
+        with _run_token(paths, args.agent) as token:
+            environment = run_environment(
+                os.environ, proxy_url(host, port, token), ca, bundle, variables
+            )
+            return _wait(command, environment)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _wait(command: list[str], environment: dict[str, str]) -> int:
+    try:
+        process = subprocess.Popen(command, env=environment)
     except FileNotFoundError:
         raise BlindkeyError(f"{command[0]}: command not found") from None
     try:

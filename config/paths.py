@@ -36,6 +36,20 @@ class Paths:
         return self.state_dir / "vault.key"
 
     @property
+    def ca_key(self) -> Path:
+        """Proxy mode's CA key: the proxy's user's only (0600)."""
+        return self.state_dir / "ca.key"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.state_dir / "ca.pem"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The system's CAs plus blindkey's: what `blindkey run` points programs at."""
+        return self.state_dir / "ca-bundle.pem"
+
+    @property
     def agents_file(self) -> Path:
         return self.state_dir / "agents.json"
 

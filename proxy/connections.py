@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
@@ -16,6 +17,8 @@ from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.writer import AuditWriter
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
+from blindkey.proxy.tls.head import is_connect
+from blindkey.proxy.tls.session import Session
 
 # An idle connection younger than this is not closed to make room (its answer may still be
 # leaving: the guard hears of a request's end when the handler returns).
@@ -160,7 +163,8 @@ class ConnectionGuard:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for connection in self.by_transport.values() if connection.in_request)
+        # An intercepted tunnel is in the map twice (its TCP and its TLS transport).
+        return sum(1 for c in set(self.by_transport.values()) if c.in_request)
 
     async def drained(self) -> None:
         """Return once no request is in progress (the caller bounds the wait)."""
@@ -170,7 +174,7 @@ class ConnectionGuard:
 
     def cut_in_flight(self) -> int:
         """Close every connection still in a request (shutdown, after the drain)."""
-        cut = [c for c in self.by_transport.values() if c.in_request]
+        cut = [c for c in set(self.by_transport.values()) if c.in_request]
         for connection in cut:
             if connection.transport is not None:
                 connection.transport.abort()
@@ -272,10 +276,21 @@ class GuardedConnection(asyncio.Protocol):
     application sees the request (`ConnectionGuard.request_started`).
     """
 
-    def __init__(self, inner: RequestHandler, guard: ConnectionGuard) -> None:
-        self.inner = inner
+    def __init__(
+        self,
+        inner: RequestHandler,
+        guard: ConnectionGuard,
+        door: Callable[[GuardedConnection], asyncio.Protocol] | None = None,
+    ) -> None:
+        self.inner: asyncio.Protocol = inner
         self.guard = guard
         self.transport: asyncio.Transport | None = None
+        # Proxy mode: the first bytes say whether this is a CONNECT (Door) or not (aiohttp).
+        self.door = door
+        self.sniffed: bytes | None = b"" if door is not None else None
+        # An intercepted tunnel: its TLS transport, and what its requests are known by.
+        self.inside: asyncio.Transport | None = None
+        self.session: Session | None = None
         self.in_request = False
         self.counted = False
         self.requests = 0
@@ -311,9 +326,41 @@ class GuardedConnection(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.sniffed is not None:
+            data = self._sniff(data)
+            if not data:
+                return
         if not self.in_request:
             self.guard.expect_headers(self)
         self.inner.data_received(data)
+
+    def _sniff(self, data: bytes) -> bytes:
+        seen = self.sniffed + data if self.sniffed else data
+        verdict = is_connect(seen)
+        if verdict is None:
+            self.sniffed = seen
+            return b""
+        self.sniffed = None
+        if verdict and self.door is not None and isinstance(self.inner, RequestHandler):
+            # aiohttp saw the connection open but no byte of it: it lets go, without closing
+            # the transport it holds (no longer its own).
+            self.inner.transport = None
+            self.inner.connection_lost(None)
+            self.inner = self.door(self)
+        return seen
+
+    def go_inside(
+        self, tls: asyncio.Transport, handler: RequestHandler, session: Session, early: bytes
+    ) -> None:
+        """An intercepted tunnel's TLS is up: aiohttp reads the requests inside it (`early`:
+        what came with the end of the handshake, before this)."""
+        self.inside, self.session = tls, session
+        self.inner = handler
+        self.guard.by_transport[tls] = self
+        handler.connection_made(tls)
+        if early:
+            self.guard.expect_headers(self)
+            handler.data_received(early)
 
     def eof_received(self) -> bool | None:
         self.inner.eof_received()
@@ -325,13 +372,20 @@ class GuardedConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
         if self.transport is None:
             return  # refused at the door: aiohttp never saw it
         self._uncount()
         self.guard.by_transport.pop(self.transport, None)
+        if self.inside is not None:
+            self.guard.by_transport.pop(self.inside, None)
         self.inner.connection_lost(exc)
+
+
+# Proxy mode's door for a connection that opened with CONNECT, given how to make the
+# aiohttp protocol that reads the requests inside an intercepted tunnel.
+Doors = Callable[["GuardedConnection", Callable[[], RequestHandler]], asyncio.Protocol]
 
 
 class GuardedSite(web.SockSite):
@@ -341,10 +395,12 @@ class GuardedSite(web.SockSite):
         sock: object,
         guard: ConnectionGuard,
         refusals: Coalescer | None = None,
+        doors: Doors | None = None,
     ) -> None:
         super().__init__(runner, sock, backlog=1024)  # type: ignore[arg-type]
         self.guard = guard
         self.refusals = refusals
+        self.doors = doors
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -354,10 +410,19 @@ class GuardedSite(web.SockSite):
         # What web.Server() builds, with the JSON-speaking subclass in its place.
         settings = server._kwargs
 
+        def handler() -> RequestHandler:
+            made = JsonErrorHandler(server, loop=loop, **settings)
+            made.refusals = self.refusals
+            return made
+
+        doors = self.doors
+
+        def door(connection: GuardedConnection) -> asyncio.Protocol:
+            assert doors is not None
+            return doors(connection, handler)
+
         def factory() -> asyncio.Protocol:
-            handler = JsonErrorHandler(server, loop=loop, **settings)
-            handler.refusals = self.refusals
-            return GuardedConnection(handler, self.guard)
+            return GuardedConnection(handler(), self.guard, door if doors is not None else None)
 
         self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
         self.guard.start(loop)

@@ -29,6 +29,8 @@ STATUS = {
     "internal_error": 500,
 }
 REQUEST_ID_HEADER = "X-Blindkey-Request-Id"
+PROXY_AUTH_STATUS = 407
+PROXY_AUTHENTICATE = 'Basic realm="blindkey"'
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 
@@ -52,6 +54,7 @@ class ProxyError(BlindkeyError):
         *,
         close: bool = False,
         fields: dict[str, str] | None = None,
+        proxy_auth: bool = False,
     ) -> None:
         if code not in STATUS:
             raise ValueError(f"unknown error code {code}")
@@ -62,10 +65,13 @@ class ProxyError(BlindkeyError):
         self.close = close
         # More of the error JSON (approval_required: the approval_id to hand a human).
         self.fields = fields
+        # Proxy mode: the caller used blindkey as its proxy, so "who are you" is 407 and
+        # says how to answer (Proxy-Authenticate).
+        self.proxy_auth = proxy_auth
 
     @property
     def status(self) -> int:
-        return STATUS[self.code]
+        return PROXY_AUTH_STATUS if self.proxy_auth else STATUS[self.code]
 
 
 def error_body(error: ProxyError, request_id: str, *, vendor: bool = False) -> bytes:
@@ -88,6 +94,8 @@ def error_response(error: ProxyError, request_id: str, *, vendor: bool = False) 
         content_type="application/json",
         headers={REQUEST_ID_HEADER: request_id},
     )
+    if error.proxy_auth:
+        response.headers["Proxy-Authenticate"] = PROXY_AUTHENTICATE
     if error.close:
         response.force_close()
     return response

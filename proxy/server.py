@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from blindkey.audit.coalesce import INTERVAL, Coalescer
 from blindkey.audit.writer import AuditWriter
@@ -20,10 +21,12 @@ from blindkey.config.atomic import write_atomic
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.connections import ConnectionGuard, GuardedSite
+from blindkey.proxy.connections import ConnectionGuard, GuardedConnection, GuardedSite
 from blindkey.proxy.request.edge import Front
 from blindkey.proxy.runtime import FileStamp, ProxyRuntime
 from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
+from blindkey.proxy.tls.ca import LeafCache, load_ca
+from blindkey.proxy.tls.connect import Door
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25
@@ -107,7 +110,19 @@ class ProxyServer:
         self.refusal_interval = INTERVAL
         self.refusals: Coalescer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.leaf_cache: LeafCache | None = None
         self.runtime.on_reloaded = self.write_status
+
+    def _door(
+        self, connection: GuardedConnection, make_handler: Callable[[], RequestHandler]
+    ) -> Door:
+        return Door(self.runtime, connection, self._leaves, make_handler)
+
+    def _leaves(self) -> LeafCache:
+        """Leaf certificates for intercepted tunnels, from the CA `init` made (read once)."""
+        if self.leaf_cache is None:
+            self.leaf_cache = LeafCache(load_ca(self.paths), self.paths.runtime_dir)
+        return self.leaf_cache
 
     async def _anchor(self, seq: int, chain: str) -> None:
         """Give the broker the chain's head: a tail cut off the file is then found."""
@@ -142,7 +157,7 @@ class ProxyServer:
             )
             self._runner = web.ServerRunner(server, shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
             await self._runner.setup()
-            await GuardedSite(self._runner, sock, guard, refusals).start()
+            await GuardedSite(self._runner, sock, guard, refusals, self._door).start()
         except BaseException:
             sock.close()
             await self._stop_parts()

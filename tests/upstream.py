@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import re
+import ssl
 import zlib
 from typing import Any
 from urllib.parse import quote
@@ -236,6 +237,17 @@ async def start_upstream(host: str = "127.0.0.1", port: int = 0) -> tuple[web.Ap
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
+    (address,) = runner.addresses
+    return runner, int(address[1])
+
+
+async def start_tls_upstream(
+    context: ssl.SSLContext, host: str = "127.0.0.1"
+) -> tuple[web.AppRunner, int]:
+    """The same upstream over TLS (a trustme certificate in `context`)."""
+    runner = web.AppRunner(make_app(), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0, ssl_context=context).start()
     (address,) = runner.addresses
     return runner, int(address[1])
 

@@ -30,10 +30,17 @@ from blindkey.proxy.errors import (
     error_response,
     next_request_id,
 )
-from blindkey.proxy.request.parse import ProxySpec, parse_spec, request_headers
+from blindkey.proxy.request.forward_proxy import (
+    absolute_session,
+    absolute_target,
+    parse_forwarded,
+    tunnel_target,
+)
+from blindkey.proxy.request.parse import ProxySpec, Target, parse_spec, request_headers
 from blindkey.proxy.request.pipeline import UpstreamFailure, forward
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.proxy.tls.session import Session
 from blindkey.proxy.upstream import (
     BlockedAddressError,
     UnsendableRequest,
@@ -132,8 +139,19 @@ class Front:
         self, request: web.BaseRequest, record: AuditRecord
     ) -> tuple[web.StreamResponse, bool]:
         """The answer, and whether it belongs in the audit (every answer does)."""
+        transport = request.transport
+        connection = self.guard.by_transport.get(transport) if transport is not None else None
+        if connection is not None and connection.session is not None:
+            # Inside a tunnel blindkey intercepted: the agent proved itself at CONNECT, the
+            # Host is the upstream's own.
+            session = connection.session
+            return await self._forwarded(request, record, session, tunnel_target(request, session))
         remote_peer = self.bound_remote and self._check_peer(request)
         _refuse_pages(request.headers)
+        if request.raw_path.startswith(("http://", "https://")):  # HTTP_PROXY: absolute-form
+            record.method, record.url = request.method[:16], request.raw_path[:2048]
+            session = await absolute_session(self.runtime, request)
+            return await self._forwarded(request, record, session, absolute_target(request))
         if not remote_peer:  # another machine names this one as it knows it
             self._check_host(request.headers)
         path = request.path
@@ -169,16 +187,30 @@ class Front:
             )
         if "Expect" in request.headers:
             await _expect(request)
+        self._check_audit()
+        if spec is None:
+            raw = request_headers(request)
+            spec = parse_spec(request.method, raw)
+        return await forward(self.runtime, request, spec, raw, record), True
+
+    async def _forwarded(
+        self, request: web.BaseRequest, record: AuditRecord, session: Session, target: Target
+    ) -> tuple[web.StreamResponse, bool]:
+        """Proxy mode: a request sent to blindkey as the caller's proxy."""
+        record.agent, record.env = session.agent, session.env
+        spec, headers = await parse_forwarded(self.runtime.settings, request, session, target)
+        record.via, record.method = spec.via, request.method[:16]
+        record.url = spec.target.original[:2048]
+        self._check_audit()
+        return await forward(self.runtime, request, spec, headers, record), True
+
+    def _check_audit(self) -> None:
         if not self.runtime.audit.available:
             raise ProxyError(
                 "audit_unavailable",
                 "blindkey cannot write its audit (disk full or file unwritable); nothing is "
                 "injected until it can: retry later",
             )
-        if spec is None:
-            raw = request_headers(request)
-            spec = parse_spec(request.method, raw)
-        return await forward(self.runtime, request, spec, raw, record), True
 
     async def _identify(self, token: str, record: AuditRecord) -> None:
         """Name the agent of a call refused before it was asked who it is (a malformed

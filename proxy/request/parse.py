@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -81,6 +82,11 @@ class ProxySpec:
     injections: tuple[Injection, ...]
     # A route call's: the agent token in any spelling is refused in what goes upstream.
     token_scan: TokenScan | None = None
+    # Proxy mode (a request inside an intercepted tunnel): its body, already read and
+    # searched for placeholders, and placeholder -> secret for the swap.
+    body: bytes | None = None
+    via: str | None = None
+    placeholders: Mapping[str, str] | None = None
 
     @property
     def secret_names(self) -> list[str]:
@@ -92,7 +98,7 @@ class ProxySpec:
 
     @property
     def buffers_body(self) -> bool:
-        return any(i.style in ("body", "form") for i in self.injections)
+        return self.body is not None or any(i.style in ("body", "form") for i in self.injections)
 
 
 def _bad(message: str) -> ProxyError:

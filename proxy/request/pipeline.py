@@ -24,6 +24,7 @@ from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
 from blindkey.config.errors import BlindkeyError
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.approval_wait import WAIT_HEADER, approved
+from blindkey.proxy.request.forward_proxy import swap_body, swap_headers, swap_path
 from blindkey.proxy.request.inject import (
     CountingBody,
     inject_body,
@@ -87,6 +88,9 @@ async def forward(
     headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
+    if spec.placeholders is not None:  # proxy mode: the values where the placeholders were
+        headers = swap_headers(headers, spec.placeholders, grant.values)
+        path_query = swap_path(path_query, spec.placeholders, grant.values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
     body = await request_body(runtime, request, spec, grant.values, headers, record)
     counter = body if isinstance(body, CountingBody) else None
@@ -134,6 +138,13 @@ async def request_body(
 ) -> bytes | CountingBody | None:
     """The body to send: read whole for a Body-*/Form-* injection, else streamed (through
     a route's token scan)."""
+    if spec.body is not None:  # proxy mode: read and searched by its entry point
+        body = spec.body
+        if spec.placeholders is not None:
+            content_type = request.headers.get("Content-Type", "")
+            body = swap_body(body, content_type, spec.placeholders, values)
+        record.bytes_in = len(body)
+        return body
     if not spec.buffers_body:
         return CountingBody(request, spec.token_scan) if request.body_exists else None
     limits = runtime.settings.limits

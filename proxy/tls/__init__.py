@@ -1,0 +1,1 @@
+"""Proxy mode: the local CA, leaf certificates, and the CONNECT entry point."""
