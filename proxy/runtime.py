@@ -1,4 +1,4 @@
-"""What a running proxy's stages share: the settings (and their reload), the egress guard,
+"""What a running proxy's stages share: the settings (and their reload), the egress policy,
 the authoriser (broker link) and the pool of upstream connections."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.request.authorise import Authoriser
-from blindkey.proxy.request.egress import EgressGuard, VettingResolver
+from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
 log = logging.getLogger("blindkey.proxy")
@@ -42,7 +42,7 @@ class ProxyRuntime:
         self.settings = settings
         self.audit = audit
         self.own_port: int | None = None
-        self.guard = EgressGuard(settings.allowlist)
+        self.egress = EgressPolicy(settings.allowlist)
         self.authoriser = Authoriser(
             paths.broker_socket_at(settings.broker.socket), self._reload_if_changed
         )
@@ -68,7 +68,7 @@ class ProxyRuntime:
     def _new_upstream(self, settings: Settings) -> UpstreamPool:
         limits = settings.limits
         return UpstreamPool(
-            VettingResolver(self.guard, self.inner_resolver),
+            VettingResolver(self.egress, self.inner_resolver),
             _ssl_context(settings),
             UpstreamLimits(
                 connect_timeout=limits.upstream_connect_timeout,
@@ -80,7 +80,7 @@ class ProxyRuntime:
 
     def set_port(self, port: int) -> None:
         self.own_port = port
-        self.guard.own_port = port
+        self.egress.own_port = port
 
     async def reload(self) -> bool:
         """Re-read config.toml; a bad file is refused and the running settings kept. The
@@ -172,7 +172,7 @@ class ProxyRuntime:
         self.config_error = None
         self.config_generation += 1
         self.on_reloaded()
-        self.guard.update(settings.allowlist)
+        self.egress.update(settings.allowlist)
         pool = self.upstream
         if pool is None:
             return True
