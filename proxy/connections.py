@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from typing import cast
 
 from aiohttp import web
@@ -64,8 +65,16 @@ class ConnectionGuard:
     """
 
     def __init__(
-        self, max_connections: int, header_timeout: float, idle_timeout: float | None = None
+        self,
+        max_connections: int,
+        header_timeout: float,
+        idle_timeout: float | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock`: what ages connections and their deadlines (the event loop's clock
+        unless a test moves time on); the sweeps still run on the loop's timers."""
+        self.clock = clock
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.idle_timeout = header_timeout if idle_timeout is None else idle_timeout
@@ -92,6 +101,8 @@ class ConnectionGuard:
             self._sweeper = None
 
     def _now(self) -> float:
+        if self.clock is not None:
+            return self.clock()
         return self._loop.time() if self._loop is not None else 0.0
 
     def _schedule(self) -> None:

@@ -75,6 +75,7 @@ class ProxyServer:
         host: str,
         port: int,
         allow_remote: bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         refused = None if allow_remote else settings.proxy.bind_error(host)
         if refused is not None:
@@ -83,6 +84,7 @@ class ProxyServer:
         self.host = host
         self.allow_remote = allow_remote or settings.proxy.allow_remote
         self.requested_port = port
+        self.clock = clock  # the connection guard's, unless the loop's
         self.port = port
         audit = settings.audit
         self.audit = AuditWriter(
@@ -128,7 +130,10 @@ class ProxyServer:
             self.runtime.open_upstream()
             limits = self.runtime.settings.limits
             guard = self.guard = ConnectionGuard(
-                limits.max_connections, limits.header_read_timeout, limits.keepalive_idle_timeout
+                limits.max_connections,
+                limits.header_read_timeout,
+                limits.keepalive_idle_timeout,
+                clock=self.clock,
             )
             refusals = self.refusals = Coalescer(self.audit, interval=self.refusal_interval)
             server = web.Server(

@@ -76,7 +76,7 @@ def answered(exc: BaseException, redactor: Redactor | None = None) -> ProxyError
     try:
         with upstream_errors(TARGET, redactor or Redactor({"K": VALUE})):
             raise exc
-    except Exception as out:  # noqa: BLE001 - whatever came out is what edge maps
+    except Exception as out:
         return to_proxy_error(out)
     raise AssertionError("upstream_errors swallowed an exception")
 
