@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -216,7 +216,14 @@ class JsonErrorHandler(RequestHandler):
     refusal."""
 
     __slots__ = ("refusals",)
-    refusals: Coalescer | None
+
+    def __init__(
+        self, server: web.Server, *, refusals: Coalescer | None = None, **settings: Any
+    ) -> None:
+        # `settings`: what web.Server() would give aiohttp's own protocol (its `_kwargs`,
+        # and the loop); pinned by tests/proxy/test_aiohttp_internals.py.
+        super().__init__(server, **settings)
+        self.refusals = refusals
 
     def handle_error(
         self,
@@ -366,8 +373,7 @@ class GuardedSite(web.SockSite):
         settings = server._kwargs
 
         def factory() -> asyncio.Protocol:
-            handler = JsonErrorHandler(server, loop=loop, **settings)
-            handler.refusals = self.refusals
+            handler = JsonErrorHandler(server, loop=loop, refusals=self.refusals, **settings)
             return GuardedConnection(handler, self.guard)
 
         self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
