@@ -15,7 +15,6 @@ from aiohttp.web_request import BaseRequest
 
 from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
-from blindkey.audit.writer import AuditWriter
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 
 # An idle connection younger than this is not closed to make room (its answer may still be
@@ -244,43 +243,6 @@ class JsonErrorHandler(RequestHandler):
             record.block(error.code, error.status)
             self.refusals.add(record, peer_key(self.transport))
         return error_response(error, request_id)
-
-
-async def sealed(
-    audit: AuditWriter,
-    record: AuditRecord,
-    response: web.StreamResponse | None,
-    request: web.BaseRequest,
-    *,
-    alone: bool = False,
-) -> web.StreamResponse | None:
-    """Write `record` before the answer is complete: a small answer is still unsent, a
-    stream still lacks its end (aiohttp writes it once the handler returns). So an agent
-    that got a whole answer can count on its record, even if the proxy is killed next.
-    The records of the calls ending in one turn of the event loop share one write(); a
-    call `alone` (no other under way) has its record written at once.
-
-    `response` is None when the handler did not return one (cut by shutdown or a gone
-    agent, or a bug). When the record cannot be written, the agent gets no answer without
-    one: an unsent answer becomes 503 `audit_unavailable`, a stream is cut.
-    """
-    if response is None:
-        record.cut()
-    held = audit.seal(record) if alone else await audit.commit(record)
-    if held is None:
-        return response
-    if response is not None and not response.prepared:
-        error = ProxyError(
-            "audit_unavailable",
-            "blindkey cannot write its audit (disk full or file unwritable); nothing is "
-            "injected until it can: retry later",
-        )
-        held.update(decision="blocked", reason=error.code, status=error.status, bytes_out=0)
-        return error_response(error, record.request_id)
-    held["complete"] = False
-    if request.transport is not None:
-        request.transport.abort()
-    return response
 
 
 class GuardedConnection(asyncio.Protocol):

@@ -19,6 +19,7 @@ from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.request.approval_wait import ApprovalWaits
 from blindkey.proxy.request.authorise import Authoriser
 from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
@@ -37,14 +38,25 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 class ProxyRuntime:
-    def __init__(self, paths: Paths, settings: Settings, audit: AuditWriter) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        settings: Settings,
+        audit: AuditWriter,
+        *,
+        on_reloaded: Callable[[], None] = lambda: None,
+    ) -> None:
         self.paths = paths
         self.settings = settings
         self.audit = audit
         self.own_port: int | None = None
         self.egress = EgressPolicy(settings.allowlist)
+        # Calls waiting for a human, woken by the broker's pushes the authoriser receives.
+        self.waits = ApprovalWaits()
         self.authoriser = Authoriser(
-            paths.broker_socket_at(settings.broker.socket), self._reload_if_changed
+            paths.broker_socket_at(settings.broker.socket),
+            self._reload_if_changed,
+            self.waits.pushed,
         )
         self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).
@@ -60,7 +72,7 @@ class ProxyRuntime:
         # Unknown until the broker says: judged by it (a widening waits for its word).
         self._same_file = True
         # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
-        self.on_reloaded: Callable[[], None] = lambda: None
+        self.on_reloaded = on_reloaded
 
     def open_upstream(self) -> None:
         self.upstream = self._new_upstream(self.settings)
@@ -192,6 +204,7 @@ class ProxyRuntime:
                 await self._recheck
         if self.upstream is not None:
             self.upstream.close()
+        self.waits.release()
         await self.authoriser.close()
 
     async def check_broker(self) -> bool:

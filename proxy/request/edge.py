@@ -22,7 +22,7 @@ from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import is_loopback_host
-from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key, sealed
+from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key
 from blindkey.proxy.errors import (
     REQUEST_ID_HEADER,
     STATUS,
@@ -32,6 +32,7 @@ from blindkey.proxy.errors import (
 )
 from blindkey.proxy.request.parse import ProxySpec, parse_spec, request_headers
 from blindkey.proxy.request.pipeline import forward
+from blindkey.proxy.request.recorded import recorded
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
 
@@ -104,7 +105,7 @@ class Front:
             if audited and record.agent is None and record.reason != "audit_unavailable":
                 # Nobody identified: a flood of these may not fill the disk. Its answer
                 # injects nothing, so it need not wait for its record. (While the audit is
-                # unavailable nothing reaches the disk: every refusal is held, in its own
+                # unavailable nothing reaches the disk: every refusal is kept, in its own
                 # record, up to the writer's cap.)
                 if response is None:
                     record.cut()
@@ -112,7 +113,7 @@ class Front:
             elif audited:
                 # Written before the answer is complete; no answer without its record. With
                 # no other call under way, none could share its write: written at once.
-                response = await sealed(
+                response = await recorded(
                     self.runtime.audit, record, response, request, alone=not self.handling
                 )
         assert response is not None

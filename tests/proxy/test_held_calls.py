@@ -19,7 +19,6 @@ from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.approval_wait import wait_seconds
-from blindkey.proxy.request.authorise import Authoriser
 from tests.approvals_helpers import Approver, acli, enrol
 from tests.proxy.conftest import Env, eventually_status, open_env, set_secret_policy
 
@@ -46,8 +45,7 @@ async def _pending_id(env: Env, count: int = 1) -> list[str]:
 
 
 def _held(env: Env) -> int:
-    authoriser: Authoriser = env.server.runtime.authoriser
-    return authoriser.held
+    return env.server.runtime.waits.waiting
 
 
 async def test_held_call_goes_upstream_when_approved(env: Env) -> None:
