@@ -135,6 +135,20 @@ async def open_env(
         await upstream.cleanup()
 
 
+async def status_after_reload(
+    env: Env, expected: int, headers: dict[str, str], code: str | None = None
+) -> None:
+    """Put an edit of config.toml in force (as the watcher would, without waiting for its
+    poll), then one call answers `expected` (and error `code`)."""
+    import orjson
+
+    await env.server.reload()
+    status, _, body = await env.call(headers=headers)
+    assert status == expected, body
+    if code is not None:
+        assert orjson.loads(body)["error"] == code, body
+
+
 async def eventually_status(
     env: Env,
     expected: int,
