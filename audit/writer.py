@@ -148,6 +148,8 @@ class AuditWriter:
         rotate_mb: float = 64,
         keep_days: float = 90,
         clock: Callable[[], float] = time.monotonic,
+        on_state: Callable[[], None] | None = None,
+        anchor: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> None:
         self.path = audit_file(audit_dir)
         self.fsync = fsync
@@ -160,9 +162,9 @@ class AuditWriter:
         self.error: str | None = None
         self.unavailable_since: float | None = None
         # Told when the state changes (the server rewrites its status file).
-        self.on_state: Callable[[], None] | None = None
+        self.on_state = on_state
         # Given the chain's head now and then, to keep where this writer cannot rewrite it.
-        self.anchor: Callable[[int, str], Awaitable[None]] | None = None
+        self.anchor = anchor
         self.anchored = Head()
         self.writes = 0  # successful writes; the fsync thread says how many it covered
         # flush() callers: the count of writes each waits to see synced.

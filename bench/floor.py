@@ -20,14 +20,14 @@ from yarl import URL
 from bench.forwarder import HOP_BY_HOP
 from bench.upstream import run_loop, serve_forever
 from blindkey.config.model import AllowlistSettings
-from blindkey.proxy.request.egress import EgressGuard, VettingResolver
-from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
+from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
+from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool, UpstreamRequest
 
 
 async def serve() -> None:
     bearer = f"Bearer {os.environ.get('BENCH_BEARER', 'bench')}"
     pool = UpstreamPool(
-        VettingResolver(EgressGuard(AllowlistSettings())),
+        VettingResolver(EgressPolicy(AllowlistSettings())),
         ssl.create_default_context(),
         UpstreamLimits(connect_timeout=10, read_timeout=30, total_timeout=900, max_field=16384),
     )
@@ -42,13 +42,15 @@ async def serve() -> None:
         ]
         headers.append(("Authorization", bearer))
         upstream = await pool.request(
-            request.method,
-            target.scheme,
-            target.host,
-            target.port,
-            target.raw_authority,
-            target.raw_path_qs,
-            headers,
+            UpstreamRequest(
+                request.method,
+                target.scheme,
+                target.host,
+                target.port,
+                target.raw_authority,
+                target.raw_path_qs,
+                headers,
+            )
         )
         async with upstream:
             body = await upstream.read()

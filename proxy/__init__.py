@@ -1,1 +1,1 @@
-"""The daemon agents talk to: request protocol, injection, egress guard, redaction."""
+"""The daemon agents talk to: request protocol, injection, egress policy, redaction."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -15,7 +15,6 @@ from aiohttp.web_request import BaseRequest
 
 from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
-from blindkey.audit.writer import AuditWriter
 from blindkey.proxy.errors import ProxyError, error_response, next_request_id
 from blindkey.proxy.tls.head import is_connect
 from blindkey.proxy.tls.session import Session
@@ -67,8 +66,16 @@ class ConnectionGuard:
     """
 
     def __init__(
-        self, max_connections: int, header_timeout: float, idle_timeout: float | None = None
+        self,
+        max_connections: int,
+        header_timeout: float,
+        idle_timeout: float | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock`: what ages connections and their deadlines (the event loop's clock
+        unless a test moves time on); the sweeps still run on the loop's timers."""
+        self.clock = clock
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.idle_timeout = header_timeout if idle_timeout is None else idle_timeout
@@ -95,6 +102,8 @@ class ConnectionGuard:
             self._sweeper = None
 
     def _now(self) -> float:
+        if self.clock is not None:
+            return self.clock()
         return self._loop.time() if self._loop is not None else 0.0
 
     def _schedule(self) -> None:
@@ -209,7 +218,14 @@ class JsonErrorHandler(RequestHandler):
     refusal."""
 
     __slots__ = ("refusals",)
-    refusals: Coalescer | None
+
+    def __init__(
+        self, server: web.Server, *, refusals: Coalescer | None = None, **settings: Any
+    ) -> None:
+        # `settings`: what web.Server() would give aiohttp's own protocol (its `_kwargs`,
+        # and the loop); pinned by tests/proxy/test_aiohttp_internals.py.
+        super().__init__(server, **settings)
+        self.refusals = refusals
 
     def handle_error(
         self,
@@ -230,43 +246,6 @@ class JsonErrorHandler(RequestHandler):
             record.block(error.code, error.status)
             self.refusals.add(record, peer_key(self.transport))
         return error_response(error, request_id)
-
-
-async def sealed(
-    audit: AuditWriter,
-    record: AuditRecord,
-    response: web.StreamResponse | None,
-    request: web.BaseRequest,
-    *,
-    alone: bool = False,
-) -> web.StreamResponse | None:
-    """Write `record` before the answer is complete: a small answer is still unsent, a
-    stream still lacks its end (aiohttp writes it once the handler returns). So an agent
-    that got a whole answer can count on its record, even if the proxy is killed next.
-    The records of the calls ending in one turn of the event loop share one write(); a
-    call `alone` (no other under way) has its record written at once.
-
-    `response` is None when the handler did not return one (cut by shutdown or a gone
-    agent, or a bug). When the record cannot be written, the agent gets no answer without
-    one: an unsent answer becomes 503 `audit_unavailable`, a stream is cut.
-    """
-    if response is None:
-        record.cut()
-    held = audit.seal(record) if alone else await audit.commit(record)
-    if held is None:
-        return response
-    if response is not None and not response.prepared:
-        error = ProxyError(
-            "audit_unavailable",
-            "blindkey cannot write its audit (disk full or file unwritable); nothing is "
-            "injected until it can: retry later",
-        )
-        held.update(decision="blocked", reason=error.code, status=error.status, bytes_out=0)
-        return error_response(error, record.request_id)
-    held["complete"] = False
-    if request.transport is not None:
-        request.transport.abort()
-    return response
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -411,9 +390,7 @@ class GuardedSite(web.SockSite):
         settings = server._kwargs
 
         def handler() -> RequestHandler:
-            made = JsonErrorHandler(server, loop=loop, **settings)
-            made.refusals = self.refusals
-            return made
+            return JsonErrorHandler(server, loop=loop, refusals=self.refusals, **settings)
 
         doors = self.doors
 

@@ -1,4 +1,4 @@
-"""What a running proxy's stages share: the settings (and their reload), the egress guard,
+"""What a running proxy's stages share: the settings (and their reload), the egress policy,
 the authoriser (broker link) and the pool of upstream connections."""
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.request.approval_wait import ApprovalWaits
 from blindkey.proxy.request.authorise import Authoriser
-from blindkey.proxy.request.egress import EgressGuard, VettingResolver
+from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
 log = logging.getLogger("blindkey.proxy")
@@ -38,14 +39,25 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 class ProxyRuntime:
-    def __init__(self, paths: Paths, settings: Settings, audit: AuditWriter) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        settings: Settings,
+        audit: AuditWriter,
+        *,
+        on_reloaded: Callable[[], None] = lambda: None,
+    ) -> None:
         self.paths = paths
         self.settings = settings
         self.audit = audit
         self.own_port: int | None = None
-        self.guard = EgressGuard(settings.allowlist)
+        self.egress = EgressPolicy(settings.allowlist)
+        # Calls waiting for a human, woken by the broker's pushes the authoriser receives.
+        self.waits = ApprovalWaits()
         self.authoriser = Authoriser(
-            paths.broker_socket_at(settings.broker.socket), self._reload_if_changed
+            paths.broker_socket_at(settings.broker.socket),
+            self._reload_if_changed,
+            self.waits.pushed,
         )
         self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).
@@ -61,7 +73,7 @@ class ProxyRuntime:
         # Unknown until the broker says: judged by it (a widening waits for its word).
         self._same_file = True
         # Told of every reload, whichever path caused it (push, watcher, SIGHUP).
-        self.on_reloaded: Callable[[], None] = lambda: None
+        self.on_reloaded = on_reloaded
 
     def open_upstream(self) -> None:
         self.upstream = self._new_upstream(self.settings)
@@ -69,7 +81,7 @@ class ProxyRuntime:
     def _new_upstream(self, settings: Settings) -> UpstreamPool:
         limits = settings.limits
         return UpstreamPool(
-            VettingResolver(self.guard, self.inner_resolver),
+            VettingResolver(self.egress, self.inner_resolver),
             _ssl_context(settings),
             UpstreamLimits(
                 connect_timeout=limits.upstream_connect_timeout,
@@ -81,7 +93,7 @@ class ProxyRuntime:
 
     def set_port(self, port: int) -> None:
         self.own_port = port
-        self.guard.own_port = port
+        self.egress.own_port = port
 
     async def reload(self) -> bool:
         """Re-read config.toml; a bad file is refused and the running settings kept. The
@@ -176,7 +188,7 @@ class ProxyRuntime:
         self.config_error = None
         self.config_generation += 1
         self.on_reloaded()
-        self.guard.update(settings.allowlist)
+        self.egress.update(settings.allowlist)
         pool = self.upstream
         if pool is None:
             return True
@@ -196,6 +208,7 @@ class ProxyRuntime:
                 await self._recheck
         if self.upstream is not None:
             self.upstream.close()
+        self.waits.release()
         await self.authoriser.close()
 
     async def check_broker(self) -> bool:

@@ -6,25 +6,20 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from blindkey.audit.coalesce import INTERVAL, Coalescer
-from blindkey.audit.writer import AuditWriter
-from blindkey.config.atomic import write_atomic
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.compose import compose_proxy
 from blindkey.proxy.connections import ConnectionGuard, GuardedConnection, GuardedSite
 from blindkey.proxy.request.edge import Front
-from blindkey.proxy.runtime import FileStamp, ProxyRuntime
-from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
+from blindkey.proxy.runtime import FileStamp
 from blindkey.proxy.tls.ca import LeafCache, load_ca
 from blindkey.proxy.tls.connect import Door
 
@@ -78,6 +73,7 @@ class ProxyServer:
         host: str,
         port: int,
         allow_remote: bool = False,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         refused = None if allow_remote else settings.proxy.bind_error(host)
         if refused is not None:
@@ -87,23 +83,10 @@ class ProxyServer:
         self.allow_remote = allow_remote or settings.proxy.allow_remote
         self.requested_port = port
         self.port = port
-        audit = settings.audit
-        self.audit = AuditWriter(
-            paths.audit_dir, fsync=audit.fsync, rotate_mb=audit.rotate_mb, keep_days=audit.keep_days
-        )
-        self.runtime = ProxyRuntime(paths, settings, self.audit)
-        self.audit.on_state = self.write_status
-        self.audit.anchor = self._anchor
-        socket_path = paths.broker_socket_at(settings.broker.socket)
-        # A broker run as its own service (`[broker] socket`) is connected to, never spawned.
-        self.supervisor: BrokerSupervisor | ExternalBroker = (
-            ExternalBroker(socket_path, self._broker_state)
-            if settings.broker.socket
-            else BrokerSupervisor(socket_path, self._broker_state)
-        )
-        self.broker_state = "starting"
-        self.broker_pid: int | None = None
-        self.started = time.time()
+        self.clock = clock  # the connection guard's, unless the loop's
+        parts = compose_proxy(paths, settings, host)
+        self.audit, self.runtime = parts.audit, parts.runtime
+        self.supervisor, self.status = parts.supervisor, parts.status
         self._runner: web.ServerRunner | None = None
         self.guard: ConnectionGuard | None = None
         # How long the calls of an unidentified caller are counted before their summary.
@@ -111,7 +94,6 @@ class ProxyServer:
         self.refusals: Coalescer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.leaf_cache: LeafCache | None = None
-        self.runtime.on_reloaded = self.write_status
 
     def _door(
         self, connection: GuardedConnection, make_handler: Callable[[], RequestHandler]
@@ -124,17 +106,17 @@ class ProxyServer:
             self.leaf_cache = LeafCache(load_ca(self.paths), self.paths.runtime_dir)
         return self.leaf_cache
 
-    async def _anchor(self, seq: int, chain: str) -> None:
-        """Give the broker the chain's head: a tail cut off the file is then found."""
-        await self.runtime.authoriser.broker.call("audit_anchor", seq=seq, chain=chain)
+    @property
+    def broker_state(self) -> str:
+        return self.status.broker_state
 
-    def _broker_state(self, state: str, pid: int | None) -> None:
-        self.broker_state, self.broker_pid = state, pid
-        self.write_status()
+    @property
+    def broker_pid(self) -> int | None:
+        return self.status.broker_pid
 
     async def start(self) -> None:
         sock = bind_socket(self.host, self.requested_port)
-        self.port = sock.getsockname()[1]
+        self.port = self.status.port = sock.getsockname()[1]
         self.runtime.set_port(self.port)
         try:
             await self.audit.start()
@@ -143,7 +125,10 @@ class ProxyServer:
             self.runtime.open_upstream()
             limits = self.runtime.settings.limits
             guard = self.guard = ConnectionGuard(
-                limits.max_connections, limits.header_read_timeout, limits.keepalive_idle_timeout
+                limits.max_connections,
+                limits.header_read_timeout,
+                limits.keepalive_idle_timeout,
+                clock=self.clock,
             )
             refusals = self.refusals = Coalescer(self.audit, interval=self.refusal_interval)
             server = web.Server(
@@ -184,18 +169,7 @@ class ProxyServer:
         return await self.runtime.reload()
 
     def write_status(self) -> None:
-        status = {
-            "pid": os.getpid(),
-            "host": self.host,
-            "port": self.port,
-            "started": self.started,
-            "broker": self.broker_state,
-            "broker_pid": self.broker_pid,
-            **self.runtime.status_fields(),
-            "audit": self.audit.state(),
-        }
-        with contextlib.suppress(OSError):
-            write_atomic(self.paths.status_file, orjson.dumps(status))
+        self.status.write()
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, stop the broker, flush the audit."""
@@ -209,8 +183,7 @@ class ProxyServer:
             await self._runner.cleanup()
             self._runner = None
         await self._stop_parts()
-        with contextlib.suppress(FileNotFoundError):
-            self.paths.status_file.unlink()
+        self.status.remove()
 
     async def _drain(self, runner: web.ServerRunner) -> None:
         """Stop accepting, give calls in flight `drain_timeout`, then cut what is left.
@@ -220,9 +193,9 @@ class ProxyServer:
         """
         for site in list(runner.sites):
             await site.stop()
-        # A held call waits for a human, not for the network: answer it now rather than
-        # let it hold the drain up for drain_timeout.
-        self.runtime.authoriser.release_held()
+        # A call waiting for a human waits for no network: answer it now rather than let
+        # it hold the drain up for drain_timeout.
+        self.runtime.waits.release()
         guard = self.guard
         if guard is None:
             return

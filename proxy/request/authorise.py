@@ -9,19 +9,16 @@ current set of values, built off the event loop once per change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindkey.broker.approvals.core import approvals_count
 from blindkey.broker.client import BrokerClient
-from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, Message
+from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.redact.redactor import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
 APPROVAL = "approval_required"
-MAX_OUTCOMES = 256
 
 
 @dataclass(frozen=True)
@@ -42,10 +39,18 @@ ResolutionKey = tuple[str | None, tuple[str, ...], str, str, int]
 class Authoriser:
     """The proxy's link to the broker, with the answers and redactor it may keep."""
 
-    def __init__(self, socket_path: Path, on_invalidate: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        on_invalidate: Callable[[], None],
+        on_approval: Callable[[str | None, str], None],
+    ) -> None:
         # on_invalidate: what else must be re-read before a change counts as applied
         # (config.toml: the allowlist is the proxy's to enforce).
         self.on_invalidate = on_invalidate
+        # on_approval: the calls waiting for a human hear of an outcome (an approval id) or
+        # of any change (None, "changed": a grant may have appeared).
+        self.on_approval = on_approval
         self.broker = BrokerClient(socket_path, on_push=self._on_push)
         self._redactor = Redactor({})
         self._redactor_values: dict[str, str] = {}
@@ -56,11 +61,6 @@ class Authoriser:
         self._invalidations = 0
         # sha256 of the config.toml text the broker serves (its approved policy).
         self.config_sha256: str | None = None
-        # Calls held for a human (X-AS-Wait-Approval), by approval id: woken by the broker's
-        # pushes (a grant appeared, a request was approved, denied or forgotten).
-        self._held: dict[str, set[asyncio.Future[str]]] = {}
-        self._closing = False
-        self._outcomes: dict[str, str] = {}
 
     def forget(self) -> None:
         self._resolutions.clear()
@@ -82,17 +82,11 @@ class Authoriser:
             self._resolutions.clear()
             self.config_sha256 = message.get("config_sha256")
             self.on_invalidate()
-            if self._held:
-                self._wake(None, "changed")
+            self.on_approval(None, "changed")
         elif event == "approval":
             approval_id = message.get("approval_id")
             if isinstance(approval_id, str):
-                outcome = str(message.get("outcome"))
-                # Kept a while: a held call may register just after its push arrived.
-                self._outcomes[approval_id] = outcome
-                while len(self._outcomes) > MAX_OUTCOMES:
-                    del self._outcomes[next(iter(self._outcomes))]
-                self._wake(approval_id, outcome)
+                self.on_approval(approval_id, str(message.get("outcome")))
 
     def catch_up(self) -> None:
         """Before a call is checked: if the broker could not reach us (not connected yet, or
@@ -168,84 +162,5 @@ class Authoriser:
         # The set changed between resolve and fetch: never stream without the used values.
         return await asyncio.to_thread(Redactor, {**known, **needed})
 
-    # --- calls held for a human ---------------------------------------------------------
-
-    async def hold(
-        self, token: str | None, names: list[str], target: tuple[str, str, int], method: str,
-        path: str, known: str | None = None,
-    ) -> tuple[str | None, str, str]:  # fmt: skip
-        """Record a call to target (scheme, host, port) that met a gate as a pending
-        request: (approval id, the secret that needs a grant, how many approvals it needs
-        and has when one is not enough, else ""); the id is None when nothing needs one
-        any more. `known`: the id the call had (a restarted broker takes it
-        back, so the human's `approve --request ID` still finds it)."""
-        scheme, host, port = target
-        extra = {} if known is None else {"approval_id": known}
-        reply = await self.broker.call(
-            "hold", token=token, names=names, scheme=scheme, host=host, port=port,
-            method=method, path=path, **extra,
-        )  # fmt: skip
-        approval_id = reply.get("approval_id")
-        needed, have = reply.get("needed"), reply.get("have")
-        count = (
-            approvals_count(needed, have)
-            if isinstance(needed, int) and isinstance(have, int)
-            else ""
-        )
-        return (str(approval_id) if approval_id else None), str(reply.get("secret", "")), count
-
-    @property
-    def changes(self) -> int:
-        """Taken before asking the broker: wait() then sees a push that came meanwhile."""
-        return self._invalidations
-
-    async def wait(self, approval_id: str, within: float, since: int) -> str:
-        """Until something may have decided `approval_id`: approved, denied, expired,
-        changed (any grant may have appeared), timeout or shutdown."""
-        if self._closing:
-            return "shutdown"
-        if approval_id in self._outcomes:
-            return self._outcomes[approval_id]
-        if self._invalidations != since:
-            return "changed"
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        waiters = self._held.setdefault(approval_id, set())
-        waiters.add(future)
-        try:
-            return await asyncio.wait_for(future, within)
-        except TimeoutError:
-            return "timeout"
-        finally:
-            waiters.discard(future)
-            if not waiters and self._held.get(approval_id) is waiters:
-                del self._held[approval_id]
-
-    async def rejoined(self, epoch: int) -> bool:
-        """Whether the broker link is not the one of `epoch` any more (the broker went
-        and came back): reconnects if it can; while the broker is away, False."""
-        if not self.broker.connected:
-            with contextlib.suppress(BrokerUnavailable):
-                await self.broker.connect()
-        return self.broker.connected and self.broker.connection_epoch != epoch
-
-    @property
-    def held(self) -> int:
-        return sum(len(waiters) for waiters in self._held.values())
-
-    def _wake(self, approval_id: str | None, outcome: str) -> None:
-        chosen = (
-            self._held.values() if approval_id is None else [self._held.get(approval_id, set())]
-        )
-        for waiters in list(chosen):
-            for future in list(waiters):
-                if not future.done():
-                    future.set_result(outcome)
-
-    def release_held(self) -> None:
-        """Shutting down: every held call is answered now (approval_required), none waits."""
-        self._closing = True
-        self._wake(None, "shutdown")
-
     async def close(self) -> None:
-        self.release_held()
         await self.broker.close()

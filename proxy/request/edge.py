@@ -22,7 +22,7 @@ from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import is_loopback_host
-from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key, sealed
+from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key
 from blindkey.proxy.errors import (
     REQUEST_ID_HEADER,
     STATUS,
@@ -37,18 +37,11 @@ from blindkey.proxy.request.forward_proxy import (
     tunnel_target,
 )
 from blindkey.proxy.request.parse import ProxySpec, Target, parse_spec, request_headers
-from blindkey.proxy.request.pipeline import UpstreamFailure, forward
+from blindkey.proxy.request.pipeline import forward
+from blindkey.proxy.request.recorded import recorded
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.tls.session import Session
-from blindkey.proxy.upstream import (
-    BlockedAddressError,
-    UnsendableRequest,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamResolveError,
-    UpstreamTimeout,
-)
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
@@ -119,7 +112,7 @@ class Front:
             if audited and record.agent is None and record.reason != "audit_unavailable":
                 # Nobody identified: a flood of these may not fill the disk. Its answer
                 # injects nothing, so it need not wait for its record. (While the audit is
-                # unavailable nothing reaches the disk: every refusal is held, in its own
+                # unavailable nothing reaches the disk: every refusal is kept, in its own
                 # record, up to the writer's cap.)
                 if response is None:
                     record.cut()
@@ -127,7 +120,7 @@ class Front:
             elif audited:
                 # Written before the answer is complete; no answer without its record. With
                 # no other call under way, none could share its write: written at once.
-                response = await sealed(
+                response = await recorded(
                     self.runtime.audit, record, response, request, alone=not self.handling
                 )
         assert response is not None
@@ -287,15 +280,14 @@ async def _expect(request: web.BaseRequest) -> None:
 def to_proxy_error(exc: Exception) -> ProxyError:
     """The one place a failure becomes an error of INTERFACE.md's table.
 
-    Every exception the stages raise derives from BlindkeyError and is mapped here
-    (tests/proxy/test_error_mapping.py checks each class); anything else is a bug of
+    Every exception the stages raise derives from BlindkeyError and is mapped here, the
+    upstream client's already at the send stage's boundary (proxy/request/send.py;
+    tests/proxy/test_error_mapping.py checks each class's code); anything else is a bug of
     blindkey's own: logged with its traceback, answered 500 `internal_error` (still JSON,
     still with the request id) and recorded `blocked`.
     """
     if isinstance(exc, ProxyError):
         return exc
-    if isinstance(exc, UpstreamFailure):
-        return _upstream_error(exc)
     if isinstance(exc, BrokerDenied):
         return ProxyError(exc.code if exc.code in STATUS else "bad_request", str(exc))
     if isinstance(exc, BrokerUnavailable | ProtocolError):
@@ -314,31 +306,3 @@ def to_proxy_error(exc: Exception) -> ProxyError:
         "details under this request id",
         close=True,
     )
-
-
-def _upstream_error(failure: UpstreamFailure) -> ProxyError:
-    cause, target = failure.cause, failure.target
-    where = target.host_header
-    code, message = "upstream_error", f"{where} failed: {type(cause).__name__}"
-    if isinstance(cause, BlockedAddressError):
-        code, message = (
-            "blocked_address",
-            (
-                f"{target.host} resolves only to addresses blindkey does not dial (private, "
-                "loopback, link-local or reserved); a human can permit a range with "
-                "[allowlist] private_ranges"
-            ),
-        )
-    elif isinstance(cause, UpstreamTimeout):
-        code, message = "upstream_timeout", f"{where} did not answer in time"
-    elif isinstance(cause, UnsendableRequest):
-        code, message = "bad_request", str(cause)
-    elif isinstance(cause, UpstreamResolveError):
-        message = str(cause)
-    elif isinstance(cause, UpstreamConnectError):
-        message = f"{where}: {cause}"
-    elif isinstance(cause, UpstreamError):
-        message = f"{where} failed: {cause}"
-    # An upstream's own words (a TLS alert, a reason) may echo a value: never unredacted.
-    clean, _ = failure.redactor.redact_text(message)
-    return ProxyError(code, clean)

@@ -1,7 +1,7 @@
-"""The egress guard: which scheme/host/port may be called, and which addresses dialled.
+"""The egress policy: which scheme/host/port may be called, and which addresses dialled.
 
 Hostnames are resolved by `VettingResolver`, which hands the upstream client
-(proxy/upstream.py) only addresses that passed `address_allowed`, so the address checked is
+(proxy/upstream/) only addresses that passed `address_allowed`, so the address checked is
 the address connected to.
 """
 
@@ -96,7 +96,7 @@ class AllowIndex:
         return None if best is None else best[1]
 
 
-class EgressGuard:
+class EgressPolicy:
     def __init__(self, settings: AllowlistSettings, own_port: int | None = None) -> None:
         self.own_port = own_port
         self.update(settings)
@@ -134,10 +134,10 @@ class EgressGuard:
 
 
 class VettingResolver(AbstractResolver):
-    """Resolve with the system resolver, then drop every address the guard refuses."""
+    """Resolve with the system resolver, then drop every address the policy refuses."""
 
-    def __init__(self, guard: EgressGuard, inner: AbstractResolver | None = None) -> None:
-        self.guard = guard
+    def __init__(self, policy: EgressPolicy, inner: AbstractResolver | None = None) -> None:
+        self.policy = policy
         self._inner = inner or DefaultResolver()
 
     async def resolve(
@@ -145,7 +145,7 @@ class VettingResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         allowed = [
-            r for r in results if self.guard.address_allowed(ipaddress.ip_address(r["host"]))
+            r for r in results if self.policy.address_allowed(ipaddress.ip_address(r["host"]))
         ]
         if not allowed:
             raise BlockedAddressError(host, (r["host"] for r in results))

@@ -198,7 +198,7 @@ class CountingBody:
             yield chunk
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunks = self._read() if self.scan is None else self.scan.guard(self._read())
+        chunks = self._read() if self.scan is None else self.scan.scanned(self._read())
         try:
             async for chunk in chunks:
                 yield chunk

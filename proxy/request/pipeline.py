@@ -1,6 +1,6 @@
 """The stages one call passes, in order, after its entry point has parsed it into a spec.
 
-    egress check -> authorise -> inject -> upstream -> relay
+    egress check -> authorise (-> approval wait) -> inject -> send -> relay
 
 The order is deliberate. The allowlist is checked before the broker is asked for values:
 a call that cannot go anywhere costs no socket round trip, and no value is released into
@@ -20,10 +20,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from blindkey.audit.record import AuditRecord
-from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
-from blindkey.config.errors import BlindkeyError
+from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.approval_wait import WAIT_HEADER, approved
+from blindkey.proxy.request.authorise import Grant
 from blindkey.proxy.request.forward_proxy import swap_body, swap_headers, swap_path
 from blindkey.proxy.request.inject import (
     CountingBody,
@@ -35,10 +35,10 @@ from blindkey.proxy.request.inject import (
 )
 from blindkey.proxy.request.parse import ProxySpec, Target
 from blindkey.proxy.request.relay import relay
+from blindkey.proxy.request.send import upstream_errors
 from blindkey.proxy.request.token_scan import refusal as token_refusal
 from blindkey.proxy.runtime import ProxyRuntime
-from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
-from blindkey.redact.redactor import Redactor
+from blindkey.proxy.upstream import UpstreamRequest, UpstreamResponse
 
 
 async def forward(
@@ -54,37 +54,77 @@ async def forward(
     record.secrets, record.styles = names, spec.styles
     settings = runtime.settings
     record.short_secrets = [n for n in names if settings.policy(n).allow_short]
-    authoriser = runtime.authoriser
-    authoriser.catch_up()
+    runtime.authoriser.catch_up()
 
-    # Egress check: scheme, host and port against the allowlist.
+    await egress_check(runtime, spec, record)
+    grant = await authorise(runtime, request, spec, record)
+
+    # Inject.
+    ranged = all(settings.policy(name).allow_range for name in names)
+    outgoing = await injected(runtime, request, spec, raw_headers, grant, record, ranged=ranged)
+    counter = outgoing.body if isinstance(outgoing.body, CountingBody) else None
+
+    # Upstream, then relay; their failures become errors of the table at this boundary.
+    pool = runtime.upstream
+    assert pool is not None
+    with upstream_errors(target, grant.redactor, counter):
+        upstream = await pool.request(outgoing)
+    async with upstream:
+        if counter is not None:
+            record.bytes_in = counter.size
+        if not ranged:
+            refuse_parts(upstream, target)
+        # The relay raises UpstreamError only while nothing is sent.
+        with upstream_errors(target, grant.redactor, counter):
+            return await relay(request, upstream, grant.redactor, record, target.host_header)
+
+
+async def egress_check(runtime: ProxyRuntime, spec: ProxySpec, record: AuditRecord) -> None:
+    """Scheme, host and port against the allowlist."""
     try:
-        runtime.guard.check(target)
+        runtime.egress.check(spec.target)
     except ProxyError:
         # The record names the caller; an unknown token is answered 401 instead. A broker
         # that cannot answer leaves the refusal as it is.
         with contextlib.suppress(BrokerUnavailable):
-            record.agent, record.env = await authoriser.identify(spec.token)
+            record.agent, record.env = await runtime.authoriser.identify(spec.token)
         raise
 
-    # Authorise: the broker releases the values this agent may use on this host.
-    agent, env, grant = await authoriser.resolve(
-        spec.token, names, target.host, target.scheme, target.port
+
+async def authorise(
+    runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxySpec, record: AuditRecord
+) -> Grant:
+    """The values the broker releases to this agent on this host."""
+    target = spec.target
+    agent, env, grant = await runtime.authoriser.resolve(
+        spec.token, spec.secret_names, target.host, target.scheme, target.port
     )
     record.agent, record.env = agent, env
-    if isinstance(grant, BrokerDenied):
-        if grant.code != "approval_required":
-            raise grant
-        # A human must approve first: say how, or hold the call until they do.
-        held = time.perf_counter()
-        try:
-            grant = await approved(runtime, request, spec)
-        finally:
-            if WAIT_HEADER in request.headers:  # the human's time, not the service's
-                record.waited_ms = round((time.perf_counter() - held) * 1000, 3)
+    if isinstance(grant, Grant):
+        return grant
+    if grant.code != "approval_required":
+        raise grant
+    # A human must approve first: say how, or keep the call waiting until they do.
+    asked = time.perf_counter()
+    try:
+        return await approved(runtime, request, spec)
+    finally:
+        if WAIT_HEADER in request.headers:  # the human's time, not the service's
+            record.waited_ms = round((time.perf_counter() - asked) * 1000, 3)
 
-    # Inject.
-    ranged = all(settings.policy(name).allow_range for name in names)
+
+async def injected(
+    runtime: ProxyRuntime,
+    request: web.BaseRequest,
+    spec: ProxySpec,
+    raw_headers: list[tuple[str, str]],
+    grant: Grant,
+    record: AuditRecord,
+    *,
+    ranged: bool,
+) -> UpstreamRequest:
+    """The request that goes upstream, with the values in place."""
+    target = spec.target
     headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
@@ -93,39 +133,17 @@ async def forward(
         path_query = swap_path(path_query, spec.placeholders, grant.values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
     body = await request_body(runtime, request, spec, grant.values, headers, record)
-    counter = body if isinstance(body, CountingBody) else None
-
-    # Upstream, then relay. A failure before the answer's head is sent carries the redactor
-    # along, for what an upstream's error text may echo.
-    pool = runtime.upstream
-    assert pool is not None
-    try:
-        upstream = await pool.request(
-            spec.method,
-            target.scheme,
-            target.host,
-            target.port,
-            target.host_header,
-            path_query,
-            headers.items(),
-            body,
-            request.content_length if counter is not None else None,
-        )
-    except (UpstreamError, OSError) as exc:
-        if counter is not None and counter.refusal is not None:
-            raise counter.refusal from None  # the token scan cut the body short
-        raise UpstreamFailure(exc, target, grant.redactor) from None
-    async with upstream:
-        if counter is not None:
-            record.bytes_in = counter.size
-        if not ranged:
-            refuse_parts(upstream, target)
-        try:
-            return await relay(request, upstream, grant.redactor, record, target.host_header)
-        except UpstreamError as exc:  # relay raises it only while nothing is sent
-            if counter is not None and counter.refusal is not None:
-                raise counter.refusal from None
-            raise UpstreamFailure(exc, target, grant.redactor) from None
+    return UpstreamRequest(
+        spec.method,
+        target.scheme,
+        target.host,
+        target.port,
+        target.host_header,
+        path_query,
+        headers.items(),
+        body,
+        request.content_length if isinstance(body, CountingBody) else None,
+    )
 
 
 async def request_body(
@@ -173,12 +191,3 @@ def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
             "value in slices too short to redact; a human can permit parts for the secrets "
             "of this call with [secrets.NAME] allow_range = true",
         )
-
-
-class UpstreamFailure(BlindkeyError):
-    """An upstream failure with what its error message needs: the target, and the redactor
-    for any text the upstream sent back (proxy/request/edge.py turns it into the error answer)."""
-
-    def __init__(self, cause: BaseException, target: Target, redactor: Redactor) -> None:
-        super().__init__(str(cause))
-        self.cause, self.target, self.redactor = cause, target, redactor

@@ -41,24 +41,7 @@ async def relay(
             "upstream_error",
             f"{where} answered with content encoding {refused[:32]!r}, which blindkey cannot scan",
         )
-    kept = [(name, value) for name, value in upstream.headers if name.lower() not in _NOT_RETURNED]
-    # Everything the agent receives passes the redactor: the status line's reason phrase,
-    # header names and values (one scan over all of them when nothing matches). A name
-    # holding a value cannot be rewritten into a valid name, so that header is dropped.
-    texts, count = redactor.redact_texts(
-        [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
-    )
-    reason = texts[0]
-    if count:
-        record.redactions += count
-        names, values = texts[1 : 1 + len(kept)], texts[1 + len(kept) :]
-        kept = [
-            (clean_name, clean_value)
-            for (name, _), clean_name, clean_value in zip(kept, names, values, strict=True)
-            if clean_name == name
-        ]
-    headers_back = CIMultiDict(kept)
-    headers_back[REQUEST_ID_HEADER] = record.request_id
+    reason, headers_back = _head(upstream, redactor, record)
     record.status = upstream.status
     size = upstream.content_length
     if size is not None and size <= SMALL_BODY and not upstream.codings:
@@ -98,6 +81,30 @@ async def relay(
     # The end of the stream is written by aiohttp once the handler returns: after the
     # edge has written the record, so no agent holds a whole answer without its record.
     return response
+
+
+def _head(
+    upstream: UpstreamResponse, redactor: Redactor, record: AuditRecord
+) -> tuple[str, CIMultiDict[str]]:
+    """The reason phrase and the headers the agent gets."""
+    kept = [(name, value) for name, value in upstream.headers if name.lower() not in _NOT_RETURNED]
+    # Everything the agent receives passes the redactor: the status line's reason phrase,
+    # header names and values (one scan over all of them when nothing matches). A name
+    # holding a value cannot be rewritten into a valid name, so that header is dropped.
+    texts, count = redactor.redact_texts(
+        [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
+    )
+    if count:
+        record.redactions += count
+        names, values = texts[1 : 1 + len(kept)], texts[1 + len(kept) :]
+        kept = [
+            (clean_name, clean_value)
+            for (name, _), clean_name, clean_value in zip(kept, names, values, strict=True)
+            if clean_name == name
+        ]
+    headers_back = CIMultiDict(kept)
+    headers_back[REQUEST_ID_HEADER] = record.request_id
+    return texts[0], headers_back
 
 
 async def _redacted(

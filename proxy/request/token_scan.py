@@ -109,7 +109,7 @@ class TokenScan:
                 raise refusal(where)
         raise refusal("the request")  # not reached: a spelling holds no line break
 
-    async def guard(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def scanned(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """`chunks` passed on, each byte only once everything up to HOLD bytes past it has
         been scanned with it; raises the refusal instead of passing a spelling on."""
         held = b""

@@ -172,7 +172,7 @@ class Door(asyncio.Protocol):
         agent, env = await identify(runtime, token)
         record.agent, record.env = agent, env
         target = Target("https", head.host, head.port, "/", f"https://{head.authority}/")
-        runtime.guard.check(target)
+        runtime.egress.check(target)
         if not runtime.audit.available:
             raise ProxyError(
                 "audit_unavailable",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING
 
 from blindkey.config.hosts import ip_literal
@@ -30,6 +30,7 @@ from blindkey.proxy.upstream.errors import (
     UpstreamResolveError,
     UpstreamTimeout,
 )
+from blindkey.proxy.upstream.request import UpstreamRequest
 from blindkey.proxy.upstream.response import UpstreamLimits, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamPool:
-    """Keep-alive connections by (scheme, host, port); every hostname through the guard."""
+    """Keep-alive connections by (scheme, host, port); every hostname through the egress policy."""
 
     def __init__(
         self, resolver: VettingResolver, ssl_context: ssl.SSLContext, limits: UpstreamLimits
@@ -57,23 +58,10 @@ class UpstreamPool:
         self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def request(
-        self,
-        method: str,
-        scheme: str,
-        host: str,
-        port: int,
-        host_header: str,
-        path_query: str,
-        headers: Iterable[tuple[str, str]],
-        body: bytes | AsyncIterable[bytes] | None = None,
-        content_length: int | None = None,
-    ) -> UpstreamResponse:
-        """Send one request and return once the answer's headers are in.
-
-        `body` is bytes (sent with its length), a stream (sent with `content_length`, or
-        chunked without one) or None. Raises UpstreamError.
-        """
+    async def request(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send one request and return once the answer's headers are in. Raises
+        UpstreamError."""
+        method, body, content_length = request.method, request.body, request.content_length
         if isinstance(body, bytes):
             framing = f"Content-Length: {len(body)}"
         elif body is not None:
@@ -84,9 +72,11 @@ class UpstreamPool:
             )
         else:
             framing = "Content-Length: 0" if method in _EMPTY_BODY_METHODS else ""
-        head = request_head(method, path_query, host_header, headers, framing)
+        head = request_head(
+            method, request.path_query, request.host_header, request.headers, framing
+        )
         deadline = self.loop.time() + self.limits.total_timeout
-        key = (scheme, host, port)
+        key = request.origin
         replayable = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
         while True:
             connection, reused = self._pooled(key)
@@ -220,7 +210,7 @@ class UpstreamPool:
             idle.remove(connection)
 
     def close_idle(self) -> None:
-        """Drop every idle connection (the guard's rules changed, or the pool is retiring)."""
+        """Drop every idle connection (the egress policy changed, or the pool is retiring)."""
         idle, self._idle = self._idle, {}
         if self._sweeper is not None:
             self._sweeper.cancel()

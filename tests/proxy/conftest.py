@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,20 @@ class Env:
         edit_config(self.paths.config_file, self.paths.lock_file, change)
 
 
+class SkewedClock:
+    """The event loop's clock (monotonic) plus time a test moves on at once, instead of
+    sleeping until connections are old enough."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skew
+
+    def advance(self, seconds: float) -> None:
+        self.skew += seconds
+
+
 def set_secret_policy(paths: Paths, name: str, **fields: Any) -> None:
     def change(document: Any) -> None:
         section = toml_table(document, "secrets", name)
@@ -84,9 +99,11 @@ async def open_env(
     home: Paths,
     configure: Callable[[Any], None] | None = None,
     prepare: Callable[[ProxyServer], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Env]:
     """A running proxy with three secrets and an agent; `configure` edits config.toml
-    before start, `prepare` adjusts the server object before it starts."""
+    before start, `prepare` adjusts the server object before it starts, `clock` is its
+    connection guard's."""
     upstream, port = await start_upstream()
 
     def base_config(document: Any) -> None:
@@ -102,7 +119,9 @@ async def open_env(
     vault.set("development", "STRIPE_KEY", OTHER)
     vault.set("development", "BASIC_PAIR", BASIC)
     token = AgentStore(home.agents_file, home.lock_file).add("tester")
-    server = ProxyServer(home, load_settings(home.config_file), host="127.0.0.1", port=0)
+    server = ProxyServer(
+        home, load_settings(home.config_file), host="127.0.0.1", port=0, clock=clock
+    )
     if prepare is not None:
         prepare(server)
     await server.start()
@@ -114,6 +133,20 @@ async def open_env(
         await session.close()
         await server.stop()
         await upstream.cleanup()
+
+
+async def status_after_reload(
+    env: Env, expected: int, headers: dict[str, str], code: str | None = None
+) -> None:
+    """Put an edit of config.toml in force (as the watcher would, without waiting for its
+    poll), then one call answers `expected` (and error `code`)."""
+    import orjson
+
+    await env.server.reload()
+    status, _, body = await env.call(headers=headers)
+    assert status == expected, body
+    if code is not None:
+        assert orjson.loads(body)["error"] == code, body
 
 
 async def eventually_status(

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from tests.approvals_helpers import acli, audit_events, enrol
-from tests.proxy.conftest import Env, eventually_status, set_secret_policy
+from tests.proxy.conftest import Env, set_secret_policy, status_after_reload
 
 
 async def _record(env: Env, request_id: str) -> dict[str, Any]:
@@ -29,7 +29,7 @@ async def test_a_held_call_records_how_long_it_waited(env: Env) -> None:
     approver = await asyncio.to_thread(enrol)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted")
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     _, refused, _ = await env.call(headers=headers)
     held = asyncio.create_task(env.call(headers={**headers, "X-AS-Wait-Approval": "30"}))
     deadline = time.monotonic() + 5
@@ -59,7 +59,7 @@ async def test_approval_required_says_how_many_approvals_a_grant_needs_and_has(
     await asyncio.to_thread(enrol, "bob", "--by", "alice", "--code", alice.code())
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted", approvals=2)
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     status, _, body = await env.call(headers=headers)
     message = orjson.loads(body)["message"]
     assert "a grant needs 2 approvals from distinct approvers and has 0" in message

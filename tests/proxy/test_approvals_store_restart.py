@@ -14,7 +14,7 @@ from blindkey.broker.approvals.store import approvals_file
 from blindkey.proxy import lifecycle
 from tests.approvals_helpers import enrol
 from tests.proxy.broker_kill import killed, restarted
-from tests.proxy.conftest import Env, eventually_status, set_secret_policy
+from tests.proxy.conftest import Env, eventually_status, set_secret_policy, status_after_reload
 
 
 async def _health(env: Env) -> int:
@@ -33,7 +33,7 @@ async def test_a_flipped_byte_after_a_broker_restart_releases_nothing(env: Env) 
     await asyncio.to_thread(enrol)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted")
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     store = approvals_file(env.paths)
     good = store.read_bytes()
     blob = bytearray(good)

@@ -18,9 +18,10 @@ from blindkey.audit.store import audit_files
 from blindkey.audit.summary import summarise
 from blindkey.audit.verify import verify
 from blindkey.config.paths import Paths
+from blindkey.proxy.connections import MIN_IDLE_TO_EVICT
 from blindkey.proxy.server import ProxyServer
 from tests.audit.tmpfs import small_tmpfs
-from tests.proxy.conftest import Env, open_env
+from tests.proxy.conftest import Env, SkewedClock, open_env
 from tests.proxy.test_connections import agent_call, closed, limits
 
 HALF_HEAD = b"GET /proxy HTTP/1.1\r\nHost: 127.0.0.1\r\nX-AS-Target-URL: http://x/\r\n"
@@ -79,11 +80,13 @@ async def test_half_sent_heads_beyond_the_cap_do_not_lock_a_tokened_agent_out(
 
 
 async def test_an_agent_connection_keeps_its_slot_while_heads_flood_in(home: Paths) -> None:
-    async with open_env(home, limits(max_connections=CAP, header_read_timeout="60s")) as env:
+    clock = SkewedClock()
+    limited = limits(max_connections=CAP, header_read_timeout="60s")
+    async with open_env(home, limited, clock=clock) as env:
         guard = env.server.guard
         assert guard is not None
         reader, writer = await tokened_keep_alive(env)
-        await asyncio.sleep(0.3)  # older than the freshness margin: evictable by age alone
+        clock.advance(MIN_IDLE_TO_EVICT)  # older than the freshness margin: evictable by age
         hoard = await half_sent_heads(env.server.port, CAP * 3)
         # The anonymous heads made room for each other; the agent's idle connection stayed.
         head = await one_call(env, reader, writer)

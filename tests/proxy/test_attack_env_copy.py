@@ -9,7 +9,12 @@ import asyncio
 
 from blindkey.broker.vault import FileVault
 from tests.approvals_helpers import acli, enrol
-from tests.proxy.conftest import SECRET, Env, eventually_status, set_secret_policy
+from tests.proxy.conftest import (
+    SECRET,
+    Env,
+    set_secret_policy,
+    status_after_reload,
+)
 
 LIVE = "ghp_LIVEproductionValue0123456789abcdef"
 
@@ -19,7 +24,7 @@ async def test_copying_production_over_a_granted_environment_needs_a_code(env: E
     FileVault(env.paths).set("production", "GITHUB_TOKEN", LIVE)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="controlled")
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     code, _, err = await acli("approve", "GITHUB_TOKEN", "--code", human.code())
     assert code == 0, err
     status, _, _ = await env.call(headers=headers)

@@ -21,7 +21,14 @@ from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import acli, enrol
 from tests.conftest import ROOT
-from tests.proxy.conftest import SECRET, Env, eventually_status, open_env, set_secret_policy
+from tests.proxy.conftest import (
+    SECRET,
+    Env,
+    eventually_status,
+    open_env,
+    set_secret_policy,
+    status_after_reload,
+)
 from tests.upstream import start_upstream
 
 
@@ -48,7 +55,7 @@ async def test_a_grant_from_a_request_covers_that_destination_only(
     human = await asyncio.to_thread(enrol)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="controlled")
     listed = env.headers("/echo/v1/refunds", X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, listed, code="approval_required")
+    await status_after_reload(env, 403, listed, code="approval_required")
     _, _, body = await env.call(headers=listed)
     request = orjson.loads(body)["approval_id"]
 
@@ -85,7 +92,7 @@ async def test_a_binding_names_scheme_and_port(two: tuple[Env, str]) -> None:
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
     # A bare host is https on port 443: not http://, not another port.
     set_secret_policy(env.paths, "GITHUB_TOKEN", hosts=["127.0.0.1"])
-    await eventually_status(env, 403, headers, code="secret_denied")
+    await status_after_reload(env, 403, headers, code="secret_denied")
     _, _, body = await env.call(headers=headers)
     message = orjson.loads(body)["message"]
     assert f"not bound to {env.base}" in message
@@ -95,7 +102,7 @@ async def test_a_binding_names_scheme_and_port(two: tuple[Env, str]) -> None:
         toml_table(document, "secrets", "GITHUB_TOKEN")["hosts"] = string_array([env.base])
 
     env.configure(bind)
-    await eventually_status(env, 200, headers)
+    await status_after_reload(env, 200, headers)
     other = env.to(f"{elsewhere}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN")
     status, _, body = await env.call(headers=other)
     assert status == 403 and orjson.loads(body)["error"] == "secret_denied"

@@ -20,14 +20,14 @@ from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import acli, enrol, seed_of
-from tests.proxy.conftest import Env, eventually_status, set_secret_policy
+from tests.proxy.conftest import Env, set_secret_policy, status_after_reload
 
 
 async def test_the_agent_cannot_lock_the_human_out(env: Env) -> None:
     human = await asyncio.to_thread(enrol)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted")
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     _, _, body = await env.call(headers=headers)
     request = orjson.loads(body)["approval_id"]
 

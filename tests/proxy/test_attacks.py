@@ -110,7 +110,7 @@ async def test_key_bound_to_one_host_never_sent_to_another_allowlisted_host(env:
     from tests.proxy.conftest import set_secret_policy
 
     set_secret_policy(env.paths, "GITHUB_TOKEN", hosts=["api.github.com"])
-    await asyncio.sleep(0.5)
+    await env.server.reload()
     status, _, body = await call(env, f"{env.base}/echo", X_AS_Inject_Bearer="GITHUB_TOKEN")
     assert (status, error_code(body)) == (403, "secret_denied")
     assert env.upstream.app[HITS] == []
@@ -124,7 +124,7 @@ async def test_redirect_is_not_followed_and_custom_auth_header_not_carried(env: 
             toml_table(document, "allowlist")["hosts"].append(f"http://127.0.0.1:{second_port}")
 
         env.configure(configure)
-        await asyncio.sleep(0.5)
+        await env.server.reload()
         target = f"{env.base}/redirect?to=http://127.0.0.1:{second_port}/steal"
         status, headers, _ = await call(
             env, target, **{"X-AS-Inject-Header-X-Api-Key": "GITHUB_TOKEN"}
@@ -281,7 +281,7 @@ async def test_secret_with_line_break_cannot_split_headers(env: Env) -> None:
     from blindkey.broker.vault import FileVault
 
     FileVault(env.paths).set("development", "CRLF_VALUE", "abcdefgh\r\nX-Injected: yes")
-    await asyncio.sleep(0.5)
+    await env.server.reload()
     status, _, body = await call(
         env, f"{env.base}/echo", **{"X-AS-Inject-Header-X-Key": "CRLF_VALUE"}
     )
@@ -439,7 +439,7 @@ async def test_connect_timeout_is_504(tight: Env) -> None:
             toml_table(document, "allowlist")["hosts"].append(f"http://127.0.0.1:{port}")
 
         tight.configure(allow)
-        await asyncio.sleep(0.5)
+        await tight.server.reload()
         status, _, body = await call(
             tight, f"http://127.0.0.1:{port}/x", X_AS_Inject_Bearer="GITHUB_TOKEN"
         )

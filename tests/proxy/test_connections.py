@@ -13,7 +13,8 @@ import pytest
 
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
-from tests.proxy.conftest import Env, open_env
+from blindkey.proxy.connections import MIN_IDLE_TO_EVICT
+from tests.proxy.conftest import Env, SkewedClock, open_env
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -77,11 +78,12 @@ async def test_a_busy_keep_alive_connection_is_not_closed(idle_env: Env) -> None
 
 
 async def test_at_the_cap_the_idlest_connection_makes_room(home: Paths) -> None:
-    async with open_env(home, limits(max_connections=4)) as env:
+    clock = SkewedClock()
+    async with open_env(home, limits(max_connections=4), clock=clock) as env:
         guard = env.server.guard
         assert guard is not None
         idle = [await keep_alive(env.server.port) for _ in range(4)]
-        await asyncio.sleep(0.3)  # older than the freshness margin (MIN_IDLE_TO_EVICT)
+        clock.advance(MIN_IDLE_TO_EVICT)  # older than the freshness margin
         assert await agent_call(env) == 200
         assert guard.evicted == 1 and guard.refused == 0
         # The first to go idle was the one closed; the others still answer.

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.model import AllowlistSettings
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.request.egress import AllowIndex, EgressGuard, VettingResolver, is_public
+from blindkey.proxy.request.egress import AllowIndex, EgressPolicy, VettingResolver, is_public
 from blindkey.proxy.request.parse import parse_target
 from blindkey.proxy.upstream import BlockedAddressError
 
@@ -68,12 +68,14 @@ def test_public(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
 
 
-def guard(*entries: str, private: tuple[str, ...] = (), own_port: int | None = None) -> EgressGuard:
+def policy(
+    *entries: str, private: tuple[str, ...] = (), own_port: int | None = None
+) -> EgressPolicy:
     settings = AllowlistSettings(
         entries=tuple(AllowEntry.parse(e) for e in entries),
         private_ranges=tuple(ipaddress.ip_network(n) for n in private),
     )
-    return EgressGuard(settings, own_port=own_port)
+    return EgressPolicy(settings, own_port=own_port)
 
 
 @pytest.mark.parametrize(
@@ -99,30 +101,30 @@ def guard(*entries: str, private: tuple[str, ...] = (), own_port: int | None = N
 def test_allowlist_matching(entries: tuple[str, ...], url: str, allowed: bool) -> None:
     target = parse_target(url)
     if allowed:
-        guard(*entries).check(target)
+        policy(*entries).check(target)
     else:
         with pytest.raises(ProxyError) as info:
-            guard(*entries).check(target)
+            policy(*entries).check(target)
         assert info.value.code == "host_not_allowed"
 
 
 def test_the_proxy_will_not_call_itself() -> None:
     with pytest.raises(ProxyError) as info:
-        guard("http://127.0.0.1:8765", own_port=8765).check(
+        policy("http://127.0.0.1:8765", own_port=8765).check(
             parse_target("http://127.0.0.1:8765/proxy")
         )
     assert info.value.code == "blocked_address"
 
 
 def test_private_ranges_admit_only_what_they_name() -> None:
-    g = guard(private=("10.1.0.0/16",))
+    g = policy(private=("10.1.0.0/16",))
     assert g.address_allowed(ipaddress.ip_address("10.1.2.3"))
     assert not g.address_allowed(ipaddress.ip_address("10.2.0.1"))
     assert not g.address_allowed(ipaddress.ip_address("127.0.0.1"))
 
 
 async def test_resolver_refuses_a_name_that_resolves_to_loopback() -> None:
-    resolver = VettingResolver(guard())
+    resolver = VettingResolver(policy())
     try:
         with pytest.raises(BlockedAddressError):
             await resolver.resolve("localhost", 80)
@@ -131,7 +133,7 @@ async def test_resolver_refuses_a_name_that_resolves_to_loopback() -> None:
 
 
 async def test_resolver_returns_only_vetted_addresses() -> None:
-    resolver = VettingResolver(guard(private=("127.0.0.0/8",)))
+    resolver = VettingResolver(policy(private=("127.0.0.0/8",)))
     try:
         results = await resolver.resolve("localhost", 80)
     finally:
@@ -153,9 +155,9 @@ def test_a_refusal_names_the_entry_that_would_allow_it(url: str, entry: str) -> 
     """The message carries the exact entry; added, that entry admits the call."""
     target = parse_target(url)
     with pytest.raises(ProxyError) as info:
-        guard("other.example").check(target)
+        policy("other.example").check(target)
     assert f"`blindkey allowlist add {entry}`" in info.value.message
-    assert guard(entry).check(target).text == entry
+    assert policy(entry).check(target).text == entry
 
 
 _LABELS = st.sampled_from(["a", "b", "api", "example", "com", "xn--bcher-kva", "stripe"])
@@ -193,7 +195,7 @@ def _entry(scheme: str, wildcard: bool, host: str, port: int | None) -> AllowEnt
 def test_the_first_matching_entry_in_file_order_is_the_rule(
     entries: tuple[str, ...], url: str, first: str
 ) -> None:
-    assert guard(*entries).check(parse_target(url)).text == first
+    assert policy(*entries).check(parse_target(url)).text == first
 
 
 @given(

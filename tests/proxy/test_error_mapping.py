@@ -1,5 +1,7 @@
-"""Every exception the request's stages raise becomes an error of INTERFACE.md's table, in
-one function (proxy/request/edge.py `to_proxy_error`), and nothing unknown is turned into one."""
+"""Every exception the request's stages raise becomes an error of INTERFACE.md's table: the
+upstream client's at the send stage's boundary (proxy/request/send.py `upstream_errors`),
+the rest in proxy/request/edge.py `to_proxy_error`; each class to its own code, and nothing
+unknown is turned into one."""
 
 from __future__ import annotations
 
@@ -15,11 +17,31 @@ from blindkey.config.errors import BlindkeyError
 from blindkey.proxy.errors import STATUS, ProxyError
 from blindkey.proxy.request.edge import to_proxy_error
 from blindkey.proxy.request.parse import parse_target
-from blindkey.proxy.request.pipeline import UpstreamFailure
+from blindkey.proxy.request.send import upstream_errors
 from blindkey.proxy.upstream import BlockedAddressError, UpstreamError
 from blindkey.redact.redactor import Redactor
 
 VALUE = "ghp_valueTheUpstreamEchoes0123456789"
+TARGET = parse_target("https://api.example.com/x")
+
+# The code each class raised by the stages is answered with. A code other than the usual
+# for the classes that carry their own (ProxyError, BrokerDenied), so a mapping that
+# flattens them shows.
+EXPECTED = {
+    "BlockedAddressError": "blocked_address",
+    "BrokerDenied": "approval_denied",
+    "BrokerUnavailable": "broker_unavailable",
+    "DecodingError": "upstream_error",
+    "ProtocolError": "broker_unavailable",
+    "ProxyError": "host_not_allowed",
+    "StaleConnection": "upstream_error",
+    "UnsendableRequest": "bad_request",
+    "UpstreamConnectError": "upstream_error",
+    "UpstreamError": "upstream_error",
+    "UpstreamProtocolError": "upstream_error",
+    "UpstreamResolveError": "upstream_error",
+    "UpstreamTimeout": "upstream_timeout",
+}
 
 
 def raised_by_the_stages() -> list[type[BlindkeyError]]:
@@ -37,47 +59,51 @@ def raised_by_the_stages() -> list[type[BlindkeyError]]:
     return sorted(found, key=lambda cls: cls.__qualname__)
 
 
-def instance(cls: type[BlindkeyError]) -> Exception:
-    target = parse_target("https://api.example.com/x")
-    if cls is ProxyError or issubclass(cls, protocol.BrokerDenied):
-        return cls("secret_denied", "refused")
+def instance(cls: type[BlindkeyError]) -> BlindkeyError:
+    if cls is ProxyError:
+        return ProxyError("host_not_allowed", "refused")
+    if issubclass(cls, protocol.BrokerDenied):
+        return cls("approval_denied", "refused")
     if cls is BlockedAddressError:
-        return UpstreamFailure(BlockedAddressError("h.example", ["10.0.0.1"]), target, Redactor({}))
-    if cls is UpstreamFailure:
-        return UpstreamFailure(OSError("reset"), target, Redactor({}))
+        return BlockedAddressError("h.example", ["10.0.0.1"])
     if issubclass(cls, UpstreamError):
-        return UpstreamFailure(cls(f"said {VALUE}"), target, Redactor({"K": VALUE}))
+        return cls(f"said {VALUE}")
     return cls("failed")
 
 
-def test_the_stages_raise_the_classes_this_test_knows() -> None:
+def answered(exc: BaseException, redactor: Redactor | None = None) -> ProxyError:
+    """What the agent is answered for `exc` raised where the pipeline calls upstream."""
+    try:
+        with upstream_errors(TARGET, redactor or Redactor({"K": VALUE})):
+            raise exc
+    except Exception as out:
+        return to_proxy_error(out)
+    raise AssertionError("upstream_errors swallowed an exception")
+
+
+def test_every_class_the_stages_raise_has_its_code_here() -> None:
     names = {cls.__name__ for cls in raised_by_the_stages()}
-    # A new class shows up here first, so it cannot be added without being mapped.
-    assert {"ProxyError", "BrokerDenied", "BrokerUnavailable", "ProtocolError", "UpstreamError",
-            "UpstreamTimeout", "BlockedAddressError", "UnsendableRequest", "UpstreamFailure",
-            "DecodingError", "StaleConnection"} <= names  # fmt: skip
+    # A new class shows up here first, so it cannot be added without its code.
+    assert names == set(EXPECTED)
 
 
 @pytest.mark.parametrize("cls", raised_by_the_stages(), ids=lambda cls: cls.__name__)
-def test_every_class_maps_to_a_code_of_the_table(cls: type[BlindkeyError]) -> None:
-    error = to_proxy_error(instance(cls))
+def test_every_class_maps_to_its_own_code_of_the_table(cls: type[BlindkeyError]) -> None:
+    error = answered(instance(cls))
     assert error.code in STATUS
+    assert error.code == EXPECTED[cls.__name__]
     assert VALUE not in error.message
+
+
+def test_a_broker_refusal_with_a_code_outside_the_table_is_a_bad_request() -> None:
+    assert answered(protocol.BrokerDenied("no_such_code", "refused")).code == "bad_request"
+
+
+def test_a_socket_error_met_upstream_is_an_upstream_error() -> None:
+    assert answered(OSError("connection reset")).code == "upstream_error"
 
 
 def test_an_exception_of_no_known_class_is_an_internal_error_whose_text_is_not_shown() -> None:
     error = to_proxy_error(KeyError(f"a bug holding {VALUE}"))
     assert (error.code, error.status) == ("internal_error", 500)
     assert VALUE not in error.message and error.close
-
-
-@pytest.mark.parametrize(
-    ("cause", "code"),
-    [
-        (BlockedAddressError("h.example", []), "blocked_address"),
-        (OSError("connection reset"), "upstream_error"),
-    ],
-)
-def test_upstream_causes_keep_their_own_codes(cause: Exception, code: str) -> None:
-    failure = UpstreamFailure(cause, parse_target("https://h.example/"), Redactor({}))
-    assert to_proxy_error(failure).code == code

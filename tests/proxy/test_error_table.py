@@ -14,7 +14,14 @@ from multidict import CIMultiDict
 
 from blindkey.broker.agents import AgentStore
 from blindkey.config.edit import string_array, toml_table
-from tests.proxy.conftest import OTHER, SECRET, Env, eventually_status, set_secret_policy
+from tests.proxy.conftest import (
+    OTHER,
+    SECRET,
+    Env,
+    eventually_status,
+    set_secret_policy,
+    status_after_reload,
+)
 from tests.upstream import HITS
 
 
@@ -159,7 +166,7 @@ async def test_secret_bound_to_another_host_never_reaches_this_one(env: Env) -> 
     # Both hosts are allowlisted; the key is bound to one of them only.
     set_secret_policy(env.paths, "STRIPE_KEY", hosts=[f"http://localhost:{env.upstream_port}"])
     headers = env.headers(X_AS_Inject_Bearer="STRIPE_KEY")
-    await eventually_status(env, 403, headers)
+    await status_after_reload(env, 403, headers)
     assert_error(*await env.call(headers=headers), "secret_denied", 403)
 
 
@@ -329,7 +336,7 @@ async def test_anonymous_callers_when_tokens_are_not_required(env: Env) -> None:
     env.configure(change)
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
     del headers["X-AS-Agent-Token"]
-    await eventually_status(env, 200, headers)
+    await status_after_reload(env, 200, headers)
     await env.server.audit.flush()
     last = orjson.loads((env.paths.audit_dir / "audit.jsonl").read_bytes().splitlines()[-1])
     assert last["agent"] == "anonymous" and last["decision"] == "allowed"

@@ -11,7 +11,7 @@ import time
 
 from tests.approvals_helpers import Approver, acli, enrol
 from tests.proxy.broker_kill import killed, restarted
-from tests.proxy.conftest import Env, eventually_status, set_secret_policy
+from tests.proxy.conftest import Env, set_secret_policy, status_after_reload
 
 WAIT = "20"
 
@@ -20,7 +20,7 @@ async def _gated(env: Env) -> tuple[Approver, dict[str, str]]:
     approver = await asyncio.to_thread(enrol)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted")
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     headers["X-AS-Wait-Approval"] = WAIT
     return approver, headers
 

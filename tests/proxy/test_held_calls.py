@@ -19,16 +19,20 @@ from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.approval_wait import wait_seconds
-from blindkey.proxy.request.authorise import Authoriser
 from tests.approvals_helpers import Approver, acli, enrol
-from tests.proxy.conftest import Env, eventually_status, open_env, set_secret_policy
+from tests.proxy.conftest import (
+    Env,
+    open_env,
+    set_secret_policy,
+    status_after_reload,
+)
 
 
 async def _gated(env: Env) -> tuple[Approver, dict[str, str]]:
     approver = await asyncio.to_thread(enrol)
     set_secret_policy(env.paths, "GITHUB_TOKEN", tier="restricted")
     headers = env.headers(X_AS_Inject_Bearer="GITHUB_TOKEN")
-    await eventually_status(env, 403, headers, code="approval_required")
+    await status_after_reload(env, 403, headers, code="approval_required")
     return approver, headers
 
 
@@ -46,8 +50,7 @@ async def _pending_id(env: Env, count: int = 1) -> list[str]:
 
 
 def _held(env: Env) -> int:
-    authoriser: Authoriser = env.server.runtime.authoriser
-    return authoriser.held
+    return env.server.runtime.waits.waiting
 
 
 async def test_held_call_goes_upstream_when_approved(env: Env) -> None:

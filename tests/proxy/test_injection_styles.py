@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -148,7 +147,7 @@ async def test_use_of_a_short_secret_is_marked_in_the_audit(env: Env) -> None:
     from tests.proxy.conftest import eventually_status, set_secret_policy
 
     set_secret_policy(env.paths, "PIN", allow_short=True)
-    await asyncio.sleep(0.6)  # the proxy re-reads config.toml within 0.25 s
+    await env.server.reload()
     FileVault(env.paths).set("development", "PIN", "4321")
     headers = env.headers(**{"X-AS-Inject-Header-X-Pin": "PIN"})
     await eventually_status(env, 200, headers)

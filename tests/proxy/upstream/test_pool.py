@@ -20,13 +20,14 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from blindkey.config.edit import toml_table
 from blindkey.config.model import AllowlistSettings
 from blindkey.config.paths import Paths
-from blindkey.proxy.request.egress import EgressGuard, VettingResolver
+from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import (
     UnsendableRequest,
     UpstreamConnectError,
     UpstreamLimits,
     UpstreamPool,
     UpstreamProtocolError,
+    UpstreamRequest,
     UpstreamResolveError,
     UpstreamTimeout,
 )
@@ -108,15 +109,15 @@ def serve(bind: Callable[[RawServer], Handler]) -> RawServer:
 def make_pool(
     limits: UpstreamLimits = LIMITS, context: ssl.SSLContext | None = None
 ) -> UpstreamPool:
-    guard = EgressGuard(AllowlistSettings())
-    return UpstreamPool(VettingResolver(guard), context or ssl.create_default_context(), limits)
+    policy = EgressPolicy(AllowlistSettings())
+    return UpstreamPool(VettingResolver(policy), context or ssl.create_default_context(), limits)
 
 
 async def get(
     pool: UpstreamPool, port: int, path: str = "/", method: str = "GET", **kwargs: Any
 ) -> tuple[int, bytes, dict[str, str]]:
     response = await pool.request(
-        method, "http", "127.0.0.1", port, f"127.0.0.1:{port}", path, [], **kwargs
+        UpstreamRequest(method, "http", "127.0.0.1", port, f"127.0.0.1:{port}", path, **kwargs)
     )
     async with response:
         body = b"".join([chunk async for chunk in response.iter_chunks()])
@@ -322,7 +323,7 @@ async def test_line_breaks_and_spaces_never_reach_the_wire(
         pool = make_pool()
         with pytest.raises(UnsendableRequest, match=r"forbidden character|line break"):
             await pool.request(
-                "GET", "http", "127.0.0.1", server.port, "h", path, headers, None, None
+                UpstreamRequest("GET", "http", "127.0.0.1", server.port, "h", path, headers)
             )
         pool.close()
         assert server.connections == 0
@@ -375,7 +376,7 @@ async def test_refused_and_unresolvable_hosts() -> None:
     with pytest.raises(UpstreamConnectError, match="cannot connect"):
         await get(pool, port)
     with pytest.raises(UpstreamResolveError, match="cannot resolve"):
-        await pool.request("GET", "http", "no-such-host.invalid", 80, "x", "/", [])
+        await pool.request(UpstreamRequest("GET", "http", "no-such-host.invalid", 80, "x", "/"))
     pool.close()
 
 
@@ -394,13 +395,15 @@ class SilentResolver(AbstractResolver):
 
 
 async def test_resolution_that_never_answers_times_out() -> None:
-    guard = EgressGuard(AllowlistSettings())
+    policy = EgressPolicy(AllowlistSettings())
     limits = UpstreamLimits(connect_timeout=0.2, read_timeout=2.0, total_timeout=10.0, max_field=64)
     pool = UpstreamPool(
-        VettingResolver(guard, SilentResolver()), ssl.create_default_context(), limits
+        VettingResolver(policy, SilentResolver()), ssl.create_default_context(), limits
     )
     with pytest.raises(UpstreamTimeout, match=r"resolving api\.example\.com took too long"):
-        await pool.request("GET", "https", "api.example.com", 443, "api.example.com", "/", [])
+        await pool.request(
+            UpstreamRequest("GET", "https", "api.example.com", 443, "api.example.com", "/")
+        )
     pool.close()
 
 
@@ -418,15 +421,16 @@ async def test_streamed_body_arrives_unchanged(length_known: bool) -> None:
     try:
         pool = make_pool()
         response = await pool.request(
-            "POST",
-            "http",
-            "127.0.0.1",
-            port,
-            f"127.0.0.1:{port}",
-            "/echo",
-            [],
-            stream(parts),
-            len(data) if length_known else None,
+            UpstreamRequest(
+                "POST",
+                "http",
+                "127.0.0.1",
+                port,
+                f"127.0.0.1:{port}",
+                "/echo",
+                body=stream(parts),
+                content_length=len(data) if length_known else None,
+            )
         )
         async with response:
             await response.read()
@@ -453,7 +457,7 @@ async def test_compressed_bodies_are_decoded_in_bounded_steps(encoding: str, bod
     async with serve(answer_each(answer)) as server:
         pool = make_pool()
         response = await pool.request(
-            "GET", "http", "127.0.0.1", server.port, "h", "/", [], None, None
+            UpstreamRequest("GET", "http", "127.0.0.1", server.port, "h", "/")
         )
         async with response:
             chunks = [chunk async for chunk in response.iter_chunks()]
@@ -499,18 +503,15 @@ async def test_tls_verifies_the_upstream_certificate() -> None:
         trusting = ssl.create_default_context()
         ca.configure_trust(trusting)
         pool = make_pool(context=trusting)
-        response = await pool.request(
-            "GET", "https", "127.0.0.1", port, f"127.0.0.1:{port}", "/hello", [], None, None
-        )
+        hello = UpstreamRequest("GET", "https", "127.0.0.1", port, f"127.0.0.1:{port}", "/hello")
+        response = await pool.request(hello)
         async with response:
             assert response.status == 200
         pool.close()
 
         untrusting = make_pool()
         with pytest.raises(UpstreamConnectError, match="not trusted"):
-            await untrusting.request(
-                "GET", "https", "127.0.0.1", port, f"127.0.0.1:{port}", "/hello", [], None, None
-            )
+            await untrusting.request(hello)
         untrusting.close()
     finally:
         await runner.cleanup()
