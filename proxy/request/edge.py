@@ -41,6 +41,7 @@ from blindkey.proxy.request.pipeline import forward
 from blindkey.proxy.request.recorded import recorded
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.proxy.tls.ca import CaError
 from blindkey.proxy.tls.session import Session
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
@@ -297,6 +298,8 @@ def to_proxy_error(exc: Exception) -> ProxyError:
         )
     if isinstance(exc, web.HTTPException):  # raised by aiohttp itself, e.g. on a bad body
         return ProxyError("bad_request", exc.reason)
+    if isinstance(exc, CaError):  # proxy mode, with its CA missing or damaged: said, not a bug
+        return ProxyError("internal_error", f"proxy mode cannot answer TLS: {exc}", close=True)
     # Where, not what: the exception's own text could hold anything the code had in hand.
     where = "".join(traceback.format_tb(exc.__traceback__))
     log.error("internal error %s at:\n%s", type(exc).__name__, where)

@@ -31,6 +31,7 @@ EXPECTED = {
     "BlockedAddressError": "blocked_address",
     "BrokerDenied": "approval_denied",
     "BrokerUnavailable": "broker_unavailable",
+    "CaError": "internal_error",
     "DecodingError": "upstream_error",
     "ProtocolError": "broker_unavailable",
     "ProxyError": "host_not_allowed",
