@@ -53,20 +53,15 @@ def test_an_unreadable_file_is_no_anchor(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def brokers() -> AsyncIterator[Brokers]:
-    directory = Path(tempfile.mkdtemp(dir="/tmp"))  # AF_UNIX paths are short
-    brokers = Brokers(directory)
-    try:
-        yield brokers
-    finally:
-        await brokers.close()
-        for leftover in directory.iterdir():
-            leftover.unlink()
-        directory.rmdir()
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:  # AF_UNIX paths are short
+        brokers = Brokers(Path(directory))
+        try:
+            yield brokers
+        finally:
+            await brokers.close()
 
 
-async def test_the_broker_answers_a_refused_head_bad_request(
-    home: Paths, brokers: Brokers
-) -> None:
+async def test_the_broker_answers_a_refused_head_bad_request(home: Paths, brokers: Brokers) -> None:
     client = brokers.client(await brokers.start(home))
     reply = await client.call("audit_anchor", seq=7, chain=A)
     assert (reply["seq"], reply["chain"]) == (7, A)
