@@ -222,6 +222,11 @@ async def test_fsync_false_never_syncs(tmp_path: Path, monkeypatch: pytest.Monke
     assert counter.calls == 0
 
 
+def place_of(audit_dir: Path) -> list[tuple[int, int]]:
+    """Which directory and current file these are (device and inode), not just their names."""
+    return [(p.stat().st_dev, p.stat().st_ino) for p in (audit_dir, audit_file(audit_dir))]
+
+
 EVENT_WRITER = """
 import sys
 from pathlib import Path
@@ -236,6 +241,7 @@ async def test_other_processes_continue_the_same_chain(tmp_path: Path) -> None:
     view of the file goes stale meanwhile, re-reads the last record before it appends."""
     writer = AuditWriter(tmp_path)
     await writer.start()
+    place = place_of(tmp_path)
     others = [
         await asyncio.create_subprocess_exec(
             sys.executable, "-c", EVENT_WRITER, str(tmp_path), "60", f"p{n}"
@@ -250,6 +256,11 @@ async def test_other_processes_continue_the_same_chain(tmp_path: Path) -> None:
         await asyncio.sleep(0.0005)
     assert all(p.returncode == 0 for p in others)
     await writer.close()
+    # Records missing from this file are lost only if it is still the file they went to:
+    # a directory moved away meanwhile (an outside cleanup of temporary directories) is
+    # re-created by the next writer, and only the records after that land in it.
+    assert place_of(tmp_path) == place, "the audit directory or file was replaced meanwhile"
+    assert not rotated_files(tmp_path)
     written = lines_of(audit_file(tmp_path))
     assert sum(r["event"] == "config" for r in written) == 120
     assert [r["seq"] for r in written] == list(range(1, len(written) + 1))
