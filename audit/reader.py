@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -170,14 +170,6 @@ def iter_all(
     return stream(), end
 
 
-def read_all(
-    audit_dir: Path, selection: Filter, paths: list[Path] | None = None
-) -> tuple[list[dict[str, Any]], int]:
-    """`iter_all`, as a list: for callers that need every record at once."""
-    records, end = iter_all(audit_dir, selection, paths)
-    return list(records), end
-
-
 def _lines_backwards(path: Path, end: int) -> Iterator[bytes]:
     """The complete lines of `path` before byte `end`, newest first."""
     try:
@@ -219,23 +211,60 @@ def last_records(
     return found, end
 
 
+def _opened(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None
+
+
+def _replaced(handle: BinaryIO, path: Path) -> bool:
+    """Whether `path` names another file than `handle` now (rotated, or removed)."""
+    try:
+        return not os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return True
+
+
 def follow(
     path: Path, selection: Filter, start: int, interval: float = 0.2
 ) -> Iterator[dict[str, Any]]:
-    """Records appended after byte offset `start`, forever."""
-    position = start
+    """Records appended after byte offset `start`, forever, a block at a time. The file is
+    opened now, so a rotation before the first record is read loses nothing; when it is
+    rotated, the rest of the old file comes first, then the new one from its start (the
+    open handle still reads the renamed file; nothing is written to it any more)."""
+    handle = _opened(path)
+    if handle is not None:
+        handle.seek(start)
+    return _following(path, selection, handle, start, interval)
+
+
+def _following(
+    path: Path, selection: Filter, handle: BinaryIO | None, start: int, interval: float
+) -> Iterator[dict[str, Any]]:
     pending = b""
-    while True:
-        try:
-            with path.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            position += len(chunk)
-            pending += chunk
-            complete, _, pending = pending.rpartition(b"\n")
-            yield from (r for r in _parse_lines(complete.split(b"\n")) if selection.accepts(r))
-        else:
-            time.sleep(interval)
+    try:
+        while True:
+            if handle is None:
+                handle = _opened(path)
+                if handle is None:
+                    time.sleep(interval)
+                    continue
+                handle.seek(start)
+            start = 0  # a file that replaces this one is read from its start
+            chunk = handle.read(BLOCK)
+            if chunk:
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n")
+                yield from (r for r in _parse_lines(complete.split(b"\n")) if selection.accepts(r))
+            elif _replaced(handle, path):
+                # Read to its end once more: a last append may have come before the rename.
+                rest = pending + handle.read()
+                yield from (r for r in _parse_lines(rest.split(b"\n")) if selection.accepts(r))
+                handle.close()
+                handle, pending = None, b""
+            else:
+                time.sleep(interval)
+    finally:
+        if handle is not None:
+            handle.close()
