@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -13,7 +14,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from blindkey.audit.store import audit_files
+from blindkey.audit.store import audit_files, rotated_files
 from blindkey.config.errors import UsageError
 
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -226,6 +227,39 @@ def _replaced(handle: BinaryIO, path: Path) -> bool:
         return True
 
 
+def _rotated_after(done: os.stat_result, audit_dir: Path) -> list[Path]:
+    """The rotated files newer than `done` (one of them, read to its end); none when it
+    is not among them (removed): the current file comes next."""
+    rotated = rotated_files(audit_dir)
+    for index, candidate in enumerate(rotated):
+        try:
+            if os.path.samestat(candidate.stat(), done):
+                return rotated[index + 1 :]
+        except FileNotFoundError:
+            continue
+    return []
+
+
+def _next_file(done: os.stat_result, path: Path) -> BinaryIO | None:
+    """The file that follows `done`: the next rotated one, else the current file (None
+    while there is none). Several rotations between two reads skip no file, and a rotation
+    while the current file is opened is seen and followed."""
+    while True:
+        later = _rotated_after(done, path.parent)
+        handle = _opened(later[0] if later else path)
+        if handle is None:
+            if later:
+                continue  # pruned meanwhile: the one after it
+            return None
+        if later:
+            return handle
+        now_later = _rotated_after(done, path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            if not now_later or os.path.samestat(now_later[0].stat(), os.fstat(handle.fileno())):
+                return handle
+        handle.close()  # the current file was rotated between the two looks: start over
+
+
 def follow(
     path: Path, selection: Filter, start: int, interval: float = 0.2
 ) -> Iterator[dict[str, Any]]:
@@ -243,15 +277,16 @@ def _following(
     path: Path, selection: Filter, handle: BinaryIO | None, start: int, interval: float
 ) -> Iterator[dict[str, Any]]:
     pending = b""
+    done: os.stat_result | None = None  # the last file read to its end, once one was
     try:
         while True:
             if handle is None:
-                handle = _opened(path)
+                handle = _opened(path) if done is None else _next_file(done, path)
                 if handle is None:
                     time.sleep(interval)
                     continue
                 handle.seek(start)
-            start = 0  # a file that replaces this one is read from its start
+            start = 0  # a file that follows this one is read from its start
             chunk = handle.read(BLOCK)
             if chunk:
                 pending += chunk
@@ -261,6 +296,7 @@ def _following(
                 # Read to its end once more: a last append may have come before the rename.
                 rest = pending + handle.read()
                 yield from (r for r in _parse_lines(rest.split(b"\n")) if selection.accepts(r))
+                done = os.fstat(handle.fileno())
                 handle.close()
                 handle, pending = None, b""
             else:
