@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -9,11 +10,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
-from blindkey.audit.store import audit_files
+from blindkey.audit.store import audit_files, rotated_files
 from blindkey.config.errors import UsageError
 
 _RELATIVE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
@@ -170,14 +171,6 @@ def iter_all(
     return stream(), end
 
 
-def read_all(
-    audit_dir: Path, selection: Filter, paths: list[Path] | None = None
-) -> tuple[list[dict[str, Any]], int]:
-    """`iter_all`, as a list: for callers that need every record at once."""
-    records, end = iter_all(audit_dir, selection, paths)
-    return list(records), end
-
-
 def _lines_backwards(path: Path, end: int) -> Iterator[bytes]:
     """The complete lines of `path` before byte `end`, newest first."""
     try:
@@ -219,23 +212,95 @@ def last_records(
     return found, end
 
 
+def _opened(path: Path) -> BinaryIO | None:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        return None
+
+
+def _replaced(handle: BinaryIO, path: Path) -> bool:
+    """Whether `path` names another file than `handle` now (rotated, or removed)."""
+    try:
+        return not os.path.samestat(os.fstat(handle.fileno()), path.stat())
+    except FileNotFoundError:
+        return True
+
+
+def _rotated_after(done: os.stat_result, audit_dir: Path) -> list[Path]:
+    """The rotated files newer than `done` (one of them, read to its end); none when it
+    is not among them (removed): the current file comes next."""
+    rotated = rotated_files(audit_dir)
+    for index, candidate in enumerate(rotated):
+        try:
+            if os.path.samestat(candidate.stat(), done):
+                return rotated[index + 1 :]
+        except FileNotFoundError:
+            continue
+    return []
+
+
+def _next_file(done: os.stat_result, path: Path) -> BinaryIO | None:
+    """The file that follows `done`: the next rotated one, else the current file (None
+    while there is none). Several rotations between two reads skip no file, and a rotation
+    while the current file is opened is seen and followed."""
+    while True:
+        later = _rotated_after(done, path.parent)
+        handle = _opened(later[0] if later else path)
+        if handle is None:
+            if later:
+                continue  # pruned meanwhile: the one after it
+            return None
+        if later:
+            return handle
+        now_later = _rotated_after(done, path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            if not now_later or os.path.samestat(now_later[0].stat(), os.fstat(handle.fileno())):
+                return handle
+        handle.close()  # the current file was rotated between the two looks: start over
+
+
 def follow(
     path: Path, selection: Filter, start: int, interval: float = 0.2
 ) -> Iterator[dict[str, Any]]:
-    """Records appended after byte offset `start`, forever."""
-    position = start
+    """Records appended after byte offset `start`, forever, a block at a time. The file is
+    opened now, so a rotation before the first record is read loses nothing; when it is
+    rotated, the rest of the old file comes first, then the new one from its start (the
+    open handle still reads the renamed file; nothing is written to it any more)."""
+    handle = _opened(path)
+    if handle is not None:
+        handle.seek(start)
+    return _following(path, selection, handle, start, interval)
+
+
+def _following(
+    path: Path, selection: Filter, handle: BinaryIO | None, start: int, interval: float
+) -> Iterator[dict[str, Any]]:
     pending = b""
-    while True:
-        try:
-            with path.open("rb") as handle:
-                handle.seek(position)
-                chunk = handle.read()
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            position += len(chunk)
-            pending += chunk
-            complete, _, pending = pending.rpartition(b"\n")
-            yield from (r for r in _parse_lines(complete.split(b"\n")) if selection.accepts(r))
-        else:
-            time.sleep(interval)
+    done: os.stat_result | None = None  # the last file read to its end, once one was
+    try:
+        while True:
+            if handle is None:
+                handle = _opened(path) if done is None else _next_file(done, path)
+                if handle is None:
+                    time.sleep(interval)
+                    continue
+                handle.seek(start)
+            start = 0  # a file that follows this one is read from its start
+            chunk = handle.read(BLOCK)
+            if chunk:
+                pending += chunk
+                complete, _, pending = pending.rpartition(b"\n")
+                yield from (r for r in _parse_lines(complete.split(b"\n")) if selection.accepts(r))
+            elif _replaced(handle, path):
+                # Read to its end once more: a last append may have come before the rename.
+                rest = pending + handle.read()
+                yield from (r for r in _parse_lines(rest.split(b"\n")) if selection.accepts(r))
+                done = os.fstat(handle.fileno())
+                handle.close()
+                handle, pending = None, b""
+            else:
+                time.sleep(interval)
+    finally:
+        if handle is not None:
+            handle.close()

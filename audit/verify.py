@@ -85,75 +85,60 @@ def _any_between(paths: list[Path], low: int, high: int) -> bool:
     return any(line.seq is not None and low <= line.seq < high for line in _lines(paths))
 
 
-def verify(
-    audit_dir: Path,
-    anchor: Head | None,
-    progress: Callable[[int], None] | None = None,
-) -> Verdict:
-    verdict = Verdict()
-    paths = [p for p in audit_files(audit_dir) if p.exists()]
-    verdict.files = [str(p) for p in paths]
+def _key(audit_dir: Path, paths: list[Path], verdict: Verdict) -> bytes | None:
+    """The chain key; None (and the verdict says why) when the records cannot be checked."""
     try:
         key = load_key(audit_dir, create=False)
     except FileNotFoundError:
         key = b""
     except PermissionError:
         verdict.fail(0, f"cannot read {audit_dir / 'chain.key'}: run as the proxy's user")
-        return verdict
+        return None
     if not key:
-        seqs = [line.seq for line in _lines(paths) if line.seq is not None]
-        if seqs:
-            verdict.fail(min(seqs), "the chain key is missing: records cannot be checked")
-            return verdict
-    pruned = read_pruned(audit_dir)
-    head = pruned or Head()
-    anchored_chain: str | None = None
-    started = False
-    for index, line in enumerate(_lines(paths)):
-        if progress is not None and index % 10000 == 0:
-            progress(index)
-        expected = head.seq + 1
+        # The lowest seq, a line at a time: no list of every seq in memory.
+        first = min((line.seq for line in _lines(paths) if line.seq is not None), default=None)
+        if first is not None:
+            verdict.fail(first, "the chain key is missing: records cannot be checked")
+            return None
+    return key
+
+
+class _Walk:
+    """The chain followed record by record; `step` is False at the first that breaks it."""
+
+    def __init__(
+        self, key: bytes, paths: list[Path], pruned: Head | None, verdict: Verdict
+    ) -> None:
+        self.key, self.paths, self.pruned, self.verdict = key, paths, pruned, verdict
+        self.head = pruned or Head()
+        self.started = False
+        self.anchored_chain: str | None = None
+
+    def step(self, line: _Line, anchor: Head | None) -> bool:
+        verdict, expected = self.verdict, self.head.seq + 1
         if line.record is None:
-            verdict.fail(
-                expected,
-                "a line that is not a whole record (edited, or torn by a power loss)",
-                line.path,
-                line.number,
-            )
-            return verdict
-        if line.seq is None or split(line.raw) is None:
-            if not started:
+            reason = "a line that is not a whole record (edited, or torn by a power loss)"
+            verdict.fail(expected, reason, line.path, line.number)
+            return False
+        parts = split(line.raw) if line.seq is not None else None
+        if line.seq is None or parts is None:
+            if not self.started:
                 verdict.unchained += 1  # written before chaining began
-                continue
-            verdict.fail(
-                expected, "a record without seq and chain (inserted)", line.path, line.number
-            )
-            return verdict
-        started = True
+                return True
+            reason = "a record without seq and chain (inserted)"
+            verdict.fail(expected, reason, line.path, line.number)
+            return False
+        self.started = True
         seq = line.seq
         if seq != expected:
-            if seq > expected and not _any_between(paths, expected, seq):
-                reason = (
-                    f"records before seq {seq} are missing (removed)"
-                    if head.seq == 0 and pruned is None
-                    else f"records seq {expected}..{seq - 1} are missing (removed)"
-                )
-            elif seq < expected:
-                reason = f"seq {seq} comes after seq {head.seq} (inserted or reordered)"
-            else:
-                reason = f"seq {seq} comes where seq {expected} belongs (records reordered)"
-            verdict.fail(expected, reason, line.path, line.number)
-            return verdict
-        body, chain = split(line.raw) or (b"", "")
-        if not hmac.compare_digest(mac(key, head.chain, body).encode(), chain.encode()):
-            verdict.fail(
-                seq,
-                "the record does not match its chain (edited, or not written by blindkey)",
-                line.path,
-                line.number,
-            )
-            return verdict
-        head = Head(seq, chain)
+            verdict.fail(expected, self._out_of_place(seq), line.path, line.number)
+            return False
+        body, chain = parts
+        if not hmac.compare_digest(mac(self.key, self.head.chain, body).encode(), chain.encode()):
+            reason = "the record does not match its chain (edited, or not written by blindkey)"
+            verdict.fail(seq, reason, line.path, line.number)
+            return False
+        self.head = Head(seq, chain)
         if line.record.get("event") == "gap":
             count = line.record.get("count")
             verdict.counted += count if isinstance(count, int) else 0
@@ -161,8 +146,24 @@ def verify(
         verdict.first_seq = verdict.first_seq or seq
         verdict.last_seq = seq
         if anchor is not None and seq == anchor.seq:
-            anchored_chain = chain
-    if anchor is not None and anchor.seq:
+            self.anchored_chain = chain
+        return True
+
+    def _out_of_place(self, seq: int) -> str:
+        head, expected = self.head, self.head.seq + 1
+        if seq > expected and not _any_between(self.paths, expected, seq):
+            if head.seq == 0 and self.pruned is None:
+                return f"records before seq {seq} are missing (removed)"
+            return f"records seq {expected}..{seq - 1} are missing (removed)"
+        if seq < expected:
+            return f"seq {seq} comes after seq {head.seq} (inserted or reordered)"
+        return f"seq {seq} comes where seq {expected} belongs (records reordered)"
+
+    def reaches(self, anchor: Head | None) -> None:
+        """The file reaches the broker's anchor, with the chain the broker holds."""
+        if anchor is None or not anchor.seq:
+            return
+        verdict, head = self.verdict, self.head
         verdict.anchor = {"seq": anchor.seq, "chain": anchor.chain}
         if anchor.seq > head.seq:
             verdict.fail(
@@ -170,8 +171,30 @@ def verify(
                 f"records from seq {head.seq + 1} are missing: the broker's anchor is at seq "
                 f"{anchor.seq} (the tail was cut)",
             )
-        elif anchored_chain is not None and not hmac.compare_digest(
-            anchored_chain.encode(), anchor.chain.encode()
+        elif self.anchored_chain is not None and not hmac.compare_digest(
+            self.anchored_chain.encode(), anchor.chain.encode()
         ):
             verdict.fail(anchor.seq, "the record differs from the one the broker anchored")
+
+
+def verify(
+    audit_dir: Path,
+    anchor: Head | None,
+    progress: Callable[[int], None] | None = None,
+) -> Verdict:
+    """Every record of every file, a line at a time: memory stays flat over any number of
+    files and records."""
+    verdict = Verdict()
+    paths = [p for p in audit_files(audit_dir) if p.exists()]
+    verdict.files = [str(p) for p in paths]
+    key = _key(audit_dir, paths, verdict)
+    if key is None:
+        return verdict
+    walk = _Walk(key, paths, read_pruned(audit_dir), verdict)
+    for index, line in enumerate(_lines(paths)):
+        if progress is not None and index % 10000 == 0:
+            progress(index)
+        if not walk.step(line, anchor):
+            return verdict
+    walk.reaches(anchor)
     return verdict

@@ -8,18 +8,18 @@ record cost 64 us of proxy CPU per request at 32 connections on the bench machin
 append to ext4 is far dearer under load than alone); one per turn brings the durable path
 back to what queuing records after the answer cost.
 
-The rest runs beside the requests at no cost to each: the fsync thread syncs GROUP_WINDOW
-after the first write it was told of (no task, timer or executor hop on the event loop per
-group), the audit lock is let go every RELEASE_INTERVAL for other writers, and the chain's
-head goes to the anchor every ANCHOR_INTERVAL while records are written.
+The rest runs beside the requests at no cost to each: the fsync thread (audit/fsync.py)
+syncs a group window after the first write it was told of (no task, timer or executor hop
+on the event loop per group), the audit lock is let go every RELEASE_INTERVAL for other
+writers, and the chain's head goes to the anchor every ANCHOR_INTERVAL while records are
+written.
 
 When a write fails (disk full, file unwritable), the record is held in memory, the writer
 says it is unavailable (the edge then refuses calls 503 `audit_unavailable`, injecting
 nothing), and a retry every RETRY_INTERVAL writes what is held, in order, once it can, a
 batch at a time, so space freed for part of the backlog is used at once. Past MAX_HELD
-held records, the records that follow (refusals: nothing is injected meanwhile) are counted
-into one `event: gap` record, written after the held ones: no answered call goes
-unaccounted, and `audit verify` reports how many are known only by that count.
+held records, the records that follow are counted into one `event: gap` record
+(audit/outage.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -38,105 +37,20 @@ import orjson
 
 from blindkey.audit.chain import Head
 from blindkey.audit.flags import FlagTracker, allowed_records, load_seen, save_seen
+from blindkey.audit.fsync import GroupSync
+from blindkey.audit.outage import Backlog, Gap
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.store import AuditLog, audit_file
 
 __all__ = ["AuditWriter", "audit_file"]
 
 log = logging.getLogger("blindkey.audit")
-# One fsync for what is written within this long. The queue this thread replaced slept on
-# the event loop, whose timers fire late under load; 2 ms kept exactly here spent twice its
-# time in fsync at 32 connections (py-spy: 806-925 samples of this thread against 429-448
-# of the queue's executor) and cost 26 % of req/s against fsync off (bench, 5 rounds).
-GROUP_WINDOW = 0.005
 RELEASE_INTERVAL = 0.01  # other writers (broker, CLI) wait about this long for the audit lock
 RETRY_INTERVAL = 0.25
 ANCHOR_INTERVAL = 0.5
 ANCHOR_TIMEOUT = 2.0
 MAX_HELD = 20_000  # records held while the disk is full (about 20 MB); then counted
-RETRY_BATCH = 256  # held records per write() when the backlog is written again
 LEARN_LIMIT = 256 << 20  # a current file bigger than this is not read for new_host
-
-
-class _Syncer(threading.Thread):
-    """fsyncs the audit GROUP_WINDOW after the first write it is told of: one fsync for
-    every record written meanwhile. The event loop only sets an Event once per group."""
-
-    def __init__(self, writer: AuditWriter, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(name="audit-fsync", daemon=True)
-        self.writer = writer
-        self.loop = loop
-        self.wanted = threading.Event()
-        self.stopping = False
-        self.synced = 0  # the writer's count of writes covered by the last good fsync
-
-    def run(self) -> None:
-        writer = self.writer
-        while True:
-            self.wanted.wait()
-            if self.stopping:
-                return
-            time.sleep(GROUP_WINDOW)
-            self.wanted.clear()
-            target = writer.writes
-            try:
-                writer.log.sync()
-            except OSError as exc:
-                if self.stopping:
-                    return
-                self.loop.call_soon_threadsafe(writer.sync_failed, exc)
-                continue
-            self.synced = target
-            if self.stopping:  # its wake-up may have been cleared above
-                return
-            if writer.flushes:
-                self.loop.call_soon_threadsafe(writer.synced)
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.wanted.set()
-        self.join()
-
-
-class Gap:
-    """Records that came while the audit could not be written and MAX_HELD were held: kept
-    as counts (by decision, reason and agent) and the span of time they cover."""
-
-    KEYS = 64  # distinct reasons or agents counted by name; the rest under "other"
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: str | None = None
-        self.last: str | None = None
-        self.reasons: dict[str, int] = {}
-        self.agents: dict[str, int] = {}
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.count += 1
-        moment = str(record.get("ts", ""))
-        self.first = self.first or moment
-        self.last = moment
-        reason = str(record.get("reason") or record.get("decision") or record.get("event"))
-        self._tally(self.reasons, reason)
-        self._tally(self.agents, str(record.get("agent") or "-"))
-
-    def _tally(self, table: dict[str, int], key: str) -> None:
-        if key not in table and len(table) >= self.KEYS:
-            key = "other"
-        table[key] = table.get(key, 0) + 1
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "ts": self.last,
-            "event": "gap",
-            "count": self.count,
-            "first_ts": self.first,
-            "last_ts": self.last,
-            "reasons": self.reasons,
-            "agents": self.agents,
-            "detail": f"{self.count} records beyond the {MAX_HELD} held while the audit could "
-            "not be written are known only by these counts",
-        }
 
 
 class AuditWriter:
@@ -157,8 +71,7 @@ class AuditWriter:
             audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days, hold=True
         )
         self.tracker = FlagTracker(clock=clock)
-        self.held: deque[dict[str, Any]] = deque()
-        self.gap = Gap()  # records beyond MAX_HELD while unavailable: counted
+        self.waiting = Backlog()  # records the audit did not take yet
         self.error: str | None = None
         self.unavailable_since: float | None = None
         # Told when the state changes (the server rewrites its status file).
@@ -166,10 +79,7 @@ class AuditWriter:
         # Given the chain's head now and then, to keep where this writer cannot rewrite it.
         self.anchor = anchor
         self.anchored = Head()
-        self.writes = 0  # successful writes; the fsync thread says how many it covered
-        # flush() callers: the count of writes each waits to see synced.
-        self.flushes: list[tuple[int, asyncio.Future[None]]] = []
-        self._syncer: _Syncer | None = None
+        self._syncer: GroupSync | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -181,6 +91,21 @@ class AuditWriter:
     @property
     def available(self) -> bool:
         return self.error is None
+
+    @property
+    def held(self) -> deque[dict[str, Any]]:
+        """Records held whole, in order, while the audit cannot be written."""
+        return self.waiting.held
+
+    @property
+    def gap(self) -> Gap:
+        """Records beyond MAX_HELD while unavailable: counted."""
+        return self.waiting.gap
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting to be written: held whole, or counted in the gap."""
+        return len(self.waiting)
 
     def state(self) -> dict[str, Any]:
         """For the status file: `proxy status` shows an alert when not ok."""
@@ -196,7 +121,7 @@ class AuditWriter:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.fsync:
-            self._syncer = _Syncer(self, self._loop)
+            self._syncer = GroupSync(self.log.sync, self._loop, self._failed)
             self._syncer.start()
         self._anchor_task = asyncio.create_task(self._anchoring(), name="audit-anchor")
         try:
@@ -264,11 +189,6 @@ class AuditWriter:
         record.setdefault("event", "request")
         return self._write([record])
 
-    @property
-    def backlog(self) -> int:
-        """Records waiting to be written: held whole, or counted in the gap."""
-        return len(self.held) + self.gap.count
-
     def _write(self, records: list[dict[str, Any]]) -> bool:
         """One write() for `records`; False when they are held instead (in this order)."""
         if not self.backlog:
@@ -280,19 +200,12 @@ class AuditWriter:
                 self._written()
                 return True
         for record in records:
-            self._hold(record)  # behind what waits, so the order stays
+            self.waiting.add(record, MAX_HELD)  # behind what waits, so the order stays
         return False
 
-    def _hold(self, record: dict[str, Any]) -> None:
-        if len(self.held) >= MAX_HELD or self.gap.count:
-            self.gap.add(record)  # once counting began, every later record is counted
-            return
-        self.held.append(record)
-
     def _written(self) -> None:
-        self.writes += 1
-        if self._syncer is not None and not self._syncer.wanted.is_set():
-            self._syncer.wanted.set()
+        if self._syncer is not None:
+            self._syncer.written()
         if self._release_timer is None and self._loop is not None:
             self._release_timer = self._loop.call_later(RELEASE_INTERVAL, self._release)
 
@@ -322,27 +235,6 @@ class AuditWriter:
         if not self.available:
             self._retry()  # schedules the next try itself if this one fails
 
-    def sync_failed(self, exc: OSError) -> None:
-        """From the fsync thread: what was written may not be on the disk."""
-        log.error("audit fsync failed: %s", exc.strerror)
-        self._failed(exc)
-        for _, waiter in self.flushes:  # no fsync to wait for: the writer says unavailable
-            if not waiter.done():
-                waiter.set_result(None)
-        self.flushes = []
-
-    def synced(self) -> None:
-        """From the fsync thread: wake the flush() callers it covered."""
-        done = self._syncer.synced if self._syncer is not None else self.writes
-        waiting = []
-        for target, waiter in self.flushes:
-            if target <= done:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                waiting.append((target, waiter))
-        self.flushes = waiting
-
     def _tell(self) -> None:
         if self.on_state is not None:
             self.on_state()
@@ -350,26 +242,10 @@ class AuditWriter:
     def _retry(self) -> None:
         """Write what is held, in order, a batch per write(); then the gap's record; back to
         available once it all went."""
-        size = RETRY_BATCH
         try:
             if not self.log.opened:
                 self.log.open()
-            while self.held:
-                batch = [self.held[i] for i in range(min(size, len(self.held)))]
-                try:
-                    self.log.append(batch)
-                except OSError:
-                    if size == 1:
-                        raise
-                    size //= 2  # less room than the batch needs: use what there is
-                    continue
-                for _ in batch:
-                    self.held.popleft()
-                self._written()
-            if self.gap.count:
-                self.log.append([self.gap.record()])
-                self.gap = Gap()
-                self._written()
+            self.waiting.write_to(self.log, self._written, MAX_HELD)
         except OSError as exc:
             self._failed(exc)
             return
@@ -402,13 +278,8 @@ class AuditWriter:
     async def flush(self) -> None:
         """Wait until everything written so far is fsync'd (held records stay held)."""
         self._write_turn()
-        syncer = self._syncer
-        if syncer is None or syncer.synced >= self.writes:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.flushes.append((self.writes, waiter))
-        syncer.wanted.set()
-        await waiter
+        if self._syncer is not None:
+            await self._syncer.flush()
 
     async def close(self) -> None:
         """Write what is held if the disk takes it now, fsync, anchor, then stop."""
@@ -430,17 +301,15 @@ class AuditWriter:
         if self.backlog:
             # The last place left: the service log (records never hold a value).
             log.error("audit still unwritable at shutdown: %d records follow", self.backlog)
-            for record in [*self.held, *([self.gap.record()] if self.gap.count else [])]:
+            for record in self.waiting.records(MAX_HELD):
                 log.error("unwritten audit record: %s", orjson.dumps(record).decode())
-        if self._syncer is not None:
-            self._syncer.stop()  # at most one group window and an fsync away
-            self._syncer = None
+        syncer, self._syncer = self._syncer, None
+        if syncer is not None:
+            syncer.stop()
         with contextlib.suppress(OSError):
             self.log.sync()
         with contextlib.suppress(Exception):
             await self.anchor_now()
-        for _, waiter in self.flushes:
-            if not waiter.done():
-                waiter.set_result(None)
-        self.flushes = []
+        if syncer is not None:
+            syncer.release_waiters()
         self.log.close()

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from blindkey.broker.anchor import AuditAnchor
+from blindkey.audit.anchor import AnchorRefused, AuditAnchor
 from blindkey.broker.approvals.ops import approvals_op, hold_op, refuse_foreign
 from blindkey.broker.placeholders import ensure_key as ensure_placeholder_key
 from blindkey.broker.placeholders import placeholders_op
@@ -315,7 +315,10 @@ class BrokerServer:
     def _audit_anchor(self, request: Message, client: _Client) -> Message:
         """Move the audit's anchor forward when a seq is given; answer where it stands."""
         if "seq" in request:
-            self.audit_anchor.advance(request.get("seq"), request.get("chain"))
+            try:
+                self.audit_anchor.advance(request.get("seq"), request.get("chain"))
+            except AnchorRefused as exc:
+                raise BrokerDenied("bad_request", str(exc)) from exc
         return self.audit_anchor.reply(request.get("id"))
 
     def _ping(self, request: Message, client: _Client) -> Message:

@@ -16,13 +16,13 @@ from typing import Any
 
 import orjson
 
+from blindkey.audit.anchor import ANCHOR_FILE
 from blindkey.audit.chain import Head
 from blindkey.audit.printable import inert_json, printable
 from blindkey.audit.reader import Filter, iter_all, parse_since
 from blindkey.audit.report import gather, render
 from blindkey.audit.summary import Summary, Tally, summarise
 from blindkey.audit.verify import Verdict, verify
-from blindkey.broker.anchor import ANCHOR_FILE
 from blindkey.broker.link import ask
 from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.config.console import say

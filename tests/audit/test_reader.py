@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from blindkey.audit import reader
 from blindkey.audit.reader import Filter, follow, parse_since, read_records
-from blindkey.audit.store import ROTATED_PREFIX
+from blindkey.audit.store import ROTATED_PREFIX, AuditLog, rotated_files
 from blindkey.audit.writer import audit_file
 from blindkey.config.errors import UsageError
 from tests.audit.records import make_record
@@ -305,3 +305,31 @@ def test_streamed_and_backwards_reads_agree_with_a_whole_read(
     last, last_end = reader.last_records(audit_dir, selection, count)
     assert ids(last) == ids(wanted[-count:] if count else [])
     assert last_end == end
+
+
+def test_follow_goes_on_across_rotation(tmp_path: Path) -> None:
+    """Issue 22 (audit readers): `proxy logs --follow` kept reading the renamed file and
+    showed nothing more after the audit rotated. Now it reads the rest of the old file,
+    then the new one from its start."""
+    log = AuditLog(tmp_path, rotate_bytes=1200)  # a few records a file
+    log.append([rec("before", NOW)])
+    start = audit_file(tmp_path).stat().st_size
+    got: list[str] = []
+    done = threading.Event()
+    following = follow(audit_file(tmp_path), Filter(), start, interval=0.01)
+
+    def consume() -> None:
+        for item in following:
+            got.append(item["request_id"])
+            if len(got) == 12:
+                done.set()
+                return
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    for i in range(12):
+        log.append([rec(f"n{i}", NOW)])
+    log.close()
+    assert len(rotated_files(tmp_path)) >= 2
+    assert done.wait(5), got
+    assert got == [f"n{i}" for i in range(12)]

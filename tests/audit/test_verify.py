@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from blindkey.audit.anchor import ANCHOR_FILE
 from blindkey.audit.chain import Head, load_key, seal
 from blindkey.audit.events import append_event
 from blindkey.audit.store import audit_file, head_of_file
 from blindkey.audit.verify import verify
-from blindkey.broker.anchor import ANCHOR_FILE
 from blindkey.config.paths import Paths
 from tests.conftest import RunCli
 

@@ -17,9 +17,12 @@ from typing import Any
 
 import orjson
 
-from blindkey.broker.protocol import BrokerDenied
-
 ANCHOR_FILE = "audit-anchor.json"
+
+
+class AnchorRefused(ValueError):
+    """A head the anchor does not take: malformed, or another chain at an anchored seq
+    (the broker answers it `bad_request`)."""
 
 
 @dataclass
@@ -51,14 +54,12 @@ class AuditAnchor:
             or not isinstance(chain, str)
             or len(chain) != 64
         ):
-            raise BrokerDenied("bad_request", "audit_anchor needs a seq >= 1 and a 64-hex chain")
+            raise AnchorRefused("audit_anchor needs a seq >= 1 and a 64-hex chain")
         if seq < self.seq:
             return
         if seq == self.seq:
             if not hmac.compare_digest(chain.encode(), self.chain.encode()):
-                raise BrokerDenied(
-                    "bad_request", f"audit seq {seq} was anchored with another chain"
-                )
+                raise AnchorRefused(f"audit seq {seq} was anchored with another chain")
             return
         self.seq, self.chain = seq, chain
         self._save()
