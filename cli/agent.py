@@ -7,10 +7,10 @@ import argparse
 import sys
 import time
 
-from blindkey.broker import serve
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.notify import put_in_force
 from blindkey.broker.policy_link import record
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.paths import Paths
 
@@ -62,5 +62,15 @@ def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_broker_serve(paths: Paths, args: argparse.Namespace) -> int:
-    return serve.serve(paths, args.socket, args.allow_uid)
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(sub, "agent", help="agent identities and their tokens")
+    p = actions.add_parser("add", help="create an agent and print its token once")
+    p.add_argument("name", metavar="NAME")
+    json_flag(p, 'print {"agent": NAME, "token": TOKEN}')
+    p.set_defaults(handler="blindkey.cli.agent:cmd_agent_add")
+    p = actions.add_parser("list", help="agents and whether they are revoked")
+    json_flag(p)
+    p.set_defaults(handler="blindkey.cli.agent:cmd_agent_list")
+    p = actions.add_parser("revoke", help="revoke an agent's token")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler="blindkey.cli.agent:cmd_agent_revoke")

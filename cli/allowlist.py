@@ -6,28 +6,18 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from blindkey.broker.approvals_link import exit_for_refusal
 from blindkey.broker.notify import put_in_force
+from blindkey.cli.approvals import approver_code
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-
-
-def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:
-    file = Path(args.config) if args.config else paths.config_file
-    settings = load_settings(file)
-    say(
-        f"{file}: ok ({len(settings.allowlist.entries)} allowlist entries, "
-        f"{len(settings.secrets)} secret policies, backend {settings.backend}, "
-        f"environment {settings.active_env})"
-    )
-    return 0
 
 
 def _parse_entries(entries: list[str]) -> list[AllowEntry]:
@@ -116,3 +106,23 @@ def cmd_allowlist_list(paths: Paths, args: argparse.Namespace) -> int:
             ["ENTRY", "SCHEME", "HOST", "PORT"],
         )
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "allowlist",
+        help="where requests may go",
+        description="Entries: host (https:443), host:port (https), "
+        "*.example.com (subdomains), http://host[:port], https://host:port.",
+    )
+    p = actions.add_parser("add", help="permit one or more destinations")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    approver_code(p)
+    p.set_defaults(handler="blindkey.cli.allowlist:cmd_allowlist_add")
+    p = actions.add_parser("remove", help="stop permitting destinations")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    p.set_defaults(handler="blindkey.cli.allowlist:cmd_allowlist_remove")
+    p = actions.add_parser("list", help="show the allowlist")
+    json_flag(p)
+    p.set_defaults(handler="blindkey.cli.allowlist:cmd_allowlist_list")

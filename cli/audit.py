@@ -25,6 +25,7 @@ from blindkey.audit.summary import Summary, Tally, summarise
 from blindkey.audit.verify import Verdict, verify
 from blindkey.broker.anchor import ANCHOR_FILE
 from blindkey.broker.protocol import FrameDecoder, encode
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
@@ -287,3 +288,43 @@ def cmd_audit_report(paths: Paths, args: argparse.Namespace) -> int:
     records = sum(data.summary.events.values())
     say(f"report of {records} records written to {args.html}")
     return 0
+
+
+HANDLERS = "blindkey.cli.audit"
+
+
+def _window(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="WHEN", help="1h, 30m, 2d or 2026-11-21T10:00Z")
+    p.add_argument("--until", metavar="WHEN", help="same forms as --since")
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "audit",
+        help="check, summarise and export the audit",
+        description="Records are chained (seq and an HMAC): `audit verify` finds an edited, "
+        "removed, inserted or reordered record and a cut tail.",
+    )
+    p = actions.add_parser("verify", help="exit 0 when every record is accounted for, else 1")
+    json_flag(p)
+    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_verify")
+    p = actions.add_parser(
+        "summary", help="per secret, agent and host: calls, refusals, bytes, p50/p99"
+    )
+    _window(p)
+    json_flag(p)
+    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_summary")
+    p = actions.add_parser("export", help="records as CSV or JSON lines")
+    p.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    _window(p)
+    p.add_argument("--secret", metavar="NAME", help="records that used this secret")
+    p.add_argument("--agent", metavar="NAME", help="records of this agent")
+    p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
+    p.add_argument("--flagged", action="store_true", help="only flagged records")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_export")
+    p = actions.add_parser("report", help="one self-contained HTML page for people")
+    p.add_argument("--html", metavar="FILE", required=True, help="where to write the page")
+    _window(p)
+    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_report")

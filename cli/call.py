@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from blindkey.broker.release_exec import agent_token
+from blindkey.config.arguments import Subcommands
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
@@ -168,3 +169,49 @@ def _explain(status: int, body: bytes, request_id: str) -> None:
     if code == "unauthenticated" and agent_token() is None:
         hint = " (set BLINDKEY_AGENT_TOKEN to the agent's token)"
     sys.stderr.write(f"blindkey: {status} {code}: {message}{hint}\n")
+
+
+def _injections(p: argparse.ArgumentParser, *, many: bool) -> None:
+    """--bearer/--basic/--header/--query: one of them for a route, any number for a call."""
+    options = {
+        "--bearer": ("S", "Authorization: Bearer <value of S>"),
+        "--basic": ("S", "Authorization: Basic (S holds user:pass)"),
+        "--header": ("H=S", "header H carries the value of S"),
+        "--query": ("P=S", "query parameter P carries the value of S"),
+    }
+    for flag, (metavar, text) in options.items():
+        if many:
+            p.add_argument(flag, metavar=metavar, action="append", default=[], help=text)
+        else:
+            p.add_argument(flag, metavar=metavar, help=text)
+
+
+def add_commands(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "call",
+        help="one request through the running proxy, answer printed redacted",
+        description="Exit 0 on a 2xx answer, 1 otherwise.",
+    )
+    p.add_argument("--url", required=True, metavar="URL")
+    p.add_argument("--method", metavar="M", help="default GET, or POST with -d")
+    _injections(p, many=True)
+    p.add_argument(
+        "--body-field",
+        metavar="a.b=S",
+        action="append",
+        default=[],
+        help="JSON body field a.b carries the value of S",
+    )
+    p.add_argument(
+        "-H",
+        dest="headers",
+        metavar="'Name: value'",
+        action="append",
+        default=[],
+        help="an extra request header (repeatable)",
+    )
+    p.add_argument("-d", dest="data", metavar="DATA", help="request body; @FILE reads a file")
+    p.add_argument(
+        "-i", dest="include", action="store_true", help="print the status line and headers first"
+    )
+    p.set_defaults(handler="blindkey.cli.call:cmd_call")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindkey.audit.printable import printable
+from blindkey.config.arguments import Subcommands, json_flag
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
@@ -278,3 +279,13 @@ def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
         for finding in findings:
             say(f"{finding.status:4}  {finding.check}: {printable(finding.detail)}")
     return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check this installation: deployment, file modes, proxy, store, approvers, policy",
+        description="One line per check: ok, warn or fail (exit 1 on any fail).",
+    )
+    json_flag(p)
+    p.set_defaults(handler="blindkey.cli.doctor:cmd_doctor")

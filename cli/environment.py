@@ -9,6 +9,7 @@ from typing import Any
 from blindkey.broker.approvals_link import call, exit_for_refusal, with_code
 from blindkey.broker.notify import put_in_force
 from blindkey.broker.policy_link import change_policy
+from blindkey.cli.approvals import approver_code
 from blindkey.cli.secrets import (
     confirm,
     inventory,
@@ -16,6 +17,7 @@ from blindkey.cli.secrets import (
     opened,
     pick_env,
 )
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.edit import toml_table
 from blindkey.config.errors import BlindkeyError
@@ -94,3 +96,25 @@ def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
         f"({replaced} replaced, {len(values) - replaced} new)"
     )
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "environment",
+        help="list, switch and copy environments",
+        description="Values are per environment; the proxy serves the active one.",
+    )
+    p = actions.add_parser("list", help="environments, the active one, and secrets in each")
+    json_flag(p)
+    p.set_defaults(handler="blindkey.cli.environment:cmd_environment_list")
+    p = actions.add_parser("switch", help="make NAME the active environment")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help=f"confirm switching to {PRODUCTION}")
+    p.set_defaults(handler="blindkey.cli.environment:cmd_environment_switch")
+    p = actions.add_parser("copy", help="copy every value of FROM into TO (same names replaced)")
+    p.add_argument("source", metavar="FROM")
+    p.add_argument("target", metavar="TO")
+    p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
+    approver_code(p)  # from production, or into an environment with grants
+    p.set_defaults(handler="blindkey.cli.environment:cmd_environment_copy")

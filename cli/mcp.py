@@ -32,6 +32,7 @@ from blindkey.broker.release_exec import (
     denial_text,
 )
 from blindkey.cli.call import proxy_address, wire_headers
+from blindkey.config.arguments import Subcommands, action_group
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import SECRET_NAME
@@ -239,3 +240,11 @@ def cmd_mcp_config(paths: Paths, args: argparse.Namespace) -> int:
         "claude_desktop_config.json; Cursor: ~/.cursor/mcp.json), with the agent's token.\n"
     )
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(sub, "mcp", help="MCP server for agents (stdio)")
+    p = actions.add_parser("serve", help="serve MCP on stdin/stdout")
+    p.set_defaults(handler="blindkey.cli.mcp:cmd_mcp_serve")
+    p = actions.add_parser("config", help="print the snippet for Claude Desktop, Cursor and others")
+    p.set_defaults(handler="blindkey.cli.mcp:cmd_mcp_config")

@@ -11,7 +11,7 @@ from typing import Any
 
 from blindkey.broker.approvals_link import exit_for_refusal
 from blindkey.broker.notify import put_in_force
-from blindkey.broker.policy_link import accept, change_policy, record
+from blindkey.broker.policy_link import change_policy, record
 from blindkey.cli.secrets import (
     _release_channels,
     check_name,
@@ -170,22 +170,4 @@ def cmd_secrets_import(paths: Paths, args: argparse.Namespace) -> int:
         paths, settings, f"{len(names)} values are stored in {env}", [(env, n) for n in names]
     )
     say(f"stored {len(names)} secrets in {env}: {', '.join(names)}")
-    return 0
-
-
-@exit_for_refusal
-def cmd_config_approve(paths: Paths, args: argparse.Namespace) -> int:
-    result = accept(paths, "approve", None, args.by, args.code)
-    record(
-        paths,
-        "reload",
-        result.get("names") or [],
-        result.get("before"),
-        result.get("after"),
-        result.get("approver"),
-        via="approve",
-    )
-    put_in_force(paths, None, "config.toml is approved", config=True)
-    widened = result.get("widened") or []
-    say("config.toml approved" + (f": {'; '.join(widened)}" if widened else " (nothing widened)"))
     return 0

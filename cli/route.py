@@ -13,8 +13,10 @@ import tomlkit
 from blindkey.broker.approvals_link import exit_for_refusal
 from blindkey.broker.notify import put_in_force
 from blindkey.broker.policy_link import change_policy
-from blindkey.cli.call import proxy_address
+from blindkey.cli.approvals import approver_code
+from blindkey.cli.call import _injections, proxy_address
 from blindkey.cli.secrets import local_store, opened
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table, warn
 from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
@@ -212,3 +214,26 @@ def cmd_route_remove(paths: Paths, args: argparse.Namespace) -> int:
     put_in_force(paths, settings, f"route {args.name} is removed", config=True)
     say(f"route {args.name} removed; the allowlist is unchanged (blindkey allowlist list)")
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "route",
+        help="base_url routes for SDKs: /r/NAME/... with a secret injected",
+        description="OpenAI(base_url='http://127.0.0.1:8765/r/openai/v1', api_key=AGENT_TOKEN) "
+        "works unchanged: the agent token goes where the SDK puts its key, and blindkey "
+        "puts the real value there instead.",
+    )
+    p = actions.add_parser("add", help="add a route (its host joins the allowlist)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", required=True, metavar="URL", help="the API's base URL")
+    _injections(p, many=False)
+    approver_code(p)  # the route's host joins the allowlist: a widening
+    p.set_defaults(handler="blindkey.cli.route:cmd_route_add")
+    p = actions.add_parser("list", help="routes and what they inject")
+    json_flag(p)
+    p.set_defaults(handler="blindkey.cli.route:cmd_route_list")
+    p = actions.add_parser("remove", help="remove a route")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler="blindkey.cli.route:cmd_route_remove")

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from blindkey.broker.release_env import pass_through
+from blindkey.config.arguments import Subcommands
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths, resolve_paths
@@ -104,3 +105,19 @@ def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         status = process.wait()
     return pass_through(status)
+
+
+def add_commands(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run an agent's command; --isolate: it cannot see blindkey's files",
+        description="--isolate (Linux, bubblewrap): CMD runs as you, but blindkey's home, the "
+        "broker's socket and the CA key are covered by empty directories and other processes "
+        "are out of its sight; the proxy stays reachable on loopback. blindkey exits with "
+        "CMD's status.",
+    )
+    p.add_argument(
+        "--isolate", action="store_true", help="hide blindkey's files from CMD (bubblewrap)"
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(handler="blindkey.cli.run:cmd_run")

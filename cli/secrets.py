@@ -16,6 +16,8 @@ from blindkey.broker.backends import SecretBackend, open_backend, open_openbao
 from blindkey.broker.compare import Difference, compare, comparison_key, keyed_digests
 from blindkey.broker.notify import put_in_force
 from blindkey.broker.policy_link import change_policy, record
+from blindkey.cli.approvals import approver_code
+from blindkey.config.arguments import Subcommands, action_group, json_flag, positive
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
 from blindkey.config.edit import string_array, toml_table
@@ -27,6 +29,7 @@ from blindkey.config.model import (
     MIN_REDACTABLE,
     RELEASE_CHANNELS,
     SECRET_NAME,
+    TIERS,
     Settings,
 )
 from blindkey.config.paths import Paths
@@ -425,3 +428,118 @@ def cmd_secrets_push(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_secrets_pull(paths: Paths, args: argparse.Namespace) -> int:
     return transfer(paths, args, push=False)
+
+
+def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--all", action="store_true", help="every environment")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what would change" if writes else "diff never writes; accepted for scripts",
+    )
+    if writes:
+        p.add_argument("--yes", action="store_true", help=f"confirm writing into {PRODUCTION}")
+    json_flag(p)
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "secrets",
+        help="store, list and delete secret values",
+        description="Values live in the vault; metadata in config.toml.",
+    )
+    p = actions.add_parser(
+        "set",
+        help="store a value (read from stdin, or prompted without echo)",
+        description="Store NAME's value. Pipe it on stdin "
+        '(`printf %s "$TOKEN" | blindkey secrets set GITHUB_TOKEN`) or type it '
+        "at the hidden prompt. NAME=VALUE works but leaves the value in history.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--tier", choices=TIERS, help="open (default), controlled or restricted")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="bind the secret to this destination, as an allowlist entry: host (https, "
+        "port 443), host:port, http://host[:port], *.example.com (repeatable)",
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this agent may use it (repeatable; default: every agent)",
+    )
+    p.add_argument(
+        "--allow-short",
+        action="store_true",
+        help=f"store a value shorter than {MIN_REDACTABLE} characters, which cannot be "
+        "redacted safely; every use is then marked in the audit",
+    )
+    p.add_argument(
+        "--release",
+        metavar="CHANNELS",
+        help="who may hand the value out: proxy (default), env, exec, comma-separated",
+    )
+    p.add_argument(
+        "--approvals",
+        type=positive,
+        metavar="N",
+        help="distinct approvers a grant of this secret needs (default 1)",
+    )
+    approver_code(p)
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
+    p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_set")
+    p = actions.add_parser("list", help="names, environments and policy (never values)")
+    json_flag(p)
+    p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_list")
+    p = actions.add_parser("delete", help="delete a value")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", help="environment (default: the active one)")
+    approver_code(p)
+    p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_delete")
+    _secrets_policy(actions)
+    p = actions.add_parser(
+        "diff",
+        help="names missing or different: between two environments, or local and [remote]",
+        description="Values are compared by a keyed hash made for this run; none is shown. "
+        "Exit status as diff(1): 0 when the same, 1 when anything differs.",
+    )
+    p.add_argument("--from", dest="from_env", metavar="ENV", help="with --to: compare these")
+    p.add_argument("--to", dest="to_env", metavar="ENV")
+    _remote_options(p, writes=False)
+    p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_diff")
+    p = actions.add_parser("push", help="copy local values that are new or changed to [remote]")
+    _remote_options(p, writes=True)
+    p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_push")
+    p = actions.add_parser("pull", help="copy [remote] values that are new or changed to local")
+    _remote_options(p, writes=True)
+    p.set_defaults(handler="blindkey.cli.secrets:cmd_secrets_pull")
+
+
+def _secrets_policy(actions: Any) -> None:
+    p = actions.add_parser("policy", help="change a secret's policy (no value needed)")
+    p.add_argument("name", metavar="NAME")
+    for flag, what in (("host", "destination (an allowlist entry)"), ("agent", "agent")):
+        for verb in ("add", "remove"):
+            p.add_argument(
+                f"--{verb}-{flag}", action="append", default=[], metavar=flag.upper(),
+                help=f"{verb} this {what} (repeatable)",
+            )  # fmt: skip
+    p.add_argument("--tier", choices=TIERS, help="open, controlled or restricted")
+    p.add_argument("--release", metavar="CHANNELS", help="proxy, env, exec, comma-separated")
+    p.add_argument("--approvals", type=positive, metavar="N", help="approvers a grant needs")
+    approver_code(p)
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
+    p.set_defaults(handler="blindkey.cli.policy:cmd_secrets_policy")
+    p = actions.add_parser(
+        "import", help="store NAME=VALUE lines of a .env file (values never echoed)"
+    )
+    p.add_argument("file", metavar="FILE", help="the .env file, or - for stdin")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.set_defaults(handler="blindkey.cli.policy:cmd_secrets_import")
