@@ -8,12 +8,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from blindkey.broker.approvals_link import exit_for_refusal
-from blindkey.broker.notify import put_in_force
-from blindkey.cli.approvals import approver_code
+from blindkey.cli.approvals import approver_code, exit_for_refusal
 from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table
-from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
@@ -38,7 +35,9 @@ def _rewrite_hosts(
 ) -> None:
     """Edit [allowlist] hosts under the config lock (accepted by the broker: a code when it
     widens), record it, then put the change in force."""
+    from blindkey.broker.notify import put_in_force
     from blindkey.broker.policy_link import change_policy
+    from blindkey.config.edit import string_array, toml_table
 
     def change(document: Any) -> None:
         section = toml_table(document, "allowlist")
@@ -119,10 +118,10 @@ def add_commands(sub: Subcommands) -> None:
     p = actions.add_parser("add", help="permit one or more destinations")
     p.add_argument("entries", nargs="+", metavar="ENTRY")
     approver_code(p)
-    p.set_defaults(handler="blindkey.cli.allowlist:cmd_allowlist_add")
+    p.set_defaults(handler=cmd_allowlist_add)
     p = actions.add_parser("remove", help="stop permitting destinations")
     p.add_argument("entries", nargs="+", metavar="ENTRY")
-    p.set_defaults(handler="blindkey.cli.allowlist:cmd_allowlist_remove")
+    p.set_defaults(handler=cmd_allowlist_remove)
     p = actions.add_parser("list", help="show the allowlist")
     json_flag(p)
-    p.set_defaults(handler="blindkey.cli.allowlist:cmd_allowlist_list")
+    p.set_defaults(handler=cmd_allowlist_list)

@@ -13,23 +13,22 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from blindkey.audit.chain import Head
-from blindkey.audit.printable import inert_json, printable
-from blindkey.audit.reader import Filter, iter_all, parse_since
-from blindkey.audit.report import gather, render
-from blindkey.audit.summary import Summary, Tally, summarise
-from blindkey.audit.verify import Verdict, verify
-from blindkey.broker.anchor import ANCHOR_FILE
-from blindkey.broker.protocol import FrameDecoder, encode
 from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
+
+if TYPE_CHECKING:
+    from blindkey.audit.chain import Head
+    from blindkey.audit.reader import Filter
+    from blindkey.audit.summary import Summary
+    from blindkey.audit.verify import Verdict
+
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 CSV_FIELDS = (
@@ -62,6 +61,9 @@ class Progress:
 
 
 def _ask_broker(socket_path: Path) -> Head | None:
+    from blindkey.audit.chain import Head
+    from blindkey.broker.protocol import FrameDecoder, encode
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(ANCHOR_TIMEOUT)
         sock.connect(str(socket_path))
@@ -81,6 +83,9 @@ def _ask_broker(socket_path: Path) -> Head | None:
 
 def broker_anchor(paths: Paths) -> tuple[Head | None, str]:
     """The broker's anchor, and where it came from: the running broker, else its file."""
+    from blindkey.audit.chain import Head
+    from blindkey.broker.anchor import ANCHOR_FILE
+
     try:
         settings = load_settings(paths.config_file)
         socket_path = paths.broker_socket_at(settings.broker.socket)
@@ -98,11 +103,15 @@ def broker_anchor(paths: Paths) -> tuple[Head | None, str]:
 
 
 def check(paths: Paths, progress: Callable[[int], None] | None = None) -> Verdict:
+    from blindkey.audit.verify import verify
+
     anchor, _ = broker_anchor(paths)
     return verify(paths.audit_dir, anchor, progress)
 
 
 def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.verify import verify
+
     progress = Progress("verifying")
     anchor, source = broker_anchor(paths)
     verdict = verify(paths.audit_dir, anchor, progress)
@@ -134,6 +143,8 @@ def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace) -> Filter:
+    from blindkey.audit.reader import Filter, parse_since
+
     return Filter(
         secret=getattr(args, "secret", None),
         agent=getattr(args, "agent", None),
@@ -146,6 +157,8 @@ def _selection(args: argparse.Namespace) -> Filter:
 
 def _records(paths: Paths, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The selected records, streamed: the audit may not fit in memory."""
+    from blindkey.audit.reader import iter_all
+
     records, _ = iter_all(paths.audit_dir, _selection(args))
     return records
 
@@ -158,6 +171,8 @@ def rfc3339_of(moment: datetime | None) -> str:
 
 
 def _summary_text(summary: Summary) -> list[str]:
+    from blindkey.audit.summary import Tally
+
     lines = [
         f"from {rfc3339_of(summary.first)} to {rfc3339_of(summary.last)}",
         "events: " + (", ".join(f"{k} {v}" for k, v in summary.events.most_common()) or "none"),
@@ -186,6 +201,9 @@ def _summary_text(summary: Summary) -> list[str]:
 
 
 def cmd_audit_summary(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.printable import printable
+    from blindkey.audit.summary import summarise
+
     summary = summarise(_records(paths, args))
     if args.json:
         sys.stdout.write(orjson.dumps(summary.as_json()).decode() + "\n")
@@ -211,11 +229,15 @@ def _cell(text: str) -> str:
     # A cell a spreadsheet would run as a formula is written as text (a leading TAB or CR
     # is skipped by some before they look for the "="); controls are shown, not kept: a
     # CSV is read in terminals too.
+    from blindkey.audit.printable import printable
+
     return printable("'" + text if text[:1] in FORMULA_START else text)
 
 
 def export_chunks(records: Iterable[dict[str, Any]], form: str) -> Iterator[bytes]:
     """The export, a record at a time."""
+    from blindkey.audit.printable import inert_json
+
     if form == "jsonl":
         for record in records:
             yield (inert_json(orjson.dumps(record).decode()) + "\n").encode()
@@ -276,6 +298,8 @@ class _Counted:
 
 
 def cmd_audit_report(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.report import gather, render
+
     data = gather(lambda: _records(paths, args))
     progress = Progress("verifying")
     verdict = check(paths, progress)
@@ -288,9 +312,6 @@ def cmd_audit_report(paths: Paths, args: argparse.Namespace) -> int:
     records = sum(data.summary.events.values())
     say(f"report of {records} records written to {args.html}")
     return 0
-
-
-HANDLERS = "blindkey.cli.audit"
 
 
 def _window(p: argparse.ArgumentParser) -> None:
@@ -308,13 +329,13 @@ def add_commands(sub: Subcommands) -> None:
     )
     p = actions.add_parser("verify", help="exit 0 when every record is accounted for, else 1")
     json_flag(p)
-    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_verify")
+    p.set_defaults(handler=cmd_audit_verify)
     p = actions.add_parser(
         "summary", help="per secret, agent and host: calls, refusals, bytes, p50/p99"
     )
     _window(p)
     json_flag(p)
-    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_summary")
+    p.set_defaults(handler=cmd_audit_summary)
     p = actions.add_parser("export", help="records as CSV or JSON lines")
     p.add_argument("--format", choices=("csv", "jsonl"), required=True)
     _window(p)
@@ -323,8 +344,8 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
     p.add_argument("--flagged", action="store_true", help="only flagged records")
     p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
-    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_export")
+    p.set_defaults(handler=cmd_audit_export)
     p = actions.add_parser("report", help="one self-contained HTML page for people")
     p.add_argument("--html", metavar="FILE", required=True, help="where to write the page")
     _window(p)
-    p.set_defaults(handler=f"{HANDLERS}:cmd_audit_report")
+    p.set_defaults(handler=cmd_audit_report)

@@ -18,4 +18,4 @@ def add_commands(sub: Subcommands) -> None:
     actions = action_group(sub, "broker", help="run the secret broker yourself")
     p = actions.add_parser("serve", help="serve the broker socket in the foreground")
     serve.add_arguments(p)
-    p.set_defaults(handler="blindkey.cli.broker:cmd_broker_serve")
+    p.set_defaults(handler=cmd_broker_serve)

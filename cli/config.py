@@ -6,10 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blindkey.broker.approvals_link import exit_for_refusal
-from blindkey.broker.notify import put_in_force
-from blindkey.broker.policy_link import accept, record
-from blindkey.cli.approvals import approver_code
+from blindkey.cli.approvals import approver_code, exit_for_refusal
 from blindkey.config.arguments import Subcommands, action_group
 from blindkey.config.console import say
 from blindkey.config.loader import load_settings
@@ -29,6 +26,9 @@ def cmd_config_check(paths: Paths, args: argparse.Namespace) -> int:
 
 @exit_for_refusal
 def cmd_config_approve(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.policy_link import accept, record
+
     result = accept(paths, "approve", None, args.by, args.code)
     record(
         paths,
@@ -49,9 +49,9 @@ def add_commands(sub: Subcommands) -> None:
     actions = action_group(sub, "config", help="validate the configuration")
     p = actions.add_parser("check", help="validate config.toml (exit 1 with the reason if invalid)")
     p.add_argument("--config", metavar="FILE", help="file to check (default: the home's)")
-    p.set_defaults(handler="blindkey.cli.config:cmd_config_check", needs_home=False)
+    p.set_defaults(handler=cmd_config_check, needs_home=False)
     p = actions.add_parser(
         "approve", help="accept a hand-edited config.toml that widens the approved policy"
     )
     approver_code(p)
-    p.set_defaults(handler="blindkey.cli.config:cmd_config_approve")
+    p.set_defaults(handler=cmd_config_approve)

@@ -16,14 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindkey.audit.printable import printable
 from blindkey.config.arguments import Subcommands, json_flag
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.lifecycle import deployment
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,8 @@ REMEDIES = (
 
 
 def check_deployment(paths: Paths, settings: Settings) -> Iterator[Finding]:
+    from blindkey.proxy.lifecycle import deployment
+
     kind = deployment(paths, settings)
     if kind == "single-user":
         yield Finding(
@@ -126,7 +126,8 @@ def check_proxy(paths: Paths, settings: Settings) -> Iterator[Finding]:
 
 
 def check_backend(paths: Paths, settings: Settings) -> Iterator[Finding]:
-    from blindkey.cli.secrets import local_store, opened
+    from blindkey.broker.secrets_ops import local_store, opened
+    from blindkey.proxy.lifecycle import deployment
 
     try:
         with opened(local_store(paths, settings)) as store:
@@ -272,6 +273,8 @@ def diagnose(paths: Paths) -> list[Finding]:
 
 
 def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.printable import printable
+
     findings = diagnose(paths)
     if args.json:
         emit_json([f.as_json() for f in findings])
@@ -288,4 +291,4 @@ def add_commands(sub: Subcommands) -> None:
         description="One line per check: ok, warn or fail (exit 1 on any fail).",
     )
     json_flag(p)
-    p.set_defaults(handler="blindkey.cli.doctor:cmd_doctor")
+    p.set_defaults(handler=cmd_doctor)

@@ -11,17 +11,15 @@ from typing import Any
 
 import orjson
 
-from blindkey.audit.printable import event_detail, inert_json, printable
-from blindkey.audit.reader import Filter, follow, iter_all, last_records, parse_since
-from blindkey.audit.writer import audit_file
 from blindkey.config.arguments import Subcommands, action_group, count, json_flag, port
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
-from blindkey.proxy import lifecycle
 
 
 def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy import lifecycle
+
     if args.foreground:
         return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
     current = lifecycle.start_detached(paths, args.host, args.port, args.allow_remote)
@@ -33,12 +31,17 @@ def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_proxy_stop(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy import lifecycle
+
     pid = lifecycle.stop(paths)
     say("the proxy was not running" if pid is None else f"stopped the proxy (pid {pid})")
     return 0
 
 
 def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.printable import printable
+    from blindkey.proxy import lifecycle
+
     current = lifecycle.running(paths)
     if current is None:
         if args.json:
@@ -93,6 +96,8 @@ def _status_lines(info: dict[str, Any]) -> Iterator[str]:
 
 
 def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy import lifecycle
+
     status = lifecycle.reload(paths)
     if status.get("config_error"):
         raise BlindkeyError(
@@ -103,6 +108,8 @@ def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def _line(record: dict[str, Any]) -> str:
+    from blindkey.audit.printable import event_detail
+
     if record.get("event", "request") != "request":
         # Grants, exec, config changes...: their own fields, after the event's name.
         detail = event_detail(record)
@@ -122,6 +129,8 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def _print(record: dict[str, Any], as_json: bool) -> None:
+    from blindkey.audit.printable import inert_json, printable
+
     if as_json:
         sys.stdout.write(inert_json(orjson.dumps(record).decode()) + "\n")
     else:
@@ -131,6 +140,8 @@ def _print(record: dict[str, Any], as_json: bool) -> None:
 
 def _print_array(records: Iterable[dict[str, Any]]) -> None:
     """A JSON array written one record at a time (the audit may not fit in memory)."""
+    from blindkey.audit.printable import inert_json
+
     out = sys.stdout
     written = False
     for record in records:
@@ -141,6 +152,9 @@ def _print_array(records: Iterable[dict[str, Any]]) -> None:
 
 
 def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.reader import Filter, follow, iter_all, last_records, parse_since
+    from blindkey.audit.writer import audit_file
+
     selection = Filter(
         secret=args.secret,
         agent=args.agent,
@@ -183,14 +197,14 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument(
         "--foreground", action="store_true", help="stay attached (for systemd, launchd, make run)"
     )
-    p.set_defaults(handler="blindkey.cli.proxy:cmd_proxy_start")
+    p.set_defaults(handler=cmd_proxy_start)
     p = actions.add_parser("stop", help="stop gracefully (drains calls for [limits] drain_timeout)")
-    p.set_defaults(handler="blindkey.cli.proxy:cmd_proxy_stop")
+    p.set_defaults(handler=cmd_proxy_stop)
     p = actions.add_parser("status", help="exit 0 when running, 3 when not")
     json_flag(p)
-    p.set_defaults(handler="blindkey.cli.proxy:cmd_proxy_status")
+    p.set_defaults(handler=cmd_proxy_status)
     p = actions.add_parser("reload", help="re-read config.toml (a bad file is refused)")
-    p.set_defaults(handler="blindkey.cli.proxy:cmd_proxy_reload")
+    p.set_defaults(handler=cmd_proxy_reload)
     p = actions.add_parser(
         "logs",
         help="show audit records (oldest first)",
@@ -207,4 +221,4 @@ def add_commands(sub: Subcommands) -> None:
         "--flagged", action="store_true", help="only records with flags a human should look at"
     )
     json_flag(p)
-    p.set_defaults(handler="blindkey.cli.proxy:cmd_logs")
+    p.set_defaults(handler=cmd_logs)

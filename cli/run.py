@@ -19,7 +19,6 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from blindkey.broker.release_env import pass_through
 from blindkey.config.arguments import Subcommands
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
@@ -81,6 +80,8 @@ def _bubblewrap_works(hidden: list[Path]) -> str | None:
 
 
 def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.release_env import pass_through
+
     command = list(args.argv)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -120,4 +121,4 @@ def add_commands(sub: Subcommands) -> None:
         "--isolate", action="store_true", help="hide blindkey's files from CMD (bubblewrap)"
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
-    p.set_defaults(handler="blindkey.cli.run:cmd_run")
+    p.set_defaults(handler=cmd_run)
