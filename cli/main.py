@@ -1,10 +1,12 @@
-"""The `blindkey` command: every subcommand, its flags and its handler, in one tree.
+"""The `blindkey` command: the root of the tree, `init`, `--version` and the dispatch.
 
-Handlers live in the package whose data they touch (broker/ for secrets, agents and the
-broker; config/ for the allowlist and config checks; audit/ for logs; proxy/ for the
-daemon) and are named here as "module:function", imported only when chosen: a command
-then loads what it needs and no more (the HTTP stack costs about 0.2 s to import, which
-`secrets set` and the broker process itself need not pay).
+Each command group is one module of cli/ holding its subtree (`add_commands`) and its
+handlers; a handler reads its arguments, calls a use case of its package and prints. The
+use cases are imported inside the handlers, when a command is chosen: building the tree
+loads none of them, so `blindkey --help` and every command pay only for what they run
+(the HTTP stack costs about 0.2 s to import, which `secrets set` and the broker process
+itself need not pay). Handlers living outside cli/ (the release channels', the service's)
+are named by "module:function" strings, imported the same way.
 """
 
 from __future__ import annotations
