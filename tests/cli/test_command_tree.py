@@ -19,7 +19,9 @@ from tests.conftest import ROOT, RunCli
 Leaf = tuple[str, argparse.ArgumentParser, str | None]
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> Iterator[argparse._SubParsersAction[None]]:
+def _subcommands(
+    parser: argparse.ArgumentParser,
+) -> Iterator[argparse._SubParsersAction[argparse.ArgumentParser]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             yield action
