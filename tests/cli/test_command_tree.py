@@ -11,10 +11,14 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from blindkey.cli.main import _handler, build_parser
 from blindkey.config.paths import Paths
 from tests.conftest import ROOT, RunCli
+from tests.staging import Installed, clean_env
 
 Leaf = tuple[str, argparse.ArgumentParser, str | None]
 
@@ -121,3 +125,23 @@ def test_mcp_serve_without_the_sdk_says_how_to_add_it(home: Paths) -> None:
     assert "pipx inject blindkey mcp" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.timeout(600)  # the first user builds and installs the wheel
+def test_the_wheel_installs_without_the_mcp_sdk_and_says_how_to_add_it(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The same refusal where the SDK is really absent: the wheel installed without extras."""
+    missing = subprocess.run(
+        [installed.python, "-c", "import mcp"],
+        capture_output=True, text=True, cwd="/", env=clean_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1 and "No module named 'mcp'" in missing.stderr
+    result = subprocess.run(
+        [installed.blindkey, "mcp", "serve"],
+        input="", capture_output=True, text=True, cwd="/", timeout=60, check=False,
+        env=clean_env(BLINDKEY_HOME=str(tmp_path / "home")),
+    )  # fmt: skip
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "pip install 'blindkey[mcp]'" in result.stderr
+    assert "Traceback" not in result.stderr
