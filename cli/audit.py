@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import os
 import socket
 import sys
@@ -30,12 +28,6 @@ if TYPE_CHECKING:
     from blindkey.audit.verify import Verdict
 
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-CSV_FIELDS = (
-    "seq", "ts", "event", "request_id", "agent", "env", "method", "url", "host", "secrets",
-    "styles", "decision", "reason", "status", "complete", "flags", "duration_ms", "bytes_in",
-    "bytes_out", "redactions", "short_secrets", "approver", "grant", "argv", "exit_status",
-)  # fmt: skip
 ANCHOR_TIMEOUT = 3.0
 PROGRESS_AFTER = 1.0  # seconds before a long listing starts saying how far it is
 
@@ -213,49 +205,6 @@ def cmd_audit_summary(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ";".join(str(item) for item in value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return orjson.dumps(value).decode()
-    return str(value)
-
-
-def _cell(text: str) -> str:
-    # A cell a spreadsheet would run as a formula is written as text (a leading TAB or CR
-    # is skipped by some before they look for the "="); controls are shown, not kept: a
-    # CSV is read in terminals too.
-    from blindkey.audit.printable import printable
-
-    return printable("'" + text if text[:1] in FORMULA_START else text)
-
-
-def export_chunks(records: Iterable[dict[str, Any]], form: str) -> Iterator[bytes]:
-    """The export, a record at a time."""
-    from blindkey.audit.printable import inert_json
-
-    if form == "jsonl":
-        for record in records:
-            yield (inert_json(orjson.dumps(record).decode()) + "\n").encode()
-        return
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for record in records:
-        # A cell a spreadsheet would run as a formula is written as text.
-        row = [_csv_value(record.get(name)) for name in CSV_FIELDS]
-        writer.writerow([_cell(cell) for cell in row])
-        yield out.getvalue().encode()
-        out.seek(0)
-        out.truncate()
-    if out.tell():
-        yield out.getvalue().encode()
-
-
 def _write_out(target: str | None, chunks: Iterable[bytes]) -> int:
     """Write the chunks to `target` (stdout for None or -); how many were written."""
     written = 0
@@ -278,6 +227,8 @@ def _write_out(target: str | None, chunks: Iterable[bytes]) -> int:
 
 
 def cmd_audit_export(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.export import export_chunks
+
     counted = _Counted(_records(paths, args))
     _write_out(args.output, export_chunks(counted, args.format))
     if args.output not in (None, "-"):
