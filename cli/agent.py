@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from blindkey.broker import serve
-from blindkey.broker.agents import AgentStore
-from blindkey.broker.notify import put_in_force
-from blindkey.broker.policy_link import record
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table
 from blindkey.config.paths import Paths
 
+if TYPE_CHECKING:
+    from blindkey.broker.agents import AgentStore
+
 
 def _agents(paths: Paths) -> AgentStore:
+    from blindkey.broker.agents import AgentStore
+
     return AgentStore(paths.agents_file, paths.lock_file)
 
 
@@ -24,6 +27,9 @@ def _iso(ts: float | None) -> str | None:
 
 
 def cmd_agent_add(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.policy_link import record
+
     token = _agents(paths).add(args.name)
     # Out before anything else can fail: it is shown only this once.
     if args.json:
@@ -55,6 +61,9 @@ def cmd_agent_list(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.policy_link import record
+
     _agents(paths).revoke(args.name)
     record(paths, "agent_revoke", [args.name])
     put_in_force(paths, None, f"agent {args.name} is revoked")
@@ -62,5 +71,15 @@ def cmd_agent_revoke(paths: Paths, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_broker_serve(paths: Paths, args: argparse.Namespace) -> int:
-    return serve.serve(paths, args.socket, args.allow_uid)
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(sub, "agent", help="agent identities and their tokens")
+    p = actions.add_parser("add", help="create an agent and print its token once")
+    p.add_argument("name", metavar="NAME")
+    json_flag(p, 'print {"agent": NAME, "token": TOKEN}')
+    p.set_defaults(handler=cmd_agent_add)
+    p = actions.add_parser("list", help="agents and whether they are revoked")
+    json_flag(p)
+    p.set_defaults(handler=cmd_agent_list)
+    p = actions.add_parser("revoke", help="revoke an agent's token")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_agent_revoke)

@@ -4,37 +4,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from blindkey.audit.anchor import ANCHOR_FILE
-from blindkey.audit.chain import Head
-from blindkey.audit.printable import inert_json, printable
-from blindkey.audit.reader import Filter, iter_all, parse_since
-from blindkey.audit.report import gather, render
-from blindkey.audit.summary import Summary, Tally, summarise
-from blindkey.audit.verify import Verdict, verify
-from blindkey.broker.link import ask
-from blindkey.broker.protocol import BrokerUnavailable
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-CSV_FIELDS = (
-    "seq", "ts", "event", "request_id", "agent", "env", "method", "url", "host", "secrets",
-    "styles", "decision", "reason", "status", "complete", "flags", "duration_ms", "bytes_in",
-    "bytes_out", "redactions", "short_secrets", "approver", "grant", "argv", "exit_status",
-)  # fmt: skip
+if TYPE_CHECKING:
+    from blindkey.audit.chain import Head
+    from blindkey.audit.reader import Filter
+    from blindkey.audit.summary import Summary
+    from blindkey.audit.verify import Verdict
+
+
 ANCHOR_TIMEOUT = 3.0
 PROGRESS_AFTER = 1.0  # seconds before a long listing starts saying how far it is
 
@@ -60,6 +51,10 @@ class Progress:
 
 
 def _ask_broker(paths: Paths) -> Head | None:
+    from blindkey.audit.chain import Head
+    from blindkey.broker.link import ask
+    from blindkey.broker.protocol import BrokerUnavailable
+
     try:
         reply = ask(paths, "audit_anchor", timeout=ANCHOR_TIMEOUT)
     except BrokerUnavailable:
@@ -72,6 +67,9 @@ def _ask_broker(paths: Paths) -> Head | None:
 
 def broker_anchor(paths: Paths) -> tuple[Head | None, str]:
     """The broker's anchor, and where it came from: the running broker, else its file."""
+    from blindkey.audit.anchor import ANCHOR_FILE
+    from blindkey.audit.chain import Head
+
     head = _ask_broker(paths)
     if head is not None:
         return head, "broker"
@@ -83,11 +81,15 @@ def broker_anchor(paths: Paths) -> tuple[Head | None, str]:
 
 
 def check(paths: Paths, progress: Callable[[int], None] | None = None) -> Verdict:
+    from blindkey.audit.verify import verify
+
     anchor, _ = broker_anchor(paths)
     return verify(paths.audit_dir, anchor, progress)
 
 
 def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.verify import verify
+
     progress = Progress("verifying")
     anchor, source = broker_anchor(paths)
     verdict = verify(paths.audit_dir, anchor, progress)
@@ -119,6 +121,8 @@ def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace) -> Filter:
+    from blindkey.audit.reader import Filter, parse_since
+
     return Filter(
         secret=getattr(args, "secret", None),
         agent=getattr(args, "agent", None),
@@ -131,6 +135,8 @@ def _selection(args: argparse.Namespace) -> Filter:
 
 def _records(paths: Paths, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The selected records, streamed: the audit may not fit in memory."""
+    from blindkey.audit.reader import iter_all
+
     records, _ = iter_all(paths.audit_dir, _selection(args))
     return records
 
@@ -143,6 +149,8 @@ def rfc3339_of(moment: datetime | None) -> str:
 
 
 def _summary_text(summary: Summary) -> list[str]:
+    from blindkey.audit.summary import Tally
+
     lines = [
         f"from {rfc3339_of(summary.first)} to {rfc3339_of(summary.last)}",
         "events: " + (", ".join(f"{k} {v}" for k, v in summary.events.most_common()) or "none"),
@@ -171,6 +179,9 @@ def _summary_text(summary: Summary) -> list[str]:
 
 
 def cmd_audit_summary(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.printable import printable
+    from blindkey.audit.summary import summarise
+
     summary = summarise(_records(paths, args))
     if args.json:
         sys.stdout.write(orjson.dumps(summary.as_json()).decode() + "\n")
@@ -178,45 +189,6 @@ def cmd_audit_summary(paths: Paths, args: argparse.Namespace) -> int:
     for line in _summary_text(summary):
         say(printable(line))
     return 0
-
-
-def _csv_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ";".join(str(item) for item in value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return orjson.dumps(value).decode()
-    return str(value)
-
-
-def _cell(text: str) -> str:
-    # A cell a spreadsheet would run as a formula is written as text (a leading TAB or CR
-    # is skipped by some before they look for the "="); controls are shown, not kept: a
-    # CSV is read in terminals too.
-    return printable("'" + text if text[:1] in FORMULA_START else text)
-
-
-def export_chunks(records: Iterable[dict[str, Any]], form: str) -> Iterator[bytes]:
-    """The export, a record at a time."""
-    if form == "jsonl":
-        for record in records:
-            yield (inert_json(orjson.dumps(record).decode()) + "\n").encode()
-        return
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
-    for record in records:
-        # A cell a spreadsheet would run as a formula is written as text.
-        row = [_csv_value(record.get(name)) for name in CSV_FIELDS]
-        writer.writerow([_cell(cell) for cell in row])
-        yield out.getvalue().encode()
-        out.seek(0)
-        out.truncate()
-    if out.tell():
-        yield out.getvalue().encode()
 
 
 def _write_out(target: str | None, chunks: Iterable[bytes]) -> int:
@@ -241,6 +213,8 @@ def _write_out(target: str | None, chunks: Iterable[bytes]) -> int:
 
 
 def cmd_audit_export(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.export import export_chunks
+
     counted = _Counted(_records(paths, args))
     _write_out(args.output, export_chunks(counted, args.format))
     if args.output not in (None, "-"):
@@ -261,6 +235,8 @@ class _Counted:
 
 
 def cmd_audit_report(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.report import gather, render
+
     data = gather(lambda: _records(paths, args))
     progress = Progress("verifying")
     verdict = check(paths, progress)
@@ -273,3 +249,40 @@ def cmd_audit_report(paths: Paths, args: argparse.Namespace) -> int:
     records = sum(data.summary.events.values())
     say(f"report of {records} records written to {args.html}")
     return 0
+
+
+def _window(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="WHEN", help="1h, 30m, 2d or 2026-11-21T10:00Z")
+    p.add_argument("--until", metavar="WHEN", help="same forms as --since")
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "audit",
+        help="check, summarise and export the audit",
+        description="Records are chained (seq and an HMAC): `audit verify` finds an edited, "
+        "removed, inserted or reordered record and a cut tail.",
+    )
+    p = actions.add_parser("verify", help="exit 0 when every record is accounted for, else 1")
+    json_flag(p)
+    p.set_defaults(handler=cmd_audit_verify)
+    p = actions.add_parser(
+        "summary", help="per secret, agent and host: calls, refusals, bytes, p50/p99"
+    )
+    _window(p)
+    json_flag(p)
+    p.set_defaults(handler=cmd_audit_summary)
+    p = actions.add_parser("export", help="records as CSV or JSON lines")
+    p.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    _window(p)
+    p.add_argument("--secret", metavar="NAME", help="records that used this secret")
+    p.add_argument("--agent", metavar="NAME", help="records of this agent")
+    p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
+    p.add_argument("--flagged", action="store_true", help="only flagged records")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    p.set_defaults(handler=cmd_audit_export)
+    p = actions.add_parser("report", help="one self-contained HTML page for people")
+    p.add_argument("--html", metavar="FILE", required=True, help="where to write the page")
+    _window(p)
+    p.set_defaults(handler=cmd_audit_report)

@@ -6,18 +6,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from blindkey.broker import link
-from blindkey.broker.backends import open_backend
-from blindkey.broker.placeholders import ensure_key, placeholder
 from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.tls.ca import ensure_ca
 
 
-def add_ca_commands(sub: Subcommands) -> None:
+def add_commands(sub: Subcommands) -> None:
     actions = action_group(
         sub,
         "ca",
@@ -27,7 +23,7 @@ def add_ca_commands(sub: Subcommands) -> None:
         "makes the commands it runs trust it.",
     )
     p = actions.add_parser("path", help="the CA certificate (PEM) that `run` trusts")
-    p.set_defaults(handler="blindkey.cli.ca:cmd_ca_path")
+    p.set_defaults(handler=cmd_ca_path)
 
 
 def add_placeholder_command(actions: Any) -> None:
@@ -40,16 +36,20 @@ def add_placeholder_command(actions: Any) -> None:
     )
     p.add_argument("name", metavar="NAME")
     json_flag(p)
-    p.set_defaults(handler="blindkey.cli.ca:cmd_secrets_placeholder")
+    p.set_defaults(handler=cmd_secrets_placeholder)
 
 
 def cmd_ca_path(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy.tls.ca import ensure_ca
+
     ensure_ca(paths)
     say(str(paths.ca_cert))
     return 0
 
 
 def _from_the_broker(paths: Paths, env: str) -> dict[str, str] | None:
+    from blindkey.broker import link
+
     try:
         reply = link.ask(paths, "placeholders", env=env)
     except link.NotRunning:
@@ -60,6 +60,9 @@ def _from_the_broker(paths: Paths, env: str) -> dict[str, str] | None:
 
 
 def cmd_secrets_placeholder(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.backends import open_backend
+    from blindkey.broker.placeholders import ensure_key, placeholder
+
     settings = load_settings(paths.config_file)
     env = settings.active_env
     found = _from_the_broker(paths, env)

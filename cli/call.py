@@ -16,12 +16,10 @@ from pathlib import Path
 
 import orjson
 
-from blindkey.broker.release_exec import agent_token
+from blindkey.config.arguments import Subcommands
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.errors import REQUEST_ID_HEADER
-from blindkey.proxy.request.parse import HTTP_TOKEN
 
 CHUNK = 65536
 TIMEOUT = 330.0  # longer than the longest wait for an approval the proxy holds a call for
@@ -55,6 +53,9 @@ def _pairs(values: list[str], flag: str, metavar: str) -> list[tuple[str, str]]:
 
 def request_headers(args: argparse.Namespace) -> dict[str, str]:
     """The X-AS-* headers the flags ask for, and the -H headers."""
+    from blindkey.broker.release_exec import agent_token
+    from blindkey.proxy.request.parse import HTTP_TOKEN
+
     headers: dict[str, str] = {"X-AS-Target-URL": args.url}
     if len(args.bearer) + len(args.basic) > 1:
         raise UsageError("one --bearer or --basic at most: both write Authorization")
@@ -109,6 +110,8 @@ def request_body(data: str | None) -> bytes | None:
 
 
 def cmd_call(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy.request.parse import HTTP_TOKEN
+
     headers = request_headers(args)
     body = request_body(args.data)
     method = (args.method or ("POST" if body is not None else "GET")).upper()
@@ -132,6 +135,8 @@ def cmd_call(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def _print(response: http.client.HTTPResponse, *, include: bool) -> int:
+    from blindkey.proxy.errors import REQUEST_ID_HEADER
+
     out = sys.stdout.buffer
     if include:
         out.write(f"HTTP/1.1 {response.status} {response.reason}\r\n".encode("latin-1"))
@@ -156,6 +161,8 @@ def _print(response: http.client.HTTPResponse, *, include: bool) -> int:
 def _explain(status: int, body: bytes, request_id: str) -> None:
     """blindkey's own refusal, in one line on stderr (the body went to stdout as sent).
     An upstream's JSON error passes through too: the proxy's names its request id."""
+    from blindkey.broker.release_exec import agent_token
+
     try:
         error = orjson.loads(body)
         code, message = str(error["error"]), str(error["message"])
@@ -168,3 +175,49 @@ def _explain(status: int, body: bytes, request_id: str) -> None:
     if code == "unauthenticated" and agent_token() is None:
         hint = " (set BLINDKEY_AGENT_TOKEN to the agent's token)"
     sys.stderr.write(f"blindkey: {status} {code}: {message}{hint}\n")
+
+
+def _injections(p: argparse.ArgumentParser, *, many: bool) -> None:
+    """--bearer/--basic/--header/--query: one of them for a route, any number for a call."""
+    options = {
+        "--bearer": ("S", "Authorization: Bearer <value of S>"),
+        "--basic": ("S", "Authorization: Basic (S holds user:pass)"),
+        "--header": ("H=S", "header H carries the value of S"),
+        "--query": ("P=S", "query parameter P carries the value of S"),
+    }
+    for flag, (metavar, text) in options.items():
+        if many:
+            p.add_argument(flag, metavar=metavar, action="append", default=[], help=text)
+        else:
+            p.add_argument(flag, metavar=metavar, help=text)
+
+
+def add_commands(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "call",
+        help="one request through the running proxy, answer printed redacted",
+        description="Exit 0 on a 2xx answer, 1 otherwise.",
+    )
+    p.add_argument("--url", required=True, metavar="URL")
+    p.add_argument("--method", metavar="M", help="default GET, or POST with -d")
+    _injections(p, many=True)
+    p.add_argument(
+        "--body-field",
+        metavar="a.b=S",
+        action="append",
+        default=[],
+        help="JSON body field a.b carries the value of S",
+    )
+    p.add_argument(
+        "-H",
+        dest="headers",
+        metavar="'Name: value'",
+        action="append",
+        default=[],
+        help="an extra request header (repeatable)",
+    )
+    p.add_argument("-d", dest="data", metavar="DATA", help="request body; @FILE reads a file")
+    p.add_argument(
+        "-i", dest="include", action="store_true", help="print the status line and headers first"
+    )
+    p.set_defaults(handler=cmd_call)

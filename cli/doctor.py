@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from blindkey.audit.printable import printable
+from blindkey.config.arguments import Subcommands, json_flag
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.lifecycle import deployment
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,8 @@ REMEDIES = (
 
 
 def check_deployment(paths: Paths, settings: Settings) -> Iterator[Finding]:
+    from blindkey.proxy.lifecycle import deployment
+
     kind = deployment(paths, settings)
     if kind == "single-user":
         yield Finding(
@@ -125,7 +126,8 @@ def check_proxy(paths: Paths, settings: Settings) -> Iterator[Finding]:
 
 
 def check_backend(paths: Paths, settings: Settings) -> Iterator[Finding]:
-    from blindkey.cli.secrets import local_store, opened
+    from blindkey.broker.secrets_ops import local_store, opened
+    from blindkey.proxy.lifecycle import deployment
 
     try:
         with opened(local_store(paths, settings)) as store:
@@ -271,6 +273,8 @@ def diagnose(paths: Paths) -> list[Finding]:
 
 
 def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.printable import printable
+
     findings = diagnose(paths)
     if args.json:
         emit_json([f.as_json() for f in findings])
@@ -278,3 +282,13 @@ def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
         for finding in findings:
             say(f"{finding.status:4}  {finding.check}: {printable(finding.detail)}")
     return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check this installation: deployment, file modes, proxy, store, approvers, policy",
+        description="One line per check: ok, warn or fail (exit 1 on any fail).",
+    )
+    json_flag(p)
+    p.set_defaults(handler=cmd_doctor)

@@ -6,18 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from blindkey.broker.approvals_link import call, exit_for_refusal, with_code
-from blindkey.broker.notify import put_in_force
-from blindkey.broker.policy_link import change_policy
-from blindkey.cli.secrets import (
-    confirm,
-    inventory,
-    local_store,
-    opened,
-    pick_env,
-)
+from blindkey.cli.approvals import approver_code, exit_for_refusal
+from blindkey.cli.secrets import confirm
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table
-from blindkey.config.edit import toml_table
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
@@ -25,6 +17,8 @@ from blindkey.config.stores import PRODUCTION
 
 
 def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.secrets_ops import inventory, local_store, opened
+
     settings = load_settings(paths.config_file)
     with opened(local_store(paths, settings)) as store:
         held = inventory(store, settings)
@@ -44,6 +38,11 @@ def cmd_environment_list(paths: Paths, args: argparse.Namespace) -> int:
 
 @exit_for_refusal
 def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.policy_link import change_policy
+    from blindkey.broker.secrets_ops import pick_env
+    from blindkey.config.edit import toml_table
+
     settings = load_settings(paths.config_file)
     env = pick_env(settings, args.name)
     if env == settings.active_env:
@@ -63,6 +62,10 @@ def cmd_environment_switch(paths: Paths, args: argparse.Namespace) -> int:
 
 @exit_for_refusal
 def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.approvals_link import call, with_code
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.secrets_ops import local_store, opened, pick_env
+
     settings = load_settings(paths.config_file)
     source, target = pick_env(settings, args.source), pick_env(settings, args.target)
     if source == target:
@@ -94,3 +97,25 @@ def cmd_environment_copy(paths: Paths, args: argparse.Namespace) -> int:
         f"({replaced} replaced, {len(values) - replaced} new)"
     )
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "environment",
+        help="list, switch and copy environments",
+        description="Values are per environment; the proxy serves the active one.",
+    )
+    p = actions.add_parser("list", help="environments, the active one, and secrets in each")
+    json_flag(p)
+    p.set_defaults(handler=cmd_environment_list)
+    p = actions.add_parser("switch", help="make NAME the active environment")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--yes", action="store_true", help=f"confirm switching to {PRODUCTION}")
+    p.set_defaults(handler=cmd_environment_switch)
+    p = actions.add_parser("copy", help="copy every value of FROM into TO (same names replaced)")
+    p.add_argument("source", metavar="FROM")
+    p.add_argument("target", metavar="TO")
+    p.add_argument("--yes", action="store_true", help=f"confirm copying into {PRODUCTION}")
+    approver_code(p)  # from production, or into an environment with grants
+    p.set_defaults(handler=cmd_environment_copy)

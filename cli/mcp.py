@@ -22,16 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from blindkey.audit.printable import printable
-from blindkey.broker.link import connect
-from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
-from blindkey.broker.release_exec import TOKEN_VARIABLE, agent_token, denial_text
 from blindkey.cli.call import proxy_address, wire_headers
+from blindkey.config.arguments import Subcommands, action_group
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import SECRET_NAME
 from blindkey.config.paths import Paths
-from blindkey.proxy.request.parse import HTTP_TOKEN, parse_target
 
 if TYPE_CHECKING:  # the SDK is imported only by `mcp serve` itself
     from mcp.server.mcpserver import MCPServer
@@ -50,6 +46,10 @@ INSTRUCTIONS = (
 
 
 def _broker(paths: Paths, tool: str, detail: dict[str, Any]) -> dict[str, Any]:
+    from blindkey.broker.link import connect
+    from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable
+    from blindkey.broker.release_exec import agent_token, denial_text
+
     try:
         with connect(paths) as link:
             return link.call("mcp", tool=tool, detail=detail, token=agent_token())
@@ -75,6 +75,9 @@ def list_allowlist(paths: Paths) -> list[str]:
 
 def injection_headers(inject: dict[str, str]) -> dict[str, str]:
     """{"bearer": "NAME", "header:X-Api-Key": "NAME", ...} as X-AS-Inject-* headers."""
+    from blindkey.audit.printable import printable
+    from blindkey.proxy.request.parse import HTTP_TOKEN
+
     headers = {}
     for place, secret in inject.items():
         style, _, key = place.partition(":")
@@ -97,6 +100,9 @@ def _checked(
     method: str, url: str, inject: dict[str, str], headers: dict[str, str]
 ) -> dict[str, str]:
     """The proxy headers for a tool call, or a refusal of the first thing that is wrong."""
+    from blindkey.audit.printable import printable
+    from blindkey.proxy.request.parse import HTTP_TOKEN, parse_target
+
     if not HTTP_TOKEN.match(method):
         raise BlindkeyError(f"method {printable(method[:16])!r} is not an HTTP method")
     if not url.isprintable():  # C1 controls and bidi overrides too, not only C0
@@ -126,6 +132,8 @@ def http_request(
     # Everything is checked before anything is recorded: the broker's `mcp` record holds
     # the method, url and names, and a CR/LF or an escape in them would reach whoever
     # reads the log.
+    from blindkey.broker.release_exec import agent_token
+
     sent = _checked(method, url, inject, headers or {})
     token = agent_token()
     if token is not None:
@@ -209,7 +217,21 @@ def build_server(paths: Paths) -> MCPServer[Any]:
     return server
 
 
+# The SDK pulls some twenty packages into a credential daemon's environment: an extra, for
+# those who serve MCP.
+MISSING_SDK = (
+    "mcp serve needs the MCP SDK, an optional part of blindkey: "
+    "pip install 'blindkey[mcp]' (installed with pipx: pipx inject blindkey mcp)"
+)
+
+
 def cmd_mcp_serve(paths: Paths, args: argparse.Namespace) -> int:
+    try:
+        import mcp.server.mcpserver  # noqa: F401
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "mcp":
+            raise  # the SDK is there but broken: its own error says more
+        raise BlindkeyError(MISSING_SDK) from None
     server = build_server(paths)
     server.run("stdio")
     return 0
@@ -223,6 +245,8 @@ def _command() -> list[str]:
 
 
 def cmd_mcp_config(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.release_exec import TOKEN_VARIABLE
+
     command, *rest = _command()
     env = {TOKEN_VARIABLE: "<the token `blindkey agent add NAME` printed>"}
     if os.environ.get("BLINDKEY_HOME"):
@@ -234,3 +258,11 @@ def cmd_mcp_config(paths: Paths, args: argparse.Namespace) -> int:
         "claude_desktop_config.json; Cursor: ~/.cursor/mcp.json), with the agent's token.\n"
     )
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(sub, "mcp", help="MCP server for agents (stdio)")
+    p = actions.add_parser("serve", help="serve MCP on stdin/stdout")
+    p.set_defaults(handler=cmd_mcp_serve)
+    p = actions.add_parser("config", help="print the snippet for Claude Desktop, Cursor and others")
+    p.set_defaults(handler=cmd_mcp_config)

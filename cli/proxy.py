@@ -1,20 +1,25 @@
-"""The handlers of `blindkey proxy start|stop|status|reload` (the tree is in cli/main.py)."""
+"""`blindkey proxy start|stop|status|reload|logs`: run and inspect the daemon, and read the
+audit trail, filtered, as a table or JSON."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from blindkey.audit.printable import printable
+import orjson
+
+from blindkey.config.arguments import Subcommands, action_group, count, json_flag, port
 from blindkey.config.console import emit_json, say
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
-from blindkey.proxy import lifecycle
 
 
 def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy import lifecycle
+
     if args.foreground:
         return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
     current = lifecycle.start_detached(paths, args.host, args.port, args.allow_remote)
@@ -26,12 +31,17 @@ def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_proxy_stop(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy import lifecycle
+
     pid = lifecycle.stop(paths)
     say("the proxy was not running" if pid is None else f"stopped the proxy (pid {pid})")
     return 0
 
 
 def cmd_proxy_status(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.printable import printable
+    from blindkey.proxy import lifecycle
+
     current = lifecycle.running(paths)
     if current is None:
         if args.json:
@@ -86,6 +96,8 @@ def _status_lines(info: dict[str, Any]) -> Iterator[str]:
 
 
 def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy import lifecycle
+
     status = lifecycle.reload(paths)
     if status.get("config_error"):
         raise BlindkeyError(
@@ -93,3 +105,120 @@ def cmd_proxy_reload(paths: Paths, args: argparse.Namespace) -> int:
         )
     say("configuration reloaded")
     return 0
+
+
+def _line(record: dict[str, Any]) -> str:
+    from blindkey.audit.printable import event_detail
+
+    if record.get("event", "request") != "request":
+        # Grants, exec, config changes...: their own fields, after the event's name.
+        detail = event_detail(record)
+        return f"{record.get('ts', '')}  {record.get('event')!s:7}  {detail}"
+    secrets = ",".join(record.get("secrets") or []) or "-"
+    outcome = record.get("status") if record.get("decision") == "allowed" else record.get("reason")
+    if record.get("complete") is False:
+        outcome = f"{outcome} cut"
+    flags = f"  [{','.join(map(str, record['flags']))}]" if record.get("flags") else ""
+    # One record standing for the calls of an unidentified caller over an interval.
+    count = f"  x{record['count']}" if record.get("count") else ""
+    return (
+        f"{record.get('ts', '')}  {record.get('decision', '')!s:7}  {outcome!s:18}  "
+        f"{record.get('agent') or '-'!s:12}  {secrets:20}  {record.get('method', '')} "
+        f"{record.get('url', '')}  {record.get('duration_ms', 0)}ms{count}{flags}"
+    )
+
+
+def _print(record: dict[str, Any], as_json: bool) -> None:
+    from blindkey.audit.printable import inert_json, printable
+
+    if as_json:
+        sys.stdout.write(inert_json(orjson.dumps(record).decode()) + "\n")
+    else:
+        say(printable(_line(record)))
+    sys.stdout.flush()
+
+
+def _print_array(records: Iterable[dict[str, Any]]) -> None:
+    """A JSON array written one record at a time (the audit may not fit in memory)."""
+    from blindkey.audit.printable import inert_json
+
+    out = sys.stdout
+    written = False
+    for record in records:
+        out.write(",\n" if written else "[\n")
+        out.write(inert_json(orjson.dumps(record).decode()))
+        written = True
+    out.write("\n]\n" if written else "[]\n")
+
+
+def cmd_logs(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.audit.reader import Filter, follow, iter_all, last_records, parse_since
+    from blindkey.audit.writer import audit_file
+
+    selection = Filter(
+        secret=args.secret,
+        agent=args.agent,
+        status=args.status,
+        since=parse_since(args.since) if args.since else None,
+        flagged=bool(getattr(args, "flagged", False)),
+    )
+    path = audit_file(paths.audit_dir)
+    records: Iterable[dict[str, Any]]
+    if args.last is not None:
+        # From the end back: the last N records cost N records, not the whole audit.
+        records, start = last_records(paths.audit_dir, selection, max(args.last, 0))
+    else:
+        records, start = iter_all(paths.audit_dir, selection)
+    if args.json and not args.follow:
+        _print_array(records)
+    else:
+        for record in records:
+            _print(record, args.json)
+    if args.follow:
+        try:
+            for record in follow(path, selection, start):
+                _print(record, args.json)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(sub, "proxy", help="run and inspect the proxy daemon")
+    p = actions.add_parser("start", help="start the proxy (returns once /health answers)")
+    p.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=port, help="port (default from config: 8765; 0 picks one)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="listen on a non-loopback --host: every caller then needs an agent token, and "
+        "remote callers must be in [proxy] allowed_peers",
+    )
+    p.add_argument(
+        "--foreground", action="store_true", help="stay attached (for systemd, launchd, make run)"
+    )
+    p.set_defaults(handler=cmd_proxy_start)
+    p = actions.add_parser("stop", help="stop gracefully (drains calls for [limits] drain_timeout)")
+    p.set_defaults(handler=cmd_proxy_stop)
+    p = actions.add_parser("status", help="exit 0 when running, 3 when not")
+    json_flag(p)
+    p.set_defaults(handler=cmd_proxy_status)
+    p = actions.add_parser("reload", help="re-read config.toml (a bad file is refused)")
+    p.set_defaults(handler=cmd_proxy_reload)
+    p = actions.add_parser(
+        "logs",
+        help="show audit records (oldest first)",
+        description="Audit records, oldest first. With --json: a JSON array, or one object "
+        "per line with --follow.",
+    )
+    p.add_argument("--last", type=count, metavar="N", help="only the last N records")
+    p.add_argument("--secret", metavar="NAME", help="records that used this secret")
+    p.add_argument("--agent", metavar="NAME", help="records of this agent")
+    p.add_argument("--status", choices=("allowed", "blocked"), help="by decision")
+    p.add_argument("--since", metavar="WHEN", help="1h, 30m, 2d or 2026-11-21T10:00Z")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p.add_argument(
+        "--flagged", action="store_true", help="only records with flags a human should look at"
+    )
+    json_flag(p)
+    p.set_defaults(handler=cmd_logs)

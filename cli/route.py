@@ -5,29 +5,28 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import tomlkit
-
-from blindkey.broker.approvals_link import exit_for_refusal
-from blindkey.broker.notify import put_in_force
-from blindkey.broker.policy_link import change_policy
-from blindkey.cli.call import proxy_address
-from blindkey.cli.secrets import local_store, opened
+from blindkey.cli.approvals import approver_code, exit_for_refusal
+from blindkey.cli.call import _injections, proxy_address
+from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import emit_json, say, table, warn
-from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import AllowEntry
 from blindkey.config.loader import load_settings
 from blindkey.config.model import AGENT_NAME, SECRET_NAME, Route, Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.request.egress import entry_for
-from blindkey.proxy.request.routes import ROUTE_PREFIX, route_base, route_injection
+
+if TYPE_CHECKING:
+    from blindkey.proxy.request.parse import Target
 
 
 def _route_from_args(args: argparse.Namespace) -> Route:
+    from blindkey.proxy.errors import ProxyError
+    from blindkey.proxy.request.routes import route_base, route_injection
+
     chosen = [
         (style, value)
         for style in ("bearer", "basic", "header", "query")
@@ -59,27 +58,25 @@ def _route_from_args(args: argparse.Namespace) -> Route:
     return route
 
 
-@exit_for_refusal
-def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
-    if not AGENT_NAME.match(args.name):
-        raise UsageError(
-            f"{args.name!r} is not a route name (letters, digits, '_', '.', '-'; at most 64)"
-        )
-    route = _route_from_args(args)
-    target = route_base(args.name, route.to)
-    entry_text = entry_for(target)
-    outcome: dict[str, str | None] = {"covered_by": None}
+def _add_route(
+    name: str, route: Route, target: Target, entry_text: str, outcome: dict[str, str | None]
+) -> Callable[[Any], None]:
+    """The config.toml edit of `route add`: the route, and its host on the allowlist unless
+    an entry covers it already (then named in `outcome`)."""
+    import tomlkit
+
+    from blindkey.config.edit import string_array, toml_table
 
     def change(document: Any) -> None:
         routes = document.get("routes")
         if routes is None:
             document["routes"] = tomlkit.table(is_super_table=True)
-        elif args.name in routes:
+        elif name in routes:
             raise BlindkeyError(
-                f"route {args.name} exists (to {routes[args.name].get('to')}); "
-                f"`blindkey route remove {args.name}` first"
+                f"route {name} exists (to {routes[name].get('to')}); "
+                f"`blindkey route remove {name}` first"
             )
-        section = toml_table(document, "routes", args.name)
+        section = toml_table(document, "routes", name)
         section["to"] = route.to
         section["inject"] = route.style
         section["secret"] = route.secret
@@ -93,18 +90,13 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
                 return
         allowlist["hosts"] = string_array([*hosts, entry_text])
 
-    settings = change_policy(paths, change, "route_add", [args.name], args.by, args.code)
-    put_in_force(paths, settings, f"route {args.name} is saved", config=True)
-    say(
-        f"route {args.name}: {_base_url(paths, args.name)}/... -> {route.to}/... "
-        f"({_describe(route)})"
-    )
-    sdk = sdk_base_url(_base_url(paths, args.name), route)
-    say(f"SDK base URL: {sdk} (api_key: an agent token; `blindkey agent add NAME`)")
-    if outcome["covered_by"] is None:
-        say(f"allowlisted: {entry_text}")
-    else:
-        say(f"already allowlisted by {outcome['covered_by']}")
+    return change
+
+
+def _warn_unusable(
+    paths: Paths, settings: Settings, route: Route, target: Target, entry_text: str
+) -> None:
+    """Saved all the same, but say why calls through the route would be refused."""
     policy = settings.policy(route.secret)
     if not policy.allows_host(target.scheme, target.host, target.port):
         hosts = ", ".join(str(p) for p in policy.hosts)
@@ -120,12 +112,45 @@ def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
             f"secret {route.secret} is not set in the {settings.active_env} environment: calls "
             f"will be refused (unknown_secret) until `blindkey secrets set {route.secret}`"
         )
+
+
+@exit_for_refusal
+def cmd_route_add(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.policy_link import change_policy
+    from blindkey.proxy.request.egress import entry_for
+    from blindkey.proxy.request.routes import route_base
+
+    if not AGENT_NAME.match(args.name):
+        raise UsageError(
+            f"{args.name!r} is not a route name (letters, digits, '_', '.', '-'; at most 64)"
+        )
+    route = _route_from_args(args)
+    target = route_base(args.name, route.to)
+    entry_text = entry_for(target)
+    outcome: dict[str, str | None] = {"covered_by": None}
+    change = _add_route(args.name, route, target, entry_text, outcome)
+    settings = change_policy(paths, change, "route_add", [args.name], args.by, args.code)
+    put_in_force(paths, settings, f"route {args.name} is saved", config=True)
+    say(
+        f"route {args.name}: {_base_url(paths, args.name)}/... -> {route.to}/... "
+        f"({_describe(route)})"
+    )
+    sdk = sdk_base_url(_base_url(paths, args.name), route)
+    say(f"SDK base URL: {sdk} (api_key: an agent token; `blindkey agent add NAME`)")
+    if outcome["covered_by"] is None:
+        say(f"allowlisted: {entry_text}")
+    else:
+        say(f"already allowlisted by {outcome['covered_by']}")
+    _warn_unusable(paths, settings, route, target, entry_text)
     return 0
 
 
 def _is_stored(paths: Paths, settings: Settings, name: str) -> bool:
     """Whether the active environment holds `name`; True when the store cannot be read here
     (a broker of its own user owns it): then only the proxy's answer can tell."""
+    from blindkey.broker.secrets_ops import local_store, opened
+
     try:
         with opened(local_store(paths, settings)) as store:
             return name in store.names(settings.active_env)
@@ -155,6 +180,8 @@ _SDK_PATHS = {
 
 def _base_url(paths: Paths, name: str) -> str:
     """The route's root on the proxy that runs (its status file), else the configured one."""
+    from blindkey.proxy.request.routes import ROUTE_PREFIX
+
     host, port = proxy_address(paths)
     host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{port}{ROUTE_PREFIX}{name}"
@@ -202,6 +229,9 @@ def cmd_route_list(paths: Paths, args: argparse.Namespace) -> int:
 
 @exit_for_refusal
 def cmd_route_remove(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.notify import put_in_force
+    from blindkey.broker.policy_link import change_policy
+
     def change(document: Any) -> None:
         routes = document.get("routes")
         if routes is None or args.name not in routes:
@@ -212,3 +242,26 @@ def cmd_route_remove(paths: Paths, args: argparse.Namespace) -> int:
     put_in_force(paths, settings, f"route {args.name} is removed", config=True)
     say(f"route {args.name} removed; the allowlist is unchanged (blindkey allowlist list)")
     return 0
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "route",
+        help="base_url routes for SDKs: /r/NAME/... with a secret injected",
+        description="OpenAI(base_url='http://127.0.0.1:8765/r/openai/v1', api_key=AGENT_TOKEN) "
+        "works unchanged: the agent token goes where the SDK puts its key, and blindkey "
+        "puts the real value there instead.",
+    )
+    p = actions.add_parser("add", help="add a route (its host joins the allowlist)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--to", required=True, metavar="URL", help="the API's base URL")
+    _injections(p, many=False)
+    approver_code(p)  # the route's host joins the allowlist: a widening
+    p.set_defaults(handler=cmd_route_add)
+    p = actions.add_parser("list", help="routes and what they inject")
+    json_flag(p)
+    p.set_defaults(handler=cmd_route_list)
+    p = actions.add_parser("remove", help="remove a route")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(handler=cmd_route_remove)

@@ -20,26 +20,16 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blindkey.broker import link
-from blindkey.broker.agents import AgentStore
-from blindkey.broker.notify import put_in_force
-from blindkey.broker.release_env import pass_through
+from blindkey.config.arguments import Subcommands
 from blindkey.config.console import warn
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
-from blindkey.config.model import Settings
 from blindkey.config.paths import Paths, resolve_paths
-from blindkey.proxy import lifecycle
-from blindkey.proxy.tls.ca import ensure_ca, load_ca
-from blindkey.proxy.tls.environment import (
-    agent_token,
-    proxy_url,
-    run_directory,
-    run_environment,
-    secret_variables,
-    write_bundles,
-)
+
+if TYPE_CHECKING:
+    from blindkey.config.model import Settings
 
 BWRAP = "bwrap"
 
@@ -97,6 +87,8 @@ def _bubblewrap_works(hidden: list[Path]) -> str | None:
 
 
 def _placeholders(paths: Paths, settings: Settings, wanted: list[str]) -> dict[str, str]:
+    from blindkey.broker import link
+
     if not wanted:
         return {}
     reply = link.ask(paths, "placeholders", settings=settings, env=settings.active_env)
@@ -106,6 +98,8 @@ def _placeholders(paths: Paths, settings: Settings, wanted: list[str]) -> dict[s
 
 
 def _proxy_address(paths: Paths, settings: Settings) -> tuple[str, int]:
+    from blindkey.proxy import lifecycle
+
     current = lifecycle.running(paths)
     if current is None:
         warn("the proxy is not running: start it with `blindkey proxy start`")
@@ -117,6 +111,10 @@ def _proxy_address(paths: Paths, settings: Settings) -> tuple[str, int]:
 def _run_token(paths: Paths, agent: str | None) -> Iterator[str | None]:
     """The token CMD's proxy variables carry: one issued for this run only (--agent NAME),
     revoked when CMD exits; else BLINDKEY_AGENT_TOKEN."""
+    from blindkey.broker.agents import AgentStore
+    from blindkey.broker.notify import put_in_force
+    from blindkey.proxy.tls.environment import agent_token
+
     if agent is None:
         token = agent_token()
         if token is None:
@@ -147,6 +145,15 @@ def _command(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.proxy.tls.ca import ensure_ca, load_ca
+    from blindkey.proxy.tls.environment import (
+        proxy_url,
+        run_directory,
+        run_environment,
+        secret_variables,
+        write_bundles,
+    )
+
     command = _command(args)
     settings = load_settings(paths.config_file)
     if args.isolate:
@@ -171,6 +178,8 @@ def cmd_run(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def _wait(command: list[str], environment: dict[str, str]) -> int:
+    from blindkey.broker.release_env import pass_through
+
     try:
         process = subprocess.Popen(command, env=environment)
     except FileNotFoundError:
@@ -180,3 +189,37 @@ def _wait(command: list[str], environment: dict[str, str]) -> int:
     except KeyboardInterrupt:
         status = process.wait()
     return pass_through(status)
+
+
+def add_commands(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run an agent's command through the proxy (proxy mode); --isolate: it cannot "
+        "see blindkey's files",
+        description="CMD runs with HTTPS_PROXY/HTTP_PROXY set to the proxy with the agent's "
+        "token, the CA variables (SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, "
+        "GIT_SSL_CAINFO, NODE_EXTRA_CA_CERTS) set to blindkey's CA, and placeholders where "
+        "keys go: the proxy puts the values in on the way to each secret's own hosts. "
+        "--isolate (Linux, bubblewrap): CMD runs as you, but blindkey's home, the broker's "
+        "socket and the CA key are covered by empty directories and other processes are out "
+        "of its sight; the proxy stays reachable on loopback. blindkey exits with CMD's "
+        "status.",
+    )
+    p.add_argument(
+        "--isolate", action="store_true", help="hide blindkey's files from CMD (bubblewrap)"
+    )
+    p.add_argument(
+        "--agent",
+        metavar="NAME",
+        help="issue a token for agent NAME for this run only (revoked when CMD exits); "
+        "default: BLINDKEY_AGENT_TOKEN",
+    )
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=VAR]",
+        help="give CMD the placeholder of secret NAME in VAR (default: NAME); repeatable",
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(handler=cmd_run)

@@ -1,55 +1,30 @@
-"""`blindkey secrets set|list|delete|diff|push|pull`: values in the configured backend,
-metadata in config.toml, and a team store under [remote]."""
+"""`blindkey secrets set|list|delete|policy|import|diff|push|pull`: values in the configured
+backend, metadata in config.toml, and a team store under [remote].
+
+Each handler reads its arguments, calls a use case of broker/ (secrets_ops, secrets_sync)
+and prints; the use cases are imported when the command runs, so the tree costs nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
-import shlex
 import sys
-from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from blindkey.broker.approvals_link import call, exit_for_refusal, with_code
-from blindkey.broker.backends import SecretBackend, open_backend, open_openbao
-from blindkey.broker.compare import Difference, compare, comparison_key, keyed_digests
-from blindkey.broker.notify import put_in_force
-from blindkey.broker.policy_link import change_policy, record
+from blindkey.cli.approvals import approver_code, exit_for_refusal
+from blindkey.cli.ca import add_placeholder_command
+from blindkey.config.arguments import Subcommands, action_group, json_flag, positive
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
-from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.hosts import AllowEntry, HostError
-from blindkey.config.loader import load_settings
-from blindkey.config.model import (
-    MAX_VALUE_BYTES,
-    MIN_REDACTABLE,
-    RELEASE_CHANNELS,
-    SECRET_NAME,
-    Settings,
-)
+from blindkey.config.model import MIN_REDACTABLE, TIERS
 from blindkey.config.paths import Paths
-from blindkey.config.stores import PRODUCTION, OpenBaoSettings
+from blindkey.config.stores import PRODUCTION
 
-
-def check_name(name: str) -> str:
-    # fullmatch: the pattern's `$` would also accept a trailing newline.
-    if not SECRET_NAME.fullmatch(name):
-        raise BlindkeyError(
-            f"invalid secret name {name!r}: start with a letter or '_', then letters, digits, "
-            "'_', '.', '-' (at most 128 characters)"
-        )
-    return name
-
-
-def pick_env(settings: Settings, requested: str | None) -> str:
-    env = requested or settings.active_env
-    if env not in settings.environments:
-        raise BlindkeyError(
-            f"unknown environment {env!r}; known: {', '.join(settings.environments)}"
-        )
-    return env
+if TYPE_CHECKING:
+    from blindkey.broker.compare import Difference
 
 
 def confirm(action: str, yes: bool) -> None:
@@ -62,18 +37,6 @@ def confirm(action: str, yes: bool) -> None:
     sys.stderr.flush()
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise BlindkeyError(f"{action}: not confirmed; nothing changed")
-
-
-@contextlib.contextmanager
-def opened(backend: SecretBackend) -> Iterator[SecretBackend]:
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
-def local_store(paths: Paths, settings: Settings) -> SecretBackend:
-    return open_backend(paths, settings)
 
 
 def _read_value(name: str) -> str:
@@ -90,210 +53,80 @@ def _read_value(name: str) -> str:
     return value
 
 
-# Shorter values match ordinary text: redacting them would be unreliable and mangle output.
-
-
 @exit_for_refusal
 def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.secrets_ops import NewSecret, store_secret
+
     name, value = args.name, None
     if "=" in name:
         name, value = name.split("=", 1)
         warn(f"the value of {name} is now in your shell history; prefer piping it on stdin")
-    check_name(name)
-    settings = load_settings(paths.config_file)
-    env = pick_env(settings, args.env)
-    bound = []
-    for host in args.host:
-        try:
-            bound.append(AllowEntry.binding(host))
-        except HostError as exc:
-            raise BlindkeyError(f"--host: {exc}") from exc
-    if value is None:
-        value = _read_value(name)
-    if not value:
-        raise BlindkeyError(f"empty value for {name}: nothing stored")
-    size = len(value.encode("utf-8", "surrogatepass"))
-    if size > MAX_VALUE_BYTES:
-        raise BlindkeyError(
-            f"the value of {name} is {size} bytes: blindkey redacts values of up to "
-            f"{MAX_VALUE_BYTES} bytes (PEM keys and service-account JSON fit). Nothing stored"
-        )
-    short = len(value) < MIN_REDACTABLE
-    if short and not args.allow_short:
-        raise BlindkeyError(
-            f"the value of {name} is {len(value)} characters: values shorter than "
-            f"{MIN_REDACTABLE} match ordinary text and cannot be redacted safely. Nothing "
-            "stored; use the real key, or --allow-short to store it anyway (the audit then "
-            "marks every use)"
-        )
-    release = _release_channels(args.release)
-    edits_config = bool(
-        args.tier
-        or args.host
-        or args.agent
-        or release
-        or args.approvals
-        or short
-        or settings.policy(name).allow_short
-    )
-    if args.tier or args.approvals:
-        # The broker keeps each secret's tier floor: lowering it needs an approver's code.
-        floor = with_code(
-            args.code,
-            f"Code of approver {args.by or 'default'} (consent to lowering {name}'s protection)",
-            lambda code: call(paths, "policy", name=name, tier=args.tier,
-                              approvals=args.approvals, by=args.by, code=code,
-                              anyway=args.yes or None),
-            required=False,
-        )  # fmt: skip
-        if args.tier in ("controlled", "restricted") and not floor["approvable"]:
-            warn(
-                f"no approver is active: nobody can approve {name} yet, and whoever enrols "
-                "first can. Enrol yours now: blindkey totp enroll && blindkey totp confirm"
-            )
-    if edits_config:
-
-        def change(document: Any) -> None:
-            section = toml_table(document, "secrets", name)
-            if args.tier:
-                section["tier"] = args.tier
-            if args.host:
-                section["hosts"] = string_array(args.host)
-            if args.agent:
-                section["agents"] = string_array(args.agent)
-            if release:
-                section["release"] = string_array(release)
-            if args.approvals:
-                section["approvals"] = args.approvals
-            if short:
-                section["allow_short"] = True
-            elif "allow_short" in section:
-                del section["allow_short"]
-
-        settings = change_policy(paths, change, "secret_set", [name], args.by, args.code)
-    else:
-        record(paths, "secret_set", [name], via="cli")
-    with opened(local_store(paths, settings)) as store:
-        store.set(env, name, value)
-    put_in_force(paths, settings, f"{name} is stored in {env}", [(env, name)], config=edits_config)
-    allowlist = settings.allowlist.entries
-    for pattern in bound:
-        if not any(entry.overlaps(pattern) for entry in allowlist):
-            # Stored all the same: the allowlist may well come next.
-            warn(
-                f"{pattern} is not on the allowlist: the proxy refuses every call to it "
-                f"until `blindkey allowlist add {shlex.quote(str(pattern))}`"
-            )
-    policy = settings.policy(name)
-    hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
-    say(f"stored {name} in {env} (tier {policy.tier}; hosts: {hosts})")
+    new = NewSecret(
+        name, env=args.env, tier=args.tier, hosts=args.host, agents=args.agent,
+        release=args.release, approvals=args.approvals, allow_short=args.allow_short,
+        by=args.by, code=args.code, anyway=args.yes,
+    )  # fmt: skip
+    stored = store_secret(paths, new, lambda: _read_value(name) if value is None else value)
+    hosts = ", ".join(str(h) for h in stored.policy.hosts) or "any allowlisted host"
+    say(f"stored {stored.name} in {stored.env} (tier {stored.policy.tier}; hosts: {hosts})")
     return 0
 
 
-def _release_channels(given: str | None) -> list[str]:
-    """`--release proxy,env` as a list; empty when not given (the policy stays as it is)."""
-    if given is None:
-        return []
-    channels = [part.strip() for part in given.split(",") if part.strip()]
-    unknown = [c for c in channels if c not in RELEASE_CHANNELS]
-    if unknown or not channels:
-        raise UsageError(
-            f"--release {given!r}: a comma-separated list of {', '.join(RELEASE_CHANNELS)}"
-        )
-    return list(dict.fromkeys(channels))
-
-
-def inventory(store: SecretBackend, settings: Settings) -> dict[str, set[str]]:
-    return {env: store.names(env) for env in settings.environments}
-
-
 def cmd_secrets_list(paths: Paths, args: argparse.Namespace) -> int:
-    settings = load_settings(paths.config_file)
-    with opened(local_store(paths, settings)) as store:
-        held = inventory(store, settings)
-    names = sorted({n for found in held.values() for n in found} | set(settings.secrets))
-    rows = []
-    for name in names:
-        policy = settings.policy(name)
-        rows.append(
-            {
-                "name": name,
-                "envs": [env for env in settings.environments if name in held[env]],
-                "tier": policy.tier,
-                "hosts": [str(h) for h in policy.hosts],
-                "agents": list(policy.agents),
-                "release": list(policy.release),
-            }
-        )
+    from blindkey.broker.secrets_ops import secret_rows
+
+    rows = secret_rows(paths)
     if args.json:
         emit_json(rows)
     elif not rows:
         say("no secrets; add one with: blindkey secrets set NAME")
     else:
         print_table(
-            [
-                [
-                    r["name"],
-                    ",".join(r["envs"]) or "-",
-                    r["tier"],
-                    ",".join(r["hosts"]) or "*",
-                    ",".join(r["agents"]),
-                ]
-                for r in rows
-            ],
+            [[r["name"], ",".join(r["envs"]) or "-", r["tier"], ",".join(r["hosts"]) or "*",
+              ",".join(r["agents"])] for r in rows],
             ["NAME", "ENVIRONMENTS", "TIER", "HOSTS", "AGENTS"],
-        )
+        )  # fmt: skip
     return 0
 
 
 @exit_for_refusal
 def cmd_secrets_delete(paths: Paths, args: argparse.Namespace) -> int:
-    check_name(args.name)
-    settings = load_settings(paths.config_file)
-    env = pick_env(settings, args.env)
-    with opened(local_store(paths, settings)) as store:
-        held = inventory(store, settings)
-        if args.name not in held.get(env, set()):
-            raise BlindkeyError(
-                f"no secret named {args.name} in {env}; see `blindkey secrets list`"
-            )
-        last = not any(args.name in found for other, found in held.items() if other != env)
-        # Deleting a controlled or restricted secret needs an approver's code.
-        with_code(
-            args.code,
-            f"Code of approver {args.by or 'default'} (consent to deleting {args.name})",
-            lambda code: call(paths, "forget", name=args.name, env=env, last=last or None,
-                              by=args.by, code=code),
-            required=False,
-        )  # fmt: skip
-        if not store.delete(env, args.name):
-            raise BlindkeyError(
-                f"no secret named {args.name} in {env}; see `blindkey secrets list`"
-            )
-        still_used = any(args.name in found for found in inventory(store, settings).values())
-    if not still_used:
+    from blindkey.broker.secrets_ops import delete_secret
 
-        def change(document: Any) -> None:
-            secrets = document.get("secrets")
-            if secrets is not None and args.name in secrets:
-                del secrets[args.name]
-
-        settings = change_policy(paths, change, "secret_delete", [args.name], args.by, None)
-    else:
-        record(paths, "secret_delete", [args.name])
-    done = f"{args.name} is deleted from {env}"
-    put_in_force(paths, settings, done, [(env, args.name)], config=not still_used)
+    env = delete_secret(paths, args.name, args.env, args.by, args.code)
     say(f"deleted {args.name} from {env}")
     return 0
 
 
-def _remote(settings: Settings) -> OpenBaoSettings:
-    if settings.remote is None:
-        raise BlindkeyError(
-            'no team store: add [remote] with address = "https://..." to config.toml '
-            "(the same keys as an openbao [backend])"
-        )
-    return settings.remote
+@exit_for_refusal
+def cmd_secrets_policy(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.secrets_ops import PolicyChange, change_secret_policy
+
+    asked = PolicyChange(
+        args.name, add_hosts=args.add_host, remove_hosts=args.remove_host,
+        add_agents=args.add_agent, remove_agents=args.remove_agent, tier=args.tier,
+        release=args.release, approvals=args.approvals, by=args.by, code=args.code,
+    )  # fmt: skip
+    policy = change_secret_policy(paths, asked)
+    hosts = ", ".join(str(h) for h in policy.hosts) or "any allowlisted host"
+    say(
+        f"{args.name}: tier {policy.tier}; hosts: {hosts}; agents: "
+        f"{', '.join(policy.agents) or 'none'}; release: {', '.join(policy.release)}"
+    )
+    return 0
+
+
+def cmd_secrets_import(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.dotenv import parse_dotenv
+    from blindkey.broker.secrets_ops import import_values
+
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BlindkeyError(f"cannot read {args.file}: {exc}") from None
+    env, names = import_values(paths, parse_dotenv(text), args.env)
+    say(f"stored {len(names)} secrets in {env}: {', '.join(names)}")
+    return 0
 
 
 def _print_diff(diff: Difference, left: str, right: str) -> None:
@@ -311,97 +144,46 @@ SAME, DIFFERENT = 0, 1
 
 
 def cmd_secrets_diff(paths: Paths, args: argparse.Namespace) -> int:
+    from blindkey.broker.secrets_sync import compare_envs, compare_remote
+
     if (args.from_env is None) != (args.to_env is None):
         raise UsageError("give both --from ENV and --to ENV, or neither to compare with [remote]")
-    settings = load_settings(paths.config_file)
-    key = comparison_key()
     if args.from_env is not None:
-        source, target = pick_env(settings, args.from_env), pick_env(settings, args.to_env)
-        with opened(local_store(paths, settings)) as store:
-            diff = compare(
-                keyed_digests(store.values(source), key), keyed_digests(store.values(target), key)
-            )
-        result = {
-            "from": source,
-            "to": target,
-            "only_in_from": list(diff.only_source),
-            "only_in_to": list(diff.only_target),
-            "differ": list(diff.differ),
-        }
+        source, target, diff = compare_envs(paths, args.from_env, args.to_env)
         if args.json:
-            emit_json(result)
+            emit_json(
+                {"from": source, "to": target, "only_in_from": list(diff.only_source),
+                 "only_in_to": list(diff.only_target), "differ": list(diff.differ)}
+            )  # fmt: skip
         elif diff.empty:
             say(f"{source} and {target} hold the same names and values")
         else:
             _print_diff(diff, source, target)
         return SAME if diff.empty else DIFFERENT
-    envs = _envs(settings, args)
-    remote = open_openbao(_remote(settings))
-    diffs = []
-    with opened(local_store(paths, settings)) as store, opened(remote):
-        for env in envs:
-            local, team = store.values(env), remote.values(env)
-            diffs.append((env, compare(keyed_digests(local, key), keyed_digests(team, key))))
+    remote, diffs = compare_remote(paths, args.env, args.all)
     status = SAME if all(diff.empty for _, diff in diffs) else DIFFERENT
     if args.json:
         emit_json(
-            [
-                {
-                    "env": env,
-                    "only_in_local": list(diff.only_source),
-                    "only_in_remote": list(diff.only_target),
-                    "differ": list(diff.differ),
-                }
-                for env, diff in diffs
-            ]
-        )
+            [{"env": env, "only_in_local": list(diff.only_source),
+              "only_in_remote": list(diff.only_target), "differ": list(diff.differ)}
+             for env, diff in diffs]
+        )  # fmt: skip
         return status
     for env, diff in diffs:
-        say(f"{env}: local vs {remote.describe()}")
+        say(f"{env}: local vs {remote}")
         if diff.empty:
             say("  same names and values")
         _print_diff(diff, "local", "remote")
     return status
 
 
-def _envs(settings: Settings, args: argparse.Namespace) -> list[str]:
-    if getattr(args, "all", False):
-        return list(settings.environments)
-    return [pick_env(settings, args.env)]
+def _transfer(paths: Paths, args: argparse.Namespace, *, push: bool) -> int:
+    from blindkey.broker.secrets_sync import transfer
 
-
-def transfer(paths: Paths, args: argparse.Namespace, *, push: bool) -> int:
-    settings = load_settings(paths.config_file)
-    remote = open_openbao(_remote(settings))
-    key = comparison_key()
-    reports: list[dict[str, Any]] = []
-    pulled: list[tuple[str, str]] = []
-    with opened(local_store(paths, settings)) as local, opened(remote):
-        source, target = (local, remote) if push else (remote, local)
-        where = remote.describe() if push else "the local store"
-        for env in _envs(settings, args):
-            values = source.values(env)
-            diff = compare(keyed_digests(values, key), keyed_digests(target.values(env), key))
-            writes = [*diff.only_source, *diff.differ]
-            if writes and not args.dry_run and env == PRODUCTION:
-                confirm(f"write {len(writes)} values into {PRODUCTION} in {where}", args.yes)
-            if not args.dry_run:
-                for name in writes:
-                    target.set(env, name, values[name])
-                if not push:
-                    pulled += [(env, name) for name in writes]
-            reports.append(
-                {
-                    "env": env,
-                    "created": list(diff.only_source),
-                    "updated": list(diff.differ),
-                    "unchanged": len(diff.same),
-                    "only_in_target": list(diff.only_target),
-                    "dry_run": bool(args.dry_run),
-                }
-            )
-    if pulled:
-        put_in_force(paths, settings, f"{len(pulled)} pulled values are stored", pulled)
+    where, reports = transfer(
+        paths, args.env, args.all, push=push, dry_run=bool(args.dry_run),
+        confirm=lambda action: confirm(action, args.yes),
+    )  # fmt: skip
     if args.json:
         emit_json(reports)
         return 0
@@ -420,8 +202,128 @@ def transfer(paths: Paths, args: argparse.Namespace, *, push: bool) -> int:
 
 
 def cmd_secrets_push(paths: Paths, args: argparse.Namespace) -> int:
-    return transfer(paths, args, push=True)
+    return _transfer(paths, args, push=True)
 
 
 def cmd_secrets_pull(paths: Paths, args: argparse.Namespace) -> int:
-    return transfer(paths, args, push=False)
+    return _transfer(paths, args, push=False)
+
+
+def _remote_options(p: argparse.ArgumentParser, *, writes: bool) -> None:
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--all", action="store_true", help="every environment")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only show what would change" if writes else "diff never writes; accepted for scripts",
+    )
+    if writes:
+        p.add_argument("--yes", action="store_true", help=f"confirm writing into {PRODUCTION}")
+    json_flag(p)
+
+
+def add_commands(sub: Subcommands) -> None:
+    actions = action_group(
+        sub,
+        "secrets",
+        help="store, list and delete secret values",
+        description="Values live in the vault; metadata in config.toml.",
+    )
+    _set_parser(actions)
+    p = actions.add_parser("list", help="names, environments and policy (never values)")
+    json_flag(p)
+    p.set_defaults(handler=cmd_secrets_list)
+    p = actions.add_parser("delete", help="delete a value")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", help="environment (default: the active one)")
+    approver_code(p)
+    p.set_defaults(handler=cmd_secrets_delete)
+    _secrets_policy(actions)
+    add_placeholder_command(actions)
+    p = actions.add_parser(
+        "diff",
+        help="names missing or different: between two environments, or local and [remote]",
+        description="Values are compared by a keyed hash made for this run; none is shown. "
+        "Exit status as diff(1): 0 when the same, 1 when anything differs.",
+    )
+    p.add_argument("--from", dest="from_env", metavar="ENV", help="with --to: compare these")
+    p.add_argument("--to", dest="to_env", metavar="ENV")
+    _remote_options(p, writes=False)
+    p.set_defaults(handler=cmd_secrets_diff)
+    p = actions.add_parser("push", help="copy local values that are new or changed to [remote]")
+    _remote_options(p, writes=True)
+    p.set_defaults(handler=cmd_secrets_push)
+    p = actions.add_parser("pull", help="copy [remote] values that are new or changed to local")
+    _remote_options(p, writes=True)
+    p.set_defaults(handler=cmd_secrets_pull)
+
+
+def _secrets_policy(actions: Any) -> None:
+    p = actions.add_parser("policy", help="change a secret's policy (no value needed)")
+    p.add_argument("name", metavar="NAME")
+    for flag, what in (("host", "destination (an allowlist entry)"), ("agent", "agent")):
+        for verb in ("add", "remove"):
+            p.add_argument(
+                f"--{verb}-{flag}", action="append", default=[], metavar=flag.upper(),
+                help=f"{verb} this {what} (repeatable)",
+            )  # fmt: skip
+    p.add_argument("--tier", choices=TIERS, help="open, controlled or restricted")
+    p.add_argument("--release", metavar="CHANNELS", help="proxy, env, exec, comma-separated")
+    p.add_argument("--approvals", type=positive, metavar="N", help="approvers a grant needs")
+    approver_code(p)
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
+    p.set_defaults(handler=cmd_secrets_policy)
+    p = actions.add_parser(
+        "import", help="store NAME=VALUE lines of a .env file (values never echoed)"
+    )
+    p.add_argument("file", metavar="FILE", help="the .env file, or - for stdin")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.set_defaults(handler=cmd_secrets_import)
+
+
+def _set_parser(actions: Any) -> None:
+    p = actions.add_parser(
+        "set",
+        help="store a value (read from stdin, or prompted without echo)",
+        description="Store NAME's value. Pipe it on stdin "
+        '(`printf %s "$TOKEN" | blindkey secrets set GITHUB_TOKEN`) or type it '
+        "at the hidden prompt. NAME=VALUE works but leaves the value in history.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--env", help="environment (default: the active one)")
+    p.add_argument("--tier", choices=TIERS, help="open (default), controlled or restricted")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="bind the secret to this destination, as an allowlist entry: host (https, "
+        "port 443), host:port, http://host[:port], *.example.com (repeatable)",
+    )
+    p.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this agent may use it (repeatable; default: every agent)",
+    )
+    p.add_argument(
+        "--allow-short",
+        action="store_true",
+        help=f"store a value shorter than {MIN_REDACTABLE} characters, which cannot be "
+        "redacted safely; every use is then marked in the audit",
+    )
+    p.add_argument(
+        "--release",
+        metavar="CHANNELS",
+        help="who may hand the value out: proxy (default), env, exec, comma-separated",
+    )
+    p.add_argument(
+        "--approvals",
+        type=positive,
+        metavar="N",
+        help="distinct approvers a grant of this secret needs (default 1)",
+    )
+    approver_code(p)
+    p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
+    p.set_defaults(handler=cmd_secrets_set)

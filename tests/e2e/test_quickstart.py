@@ -25,7 +25,7 @@ RUNS = 50
 # The README's block with the local upstream as target; only the names change per run.
 QUICKSTART = r"""
 set -euo pipefail
-blindkey() { "$PYTHON" -m blindkey.proxy "$@"; }
+blindkey() { "$PYTHON" -m blindkey.cli "$@"; }
 read_token='import json,sys; print(json.load(sys.stdin)["token"])'
 for i in $(seq 1 "$RUNS"); do
   blindkey allowlist add "http://127.0.0.1:$UPSTREAM_PORT" >/dev/null

@@ -10,7 +10,7 @@ from blindkey.config.arguments import Subcommands, action_group, json_flag
 HANDLERS = "blindkey.service.install"
 
 
-def add_service_commands(sub: Subcommands) -> None:
+def add_commands(sub: Subcommands) -> None:
     actions = action_group(
         sub,
         "service",
