@@ -14,10 +14,11 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from blindkey.audit.anchor import AnchorRefused, AuditAnchor
 from blindkey.broker.approvals.ops import approvals_op, hold_op, refuse_foreign
+from blindkey.broker.peer import Client
 from blindkey.broker.placeholders import ensure_key as ensure_placeholder_key
 from blindkey.broker.placeholders import placeholders_op
 from blindkey.broker.policy_ops import config_op
@@ -25,16 +26,13 @@ from blindkey.broker.protocol import (
     ACK_TIMEOUT,
     PUSH_ID,
     BrokerDenied,
-    FrameDecoder,
     Message,
-    ProtocolError,
     encode,
 )
 from blindkey.broker.release import RELEASE_OPS, Releaser
 from blindkey.broker.sockets import (
     ConnectionLimits,
     PeerCounts,
-    peer_credentials,
     prepare_socket_dir,
     socket_mode,
 )
@@ -46,92 +44,8 @@ WATCH_INTERVAL = 0.2
 SYNC_MIN, SYNC_MAX = 0.5, 60.0
 
 
-def peer_uid(sock: Any) -> int:
-    return peer_credentials(sock)[1]
-
-
-class _Client(asyncio.Protocol):
-    """One connection to the broker (a proxy, the CLI, a supervisor's ping), as it sees it."""
-
-    def __init__(self, server: BrokerServer) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.frames = FrameDecoder()
-        # A client that resolves may cache answers until told otherwise (the proxy does):
-        # a change is in force only once every such client has acknowledged it.
-        self.caches = False
-        self.acked = 0
-        # Frames for this client while a read is being answered: they leave together, in
-        # order, so a push never overtakes a reply computed before it.
-        self.batch: list[bytes] | None = None
-        self.pid = 0
-        self.active = server.clock()  # when it last sent anything
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport, transport)
-        pid, uid = peer_credentials(transport.get_extra_info("socket"))
-        self.uid = uid
-        # An agent's user ([broker] release_uids) may ask for released values only.
-        self.release_only = uid not in self.server.allowed_uids
-        if self.release_only and uid not in self.server.state.settings.broker.release_uids:
-            log.warning("refused broker connection from uid %d", uid)
-            transport.close()
-            return
-        if not self.server.peers.admit(self.server.limits, pid, uid):
-            transport.close()
-            return
-        self.pid = pid
-        self.transport = transport
-        self.server.clients.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:  # admitted: its place is given back
-            self.server.peers.give_back(self.pid, self.uid)
-        self.server.clients.discard(self)
-        self.transport = None
-        self.server.releaser.client_lost(self)
-
-    # A client that does not read its replies stops being read from.
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def send(self, frame: bytes) -> None:
-        if self.batch is not None:
-            self.batch.append(frame)
-        elif self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame)
-
-    def data_received(self, data: bytes) -> None:
-        if self.transport is None:
-            return
-        self.active = self.server.clock()
-        try:
-            requests = self.frames.feed(data)
-        except ProtocolError as exc:
-            log.warning("dropping client: %s", exc)
-            self.transport.abort()
-            return
-        replies: list[bytes] = []
-        self.batch = replies
-        try:
-            for request in requests:
-                reply = self.server.dispatch(request, self)
-                if reply is not None:
-                    replies.append(encode(reply))
-        finally:
-            self.batch = None
-        if replies and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(replies))
-
-
 # The reply to a request, or None when it is sent later (or there is none).
-Operation = Callable[[Message, _Client], Message | None]
+Operation = Callable[[Message, Client], Message | None]
 
 
 class BrokerServer:
@@ -141,7 +55,7 @@ class BrokerServer:
         self.state.approvals.pending.on_outcome = self._approval_outcome
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
-        self.clients: set[_Client] = set()
+        self.clients: set[Client] = set()
         self.limits = ConnectionLimits()
         self.peers = PeerCounts()
         self._server: asyncio.AbstractServer | None = None
@@ -182,7 +96,7 @@ class BrokerServer:
         try:
             loop = asyncio.get_running_loop()
             self._server = await loop.create_unix_server(
-                lambda: _Client(self), path=str(self.socket_path)
+                lambda: Client(self), path=str(self.socket_path)
             )
         finally:
             os.umask(old_umask)
@@ -229,7 +143,7 @@ class BrokerServer:
         )
 
     async def _answer_when_acknowledged(
-        self, reply: Message, pushed: int, targets: list[_Client], requester: _Client
+        self, reply: Message, pushed: int, targets: list[Client], requester: Client
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ACK_TIMEOUT
@@ -272,7 +186,7 @@ class BrokerServer:
             self.socket_path.unlink()
         self.state.close()
 
-    def dispatch(self, request: Message, client: _Client) -> Message | None:
+    def dispatch(self, request: Message, client: Client) -> Message | None:
         """The reply, or None when it is sent to `client` later (or there is none)."""
         request_id, op = request.get("id"), request.get("op")
         # A JSON op may be a list or an object: those cannot even be looked up.
@@ -288,7 +202,7 @@ class BrokerServer:
         except BrokerDenied as exc:
             return {"id": request_id, "error": exc.code, "message": str(exc)}
 
-    def _resolve(self, request: Message, client: _Client) -> Message | None:
+    def _resolve(self, request: Message, client: Client) -> Message | None:
         client.caches = True
         request_id = request.get("id")
         token = request.get("token")
@@ -312,7 +226,7 @@ class BrokerServer:
             return None
         return self._resolved(request_id, answer)
 
-    def _audit_anchor(self, request: Message, client: _Client) -> Message:
+    def _audit_anchor(self, request: Message, client: Client) -> Message:
         """Move the audit's anchor forward when a seq is given; answer where it stands."""
         if "seq" in request:
             try:
@@ -321,7 +235,7 @@ class BrokerServer:
                 raise BrokerDenied("bad_request", str(exc)) from exc
         return self.audit_anchor.reply(request.get("id"))
 
-    def _ping(self, request: Message, client: _Client) -> Message:
+    def _ping(self, request: Message, client: Client) -> Message:
         state = self.state
         return {
             "id": request.get("id"),
@@ -341,7 +255,7 @@ class BrokerServer:
             "config_sha256": state.policy.served,
         }
 
-    def _ack(self, request: Message, client: _Client) -> None:
+    def _ack(self, request: Message, client: Client) -> None:
         ack = request.get("ack")
         if isinstance(ack, int) and ack > client.acked:
             client.acked = ack
@@ -350,7 +264,7 @@ class BrokerServer:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def _redaction_set(self, request: Message, client: _Client) -> Message:
+    def _redaction_set(self, request: Message, client: Client) -> Message:
         client.caches = True
         state = self.state
         return {
@@ -359,7 +273,7 @@ class BrokerServer:
             "values": state.redaction_set(),
         }
 
-    def _refresh(self, request: Message, client: _Client) -> Message | None:
+    def _refresh(self, request: Message, client: Client) -> Message | None:
         # The CLI changed something: apply it before answering, so a request that starts
         # after the command returned cannot see the old value.
         state = self.state
@@ -390,7 +304,7 @@ class BrokerServer:
         self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
         return None
 
-    def _approvals(self, request: Message, client: _Client) -> Message | None:
+    def _approvals(self, request: Message, client: Client) -> Message | None:
         # Approving, enrolling, revoking: the broker's own user only (the human's CLI). A
         # proxy of another user may resolve and hold calls, never approve one.
         if getattr(client, "uid", None) != os.getuid():
@@ -406,7 +320,7 @@ class BrokerServer:
         self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
         return None
 
-    def _config(self, request: Message, client: _Client) -> Message:
+    def _config(self, request: Message, client: Client) -> Message:
         # The policy is the config.toml of the broker's own user: another user's CLI (a
         # proxy's, in the separate-broker deployment) edits a file this broker never serves.
         if getattr(client, "uid", None) != os.getuid():
@@ -434,7 +348,7 @@ class BrokerServer:
         token: str | None,
         names: list[str],
         target: tuple[str, str, int],
-        client: _Client,
+        client: Client,
     ) -> None:
         state = self.state
         scheme, host, port = target

@@ -17,9 +17,10 @@ from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.compose import compose_proxy
-from blindkey.proxy.connections import ConnectionGuard, GuardedConnection, GuardedSite
+from blindkey.proxy.connections import ConnectionGuard, GuardedConnection
 from blindkey.proxy.request.edge import Front
 from blindkey.proxy.runtime import FileStamp
+from blindkey.proxy.site import GuardedSite
 from blindkey.proxy.tls.ca import LeafCache, load_ca
 from blindkey.proxy.tls.connect import Door
 

@@ -27,8 +27,9 @@ import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from blindkey.proxy.connections import ConnectionGuard, GuardedSite, JsonErrorHandler
+from blindkey.proxy.connections import ConnectionGuard, JsonErrorHandler
 from blindkey.proxy.request.edge import CONTINUE
+from blindkey.proxy.site import GuardedSite
 
 UPGRADED = f"aiohttp {aiohttp.__version__} changed an internal blindkey relies on"
 SETTINGS = {
