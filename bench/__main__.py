@@ -18,12 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, redaction, report
+from bench import phases, redaction, report, scale, scale_report
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
     ROOT,
     BenchError,
+    OutOfTime,
     busy_percent,
     ensure_tools,
     log,
@@ -48,7 +49,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-seconds", type=float, default=6.0)
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
     parser.add_argument(
-        "--budget", type=float, default=480.0, help="abort after this many seconds (default 480)"
+        "--budget",
+        type=float,
+        help="abort after this many seconds (default 480, and 1,200 more for the scale rows)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("scale",),
+        help="run only these rows: `scale` is the allowlist, secrets and audit size rows",
+    )
+    parser.add_argument(
+        "--scale-secrets", type=int, default=10_000, help="secrets of the scale rows"
+    )
+    parser.add_argument(
+        "--scale-records",
+        type=int,
+        default=1_000_000,
+        help="audit records the scale rows run the audit tools over",
     )
     parser.add_argument(
         "--against",
@@ -61,11 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.duration, args.sse_events, args.big_mib = 1, 2.0, 100, 256
         args.idle, args.profile_seconds = 300, 3.0
+        args.scale_secrets, args.scale_records = 1_000, 100_000
+    if args.budget is None:
+        # The scale rows' own cost: importing 10,000 secrets took two minutes, writing and
+        # reading a million audit records several.
+        main_part = 0.0 if args.only else 480.0
+        args.budget = main_part + (300.0 if args.quick else 1200.0)
     return args
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise BenchError("the time budget ran out; stopping everything")
+    raise OutOfTime("the time budget ran out; stopping everything")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,17 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     out["code"] = code_state()
     failure: str | None = None
     try:
-        bench.start_all()
-        bench.preflight()
-        phases.load_matrix(bench)
-        phases.sse(bench)
-        phases.big(bench)
-        phases.idle_connections(bench)
-        phases.long_values(bench)
-        out["redaction_mib_s"] = redaction.rates()
-        phases.run_profile(bench)
-        time.sleep(1.0)
-        out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)
+        if args.only != "scale":
+            main_rows(bench)
+        scale.scale(bench)
     except (BenchError, OSError) as exc:
         failure = str(exc)
         log(f"FAILED: {failure}")
@@ -113,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         out["failure"] = failure
     return finish(out)
+
+
+def main_rows(bench: Bench) -> None:
+    """Everything but the scale rows: blindkey beside the others, then on its own."""
+    out = bench.out
+    bench.start_all()
+    bench.preflight()
+    phases.load_matrix(bench)
+    phases.sse(bench)
+    phases.big(bench)
+    phases.idle_connections(bench)
+    phases.long_values(bench)
+    out["redaction_mib_s"] = redaction.rates()
+    phases.run_profile(bench)
+    time.sleep(1.0)
+    out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)
 
 
 def code_state() -> dict[str, object]:
@@ -133,11 +164,16 @@ def code_state() -> dict[str, object]:
 def finish(out: dict[str, Any]) -> int:
     out["summary"] = {"load": report.summarise_load(out.get("load", {}))}
     out["targets"] = report.targets(out) if "load" in out else []
+    if "scale" in out:
+        out["scale"]["targets"] = scale_report.targets(out["scale"])
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(out, indent=2) + "\n")
-    table = report.render(out) if "load" in out else "(no load results)"
+    tables = [report.render(out)] if "load" in out else []
+    if "scale" in out:
+        tables.append(scale_report.render(out["scale"]))
+    table = "\n\n".join(tables) or "(no results)"
     m = out["machine"]
     code = out["code"]
     dirty = f" + {len(code['uncommitted'])} uncommitted files" if code["uncommitted"] else ""
