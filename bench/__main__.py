@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, redaction, report, scale, scale_report
+from bench import phases, redaction, report, report_tables, scale, scale_report
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
@@ -170,7 +170,7 @@ def finish(out: dict[str, Any]) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(out, indent=2) + "\n")
-    tables = [report.render(out)] if "load" in out else []
+    tables = [report_tables.render(out)] if "load" in out else []
     if "scale" in out:
         tables.append(scale_report.render(out["scale"]))
     table = "\n\n".join(tables) or "(no results)"
