@@ -2,8 +2,8 @@
 over a full current audit file.
 
 Each tool runs as a user runs it, a `blindkey` subprocess; its peak RSS is the kernel's own
-count for that one child (wait4's ru_maxrss), so a short peak between two samples is not
-missed.
+count for that one process (wait4's ru_maxrss, taken by bench/peak.py), so a short peak
+between two samples is not missed.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -36,30 +35,33 @@ def blindkey_measured(env: dict[str, str], out: Path, *args: str) -> dict[str, A
 
 def measured(command: list[str], env: dict[str, str], out: Path) -> dict[str, Any]:
     """`command` to its end, its output in `out` (and .err): exit status, wall seconds,
-    and the peak RSS in MB of that child alone (RUSAGE_CHILDREN would be the largest of
-    every child the bench has waited for)."""
+    and the peak RSS in MB of that command alone, through bench/peak.py (neither the
+    bench's own memory nor the largest of its other children, as RUSAGE_CHILDREN says)."""
+    report = out.with_suffix(".peak.json")
     with out.open("wb") as sink, out.with_suffix(".err").open("wb") as errors:
-        began = time.perf_counter()
         child = subprocess.Popen(
-            command,
+            [sys.executable, "-m", "bench.peak", str(report), *command],
             env=env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=sink,
             stderr=errors,
+            start_new_session=True,  # a timeout ends the command too, not only bench.peak
         )
-        timer = threading.Timer(TOOL_TIMEOUT, child.kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(child.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - began
-    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+            child.wait(TOOL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise BenchError(f"{' '.join(command)} ran over {TOOL_TIMEOUT:.0f} s") from None
+    try:
+        result = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"{' '.join(command)}: no peak measured ({exc})") from None
     return {
-        "exit": child.returncode,
-        "wall_s": round(wall, 3),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux counts it in KiB
+        "exit": result["exit"],
+        "wall_s": round(result["wall_s"], 3),
+        "peak_rss_mb": round(result["maxrss_kib"] / 1024, 1),
     }
 
 
