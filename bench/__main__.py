@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        help="abort after this many seconds (default 480, and 1,200 more for the scale rows)",
+        help="abort after this many seconds (default 480, and 1,800 more for the scale rows)",
     )
     parser.add_argument(
         "--only",
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # The scale rows' own cost: importing 10,000 secrets took two minutes, writing and
         # reading a million audit records several.
         main_part = 0.0 if args.only else 480.0
-        args.budget = main_part + (300.0 if args.quick else 1200.0)
+        args.budget = main_part + (420.0 if args.quick else 1800.0)
     return args
 
 

@@ -142,11 +142,20 @@ def _notes(scale: Json) -> list[str]:
         failed = scale.get(key, {}).get("failed")
         if failed:
             notes.append(f"- {key} rows could not run: {failed}")
+    allowlist = scale.get("allowlist", {})
+    if "runs" in allowlist:
+        kept = [run for runs in allowlist["runs"].values() for run in runs]
+        worst = max((r.get("other_tenants_cpu_pct", 0.0) for r in kept), default=0.0)
+        notes.append(
+            f"- allowlist: medians of {len(kept) // max(1, len(allowlist['runs']))} interleaved "
+            f"rounds (ratio range {allowlist['ratio_range']}); the worst kept run lost "
+            f"{worst:g}% of the CPUs to other tenants"
+        )
     secrets = scale.get("secrets", {})
     if "import_s" in secrets:
         notes.append(
             f"- {secrets['secrets']:,} secrets: `secrets import` took {secrets['import_s']:g} s; "
-            f"`proxy start` {secrets['start_s']:g} s; the call after the first change "
+            f"`proxy start` {secrets['start_s']:g} s; the next call after the change "
             f"{secrets['next_call']['seconds']:g} s; broker RSS {secrets['broker_rss_mb']:g} MB"
         )
     audit = scale.get("audit", {})
