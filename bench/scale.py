@@ -31,7 +31,9 @@ from bench.wrk import write_script
 ALLOWLIST_SIZES = (10, 1_000, 10_000)
 CONNECTIONS = 32
 CHANGED = "SCALE_CHANGED"
-CALL_TIMEOUT = 120.0  # a first call that builds a matcher for 10,000 values took 25 s
+# A first call that builds a matcher for 10,000 values took 25 s, and 61 s on a machine other
+# tenants kept busy: past this, the call is a miss that says so, not a row that failed.
+CALL_TIMEOUT = 300.0
 
 
 def scale(bench: Bench) -> None:
@@ -188,4 +190,6 @@ def _timed_call(home: Home, proxy_url: str, upstream: str, secret: str) -> dict[
             status = int(answer.status)
     except urllib.error.HTTPError as exc:
         status = exc.code
+    except TimeoutError:
+        status = 0  # no answer within CALL_TIMEOUT
     return {"seconds": round(time.perf_counter() - began, 3), "status": status}

@@ -61,7 +61,10 @@ def _secrets(scale: Json) -> list[Json]:
         ("first_call_after_change", "first call after a change"),
     ):
         call = rows[key]
-        out.append(_below(f"{count}: {label}", call["seconds"], "s", 0.5, call["status"] == 200))
+        status = call["status"]
+        if status != 200:
+            label += f" ({'no answer' if status == 0 else f'answered {status}'})"
+        out.append(_below(f"{count}: {label}", call["seconds"], "s", 0.5, status == 200))
     out.append(_below(f"{count}: proxy peak RSS", rows["proxy_peak_rss_mb"], "MB", RSS_LIMIT_MB))
     return out
 

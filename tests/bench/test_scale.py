@@ -130,3 +130,14 @@ def test_a_row_that_could_not_run_is_a_miss() -> None:
     assert [c["met"] for c in checks] == [False]
     scale["targets"] = checks
     assert "secrets rows could not run: import timed out" in scale_report.render(scale)
+
+
+def test_a_call_without_an_answer_is_a_miss_that_says_so() -> None:
+    scale = scale_result(first_call_s=0.1, verify_exit=0)
+    secrets = scale["secrets"]
+    assert isinstance(secrets, dict)
+    secrets["first_call_after_change"] = {"seconds": 300.0, "status": 0}
+    by_name = {c["target"]: c for c in scale_report.targets(scale)}
+
+    assert by_name["10,000 secrets: first call after a change (no answer)"]["met"] is False
+    assert by_name["10,000 secrets: first call after `proxy start`"]["met"] is True
