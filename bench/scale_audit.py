@@ -89,6 +89,8 @@ def audit_rows(work: Path, upstream_port: int, records: int) -> dict[str, Any]:
         # A proxy that has answered a call: the broker's anchor and the flags' seen-file exist.
         status = _call(home, home.status().port, upstream)
         home.stop()
+        # The same command over a few records: what Python's start and imports cost here.
+        baseline = blindkey_measured(home.env, work / "logs0.out", "proxy", "logs", "--last", "10")
         log(f"audit: writing {records:,} chained records, then a full current file")
         filled = fill(audit_dir, records, full_current=True)
         log(f"audit: {filled.records:,} records in {filled.seconds:.0f} s; the tools over them")
@@ -109,6 +111,7 @@ def audit_rows(work: Path, upstream_port: int, records: int) -> dict[str, Any]:
     result = {
         "filled": filled.as_json(),
         "tools": tools,
+        "logs_last_10_fresh": baseline,
         "verify_ok": verdict.get("ok") is True and verdict.get("records", 0) >= records,
         "verify_records": verdict.get("records"),
         "start_fresh": fresh,

@@ -154,6 +154,10 @@ def _notes(scale: Json) -> list[str]:
             f"rounds (ratio range {allowlist['ratio_range']}); the worst kept run lost "
             f"{worst:g}% of the CPUs to other tenants"
         )
+        cpu = allowlist.get("cpu_us_per_request", {})
+        if cpu:
+            each = ", ".join(f"{n.split('_')[1]} entries {v:g} us" for n, v in cpu.items())
+            notes.append(f"- allowlist: proxy + broker CPU per call @32 (median): {each}")
     secrets = scale.get("secrets", {})
     if "import_s" in secrets:
         notes.append(
@@ -165,6 +169,9 @@ def _notes(scale: Json) -> list[str]:
     if "tools" in audit:
         filled, fresh, full = audit["filled"], audit["start_fresh"], audit["start_full_current"]
         walls = ", ".join(f"{t['command']} {t['wall_s']:g} s" for t in audit["tools"].values())
+        fresh_logs = audit.get("logs_last_10_fresh")
+        if fresh_logs:
+            walls += f"; `proxy logs --last 10` on the fresh audit {fresh_logs['wall_s']:g} s"
         notes += [
             f"- audit: {filled['records']:,} records written in {filled['seconds']:g} s over "
             f"{filled['files']} files; `audit verify` ok: {audit['verify_ok']} "
