@@ -155,7 +155,18 @@ def code_state() -> dict[str, object]:
         )
         return result.stdout
 
-    status = git("status", "--porcelain", "--", "proxy", "broker", "audit", "config")
+    status = git(
+        "status",
+        "--porcelain",
+        "--",
+        "proxy",
+        "broker",
+        "audit",
+        "config",
+        "redact",
+        "cli",
+        "service",
+    )
     changed = [line[3:] for line in status.splitlines() if len(line) > 3]
     commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
     return {"commit": commit, "uncommitted": changed}

@@ -37,7 +37,7 @@ def cli(
     timeout: float = CLI_TIMEOUT,
 ) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "blindkey.proxy", *args],
+        [sys.executable, "-m", "blindkey.cli", *args],
         env=env,
         input=stdin,
         capture_output=True,

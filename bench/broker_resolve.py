@@ -120,7 +120,7 @@ def prepare(paths: Paths, backend: str, extra_env: dict[str, str], address: str)
     env = {**os.environ, **extra_env, "BLINDKEY_HOME": str(paths.config_dir)}
     for name in ("GH", "COLD"):
         subprocess.run(
-            [sys.executable, "-m", "blindkey.proxy", "secrets", "set", name],
+            [sys.executable, "-m", "blindkey.cli", "secrets", "set", name],
             input=VALUE, env=env, cwd=ROOT, check=True, capture_output=True, text=True,
         )  # fmt: skip
     if backend == "file":
@@ -155,7 +155,7 @@ async def measure(
 async def first_read(client: BrokerClient, token: str, env: dict[str, str]) -> float:
     """A value just written with `secrets set`: the broker has dropped it and must read it."""
     setter = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "blindkey.proxy", "secrets", "set", "COLD",
+        sys.executable, "-m", "blindkey.cli", "secrets", "set", "COLD",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT,
     )  # fmt: skip
     await setter.communicate(b"fresh-" + VALUE.encode())

@@ -20,7 +20,7 @@ from yarl import URL
 from bench.forwarder import HOP_BY_HOP
 from bench.upstream import run_loop, serve_forever
 from blindkey.config.model import AllowlistSettings
-from blindkey.proxy.egress import EgressGuard, VettingResolver
+from blindkey.proxy.request.egress import EgressGuard, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
 

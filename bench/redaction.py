@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from blindkey.proxy.redact import Redactor
+from blindkey.redact.redactor import Redactor
 
 MIB = 2**20
 CHUNK = 2**16

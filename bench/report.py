@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from blindkey.proxy.redact import FLUSH_DELAY
+from blindkey.redact.redactor import FLUSH_DELAY
 
 TARGETS = ("direct", "nginx", "forwarder", "blindkey")
 OTHERS = ("direct", "nginx", "forwarder")

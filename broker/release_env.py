@@ -34,7 +34,7 @@ from blindkey.config.console import warn
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.model import SECRET_NAME
 from blindkey.config.paths import Paths
-from blindkey.proxy.redact import FLUSH_DELAY, Redactor, RedactStream
+from blindkey.redact.redactor import FLUSH_DELAY, Redactor, RedactStream
 
 CHUNK = 65536
 # Signals someone sends blindkey (kill, a supervisor) that are meant for CMD.

@@ -11,8 +11,12 @@ from tomlkit.items import Table
 
 from blindkey.config.atomic import locked, write_atomic
 from blindkey.config.errors import ConfigError
+from blindkey.config.fields import sections
 from blindkey.config.loader import parse_settings
 from blindkey.config.model import Settings
+
+# [secrets.NAME]-style parents: written only inside their tables' headers, never bare.
+_NAMED_TABLES = frozenset(section.name for section in sections(Settings) if section.named)
 
 
 def edit_config(
@@ -54,7 +58,7 @@ def toml_table(document: tomlkit.TOMLDocument, *keys: str) -> Table:
     current: Any = document
     for key in keys:
         if key not in current:
-            current[key] = tomlkit.table(is_super_table=key == "secrets")
+            current[key] = tomlkit.table(is_super_table=key in _NAMED_TABLES)
         current = current[key]
         if not isinstance(current, Table):
             raise ConfigError(f"[{'.'.join(keys)}] must be a table")

@@ -1,7 +1,9 @@
-"""What blindkey's settings are: the shapes of config.toml's tables and their defaults.
+"""What blindkey's settings are: config.toml's tables, each key declared once.
 
-The defaults are written here once; config/template.py renders the default config.toml
-from them and config/loader.py falls back to them for every key a file leaves out.
+Each field carries its key (config/fields.py): how its value is read, its default and the
+comment the template writes beside it. config/loader.py reads a file by these fields,
+config/template.py renders the default config.toml from them and config/docs.py writes
+docs/configuration.md; none of them lists a key of its own.
 """
 
 from __future__ import annotations
@@ -9,14 +11,29 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from blindkey.config.fields import Invalid, named_tables, setting, table
 from blindkey.config.hosts import AllowEntry
 from blindkey.config.stores import (
-    DEFAULT_ENVIRONMENTS,
     BackendSettings,
     BrokerSettings,
+    EnvironmentSettings,
     OpenBaoSettings,
+)
+from blindkey.config.values import (
+    BOOL,
+    DURATION,
+    NETWORKS,
+    PORT,
+    POSITIVE,
+    SIZE,
+    STRINGS,
+    choice,
+    one_of,
+    string_list,
+    text,
 )
 
 # \Z, not $: `$` also matches before a trailing newline.
@@ -34,6 +51,10 @@ MAX_VALUE_BYTES = 64 * 1024
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _entry_text(entry: AllowEntry) -> str:
+    return entry.text
+
+
 def is_loopback_host(host: str) -> bool:
     """`localhost` or a loopback address: only processes of this machine can reach it."""
     if host.lower().rstrip(".") == "localhost":
@@ -46,15 +67,25 @@ def is_loopback_host(host: str) -> bool:
 
 @dataclass(frozen=True)
 class ProxySettings:
-    host: str = "127.0.0.1"
-    port: int = 8765
+    host: str = setting(
+        text("a host address"), "127.0.0.1", "a non-loopback address needs allow_remote = true"
+    )
+    port: int = setting(PORT, 8765, doc="where agents call the proxy (0: any free port)")
     # A non-loopback host needs allow_remote; then every caller needs an agent token and
     # callers of other machines must be in allowed_peers.
-    allow_remote: bool = False
-    allowed_peers: tuple[IPNetwork, ...] = ()
-    require_agent_token: bool = True
-    upstream_timeout: float = 30.0
-    ca_file: str = ""
+    allow_remote: bool = setting(
+        BOOL, False, "true: agent tokens always required, peers in allowed_peers only"
+    )
+    allowed_peers: tuple[IPNetwork, ...] = setting(
+        NETWORKS, (), "CIDRs of remote callers when allow_remote = true"
+    )
+    require_agent_token: bool = setting(
+        BOOL, True, 'false: anonymous local callers act as agent "anonymous"'
+    )
+    upstream_timeout: float = setting(
+        DURATION, 30.0, doc="the longest wait for each read from an upstream"
+    )
+    ca_file: str = setting(text("a file path"), "", "extra CA bundle for upstream TLS")
 
     def bind_error(self, host: str | None = None) -> str | None:
         """Why listening on `host` (default: this host) is refused, or None."""
@@ -67,44 +98,99 @@ class ProxySettings:
             "tokens are then always required, and remote callers must be in allowed_peers)"
         )
 
+    def checked(self) -> ProxySettings:
+        refused = self.bind_error()
+        if refused is not None:
+            raise Invalid("host", refused)
+        if self.ca_file and not Path(self.ca_file).expanduser().is_file():
+            raise Invalid("ca_file", f"no such file {self.ca_file!r}")
+        return self
+
 
 @dataclass(frozen=True)
 class LimitSettings:
     """Bounds that keep a hostile agent or upstream from exhausting the daemon."""
 
-    max_request_body: int = 10 * 2**20
-    max_header_size: int = 16 * 2**10
-    max_headers: int = 100
-    max_connections: int = 1024
-    header_read_timeout: float = 10.0
-    keepalive_idle_timeout: float = 15.0
-    body_read_timeout: float = 30.0
-    drain_timeout: float = 10.0
-    upstream_connect_timeout: float = 10.0
-    upstream_total_timeout: float = 900.0
+    max_request_body: int = setting(
+        SIZE, 10 * 2**20, "bodies that must be buffered (body/form injection)"
+    )
+    max_header_size: int = setting(
+        SIZE, 16 * 2**10, "one request line or header field, from agents and upstreams"
+    )
+    max_headers: int = setting(POSITIVE, 100, "header fields per request")
+    max_connections: int = setting(POSITIVE, 1024, "agent connections open at once")
+    header_read_timeout: float = setting(
+        DURATION, 10.0, "a client must send its headers within this (slowloris)"
+    )
+    keepalive_idle_timeout: float = setting(
+        DURATION,
+        15.0,
+        "an idle keep-alive connection is closed after this; at the\n"
+        "connection cap the idlest ones are closed first",
+    )
+    body_read_timeout: float = setting(
+        DURATION, 30.0, "a body buffered for Body-*/Form-* injection must arrive in this"
+    )
+    drain_timeout: float = setting(
+        DURATION, 10.0, "on stop, calls in flight get this long; then they are cut"
+    )
+    upstream_connect_timeout: float = setting(
+        DURATION, 10.0, doc="the longest wait for a connection to an upstream"
+    )
+    upstream_total_timeout: float = setting(
+        DURATION, 900.0, "whole exchange, streams included; upstream_timeout is per read"
+    )
+
+
+_ALLOW_ENTRIES = string_list(AllowEntry.parse, _entry_text, "list of allowlist entries")
 
 
 @dataclass(frozen=True)
 class AllowlistSettings:
-    entries: tuple[AllowEntry, ...] = ()
-    private_ranges: tuple[IPNetwork, ...] = ()
+    entries: tuple[AllowEntry, ...] = setting(
+        _ALLOW_ENTRIES, (), key="hosts", doc="where agents may send requests (forms above)"
+    )
+    private_ranges: tuple[IPNetwork, ...] = setting(
+        NETWORKS, (), "CIDRs a resolved hostname may land in"
+    )
 
 
 @dataclass(frozen=True)
 class SecretPolicy:
-    tier: str = "open"
+    tier: str = setting(
+        choice(TIERS),
+        "open",
+        "open | controlled | restricted",
+        doc="open: used without a grant; controlled, restricted: only under a grant a human "
+        "approved with a TOTP code (lasting [approvals] controlled_ttl, restricted_ttl)",
+    )
     # Where the value may go: allowlist entries (scheme, host pattern and port, exactly).
-    hosts: tuple[AllowEntry, ...] = ()
-    agents: tuple[str, ...] = ("*",)
-    release: tuple[str, ...] = ("proxy",)
+    hosts: tuple[AllowEntry, ...] = setting(
+        string_list(AllowEntry.binding, _entry_text, "list of allowlist entries"),
+        (),
+        "empty: any allowlisted host",
+        example=["api.github.com"],
+    )
+    agents: tuple[str, ...] = setting(
+        STRINGS, ("*",), doc='agents that may use the secret (`"*"`: every agent)'
+    )
+    release: tuple[str, ...] = setting(
+        string_list(one_of(RELEASE_CHANNELS), name="list of: `proxy`, `env`, `exec`"),
+        ("proxy",),
+        "channels that may hand out the value: proxy, env, exec",
+    )
     # Stored with --allow-short: too short to redact reliably, so every use is audited as such.
-    allow_short: bool = False
+    allow_short: bool = setting(
+        BOOL, False, "set by `secrets set --allow-short`: too short to redact reliably"
+    )
     # Distinct approvers whose codes a grant of this secret needs (controlled, restricted).
-    approvals: int = 1
+    approvals: int = setting(POSITIVE, 1, "distinct approvers a grant needs")
     # Calls that inject this secret may send Range/If-Range and get a 206 back. Off, both
     # are stripped and a 206 refused: a part of an answer can be a slice of a stored value
     # too short for the redactor to recognise, read back piece by piece.
-    allow_range: bool = False
+    allow_range: bool = setting(
+        BOOL, False, "true: Range and 206 answers (values can then be read in slices)"
+    )
 
     def allows_agent(self, agent: str) -> bool:
         return "*" in self.agents or agent in self.agents
@@ -120,9 +206,11 @@ DEFAULT_POLICY = SecretPolicy()  # a secret without a [secrets.NAME] table
 class ApprovalSettings:
     """How long a grant lasts by tier (also the most `approve --for` may ask), and elevate."""
 
-    controlled_ttl: float = 4 * 3600.0
-    restricted_ttl: float = 15 * 60.0
-    elevate_ttl: float = 30 * 60.0
+    controlled_ttl: float = setting(DURATION, 4 * 3600.0, doc="a grant of a controlled secret")
+    restricted_ttl: float = setting(DURATION, 15 * 60.0, doc="a grant of a restricted secret")
+    elevate_ttl: float = setting(
+        DURATION, 30 * 60.0, "window opened by `sudo blindkey elevate CODE`"
+    )
 
     def grant_ttl(self, tier: str) -> float | None:
         """The longest grant of a tier; None for open (no grant needed)."""
@@ -132,37 +220,129 @@ class ApprovalSettings:
 @dataclass(frozen=True)
 class AuditSettings:
     # fsync each group of records; off trades crash safety of the last records for speed
-    fsync: bool = True
-    rotate_mb: int = 64
-    keep_days: int = 90
+    fsync: bool = setting(BOOL, True, "false: faster, but a crash may lose the last records")
+    rotate_mb: int = setting(POSITIVE, 64, "start a new file past this size")
+    keep_days: int = setting(POSITIVE, 90, "delete rotated files older than this")
 
 
 @dataclass(frozen=True)
 class Route:
     """`/r/NAME/REST` goes to `to` + REST with `secret` injected in `style`."""
 
-    to: str
-    style: str
-    secret: str
+    to: str = setting(
+        text(),
+        "",
+        doc="the upstream base URL: `/r/NAME/REST` goes to it + REST",
+        example="https://api.openai.com",
+        required=True,
+    )
+    style: str = setting(
+        choice(ROUTE_STYLES),
+        "",
+        " | ".join(ROUTE_STYLES),
+        doc="how the secret goes in: as a bearer token, basic auth, a header or a query parameter",
+        example="bearer",
+        required=True,
+        key="inject",
+    )
+    secret: str = setting(
+        text(), "", doc="the secret injected", example="OPENAI_API_KEY", required=True
+    )
     # The header (style header) or query parameter (style query) that carries the value.
-    param: str = ""
+    param: str = setting(
+        text(), "", "the header or query parameter, for header | query", key="name"
+    )
+
+    def checked(self) -> Route:
+        if not self.to.lower().startswith(("http://", "https://")):
+            raise Invalid("to", f"an absolute http(s) URL is required, got {self.to!r}")
+        if not self.style:
+            raise Invalid("inject", f"required ({', '.join(ROUTE_STYLES)})")
+        if not SECRET_NAME.match(self.secret):
+            raise Invalid("secret", f"a secret name is required, got {self.secret!r}")
+        if self.style in ("header", "query") and not self.param:
+            raise Invalid("name", f"the {self.style} name is required for inject = {self.style!r}")
+        return replace(self, to=self.to.rstrip("/"))
 
 
 @dataclass(frozen=True)
 class Settings:
-    proxy: ProxySettings = field(default_factory=ProxySettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    allowlist: AllowlistSettings = field(default_factory=AllowlistSettings)
-    secrets: Mapping[str, SecretPolicy] = field(default_factory=dict)
-    backend: str = "file"
-    environments: tuple[str, ...] = DEFAULT_ENVIRONMENTS
-    active_env: str = "development"
-    storage: BackendSettings = field(default_factory=BackendSettings)
-    remote: OpenBaoSettings | None = None
-    broker: BrokerSettings = field(default_factory=BrokerSettings)
-    audit: AuditSettings = field(default_factory=AuditSettings)
-    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
-    routes: Mapping[str, Route] = field(default_factory=dict)
+    """config.toml: each field is one table, in the order `blindkey init` writes them."""
+
+    proxy: ProxySettings = field(default_factory=ProxySettings, metadata=table("proxy"))
+    limits: LimitSettings = field(default_factory=LimitSettings, metadata=table("limits"))
+    storage: BackendSettings = field(
+        default_factory=BackendSettings,
+        metadata=table(
+            "backend",
+            notes=(
+                "file: the encrypted vault next to this file; keyring: the OS keychain;",
+                "openbao: OpenBao or Vault KV v2 (with the keys shown under [remote] below)",
+            ),
+        ),
+    )
+    remote: OpenBaoSettings | None = field(
+        default=None,
+        metadata=table(
+            "remote",
+            OpenBaoSettings,
+            comment="a team store for `secrets push|pull|diff`",
+            optional=True,
+        ),
+    )
+    envs: EnvironmentSettings = field(
+        default_factory=EnvironmentSettings, metadata=table("environments")
+    )
+    broker: BrokerSettings = field(default_factory=BrokerSettings, metadata=table("broker"))
+    audit: AuditSettings = field(default_factory=AuditSettings, metadata=table("audit"))
+    approvals: ApprovalSettings = field(
+        default_factory=ApprovalSettings,
+        metadata=table("approvals", comment="how long a grant lasts (and the most --for asks)"),
+    )
+    allowlist: AllowlistSettings = field(
+        default_factory=AllowlistSettings,
+        metadata=table(
+            "allowlist",
+            notes=(
+                "host (https:443), host:port (https), *.example.com, http://host[:port], "
+                "https://host:port",
+            ),
+        ),
+    )
+    secrets: Mapping[str, SecretPolicy] = field(
+        default_factory=dict,
+        metadata=named_tables(
+            "secrets",
+            SecretPolicy,
+            "GITHUB_TOKEN",
+            names=SECRET_NAME,
+            bad_name="is not a valid secret name",
+            comment="metadata only; values live in the backend",
+        ),
+    )
+    routes: Mapping[str, Route] = field(
+        default_factory=dict,
+        metadata=named_tables(
+            "routes",
+            Route,
+            "openai",
+            names=AGENT_NAME,
+            bad_name="is not a valid route name (letters, digits, _ . -)",
+            comment="/r/openai/... for SDKs given base_url (`route add`)",
+        ),
+    )
+
+    @property
+    def backend(self) -> str:
+        return self.storage.kind
+
+    @property
+    def environments(self) -> tuple[str, ...]:
+        return self.envs.names
+
+    @property
+    def active_env(self) -> str:
+        return self.envs.active
 
     @property
     def audit_fsync(self) -> bool:

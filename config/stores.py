@@ -1,16 +1,20 @@
 """Where values live: the models of [backend], [remote], [broker] and [environments].
 
-loader.py reads the TOML; this module holds the shapes and the checks of single values,
-so the backends in broker/ can depend on them without pulling in the whole parser.
+Each field declares its key (parser, default, comment: config/fields.py); loader.py reads
+the TOML by them. The models live apart from the loader so the backends in broker/ can
+depend on them without pulling in the whole parser.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from blindkey.config.fields import Invalid, keys, setting
+from blindkey.config.values import DURATION, Kind, choice, text, toml_value
 
 BACKENDS = ("file", "keyring", "openbao")
 AUTH_METHODS = ("token", "approle")
@@ -21,51 +25,6 @@ PRODUCTION = "production"
 ENV_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 _PATH = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*\Z")
 DEFAULT_CACHE_TTL = 300.0
-# Keys an OpenBao/Vault store takes, in [backend] (with kind = "openbao") and in [remote].
-OPENBAO_KEYS = (
-    "address",
-    "mount",
-    "prefix",
-    "namespace",
-    "ca_file",
-    "auth",
-    "token_file",
-    "role_id",
-    "secret_id_file",
-)
-
-
-@dataclass(frozen=True)
-class OpenBaoSettings:
-    """A KV v2 store: values at `<mount>/data/<prefix>/<env>/<NAME>`, field `value`."""
-
-    address: str
-    mount: str = "secret"
-    prefix: str = "blindkey"
-    namespace: str = ""
-    ca_file: str = ""
-    auth: str = "token"
-    token_file: str = ""
-    role_id: str = ""
-    secret_id_file: str = ""
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    kind: str = "file"
-    # keyring and openbao: how long a value read stays in the broker's memory
-    cache_ttl: float = DEFAULT_CACHE_TTL
-    openbao: OpenBaoSettings | None = None
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    """A broker that runs as its own service: the proxy connects instead of spawning one."""
-
-    socket: str = ""
-    allowed_uids: tuple[int, ...] = field(default_factory=tuple)
-    # Agents' users: values released to env and exec, and mcp; never a proxy's resolve.
-    release_uids: tuple[int, ...] = field(default_factory=tuple)
 
 
 def bao_address(value: Any) -> str:
@@ -129,3 +88,95 @@ def check_openbao(settings: OpenBaoSettings) -> str | None:
     if settings.auth == "approle" and not (settings.role_id and settings.secret_id_file):
         return 'auth = "approle" needs role_id and secret_id_file'
     return None
+
+
+_STORE_PATH = Kind(store_path, toml_value, "path (`secret`, `team/kv`)")
+_UIDS = Kind(uid_list, toml_value, "list of numeric user ids")
+
+
+@dataclass(frozen=True)
+class OpenBaoSettings:
+    """A KV v2 store: values at `<mount>/data/<prefix>/<env>/<NAME>`, field `value`."""
+
+    address: str = setting(
+        Kind(bao_address, toml_value, "http(s) URL: scheme, host and port"),
+        "",
+        doc="where the store answers",
+        example="https://bao.example.com:8200",
+        required=True,
+    )
+    mount: str = setting(
+        _STORE_PATH, "secret", "KV v2 mount; values at <mount>/<prefix>/<env>/<NAME>"
+    )
+    prefix: str = setting(_STORE_PATH, "blindkey", doc="the path under the mount")
+    namespace: str = setting(text(), "", doc="OpenBao/Vault Enterprise namespace")
+    ca_file: str = setting(
+        Kind(existing_file, toml_value, "file path"),
+        "",
+        doc="CA bundle the store's TLS is checked with",
+    )
+    auth: str = setting(
+        choice(AUTH_METHODS), "token", "token: token_file, else $BAO_TOKEN / $VAULT_TOKEN"
+    )
+    token_file: str = setting(
+        text(),
+        "",
+        "approle: role_id and secret_id_file",
+        doc="file holding the token (auth = token); unset: $BAO_TOKEN, else $VAULT_TOKEN",
+    )
+    role_id: str = setting(text(), "", doc="the AppRole's role id (auth = approle)")
+    secret_id_file: str = setting(
+        text(), "", doc="file holding the AppRole's secret id (auth = approle)"
+    )
+
+    def checked(self) -> OpenBaoSettings:
+        problem = check_openbao(self)
+        if problem:
+            raise Invalid("", problem)
+        return self
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    kind: str = setting(choice(BACKENDS), "file", doc="where values are kept (the notes above)")
+    # keyring and openbao: how long a value read stays in the broker's memory
+    cache_ttl: float = setting(
+        DURATION, DEFAULT_CACHE_TTL, "keyring, openbao: how long the broker keeps a value read"
+    )
+    # kind = "openbao": the keys of OpenBaoSettings, in this same [backend] table.
+    openbao: OpenBaoSettings | None = None
+
+
+@dataclass(frozen=True)
+class EnvironmentSettings:
+    names: tuple[str, ...] = setting(
+        Kind(environment_names, toml_value, "list of environment names"),
+        DEFAULT_ENVIRONMENTS,
+        doc="the environments a secret can hold a value in",
+    )
+    active: str = setting(
+        text("an environment name"), "development", doc="the environment whose values are used"
+    )
+
+    def checked(self) -> EnvironmentSettings:
+        if self.active not in self.names:
+            raise Invalid("active", f"{self.active!r} is not one of names {list(self.names)}")
+        return self
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """A broker that runs as its own service: the proxy connects instead of spawning one."""
+
+    socket: str = setting(
+        text("a socket path"), "", "set: connect to a broker run as its own service"
+    )
+    allowed_uids: tuple[int, ...] = setting(
+        _UIDS, (), "users besides the broker's own that may connect"
+    )
+    # Agents' users: values released to env and exec, and mcp; never a proxy's resolve.
+    release_uids: tuple[int, ...] = setting(_UIDS, (), "agents' users: env, exec and mcp only")
+
+
+# Keys an OpenBao/Vault store takes, in [backend] (with kind = "openbao") and in [remote].
+OPENBAO_KEYS = tuple(key.name for key in keys(OpenBaoSettings))

@@ -200,7 +200,7 @@ def start_detached(
         )
     settings = load_settings(paths.config_file)
     _bind_check(settings, host, allow_remote)
-    command = [sys.executable, "-m", "blindkey.proxy", "proxy", "start", "--foreground"]
+    command = [sys.executable, "-m", "blindkey.cli", "proxy", "start", "--foreground"]
     if host is not None:
         command += ["--host", host]
     if allow_remote:

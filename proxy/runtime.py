@@ -19,8 +19,8 @@ from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.authorise import Authoriser
-from blindkey.proxy.egress import EgressGuard, VettingResolver
+from blindkey.proxy.request.authorise import Authoriser
+from blindkey.proxy.request.egress import EgressGuard, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
 log = logging.getLogger("blindkey.proxy")

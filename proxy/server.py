@@ -21,7 +21,7 @@ from blindkey.config.errors import BlindkeyError
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.connections import ConnectionGuard, GuardedSite
-from blindkey.proxy.edge import Front
+from blindkey.proxy.request.edge import Front
 from blindkey.proxy.runtime import FileStamp, ProxyRuntime
 from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 
-from blindkey.proxy.cli import main
+from blindkey.cli.main import main
 
 
 def cli(*args: str, stdin: str = "") -> tuple[int, str, str]:

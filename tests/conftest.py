@@ -8,8 +8,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import uvloop
@@ -18,6 +19,9 @@ from blindkey.broker.vault import ensure_key
 from blindkey.config.home import init_config
 from blindkey.config.paths import Paths, resolve_paths
 from tests.staging import Installed, install
+
+if TYPE_CHECKING:
+    from tests.proxy.conftest import Env
 
 ROOT = Path(__file__).resolve().parent.parent
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
@@ -59,7 +63,7 @@ def run_cli(home: Paths) -> RunCli:
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "BLINDKEY_HOME": str(home.config_dir)}
         return subprocess.run(
-            [sys.executable, "-m", "blindkey.proxy", *args],
+            [sys.executable, "-m", "blindkey.cli", *args],
             input=input if input is not None else "",
             capture_output=True,
             text=True,
@@ -105,3 +109,13 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """In-process servers run on uvloop, as the daemon does."""
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def env(home: Paths) -> AsyncIterator[Env]:
+    """A running proxy with its broker and a test upstream (tests/proxy/conftest.py): used by
+    the tests of every package that drives the proxy (proxy, cli, service, redact)."""
+    from tests.proxy.conftest import open_env
+
+    async with open_env(home) as running:
+        yield running

@@ -33,7 +33,7 @@ from blindkey.proxy.upstream.errors import (
 from blindkey.proxy.upstream.response import UpstreamLimits, UpstreamResponse
 
 if TYPE_CHECKING:
-    from blindkey.proxy.egress import VettingResolver
+    from blindkey.proxy.request.egress import VettingResolver
 
 KEEPALIVE = 15.0  # seconds an idle upstream connection is kept
 MAX_IDLE_PER_HOST = 256

@@ -226,7 +226,7 @@ class Follower:
     def __init__(self, home: Paths, *args: str) -> None:
         env = {**os.environ, "BLINDKEY_HOME": str(home.config_dir)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "blindkey.proxy", "proxy", "logs", "--follow", *args],
+            [sys.executable, "-m", "blindkey.cli", "proxy", "logs", "--follow", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

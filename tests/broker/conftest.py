@@ -377,7 +377,7 @@ async def acli(home: Path, *args: str, stdin: str = "", env: dict[str, str] | No
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "blindkey.proxy",
+        "blindkey.cli",
         *args,
         cwd=ROOT,
         env={**os.environ, "BLINDKEY_HOME": str(home), **(env or {})},

@@ -34,7 +34,7 @@ def test_the_agents_approvals_attempts_are_refused_on_the_record(
         "revoke": ["grants", "revoke", "--all"],
     }
     for args in attempts.values():
-        run = as_agent(hardened, agent_home, "-m", "blindkey.proxy", *args)
+        run = as_agent(hardened, agent_home, "-m", "blindkey.cli", *args)
         assert run.returncode == 1, (args, run.stdout, run.stderr)
         assert "approvals are managed by the broker's user only" in run.stderr, run.stderr
     refused = audit_events(hardened.broker_home / "audit", "code_refused")

@@ -94,20 +94,20 @@ def test_agent_cannot_approve_itself(
         ["grants", "revoke", "--all"],
     ]
     for args in attempts:
-        result = deployment.run(AGENT, *deployment.python, "-m", "blindkey.proxy", *args,
+        result = deployment.run(AGENT, *deployment.python, "-m", "blindkey.cli", *args,
                                 home=home, stdin="x" * 20, check=False)  # fmt: skip
         assert result.returncode != 0, args
     # An approver of its own, in a home of its own, approves nothing the broker serves.
     own = Path(deployment.base) / "agent-home"
     own.mkdir(mode=0o700)
     shutil.chown(own, AGENT, AGENT)
-    enrolled = deployment.run(AGENT, *deployment.python, "-m", "blindkey.proxy", "totp",
+    enrolled = deployment.run(AGENT, *deployment.python, "-m", "blindkey.cli", "totp",
                               "enroll", "--json", home=own)  # fmt: skip
     mine = pyotp.TOTP(seed_of(json.loads(enrolled.stdout)["otpauth_uri"]))
-    deployment.run(AGENT, *deployment.python, "-m", "blindkey.proxy", "totp", "confirm",
+    deployment.run(AGENT, *deployment.python, "-m", "blindkey.cli", "totp", "confirm",
                    "--code", mine.now(), home=own)  # fmt: skip
     _configure(own / "config.toml", deployment.socket, [])
-    result = deployment.run(AGENT, *deployment.python, "-m", "blindkey.proxy", "approve", "GH",
+    result = deployment.run(AGENT, *deployment.python, "-m", "blindkey.cli", "approve", "GH",
                             "--code", mine.at(time.time() + 30), home=own,
                             check=False)  # fmt: skip
     assert result.returncode != 0
@@ -147,7 +147,7 @@ def test_agent_cannot_approve_itself(
         deployment.blindkey(BROKER, home, "approve", "--request", approval_id,
                             "--code", code_seen)  # fmt: skip
         assert '"error"' not in _curl(deployment, port, upstream)
-        replay = deployment.run(BROKER, *deployment.python, "-m", "blindkey.proxy", "approve",
+        replay = deployment.run(BROKER, *deployment.python, "-m", "blindkey.cli", "approve",
                                 "GH", "--code", code_seen, home=home, check=False)  # fmt: skip
         assert replay.returncode == 4 and "already used" in replay.stderr
         deployment.blindkey(BROKER, home, "grants", "revoke", "GH")

@@ -37,7 +37,7 @@ def on_terminal(home: Paths, *args: str, answer: str) -> tuple[int, str]:
     """Run the CLI with a terminal on stdin and stderr; answer its question."""
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "blindkey.proxy", *args],
+        [sys.executable, "-m", "blindkey.cli", *args],
         stdin=terminal,
         stderr=terminal,
         stdout=subprocess.PIPE,

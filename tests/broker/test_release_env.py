@@ -125,7 +125,7 @@ async def test_signals_pass_through(released: Released) -> None:
         "BLINDKEY_AGENT_TOKEN": released.token,
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "blindkey.proxy", "env", "--", *py(trap),
+        sys.executable, "-m", "blindkey.cli", "env", "--", *py(trap),
         cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -144,7 +144,7 @@ async def test_a_terminal_is_kept_and_its_output_redacted(released: Released) ->
         "BLINDKEY_AGENT_TOKEN": released.token,
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "blindkey.proxy", "env", "--secret", "EXEC_KEY", "--", *py(code),
+        sys.executable, "-m", "blindkey.cli", "env", "--secret", "EXEC_KEY", "--", *py(code),
         cwd=ROOT, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
     )  # fmt: skip
     os.close(slave)

@@ -42,7 +42,7 @@ class Released:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "blindkey.proxy",
+            "blindkey.cli",
             *args,
             cwd=ROOT,
             env=env,

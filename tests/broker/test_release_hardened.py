@@ -79,7 +79,7 @@ def test_the_agents_user_gets_exec_values_and_nothing_else(
     config = agent_home / "config.toml"
     config.write_text(config.read_text().replace('socket = ""', f'socket = "{hardened.socket}"'))
     request = json.dumps({"protocolVersion": 1, "provider": "blindkey", "ids": ["GH", "NOPE"]})
-    run = as_agent(hardened, agent_home, "-m", "blindkey.proxy", "exec", stdin=request)
+    run = as_agent(hardened, agent_home, "-m", "blindkey.cli", "exec", stdin=request)
     assert run.returncode == 0, run.stderr
     answer = json.loads(run.stdout)
     assert answer["values"] == {"GH": VALUE}, run.stdout

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from blindkey.broker.cli_policy import parse_dotenv
+from blindkey.cli.policy import parse_dotenv
 from blindkey.config.errors import BlindkeyError
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)

@@ -67,7 +67,7 @@ class Deployment:
         return env
 
     def blindkey(self, user: str, home: Path, *args: str, stdin: str = "") -> str:
-        result = self.run(user, *self.python, "-m", "blindkey.proxy", *args, home=home, stdin=stdin,
+        result = self.run(user, *self.python, "-m", "blindkey.cli", *args, home=home, stdin=stdin,
                           check=False)  # fmt: skip
         assert result.returncode == 0, (args, result.stderr)
         return result.stdout
@@ -113,7 +113,7 @@ def serving_broker(deployment: Deployment) -> Iterator[subprocess.Popen[bytes]]:
     """`blindkey broker serve` as bk-broker, as its service unit would run it, until its
     socket is there; stopped on the way out."""
     process = subprocess.Popen(
-        [*deployment.python, "-m", "blindkey.proxy", "broker", "serve"],
+        [*deployment.python, "-m", "blindkey.cli", "broker", "serve"],
         user=BROKER,
         group=BROKER,
         extra_groups=[],

@@ -408,7 +408,7 @@ async def test_broker_process_killed_mid_call_raises_unavailable(
     path = sock_dir / "b.sock"
     env = {**os.environ, "BLINDKEY_HOME": str(paths.config_dir)}
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "blindkey.proxy", "broker", "serve", "--socket", str(path)],
+        *[sys.executable, "-m", "blindkey.cli", "broker", "serve", "--socket", str(path)],
         env=env,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

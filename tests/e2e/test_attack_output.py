@@ -15,9 +15,9 @@ import pytest
 from blindkey.audit.record import AuditRecord
 from blindkey.audit.store import audit_file
 from blindkey.audit.writer import AuditWriter
+from blindkey.cli.mcp import http_request
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
-from blindkey.proxy.mcp_server import http_request
 from tests.conftest import RunCli
 from tests.proxy.conftest import open_env
 

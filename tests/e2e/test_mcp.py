@@ -34,7 +34,7 @@ async def test_tools_through_the_sdk_client(home: Paths) -> None:
     async with open_env(home) as env:
         server = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "blindkey.proxy", "mcp", "serve"],
+            args=["-m", "blindkey.cli", "mcp", "serve"],
             env={
                 **os.environ,
                 "BLINDKEY_HOME": str(home.config_dir),
@@ -131,7 +131,7 @@ async def test_a_wrong_token_lists_nothing(home: Paths) -> None:
     async with open_env(home):
         server = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "blindkey.proxy", "mcp", "serve"],
+            args=["-m", "blindkey.cli", "mcp", "serve"],
             env={**os.environ, "BLINDKEY_HOME": str(home.config_dir), "BLINDKEY_AGENT_TOKEN": "x"},
             cwd=str(ROOT),
         )
@@ -147,7 +147,7 @@ async def test_no_token_names_the_variable_to_set(home: Paths) -> None:
         env = {k: v for k, v in os.environ.items() if k != "BLINDKEY_AGENT_TOKEN"}
         server = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "blindkey.proxy", "mcp", "serve"],
+            args=["-m", "blindkey.cli", "mcp", "serve"],
             env={**env, "BLINDKEY_HOME": str(home.config_dir)},
             cwd=str(ROOT),
         )

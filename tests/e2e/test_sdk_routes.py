@@ -140,7 +140,7 @@ async def blindkey(env: Env, *args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "blindkey.proxy",
+        "blindkey.cli",
         *args,
         cwd=ROOT,
         env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir)},

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from blindkey.config.paths import Paths
-from blindkey.proxy.redact import encodings
+from blindkey.redact.redactor import encodings
 from tests.conftest import RunCli
 
 VALUES = {

@@ -66,7 +66,7 @@ def test_every_module_of_the_checkout_imports_from_the_wheel(installed: Installe
     site_packages = installed_file.parent.parent.parent
     names = {p.name for p in site_packages.iterdir()}
     # blindkey installs nothing that could shadow another distribution's modules
-    assert not names & {"proxy", "broker", "audit", "config"}, names & set(PACKAGES)
+    assert not names & set(PACKAGES), names & set(PACKAGES)
 
 
 def test_version_says_which_install_runs(installed: Installed, tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_version_says_which_install_runs(installed: Installed, tmp_path: Path) -
     assert lines[0] == f"blindkey {expected}"
     python, code = Path(lines[1].removeprefix("python: ")), Path(lines[2].removeprefix("code: "))
     assert not python.is_relative_to(ROOT) and not code.is_relative_to(ROOT)
-    assert code.parts[-2:] == ("blindkey", "proxy")
+    assert code.name == "blindkey" and (code / "proxy" / "server.py").is_file()
     assert len(lines) == 3
 
 
@@ -89,7 +89,7 @@ def test_version_from_a_checkout_names_its_commit(run_cli: RunCli) -> None:
     done = run_cli("--version")
     assert done.returncode == 0 and done.stderr == ""
     lines = done.stdout.splitlines()
-    assert lines[2] == f"code: {ROOT / 'proxy'}"
+    assert lines[2] == f"code: {ROOT}"
     assert lines[3].startswith(f"commit: {head}")
 
 

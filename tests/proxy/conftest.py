@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from blindkey.broker.agents import AgentStore
@@ -115,12 +114,6 @@ async def open_env(
         await session.close()
         await server.stop()
         await upstream.cleanup()
-
-
-@pytest.fixture
-async def env(home: Paths) -> AsyncIterator[Env]:
-    async with open_env(home) as running:
-        yield running
 
 
 async def eventually_status(

@@ -10,7 +10,7 @@ import time
 
 import orjson
 
-from blindkey.proxy.authorise import Authoriser
+from blindkey.proxy.request.authorise import Authoriser
 from tests.approvals_helpers import acli, enrol
 from tests.proxy.conftest import Env, eventually_status, set_secret_policy
 

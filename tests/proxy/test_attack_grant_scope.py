@@ -104,7 +104,7 @@ async def test_a_binding_names_scheme_and_port(two: tuple[Env, str]) -> None:
 async def _exec(env: Env, name: str) -> dict[str, Any]:
     """`blindkey exec` as the agent runs it (OpenClaw's exec provider)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "blindkey.proxy", "exec", cwd=ROOT,
+        sys.executable, "-m", "blindkey.cli", "exec", cwd=ROOT,
         env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir),
              "BLINDKEY_AGENT_TOKEN": env.token},
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,

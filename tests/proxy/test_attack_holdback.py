@@ -122,7 +122,7 @@ async def test_a_true_prefix_and_other_bytes_are_passed_on_alike(
     home: Paths, monkeypatch: pytest.MonkeyPatch, cut: bool, paused: bool
 ) -> None:
     # Without a pause no flush may fire: what arrives is what the next-chunk rule releases.
-    monkeypatch.setattr("blindkey.proxy.relay.FLUSH_DELAY", 0.01 if paused else 3600)
+    monkeypatch.setattr("blindkey.proxy.request.relay.FLUSH_DELAY", 0.01 if paused else 3600)
     matching, other = await asyncio.wait_for(oracle(home, cut, paused), 30)
     assert matching == other
     before = b"".join(matching[: matching.index(b"<next step>")])

@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.routes import route_target
+from blindkey.proxy.request.routes import route_target
 from tests.proxy.conftest import Env
 from tests.proxy.test_routes import hits, routed, send
 

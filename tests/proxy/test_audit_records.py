@@ -13,14 +13,14 @@ import pytest
 from aiohttp import web
 
 from blindkey.audit.chain import Head
-from blindkey.audit.cli_trust import broker_anchor
 from blindkey.audit.store import audit_file, head_of_file
 from blindkey.audit.verify import verify
 from blindkey.audit.writer import ANCHOR_INTERVAL
 from blindkey.broker.anchor import ANCHOR_FILE
+from blindkey.cli.audit import broker_anchor
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
-from blindkey.proxy import pipeline
+from blindkey.proxy.request import pipeline
 from tests.proxy.conftest import Env, open_env
 
 

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.model import AllowlistSettings
-from blindkey.proxy.egress import AllowIndex, EgressGuard, VettingResolver, is_public
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.parse import parse_target
+from blindkey.proxy.request.egress import AllowIndex, EgressGuard, VettingResolver, is_public
+from blindkey.proxy.request.parse import parse_target
 from blindkey.proxy.upstream import BlockedAddressError
 
 BLOCKED = [

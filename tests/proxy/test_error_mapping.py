@@ -1,5 +1,5 @@
 """Every exception the request's stages raise becomes an error of INTERFACE.md's table, in
-one function (proxy/edge.py `to_proxy_error`), and nothing unknown is turned into one."""
+one function (proxy/request/edge.py `to_proxy_error`), and nothing unknown is turned into one."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import blindkey.proxy
 from blindkey.broker import protocol
 from blindkey.config.errors import BlindkeyError
-from blindkey.proxy.edge import to_proxy_error
 from blindkey.proxy.errors import STATUS, ProxyError
-from blindkey.proxy.parse import parse_target
-from blindkey.proxy.pipeline import UpstreamFailure
-from blindkey.proxy.redact import Redactor
+from blindkey.proxy.request.edge import to_proxy_error
+from blindkey.proxy.request.parse import parse_target
+from blindkey.proxy.request.pipeline import UpstreamFailure
 from blindkey.proxy.upstream import BlockedAddressError, UpstreamError
+from blindkey.redact.redactor import Redactor
 
 VALUE = "ghp_valueTheUpstreamEchoes0123456789"
 

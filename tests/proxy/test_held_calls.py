@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
-from blindkey.proxy.authorise import Authoriser
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.held import wait_seconds
+from blindkey.proxy.request.approval_wait import wait_seconds
+from blindkey.proxy.request.authorise import Authoriser
 from tests.approvals_helpers import Approver, acli, enrol
 from tests.proxy.conftest import Env, eventually_status, open_env, set_secret_policy
 

@@ -5,8 +5,8 @@ import pytest
 from multidict import CIMultiDict
 
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.inject import inject_body, inject_headers, inject_query
-from blindkey.proxy.parse import Injection
+from blindkey.proxy.request.inject import inject_body, inject_headers, inject_query
+from blindkey.proxy.request.parse import Injection
 
 VALUES = {"T": "v@lue/with&specials=1", "U": "user:pass-word-1"}
 

@@ -21,7 +21,7 @@ from blindkey.broker.protocol import PUSH_ID, encode, read_frame
 from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.authorise import Grant
+from blindkey.proxy.request.authorise import Grant
 from blindkey.proxy.runtime import ProxyRuntime
 from tests.conftest import ROOT
 from tests.proxy.conftest import Env, open_env
@@ -32,7 +32,7 @@ async def cli(env: Env, *args: str, stdin: bytes = b"") -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "blindkey.proxy",
+        "blindkey.cli",
         *args,
         cwd=ROOT,
         env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir)},

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from blindkey.config.hosts import DEFAULT_PORTS, normalize_host
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.parse import Injection, ProxySpec, Target, parse_spec, parse_target
+from blindkey.proxy.request.parse import Injection, ProxySpec, Target, parse_spec, parse_target
 
 
 def spec(*headers: tuple[str, str], method: str = "GET") -> ProxySpec:

@@ -1,4 +1,4 @@
-"""The order of the stages is part of the design (proxy/pipeline.py): the allowlist is
+"""The order of the stages is part of the design (proxy/request/pipeline.py): the allowlist is
 checked before the broker is asked for values, and an unknown caller learns nothing of it."""
 
 from __future__ import annotations

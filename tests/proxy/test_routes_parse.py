@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from blindkey.config.model import Route
 from blindkey.proxy.errors import ProxyError
-from blindkey.proxy.routes import parse_route
+from blindkey.proxy.request.routes import parse_route
 
 TOKEN = "bk_" + "Secret-Agent_Token-0123456789abcdefghijklmn"  # the shape agent add makes
 ROUTES = {

@@ -57,7 +57,7 @@ def test_ready_watchdog_and_stopping_in_order(home: Paths, notify_socket: socket
         "NOTIFY_SOCKET": notify_socket.getsockname(),
         "WATCHDOG_USEC": "200000",
     }
-    command = [sys.executable, "-m", "blindkey.proxy", "proxy", "start", "--foreground"]
+    command = [sys.executable, "-m", "blindkey.cli", "proxy", "start", "--foreground"]
     process = subprocess.Popen(
         [*command, "--port", "0"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL
     )

@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from blindkey.config.edit import toml_table
 from blindkey.config.model import AllowlistSettings
 from blindkey.config.paths import Paths
-from blindkey.proxy.egress import EgressGuard, VettingResolver
+from blindkey.proxy.request.egress import EgressGuard, VettingResolver
 from blindkey.proxy.upstream import (
     UnsendableRequest,
     UpstreamConnectError,

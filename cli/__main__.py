@@ -1,0 +1,3 @@
+from blindkey.cli.main import main
+
+raise SystemExit(main())

@@ -1,3 +1,0 @@
-from blindkey.proxy.cli import main
-
-raise SystemExit(main())

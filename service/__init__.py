@@ -1,0 +1,1 @@
+"""Running blindkey at boot: systemd units, the launchd plist, install and uninstall."""
