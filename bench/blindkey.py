@@ -26,6 +26,7 @@ ROUTE = "bench"
 # 1,000 idle keep-alive connections plus 256 busy ones exceed the default of 1,024.
 MAX_CONNECTIONS = 2048
 CLI_TIMEOUT = 60.0
+CLI_MODULE = "blindkey.cli"  # `python -m` this is the `blindkey` command
 IMPORT_TIMEOUT = 900.0
 
 
@@ -37,7 +38,7 @@ def cli(
     timeout: float = CLI_TIMEOUT,
 ) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "blindkey.cli", *args],
+        [sys.executable, "-m", CLI_MODULE, *args],
         env=env,
         input=stdin,
         capture_output=True,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.audit_fill import fill
-from bench.blindkey import Home, make_values
+from bench.blindkey import CLI_MODULE, Home, make_values
 from bench.tools import ROOT, BenchError, hwm_mb, log
 from blindkey.config.paths import resolve_paths
 
@@ -28,7 +28,7 @@ TOOL_TIMEOUT = 600.0
 
 def blindkey_measured(env: dict[str, str], out: Path, *args: str) -> dict[str, Any]:
     """`blindkey ARGS`, measured: see `measured`."""
-    result = measured([sys.executable, "-m", "blindkey.proxy", *args], env, out)
+    result = measured([sys.executable, "-m", CLI_MODULE, *args], env, out)
     result["command"] = f"blindkey {' '.join(args)}"
     return result
 
