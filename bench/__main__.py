@@ -1,8 +1,9 @@
 """`make bench`: blindkey side by side with the upstream, nginx and a bare aiohttp forwarder.
 
 Everything runs on loopback in one go, interleaved round by round, so every ratio compares
-runs made seconds apart on the same (shared, noisy) machine. Results are printed as
-Markdown tables and written to bench/results/bench-<UTC time>.{json,md}.
+runs made seconds apart on the same (shared, noisy) machine; then the scale rows
+(bench/scale.py: allowlist size, 10,000 secrets, a million audit records). Results are
+printed as Markdown tables and written to bench/results/bench-<UTC time>.{json,md}.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, redaction, report
+from bench import phases, redaction, report, report_tables, scale, scale_report
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
     ROOT,
     BenchError,
+    OutOfTime,
     busy_percent,
     ensure_tools,
     log,
@@ -48,7 +50,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-seconds", type=float, default=6.0)
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy")
     parser.add_argument(
-        "--budget", type=float, default=480.0, help="abort after this many seconds (default 480)"
+        "--budget",
+        type=float,
+        help="abort after this many seconds (default 480 for the main rows, 1,800 for the "
+        "scale rows; --quick: 480 and 420)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("main", "scale"),
+        help="run only these rows: `scale` is the allowlist, secrets and audit size rows "
+        "(issue 24), `main` everything else",
+    )
+    parser.add_argument(
+        "--scale-secrets", type=int, help="secrets of the scale rows (10,000; --quick 1,000)"
+    )
+    parser.add_argument(
+        "--scale-records",
+        type=int,
+        help="audit records the scale rows run the audit tools over (1,000,000; --quick 100,000)",
     )
     parser.add_argument(
         "--against",
@@ -61,11 +80,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.duration, args.sse_events, args.big_mib = 1, 2.0, 100, 256
         args.idle, args.profile_seconds = 300, 3.0
+    if args.scale_secrets is None:
+        args.scale_secrets = 1_000 if args.quick else 10_000
+    if args.scale_records is None:
+        args.scale_records = 100_000 if args.quick else 1_000_000
+    # The scale rows' own cost: importing 10,000 secrets took two to five minutes, writing
+    # and reading a million audit records about six.
+    # What the scale rows are likely to need, kept free of the main rows' retries (harness).
+    args.scale_budget = 0.0 if args.only == "main" else 420.0 if args.quick else 1800.0
+    if args.budget is None:
+        args.budget = (0.0 if args.only == "scale" else 480.0) + args.scale_budget
     return args
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise BenchError("the time budget ran out; stopping everything")
+    raise OutOfTime("the time budget ran out; stopping everything")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,21 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         "wrk": tool_version([tools["wrk"], "-v"]),
         "nginx": tool_version([tools["nginx"], "-v"]),
     }
-    out["settings"] = {k: v for k, v in vars(args).items() if k != "budget"}
+    out["settings"] = {k: v for k, v in vars(args).items() if k not in ("budget", "scale_budget")}
     out["code"] = code_state()
     failure: str | None = None
     try:
-        bench.start_all()
-        bench.preflight()
-        phases.load_matrix(bench)
-        phases.sse(bench)
-        phases.big(bench)
-        phases.idle_connections(bench)
-        phases.long_values(bench)
-        out["redaction_mib_s"] = redaction.rates()
-        phases.run_profile(bench)
-        time.sleep(1.0)
-        out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)
+        if args.only != "scale":
+            main_rows(bench)
+        if args.only != "main":
+            scale.scale(bench)
     except (BenchError, OSError) as exc:
         failure = str(exc)
         log(f"FAILED: {failure}")
@@ -113,6 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     if failure:
         out["failure"] = failure
     return finish(out)
+
+
+def main_rows(bench: Bench) -> None:
+    """Everything but the scale rows: blindkey beside the others, then on its own."""
+    out = bench.out
+    bench.start_all()
+    bench.preflight()
+    phases.load_matrix(bench)
+    phases.sse(bench)
+    phases.big(bench)
+    phases.idle_connections(bench)
+    phases.long_values(bench)
+    out["redaction_mib_s"] = redaction.rates()
+    phases.run_profile(bench)
+    time.sleep(1.0)
+    out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)
 
 
 def code_state() -> dict[str, object]:
@@ -144,11 +182,16 @@ def code_state() -> dict[str, object]:
 def finish(out: dict[str, Any]) -> int:
     out["summary"] = {"load": report.summarise_load(out.get("load", {}))}
     out["targets"] = report.targets(out) if "load" in out else []
+    if "scale" in out:
+        out["scale"]["targets"] = scale_report.targets(out["scale"])
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(out, indent=2) + "\n")
-    table = report.render(out) if "load" in out else "(no load results)"
+    tables = [report_tables.render(out)] if "load" in out else []
+    if "scale" in out:
+        tables.append(scale_report.render(out["scale"]))
+    table = "\n\n".join(tables) or "(no results)"
     m = out["machine"]
     code = out["code"]
     dirty = f" + {len(code['uncommitted'])} uncommitted files" if code["uncommitted"] else ""

@@ -56,8 +56,9 @@ class Bench:
         self.stream_urls: dict[str, str] = {}
         self.rss_pid: dict[str, int] = {}
         self.running: list[Running] = []
-        # Retries for noisy runs stop well before the budget, so the rest still fits.
-        self.retry_until = time.monotonic() + args.budget * 0.5
+        # Retries for noisy runs stop well before the budget, so the rest (and the scale
+        # rows' share of it) still fits.
+        self.retry_until = time.monotonic() + max(0.0, args.budget - args.scale_budget) * 0.5
 
     # -- set-up ------------------------------------------------------------------------
     def start_all(self) -> None:

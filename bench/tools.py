@@ -27,6 +27,10 @@ class BenchError(RuntimeError):
     """A step of the benchmark could not run; the message says which and why."""
 
 
+class OutOfTime(BenchError):
+    """The time budget ran out: everything stops, not just the step that was running."""
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
