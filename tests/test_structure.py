@@ -114,8 +114,9 @@ def late_callbacks(name: str, tree: ast.Module) -> list[str]:
         if not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for node in ast.walk(scope):
-            targets = node.targets if isinstance(node, ast.Assign) else []
-            for target in targets:
+            if not isinstance(node, ast.Assign):
+                continue
+            for target in node.targets:
                 if not (isinstance(target, ast.Attribute) and target.attr.startswith("on_")):
                     continue
                 own = isinstance(target.value, ast.Name) and target.value.id == "self"
