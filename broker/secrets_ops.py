@@ -279,8 +279,7 @@ def import_values(paths: Paths, values: dict[str, str], env: str | None) -> tupl
     settings = load_settings(paths.config_file)
     chosen = pick_env(settings, env)
     with opened(local_store(paths, settings)) as store:
-        for name, value in values.items():
-            store.set(chosen, name, value)
+        store.set_many(chosen, values)
     names = sorted(values)
     record(paths, "secret_set", names)
     put_in_force(

@@ -50,9 +50,11 @@ Operation = Callable[[Message, Client], Message | None]
 
 class BrokerServer:
     def __init__(self, paths: Paths, socket_path: Path, allowed_uids: frozenset[int]) -> None:
-        self.state = BrokerState(paths)
-        self.state.on_change = self._invalidate
-        self.state.approvals.pending.on_outcome = self._approval_outcome
+        # Wired here, once: a change pushes an invalidation, an approval's outcome goes to
+        # the proxies whose calls wait on it.
+        self.state = BrokerState(
+            paths, on_change=self._invalidate, on_outcome=self._approval_outcome
+        )
         self.socket_path = socket_path
         self.allowed_uids = allowed_uids
         self.clients: set[Client] = set()

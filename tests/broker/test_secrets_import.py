@@ -3,12 +3,17 @@ exactly, and a bad line is named by number, never shown."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from blindkey.broker import vault
 from blindkey.broker.dotenv import parse_dotenv
+from blindkey.broker.secrets_ops import import_values
 from blindkey.config.errors import BlindkeyError
+from blindkey.config.paths import Paths
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
 # Printable, no quotes or backslashes (those need the quoted forms below), no " #".
@@ -57,3 +62,21 @@ def test_bad_lines_are_named_by_number_not_shown(text: str, fragment: str) -> No
         parse_dotenv(text)
     assert fragment in str(caught.value) and "valuevalue" not in str(caught.value)
     assert "sk_live_value" not in str(caught.value)
+
+
+def test_many_values_are_stored_in_one_write(home: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env file of 2,000 lines is one decrypt and one sealed write of the vault, not
+    2,000 (10,000 lines took minutes when each value rewrote the whole vault). The write is
+    counted by wrapping the real one, which still runs."""
+    writes = []
+    real = vault.write_sealed
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        writes.append(args[0])
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(vault, "write_sealed", counted)
+    values = {f"KEY_{n:04d}": f"value-{n:04d}-{'x' * 24}" for n in range(2000)}
+    env, names = import_values(home, values, None)
+    assert len(writes) == 1 and names == sorted(values)
+    assert vault.FileVault(home).load()[env] == values
