@@ -192,9 +192,9 @@ class Front:
     ) -> tuple[web.StreamResponse, bool]:
         """Proxy mode: a request sent to blindkey as the caller's proxy."""
         record.agent, record.env = session.agent, session.env
-        spec, headers = await parse_forwarded(self.runtime.settings, request, session, target)
-        record.via, record.method = spec.via, request.method[:16]
-        record.url = spec.target.original[:2048]
+        spec, headers = await parse_forwarded(
+            self.runtime.settings, request, session, target, record
+        )
         self._check_audit()
         return await forward(self.runtime, request, spec, headers, record), True
 

@@ -46,7 +46,13 @@ class Mode:
 
 
 @pytest.fixture
-async def mode(home: Paths, tmp_path: Path) -> AsyncIterator[Mode]:
+def mode_limits() -> dict[str, str]:
+    """[limits] for the proxy of `mode` (a test module overrides this fixture to change)."""
+    return {}
+
+
+@pytest.fixture
+async def mode(home: Paths, tmp_path: Path, mode_limits: dict[str, str]) -> AsyncIterator[Mode]:
     ca = trustme.CA()
     upstream_ca = tmp_path / "upstream-ca.pem"
     ca.cert_pem.write_to_path(str(upstream_ca))
@@ -68,6 +74,7 @@ async def mode(home: Paths, tmp_path: Path) -> AsyncIterator[Mode]:
             ]
         )
         toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
+        toml_table(document, "limits").update(mode_limits)
         toml_table(document, "secrets", "GITHUB_TOKEN")["hosts"] = string_array(
             [f"https://127.0.0.1:{bound_port}"]
         )

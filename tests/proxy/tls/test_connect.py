@@ -132,3 +132,40 @@ async def test_absolute_form_http_through_the_proxy(mode: Mode) -> None:
     status, out = await curl(mode, f"{http_target}/echo", "-H", f"X-Key: {github}",
                              "-w", "\n%{http_code}")  # fmt: skip
     assert out.endswith(b"\n403") and b"secret_denied" in out
+
+
+@pytest.mark.parametrize(
+    "authority", ["127.0.0.1:{proxy}", "[::1]:{proxy}", "0.0.0.0:{proxy}", "localhost:{proxy}"]
+)
+async def test_the_proxy_itself_is_refused_even_when_allowlisted(
+    mode: Mode, authority: str
+) -> None:
+    """A human allowlisted the proxy's own port and permitted loopback for names: a tunnel
+    into the proxy (and another inside it) is still refused, by address and by name."""
+    proxy = mode.env.server.port
+
+    def allow_self(document: Any) -> None:
+        toml_table(document, "allowlist")["hosts"].extend(
+            [f"https://{host}:{proxy}" for host in ("127.0.0.1", "[::1]", "0.0.0.0", "localhost")]
+        )
+        toml_table(document, "allowlist")["private_ranges"] = string_array(["127.0.0.0/8"])
+
+    mode.env.configure(allow_self)
+    await mode.env.server.reload()
+    head, body = await connect(mode, authority.format(proxy=proxy), mode.env.token)
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert body["error"] == "blocked_address" and "itself" in body["message"]
+
+
+async def test_a_loopback_name_permitted_by_private_ranges_is_tunnelled(mode: Mode) -> None:
+    """The other side of the name checks: what refuses `localhost` is the address vetting,
+    which a human can widen, and then the tunnel opens."""
+
+    def permit(document: Any) -> None:
+        toml_table(document, "allowlist")["private_ranges"] = string_array(["127.0.0.0/8"])
+
+    mode.env.configure(permit)
+    await mode.env.server.reload()
+    status, out = await curl(mode, f"https://localhost:{mode.free_port}/echo",
+                             "--cacert", str(mode.upstream_ca))  # fmt: skip
+    assert status == 0, out
