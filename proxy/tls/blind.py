@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    from blindkey.proxy.tls.connect import Door
+    from blindkey.proxy.connections import GuardedConnection
 
 
 class IdleDeadline:
@@ -53,8 +53,8 @@ class IdleDeadline:
 class Pipe(asyncio.Protocol):
     """The upstream side of a blind tunnel."""
 
-    def __init__(self, door: Door) -> None:
-        self.door = door
+    def __init__(self, client: GuardedConnection) -> None:
+        self.client = client
         self.transport: asyncio.Transport | None = None
         self.bytes_down = 0
         self.finished: Callable[[int], None] | None = None
@@ -87,12 +87,12 @@ class Pipe(asyncio.Protocol):
         self.bytes_down += len(data)
         if self.deadline is not None:
             self.deadline.moved(up=False)
-        client = self.door.connection.transport
+        client = self.client.transport
         if client is not None and not client.is_closing():
             client.write(data)
 
     def eof_received(self) -> bool | None:
-        client = self.door.connection.transport
+        client = self.client.transport
         if client is not None and client.can_write_eof():
             with contextlib.suppress(OSError):
                 client.write_eof()
@@ -100,12 +100,12 @@ class Pipe(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
-        client = self.door.connection.transport
+        client = self.client.transport
         if client is not None:
             client.pause_reading()
 
     def resume_writing(self) -> None:
-        client = self.door.connection.transport
+        client = self.client.transport
         if client is not None:
             client.resume_reading()
 
@@ -115,8 +115,8 @@ class Pipe(asyncio.Protocol):
 
     def expire(self) -> None:
         """Silent past its deadline: closed both ways (the record follows as on any end)."""
-        self.door.connection.guard.timed_out += 1
-        client = self.door.connection.transport
+        self.client.guard.timed_out += 1
+        client = self.client.transport
         if client is not None:
             client.close()
         self.close()

@@ -208,7 +208,8 @@ class Door(asyncio.Protocol):
         for address in addresses:
             with contextlib.suppress(OSError, TimeoutError):
                 _, pipe = await asyncio.wait_for(
-                    loop.create_connection(lambda: Pipe(self), address, head.port), timeout
+                    loop.create_connection(lambda: Pipe(self.connection), address, head.port),
+                    timeout,
                 )
                 break
         if pipe is None:
