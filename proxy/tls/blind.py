@@ -114,11 +114,9 @@ class Pipe(asyncio.Protocol):
             self.transport.close()
 
     def expire(self) -> None:
-        """Silent past its deadline: closed both ways (the record follows as on any end)."""
+        """Silent past its deadline: the upstream side is closed, and its end closes the
+        client's side after the tunnel's record (as on any end)."""
         self.client.guard.timed_out += 1
-        client = self.client.transport
-        if client is not None:
-            client.close()
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
