@@ -39,6 +39,7 @@ class Mode:
     placeholders: dict[str, str]
     other: web.AppRunner | None = None
     other_port: int = 0  # STRIPE_KEY is bound to https://127.0.0.1:other_port
+    context: ssl.SSLContext | None = None  # the upstreams' (a trustme leaf for 127.0.0.1)
 
     @property
     def proxy(self) -> str:
@@ -87,7 +88,7 @@ async def mode(home: Paths, tmp_path: Path, mode_limits: dict[str, str]) -> Asyn
             broker = env.server.runtime.authoriser.broker
             reply = await broker.call("placeholders", env="development")
             yield Mode(env, bound_port, free_port, bound, free, upstream_ca,
-                       dict(reply["placeholders"]), other, other_port)  # fmt: skip
+                       dict(reply["placeholders"]), other, other_port, context)  # fmt: skip
     finally:
         await bound.cleanup()
         await free.cleanup()
