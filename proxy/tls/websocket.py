@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -23,7 +24,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from blindkey.audit.record import AuditRecord
-from blindkey.proxy.request.parse import ProxySpec
+from blindkey.proxy.errors import ProxyError
+from blindkey.proxy.request.parse import ProxySpec, Target
 from blindkey.proxy.request.pipeline import authorise, egress_check, injected
 from blindkey.proxy.request.send import upstream_errors
 from blindkey.redact.redactor import Redactor
@@ -63,8 +65,10 @@ async def websocket(
     connector = aiohttp.TCPConnector(resolver=pool.resolver, ssl=pool.ssl_context)
     url = f"{target.scheme}://{target.host_header}{outgoing.path_query}"
     timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        with upstream_errors(target, grant.redactor):
+    async with aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, trace_configs=[_no_redirects()]
+    ) as session:
+        with upstream_errors(target, grant.redactor), _refused_upgrade(target):
             upstream = await session.ws_connect(
                 url, headers=headers, protocols=protocols, timeout=timeout,
                 max_msg_size=MAX_MESSAGE, autoping=True,
@@ -76,6 +80,39 @@ async def websocket(
             record.status = 101
             await _relay(client, upstream, grant.redactor, record)
     return client
+
+
+class RedirectRefused(Exception):
+    """The upstream answered the upgrade with a redirect."""
+
+
+def _no_redirects() -> aiohttp.TraceConfig:
+    """aiohttp's ws_connect follows redirects and has no switch for it: stopped here, as
+    the upstream client never follows one (the values in the upgrade would go with it)."""
+
+    async def refuse(*_: object) -> None:
+        raise RedirectRefused
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(refuse)
+    return trace
+
+
+@contextlib.contextmanager
+def _refused_upgrade(target: Target) -> Iterator[None]:
+    try:
+        yield
+    except RedirectRefused:
+        raise ProxyError(
+            "upstream_error",
+            f"{target.host_header} answered the WebSocket upgrade with a redirect, which "
+            "blindkey does not follow",
+        ) from None
+    except aiohttp.WSServerHandshakeError as exc:
+        raise ProxyError(
+            "upstream_error",
+            f"{target.host_header} refused the WebSocket upgrade ({exc.status})",
+        ) from None
 
 
 async def _relay(

@@ -18,6 +18,7 @@ from blindkey.config.edit import string_array, toml_table
 from tests.proxy.conftest import SECRET
 from tests.proxy.test_attack_dos import audit_records
 from tests.proxy.tls.conftest import Mode
+from tests.upstream import HITS
 
 SEEN = web.AppKey("seen", list)
 
@@ -36,12 +37,19 @@ async def echo_socket(request: web.Request) -> web.StreamResponse:
     return socket
 
 
+async def away(request: web.Request) -> web.StreamResponse:
+    request.app[SEEN].append(request.headers.get("Authorization", ""))
+    port = request.query["to"]
+    raise web.HTTPFound(f"https://127.0.0.1:{port}/ws")
+
+
 @pytest.fixture
 async def socket_upstream(mode: Mode) -> AsyncIterator[tuple[int, web.Application]]:
     """A WebSocket upstream over TLS that GITHUB_TOKEN is bound to."""
     app = web.Application()
     app[SEEN] = []
     app.router.add_get("/ws", echo_socket)
+    app.router.add_get("/away", away)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=mode.context).start()
@@ -112,3 +120,21 @@ async def test_a_foreign_placeholder_on_the_upgrade_is_refused(
             )  # fmt: skip
     assert refused.value.status == 403
     assert app[SEEN] == []  # the upstream was never dialled
+
+
+async def test_a_redirect_answering_the_upgrade_is_not_followed(
+    mode: Mode, socket_upstream: tuple[int, web.Application]
+) -> None:
+    """The upgrade carries the value: a redirect elsewhere would take it along."""
+    socket_port, app = socket_upstream
+    held = mode.placeholders["GITHUB_TOKEN"]
+    session, options = client(mode)
+    elsewhere = len(mode.free.app[HITS])
+    async with session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(
+                f"wss://127.0.0.1:{socket_port}/away?to={mode.free_port}",
+                headers={"X-Api-Key": held}, **options,
+            )  # fmt: skip
+    assert refused.value.status == 502
+    assert app[SEEN] == [""] and len(mode.free.app[HITS]) == elsewhere
