@@ -320,7 +320,12 @@ class BrokerState:
         return {} if self.view is None else self.view.snapshot(env)
 
     def placeholder_prefixes(self) -> dict[str, str]:
-        return {}
+        """name -> `[secrets.NAME] placeholder_prefix`, for the secrets that set one."""
+        return {
+            name: policy.placeholder_prefix
+            for name, policy in self.settings.secrets.items()
+            if policy.placeholder_prefix
+        }
 
     # --- fetching from a slow store (keychain, OpenBao) ---------------------------------
 

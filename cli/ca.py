@@ -30,9 +30,9 @@ def add_placeholder_command(actions: Any) -> None:
     p = actions.add_parser(
         "placeholder",
         help="the placeholder a program holds for NAME in proxy mode",
-        description="bk_ then 32 base32 characters: holds nothing of the value, stays the "
-        "same until the value changes, and is replaced by the value only on the way to the "
-        "hosts NAME is bound to.",
+        description="bk_ then 32 base32 characters (after [secrets.NAME] placeholder_prefix "
+        "when set): holds nothing of the value, stays the same until the value changes, and "
+        "is replaced by the value only on the way to the hosts NAME is bound to.",
     )
     p.add_argument("name", metavar="NAME")
     json_flag(p)
@@ -73,7 +73,8 @@ def cmd_secrets_placeholder(paths: Paths, args: argparse.Namespace) -> int:
         finally:
             backend.close()
         if value is not None:
-            found = {args.name: placeholder(ensure_key(paths), env, args.name, value)}
+            prefix = settings.policy(args.name).placeholder_prefix
+            found = {args.name: placeholder(ensure_key(paths), env, args.name, value, prefix)}
     if not found or args.name not in found:
         raise BlindkeyError(f"no secret {args.name} in {env}; see `blindkey secrets list`")
     if args.json:

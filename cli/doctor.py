@@ -8,6 +8,7 @@ stopping the others. Exit 1 when any check fails.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import shutil
 import stat
@@ -143,15 +144,45 @@ def check_backend(paths: Paths, settings: Settings) -> Iterator[Finding]:
     )
 
 
+CA_MIN_DAYS = 30
+
+
 def check_ca(paths: Paths, settings: Settings) -> Iterator[Finding]:
-    ca_key = paths.state_dir / "ca" / "ca.key"
-    if not ca_key.exists():
+    """Proxy mode's CA: both files or neither, the key private, the pair one, and time left
+    (programs trust this certificate, so a new CA means handing it out again)."""
+    from blindkey.proxy.tls.ca import CaError, load_ca
+
+    key, cert = paths.ca_key, paths.ca_cert
+    if not key.exists() and not cert.exists():
         yield Finding(
             "local CA", "ok", "none: proxy mode (CONNECT with placeholders) is not set up"
         )
         return
-    problem = _mode_problem(ca_key, 0o600)
-    yield Finding("local CA", "fail" if problem else "ok", problem or f"{ca_key}: private")
+    renew = f"remove {key} and {cert} and run `blindkey init` for a new CA"
+    if (problem := _mode_problem(key, 0o600)) is not None:
+        yield Finding("local CA", "fail", f"{problem}: the CA key must be the proxy's only")
+        return
+    try:
+        authority = load_ca(paths)
+    except CaError as exc:
+        yield Finding("local CA", "fail", f"{exc}; or {renew}")
+        return
+    yield _ca_time_left(authority.certificate.not_valid_after_utc, cert, renew)
+
+
+def _ca_time_left(expires: datetime.datetime, cert: Path, renew: str) -> Finding:
+    left = expires - datetime.datetime.now(datetime.UTC)
+    when = expires.strftime("%Y-%m-%d")
+    if left.total_seconds() <= 0:
+        return Finding("local CA", "fail", f"{cert} expired on {when}: {renew}")
+    if left < datetime.timedelta(days=CA_MIN_DAYS):
+        return Finding(
+            "local CA",
+            "warn",
+            f"{cert} expires on {when}, in {left.days} days: {renew} (programs given the "
+            "old certificate need the new one)",
+        )
+    return Finding("local CA", "ok", f"{cert}: key private, pair matches, valid until {when}")
 
 
 def check_service_program(paths: Paths, settings: Settings) -> Iterator[Finding]:

@@ -30,10 +30,12 @@ from blindkey.config.values import (
     POSITIVE,
     SIZE,
     STRINGS,
+    Kind,
     choice,
     one_of,
     string_list,
     text,
+    toml_value,
 )
 
 # \Z, not $: `$` also matches before a trailing newline.
@@ -49,6 +51,19 @@ MIN_REDACTABLE = 8
 MAX_VALUE_BYTES = 64 * 1024
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A placeholder's prefix stands in headers, URLs and JSON as it is: nothing that needs
+# escaping in any of them, and short.
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,32}\Z")
+
+
+def _placeholder_prefix(value: object) -> str:
+    if not isinstance(value, str) or not _PREFIX.match(value):
+        raise ValueError(f"expected up to 32 letters, digits, _ . or -, got {value!r}")
+    return value
+
+
+PLACEHOLDER_PREFIX = Kind(_placeholder_prefix, toml_value, "string (letters, digits, _ . -)")
 
 
 def _entry_text(entry: AllowEntry) -> str:
@@ -190,6 +205,11 @@ class SecretPolicy:
     # too short for the redactor to recognise, read back piece by piece.
     allow_range: bool = setting(
         BOOL, False, "true: Range and 206 answers (values can then be read in slices)"
+    )
+
+    # What a program's key check expects before blindkey's placeholder (`sk-`, `ghp_`).
+    placeholder_prefix: str = setting(
+        PLACEHOLDER_PREFIX, "", 'proxy mode: the placeholder starts with this (e.g. "sk-")'
     )
 
     def allows_agent(self, agent: str) -> bool:

@@ -43,6 +43,7 @@ from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.tls.ca import CaError
 from blindkey.proxy.tls.session import Session
+from blindkey.proxy.tls.websocket import is_websocket, websocket
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})  # noqa: S104 - names, not a bind
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.", "ip6-localhost"})
@@ -192,10 +193,12 @@ class Front:
     ) -> tuple[web.StreamResponse, bool]:
         """Proxy mode: a request sent to blindkey as the caller's proxy."""
         record.agent, record.env = session.agent, session.env
-        spec, headers = await parse_forwarded(self.runtime.settings, request, session, target)
-        record.via, record.method = spec.via, request.method[:16]
-        record.url = spec.target.original[:2048]
+        spec, headers = await parse_forwarded(
+            self.runtime.settings, request, session, target, record
+        )
         self._check_audit()
+        if is_websocket(request):
+            return await websocket(self.runtime, request, spec, headers, record), True
         return await forward(self.runtime, request, spec, headers, record), True
 
     def _check_audit(self) -> None:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.model import Settings
 from blindkey.proxy.errors import ProxyError
@@ -102,10 +103,21 @@ def absolute_target(request: web.BaseRequest) -> Target:
     return target
 
 
+def via_of(target: Target) -> str:
+    return "connect" if target.scheme == "https" else "proxy"
+
+
 async def parse_forwarded(
-    settings: Settings, request: web.BaseRequest, session: Session, target: Target
+    settings: Settings,
+    request: web.BaseRequest,
+    session: Session,
+    target: Target,
+    record: AuditRecord,
 ) -> tuple[ProxySpec, list[tuple[str, str]]]:
-    """The spec of a request sent to blindkey as a proxy: in a tunnel, or absolute-form."""
+    """The spec of a request sent to blindkey as a proxy: in a tunnel, or absolute-form.
+    The record says where it was going before anything can refuse it."""
+    record.via, record.method = via_of(target), request.method[:16]
+    record.url, record.host = target.original[:2048], target.host
     raw = request_headers(request)
     authority, path_query = target.host_header, target.path_query
     body = None
@@ -116,6 +128,7 @@ async def parse_forwarded(
     bound = set(bound_secrets(settings, session.agent, target.host, target.port, target.scheme))
     foreign = sorted(names - bound)
     if foreign:
+        record.secrets = foreign
         raise ProxyError(
             "secret_denied",
             f"the placeholder of {', '.join(foreign)} was sent to {authority}, which "
@@ -129,7 +142,7 @@ async def parse_forwarded(
         session.token,
         injections,
         body=body,
-        via="connect" if target.scheme == "https" else "proxy",
+        via=via_of(target),
         placeholders=session.placeholders,
     )
     return spec, raw

@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from aiohttp.web_protocol import RequestHandler
 
@@ -36,6 +36,7 @@ from blindkey.proxy.errors import (
 from blindkey.proxy.request.edge import to_proxy_error
 from blindkey.proxy.request.forward_proxy import identify, placeholders_of
 from blindkey.proxy.request.parse import Target
+from blindkey.proxy.tls.blind import IdleDeadline, Pipe
 from blindkey.proxy.tls.ca import LeafCache
 from blindkey.proxy.tls.head import ConnectHead, head_end, no_token, parse_head
 from blindkey.proxy.tls.session import Session, bound_secrets
@@ -83,7 +84,7 @@ class Door(asyncio.Protocol):
         self.make_handler = make_handler
         self.buffer = b""
         self.deciding = False
-        self.pipe: _Pipe | None = None
+        self.pipe: Pipe | None = None
         self.bytes_up = 0
         self.task: asyncio.Task[None] | None = None
         self.deciding_done = False
@@ -203,11 +204,12 @@ class Door(asyncio.Protocol):
         addresses = await self._vetted(head.host, head.port)
         loop = asyncio.get_running_loop()
         timeout = runtime.settings.limits.upstream_connect_timeout
-        pipe: _Pipe | None = None
+        pipe: Pipe | None = None
         for address in addresses:
             with contextlib.suppress(OSError, TimeoutError):
                 _, pipe = await asyncio.wait_for(
-                    loop.create_connection(lambda: _Pipe(self), address, head.port), timeout
+                    loop.create_connection(lambda: Pipe(self.connection), address, head.port),
+                    timeout,
                 )
                 break
         if pipe is None:
@@ -217,6 +219,10 @@ class Door(asyncio.Protocol):
         started = time.perf_counter()
         self.pipe = pipe
         pipe.finished = self._tunnel_done(record, started)
+        settings = runtime.settings
+        pipe.deadline = IdleDeadline(
+            settings.proxy.upstream_timeout, settings.limits.keepalive_idle_timeout, pipe.expire
+        )
         transport.write(ESTABLISHED)
         if self.buffer:
             self.bytes_up += len(self.buffer)
@@ -267,7 +273,14 @@ class Door(asyncio.Protocol):
             ) from None
         except OSError:
             raise ProxyError("upstream_error", f"cannot resolve {host}") from None
-        return list(dict.fromkeys(r["host"] for r in results))
+        addresses = list(dict.fromkeys(r["host"] for r in results))
+        # A name for this proxy (loopback permitted by private_ranges, and its port): a
+        # tunnel into itself, and then another inside that one, is a loop, not an upstream.
+        if port == self.runtime.egress.own_port:
+            addresses = [a for a in addresses if not _loopback(a)]
+            if not addresses:
+                raise ProxyError("blocked_address", "the proxy will not call itself")
+        return addresses
 
     async def _open_tls(self, session: Session, record: AuditRecord) -> None:
         if self.buffer:  # a ClientHello sent before the 200: start_tls cannot be given it
@@ -302,67 +315,6 @@ class Door(asyncio.Protocol):
         self.connection.go_inside(tls, self.make_handler(), session, early)
 
 
-class _Pipe(asyncio.Protocol):
-    """The upstream side of a blind tunnel."""
-
-    def __init__(self, door: Door) -> None:
-        self.door = door
-        self.transport: asyncio.Transport | None = None
-        self.bytes_down = 0
-        self.finished: Callable[[int], None] | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def write_eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
-            with contextlib.suppress(OSError):
-                self.transport.write_eof()
-
-    def pause_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_down += len(data)
-        client = self.door.connection.transport
-        if client is not None and not client.is_closing():
-            client.write(data)
-
-    def eof_received(self) -> bool | None:
-        client = self.door.connection.transport
-        if client is not None and client.can_write_eof():
-            with contextlib.suppress(OSError):
-                client.write_eof()
-            return True
-        return None
-
-    def pause_writing(self) -> None:
-        client = self.door.connection.transport
-        if client is not None:
-            client.pause_reading()
-
-    def resume_writing(self) -> None:
-        client = self.door.connection.transport
-        if client is not None:
-            client.resume_reading()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.finished is not None:
-            self.finished(self.bytes_down)
+def _loopback(address: str) -> bool:
+    found = ip_literal(address)
+    return found is not None and (found.is_loopback or found.is_unspecified)

@@ -85,15 +85,6 @@ def test_a_store_that_cannot_be_read_fails(home: Paths, run_cli: RunCli) -> None
     assert found.status == "fail" and found.detail.startswith("file: ")
 
 
-def test_a_ca_key_others_can_read_fails(home: Paths) -> None:
-    assert finding(home, "local CA").status == "ok"
-    key = home.state_dir / "ca" / "ca.key"
-    key.parent.mkdir()
-    key.write_bytes(b"key")
-    key.chmod(0o644)
-    assert finding(home, "local CA").status == "fail"
-
-
 @pytest.mark.parametrize(
     ("program", "status"),
     [

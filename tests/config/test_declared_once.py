@@ -118,6 +118,7 @@ def everything_changed(tmp_path: Path) -> Settings:
                 True,
                 2,
                 True,
+                placeholder_prefix="ghp_",
             ),
             "stripe.live-key": SecretPolicy(tier="controlled"),
         },

@@ -6,103 +6,17 @@ blind, with one record."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import trustme
-from aiohttp import web
 
 from blindkey.config.edit import string_array, toml_table
-from blindkey.config.paths import Paths
-from blindkey.proxy.tls.ca import ensure_ca
-from tests.proxy.conftest import OTHER, SECRET, Env, open_env
+from tests.proxy.conftest import OTHER, SECRET
 from tests.proxy.test_attack_dos import audit_records
-from tests.upstream import HITS, start_tls_upstream
-
-
-@dataclass
-class Mode:
-    env: Env
-    bound_port: int  # GITHUB_TOKEN is bound to https://127.0.0.1:bound_port
-    free_port: int  # allowlisted, no secret bound: tunnelled blind
-    bound: web.AppRunner
-    free: web.AppRunner
-    upstream_ca: Path
-    placeholders: dict[str, str]
-
-    @property
-    def proxy(self) -> str:
-        return f"http://127.0.0.1:{self.env.server.port}"
-
-
-@pytest.fixture
-async def mode(home: Paths, tmp_path: Path) -> AsyncIterator[Mode]:
-    ca = trustme.CA()
-    upstream_ca = tmp_path / "upstream-ca.pem"
-    ca.cert_pem.write_to_path(str(upstream_ca))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    bound, bound_port = await start_tls_upstream(context)
-    free, free_port = await start_tls_upstream(context)
-    ensure_ca(home)
-
-    def configure(document: Any) -> None:
-        hosts = toml_table(document, "allowlist")["hosts"]
-        hosts.extend(
-            [
-                f"https://127.0.0.1:{bound_port}",
-                f"https://127.0.0.1:{free_port}",
-                f"https://localhost:{free_port}",
-            ]
-        )
-        toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
-        toml_table(document, "secrets", "GITHUB_TOKEN")["hosts"] = string_array(
-            [f"https://127.0.0.1:{bound_port}"]
-        )
-
-    try:
-        async with open_env(home, configure) as env:
-            broker = env.server.runtime.authoriser.broker
-            reply = await broker.call("placeholders", env="development")
-            yield Mode(env, bound_port, free_port, bound, free, upstream_ca,
-                       dict(reply["placeholders"]))  # fmt: skip
-    finally:
-        await bound.cleanup()
-        await free.cleanup()
-
-
-async def curl(mode: Mode, url: str, *args: str, token: str | None = None) -> tuple[int, bytes]:
-    """curl through the proxy, trusting blindkey's CA only; (exit status, output)."""
-    user = ["--proxy-user", f"agent:{token or mode.env.token}"] if token != "" else []
-    process = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--proxy", mode.proxy, *user, "--noproxy", "",
-        "--cacert", str(mode.env.paths.ca_cert), *args, url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out
-
-
-async def connect(mode: Mode, authority: str, token: str | None) -> tuple[bytes, dict[str, Any]]:
-    """A CONNECT by hand: the proxy's answer head and its JSON body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", mode.env.server.port)
-    head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
-    if token is not None:
-        basic = base64.b64encode(f"agent:{token}".encode()).decode()
-        head += f"Proxy-Authorization: Basic {basic}\r\n"
-    writer.write((head + "\r\n").encode())
-    answer = await reader.read()
-    writer.close()
-    status_and_headers, _, body = answer.partition(b"\r\n\r\n")
-    return status_and_headers, orjson.loads(body)
+from tests.proxy.tls.conftest import Mode, connect, curl
+from tests.upstream import HITS
 
 
 async def test_curl_with_a_placeholder_reaches_the_value(mode: Mode) -> None:
@@ -134,7 +48,7 @@ async def test_basic_credentials_with_a_placeholder(mode: Mode) -> None:
 
 @pytest.mark.parametrize("where", ["header", "query", "body", "basic"])
 async def test_a_placeholder_headed_elsewhere_is_refused(mode: Mode, where: str) -> None:
-    """STRIPE_KEY is bound to no host: its placeholder is swapped nowhere, and refused."""
+    """STRIPE_KEY is bound to another host: its placeholder is refused here."""
     foreign = mode.placeholders["STRIPE_KEY"]
     url = f"https://127.0.0.1:{mode.bound_port}/echo"
     extra = {
@@ -218,3 +132,40 @@ async def test_absolute_form_http_through_the_proxy(mode: Mode) -> None:
     status, out = await curl(mode, f"{http_target}/echo", "-H", f"X-Key: {github}",
                              "-w", "\n%{http_code}")  # fmt: skip
     assert out.endswith(b"\n403") and b"secret_denied" in out
+
+
+@pytest.mark.parametrize(
+    "authority", ["127.0.0.1:{proxy}", "[::1]:{proxy}", "0.0.0.0:{proxy}", "localhost:{proxy}"]
+)
+async def test_the_proxy_itself_is_refused_even_when_allowlisted(
+    mode: Mode, authority: str
+) -> None:
+    """A human allowlisted the proxy's own port and permitted loopback for names: a tunnel
+    into the proxy (and another inside it) is still refused, by address and by name."""
+    proxy = mode.env.server.port
+
+    def allow_self(document: Any) -> None:
+        toml_table(document, "allowlist")["hosts"].extend(
+            [f"https://{host}:{proxy}" for host in ("127.0.0.1", "[::1]", "0.0.0.0", "localhost")]
+        )
+        toml_table(document, "allowlist")["private_ranges"] = string_array(["127.0.0.0/8"])
+
+    mode.env.configure(allow_self)
+    await mode.env.server.reload()
+    head, body = await connect(mode, authority.format(proxy=proxy), mode.env.token)
+    assert head.startswith(b"HTTP/1.1 403 "), head
+    assert body["error"] == "blocked_address" and "itself" in body["message"]
+
+
+async def test_a_loopback_name_permitted_by_private_ranges_is_tunnelled(mode: Mode) -> None:
+    """The other side of the name checks: what refuses `localhost` is the address vetting,
+    which a human can widen, and then the tunnel opens."""
+
+    def permit(document: Any) -> None:
+        toml_table(document, "allowlist")["private_ranges"] = string_array(["127.0.0.0/8"])
+
+    mode.env.configure(permit)
+    await mode.env.server.reload()
+    status, out = await curl(mode, f"https://localhost:{mode.free_port}/echo",
+                             "--cacert", str(mode.upstream_ca))  # fmt: skip
+    assert status == 0, out
