@@ -15,10 +15,11 @@ from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
 from blindkey.broker.approvals.core import Clock, approvals_count
 from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
-from blindkey.broker.backends import BackendError, SecretBackend, open_backend
-from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
+from blindkey.broker.backends import SecretBackend, open_backend
+from blindkey.broker.cache import MISSING, ValueView, view_for
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
+from blindkey.broker.slow_store import SlowStore
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import entry_for, origin
 from blindkey.config.model import SecretPolicy, Settings
@@ -66,7 +67,7 @@ def _fingerprint(files: Iterable[Path]) -> Stamp:
     return tuple(stamps)
 
 
-class BrokerState:
+class BrokerState(SlowStore):
     def __init__(
         self,
         paths: Paths,
@@ -326,73 +327,6 @@ class BrokerState:
             for name, policy in self.settings.secrets.items()
             if policy.placeholder_prefix
         }
-
-    # --- fetching from a slow store (keychain, OpenBao) ---------------------------------
-
-    def _run(self, view: ValueView, env: str, names: list[str] | None) -> asyncio.Future[Fetched]:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="blindkey-store")
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, view.fetch, env, names)
-
-    def _record(self, error: BackendError | None) -> None:
-        message = None if error is None else str(error)
-        if message is not None and message != self.backend_error:
-            log.error("%s", message)
-        self.backend_error = message
-
-    async def fetch(self, env: str, names: Iterable[str]) -> bool:
-        """Read names the view lacks; False when the store failed (see backend_error)."""
-        view = self.view
-        if view is None or not view.remote:
-            return True
-        wanted = [n for n in dict.fromkeys(names) if (env, n) not in self._fetching]
-        waiting = [self._fetching[(env, n)] for n in names if (env, n) in self._fetching]
-        ok = True
-        if wanted:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            for name in wanted:
-                self._fetching[(env, name)] = done
-            try:
-                fetched = await self._run(view, env, wanted)
-            except BackendError as exc:
-                self._record(exc)
-                ok = False
-            except Exception:
-                log.exception("reading from %s failed", view.backend.describe())
-                self._record(BackendError(f"{view.backend.describe()} failed; see the log"))
-                ok = False
-            else:
-                self._record(None)
-                if view is self.view and view.store(env, fetched, whole_env=False):
-                    self._bump()
-            finally:
-                for name in wanted:
-                    self._fetching.pop((env, name), None)
-                done.set_result(None)
-        for future in waiting:
-            await future
-        return ok
-
-    async def sync(self) -> bool:
-        """Read the whole active environment again (the cache renews before it expires)."""
-        view = self.view
-        if view is None or not view.remote:
-            return True
-        env = self.settings.active_env
-        try:
-            fetched = await self._run(view, env, None)
-        except BackendError as exc:
-            self._record(exc)
-            return False
-        except Exception:
-            log.exception("reading from %s failed", view.backend.describe())
-            self._record(BackendError(f"{view.backend.describe()} failed; see the log"))
-            return False
-        self._record(None)
-        if view is self.view and view.store(env, fetched, whole_env=True):
-            self._bump()
-        return True
 
     def close(self) -> None:
         if self._executor is not None:
