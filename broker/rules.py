@@ -96,7 +96,8 @@ class Scope:
             regex = "|".join(f"(?:{glob_regex(p)})" for p in policy.paths)
             matcher = re.compile(regex).fullmatch
         rate = policy.rate
-        return cls(where, label, frozenset(policy.methods), policy.paths, matcher, rate)
+        methods = frozenset(m.upper() for m in policy.methods)
+        return cls(where, label, methods, policy.paths, matcher, rate)
 
     def refusal(self, method: str, path: str | None) -> BrokerDenied | None:
         if self.methods and method.upper() not in self.methods:
