@@ -9,7 +9,7 @@ import pytest
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.policy import policy_view, widenings
 from blindkey.broker.rules import THIS_CALL
-from blindkey.broker.state import BrokerState
+from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.broker.vault import FileVault
 from blindkey.config.atomic import write_atomic
 from blindkey.config.model import SecretPolicy, Settings
@@ -55,7 +55,9 @@ class World:
     claude: str
     builder: str
 
-    def call(self, token: str, names: list[str], path: str = "/repos/acme/w", method: str = "GET"):  # type: ignore[no-untyped-def]
+    def call(
+        self, token: str, names: list[str], path: str = "/repos/acme/w", method: str = "GET"
+    ) -> BrokerAnswer:
         return self.state.resolve(token, names, "api.github.com", "https", 443, method, path)
 
 
