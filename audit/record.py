@@ -47,6 +47,8 @@ class AuditRecord:
     # Time a held call waited for a human (X-AS-Wait-Approval); part of duration_ms.
     waited_ms: float | None = None
     via: str | None = None  # "connect": a request inside a tunnel blindkey intercepted
+    # [policy] mode = "report": the refusal a method, path or rate rule would have answered.
+    would_deny: dict[str, object] | None = None
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -66,7 +68,7 @@ class AuditRecord:
         # Microseconds rounded to the nearest, then as ms: round(x, 3) costs three times more.
         self.duration_ms = int((time.perf_counter() - self._clock) * 1_000_000 + 0.5) / 1000
         # Spelled out rather than dataclasses.asdict, which deep-copies: this runs per request.
-        values = {
+        values: dict[str, Any] = {
             "ts": self.ts,
             "request_id": self.request_id,
             "event": "request",
@@ -92,4 +94,6 @@ class AuditRecord:
             values["waited_ms"] = self.waited_ms
         if self.via is not None:
             values["via"] = self.via
+        if self.would_deny is not None:
+            values["would_deny"] = self.would_deny
         return values

@@ -25,6 +25,7 @@ from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import parse_settings
 from blindkey.config.model import DEFAULT_POLICY, SecretPolicy, Settings
 from blindkey.config.paths import Paths
+from blindkey.config.request_rules import AgentPolicy
 
 _MAGIC = b"BKP1"
 View = dict[str, Any]
@@ -41,6 +42,16 @@ def secret_view(policy: SecretPolicy) -> View:
         "release": sorted(policy.release),
         "approvals": policy.approvals,
         "allow_range": policy.allow_range,
+        **rules_view(policy),
+    }
+
+
+def rules_view(policy: SecretPolicy | AgentPolicy) -> View:
+    """Policy per request: a rule removed, or a method, path or faster rate added, widens."""
+    return {
+        "methods": sorted(policy.methods),
+        "paths": sorted(policy.paths),
+        "rate": None if policy.rate is None else [policy.rate.text, policy.rate.per_second],
     }
 
 
@@ -58,10 +69,13 @@ def policy_view(settings: Settings) -> View:
             for name, r in sorted(settings.routes.items())
         },
         "active_env": settings.active_env,
+        "agents": {name: rules_view(p) for name, p in sorted(settings.agents.items())},
+        "policy_mode": settings.request_policy.mode,
     }
 
 
 _DEFAULT = secret_view(DEFAULT_POLICY)
+_NO_RULES = rules_view(AgentPolicy())
 
 
 def _more(before: list[str], after: list[str]) -> list[str]:
@@ -80,6 +94,19 @@ def _secret_widenings(name: str, before: View, after: View) -> list[str]:
     # A policy kept before the key existed has none: it did not allow parts.
     if after.get("allow_range") and not before.get("allow_range"):
         found.append(f"secret {name} may be read in slices (allow_range)")
+    return found + _rule_widenings(f"secret {name}", before, after)
+
+
+def _rule_widenings(who: str, before: View, after: View) -> list[str]:
+    # A policy kept before these keys existed has none of them: it had no such rules.
+    found = []
+    for key, noun in (("methods", "methods"), ("paths", "paths")):
+        old, new = before.get(key) or [], after.get(key) or []
+        if old and (not new or _more(old, new)):
+            found.append(f"{who} may use {', '.join(_more(old, new)) or f'any {noun}'}")
+    old_rate, new_rate = before.get("rate"), after.get("rate")
+    if old_rate and (not new_rate or new_rate[1] > old_rate[1]):
+        found.append(f"{who} may call {new_rate[0] if new_rate else 'without a rate limit'}")
     return found
 
 
@@ -104,6 +131,11 @@ def widenings(before: View, after: View, held: Held) -> list[str]:
                 continue  # deleted with its value: nothing is left to reach
             new = _DEFAULT
         found += _secret_widenings(name, old, new)
+    for name in sorted(set(before.get("agents", {})) | set(after.get("agents", {}))):
+        old = before.get("agents", {}).get(name, _NO_RULES)
+        found += _rule_widenings(f"agent {name}", old, after["agents"].get(name, _NO_RULES))
+    if after.get("policy_mode") == "report" and before.get("policy_mode", "enforce") != "report":
+        found.append("[policy] mode = report: method, path and rate rules are not enforced")
     for name, route in after["routes"].items():
         if before["routes"].get(name) != route:
             found.append(f"route {name} sends {route['secret']} to {route['to']}")
@@ -117,7 +149,7 @@ def changed_keys(before: View, after: View) -> tuple[list[str], View, View]:
     old: View = {}
     new: View = {}
     for key in sorted(set(before) | set(after)):
-        if key in ("secrets", "routes"):
+        if key in ("secrets", "routes", "agents"):
             inner_old, inner_new = before.get(key, {}), after.get(key, {})
             for name in sorted(set(inner_old) | set(inner_new)):
                 if inner_old.get(name) != inner_new.get(name):

@@ -34,9 +34,14 @@ class BrokerUnavailable(BlindkeyError):
 class BrokerDenied(BlindkeyError):
     """The broker refused: `code` is one of the error codes of the proxy's error table."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(
+        self, code: str, message: str, *, detail: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
+        # The rule that refused (`secrets.NAME.paths`), and for a rate when to try again.
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 def encode(message: Message) -> bytes:

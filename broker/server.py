@@ -30,6 +30,7 @@ from blindkey.broker.protocol import (
     encode,
 )
 from blindkey.broker.release import RELEASE_OPS, Releaser
+from blindkey.broker.rules import answer_fields
 from blindkey.broker.sockets import (
     ConnectionLimits,
     PeerCounts,
@@ -212,6 +213,7 @@ class BrokerServer:
         host = request.get("host")
         # Where the values would go; a client that does not say: what a bare host names.
         scheme, port = request.get("scheme", "https"), request.get("port", 443)
+        method, path = request.get("method", ""), request.get("path")
         if (
             not isinstance(names, list)
             or not all(isinstance(n, str) for n in names)
@@ -219,11 +221,13 @@ class BrokerServer:
             or not (token is None or isinstance(token, str))
             or not isinstance(scheme, str)
             or not isinstance(port, int)
+            or not isinstance(method, str)
+            or not (path is None or isinstance(path, str))
         ):
             return {"id": request_id, "error": "bad_request", "message": "malformed resolve"}
-        answer = self.state.resolve(token, names, host, scheme, port)
+        answer = self.state.resolve(token, names, host, scheme, port, method, path)
         if answer.missing:
-            target = (scheme, host, port)
+            target = (scheme, host, port, method, path)
             self._spawn(self._resolve_later(request_id, token, names, target, client))
             return None
         return self._resolved(request_id, answer)
@@ -340,8 +344,7 @@ class BrokerServer:
             "generation": self.state.generation,
             "values": answer.values,
         }
-        if answer.denied is not None:
-            reply["denied"] = {"error": answer.denied.code, "message": str(answer.denied)}
+        reply.update(answer_fields(answer.denied, answer.rules))
         return reply
 
     async def _resolve_later(
@@ -349,15 +352,15 @@ class BrokerServer:
         request_id: Any,
         token: str | None,
         names: list[str],
-        target: tuple[str, str, int],
+        target: tuple[str, str, int, str, str | None],
         client: Client,
     ) -> None:
         state = self.state
-        scheme, host, port = target
+        scheme, host, port, method, path = target
         try:
-            first = state.resolve(token, names, host, scheme, port)
+            first = state.resolve(token, names, host, scheme, port, method, path)
             await state.fetch(first.env, first.missing)
-            answer = state.resolve(token, names, host, scheme, port)
+            answer = state.resolve(token, names, host, scheme, port, method, path)
             if answer.missing:
                 state.unavailable()
             reply = self._resolved(request_id, answer)

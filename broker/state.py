@@ -19,6 +19,7 @@ from blindkey.broker.backends import SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, ValueView, view_for
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
+from blindkey.broker.rules import ALLOWED, RuleSet, Verdict
 from blindkey.broker.slow_store import SlowStore
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import entry_for, origin
@@ -41,6 +42,7 @@ class BrokerAnswer(NamedTuple):
     denied: BrokerDenied | None
     # Names the view could not answer from memory: fetch them, then resolve again.
     missing: tuple[str, ...] = ()
+    rules: Verdict = ALLOWED  # policy per request: would_deny, how long the answer holds
 
 
 def _not_bound(name: str, policy: SecretPolicy, target: Scope) -> str:
@@ -77,6 +79,7 @@ class BrokerState(SlowStore):
         on_outcome: Callable[[str, str], None] | None = None,
     ) -> None:
         self.paths = paths
+        self.rules = RuleSet.empty(clock)  # its rate buckets keep time by `clock` too
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
         self.approvals = Approvals(paths, clock, on_change=self._bump, on_outcome=on_outcome)
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
@@ -143,6 +146,7 @@ class BrokerState(SlowStore):
         self._storage = settings.storage
         self.last_error = None
         self.settings = settings
+        self.rules = self.rules.reload(settings)
         self.agents_by_hash = {a.token_sha256: a for a in agents.values() if a.revoked is None}
         self._follow_tiers()
         self._bump()
@@ -220,10 +224,10 @@ class BrokerState(SlowStore):
 
     def resolve(
         self, token: str | None, names: list[str], host: str, scheme: str = "https",
-        port: int = 443,
+        port: int = 443, method: str = "", path: str | None = None,
     ) -> BrokerAnswer:  # fmt: skip
-        """The values `names` for a call to scheme://host:port (the defaults: what a bare
-        host entry names), or the refusal."""
+        """The values `names` for a call of `method` on `path` (raw, no query; None: rules
+        on paths refuse) to scheme://host:port (default: what a bare host names), or why not."""
         view = self.view
         if view is None:
             # Nothing was ever loaded: no agents to know a token by, no values.
@@ -237,13 +241,18 @@ class BrokerState(SlowStore):
         if MISSING in found:
             missing = tuple(n for n, v in zip(names, found, strict=True) if v is MISSING)
             return BrokerAnswer(agent, env, {}, None, missing)
+        # Methods and paths before tiers (no human is asked for a call refused anyway).
+        verdict = self.rules.decide(agent, names, method, path)
         values: dict[str, str] = {}
         for name, value in zip(names, found, strict=True):
-            denied = self._check(agent, env, name, (scheme, host, port), value)
+            denied = verdict.denied or self._check(agent, env, name, (scheme, host, port), value)
             if denied is not None:
-                return BrokerAnswer(agent, env, {}, denied)
+                return BrokerAnswer(agent, env, {}, denied, (), verdict)
             values[name] = value  # type: ignore[assignment]  # _check refused None
-        return BrokerAnswer(agent, env, values, None)
+        verdict = self.rules.count(agent, names, verdict)  # rates: a call that passed all else
+        if verdict.denied is not None:
+            return BrokerAnswer(agent, env, {}, verdict.denied, (), verdict)
+        return BrokerAnswer(agent, env, values, None, (), verdict)
 
     def _check(
         self, agent: str, env: str, name: str, target: Scope, value: object

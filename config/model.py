@@ -16,6 +16,14 @@ from pathlib import Path
 
 from blindkey.config.fields import Invalid, named_tables, setting, table
 from blindkey.config.hosts import AllowEntry
+from blindkey.config.request_rules import (
+    METHODS,
+    PATH_GLOBS,
+    RATE,
+    AgentPolicy,
+    PolicySettings,
+    Rate,
+)
 from blindkey.config.stores import (
     BackendSettings,
     BrokerSettings,
@@ -206,6 +214,14 @@ class SecretPolicy:
     allow_range: bool = setting(
         BOOL, False, "true: Range and 206 answers (values can then be read in slices)"
     )
+    # Policy per request (broker/rules.py): what a call that injects this secret may do.
+    methods: tuple[str, ...] = setting(METHODS, (), "empty: any method", example=["GET"])
+    paths: tuple[str, ...] = setting(
+        PATH_GLOBS, (), "globs on the path; empty: any path", example=["/repos/acme/*", "/user"]
+    )
+    rate: Rate | None = setting(  # noqa: RUF009 - Rate is frozen, shared safely
+        RATE, None, "per agent using this secret", example="120/min"
+    )
 
     # What a program's key check expects before blindkey's placeholder (`sk-`, `ghp_`).
     placeholder_prefix: str = setting(
@@ -340,6 +356,18 @@ class Settings:
             comment="metadata only; values live in the backend",
         ),
     )
+    agents: Mapping[str, AgentPolicy] = field(
+        default_factory=dict,
+        metadata=named_tables(
+            "agents",
+            AgentPolicy,
+            "builder",
+            names=AGENT_NAME,
+            bad_name="is not a valid agent name (letters, digits, _ . -)",
+            comment="optional policy of one agent",
+        ),
+    )
+    request_policy: PolicySettings = field(default_factory=PolicySettings, metadata=table("policy"))
     routes: Mapping[str, Route] = field(
         default_factory=dict,
         metadata=named_tables(

@@ -22,6 +22,7 @@ STATUS = {
     "unknown_secret": 404,
     "unknown_route": 404,
     "body_too_large": 413,
+    "rate_limited": 429,
     "upstream_error": 502,
     "broker_unavailable": 503,
     "audit_unavailable": 503,
@@ -55,6 +56,7 @@ class ProxyError(BlindkeyError):
         close: bool = False,
         fields: dict[str, str] | None = None,
         proxy_auth: bool = False,
+        retry_after: int | None = None,
     ) -> None:
         if code not in STATUS:
             raise ValueError(f"unknown error code {code}")
@@ -68,6 +70,8 @@ class ProxyError(BlindkeyError):
         # Proxy mode: the caller used blindkey as its proxy, so "who are you" is 407 and
         # says how to answer (Proxy-Authenticate).
         self.proxy_auth = proxy_auth
+        # rate_limited: seconds until the call would pass (Retry-After).
+        self.retry_after = retry_after
 
     @property
     def status(self) -> int:
@@ -96,6 +100,8 @@ def error_response(error: ProxyError, request_id: str, *, vendor: bool = False) 
     )
     if error.proxy_auth:
         response.headers["Proxy-Authenticate"] = PROXY_AUTHENTICATE
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     if error.close:
         response.force_close()
     return response

@@ -216,7 +216,9 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
                     "expired": "the request was not approved within 10 minutes: ",
                 }[outcome]
                 raise _required(approval_id, secret, shown, why, count)
-        _, _, grant = await authoriser.resolve(spec.token, names, host, target.scheme, target.port)
+        _, _, grant = await authoriser.resolve(
+            spec.token, names, host, target.scheme, target.port, spec.method, path
+        )
         if isinstance(grant, Grant):
             return grant
         if grant.code != "approval_required" or wait is None or approval_id is None:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import BrokerDenied, Message
+from blindkey.broker.rules import ANY_REQUEST, THIS_REQUEST
 from blindkey.config.errors import BlindkeyError
 from blindkey.redact.redactor import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
-APPROVAL = "approval_required"
+# Refusals not kept: a human may approve at any moment, a rate refills.
+PASSING = frozenset({"approval_required", "rate_limited"})
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,16 @@ class Grant:
     env: str
     values: dict[str, str]
     redactor: Redactor
+    # [policy] mode = "report": the refusal a method, path or rate rule would have answered.
+    would_deny: dict[str, object] | None = None
 
 
 # The caller's agent and environment, and the values released or the broker's refusal.
 Resolution = tuple[str, str, "Grant | BrokerDenied"]
 ResolutionKey = tuple[str | None, tuple[str, ...], str, str, int]
+# Kept under ResolutionKey when the broker's answer depends on the request's method and
+# path (rules of the request): look under the key with both instead; THIS_CALL: not kept.
+Kept = Resolution | str
 
 
 class Authoriser:
@@ -58,7 +65,8 @@ class Authoriser:
         self._redactor_values: dict[str, str] = {}
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
-        self._resolutions: dict[ResolutionKey, Resolution] = {}
+        self._resolutions: dict[ResolutionKey, Kept] = {}
+        self._per_request: dict[tuple[ResolutionKey, str, str], Resolution] = {}
         self._resolutions_epoch = -1
         self._invalidations = 0
         # sha256 of the config.toml text the broker serves (its approved policy).
@@ -66,6 +74,7 @@ class Authoriser:
 
     def forget(self) -> None:
         self._resolutions.clear()
+        self._per_request.clear()
 
     def _on_push(self, message: Message) -> None:
         """An invalidation: the broker tells the CLI the change is in force once this
@@ -81,7 +90,7 @@ class Authoriser:
         if event == "invalidate":
             self._invalidations += 1
             self._redactor_generation = -1
-            self._resolutions.clear()
+            self.forget()
             self.config_sha256 = message.get("config_sha256")
             self.on_invalidate()
             self.on_approval(None, "changed")
@@ -97,24 +106,27 @@ class Authoriser:
         touched. Costs two attribute reads when connected."""
         epoch = self.broker.connection_epoch
         if epoch != self._resolutions_epoch or not self.broker.connected:
-            self._resolutions.clear()
+            self.forget()
             self._resolutions_epoch = epoch
             self.on_invalidate()
 
     async def resolve(
         self, token: str | None, names: list[str], host: str, scheme: str = "https",
-        port: int = 443,
+        port: int = 443, method: str = "", path: str = "/",
     ) -> Resolution:  # fmt: skip
-        """(agent, env, grant or the broker's refusal) for a call to scheme://host:port
-        (bindings and grants name all three); raises for unauthenticated callers
-        (BrokerDenied) and when the broker cannot answer (BrokerUnavailable)."""
+        """(agent, env, grant or the broker's refusal) for a call of `method` on `path` (no
+        query) to scheme://host:port (bindings and grants name all three); raises for
+        unauthenticated callers (BrokerDenied) and when the broker cannot answer
+        (BrokerUnavailable)."""
         key = (token, tuple(names), host, scheme, port)
         if self.broker.connected and self.broker.connection_epoch == self._resolutions_epoch:
             cached = self._resolutions.get(key)
-            if cached is not None:
+            if cached == THIS_REQUEST:
+                cached = self._per_request.get((key, method, path))
+            if cached is not None and not isinstance(cached, str):
                 return cached
         epoch, invalidations = self.broker.connection_epoch, self._invalidations
-        resolution = await self._ask_broker(token, names, host, scheme, port)
+        resolution, varies = await self._ask_broker(token, names, host, scheme, port, method, path)
         # An invalidation handled while this call waited may be newer than its answer
         # (both can arrive in one read): the answer serves this call, which began before
         # the change, and no later one.
@@ -122,13 +134,25 @@ class Authoriser:
             epoch == self.broker.connection_epoch == self._resolutions_epoch
             and invalidations == self._invalidations
         )
-        # A refusal for want of a grant is not kept: a human may approve at any moment.
-        gated = isinstance(resolution[2], BrokerDenied) and resolution[2].code == APPROVAL
-        if unchanged and not gated:
-            if len(self._resolutions) >= MAX_CACHED_RESOLUTIONS:
-                self._resolutions.clear()
-            self._resolutions[key] = resolution
+        passing = isinstance(resolution[2], BrokerDenied) and resolution[2].code in PASSING
+        if unchanged and not passing:
+            self._keep(key, method, path, resolution, varies)
         return resolution
+
+    def _keep(
+        self, key: ResolutionKey, method: str, path: str, resolution: Resolution, varies: str
+    ) -> None:
+        if len(self._resolutions) >= MAX_CACHED_RESOLUTIONS:
+            self.forget()
+        if varies == ANY_REQUEST:
+            self._resolutions[key] = resolution
+            return
+        # Rules of the request: the target's key says so; a counted call is never kept.
+        self._resolutions[key] = varies
+        if varies == THIS_REQUEST:
+            if len(self._per_request) >= MAX_CACHED_RESOLUTIONS:
+                self._per_request.clear()
+            self._per_request[(key, method, path)] = resolution
 
     async def identify(self, token: str | None) -> tuple[str, str]:
         """Who the caller is, with no value released (for the record of a refusal)."""
@@ -136,18 +160,23 @@ class Authoriser:
         return agent, env
 
     async def _ask_broker(
-        self, token: str | None, names: list[str], host: str, scheme: str, port: int
-    ) -> Resolution:
+        self, token: str | None, names: list[str], host: str, scheme: str, port: int,
+        method: str, path: str,
+    ) -> tuple[Resolution, str]:  # fmt: skip
         reply = await self.broker.call(
-            "resolve", token=token, names=names, host=host, scheme=scheme, port=port
-        )
+            "resolve", token=token, names=names, host=host, scheme=scheme, port=port,
+            method=method, path=path,
+        )  # fmt: skip
         agent, env = str(reply["agent"]), str(reply["env"])
+        varies = str(reply.get("varies", ANY_REQUEST))
         denied = reply.get("denied")
         if denied:
-            return agent, env, BrokerDenied(str(denied["error"]), str(denied["message"]))
+            return (agent, env, refusal(denied)), varies
         values: dict[str, str] = dict(reply["values"])
         redactor = await self._current_redactor(int(reply["generation"]), values)
-        return agent, env, Grant(agent=agent, env=env, values=values, redactor=redactor)
+        would_deny = reply.get("would_deny")
+        grant = Grant(agent, env, values, redactor, would_deny)
+        return (agent, env, grant), varies
 
     async def _current_redactor(self, generation: int, needed: Mapping[str, str]) -> Redactor:
         async with self._redactor_lock:
@@ -173,3 +202,15 @@ class Authoriser:
 
     async def close(self) -> None:
         await self.broker.close()
+
+
+def refusal(denied: Message) -> BrokerDenied:
+    """The broker's refusal as it sent it: a rule's refusal names the rule (`detail`), a
+    rate's says when to try again."""
+    detail, retry = denied.get("detail"), denied.get("retry_after")
+    return BrokerDenied(
+        str(denied["error"]),
+        str(denied["message"]),
+        detail=detail if isinstance(detail, str) else None,
+        retry_after=retry if isinstance(retry, int) else None,
+    )

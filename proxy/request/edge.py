@@ -293,7 +293,10 @@ def to_proxy_error(exc: Exception) -> ProxyError:
     if isinstance(exc, ProxyError):
         return exc
     if isinstance(exc, BrokerDenied):
-        return ProxyError(exc.code if exc.code in STATUS else "bad_request", str(exc))
+        # A rule of the request names itself (`detail`); a rate says when to retry.
+        fields = {"detail": exc.detail} if exc.detail is not None else None
+        code = exc.code if exc.code in STATUS else "bad_request"
+        return ProxyError(code, str(exc), fields=fields, retry_after=exc.retry_after)
     if isinstance(exc, BrokerUnavailable | ProtocolError):
         return ProxyError(
             "broker_unavailable",

@@ -97,17 +97,21 @@ async def authorise(
     """The values the broker releases to this agent on this host."""
     target = spec.target
     agent, env, grant = await runtime.authoriser.resolve(
-        spec.token, spec.secret_names, target.host, target.scheme, target.port
-    )
+        spec.token, spec.secret_names, target.host, target.scheme, target.port,
+        spec.method, target.path_query.split("?", 1)[0],
+    )  # fmt: skip
     record.agent, record.env = agent, env
     if isinstance(grant, Grant):
+        record.would_deny = grant.would_deny
         return grant
     if grant.code != "approval_required":
         raise grant
     # A human must approve first: say how, or keep the call waiting until they do.
     asked = time.perf_counter()
     try:
-        return await approved(runtime, request, spec)
+        grant = await approved(runtime, request, spec)
+        record.would_deny = grant.would_deny
+        return grant
     finally:
         if WAIT_HEADER in request.headers:  # the human's time, not the service's
             record.waited_ms = round((time.perf_counter() - asked) * 1000, 3)

@@ -36,6 +36,7 @@ from blindkey.config.model import (
     Settings,
 )
 from blindkey.config.paths import resolve_paths
+from blindkey.config.request_rules import AgentPolicy, PolicySettings, parse_rate
 from blindkey.config.stores import (
     BackendSettings,
     BrokerSettings,
@@ -118,10 +119,15 @@ def everything_changed(tmp_path: Path) -> Settings:
                 True,
                 2,
                 True,
+                ("GET", "PATCH"),
+                ("/repos/acme/*", "/user"),
+                parse_rate("120/min"),
                 placeholder_prefix="ghp_",
             ),
             "stripe.live-key": SecretPolicy(tier="controlled"),
         },
+        agents={"builder": AgentPolicy(("GET",), ("/v1/**",), parse_rate("10/s"))},
+        request_policy=PolicySettings("report"),
         routes={"openai": Route("https://api.openai.com", "header", "OPENAI_API_KEY", "x-api-key")},
     )
 

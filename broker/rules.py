@@ -1,0 +1,254 @@
+"""Policy per request: the methods, paths and rates of [secrets.NAME] and [agents.NAME].
+
+Compiled once per config load (`RuleSet`), asked once per resolve. A path is decided on
+its decoded segments, in two readings that must both pass: as sent (empty and `.` segments
+dropped, `..` kept as a name) and resolved (`..` applied). An upstream that resolves dot
+segments sees the second, one that does not sees the first, so `/admin/../repos/acme/x`
+passes neither `/repos/acme/*` nor an `/admin` deny-by-omission. A slash the rule cannot
+see as a separator (`%2F`, a backslash, `%5C`, or either encoded twice) is refused
+whenever path rules apply: an upstream may decode it into a segment boundary.
+A trailing slash makes no other path (`/user/` is `/user`); paths are case-sensitive,
+methods are not; the query is not part of the path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from blindkey.broker.protocol import BrokerDenied
+from blindkey.config.model import Settings
+from blindkey.config.request_rules import Rate
+
+# The answer holds for any method and path of the target / for this method and path only /
+# for this one call (a rate counted it): how long a proxy may keep it.
+ANY_REQUEST, THIS_REQUEST, THIS_CALL = "", "request", "each"
+_TWICE_ENCODED = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
+Message = dict[str, Any]
+
+
+class PathForms(NamedTuple):
+    sent: str  # "" for the root
+    resolved: str
+
+
+@functools.lru_cache(maxsize=4096)
+def path_forms(raw: str) -> PathForms | str:
+    """Both readings of a request path, or why it cannot be decided on."""
+    raw = raw.split("?", 1)[0].split("#", 1)[0]
+    if "\\" in raw:
+        return "a backslash"
+    sent: list[str] = []
+    resolved: list[str] = []
+    for segment in raw.split("/"):
+        text = unquote(segment, errors="surrogateescape")
+        if "/" in text or "\\" in text:
+            return "an encoded slash or backslash (%2F, %5C)"
+        if _TWICE_ENCODED.search(text):
+            return "a slash, backslash or dot encoded twice"
+        if text in ("", "."):
+            continue
+        sent.append(text)
+        if text == "..":
+            if resolved:
+                resolved.pop()
+        else:
+            resolved.append(text)
+    return PathForms("".join("/" + s for s in sent), "".join("/" + s for s in resolved))
+
+
+def glob_regex(pattern: str) -> str:
+    """`*` is a segment or part of one (never empty when it is the whole segment), `**` any
+    number of segments; the root is the empty string."""
+    parts = []
+    for segment in pattern.strip("/").split("/") if pattern.strip("/") else []:
+        if segment == "**":
+            parts.append("(?:/[^/]+)*")
+        elif segment == "*":
+            parts.append("/[^/]+")
+        else:
+            parts.append("/" + "[^/]*".join(re.escape(p) for p in segment.split("*")))
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The rules of one table: `where` is its key (`secrets.GITHUB_TOKEN`)."""
+
+    where: str
+    label: str  # "secret GITHUB_TOKEN", "agent builder"
+    methods: frozenset[str]
+    paths: tuple[str, ...]
+    matcher: Callable[[str], object] | None
+    rate: Rate | None
+
+    @classmethod
+    def of(cls, where: str, label: str, policy: Any) -> Scope | None:
+        if not (policy.methods or policy.paths or policy.rate):
+            return None
+        matcher = None
+        if policy.paths:
+            regex = "|".join(f"(?:{glob_regex(p)})" for p in policy.paths)
+            matcher = re.compile(regex).fullmatch
+        rate = policy.rate
+        methods = frozenset(m.upper() for m in policy.methods)
+        return cls(where, label, methods, policy.paths, matcher, rate)
+
+    def refusal(self, method: str, path: str | None) -> BrokerDenied | None:
+        if self.methods and method.upper() not in self.methods:
+            return BrokerDenied(
+                "secret_denied",
+                f"{self.label} may be used with {', '.join(sorted(self.methods))} only, not "
+                f"{method or 'an unnamed method'} (rule {self.where}.methods)",
+                detail=f"{self.where}.methods",
+            )
+        if self.matcher is None:
+            return None
+        forms = path_forms(path) if path is not None else "no path (the caller did not say)"
+        if isinstance(forms, str):
+            why = f"a path with {forms}"
+        elif self.matcher(forms.sent) and self.matcher(forms.resolved):
+            return None
+        else:
+            why = repr(forms.resolved or "/")
+        return BrokerDenied(
+            "secret_denied",
+            f"{self.label} may be used on paths {', '.join(self.paths)} only, not on {why} "
+            f"(rule {self.where}.paths)",
+            detail=f"{self.where}.paths",
+        )
+
+
+class Limiter:
+    """Token buckets by (rule, agent); each holds `count` and refills `count` per period."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._buckets: dict[tuple[str, str, str], list[float]] = {}
+
+    def wait(self, key: tuple[str, str, str], rate: Rate) -> float:
+        """Seconds until the bucket holds one call (0: now); refills it as time passed."""
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [float(rate.count), now]
+        # A wall clock set back must not take calls away (nor set forward add past the cap).
+        elapsed = max(0.0, now - bucket[1])
+        tokens = min(float(rate.count), bucket[0] + elapsed * rate.per_second)
+        bucket[0], bucket[1] = tokens, now
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate.per_second
+
+    def take(self, key: tuple[str, str, str]) -> None:
+        self._buckets[key][0] -= 1.0
+
+    def keep(self, wanted: Callable[[tuple[str, str, str]], bool]) -> None:
+        """Forget the buckets of rules a reload removed or changed."""
+        self._buckets = {k: v for k, v in self._buckets.items() if wanted(k)}
+
+
+class Verdict(NamedTuple):
+    denied: BrokerDenied | None
+    would_deny: Message | None  # report mode: the refusal enforcing would have answered
+    varies: str  # ANY_REQUEST, THIS_REQUEST or THIS_CALL: how long a proxy may keep it
+
+
+ALLOWED = Verdict(None, None, ANY_REQUEST)
+
+
+def reported(denied: BrokerDenied) -> Message:
+    return {"error": denied.code, "detail": denied.detail, "message": str(denied)}
+
+
+def answer_fields(denied: BrokerDenied | None, verdict: Verdict) -> Message:
+    """What a resolve's reply says of its refusal and of the rules of the request."""
+    fields: Message = {}
+    if denied is not None:
+        fields["denied"] = {"error": denied.code, "message": str(denied)}
+        if denied.detail is not None:
+            fields["denied"].update(detail=denied.detail, retry_after=denied.retry_after)
+    if verdict.varies:
+        fields["varies"] = verdict.varies
+    if verdict.would_deny is not None:
+        fields["would_deny"] = verdict.would_deny
+    return fields
+
+
+class RuleSet:
+    """The compiled rules of one config load, and the rate buckets kept across loads."""
+
+    def __init__(self, settings: Settings, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.report = settings.request_policy.mode == "report"
+        self.secrets = _scopes("secrets", "secret", settings.secrets)
+        self.agents = _scopes("agents", "agent", settings.agents)
+        rates = {s.where: s.rate.text for s in (*self.secrets.values(), *self.agents.values())
+                 if s.rate is not None}  # fmt: skip
+        limiter.keep(lambda key: rates.get(key[0]) == key[2])
+
+    @classmethod
+    def empty(cls, clock: Callable[[], float]) -> RuleSet:
+        return cls(Settings(), Limiter(clock))
+
+    def reload(self, settings: Settings) -> RuleSet:
+        return RuleSet(settings, self.limiter)
+
+    def _scopes(self, agent: str, names: Iterable[str]) -> list[Scope]:
+        return [s for s in (self.agents.get(agent), *map(self.secrets.get, names)) if s]
+
+    def decide(self, agent: str, names: list[str], method: str, path: str | None) -> Verdict:
+        """Methods and paths (before tiers and grants); no names: only who is asking."""
+        if not names or not (self.secrets or self.agents):
+            return ALLOWED
+        scopes = self._scopes(agent, names)
+        if not scopes:
+            return ALLOWED
+        varies = THIS_CALL if any(s.rate for s in scopes) else THIS_REQUEST
+        for scope in scopes:
+            refused = scope.refusal(method, path)
+            if refused is not None:
+                return self._verdict(refused, varies)
+        return Verdict(None, None, varies)
+
+    def count(self, agent: str, names: list[str], verdict: Verdict) -> Verdict:
+        """Rates, for a call that passed everything else: counted only if none refuses (and
+        not at all when report mode already says the call would have been refused)."""
+        if verdict.varies != THIS_CALL or verdict.would_deny is not None:
+            return verdict
+        limited = [(s, (s.where, agent, s.rate.text), s.rate)
+                   for s in self._scopes(agent, names) if s.rate]  # fmt: skip
+        waits = [(self.limiter.wait(key, rate), scope, rate) for scope, key, rate in limited]
+        longest, scope, rate = max(waits, key=lambda w: w[0])
+        if longest <= 0.0:
+            for _, key, _ in limited:
+                self.limiter.take(key)
+            return verdict
+        retry = max(1, math.ceil(longest))
+        who = f"agent {agent}"
+        if scope.where.startswith("secrets."):
+            who = f"{scope.label} for agent {agent}"
+        refused = BrokerDenied(
+            "rate_limited",
+            f"{who} is limited to {rate.text} (rule {scope.where}.rate); retry in {retry}s",
+            detail=f"{scope.where}.rate",
+            retry_after=retry,
+        )
+        return self._verdict(refused, THIS_CALL)
+
+    def _verdict(self, refused: BrokerDenied, varies: str) -> Verdict:
+        if self.report:
+            return Verdict(None, reported(refused), varies)
+        return Verdict(refused, None, varies)
+
+
+def _scopes(table: str, noun: str, policies: Mapping[str, Any]) -> dict[str, Scope]:
+    found = {}
+    for name, policy in policies.items():
+        scope = Scope.of(f"{table}.{name}", f"{noun} {name}", policy)
+        if scope is not None:
+            found[name] = scope
+    return found
