@@ -30,14 +30,14 @@ from blindkey.broker.protocol import (
     encode,
 )
 from blindkey.broker.release import RELEASE_OPS, Releaser
-from blindkey.broker.rules import answer_fields
+from blindkey.broker.resolve import Resolve
 from blindkey.broker.sockets import (
     ConnectionLimits,
     PeerCounts,
     prepare_socket_dir,
     socket_mode,
 )
-from blindkey.broker.state import BrokerAnswer, BrokerState
+from blindkey.broker.state import BrokerState
 from blindkey.config.paths import Paths
 
 log = logging.getLogger("blindkey.broker")
@@ -71,7 +71,7 @@ class BrokerServer:
         self.releaser = Releaser(self.state, self._spawn)  # values for env and exec
         # What a client may ask, by the `op` of its request.
         self.operations: dict[str, Operation] = {
-            "resolve": self._resolve,
+            "resolve": Resolve(self.state, self._spawn),
             "ping": self._ping,
             "ack": self._ack,
             "redaction_set": self._redaction_set,
@@ -205,33 +205,6 @@ class BrokerServer:
         except BrokerDenied as exc:
             return {"id": request_id, "error": exc.code, "message": str(exc)}
 
-    def _resolve(self, request: Message, client: Client) -> Message | None:
-        client.caches = True
-        request_id = request.get("id")
-        token = request.get("token")
-        names = request.get("names")
-        host = request.get("host")
-        # Where the values would go; a client that does not say: what a bare host names.
-        scheme, port = request.get("scheme", "https"), request.get("port", 443)
-        method, path = request.get("method", ""), request.get("path")
-        if (
-            not isinstance(names, list)
-            or not all(isinstance(n, str) for n in names)
-            or not isinstance(host, str)
-            or not (token is None or isinstance(token, str))
-            or not isinstance(scheme, str)
-            or not isinstance(port, int)
-            or not isinstance(method, str)
-            or not (path is None or isinstance(path, str))
-        ):
-            return {"id": request_id, "error": "bad_request", "message": "malformed resolve"}
-        answer = self.state.resolve(token, names, host, scheme, port, method, path)
-        if answer.missing:
-            target = (scheme, host, port, method, path)
-            self._spawn(self._resolve_later(request_id, token, names, target, client))
-            return None
-        return self._resolved(request_id, answer)
-
     def _audit_anchor(self, request: Message, client: Client) -> Message:
         """Move the audit's anchor forward when a seq is given; answer where it stands."""
         if "seq" in request:
@@ -335,38 +308,6 @@ class BrokerServer:
 
     def _approval_outcome(self, approval_id: str, outcome: str) -> None:
         self._push({"event": "approval", "approval_id": approval_id, "outcome": outcome})
-
-    def _resolved(self, request_id: Any, answer: BrokerAnswer) -> Message:
-        reply: Message = {
-            "id": request_id,
-            "agent": answer.agent,
-            "env": answer.env,
-            "generation": self.state.generation,
-            "values": answer.values,
-        }
-        reply.update(answer_fields(answer.denied, answer.rules))
-        return reply
-
-    async def _resolve_later(
-        self,
-        request_id: Any,
-        token: str | None,
-        names: list[str],
-        target: tuple[str, str, int, str, str | None],
-        client: Client,
-    ) -> None:
-        state = self.state
-        scheme, host, port, method, path = target
-        try:
-            first = state.resolve(token, names, host, scheme, port, method, path)
-            await state.fetch(first.env, first.missing)
-            answer = state.resolve(token, names, host, scheme, port, method, path)
-            if answer.missing:
-                state.unavailable()
-            reply = self._resolved(request_id, answer)
-        except BrokerDenied as exc:  # unavailable, or the agent was revoked meanwhile
-            reply = {"id": request_id, "error": exc.code, "message": str(exc)}
-        client.send(encode(reply))
 
     def _spawn(self, work: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
