@@ -71,6 +71,7 @@ class AuditWriter:
             audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days, hold=True
         )
         self.tracker = FlagTracker(clock=clock)
+        self.learning: asyncio.Task[None] | None = None
         self.waiting = Backlog()  # records the audit did not take yet
         self.error: str | None = None
         self.unavailable_since: float | None = None
@@ -126,22 +127,31 @@ class AuditWriter:
         self._anchor_task = asyncio.create_task(self._anchoring(), name="audit-anchor")
         try:
             self.log.open()
-            self._learn()
+            seen = load_seen(self.path.parent)
         except OSError as exc:
             self._failed(exc)
-
-    def _learn(self) -> None:
-        seen = load_seen(self.path.parent)
+            return
         if seen is not None:
             self.tracker.seen = seen
             return
-        # No file of pairs yet (an audit written before it existed): learn from the current
-        # file once, a line at a time, and keep what was learnt.
+        # No file of pairs yet (an audit written before it existed): learned from the current
+        # file once, off the start (64 MB take seconds); until then a call may be flagged
+        # new_host that was not.
+        self.learning = asyncio.create_task(self._learning(), name="audit-learn")
+
+    async def _learning(self) -> None:
         with contextlib.suppress(OSError):
-            if self.path.stat().st_size > LEARN_LIMIT:
-                return
-        self.tracker.learn(allowed_records(self.path))
-        save_seen(self.path.parent, self.tracker.seen)
+            seen = await asyncio.to_thread(self._seen_in_audit)
+            self.tracker.seen |= seen  # with what calls added meanwhile
+            save_seen(self.path.parent, self.tracker.seen)
+
+    def _seen_in_audit(self) -> set[tuple[str, str]]:
+        """The (secret, host) pairs of the current file, a line at a time (on a thread)."""
+        if self.path.exists() and self.path.stat().st_size > LEARN_LIMIT:
+            return set()
+        scratch = FlagTracker()
+        scratch.learn(allowed_records(self.path))
+        return scratch.seen
 
     def _finish(self, record: AuditRecord) -> dict[str, Any]:
         values = record.finish()
@@ -283,6 +293,10 @@ class AuditWriter:
 
     async def close(self) -> None:
         """Write what is held if the disk takes it now, fsync, anchor, then stop."""
+        if self.learning is not None:
+            self.learning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.learning
         self._write_turn()
         if self._anchor_task is not None:
             self._anchor_task.cancel()
