@@ -41,6 +41,7 @@ SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
+SECRET_KINDS = ("value", "aws")
 # How a route puts its secret into the request: as the SDK would have put its own key.
 ROUTE_STYLES = ("bearer", "basic", "header", "query")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
@@ -191,6 +192,10 @@ class SecretPolicy:
     allow_range: bool = setting(
         BOOL, False, "true: Range and 206 answers (values can then be read in slices)"
     )
+    # What the value is: a string injected as it is, or keys a credential is computed from.
+    kind: str = setting(choice(SECRET_KINDS), "value", "value | aws")
+    # aws: the region signed for when neither the host nor X-AS-Sigv4-Region names one.
+    region: str = setting(text(), "", 'aws: default region (empty: "us-east-1")')
 
     def allows_agent(self, agent: str) -> bool:
         return "*" in self.agents or agent in self.agents
