@@ -17,6 +17,7 @@ from blindkey.config.errors import BlindkeyError
 KIND = "aws"
 # AWS documents access key ids as 16 to 128 word characters (AKIA..., ASIA...).
 _KEY_ID = re.compile(r"^[A-Z0-9]{16,128}\Z")
+REGION = re.compile(r"^[a-z0-9-]{1,64}\Z")
 _FIELDS = ("access_key_id", "secret_access_key", "session_token")
 _MIN_SECRET = 16
 
@@ -92,3 +93,8 @@ def redaction_parts(values: dict[str, str]) -> dict[str, str]:
         if keys.session_token:
             parts[f"{name}.session_token"] = keys.session_token
     return parts
+
+
+def stored_value(text: str) -> str:
+    """What `secrets set --kind aws` stores for the JSON it was given: checked, canonical."""
+    return parse_keys(text.strip()).to_value()

@@ -118,6 +118,8 @@ def everything_changed(tmp_path: Path) -> Settings:
                 True,
                 2,
                 True,
+                kind="aws",
+                region="eu-west-1",
             ),
             "stripe.live-key": SecretPolicy(tier="controlled"),
         },
