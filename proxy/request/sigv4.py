@@ -25,6 +25,9 @@ from blindkey.proxy.request.parse import Injection
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
+# aws-chunked with a checksum trailer and no chunk signatures (SDKs' default for S3 uploads):
+# signed as this literal, the body streams on as it came.
+UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 DEFAULT_REGION = "us-east-1"  # where AWS's global endpoints (iam, sts, s3.amazonaws.com) sign
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+\Z")
 _AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
@@ -151,13 +154,14 @@ def timestamp(now: datetime | None = None) -> str:
 
 
 def payload_rule(declared: str | None) -> str | None:
-    """UNSIGNED when the caller asked for an unsigned payload; None: hash the body. A
-    streaming-chunked upload is refused: each chunk would need a signature made with the key."""
+    """The literal to sign when the caller asked for an unsigned payload (whole, or chunked
+    with an unsigned trailer); None: hash the body. A streaming-chunked upload with signed
+    chunks is refused: each chunk would need a signature made with the key."""
     if declared is None:
         return None
     text = declared.strip()
-    if text.upper() == UNSIGNED:
-        return UNSIGNED
+    if text.upper() in (UNSIGNED, UNSIGNED_TRAILER):
+        return text.upper()
     if text.upper().startswith("STREAMING-"):
         raise ProxyError(
             "bad_request",

@@ -59,7 +59,12 @@ def test_payload_rules() -> None:
     assert payload_rule(None) is None
     assert payload_rule("UNSIGNED-PAYLOAD") == "UNSIGNED-PAYLOAD"
     assert payload_rule("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") is None
-    for streaming in ("STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER"):
+    trailer = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert payload_rule(trailer) == trailer
+    for streaming in (
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+    ):
         with pytest.raises(ProxyError, match="streaming-chunked"):
             payload_rule(streaming)
 
