@@ -43,7 +43,7 @@ TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
 SECRET_KINDS = ("value", "aws")
 # How a route puts its secret into the request: as the SDK would have put its own key.
-ROUTE_STYLES = ("bearer", "basic", "header", "query")
+ROUTE_STYLES = ("bearer", "basic", "header", "query", "sigv4")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
 MIN_REDACTABLE = 8
 # The longest value the redactor matches (refused at `secrets set`, never found per request).

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote_to_bytes
 
+from aiohttp import web
 from multidict import CIMultiDict
 
 from blindkey.broker.credentials.aws import AwsKeys, maybe_keys
@@ -313,3 +314,19 @@ def sign_all(
             keys = maybe_keys(values[injection.secret])
             assert keys is not None  # check_styles refused any other value
             sign(headers, outgoing, injection, keys, region_of(injection.secret))
+
+
+def sdk_key_id(authorization: str) -> str | None:
+    """The access key id an SDK signed with: on a route, where the agent token stands."""
+    sdk = parse_sdk_authorization(authorization)
+    return None if sdk is None else sdk.key_id
+
+
+def sdk_scoped(injection: Injection, request: web.BaseRequest) -> Injection:
+    """A route's Sigv4 signs for the region and service its SDK signed for, if it did."""
+    if injection.style != "sigv4":
+        return injection
+    sdk = parse_sdk_authorization(request.headers.get("Authorization", ""))
+    if sdk is None:
+        return injection
+    return Injection("sigv4", injection_key(sdk.scope.region, sdk.scope.service), injection.secret)

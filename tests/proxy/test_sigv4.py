@@ -5,6 +5,7 @@ and the keys never reach the agent: not in the answer, not in a record or log.""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,10 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.httpsession import URLLib3Session
 
 from blindkey.broker.credentials.aws import AwsKeys
 from blindkey.broker.vault import FileVault
@@ -61,6 +66,8 @@ async def _signed(home: Paths, keys: AwsKeys) -> AsyncIterator[Signed]:
         section = toml_table(document, "secrets", "AWS")
         section["kind"] = "aws"
         section["hosts"] = string_array([f"http://127.0.0.1:{port}"])
+        route = toml_table(document, "routes", "aws")
+        route.update({"to": f"http://127.0.0.1:{port}/prod", "inject": "sigv4", "secret": "AWS"})
 
     try:
         async with open_env(home, configure) as env:
@@ -232,3 +239,30 @@ def test_the_oracle_tells_a_wrong_key() -> None:
                              "20261207T120000Z")  # fmt: skip
         headers["authorization"] = made
         assert (botocore_authorization("GET", "/a?b=c", headers, b"", KEYS) == made) is right
+
+
+async def test_an_sdk_on_a_route_signs_with_the_agent_token(signed: Signed) -> None:
+    """`endpoint_url=http://127.0.0.1:8765/r/aws` and the agent token as access key id: the
+    route signs with the real keys, for the region and service the SDK signed for."""
+    base = f"http://127.0.0.1:{signed.env.server.port}/r/aws"
+    request = AWSRequest("PUT", f"{base}/items/7?a=1&b=%20", data=b'{"n": 1}',
+                         headers={"Content-Type": "application/json"})  # fmt: skip
+    credentials = Credentials(signed.env.token, "any-secret-key-the-sdk-wants")
+    SigV4Auth(credentials, "execute-api", "ap-south-1").add_auth(request)
+
+    def send() -> tuple[int, bytes]:
+        session = URLLib3Session()
+        try:
+            response = session.send(request.prepare())
+            return response.status_code, response.content
+        finally:
+            session.close()
+
+    status, body = await asyncio.to_thread(send)
+    assert status == 200, body
+    assert KEYS.secret_access_key.encode() not in body
+    _verified(orjson.loads(body))
+    method, path, headers, _ = signed.oracle.app[SEEN][-1]
+    assert (method, path) == ("PUT", "/prod/items/7?a=1&b=%20")
+    assert "/ap-south-1/execute-api/aws4_request" in headers["authorization"]
+    assert signed.env.token not in str(headers)
