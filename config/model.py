@@ -245,7 +245,8 @@ class Route:
         choice(ROUTE_STYLES),
         "",
         " | ".join(ROUTE_STYLES),
-        doc="how the secret goes in: as a bearer token, basic auth, a header or a query parameter",
+        doc="how the secret goes in: as a bearer token, basic auth, a header, a query parameter, "
+        "or a SigV4 signature made with an aws secret",
         example="bearer",
         required=True,
         key="inject",
