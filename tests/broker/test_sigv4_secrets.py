@@ -9,6 +9,7 @@ import pytest
 from blindkey.broker.credentials.aws import AwsKeys, AwsKeysError, parse_keys, redaction_parts
 from blindkey.broker.vault import FileVault
 from blindkey.config.loader import load_settings
+from blindkey.config.model import Route
 from blindkey.config.paths import Paths
 from tests.conftest import RunCli
 
@@ -70,3 +71,12 @@ def test_parts_are_redacted_under_their_names() -> None:
     assert orjson.loads(value)["session_token"] == "FwoGZXIvYXdzEXAMPLETOKEN"
     with pytest.raises(AwsKeysError):
         parse_keys('{"access_key_id": "AKIAIOSFODNN7EXAMPLE"}')
+
+
+def test_route_add_sigv4(run_cli: RunCli, home: Paths) -> None:
+    to = "https://dynamodb.eu-west-1.amazonaws.com"
+    done = run_cli("route", "add", "ddb", "--to", to, "--sigv4", "AWS")
+    assert done.returncode == 0, done.stderr
+    assert load_settings(home.config_file).routes["ddb"] == Route(to, "sigv4", "AWS")
+    both = run_cli("route", "add", "two", "--to", to, "--sigv4", "AWS", "--bearer", "AWS")
+    assert both.returncode == 2 and "exactly one" in both.stderr
