@@ -13,6 +13,8 @@ from typing import Any
 
 from blindkey.broker.approvals_link import call, with_code
 from blindkey.broker.backends import SecretBackend, open_backend
+from blindkey.broker.credentials.aws import KIND as KIND_AWS
+from blindkey.broker.credentials.aws import REGION, stored_value
 from blindkey.broker.notify import put_in_force
 from blindkey.broker.policy_link import change_policy, record
 from blindkey.config.console import warn
@@ -95,6 +97,8 @@ class NewSecret:
     by: str | None = None
     code: str | None = None
     anyway: bool = False
+    kind: str | None = None  # None: the kind it has (a new secret: "value")
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,29 @@ def _set_policy(new: NewSecret, release: list[str], short: bool) -> Callable[[An
             section["allow_short"] = True
         elif "allow_short" in section:
             del section["allow_short"]
+        _set_kind(section, new)
 
     return change
+
+
+def _set_kind(section: Any, new: NewSecret) -> None:
+    """`--kind`, `--region`: what the value is, and what computing a credential needs."""
+    if new.kind == "value":
+        for key in ("kind", "region"):
+            section.pop(key, None)
+    elif new.kind:
+        section["kind"] = new.kind
+    if new.region:
+        section["region"] = new.region
+
+
+def _checked_value(kind: str, region: str | None, value: str) -> str:
+    """The value to store for its kind: aws keys are checked and stored in canonical form."""
+    if region and kind != KIND_AWS:
+        raise UsageError("--region is for --kind aws secrets")
+    if region and not REGION.match(region):
+        raise UsageError(f"--region {region[:64]!r} is not an AWS region name (eu-west-1)")
+    return stored_value(value) if kind == KIND_AWS else value
 
 
 def store_secret(paths: Paths, new: NewSecret, read_value: Callable[[], str]) -> Stored:
@@ -178,12 +203,13 @@ def store_secret(paths: Paths, new: NewSecret, read_value: Callable[[], str]) ->
     settings = load_settings(paths.config_file)
     env = pick_env(settings, new.env)
     bound = _bindings("--host", new.hosts, BlindkeyError)
-    value = read_value()
+    kind = new.kind or settings.policy(name).kind
+    value = _checked_value(kind, new.region, read_value())
     short = _short(name, value, new.allow_short)
     release = release_channels(new.release)
     edits_config = bool(
         new.tier or new.hosts or new.agents or release or new.approvals or short
-        or settings.policy(name).allow_short
+        or settings.policy(name).allow_short or new.kind or new.region
     )  # fmt: skip
     if new.tier or new.approvals:
         _lower_floor(paths, new)

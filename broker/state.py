@@ -17,6 +17,7 @@ from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, ValueView, view_for
+from blindkey.broker.credentials.aws import redaction_parts
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.broker.rules import ALLOWED, RuleSet, Verdict
@@ -323,7 +324,8 @@ class BrokerState(SlowStore):
         """Every value of the active environment: more than any one agent may use, never less."""
         if self.view is None:
             return {}
-        return self.view.snapshot(self.settings.active_env)
+        # The parts of AWS keys too: an answer echoes a key id, never the stored object.
+        return redaction_parts(self.view.snapshot(self.settings.active_env))
 
     def environment_values(self, env: str) -> dict[str, str]:
         """The values of `env` this broker holds now (for placeholders, never released)."""

@@ -29,12 +29,13 @@ def _route_from_args(args: argparse.Namespace) -> Route:
 
     chosen = [
         (style, value)
-        for style in ("bearer", "basic", "header", "query")
-        if (value := getattr(args, style)) is not None
+        for style in ("bearer", "basic", "header", "query", "sigv4")
+        if (value := getattr(args, style, None)) is not None
     ]
     if len(chosen) != 1:
         raise UsageError(
-            "route add needs exactly one of --bearer S, --basic S, --header H=S, --query P=S"
+            "route add needs exactly one of --bearer S, --basic S, --header H=S, --query P=S, "
+            "--sigv4 S"
         )
     ((style, value),) = chosen
     param = ""
@@ -257,6 +258,7 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", required=True, metavar="URL", help="the API's base URL")
     _injections(p, many=False)
+    p.add_argument("--sigv4", metavar="S", help="sign with the aws secret S (AWS SDKs)")
     approver_code(p)  # the route's host joins the allowlist: a widening
     p.set_defaults(handler=cmd_route_add)
     p = actions.add_parser("list", help="routes and what they inject")

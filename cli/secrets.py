@@ -19,7 +19,7 @@ from blindkey.config.arguments import Subcommands, action_group, json_flag, posi
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.model import MIN_REDACTABLE, TIERS
+from blindkey.config.model import MIN_REDACTABLE, SECRET_KINDS, TIERS
 from blindkey.config.paths import Paths
 from blindkey.config.stores import PRODUCTION
 
@@ -64,7 +64,7 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     new = NewSecret(
         name, env=args.env, tier=args.tier, hosts=args.host, agents=args.agent,
         release=args.release, approvals=args.approvals, allow_short=args.allow_short,
-        by=args.by, code=args.code, anyway=args.yes,
+        by=args.by, code=args.code, anyway=args.yes, kind=args.kind, region=args.region,
     )  # fmt: skip
     stored = store_secret(paths, new, lambda: _read_value(name) if value is None else value)
     hosts = ", ".join(str(h) for h in stored.policy.hosts) or "any allowlisted host"
@@ -326,4 +326,20 @@ def _set_parser(actions: Any) -> None:
     )
     approver_code(p)
     p.add_argument("--yes", action="store_true", help="set a gated tier with no approver active")
+    _kind_options(p)
     p.set_defaults(handler=cmd_secrets_set)
+
+
+def _kind_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        choices=SECRET_KINDS,
+        help="value (default): injected as it is; aws: stdin is a JSON object "
+        '{"access_key_id", "secret_access_key"[, "session_token"]} that signs requests '
+        "(X-AS-Inject-Sigv4) and is never sent",
+    )
+    p.add_argument(
+        "--region",
+        metavar="R",
+        help="aws: the region to sign for when the host does not name one (default us-east-1)",
+    )

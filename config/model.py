@@ -51,8 +51,9 @@ SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
+SECRET_KINDS = ("value", "aws")
 # How a route puts its secret into the request: as the SDK would have put its own key.
-ROUTE_STYLES = ("bearer", "basic", "header", "query")
+ROUTE_STYLES = ("bearer", "basic", "header", "query", "sigv4")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
 MIN_REDACTABLE = 8
 # The longest value the redactor matches (refused at `secrets set`, never found per request).
@@ -228,6 +229,11 @@ class SecretPolicy:
         PLACEHOLDER_PREFIX, "", 'proxy mode: the placeholder starts with this (e.g. "sk-")'
     )
 
+    # What the value is: a string injected as it is, or keys a credential is computed from.
+    kind: str = setting(choice(SECRET_KINDS), "value", "value | aws")
+    # aws: the region signed for when neither the host nor X-AS-Sigv4-Region names one.
+    region: str = setting(text(), "", 'aws: default region (empty: "us-east-1")')
+
     def allows_agent(self, agent: str) -> bool:
         return "*" in self.agents or agent in self.agents
 
@@ -276,7 +282,8 @@ class Route:
         choice(ROUTE_STYLES),
         "",
         " | ".join(ROUTE_STYLES),
-        doc="how the secret goes in: as a bearer token, basic auth, a header or a query parameter",
+        doc="how the secret goes in: as a bearer token, basic auth, a header, a query parameter, "
+        "or a SigV4 signature made with an aws secret",
         example="bearer",
         required=True,
         key="inject",

@@ -32,6 +32,7 @@ from blindkey.proxy.request.parse import (
     parse_target,
     request_headers,
 )
+from blindkey.proxy.request.sigv4 import injection_key, parse_sdk_authorization
 from blindkey.proxy.tls.head import no_token, proxy_token
 from blindkey.proxy.tls.session import Session, bound_secrets
 
@@ -135,7 +136,8 @@ async def parse_forwarded(
             f"{'that secret is' if len(foreign) == 1 else 'those secrets are'} not bound to "
             "(for this agent): a placeholder is replaced only on the way to its own hosts",
         )
-    injections = tuple(Injection(STYLE, "", name) for name in sorted(names))
+    resigned = sdk_signatures(raw, session.placeholders)
+    injections = tuple(resigned.get(name, Injection(STYLE, "", name)) for name in sorted(names))
     spec = ProxySpec(
         target,
         request.method,
@@ -146,6 +148,21 @@ async def parse_forwarded(
         placeholders=session.placeholders,
     )
     return spec, raw
+
+
+def sdk_signatures(
+    raw: list[tuple[str, str]], placeholders: Mapping[str, str]
+) -> dict[str, Injection]:
+    """An AWS SDK that signed with a placeholder as its access key id: its secret signs the
+    request again, for the SDK's region, service and signed headers (sigv4.py)."""
+    for name, value in raw:
+        if name.lower() == "authorization":
+            sdk = parse_sdk_authorization(value)
+            secret = None if sdk is None else placeholders.get(sdk.key_id)
+            if sdk is not None and secret is not None:
+                key = injection_key(sdk.scope.region, sdk.scope.service, sdk.signed)
+                return {secret: Injection("sigv4", key, secret)}
+    return {}
 
 
 async def identify(runtime: ProxyRuntime, token: str) -> tuple[str, str]:

@@ -160,7 +160,7 @@ def _port(text: str, url: str) -> int:
 def parse_injection(name: str, value: str) -> Injection:
     """`name` is the header name as sent, minus `X-AS-Inject-`."""
     lowered = name.lower()
-    if lowered in ("bearer", "basic"):
+    if lowered in ("bearer", "basic", "sigv4"):
         style, key = lowered, ""
     else:
         style, sep, key = name.partition("-")
@@ -168,7 +168,7 @@ def parse_injection(name: str, value: str) -> Injection:
         if style not in ("header", "query", "body", "form") or not sep:
             raise _bad(
                 f"unknown injection header X-AS-Inject-{name}; styles: "
-                "Bearer, Basic, Header-<Name>, Query-<param>, Body-<a.b>, Form-<field>"
+                "Bearer, Basic, Sigv4, Header-<Name>, Query-<param>, Body-<a.b>, Form-<field>"
             )
         if not key:
             raise _bad(f"X-AS-Inject-{name} names no {style} to inject into")
@@ -207,6 +207,7 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
     """Read the X-AS-* headers; `raw_headers` keeps the case the caller sent."""
     target_url = as_method = token = None
     injections: list[Injection] = []
+    sigv4_scope: dict[str, str] = {}
     for name, raw_value in raw_headers:
         lowered = name.lower()
         if not lowered.startswith(PREFIX):
@@ -222,14 +223,17 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
             token = value.strip()
         elif lowered.startswith("x-as-inject-"):
             injections.append(parse_injection(name[len("x-as-inject-") :], value))
+        elif lowered in SIGV4_SCOPE_HEADERS:
+            sigv4_scope[lowered] = value.strip()
     target = parse_target(target_url)
+    injections = sigv4_scoped(injections, sigv4_scope)
     if not injections:
         raise _bad("at least one X-AS-Inject-* header is required")
     seen = set()
     for injection in injections:
         slot = (
             ("authorization", "")
-            if injection.style in ("bearer", "basic")
+            if injection.style in ("bearer", "basic", "sigv4")
             else (
                 injection.style,
                 injection.key.lower() if injection.style == "header" else injection.key,
@@ -248,6 +252,23 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
         token=token or None,
         injections=tuple(injections),
     )
+
+
+# X-AS-Inject-Sigv4's region and service, when the host does not name them.
+SIGV4_SCOPE_HEADERS = ("x-as-sigv4-region", "x-as-sigv4-service")
+_SCOPE_PART = re.compile(r"^[a-z0-9-]{1,64}\Z")
+
+
+def sigv4_scoped(injections: list[Injection], given: Mapping[str, str]) -> list[Injection]:
+    """A Sigv4 injection carries the region and service the caller named, as its key
+    `region/service` (either may be empty: then the host tells)."""
+    for header, part in given.items():
+        if not _SCOPE_PART.match(part):
+            raise _bad(f"{header}: {part[:64]!r} is not an AWS region or service name")
+    if not given:
+        return injections
+    key = f"{given.get('x-as-sigv4-region', '')}/{given.get('x-as-sigv4-service', '')}"
+    return [Injection(i.style, key, i.secret) if i.style == "sigv4" else i for i in injections]
 
 
 def proxy_method(verb: str) -> str:

@@ -36,6 +36,7 @@ from blindkey.proxy.request.inject import (
 from blindkey.proxy.request.parse import ProxySpec, Target
 from blindkey.proxy.request.relay import relay
 from blindkey.proxy.request.send import upstream_errors
+from blindkey.proxy.request.sigv4 import Outgoing, check_styles, sign_all, signs_payload, unsent
 from blindkey.proxy.request.token_scan import refusal as token_refusal
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.upstream import UpstreamRequest, UpstreamResponse
@@ -129,14 +130,21 @@ async def injected(
 ) -> UpstreamRequest:
     """The request that goes upstream, with the values in place."""
     target = spec.target
+    check_styles(spec.injections, grant.values)
     headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
+    values = unsent(spec.injections, grant.values)  # AWS keys sign, and are never sent
     if spec.placeholders is not None:  # proxy mode: the values where the placeholders were
-        headers = swap_headers(headers, spec.placeholders, grant.values)
-        path_query = swap_path(path_query, spec.placeholders, grant.values)
+        headers = swap_headers(headers, spec.placeholders, values)
+        path_query = swap_path(path_query, spec.placeholders, values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
-    body = await request_body(runtime, request, spec, grant.values, headers, record)
+    body = await request_body(runtime, request, spec, values, headers, record)
+    length = request.content_length if isinstance(body, CountingBody) else None
+    signed = Outgoing(spec.method, target.host, target.host_header, path_query,
+                      body if isinstance(body, bytes) else None, length)  # fmt: skip
+    sign_all(headers, spec.injections, grant.values, signed,
+             lambda name: runtime.settings.policy(name).region)  # fmt: skip
     return UpstreamRequest(
         spec.method,
         target.scheme,
@@ -146,7 +154,7 @@ async def injected(
         path_query,
         headers.items(),
         body,
-        request.content_length if isinstance(body, CountingBody) else None,
+        length,
     )
 
 
@@ -167,7 +175,7 @@ async def request_body(
             body = swap_body(body, content_type, spec.placeholders, values)
         record.bytes_in = len(body)
         return body
-    if not spec.buffers_body:
+    if not (spec.buffers_body or signs_payload(spec.injections, headers)):
         return CountingBody(request, spec.token_scan) if request.body_exists else None
     limits = runtime.settings.limits
     original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)

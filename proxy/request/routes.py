@@ -37,6 +37,7 @@ from blindkey.proxy.request.parse import (
     proxy_method,
     request_headers,
 )
+from blindkey.proxy.request.sigv4 import sdk_key_id, sdk_scoped
 from blindkey.proxy.request.token_scan import scan_for
 
 ROUTE_PREFIX = "/r/"
@@ -54,7 +55,7 @@ def _bad(message: str) -> ProxyError:
 
 def injection_label(route: Route) -> str:
     """The route's injection spelled as the suffix of its X-AS-Inject-* header."""
-    if route.style in ("bearer", "basic"):
+    if route.style in ("bearer", "basic", "sigv4"):
         return route.style.capitalize()
     return f"{route.style.capitalize()}-{route.param}"
 
@@ -215,7 +216,9 @@ def _read_call_anew(routes: Mapping[str, Route], request: web.BaseRequest) -> _R
         elif lowered == "authorization":
             # Where most SDKs put their key, whatever the route injects (some send the key
             # as a bearer token where the API documents a header): never passed on either.
-            authorization = authorization or _bearer(value) or _basic_password(value)
+            authorization = (
+                authorization or _bearer(value) or _basic_password(value) or sdk_key_id(value)
+            )
         elif (found := _stray_token(value)) is not None:
             stray = stray or found
         else:
@@ -247,7 +250,7 @@ def parse_route(
     body as it streams, in the pipeline) is refused: see proxy/request/token_scan.py.
     """
     call = _read_call(routes, request)
-    injection = route_injection(call.name, call.route)
+    injection = sdk_scoped(route_injection(call.name, call.route), request)
     scan = scan_for(call.offered)
     parts = [(f"header {h[:64]}", v) for h, v in call.forwarded if not h.lower().startswith(PREFIX)]
     scan.check([*parts, ("the query", call.query), ("the path", call.tail)])

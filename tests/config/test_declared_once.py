@@ -123,6 +123,8 @@ def everything_changed(tmp_path: Path) -> Settings:
                 ("/repos/acme/*", "/user"),
                 parse_rate("120/min"),
                 placeholder_prefix="ghp_",
+                kind="aws",
+                region="eu-west-1",
             ),
             "stripe.live-key": SecretPolicy(tier="controlled"),
         },
