@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -17,6 +17,7 @@ from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import BackendError, SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, Fetched, ValueView, view_for
+from blindkey.broker.credentials.minted import Credentials
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
@@ -72,6 +73,7 @@ class BrokerState:
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
         self.approvals = Approvals(paths, clock)
         self.approvals.on_change = self._bump
+        self.credentials = Credentials(self, clock, self._bump)  # oauth2, github-app tokens
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
         # The last approved policy: a config.toml that widens it waits for a code.
         self.policy = PolicyGate(paths, self.approvals, self.held)
@@ -194,7 +196,7 @@ class BrokerState:
 
     def expire(self) -> bool:
         # Grants first: a grant that ran out is pushed within the watch interval (0.2 s).
-        approvals = self.refresh_approvals()
+        approvals = self.refresh_approvals() | self.credentials.expire()
         if self.view is not None and self.view.expire():
             self._bump()
             return True
@@ -236,7 +238,8 @@ class BrokerState:
             if denied is not None:
                 return BrokerAnswer(agent, env, {}, denied)
             values[name] = value  # type: ignore[assignment]  # _check refused None
-        return BrokerAnswer(agent, env, values, None)
+        values, unminted = self.credentials.substitute(env, values)
+        return BrokerAnswer(agent, env, values, None, unminted)
 
     def _check(
         self, agent: str, env: str, name: str, target: Scope, value: object
@@ -289,7 +292,7 @@ class BrokerState:
         policy = self.settings.secrets.get(name, OPEN_POLICY)
         if not policy.allows_agent(agent):
             return BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
-        if channel not in policy.release:
+        if channel not in policy.release or (channel != "proxy" and policy.kind != "value"):
             return BrokerDenied("secret_denied", f"secret {name} is not released to {channel}")
         return self._gate(agent, env, name, policy, target)
 
@@ -307,7 +310,7 @@ class BrokerState:
         """Every value of the active environment: more than any one agent may use, never less."""
         if self.view is None:
             return {}
-        return self.view.snapshot(self.settings.active_env)
+        return self.credentials.redaction_set(self.view, self.settings.active_env)
 
     def environment_values(self, env: str) -> dict[str, str]:
         """The values of `env` this broker holds now (for placeholders, never released)."""
@@ -330,8 +333,14 @@ class BrokerState:
             log.error("%s", message)
         self.backend_error = message
 
-    async def fetch(self, env: str, names: Iterable[str]) -> bool:
-        """Read names the view lacks; False when the store failed (see backend_error)."""
+    async def fetch(self, env: str, names: Sequence[str]) -> bool:
+        """Read names the view lacks (False: the store failed, see backend_error), then mint
+        their tokens (BrokerDenied when that fails)."""
+        ok = await self._read(env, names)
+        await self.credentials.mint(env, names)
+        return ok
+
+    async def _read(self, env: str, names: Sequence[str]) -> bool:
         view = self.view
         if view is None or not view.remote:
             return True

@@ -43,6 +43,9 @@ TIERS = ("open", "controlled", "restricted")
 RELEASE_CHANNELS = ("proxy", "env", "exec")
 # How a route puts its secret into the request: as the SDK would have put its own key.
 ROUTE_STYLES = ("bearer", "basic", "header", "query")
+# What a secret's stored value is: the value injected, or the material a token is minted from.
+SECRET_KINDS = ("value", "oauth2", "github-app")
+OAUTH2_GRANTS = ("refresh_token", "client_credentials")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
 MIN_REDACTABLE = 8
 # The longest value the redactor matches (refused at `secrets set`, never found per request).
@@ -190,6 +193,26 @@ class SecretPolicy:
     # too short for the redactor to recognise, read back piece by piece.
     allow_range: bool = setting(
         BOOL, False, "true: Range and 206 answers (values can then be read in slices)"
+    )
+
+    # Computed credentials: the stored value (refresh token, client secret, private key)
+    # never leaves the broker; what is injected is the access token minted from it.
+    kind: str = setting(
+        choice(SECRET_KINDS), "value", "value | oauth2 | github-app",
+        doc="value: injected as stored; oauth2, github-app: the stored value (refresh token, "
+        "client secret, private key) mints the access token injected, by the proxy only",
+    )  # fmt: skip
+    token_url: str = setting(text(), "", "oauth2: the token endpoint (allowlisted)")
+    client_id: str = setting(text(), "", "oauth2: the client id")
+    scope: str = setting(text(), "", "oauth2: the scope asked for")
+    grant: str = setting(choice(OAUTH2_GRANTS), "refresh_token", "oauth2: or client_credentials")
+    client_auth: str = setting(
+        choice(("basic", "post")), "basic", "oauth2: client secret in Basic auth, or the form"
+    )
+    app_id: str = setting(text(), "", "github-app: the app's id")
+    installation_id: str = setting(text(), "", "github-app: the installation acted as")
+    api_url: str = setting(
+        text(), "https://api.github.com", "github-app: where installation tokens come from"
     )
 
     def allows_agent(self, agent: str) -> bool:
