@@ -92,6 +92,9 @@ class NewSecret:
     release: str | None = None
     approvals: int | None = None
     allow_short: bool = False
+    # A computed secret's kind and its [secrets.NAME] keys (token_url, client_id, ...).
+    kind: str | None = None
+    credential: dict[str, str] = field(default_factory=dict)
     by: str | None = None
     code: str | None = None
     anyway: bool = False
@@ -167,8 +170,46 @@ def _set_policy(new: NewSecret, release: list[str], short: bool) -> Callable[[An
             section["allow_short"] = True
         elif "allow_short" in section:
             del section["allow_short"]
+        if new.kind:
+            _set_kind(section, new)
 
     return change
+
+
+# What `secrets set --kind` needs beside the stored value, by kind.
+KIND_KEYS = {
+    "value": (),
+    "oauth2": ("token_url", "client_id"),
+    "github-app": ("app_id", "installation_id"),
+}
+
+
+def _check_kind(new: NewSecret, release: list[str]) -> None:
+    if new.kind is None:
+        if new.credential:
+            raise UsageError(f"--{next(iter(new.credential)).replace('_', '-')} needs --kind")
+        return
+    missing = [k for k in KIND_KEYS[new.kind] if not new.credential.get(k)]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise UsageError(f"--kind {new.kind} needs {flags}")
+    if new.kind != "value" and set(release) - {"proxy"}:
+        raise UsageError(f"a {new.kind} secret mints tokens for the proxy only: --release proxy")
+
+
+def _set_kind(section: Any, new: NewSecret) -> None:
+    # The keys of the previous kind go: a table must not say oauth2 with a stale app_id.
+    for keys in KIND_KEYS.values():
+        for key in keys:
+            section.pop(key, None)
+    for key in ("scope", "grant"):
+        section.pop(key, None)
+    if new.kind == "value":
+        section.pop("kind", None)
+        return
+    section["kind"] = new.kind
+    for key, value in new.credential.items():
+        section[key] = value
 
 
 def store_secret(paths: Paths, new: NewSecret, read_value: Callable[[], str]) -> Stored:
@@ -181,9 +222,10 @@ def store_secret(paths: Paths, new: NewSecret, read_value: Callable[[], str]) ->
     value = read_value()
     short = _short(name, value, new.allow_short)
     release = release_channels(new.release)
+    _check_kind(new, release)
     edits_config = bool(
         new.tier or new.hosts or new.agents or release or new.approvals or short
-        or settings.policy(name).allow_short
+        or settings.policy(name).allow_short or new.kind
     )  # fmt: skip
     if new.tier or new.approvals:
         _lower_floor(paths, new)
