@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from blindkey.audit.events import append_event
 from blindkey.broker.cache import ValueView
+from blindkey.broker.credentials.github_app import GitHubApp
 from blindkey.broker.credentials.http import TokenClient
 from blindkey.broker.credentials.oauth2 import OAuth2
 from blindkey.broker.credentials.provider import Credential, PlainValue, Provider, Secret
@@ -47,6 +48,7 @@ class Credentials:
         self.providers: dict[str, Provider] = {
             "value": PlainValue(),
             "oauth2": OAuth2(client, self.now),
+            "github-app": GitHubApp(client, self.now),
         }
         # Each token with the material it came from and when it is renewed.
         self._minted: dict[Key, tuple[str, Credential, float]] = {}
@@ -119,6 +121,8 @@ class Credentials:
             raise BrokerDenied("secret_denied", f"secret {name}: kind {policy.kind} is not known")
         material = self._material(key, stored)
         credential = await provider.issue(Secret(env, name, policy, material), material)
+        if credential.until <= self.clock():
+            raise BrokerDenied("upstream_error", f"the token issued for {name} has expired")
         if credential.rotated is not None:
             # The issuer refused the old one from now on: the new one is kept (in memory at
             # once, on disk before its token is used), or the secret is lost.
