@@ -314,7 +314,7 @@ class BrokerState:
 
     def environment_values(self, env: str) -> dict[str, str]:
         """The values of `env` this broker holds now (for placeholders, never released)."""
-        return {} if self.view is None else self.view.snapshot(env)
+        return {} if self.view is None else self.credentials.stable(self.view.snapshot(env))
 
     def placeholder_prefixes(self) -> dict[str, str]:
         return {}

@@ -177,3 +177,13 @@ class Credentials:
             if token is not None or spent is not None:
                 values[name] = token[1].value if token is not None else str(spent)
         return values
+
+    def stable(self, values: dict[str, str]) -> dict[str, str]:
+        """`values` with each material replaced by what names the credential (its kind and
+        where it comes from), so a placeholder does not change when a refresh token rotates."""
+        for name in [n for n in values if self.computed(n)]:
+            p = self.state.settings.policy(name)
+            values[name] = "\0".join(
+                (p.kind, p.token_url, p.client_id, p.scope, p.app_id, p.installation_id, p.api_url)
+            )
+        return values

@@ -72,6 +72,7 @@ async def test_refresh_token_rotated_on_every_use(
     store(home, GOOGLE=FIRST_REFRESH)
     server = await started(brokers, home, clock)
     client = brokers.client(server)
+    placeholder = (await client.call("placeholders", env="development"))["placeholders"]
     seen = []
     for _ in range(3):
         reply = await resolve(client, agent, "GOOGLE")
@@ -84,6 +85,11 @@ async def test_refresh_token_rotated_on_every_use(
     assert token_server.refused == []  # never an old refresh token
     used = [f["refresh_token"] for f in token_server.forms]
     assert used[0] == FIRST_REFRESH and len(set(used)) == 3
+    # Proxy mode: a program's placeholder outlives every rotation.
+    server.state.refresh()
+    assert server.state.view is not None
+    assert server.state.view.lookup("development", "GOOGLE") == token_server.newest_refresh()
+    assert (await client.call("placeholders", env="development"))["placeholders"] == placeholder
 
 
 async def test_kept_until_a_minute_before_expiry(
