@@ -9,7 +9,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from blindkey.audit.events import append_event
 from blindkey.broker.cache import ValueView
@@ -19,13 +19,20 @@ from blindkey.broker.credentials.oauth2 import OAuth2
 from blindkey.broker.credentials.provider import Credential, PlainValue, Provider, Secret
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
-
-if TYPE_CHECKING:
-    from blindkey.broker.state import BrokerState
+from blindkey.config.model import Settings
+from blindkey.config.paths import Paths
 
 log = logging.getLogger("blindkey.broker")
 RENEW_BEFORE = 60.0
 Key = tuple[str, str]  # env, name
+
+
+class Source(Protocol):
+    """What credentials need of the broker's state (BrokerState)."""
+
+    settings: Settings
+    view: ValueView | None
+    paths: Paths
 
 
 @dataclass
@@ -39,7 +46,7 @@ class _Material:
 
 class Credentials:
     def __init__(
-        self, state: BrokerState, clock: Callable[[], float], changed: Callable[[], None]
+        self, state: Source, clock: Callable[[], float], changed: Callable[[], None]
     ) -> None:
         self.state = state
         self.changed = changed  # what is served changed: the proxies re-read it
