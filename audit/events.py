@@ -30,6 +30,7 @@ EVENTS = (
     "mcp",
     "config",
     "tunnel",
+    "token",
 )
 
 

@@ -23,9 +23,10 @@ from blindkey.broker.vault import read_sealed, write_sealed
 from blindkey.config.atomic import locked
 from blindkey.config.errors import BlindkeyError, ConfigError
 from blindkey.config.loader import parse_settings
-from blindkey.config.model import DEFAULT_POLICY, SecretPolicy, Settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.config.request_rules import AgentPolicy
+from blindkey.config.secrets_table import DEFAULT_POLICY, SecretPolicy
 
 _MAGIC = b"BKP1"
 View = dict[str, Any]

@@ -13,8 +13,7 @@ from typing import Any
 
 from blindkey.broker.approvals_link import call, with_code
 from blindkey.broker.backends import SecretBackend, open_backend
-from blindkey.broker.credentials.aws import KIND as KIND_AWS
-from blindkey.broker.credentials.aws import REGION, stored_value
+from blindkey.broker.credentials.kinds import check_kind, checked_value, set_kind
 from blindkey.broker.notify import put_in_force
 from blindkey.broker.policy_link import change_policy, record
 from blindkey.config.console import warn
@@ -22,16 +21,9 @@ from blindkey.config.edit import string_array, toml_table
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.hosts import AllowEntry, HostError
 from blindkey.config.loader import load_settings
-from blindkey.config.model import (
-    AGENT_NAME,
-    MAX_VALUE_BYTES,
-    MIN_REDACTABLE,
-    RELEASE_CHANNELS,
-    SECRET_NAME,
-    SecretPolicy,
-    Settings,
-)
+from blindkey.config.model import AGENT_NAME, MAX_VALUE_BYTES, MIN_REDACTABLE, SECRET_NAME, Settings
 from blindkey.config.paths import Paths
+from blindkey.config.secrets_table import RELEASE_CHANNELS, SecretPolicy
 
 
 def check_name(name: str) -> str:
@@ -94,11 +86,14 @@ class NewSecret:
     release: str | None = None
     approvals: int | None = None
     allow_short: bool = False
+    # A computed secret's kind (None: the kind it has; a new secret: "value") and its
+    # [secrets.NAME] keys (token_url, client_id, ...).
+    kind: str | None = None
+    credential: dict[str, str] = field(default_factory=dict)
+    region: str | None = None  # aws: the region signed for when the host names none
     by: str | None = None
     code: str | None = None
     anyway: bool = False
-    kind: str | None = None  # None: the kind it has (a new secret: "value")
-    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,29 +166,10 @@ def _set_policy(new: NewSecret, release: list[str], short: bool) -> Callable[[An
             section["allow_short"] = True
         elif "allow_short" in section:
             del section["allow_short"]
-        _set_kind(section, new)
+        if new.kind or new.region:
+            set_kind(section, new.kind, new.credential, new.region)
 
     return change
-
-
-def _set_kind(section: Any, new: NewSecret) -> None:
-    """`--kind`, `--region`: what the value is, and what computing a credential needs."""
-    if new.kind == "value":
-        for key in ("kind", "region"):
-            section.pop(key, None)
-    elif new.kind:
-        section["kind"] = new.kind
-    if new.region:
-        section["region"] = new.region
-
-
-def _checked_value(kind: str, region: str | None, value: str) -> str:
-    """The value to store for its kind: aws keys are checked and stored in canonical form."""
-    if region and kind != KIND_AWS:
-        raise UsageError("--region is for --kind aws secrets")
-    if region and not REGION.match(region):
-        raise UsageError(f"--region {region[:64]!r} is not an AWS region name (eu-west-1)")
-    return stored_value(value) if kind == KIND_AWS else value
 
 
 def store_secret(paths: Paths, new: NewSecret, read_value: Callable[[], str]) -> Stored:
@@ -204,9 +180,10 @@ def store_secret(paths: Paths, new: NewSecret, read_value: Callable[[], str]) ->
     env = pick_env(settings, new.env)
     bound = _bindings("--host", new.hosts, BlindkeyError)
     kind = new.kind or settings.policy(name).kind
-    value = _checked_value(kind, new.region, read_value())
+    value = checked_value(kind, new.region, read_value())
     short = _short(name, value, new.allow_short)
     release = release_channels(new.release)
+    check_kind(new.kind, new.credential, release)
     edits_config = bool(
         new.tier or new.hosts or new.agents or release or new.approvals or short
         or settings.policy(name).allow_short or new.kind or new.region

@@ -40,7 +40,7 @@ class SlowStore:
             log.error("%s", message)
         self.backend_error = message
 
-    async def fetch(self, env: str, names: Iterable[str]) -> bool:
+    async def _read(self, env: str, names: Iterable[str]) -> bool:
         """Read names the view lacks; False when the store failed (see backend_error)."""
         view = self.view
         if view is None or not view.remote:

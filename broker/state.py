@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -18,14 +18,16 @@ from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import SecretBackend, open_backend
 from blindkey.broker.cache import MISSING, ValueView, view_for
 from blindkey.broker.credentials.aws import redaction_parts
+from blindkey.broker.credentials.minted import Credentials
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.broker.rules import ALLOWED, RuleSet, Verdict
 from blindkey.broker.slow_store import SlowStore
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import entry_for, origin
-from blindkey.config.model import SecretPolicy, Settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.config.secrets_table import SecretPolicy
 from blindkey.config.stores import BackendSettings
 
 log = logging.getLogger("blindkey.broker")
@@ -83,6 +85,7 @@ class BrokerState(SlowStore):
         self.rules = RuleSet.empty(clock)  # its rate buckets keep time by `clock` too
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
         self.approvals = Approvals(paths, clock, on_change=self._bump, on_outcome=on_outcome)
+        self.credentials = Credentials(self, clock, self._bump)  # oauth2, github-app tokens
         self.agent_store = AgentStore(paths.agents_file, paths.lock_file)
         # The last approved policy: a config.toml that widens it waits for a code.
         self.policy = PolicyGate(paths, self.approvals, self.held)
@@ -206,7 +209,7 @@ class BrokerState(SlowStore):
 
     def expire(self) -> bool:
         # Grants first: a grant that ran out is pushed within the watch interval (0.2 s).
-        approvals = self.refresh_approvals()
+        approvals = self.refresh_approvals() | self.credentials.expire()
         if self.view is not None and self.view.expire():
             self._bump()
             return True
@@ -253,7 +256,8 @@ class BrokerState(SlowStore):
         verdict = self.rules.count(agent, names, verdict)  # rates: a call that passed all else
         if verdict.denied is not None:
             return BrokerAnswer(agent, env, {}, verdict.denied, (), verdict)
-        return BrokerAnswer(agent, env, values, None, (), verdict)
+        values, unminted = self.credentials.substitute(env, values)
+        return BrokerAnswer(agent, env, values, None, unminted, verdict)
 
     def _check(
         self, agent: str, env: str, name: str, target: Scope, value: object
@@ -306,7 +310,7 @@ class BrokerState(SlowStore):
         policy = self.settings.secrets.get(name, OPEN_POLICY)
         if not policy.allows_agent(agent):
             return BrokerDenied("secret_denied", f"secret {name} is not bound to agent {agent}")
-        if channel not in policy.release:
+        if channel not in policy.release or (channel != "proxy" and policy.kind != "value"):
             return BrokerDenied("secret_denied", f"secret {name} is not released to {channel}")
         return self._gate(agent, env, name, policy, target)
 
@@ -324,12 +328,13 @@ class BrokerState(SlowStore):
         """Every value of the active environment: more than any one agent may use, never less."""
         if self.view is None:
             return {}
-        # The parts of AWS keys too: an answer echoes a key id, never the stored object.
-        return redaction_parts(self.view.snapshot(self.settings.active_env))
+        # Minted tokens instead of what they are minted from, and the parts of AWS keys: an
+        # answer echoes a key id, never the stored object.
+        return redaction_parts(self.credentials.redaction_set(self.view, self.settings.active_env))
 
     def environment_values(self, env: str) -> dict[str, str]:
         """The values of `env` this broker holds now (for placeholders, never released)."""
-        return {} if self.view is None else self.view.snapshot(env)
+        return {} if self.view is None else self.credentials.stable(self.view.snapshot(env))
 
     def placeholder_prefixes(self) -> dict[str, str]:
         """name -> `[secrets.NAME] placeholder_prefix`, for the secrets that set one."""
@@ -338,6 +343,13 @@ class BrokerState(SlowStore):
             for name, policy in self.settings.secrets.items()
             if policy.placeholder_prefix
         }
+
+    async def fetch(self, env: str, names: Sequence[str]) -> bool:
+        """Read names the view lacks (False: the store failed, see backend_error), then mint
+        their tokens (BrokerDenied when that fails)."""
+        ok = await self._read(env, names)
+        await self.credentials.mint(env, names)
+        return ok
 
     def close(self) -> None:
         if self._executor is not None:

@@ -19,8 +19,9 @@ from blindkey.config.arguments import Subcommands, action_group, json_flag, posi
 from blindkey.config.console import emit_json, say, warn
 from blindkey.config.console import table as print_table
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.model import MIN_REDACTABLE, SECRET_KINDS, TIERS
+from blindkey.config.model import MIN_REDACTABLE
 from blindkey.config.paths import Paths
+from blindkey.config.secrets_table import OAUTH2_GRANTS, SECRET_KINDS, TIERS
 from blindkey.config.stores import PRODUCTION
 
 if TYPE_CHECKING:
@@ -64,7 +65,8 @@ def cmd_secrets_set(paths: Paths, args: argparse.Namespace) -> int:
     new = NewSecret(
         name, env=args.env, tier=args.tier, hosts=args.host, agents=args.agent,
         release=args.release, approvals=args.approvals, allow_short=args.allow_short,
-        by=args.by, code=args.code, anyway=args.yes, kind=args.kind, region=args.region,
+        kind=args.kind, credential=_credential(args), region=args.region, by=args.by,
+        code=args.code, anyway=args.yes,
     )  # fmt: skip
     stored = store_secret(paths, new, lambda: _read_value(name) if value is None else value)
     hosts = ", ".join(str(h) for h in stored.policy.hosts) or "any allowlisted host"
@@ -330,16 +332,35 @@ def _set_parser(actions: Any) -> None:
     p.set_defaults(handler=cmd_secrets_set)
 
 
+CREDENTIAL_FLAGS = {
+    "token_url": "oauth2: the token endpoint (it must be on the allowlist)",
+    "client_id": "oauth2: the client id",
+    "scope": "oauth2: the scope to ask for",
+    "app_id": "github-app: the app's id",
+    "installation_id": "github-app: the installation to act as",
+}
+
+
 def _kind_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kind",
         choices=SECRET_KINDS,
-        help="value (default): injected as it is; aws: stdin is a JSON object "
-        '{"access_key_id", "secret_access_key"[, "session_token"]} that signs requests '
-        "(X-AS-Inject-Sigv4) and is never sent",
+        help="value (default): injected as stored; oauth2: the value is a refresh token (or "
+        "client secret) and the proxy injects access tokens; github-app: the value is the "
+        "app's private key (PEM) and the proxy injects installation tokens; aws: the value is "
+        'a JSON object {"access_key_id", "secret_access_key"[, "session_token"]} that signs '
+        "requests (X-AS-Inject-Sigv4) and is never sent",
     )
+    for key, text in CREDENTIAL_FLAGS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, metavar="TEXT", help=text)
+    p.add_argument("--grant", choices=OAUTH2_GRANTS, help="oauth2: refresh_token (default)")
     p.add_argument(
         "--region",
         metavar="R",
         help="aws: the region to sign for when the host does not name one (default us-east-1)",
     )
+
+
+def _credential(args: argparse.Namespace) -> dict[str, str]:
+    keys = (*CREDENTIAL_FLAGS, "grant")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}

@@ -17,12 +17,12 @@ from pathlib import Path
 from blindkey.config.fields import Invalid, named_tables, setting, table
 from blindkey.config.hosts import AllowEntry
 from blindkey.config.request_rules import (
-    METHODS,
-    PATH_GLOBS,
-    RATE,
     AgentPolicy,
     PolicySettings,
-    Rate,
+)
+from blindkey.config.secrets_table import (
+    DEFAULT_POLICY,
+    SecretPolicy,
 )
 from blindkey.config.stores import (
     BackendSettings,
@@ -37,21 +37,14 @@ from blindkey.config.values import (
     PORT,
     POSITIVE,
     SIZE,
-    STRINGS,
-    Kind,
     choice,
-    one_of,
     string_list,
     text,
-    toml_value,
 )
 
 # \Z, not $: `$` also matches before a trailing newline.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}\Z")
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
-TIERS = ("open", "controlled", "restricted")
-RELEASE_CHANNELS = ("proxy", "env", "exec")
-SECRET_KINDS = ("value", "aws")
 # How a route puts its secret into the request: as the SDK would have put its own key.
 ROUTE_STYLES = ("bearer", "basic", "header", "query", "sigv4")
 # Values shorter than this match ordinary text: refused unless stored with --allow-short.
@@ -60,19 +53,6 @@ MIN_REDACTABLE = 8
 MAX_VALUE_BYTES = 64 * 1024
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# A placeholder's prefix stands in headers, URLs and JSON as it is: nothing that needs
-# escaping in any of them, and short.
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{0,32}\Z")
-
-
-def _placeholder_prefix(value: object) -> str:
-    if not isinstance(value, str) or not _PREFIX.match(value):
-        raise ValueError(f"expected up to 32 letters, digits, _ . or -, got {value!r}")
-    return value
-
-
-PLACEHOLDER_PREFIX = Kind(_placeholder_prefix, toml_value, "string (letters, digits, _ . -)")
 
 
 def _entry_text(entry: AllowEntry) -> str:
@@ -177,71 +157,6 @@ class AllowlistSettings:
     private_ranges: tuple[IPNetwork, ...] = setting(
         NETWORKS, (), "CIDRs a resolved hostname may land in"
     )
-
-
-@dataclass(frozen=True)
-class SecretPolicy:
-    tier: str = setting(
-        choice(TIERS),
-        "open",
-        "open | controlled | restricted",
-        doc="open: used without a grant; controlled, restricted: only under a grant a human "
-        "approved with a TOTP code (lasting [approvals] controlled_ttl, restricted_ttl)",
-    )
-    # Where the value may go: allowlist entries (scheme, host pattern and port, exactly).
-    hosts: tuple[AllowEntry, ...] = setting(
-        string_list(AllowEntry.binding, _entry_text, "list of allowlist entries"),
-        (),
-        "empty: any allowlisted host",
-        example=["api.github.com"],
-    )
-    agents: tuple[str, ...] = setting(
-        STRINGS, ("*",), doc='agents that may use the secret (`"*"`: every agent)'
-    )
-    release: tuple[str, ...] = setting(
-        string_list(one_of(RELEASE_CHANNELS), name="list of: `proxy`, `env`, `exec`"),
-        ("proxy",),
-        "channels that may hand out the value: proxy, env, exec",
-    )
-    # Stored with --allow-short: too short to redact reliably, so every use is audited as such.
-    allow_short: bool = setting(
-        BOOL, False, "set by `secrets set --allow-short`: too short to redact reliably"
-    )
-    # Distinct approvers whose codes a grant of this secret needs (controlled, restricted).
-    approvals: int = setting(POSITIVE, 1, "distinct approvers a grant needs")
-    # Calls that inject this secret may send Range/If-Range and get a 206 back. Off, both
-    # are stripped and a 206 refused: a part of an answer can be a slice of a stored value
-    # too short for the redactor to recognise, read back piece by piece.
-    allow_range: bool = setting(
-        BOOL, False, "true: Range and 206 answers (values can then be read in slices)"
-    )
-    # Policy per request (broker/rules.py): what a call that injects this secret may do.
-    methods: tuple[str, ...] = setting(METHODS, (), "empty: any method", example=["GET"])
-    paths: tuple[str, ...] = setting(
-        PATH_GLOBS, (), "globs on the path; empty: any path", example=["/repos/acme/*", "/user"]
-    )
-    rate: Rate | None = setting(  # noqa: RUF009 - Rate is frozen, shared safely
-        RATE, None, "per agent using this secret", example="120/min"
-    )
-
-    # What a program's key check expects before blindkey's placeholder (`sk-`, `ghp_`).
-    placeholder_prefix: str = setting(
-        PLACEHOLDER_PREFIX, "", 'proxy mode: the placeholder starts with this (e.g. "sk-")'
-    )
-
-    # What the value is: a string injected as it is, or keys a credential is computed from.
-    kind: str = setting(choice(SECRET_KINDS), "value", "value | aws")
-    # aws: the region signed for when neither the host nor X-AS-Sigv4-Region names one.
-    region: str = setting(text(), "", 'aws: default region (empty: "us-east-1")')
-
-    def allows_agent(self, agent: str) -> bool:
-        return "*" in self.agents or agent in self.agents
-
-    def allows_host(self, scheme: str, host: str, port: int) -> bool:
-        return not self.hosts or any(entry.matches(scheme, host, port) for entry in self.hosts)
-
-
-DEFAULT_POLICY = SecretPolicy()  # a secret without a [secrets.NAME] table
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from blindkey.broker.approvals.pending import PendingRequests
 from blindkey.broker.approvals.store import ApprovalsFile, ApprovalsUnreadable
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.model import AGENT_NAME, SecretPolicy
+from blindkey.config.model import AGENT_NAME
 from blindkey.config.paths import Paths
+from blindkey.config.secrets_table import SecretPolicy
 
 T = TypeVar("T")
 DEFAULT_APPROVER = "default"

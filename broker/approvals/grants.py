@@ -10,7 +10,7 @@ from typing import Any
 from blindkey.audit.record import rfc3339
 from blindkey.broker.approvals.model import RANK, Floor, Grant, Scope
 from blindkey.config.hosts import origin
-from blindkey.config.model import SecretPolicy
+from blindkey.config.secrets_table import SecretPolicy
 
 # A grant still waiting for more approvers is dropped after this long.
 PARTIAL_TTL = 600.0

@@ -26,7 +26,8 @@ from blindkey.broker.approvals.grants import (
 )
 from blindkey.broker.approvals.model import RANK, ApprovalsState, Floor, Grant, Scope
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.model import AGENT_NAME, SECRET_NAME, SecretPolicy, Settings
+from blindkey.config.model import AGENT_NAME, SECRET_NAME, Settings
+from blindkey.config.secrets_table import SecretPolicy
 from blindkey.config.stores import PRODUCTION
 
 GATED_TIERS = ("controlled", "restricted")

@@ -1,1 +1,2 @@
-"""Credentials that are computed from what the vault holds, not copied from it."""
+"""Computed credentials: what a secret injects when its stored value is not the value itself
+(an OAuth2 refresh token or client secret, a GitHub App's private key, AWS keys to sign with)."""

@@ -13,49 +13,12 @@ import socket
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from blindkey.config.addresses import is_public as is_public  # tests import it here
 from blindkey.config.hosts import DEFAULT_PORTS, AllowEntry, IPAddress, ip_literal
 from blindkey.config.model import AllowlistSettings, IPNetwork
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.parse import Target
 from blindkey.proxy.upstream.errors import BlockedAddressError
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_EXTRA_BLOCKED = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",
-        "100.64.0.0/10",
-        "198.18.0.0/15",
-        "255.255.255.255/32",
-        "fd00:ec2::/32",
-    )
-)
-
-
-def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 form carries: mapped, NAT64, 6to4 or Teredo."""
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
-    return None
-
-
-def is_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address):
-        # An IPv6 form that carries an IPv4 address is judged by the address it carries.
-        inner = embedded_ipv4(address)
-        if inner is not None:
-            return is_public(inner)
-    if not address.is_global or address.is_multicast or address.is_reserved:
-        return False
-    return not any(
-        address in network for network in _EXTRA_BLOCKED if network.version == address.version
-    )
 
 
 def entry_for(target: Target) -> str:

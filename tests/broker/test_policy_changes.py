@@ -11,8 +11,9 @@ import pwd
 import pytest
 
 from blindkey.broker.policy import policy_view, widenings
-from blindkey.config.model import SecretPolicy, Settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.config.secrets_table import SecretPolicy
 from tests.approvals_helpers import Approver, audit_events, cli, enrol
 
 VALUE = "ghp_policyValue0123456789abcdef"

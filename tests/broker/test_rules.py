@@ -9,8 +9,9 @@ import pytest
 from blindkey.broker.rules import THIS_REQUEST, RuleSet, path_forms
 from blindkey.config.errors import ConfigError
 from blindkey.config.loader import parse_settings
-from blindkey.config.model import SecretPolicy, Settings
+from blindkey.config.model import Settings
 from blindkey.config.request_rules import AgentPolicy
+from blindkey.config.secrets_table import SecretPolicy
 
 
 def rules(**policy: object) -> RuleSet:

@@ -12,9 +12,10 @@ from blindkey.broker.rules import THIS_CALL
 from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.broker.vault import FileVault
 from blindkey.config.atomic import write_atomic
-from blindkey.config.model import SecretPolicy, Settings
+from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.config.request_rules import AgentPolicy, PolicySettings, parse_rate
+from blindkey.config.secrets_table import SecretPolicy
 from blindkey.config.template import DEFAULT_CONFIG
 
 RULES = """

@@ -32,11 +32,11 @@ from blindkey.config.model import (
     LimitSettings,
     ProxySettings,
     Route,
-    SecretPolicy,
     Settings,
 )
 from blindkey.config.paths import resolve_paths
 from blindkey.config.request_rules import AgentPolicy, PolicySettings, parse_rate
+from blindkey.config.secrets_table import SecretPolicy
 from blindkey.config.stores import (
     BackendSettings,
     BrokerSettings,
@@ -123,8 +123,16 @@ def everything_changed(tmp_path: Path) -> Settings:
                 ("/repos/acme/*", "/user"),
                 parse_rate("120/min"),
                 placeholder_prefix="ghp_",
-                kind="aws",
+                kind="github-app",
                 region="eu-west-1",
+                token_url="https://oauth2.example.com/token",
+                client_id="cid",
+                scope="repo",
+                grant="client_credentials",
+                client_auth="post",
+                app_id="12",
+                installation_id="34",
+                api_url="https://ghe.example.com/api/v3",
             ),
             "stripe.live-key": SecretPolicy(tier="controlled"),
         },

@@ -9,7 +9,8 @@ import pytest
 
 from blindkey.config.errors import ConfigError
 from blindkey.config.loader import load_settings, parse_duration, parse_size
-from blindkey.config.model import SecretPolicy, Settings
+from blindkey.config.model import Settings
+from blindkey.config.secrets_table import SecretPolicy
 from blindkey.config.stores import BrokerSettings, OpenBaoSettings
 from blindkey.config.template import DEFAULT_CONFIG
 
