@@ -5,6 +5,7 @@ client for the broker. Each check names what it found, so a failure says where t
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,3 +134,17 @@ def test_the_callback_check_sees_a_late_one() -> None:
     late = "def wire(server):\n    server.state.on_change = server.push\n"
     own = "class A:\n    def __init__(self, on_change):\n        self.on_change = on_change\n"
     assert late_callbacks("x.py", ast.parse(late)) and not late_callbacks("x.py", ast.parse(own))
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """A package folder missing from pyproject's list imports in the editable install (found
+    through its parent) and not from the wheel users get (broker/credentials once did)."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"
+    ].values())  # fmt: skip
+    found = {
+        init.parent.relative_to(ROOT).as_posix()
+        for package in RANK
+        for init in (ROOT / package).rglob("__init__.py")
+    }
+    assert found - listed == set()
