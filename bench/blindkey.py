@@ -27,6 +27,23 @@ ROUTE = "bench"
 MAX_CONNECTIONS = 2048
 CLI_TIMEOUT = 60.0
 CLI_MODULE = "blindkey.cli"  # `python -m` this is the `blindkey` command
+# Before the command tree had a package of its own (an --against REV from then).
+OLD_CLI_MODULE = "blindkey.proxy"
+
+
+def cli_module(env: dict[str, str]) -> str:
+    """The command's module for the blindkey `env` runs: an earlier tree on PYTHONPATH
+    (bench/against.py) without cli/ has it in proxy/; its modules must not mix with ours."""
+    tree = env.get("PYTHONPATH", "").split(os.pathsep)[0]
+    if (
+        tree
+        and (Path(tree) / "blindkey").is_dir()
+        and not (Path(tree) / "blindkey" / "cli").exists()
+    ):
+        return OLD_CLI_MODULE
+    return CLI_MODULE
+
+
 IMPORT_TIMEOUT = 900.0
 
 
@@ -38,7 +55,7 @@ def cli(
     timeout: float = CLI_TIMEOUT,
 ) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", CLI_MODULE, *args],
+        [sys.executable, "-m", cli_module(env), *args],
         env=env,
         input=stdin,
         capture_output=True,
