@@ -5,6 +5,7 @@ Handlers live in service/install.py, imported when chosen (see cli/main.py).
 
 from __future__ import annotations
 
+from blindkey.broker import serve
 from blindkey.config.arguments import Subcommands, action_group, json_flag
 
 HANDLERS = "blindkey.service.install"
@@ -40,13 +41,5 @@ def add_commands(sub: Subcommands) -> None:
         "broker",
         help="`broker serve` as blindkey-broker.service runs it (systemd notify and watchdog)",
     )
-    p.add_argument("--socket", help="socket path (default: [broker] socket)")
-    p.add_argument(
-        "--allow-uid",
-        type=int,
-        action="append",
-        default=[],
-        metavar="UID",
-        help="also accept connections from this uid (repeatable)",
-    )
+    serve.add_arguments(p)  # the flags of `broker serve`, which this runs
     p.set_defaults(handler="blindkey.service.broker:cmd_service_broker")

@@ -45,11 +45,6 @@ class Paths:
         return self.state_dir / "ca.pem"
 
     @property
-    def ca_bundle(self) -> Path:
-        """The system's CAs plus blindkey's: what `blindkey run` points programs at."""
-        return self.state_dir / "ca-bundle.pem"
-
-    @property
     def agents_file(self) -> Path:
         return self.state_dir / "agents.json"
 

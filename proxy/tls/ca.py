@@ -156,15 +156,12 @@ def system_bundle() -> bytes:
     return b""
 
 
-def write_bundle(paths: Paths, authority: Authority) -> Path:
-    """The bundle `run` points programs at: the system's CAs, then blindkey's."""
+def bundle(authority: Authority) -> bytes:
+    """What `run` points programs at: the system's CAs, then blindkey's (so a host blindkey
+    tunnels blind still verifies)."""
     system = system_bundle()
     separator = b"" if not system or system.endswith(b"\n") else b"\n"
-    data = system + separator + authority.pem
-    current = paths.ca_bundle.read_bytes() if paths.ca_bundle.exists() else None
-    if current != data:
-        write_atomic(paths.ca_bundle, data, mode=0o644)
-    return paths.ca_bundle
+    return system + separator + authority.pem
 
 
 class LeafCache:

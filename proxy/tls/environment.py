@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from blindkey.config.errors import UsageError
-from blindkey.proxy.tls.ca import Authority, system_bundle
+from blindkey.proxy.tls.ca import Authority, bundle
 
 NO_PROXY = "localhost,127.0.0.1,::1"
 # Every client reads one of these for its trusted CAs: OpenSSL (Python's ssl, curl built
@@ -46,13 +46,10 @@ def secret_variables(specs: list[str], placeholders: Mapping[str, str]) -> dict[
 def write_bundles(directory: Path, authority: Authority) -> tuple[Path, Path]:
     """The CA and the bundle (the system's CAs, then blindkey's) in `directory`: a run's
     own copies, readable where `--isolate` hides blindkey's home."""
-    ca = directory / "blindkey-ca.pem"
-    bundle = directory / "ca-bundle.pem"
+    ca, trusted = directory / "blindkey-ca.pem", directory / "ca-bundle.pem"
     ca.write_bytes(authority.pem)
-    system = system_bundle()
-    separator = b"" if not system or system.endswith(b"\n") else b"\n"
-    bundle.write_bytes(system + separator + authority.pem)
-    return ca, bundle
+    trusted.write_bytes(bundle(authority))
+    return ca, trusted
 
 
 def run_directory() -> Path:

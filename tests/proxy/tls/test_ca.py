@@ -17,10 +17,10 @@ from blindkey.proxy.tls.ca import (
     LEAF_DAYS,
     CaError,
     LeafCache,
+    bundle,
     ensure_ca,
     load_ca,
     system_bundle,
-    write_bundle,
 )
 
 
@@ -110,12 +110,13 @@ async def test_a_leaf_for_one_host_does_not_pass_for_another(paths: Paths) -> No
 async def test_the_bundle_trusts_the_system_and_blindkey(paths: Paths) -> None:
     ensure_ca(paths)
     authority = load_ca(paths)
-    bundle = write_bundle(paths, authority)
-    data = bundle.read_bytes()
+    trusted = paths.state_dir / "bundle.pem"
+    trusted.write_bytes(bundle(authority))
+    data = trusted.read_bytes()
     assert data.startswith(system_bundle()) and data.endswith(authority.pem)
     assert data.count(b"BEGIN CERTIFICATE") > 1  # the system's are there too
     cache = LeafCache(authority, paths.runtime_dir)
-    client = ssl.create_default_context(cafile=str(bundle))
+    client = ssl.create_default_context(cafile=str(trusted))
     assert await _handshake(cache.context("api.example.test"), client, "api.example.test")
 
 
