@@ -23,7 +23,6 @@ import asyncio
 import inspect
 import socket
 from collections.abc import AsyncIterator
-from typing import cast
 
 import aiohttp
 import orjson
@@ -153,7 +152,7 @@ async def let_go(handler: RequestHandler, *, detach: bool) -> asyncio.Transport:
     handler.connection_lost(None)
     await asyncio.wait([task])
     far.close()
-    return cast(asyncio.Transport, transport)
+    return transport
 
 
 async def test_a_handler_let_go_without_its_transport_leaves_the_connection_open() -> None:
