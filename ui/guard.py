@@ -41,7 +41,9 @@ HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # the login link carries its token in the URL
+    # Not no-referrer: with it a form POST says `Origin: null`, and the guard refuses that.
+    # Other sites never see a URL of the page (the login link carries its token in one).
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
