@@ -4,6 +4,7 @@ broker_calls.py); a refused code says why, as the CLI does."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -144,17 +145,21 @@ async def _send(response: web.StreamResponse, event: str, data: object) -> None:
 
 
 async def calls_events(request: web.Request) -> web.StreamResponse:
-    start = request.query.get("from", "0")
+    given = request.query.get("from", "0")
+    start = int(given) if given.isdigit() else 0
     response = await _stream(request)
-    async for row in calls_after(request.app[PATHS].audit_dir, int(start) if start.isdigit() else 0):
-        await _send(response, "call", row)
+    # The page went away (closed, reloaded): the stream ends with it.
+    with contextlib.suppress(ConnectionResetError):
+        async for row in calls_after(request.app[PATHS].audit_dir, start):
+            await _send(response, "call", row)
     return response
 
 
 async def approvals_events(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    csrf = session_of(request).csrf
     response = await _stream(request)
-    async for rows in broker_calls.pending_changes(request.app[PATHS]):
-        ids = " ".join(row["id"] for row in rows)
-        await _send(response, "pending", {"ids": ids, "html": pages.pending_rows(rows, session.csrf)})
+    with contextlib.suppress(ConnectionResetError):
+        async for rows in broker_calls.pending_changes(request.app[PATHS]):
+            ids = " ".join(row["id"] for row in rows)
+            await _send(response, "pending", {"ids": ids, "html": pages.pending_rows(rows, csrf)})
     return response
