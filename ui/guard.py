@@ -31,7 +31,7 @@ class Bound:
 
 SESSIONS = web.AppKey("sessions", Sessions)
 PORT = web.AppKey("port", Bound)
-SESSION = "session"
+SESSION = web.RequestKey("session", Session)
 OPEN_PATHS = frozenset({"/login", "/static/ui.css"})
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -60,8 +60,7 @@ def refusal(status: int, text: str) -> web.Response:
 
 
 def session_of(request: web.Request) -> Session:
-    session: Session = request[SESSION]
-    return session
+    return request[SESSION]
 
 
 def _foreign(request: web.Request) -> str | None:
