@@ -21,7 +21,6 @@ from aiohttp import web
 from blindkey.ui.session import COOKIE, Session, Sessions
 
 
-
 @dataclass
 class Bound:
     """The port the page listens on, known once it is bound (it may be asked for as 0)."""

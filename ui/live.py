@@ -27,7 +27,7 @@ SHOWN = ("ts", "agent", "method", "host", "url", "secrets", "decision", "status"
 
 
 def is_call(record: dict[str, Any]) -> bool:
-    return record.get("event", "request") == "request"
+    return bool(record.get("event", "request") == "request")
 
 
 def row(record: dict[str, Any]) -> dict[str, Any]:

@@ -61,16 +61,16 @@ def pending_rows(rows: list[dict[str, Any]], csrf: str) -> str:
     """The pending list (also sent whole to the page when it changes)."""
     shown = []
     for row in rows:
-        ident = escape(row["id"])
+        ident, hidden = escape(row["id"]), _hidden(csrf, request=row["id"])
         approve = (
-            f'<form class=inline method=post action="/approvals/approve">{_hidden(csrf, request=row["id"])}'
+            f'<form class=inline method=post action="/approvals/approve">{hidden}'
             "<input name=approver placeholder=approver aria-label=approver>"
             "<input name=code placeholder=code autocomplete=one-time-code inputmode=numeric "
             "aria-label='TOTP code'><button>Approve</button></form>"
             f'<button type=button data-passkey-approve="{ident}">Approve with passkey</button> '
-            f'<form class=inline method=post action="/approvals/deny">{_hidden(csrf, request=row["id"])}'
+            f'<form class=inline method=post action="/approvals/deny">{hidden}'
             "<button class=deny>Deny</button></form>"
-        )  # fmt: skip
+        )
         shown.append(
             f'<tr id="{ident}"><td><code>{ident}</code></td><td>{text(row["agent"])}</td>'
             f"<td>{text(row['secret'])}</td><td>{text(row['env'])}</td>"
@@ -97,8 +97,9 @@ def calls_page(session: Session, rows: list[dict[str, Any]], start: int) -> str:
     shown = []
     for row in reversed(rows):
         outcome = row["status"] if row.get("decision") == "allowed" else row.get("reason")
-        cells = (row["ts"], row["agent"], row["method"], row["url"],
-                 ", ".join(row.get("secrets") or []), row["decision"], outcome, row["duration_ms"])  # fmt: skip
+        secrets = ", ".join(row.get("secrets") or [])
+        cells = (row["ts"], row["agent"], row["method"], row["url"], secrets, row["decision"],
+                 outcome, row["duration_ms"])  # fmt: skip
         shown.append(
             f"<tr class={text(row.get('decision'))}>"
             + "".join(f"<td>{text(c)}</td>" for c in cells)
@@ -118,9 +119,9 @@ def grants_page(session: Session, grants: list[dict[str, Any]]) -> str:
     for grant in grants:
         fields = {"secret": grant["secret"], "env": grant["env"], "agent": grant["agent"]}
         revoke = (
-            f"<form class=inline method=post action='/grants/revoke'>{_hidden(session.csrf, **fields)}"
-            "<button class=deny>Revoke</button></form>"
-        )  # fmt: skip
+            f"<form class=inline method=post action='/grants/revoke'>"
+            f"{_hidden(session.csrf, **fields)}<button class=deny>Revoke</button></form>"
+        )
         have = f"{len(grant['approvers'])} of {grant['needed']}: {', '.join(grant['approvers'])}"
         rows.append(
             f"<tr><td>{text(grant['secret'])}</td><td>{text(grant['env'])}</td>"

@@ -205,8 +205,9 @@ class Passkeys:
                 "public_key": bytes_to_base64url(verified.credential_public_key),
                 "sign_count": verified.sign_count, "created": now,
             })  # fmt: skip
-        self.approvals._audit("config", {"change": "approver_passkey_added", "approver": name,
-                                          "names": [name], "credential": credential_id[:16]})  # fmt: skip
+        added = {"change": "approver_passkey_added", "approver": name, "names": [name],
+                 "credential": credential_id[:16]}  # fmt: skip
+        self.approvals._audit("config", added)
         return {"approver": name, "id": credential_id[:16]}
 
     # --- approving one pending request ----------------------------------------------------
@@ -305,7 +306,10 @@ def passkey_actions(
         ),
         "passkey_approve_begin": lambda: keys.approve_begin(t(params, "request") or ""),
         "passkey_approve_finish": lambda: keys.approve_finish(
-            settings, t(params, "request") or "", params.get("credential"),
-            t(params, "origin"), number(params, "duration"),
-        ),  # fmt: skip
+            settings,
+            t(params, "request") or "",
+            params.get("credential"),
+            t(params, "origin"),
+            number(params, "duration"),
+        ),
     }

@@ -124,7 +124,7 @@ async def click_for_message(tab: Tab, action: str) -> str:
         return str(await run(tab, "window.nextMessage"))
 
 
-async def gated_call(env: Env, secret: str = "GITHUB_TOKEN") -> str:
+async def gated_call(env: Env, secret: str = "GITHUB_TOKEN") -> str:  # noqa: S107 (a name)
     """A call that needs a grant of `secret`: the id of the pending request it makes."""
     set_secret_policy(env.paths, secret, tier="restricted")
     await env.server.reload()
@@ -135,6 +135,6 @@ async def gated_call(env: Env, secret: str = "GITHUB_TOKEN") -> str:
     return str(error["approval_id"])
 
 
-async def call_status(env: Env, secret: str = "GITHUB_TOKEN") -> int:
+async def call_status(env: Env, secret: str = "GITHUB_TOKEN") -> int:  # noqa: S107 (a name)
     status, _, _ = await env.call(headers=env.headers("/echo", X_AS_Inject_Bearer=secret))
     return status

@@ -38,8 +38,8 @@ async def wait_row(tab: Tab, where: str, needle: str) -> None:
 
 
 async def shoot(tab: Tab, name: str, where: Path) -> None:
-    await tab.send("Emulation.setDeviceMetricsOverride",
-                   {"width": 1200, "height": 760, "deviceScaleFactor": 1, "mobile": False})  # fmt: skip
+    size = {"width": 1200, "height": 760, "deviceScaleFactor": 1, "mobile": False}
+    await tab.send("Emulation.setDeviceMetricsOverride", size)
     shot = await tab.send("Page.captureScreenshot", {"format": "png"})
     data = base64.b64decode(shot["data"])
     assert data.startswith(PNG)
@@ -106,7 +106,8 @@ async def test_every_page(env: Env, ui: Ui, browser: Chromium, tmp_path: Path) -
     await tab.open(f"{ui.base}/passkeys")
     assert "Active approvers: default" in str(await run(tab, "document.body.innerText"))
     await shoot(tab, "passkeys", tmp_path)
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+    shots = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.glob("*.png")))
+    assert shots == [
         "agents.png", "approvals.png", "calls.png", "changes.png", "grants.png",
         "passkeys.png", "report.png",
     ]  # fmt: skip
