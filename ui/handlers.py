@@ -10,16 +10,29 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from blindkey.audit.report import escape
 from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
 from blindkey.ui import broker_calls, pages, report_page
 from blindkey.ui.assets import CSS, JS
-from blindkey.ui.guard import HEADERS, SESSIONS, refusal, session_of
+from blindkey.ui.guard import HEADERS, SESSIONS, Handler, refusal, session_of
 from blindkey.ui.live import calls_after, recent_calls
 from blindkey.ui.session import COOKIE, SESSION_TTL
 
 PATHS = web.AppKey("paths", Paths)
+
+
+@web.middleware
+async def failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A page the broker could not answer for says why, as the CLI would (a broker of
+    another user, an approvals file that cannot be read), instead of a bare 500."""
+    try:
+        return await handler(request)
+    except BlindkeyError as exc:
+        page = pages.layout("blindkey ui", "", session_of(request),
+                            f"<p class=bad>{escape(str(exc))}</p>")  # fmt: skip
+        return web.Response(status=503, text=page, content_type="text/html")
 
 
 def _html(page: str) -> web.Response:
@@ -65,16 +78,8 @@ async def _try(request: web.Request, work: Any, done: str) -> str | None:
 
 
 async def approvals(request: web.Request) -> web.Response:
-    rows = await _listed(request.app[PATHS])
+    rows = await broker_calls.approvals(request.app[PATHS], "requests")
     return _html(pages.approvals_page(session_of(request), rows))
-
-
-async def _listed(paths: Paths) -> list[dict[str, Any]]:
-    try:
-        rows: list[dict[str, Any]] = await broker_calls.approvals(paths, "requests")
-    except BlindkeyError:
-        return []
-    return rows
 
 
 async def approve(request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ SHUTDOWN_TIMEOUT = 1.0
 
 
 def build_app(paths: Paths, sessions: Sessions, where: Bound) -> web.Application:
-    app = web.Application(middlewares=[guard], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[guard, handlers.failures], client_max_size=256 * 1024)
     app[handlers.PATHS] = paths
     app[SESSIONS] = sessions
     app[PORT] = where

@@ -4,6 +4,7 @@ the right token), so removing any one of them fails a test here."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from aiohttp import web
 from blindkey.config.paths import Paths
 from blindkey.ui.server import start
 from blindkey.ui.session import LOGIN_TTL, Sessions
+from tests.approvals_helpers import enrol
 
 CSRF = re.compile(r'<meta name=csrf content="([^"]+)">')
 
@@ -154,3 +156,12 @@ async def test_foreign_host_origin_and_site_are_refused(page: Page) -> None:
         **{"Sec-Fetch-Site": "same-origin"},
     )  # fmt: skip
     assert status == 303
+
+
+async def test_a_page_the_broker_cannot_answer_says_why(page: Page, home: Paths) -> None:
+    await asyncio.to_thread(enrol)
+    approvals = home.state_dir / "approvals.bin"
+    await asyncio.to_thread(approvals.write_bytes, b"BKA1" + bytes(40))
+    cookie, _ = await page.login()
+    status, text, _ = await page.get("/grants", Cookie=cookie)
+    assert status == 503 and "cannot be read" in text  # the page, with its message
