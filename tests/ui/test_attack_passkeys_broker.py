@@ -101,7 +101,7 @@ def test_the_challenge_names_each_field_of_the_request() -> None:
     nonce = os.urandom(32)
     assert binding(pending, nonce) == binding(pending, nonce)
     assert binding(pending, nonce) != binding(pending, os.urandom(32))
-    changes = {"id": "ap_fedcba9876543210", "agent": "other", "secret": "STRIPE",
+    changes: dict[str, Any] = {"id": "ap_fedcba9876543210", "agent": "other", "secret": "STRIPE",
                "env": "production", "method": "POST", "scheme": "http", "host": "evil.test",
                "port": 8443, "path": "/admin"}  # fmt: skip
     for field, value in changes.items():
