@@ -33,7 +33,7 @@ PORT = web.AppKey("port", Bound)
 SESSION = web.RequestKey("session", Session)
 OPEN_PATHS = frozenset({"/login", "/static/ui.css"})
 CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 HEADERS = {

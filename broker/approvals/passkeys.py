@@ -54,8 +54,8 @@ RP_NAME = "blindkey"
 # The page of `blindkey ui` as the browser sees it: WebAuthn takes no IP address as RP ID,
 # so passkeys work on http://localhost:PORT (a secure context without TLS).
 ORIGIN = re.compile(r"http://localhost:[0-9]{1,5}")
-REGISTER_TTL = 300.0
-APPROVE_TTL = 120.0
+# How long a challenge may be answered: an enrolment, an approval.
+TTL = {"register": 300.0, "approve": 120.0}
 MAX_CHALLENGES = 200
 _MAGIC = b"BKP1"
 _DOMAIN = b"blindkey passkey approval v1\x00"
@@ -107,16 +107,16 @@ class PasskeyFile:
                 write_sealed(self.path, self.key_path, _MAGIC, data)
 
 
-def _take(data: dict[str, Any], kind: str, key: str, now: float, ttl: float) -> dict[str, Any]:
+def _take(data: dict[str, Any], kind: str, key: str, now: float) -> dict[str, Any]:
     """The live challenge of `kind` for `key`, removed: each is answered once."""
-    data["challenges"] = [c for c in data["challenges"] if now - c["created"] < ttl]
+    data["challenges"] = [c for c in data["challenges"] if now - c["created"] < TTL[c["kind"]]]
     for challenge in data["challenges"]:
         if (challenge["kind"], challenge["key"]) == (kind, key):
             data["challenges"].remove(challenge)
             return dict(challenge)
     raise CodeRefused(
         "reused", "", f"no open passkey challenge for {key}: each works once and lapses "
-        f"after {int(ttl)}s; start again"
+        f"after {int(TTL[kind])}s; start again"
     )  # fmt: skip
 
 
@@ -185,7 +185,7 @@ class Passkeys:
         name = approver or ""
         now = self.approvals.clock()
         with self.file.editing() as data:
-            offered = _take(data, "register", name, now, REGISTER_TTL)
+            offered = _take(data, "register", name, now)
         if not isinstance(credential, dict):
             raise BlindkeyError("malformed passkey answer")
         try:
@@ -240,7 +240,7 @@ class Passkeys:
         pending = self.approvals.pending.get(request_id)
         with self.file.editing() as data:
             # Spent before anything is checked: a wrong answer is not tried again.
-            offered = _take(data, "approve", request_id, self.approvals.clock(), APPROVE_TTL)
+            offered = _take(data, "approve", request_id, self.approvals.clock())
         credential_id = _credential_id(credential)
         stored = next((c for c in data["credentials"] if c["id"] == credential_id), None)
         if stored is None:

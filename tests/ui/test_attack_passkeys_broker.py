@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import time
 from typing import Any
 
 import pytest
@@ -33,7 +34,8 @@ class Broker:
     def __init__(self, home: Paths) -> None:
         set_secret_policy(home, "GH", tier="restricted")
         self.settings = load_settings(home.config_file)
-        self.approvals = Approvals(home)
+        self.skew = 0.0  # time a test moves on at once
+        self.approvals = Approvals(home, lambda: time.time() + self.skew)
 
     def do(self, action: str, **params: Any) -> Any:
         return run_action(self.approvals, self.settings, action, params)
@@ -153,3 +155,15 @@ def test_the_passkeys_file_is_the_brokers_and_sealed(broker: Broker, home: Paths
     path.write_bytes(bytes(sealed))
     with pytest.raises(BlindkeyError, match="does not decrypt"):
         broker.do("passkey_approve_begin", request=broker.hold())
+
+
+def test_a_challenge_lapses(broker: Broker) -> None:
+    approver, key = enrol(), SoftAuthenticator()
+    broker.enrol_key(approver, key)
+    request = broker.hold()
+    options = broker.do("passkey_approve_begin", request=request)["options"]
+    broker.skew += 121
+    with pytest.raises(CodeRefused, match="lapses after 120s"):
+        broker.do("passkey_approve_finish", request=request, origin=ORIGIN,
+                  credential=key.assertion(options, ORIGIN))  # fmt: skip
+    assert broker.do("grants") == []
