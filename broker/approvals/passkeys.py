@@ -120,10 +120,12 @@ def _take(data: dict[str, Any], kind: str, key: str, now: float) -> dict[str, An
     )  # fmt: skip
 
 
-def _offer(data: dict[str, Any], kind: str, key: str, challenge: bytes, now: float) -> None:
+def _offer(
+    data: dict[str, Any], kind: str, key: str, challenge: bytes, now: float, **more: Any
+) -> None:
     kept = [c for c in data["challenges"] if (c["kind"], c["key"]) != (kind, key)]
     kept.append({"kind": kind, "key": key, "challenge": bytes_to_base64url(challenge),
-                 "created": now})  # fmt: skip
+                 "created": now, **more})  # fmt: skip
     data["challenges"] = kept[-MAX_CHALLENGES:]
 
 
@@ -131,6 +133,13 @@ def _origin(origin: str | None) -> str:
     if origin is None or not ORIGIN.fullmatch(origin):
         raise BlindkeyError(f"passkeys are used from http://localhost:PORT, not {origin!r}")
     return origin
+
+
+def _usable(state: ApprovalsState, credential: dict[str, Any]) -> bool:
+    """Whether the credential's approver is active and is the one it was enrolled for: an
+    approver removed and enrolled again under the same name does not inherit passkeys."""
+    record = state.approvers.get(credential["approver"])
+    return record is not None and record.active and record.created == credential["since"]
 
 
 def _credential_id(credential: object) -> str:
@@ -145,9 +154,11 @@ class Passkeys:
         self.file = PasskeyFile(approvals.paths)
 
     def listed(self) -> list[dict[str, Any]]:
+        self.approvals.load()
         return [
             {"approver": c["approver"], "id": c["id"][:16], "created": c["created"]}
             for c in self.file.load()["credentials"]
+            if _usable(self.approvals.state, c)
         ]
 
     # --- enrolment: a TOTP code first, then the authenticator's attestation -------------
@@ -161,7 +172,8 @@ class Passkeys:
             challenge = os.urandom(32)
             with self.file.editing() as data:
                 owned = [c for c in data["credentials"] if c["approver"] == name]
-                _offer(data, "register", name, challenge, core.clock())
+                since = state.approvers[name].created
+                _offer(data, "register", name, challenge, core.clock(), since=since)
             options = generate_registration_options(
                 rp_id=RP_ID, rp_name=RP_NAME, user_name=name,
                 user_id=hashlib.sha256(b"blindkey approver\x00" + name.encode()).digest(),
@@ -203,7 +215,7 @@ class Passkeys:
             data["credentials"].append({
                 "approver": name, "id": credential_id,
                 "public_key": bytes_to_base64url(verified.credential_public_key),
-                "sign_count": verified.sign_count, "created": now,
+                "sign_count": verified.sign_count, "created": now, "since": offered["since"],
             })  # fmt: skip
         added = {"change": "approver_passkey_added", "approver": name, "names": [name],
                  "credential": credential_id[:16]}  # fmt: skip
@@ -215,10 +227,10 @@ class Passkeys:
     def approve_begin(self, request_id: str) -> dict[str, Any]:
         pending = self.approvals.pending.get(request_id)
         self.approvals.load()
-        active = {n for n, a in self.approvals.state.approvers.items() if a.active}
+        state = self.approvals.state
         nonce = os.urandom(32)
         with self.file.editing() as data:
-            allowed = [c for c in data["credentials"] if c["approver"] in active]
+            allowed = [c for c in data["credentials"] if _usable(state, c)]
             if not allowed:
                 raise BlindkeyError("no approver has a passkey; enrol one on the Passkeys page")
             _offer(data, "approve", request_id, nonce, self.approvals.clock())
@@ -260,6 +272,8 @@ class Passkeys:
         core = self.approvals
 
         def prove(state: ApprovalsState, name: str) -> None:
+            if not _usable(state, stored):
+                raise BlindkeyError(f"that passkey was enrolled for an earlier approver {name}")
             now = core.clock()
             until = locked_until(state.approvers[name], now, core.source)
             if until is not None:

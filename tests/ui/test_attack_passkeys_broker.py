@@ -21,7 +21,7 @@ from blindkey.broker.approvals.service import Approvals
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.paths import Paths
-from tests.approvals_helpers import Approver, audit_events, enrol
+from tests.approvals_helpers import Approver, audit_events, cli, enrol
 from tests.proxy.conftest import set_secret_policy
 from tests.ui.soft_authenticator import SoftAuthenticator
 
@@ -164,6 +164,22 @@ def test_a_challenge_lapses(broker: Broker) -> None:
     options = broker.do("passkey_approve_begin", request=request)["options"]
     broker.skew += 121
     with pytest.raises(CodeRefused, match="lapses after 120s"):
+        broker.do("passkey_approve_finish", request=request, origin=ORIGIN,
+                  credential=key.assertion(options, ORIGIN))  # fmt: skip
+    assert broker.do("grants") == []
+
+
+def test_an_approver_enrolled_again_does_not_inherit_passkeys(broker: Broker) -> None:
+    alice, key = enrol("alice"), SoftAuthenticator()
+    bob = enrol("bob", "--by", "alice", "--code", alice.recovery[0])
+    broker.enrol_key(alice, key)
+    request = broker.hold()
+    options = broker.do("passkey_approve_begin", request=request)["options"]
+    code, _, err = cli("totp", "remove", "alice", "--by", "bob", "--code", bob.code())
+    assert code == 0, err
+    enrol("alice", "--by", "bob", "--code", bob.recovery[0])
+    assert broker.do("passkeys") == []
+    with pytest.raises(BlindkeyError, match="earlier approver alice"):
         broker.do("passkey_approve_finish", request=request, origin=ORIGIN,
                   credential=key.assertion(options, ORIGIN))  # fmt: skip
     assert broker.do("grants") == []
