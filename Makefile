@@ -26,11 +26,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	mkdir -p $(VENV)/typecheck/blindkey
-	for p in proxy broker audit config redact cli service; do ln -sfn ../../../$$p $(VENV)/typecheck/blindkey/$$p; done
+	for p in proxy broker audit config redact cli service ui; do ln -sfn ../../../$$p $(VENV)/typecheck/blindkey/$$p; done
 	$(BIN)/mypy
 	# The packages by path too (as folders, not as blindkey.*): an import cycle between
 	# modules shows up there as two incompatible copies of one class.
-	$(BIN)/mypy proxy broker audit config redact cli service
+	$(BIN)/mypy proxy broker audit config redact cli service ui
 
 # wrk, nginx and curl come from apt-get when missing, py-spy from pip; BENCH_ARGS=--quick
 # for a one-minute smoke run. Results: bench/results/bench-<UTC time>.{json,md}.

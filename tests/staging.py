@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("proxy", "broker", "audit", "config", "redact", "cli", "service")
+PACKAGES = ("proxy", "broker", "audit", "config", "redact", "cli", "service", "ui")
 SOURCES = (*PACKAGES, "pyproject.toml", "README.md")
 
 

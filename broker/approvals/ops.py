@@ -101,6 +101,12 @@ def run_action(
             t(params, "code"),
         ),
     }
+    if action.startswith("passkey"):
+        # `blindkey ui`'s passkeys; imported for them only, so webauthn and its CBOR and
+        # ASN.1 parsers load in no other command.
+        from blindkey.broker.approvals.passkeys import passkey_actions
+
+        actions.update(passkey_actions(approvals, settings, params, t, n))
     work = actions.get(action)
     if work is None:
         raise BrokerDenied("bad_request", f"unknown approvals action {action!r}")

@@ -33,6 +33,8 @@ from blindkey.config.stores import PRODUCTION
 GATED_TIERS = ("controlled", "restricted")
 # (env, secret) -> whether the store may hold it (False only when it surely does not).
 Exists = Callable[[str, str], bool]
+# Checks an approver's proof other than a code (a passkey: passkeys.py) under the file's lock.
+Proof = Callable[[ApprovalsState, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ class Approvals(ApproverBook):
         request: str | None = None,
         scope: Scope | None = None,
         exists: Exists | None = None,
+        proof: Proof | None = None,
     ) -> dict[str, Any]:
         """A grant of `secret` in `env` to `agent` (None: every agent), for `scope` (the
         scheme, host and port of the request approved) or, without one, for wherever the
@@ -121,7 +124,9 @@ class Approvals(ApproverBook):
                 f"--for may shorten a {tier} grant, not lengthen it past {span_text(longest)}"
             )
         ask = GrantAsk(secret, env, agent or "*", scope, needed, duration or longest, request)
-        grant, already = self.edit(lambda state: self._add_approval(state, ask, approver, code))
+        grant, already = self.edit(
+            lambda state: self._add_approval(state, ask, approver, code, proof)
+        )
         if already is not None:
             raise BlindkeyError(
                 f"{already} has already approved {secret}; it needs "
@@ -133,12 +138,16 @@ class Approvals(ApproverBook):
         return public_grant(grant)
 
     def _add_approval(
-        self, state: ApprovalsState, ask: GrantAsk, approver: str | None, code: str | None
-    ) -> tuple[Grant, str | None]:
+        self, state: ApprovalsState, ask: GrantAsk, approver: str | None, code: str | None,
+        proof: Proof | None = None,
+    ) -> tuple[Grant, str | None]:  # fmt: skip
         """The grant with this approver's approval (and who had already given it, if so)."""
         name = self.pick(state, approver)
         now = self.clock()
-        self.verify(state, name, code, f"approve {ask.secret}")
+        if proof is None:
+            self.verify(state, name, code, f"approve {ask.secret}")
+        else:
+            proof(state, name)
         drop_expired(state.grants, now)
         # A grant still waiting for approvers; approving one in force starts its
         # renewal, and the old one stays in force until the renewal is complete.
@@ -163,7 +172,8 @@ class Approvals(ApproverBook):
         self.note("grant", grant=added.id, secret=ask.secret, env=ask.env, agent=ask.agent,
                   approver=name, approvers=list(added.approvers), needed=added.needed,
                   complete=added.complete, expires=rfc3339(added.expires),
-                  request=ask.request, covers=covers_text(ask.scope))  # fmt: skip
+                  request=ask.request, covers=covers_text(ask.scope),
+                  **({"proof": "passkey"} if proof is not None else {}))  # fmt: skip
         return added, None
 
     def approve_request(
@@ -174,6 +184,7 @@ class Approvals(ApproverBook):
         duration: float | None = None,
         approver: str | None = None,
         code: str | None = None,
+        proof: Proof | None = None,
     ) -> dict[str, Any]:
         pending = self.pending.get(request_id)
         return self.approve(
@@ -186,6 +197,7 @@ class Approvals(ApproverBook):
             code=code,
             request=request_id,
             scope=(pending.scheme, pending.host, pending.port),
+            proof=proof,
         )
 
     def deny(self, request_id: str) -> dict[str, Any]:

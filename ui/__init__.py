@@ -1,0 +1,1 @@
+"""`blindkey ui`: the local page where approvers answer and people look (issue 29)."""
