@@ -139,6 +139,9 @@ class Shard:
         self.shortest = min(len(form) for form, _ in names)
         # UTF-16 and UTF-32 forms (the only ones with NULs) are not spelled with escapes.
         self.longest_plain = max((len(form) for form, _ in names if b"\0" not in form), default=0)
+        # Forms with a raw line break (quoted-printable's soft breaks of a long value): the
+        # only ones the line-break view cannot find, so only they need the answer as sent.
+        self.breaks = any(b"\n" in form or b"\r" in form for form, _ in names)
         # A wide form that is a narrow one with NULs between is found by the NUL-less view.
         for form, caseless in [key for key in names if b"\0" in key[0]]:
             if (form.replace(b"\0", b""), False) in names:
