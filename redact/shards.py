@@ -16,6 +16,7 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import hyperscan
 
@@ -40,6 +41,7 @@ BUILDERS = min(4, os.cpu_count() or 1)
 
 Group = tuple[tuple[str, str], ...]  # (name, value), longest value first
 Span = tuple[int, int, int, bytes]  # start, end, minus the value's length, replacement
+Found = tuple[int, int, int]  # start, end, the form's index
 
 
 def shard_count(values: int) -> int:
@@ -58,7 +60,7 @@ LITERAL, CASELESS, ESCAPES = "literal", "caseless", "escapes"
 
 
 def _found(local: int, start: int, end: int, flags: int, context: object) -> None:
-    found, ids = context  # type: ignore[misc]
+    found, ids = cast(tuple[list[Found], "array[int]"], context)
     found.append((start, end, ids[local]))
 
 
@@ -94,8 +96,8 @@ class _Matcher:
                 self.databases.append((_compiled(keys, ids, kind), array("i", ids)))
                 self.kinds.append(kind)
 
-    def scan(self, data: bytes) -> list[tuple[int, int, int]]:
-        found: list[tuple[int, int, int]] = []
+    def scan(self, data: bytes) -> list[Found]:
+        found: list[Found] = []
         with self.lock:
             for database, ids in self.databases:
                 database.scan(data, match_event_handler=_found, context=(found, ids))

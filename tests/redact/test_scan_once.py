@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blindkey.redact.redactor import Redactor
+from blindkey.redact.shards import Span
 from blindkey.redact.views import BreaksMap
 from tests.redact.test_redactor import redact_all
 from tests.redact.test_spellings import chunked
@@ -22,7 +23,7 @@ LONG = "p@ss=" + "Q7vLm2Kp4Rt8Wn3Yb6Hc1Jd5Fs0Ga-" * 4
 class BothScans(Redactor):
     """The redactor as it was: the text as sent scanned for every form, then the views."""
 
-    def _literal_matches(self, data: bytes, with_breaks_only: bool = False) -> list[object]:  # type: ignore[override]
+    def _literal_matches(self, data: bytes, with_breaks_only: bool = False) -> list[Span]:
         return super()._literal_matches(data)
 
 
