@@ -1,5 +1,7 @@
 """`python -m bench.peak REPORT COMMAND...`: run COMMAND, then write its exit status, wall
-seconds and peak RSS (wait4's ru_maxrss, in KiB) to REPORT as JSON.
+seconds, CPU seconds (user + system) and peak RSS (wait4's ru_maxrss, in KiB) to REPORT as
+JSON. CPU time is what the command itself cost: on this shared machine its wall time also
+counts the other tenants' load.
 
 Why a process in between: Linux counts into a child's ru_maxrss the memory of the process
 it was forked from, up to its exec (with vfork, that process's own peak). A child of the
@@ -23,6 +25,7 @@ def main(argv: list[str]) -> int:
     result = {
         "exit": os.waitstatus_to_exitcode(status),
         "wall_s": time.perf_counter() - began,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "maxrss_kib": usage.ru_maxrss,
     }
     with open(report, "w") as out:

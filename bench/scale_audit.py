@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.audit_fill import fill
 from bench.blindkey import CLI_MODULE, Home, make_values
-from bench.tools import ROOT, BenchError, hwm_mb, log
+from bench.tools import ROOT, BenchError, cpu_seconds, hwm_mb, log
 from blindkey.config.paths import resolve_paths
 
 TOOL_TIMEOUT = 600.0
@@ -61,6 +61,7 @@ def measured(command: list[str], env: dict[str, str], out: Path) -> dict[str, An
     return {
         "exit": result["exit"],
         "wall_s": round(result["wall_s"], 3),
+        "cpu_s": round(result.get("cpu_s", 0.0), 3),
         "peak_rss_mb": round(result["maxrss_kib"] / 1024, 1),
     }
 
@@ -76,7 +77,12 @@ def _call(home: Home, port: int, upstream: str) -> int:
 def _start(home: Home) -> dict[str, Any]:
     """`proxy start` to healthy, and the proxy's peak RSS on the way (its VmHWM)."""
     running, seconds = home.start()
-    return {"start_s": round(seconds, 3), "proxy_peak_rss_mb": round(hwm_mb(running.pid), 1)}
+    return {
+        "start_s": round(seconds, 3),
+        "proxy_peak_rss_mb": round(hwm_mb(running.pid), 1),
+        # What the start cost the proxy itself (wall time counts the machine's other load).
+        "proxy_cpu_s": round(cpu_seconds([running.pid]), 3),
+    }
 
 
 def audit_rows(work: Path, upstream_port: int, records: int) -> dict[str, Any]:

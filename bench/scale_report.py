@@ -168,16 +168,29 @@ def _notes(scale: Json) -> list[str]:
     audit = scale.get("audit", {})
     if "tools" in audit:
         filled, fresh, full = audit["filled"], audit["start_fresh"], audit["start_full_current"]
-        walls = ", ".join(f"{t['command']} {t['wall_s']:g} s" for t in audit["tools"].values())
+        walls = ", ".join(f"{t['command']} {_wall_cpu(t)}" for t in audit["tools"].values())
         fresh_logs = audit.get("logs_last_10_fresh")
         if fresh_logs:
-            walls += f"; `proxy logs --last 10` on the fresh audit {fresh_logs['wall_s']:g} s"
+            walls += f"; `proxy logs --last 10` on the fresh audit {_wall_cpu(fresh_logs)}"
         notes += [
             f"- audit: {filled['records']:,} records written in {filled['seconds']:g} s over "
             f"{filled['files']} files; `audit verify` ok: {audit['verify_ok']} "
             f"({audit['verify_records']} records); wall: {walls}",
-            f"- `proxy start`: {fresh['start_s']:g} s and a {fresh['proxy_peak_rss_mb']:g} MB "
-            f"proxy peak on a fresh audit; {full['start_s']:g} s and "
-            f"{full['proxy_peak_rss_mb']:g} MB over the full current file",
+            f"- `proxy start`: {fresh['start_s']:g} s{_proxy_cpu(fresh)} and a "
+            f"{fresh['proxy_peak_rss_mb']:g} MB proxy peak on a fresh audit; "
+            f"{full['start_s']:g} s{_proxy_cpu(full)} and {full['proxy_peak_rss_mb']:g} MB "
+            "over the full current file",
         ]
     return notes
+
+
+def _wall_cpu(entry: Json) -> str:
+    """Wall seconds, and the command's own CPU seconds when measured (runs before them
+    have none): the wall time of a command on a shared machine counts the others' load."""
+    cpu = entry.get("cpu_s")
+    return f"{entry['wall_s']:g} s" + (f" ({cpu:g} s CPU)" if cpu else "")
+
+
+def _proxy_cpu(entry: Json) -> str:
+    cpu = entry.get("proxy_cpu_s")
+    return f" ({cpu:g} s of proxy CPU)" if cpu else ""
