@@ -64,11 +64,16 @@ class AuditWriter:
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[], None] | None = None,
         anchor: Callable[[int, str], Awaitable[None]] | None = None,
+        checkpoint_every: int = 1000,
     ) -> None:
         self.path = audit_file(audit_dir)
         self.fsync = fsync
         self.log = AuditLog(
-            audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days, hold=True
+            audit_dir,
+            rotate_bytes=int(rotate_mb * (1 << 20)),
+            keep_days=keep_days,
+            hold=True,
+            checkpoint_every=checkpoint_every,
         )
         self.tracker = FlagTracker(clock=clock)
         self.learning: asyncio.Task[None] | None = None
@@ -127,6 +132,9 @@ class AuditWriter:
         self._anchor_task = asyncio.create_task(self._anchoring(), name="audit-anchor")
         try:
             self.log.open()
+            # The signing key pair exists from the start: its public half can be handed
+            # out before the first checkpoint is due.
+            self.log.signer_ready()
             seen = load_seen(self.path.parent)
         except OSError as exc:
             self._failed(exc)

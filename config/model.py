@@ -180,6 +180,14 @@ class AuditSettings:
     fsync: bool = setting(BOOL, True, "false: faster, but a crash may lose the last records")
     rotate_mb: int = setting(POSITIVE, 64, "start a new file past this size")
     keep_days: int = setting(POSITIVE, 90, "delete rotated files older than this")
+    # Signed checkpoints (audit/checkpoint.py): a copy is verifiable up to the last one.
+    checkpoint_every: int = setting(
+        POSITIVE,
+        1000,
+        "sign the chain's head (Ed25519) every this many records, and at rotation",
+        doc="how often the audit's writer signs the chain's head (`event: checkpoint`); "
+        "`audit verify --file` checks a copy up to its last checkpoint",
+    )
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
         fsync=audit_settings.fsync,
         rotate_mb=audit_settings.rotate_mb,
         keep_days=audit_settings.keep_days,
+        checkpoint_every=audit_settings.checkpoint_every,
         on_state=status.write,
         anchor=anchor,
     )
