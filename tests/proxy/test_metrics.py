@@ -116,13 +116,16 @@ async def test_held_call_and_pending_approval_counted(home: Paths) -> None:
         await status_after_reload(env, 403, headers, code="approval_required")
         headers["X-AS-Wait-Approval"] = "30"
         held = asyncio.create_task(env.call(headers=headers), name="held-call")
-        pending = await pending_id()
-        _, samples = await scrape(env)
-        assert samples["blindkey_held_calls"] == 1
-        assert samples["blindkey_pending_approvals"] == 1
-        code, _, err = await acli("deny", "--request", pending)
-        assert code == 0, err
-        status, _, _ = await asyncio.wait_for(held, 5)
+        try:
+            pending = await pending_id()
+            _, samples = await scrape(env)
+            assert samples["blindkey_held_calls"] == 1
+            assert samples["blindkey_pending_approvals"] == 1
+            code, _, err = await acli("deny", "--request", pending)
+            assert code == 0, err
+            status, _, _ = await asyncio.wait_for(held, 5)
+        finally:
+            held.cancel()  # a failed check must not leave the call holding the drain up
         assert status == 403
         await env.server.audit.flush()
         _, samples = await scrape(env)
