@@ -3,6 +3,9 @@ record's chain and this record's own line without its chain. The key is a file b
 audit, readable only by the user that writes the audit (in the hardened deployment, the
 proxy's user, never the agent's).
 
+Beside it, `hash`: a keyless link (audit/checkpoint.py) that signed checkpoints cover, so a
+copy can be checked without the key. It comes just before `chain` and the MAC covers it.
+
 `chain` is always the record's last field, so a line is checked on its own bytes: cut the
 chain off, close the object again, and MAC exactly what was written. No re-serialising, so
 nothing about JSON spelling can make a good record look bad or a bad one good.
@@ -22,6 +25,7 @@ import orjson
 KEY_FILE = "chain.key"
 KEY_BYTES = 32
 _CHAIN_KEY = b',"chain":"'
+_HASH_KEY = b',"hash":"'
 # ,"chain":"<64 hex>"}
 SUFFIX_LEN = len(_CHAIN_KEY) + 64 + 2
 
@@ -32,6 +36,7 @@ class Head(NamedTuple):
 
     seq: int = 0
     chain: str = ""
+    hash: str = ""  # the keyless link ("" before the first record that carries one)
 
 
 def load_key(audit_dir: Path, *, create: bool = True) -> bytes:
@@ -109,13 +114,21 @@ def dumps(record: dict[str, Any]) -> bytes:
         return orjson.dumps(_escaped(record))
 
 
+def link(previous: str, body: bytes) -> str:
+    """The keyless `hash` of a record whose JSON (without hash and chain) is `body`."""
+    return hashlib.sha256(previous.encode() + b"\n" + body).hexdigest()
+
+
 def seal(key: bytes, record: dict[str, Any], head: Head) -> tuple[bytes, Head]:
     """The line for `record` after `head`, and the new head. Sets record["seq"]."""
     record.pop("chain", None)
+    record.pop("hash", None)
     seq = record["seq"] = head.seq + 1
     body = dumps(record)
+    hashed = link(head.hash, body)
+    body = body[:-1] + _HASH_KEY + hashed.encode() + b'"}'
     chain = mac(key, head.chain, body)
-    return body[:-1] + _CHAIN_KEY + chain.encode() + b'"}\n', Head(seq, chain)
+    return body[:-1] + _CHAIN_KEY + chain.encode() + b'"}\n', Head(seq, chain, hashed)
 
 
 def split(line: bytes) -> tuple[bytes, str] | None:
@@ -141,4 +154,5 @@ def head_of(line: bytes) -> Head | None:
     seq = record.get("seq") if isinstance(record, dict) else None
     if not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    return Head(seq, parts[1])
+    hashed = record.get("hash")
+    return Head(seq, parts[1], hashed if isinstance(hashed, str) else "")

@@ -41,7 +41,7 @@ def printable(value: object) -> str:
 
 
 # An event record's own fields: what `proxy logs` and the report show after its name.
-_NOT_DETAIL = frozenset({"ts", "event", "seq", "chain"})
+_NOT_DETAIL = frozenset({"ts", "event", "seq", "hash", "chain"})
 
 
 def field_text(value: object) -> str:

@@ -21,6 +21,10 @@ def rfc3339(epoch: float) -> str:
 
 
 _MILLIS = [f"{n:03d}Z" for n in range(1000)]
+_CUT = (
+    "the answer was cut before its end (shutdown, upstream reset or the agent went away): "
+    "the agent did not get all of it"
+)
 
 
 @dataclass
@@ -49,19 +53,32 @@ class AuditRecord:
     via: str | None = None  # "connect": a request inside a tunnel blindkey intercepted
     # [policy] mode = "report": the refusal a method, path or rate rule would have answered.
     would_deny: dict[str, object] | None = None
+    # The canonical decision (smokescreen's): the address dialled (ip:port), the allowlist
+    # entry that matched, and a sentence for people beside `reason`.
+    peer: str | None = None
+    rule: str | None = None
+    detail: str | None = None
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
-    def block(self, reason: str, status: int) -> None:
+    def block(self, reason: str, status: int, detail: str | None = None) -> None:
         self.decision = "blocked"
         self.reason = reason
         self.status = status
+        self.detail = detail
 
     def cut(self) -> None:
         """The answer began but did not end: what the agent got is not the whole of it."""
         self.complete = False
         if self.decision == "allowed":
             self.reason = "cut"
+            self.detail = _CUT
+
+    def _detail(self) -> str | None:
+        if self.detail is not None or self.decision != "allowed" or self.rule is None:
+            return self.detail
+        where = f", dialled {self.peer}" if self.peer is not None else ""
+        return f"allowed: {self.host} matched the allowlist entry {self.rule}{where}"
 
     def finish(self) -> dict[str, Any]:
         self.ts = rfc3339(self.started)
@@ -89,6 +106,9 @@ class AuditRecord:
             # Secrets stored with --allow-short: their echoes may not have been caught.
             "short_secrets": list(self.short_secrets),
             "complete": self.complete,
+            "peer": self.peer,
+            "rule": self.rule,
+            "detail": self._detail(),
         }
         if self.waited_ms is not None:
             values["waited_ms"] = self.waited_ms

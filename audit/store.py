@@ -18,11 +18,14 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from blindkey.audit.chain import KEY_FILE, Head, head_of, load_key, seal
+
+if TYPE_CHECKING:
+    from blindkey.audit.checkpoint import Signer
 
 AUDIT_FILE = "audit.jsonl"
 LOCK_FILE = "audit.lock"
@@ -115,6 +118,7 @@ class AuditLog:
         rotate_bytes: int = 64 << 20,
         keep_days: float = 90,
         hold: bool = False,
+        checkpoint_every: int = 1000,
     ) -> None:
         self.dir = audit_dir
         # Keep the lock between appends until release(): a busy writer (the proxy) then
@@ -127,6 +131,11 @@ class AuditLog:
         self.keep_days = keep_days
         self.key = b""
         self.head = Head()
+        # Signed checkpoints (audit/checkpoint.py): the signer is loaded when one is due.
+        self.checkpoint_every = checkpoint_every
+        self.signer: Signer | None = None
+        self._signer_loaded = False
+        self._checkpointed = 0  # seq of the last checkpoint this process wrote
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._end = -1  # where this process's view of the file ends; -1: read it first
@@ -183,6 +192,9 @@ class AuditLog:
             for record in records:
                 line, head = seal(self.key, record, head)
                 lines.append(line)
+            if self._checkpoint_due(self.head.seq, head.seq):
+                line, head = self._checkpoint(head, "interval")
+                lines.append(line)
             payload = b"".join(lines)
             if not self._ends_clean:
                 payload = b"\n" + payload  # end a torn fragment so it swallows no record
@@ -200,6 +212,43 @@ class AuditLog:
             return lines
         finally:
             self._unlock()
+
+    def _checkpoint_due(self, before: int, after: int) -> bool:
+        from blindkey.audit.checkpoint import due
+
+        return due(before, after, self.checkpoint_every) and self.signer_ready()
+
+    def signer_ready(self) -> bool:
+        from blindkey.audit.checkpoint import load_signer
+
+        if not self._signer_loaded:
+            self._signer_loaded = True
+            try:
+                self.signer = load_signer(self.dir)
+            except (OSError, ValueError):
+                self.signer = None  # no checkpoints from this writer; records still go
+        return self.signer is not None
+
+    def _checkpoint(self, head: Head, cause: str) -> tuple[bytes, Head]:
+        assert self.signer is not None
+        record = self.signer.record(head.seq, head.hash, head.chain, cause)
+        line, head = seal(self.key, record, head)
+        self._checkpointed = head.seq
+        return line, head
+
+    def _checkpoint_at_rotation(self) -> None:
+        """The rotated file ends with a signed head, unless it ends with one already."""
+        if self.head.seq == self._checkpointed or self.checkpoint_every <= 0:
+            return
+        if not self.signer_ready():
+            return
+        line, head = self._checkpoint(self.head, "rotation")
+        try:
+            self._write_all(line)
+        except OSError:
+            return  # the next interval's checkpoint covers these records
+        self._end += len(line)
+        self.head = head
 
     def _lock(self) -> None:
         assert self._lock_fd is not None
@@ -255,6 +304,7 @@ class AuditLog:
 
     def _rotate(self) -> None:
         assert self._fd is not None
+        self._checkpoint_at_rotation()
         with self._fd_lock:
             os.fsync(self._fd)
             os.fchmod(self._fd, 0o400)

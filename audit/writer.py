@@ -64,11 +64,17 @@ class AuditWriter:
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[], None] | None = None,
         anchor: Callable[[int, str], Awaitable[None]] | None = None,
+        checkpoint_every: int = 1000,
+        observe: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.path = audit_file(audit_dir)
         self.fsync = fsync
         self.log = AuditLog(
-            audit_dir, rotate_bytes=int(rotate_mb * (1 << 20)), keep_days=keep_days, hold=True
+            audit_dir,
+            rotate_bytes=int(rotate_mb * (1 << 20)),
+            keep_days=keep_days,
+            hold=True,
+            checkpoint_every=checkpoint_every,
         )
         self.tracker = FlagTracker(clock=clock)
         self.learning: asyncio.Task[None] | None = None
@@ -80,6 +86,8 @@ class AuditWriter:
         # Given the chain's head now and then, to keep where this writer cannot rewrite it.
         self.anchor = anchor
         self.anchored = Head()
+        # Shown every finished record (the proxy's metrics count them); never a value.
+        self.observe = observe
         self._syncer: GroupSync | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release_timer: asyncio.TimerHandle | None = None
@@ -127,6 +135,9 @@ class AuditWriter:
         self._anchor_task = asyncio.create_task(self._anchoring(), name="audit-anchor")
         try:
             self.log.open()
+            # The signing key pair exists from the start: its public half can be handed
+            # out before the first checkpoint is due.
+            self.log.signer_ready()
             seen = load_seen(self.path.parent)
         except OSError as exc:
             self._failed(exc)
@@ -153,20 +164,31 @@ class AuditWriter:
         scratch.learn(allowed_records(self.path))
         return scratch.seen
 
-    def _finish(self, record: AuditRecord) -> dict[str, Any]:
+    def _finish(self, record: AuditRecord, count: int | None = None) -> dict[str, Any]:
         values = record.finish()
         values["flags"] = flags = self.tracker.flags(values)
         if "new_host" in flags:  # rare: once per secret and host
             save_seen(self.path.parent, self.tracker.seen)
+        if count is not None:
+            values["count"] = count
+        if self.observe is not None:
+            self.observe(values)
         return values
+
+    def lag(self) -> dict[str, int]:
+        """How far the audit stands: the chain's seq, write() calls made and covered by
+        an fsync, and records waiting for the disk."""
+        syncer = self._syncer
+        writes = syncer.writes if syncer is not None else 0
+        synced = syncer.synced if syncer is not None else writes
+        return {"seq": self.log.head.seq, "writes": writes, "synced": synced,
+                "waiting": self.backlog}  # fmt: skip
 
     def seal(self, record: AuditRecord, count: int | None = None) -> dict[str, Any] | None:
         """Finish `record`, flag it and write it now. None once written; else the record as
         held (the writer is unavailable until the disk takes it), for the caller to say
         what the agent got instead. `count`: the calls a coalesced record stands for."""
-        values = self._finish(record)
-        if count is not None:
-            values["count"] = count
+        values = self._finish(record, count)
         return None if self.submit(values) else values
 
     async def commit(self, record: AuditRecord) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import orjson
 
 from blindkey.config.arguments import Subcommands, action_group, json_flag
 from blindkey.config.console import say
-from blindkey.config.errors import BlindkeyError
+from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.paths import Paths
 
 if TYPE_CHECKING:
@@ -90,6 +90,10 @@ def check(paths: Paths, progress: Callable[[int], None] | None = None) -> Verdic
 def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
     from blindkey.audit.verify import verify
 
+    if args.file is not None:
+        return verify_copy_command(paths, args)
+    if args.public_key is not None:
+        raise UsageError("--public-key goes with --file (a copy checked without the HMAC key)")
     progress = Progress("verifying")
     anchor, source = broker_anchor(paths)
     verdict = verify(paths.audit_dir, anchor, progress)
@@ -116,6 +120,51 @@ def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
     say(
         f"audit ok: {verdict.records} records, {span}, in {len(verdict.files)} file(s)"
         f"{anchored}{legacy}{counted}"
+    )
+    return 0
+
+
+def verify_copy_command(paths: Paths, args: argparse.Namespace) -> int:
+    """`audit verify --file`: a copy against its signed checkpoints, without the HMAC key."""
+    from blindkey.audit.checkpoint import PUBLIC_FILE, PublicKeyError, load_public
+    from blindkey.audit.verify_copy import verify_copy
+
+    key_file = Path(args.public_key) if args.public_key else paths.audit_dir / PUBLIC_FILE
+    try:
+        public = load_public(key_file)
+        verdict = verify_copy(Path(args.file), public)
+    except PublicKeyError as exc:
+        raise BlindkeyError(f"{exc}: give the audit's checkpoint.pub with --public-key") from exc
+    except OSError as exc:
+        raise BlindkeyError(f"cannot read {args.file}: {exc.strerror}") from exc
+    if args.json:
+        sys.stdout.write(orjson.dumps(verdict.as_json()).decode() + "\n")
+        return 0 if verdict.ok else 1
+    for problem in verdict.problems:
+        where = f" (line {problem['line']})" if problem["line"] else ""
+        say(f"{problem['reason']}{where}")
+    if verdict.more_problems:
+        say(f"... and {verdict.more_problems} more")
+    if not verdict.ok:
+        first = verdict.problems[0]
+        raise BlindkeyError(f"copy broken at seq {first['seq']}: {first['reason']}")
+    unsigned = (
+        f"; seq {verdict.unsigned[0]}..{verdict.unsigned[1]} follow the last checkpoint and "
+        "are not signed yet"
+        if verdict.unsigned
+        else ""
+    )
+    start = (
+        f"; seq {verdict.unverified[0]} starts the copy: its own content is covered only "
+        "by the records before it, which the copy lacks"
+        if verdict.unverified and verdict.unverified[0] == verdict.first_seq
+        else ""
+    )
+    say(
+        f"copy ok: {verdict.records} records, seq {verdict.first_seq}..{verdict.last_seq}, "
+        f"{verdict.checkpoints} checkpoint(s) signed by key {verdict.key_id}, signed through "
+        f"seq {verdict.signed_through}{unsigned}{start}; the copy ends at seq "
+        f"{verdict.last_seq}: whether records followed it, only the audit itself can tell"
     )
     return 0
 
@@ -264,7 +313,20 @@ def add_commands(sub: Subcommands) -> None:
         description="Records are chained (seq and an HMAC): `audit verify` finds an edited, "
         "removed, inserted or reordered record and a cut tail.",
     )
-    p = actions.add_parser("verify", help="exit 0 when every record is accounted for, else 1")
+    p = actions.add_parser(
+        "verify",
+        help="exit 0 when every record is accounted for, else 1",
+        description="Without --file: the audit of this home, with the HMAC key and the "
+        "broker's anchor. With --file: a copy (shipped, `audit export --format jsonl`, "
+        "`proxy logs --json`) checked against its signed checkpoints with the public key "
+        "only; an edited, removed or reordered record and a cut are each named by seq.",
+    )
+    p.add_argument("--file", metavar="EXPORT", help="verify this copy (JSON lines or a JSON array)")
+    p.add_argument(
+        "--public-key",
+        metavar="FILE",
+        help="the checkpoint key's public half (default: checkpoint.pub beside the audit)",
+    )
     json_flag(p)
     p.set_defaults(handler=cmd_audit_verify)
     p = actions.add_parser(

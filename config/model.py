@@ -37,9 +37,11 @@ from blindkey.config.values import (
     PORT,
     POSITIVE,
     SIZE,
+    Kind,
     choice,
     string_list,
     text,
+    toml_value,
 )
 
 # \Z, not $: `$` also matches before a trailing newline.
@@ -180,6 +182,43 @@ class AuditSettings:
     fsync: bool = setting(BOOL, True, "false: faster, but a crash may lose the last records")
     rotate_mb: int = setting(POSITIVE, 64, "start a new file past this size")
     keep_days: int = setting(POSITIVE, 90, "delete rotated files older than this")
+    # Signed checkpoints (audit/checkpoint.py): a copy is verifiable up to the last one.
+    checkpoint_every: int = setting(
+        POSITIVE,
+        1000,
+        "sign the chain's head (Ed25519) every this many records, and at rotation",
+        doc="how often the audit's writer signs the chain's head (`event: checkpoint`); "
+        "`audit verify --file` checks a copy up to its last checkpoint",
+    )
+
+
+def _metrics_listen(value: object) -> str:
+    """`[metrics] listen`: empty (off) or a loopback `host:port` (metrics are not for other
+    machines: scrape them through a local agent)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string like 127.0.0.1:9465, got {value!r}")
+    if not value:
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9465, got {value!r}")
+    if not is_loopback_host(host):
+        raise ValueError(
+            f"{value!r} is not a loopback address: the metrics listener serves this machine "
+            "only (use 127.0.0.1 or [::1])"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = setting(
+        Kind(_metrics_listen, toml_value, "loopback `host:port`"),
+        "",
+        "e.g. 127.0.0.1:9465: Prometheus text at /metrics (loopback only)",
+        doc="where the proxy serves Prometheus metrics at `/metrics` (empty: off); a "
+        "loopback address only, read at start",
+    )
 
 
 @dataclass(frozen=True)
@@ -253,6 +292,7 @@ class Settings:
     )
     broker: BrokerSettings = field(default_factory=BrokerSettings, metadata=table("broker"))
     audit: AuditSettings = field(default_factory=AuditSettings, metadata=table("audit"))
+    metrics: MetricsSettings = field(default_factory=MetricsSettings, metadata=table("metrics"))
     approvals: ApprovalSettings = field(
         default_factory=ApprovalSettings,
         metadata=table("approvals", comment="how long a grant lasts (and the most --for asks)"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from blindkey.audit.writer import AuditWriter
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.metrics import CallMetrics, observer
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.status import ProxyStatus
 from blindkey.proxy.supervisor import BrokerSupervisor, ExternalBroker
@@ -29,6 +30,7 @@ class ProxyParts:
     runtime: ProxyRuntime
     supervisor: BrokerSupervisor | ExternalBroker
     status: ProxyStatus
+    calls: CallMetrics
 
 
 def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
@@ -43,13 +45,16 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
         await runtime.authoriser.broker.call("audit_anchor", seq=seq, chain=chain)
 
     audit_settings = settings.audit
+    calls = CallMetrics()
     audit = AuditWriter(
         paths.audit_dir,
         fsync=audit_settings.fsync,
         rotate_mb=audit_settings.rotate_mb,
         keep_days=audit_settings.keep_days,
+        checkpoint_every=audit_settings.checkpoint_every,
         on_state=status.write,
         anchor=anchor,
+        observe=observer(settings.metrics.listen, calls),
     )
     runtime = ProxyRuntime(paths, settings, audit, on_reloaded=status.write)
     socket_path = paths.broker_socket_at(settings.broker.socket)
@@ -59,4 +64,4 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
         if settings.broker.socket
         else BrokerSupervisor(socket_path, status.broker)
     )
-    return ProxyParts(audit, runtime, supervisor, status)
+    return ProxyParts(audit, runtime, supervisor, status, calls)

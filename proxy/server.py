@@ -18,6 +18,7 @@ from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.compose import compose_proxy
 from blindkey.proxy.connections import ConnectionGuard, GuardedConnection
+from blindkey.proxy.metrics import MetricsListener, Sources
 from blindkey.proxy.request.edge import Front
 from blindkey.proxy.runtime import FileStamp
 from blindkey.proxy.site import GuardedSite
@@ -88,6 +89,8 @@ class ProxyServer:
         parts = compose_proxy(paths, settings, host)
         self.audit, self.runtime = parts.audit, parts.runtime
         self.supervisor, self.status = parts.supervisor, parts.status
+        self.calls = parts.calls
+        self.metrics: MetricsListener | None = None
         self._runner: web.ServerRunner | None = None
         self.guard: ConnectionGuard | None = None
         # How long the calls of an unidentified caller are counted before their summary.
@@ -145,6 +148,7 @@ class ProxyServer:
             self._runner = web.ServerRunner(server, shutdown_timeout=RUNNER_SHUTDOWN_TIMEOUT)
             await self._runner.setup()
             await GuardedSite(self._runner, sock, guard, refusals, self._door).start()
+            await self._start_metrics()
         except BaseException:
             sock.close()
             await self._stop_parts()
@@ -161,6 +165,15 @@ class ProxyServer:
         self.warming = asyncio.create_task(self.runtime.authoriser.warm(), name="redactor-warm")
         self._tasks.append(self.warming)
         self.write_status()
+
+    async def _start_metrics(self) -> None:
+        listen = self.runtime.settings.metrics.listen
+        if listen:
+            sources = Sources(
+                self.audit, self.runtime, lambda: self.guard, lambda: self.broker_state
+            )
+            self.metrics = MetricsListener(sources, self.calls)
+            await self.metrics.start(listen)
 
     async def _watch_config(self) -> None:
         seen: FileStamp | None = None
@@ -212,6 +225,8 @@ class ProxyServer:
             log.warning("drain time over: cut %d call(s) still in flight", cut)
 
     async def _stop_parts(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.guard is not None:
             self.guard.close()
         if self.refusals is not None:

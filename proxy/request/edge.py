@@ -101,7 +101,7 @@ class Front:
             response, audited = await self._route(request, record)
         except Exception as exc:
             error = to_proxy_error(exc)
-            record.block(error.code, error.status)
+            record.block(error.code, error.status, error.message)
             vendor = request.path.startswith(ROUTE_PREFIX)
             response = error_response(error, request_id, vendor=vendor)
             if record.agent is None and "X-AS-Agent-Token" in request.headers:

@@ -18,6 +18,7 @@ from blindkey.config.hosts import DEFAULT_PORTS, AllowEntry, IPAddress, ip_liter
 from blindkey.config.model import AllowlistSettings, IPNetwork
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.parse import Target
+from blindkey.proxy.upstream.connection import UpstreamConnection
 from blindkey.proxy.upstream.errors import BlockedAddressError
 
 
@@ -94,6 +95,18 @@ class EgressPolicy:
         ):
             return True
         return is_public(address)
+
+
+def dialled(connection: UpstreamConnection) -> str | None:
+    """The address a call's connection dialled, as `ip:port` (`[ip]:port` for IPv6): the
+    record's `peer`, the address the egress policy vetted."""
+    if connection.transport is None:
+        return None
+    peer = connection.transport.get_extra_info("peername")
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return None
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
 
 class VettingResolver(AbstractResolver):

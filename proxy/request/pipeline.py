@@ -24,6 +24,7 @@ from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.approval_wait import WAIT_HEADER, approved
 from blindkey.proxy.request.authorise import Grant
+from blindkey.proxy.request.egress import dialled
 from blindkey.proxy.request.forward_proxy import swap_body, swap_headers, swap_path
 from blindkey.proxy.request.inject import (
     CountingBody,
@@ -70,6 +71,7 @@ async def forward(
     assert pool is not None
     with upstream_errors(target, grant.redactor, counter):
         upstream = await pool.request(outgoing)
+    record.peer = dialled(upstream.connection)
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
@@ -83,7 +85,7 @@ async def forward(
 async def egress_check(runtime: ProxyRuntime, spec: ProxySpec, record: AuditRecord) -> None:
     """Scheme, host and port against the allowlist."""
     try:
-        runtime.egress.check(spec.target)
+        record.rule = runtime.egress.check(spec.target).text
     except ProxyError:
         # The record names the caller; an unknown token is answered 401 instead. A broker
         # that cannot answer leaves the refusal as it is.

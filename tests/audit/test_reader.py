@@ -320,6 +320,8 @@ def test_follow_goes_on_across_rotation(tmp_path: Path) -> None:
 
     def consume() -> None:
         for item in following:
+            if item["event"] == "checkpoint":  # the one rotation signs (audit/checkpoint.py)
+                continue
             got.append(item["request_id"])
             if len(got) == 12:
                 done.set()

@@ -31,6 +31,9 @@ FIELDS = [
     "short_secrets",
     "event",
     "complete",
+    "peer",  # issue 30: the canonical decision record
+    "rule",
+    "detail",
 ]
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 

@@ -278,7 +278,9 @@ async def test_rotation_keeps_the_chain_and_prunes_old_files(tmp_path: Path) -> 
     assert len(rotated) >= 5
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o400 for p in rotated)
     verdict = verify(tmp_path, None)
-    assert verdict.ok and verdict.records == 30 and len(verdict.files) == len(rotated) + 1
+    # Each rotated file ends with its signed checkpoint (audit/checkpoint.py).
+    assert verdict.ok and verdict.records == 30 + len(rotated)
+    assert len(verdict.files) == len(rotated) + 1
     # Files older than keep_days go, oldest first; what is left still verifies.
     for old in rotated[:2]:
         os.utime(old, (1, 1))
@@ -290,7 +292,10 @@ async def test_rotation_keeps_the_chain_and_prunes_old_files(tmp_path: Path) -> 
     assert not rotated[0].exists() and not rotated[1].exists()
     verdict = verify(tmp_path, None)
     assert verdict.ok, verdict.reason
-    assert verdict.first_seq is not None and verdict.first_seq > 1 and verdict.last_seq == 40
+    # Every rotation (the two pruned files' too) added its signed checkpoint.
+    rotations = len(rotated_files(tmp_path)) + 2
+    assert verdict.first_seq is not None and verdict.first_seq > 1
+    assert verdict.last_seq == 40 + rotations
     # A rotated file removed from the middle is found.
     rotated_files(tmp_path)[1].unlink()
     verdict = verify(tmp_path, None)

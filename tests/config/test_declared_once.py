@@ -30,6 +30,7 @@ from blindkey.config.model import (
     ApprovalSettings,
     AuditSettings,
     LimitSettings,
+    MetricsSettings,
     ProxySettings,
     Route,
     Settings,
@@ -104,7 +105,8 @@ def everything_changed(tmp_path: Path) -> Settings:
         ),
         envs=EnvironmentSettings(("dev", "prod-eu"), "prod-eu"),
         broker=BrokerSettings("/run/blindkey/broker.sock", (0, 1001), (1002,)),
-        audit=AuditSettings(False, 8, 7),
+        audit=AuditSettings(False, 8, 7, 500),
+        metrics=MetricsSettings("127.0.0.1:9465"),
         approvals=ApprovalSettings(3600.0, 300.0, 600.0),
         allowlist=AllowlistSettings(
             (AllowEntry.parse("api.github.com"), AllowEntry.parse("http://127.0.0.1:9000")),
