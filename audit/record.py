@@ -49,6 +49,8 @@ class AuditRecord:
     via: str | None = None  # "connect": a request inside a tunnel blindkey intercepted
     # [policy] mode = "report": the refusal a method, path or rate rule would have answered.
     would_deny: dict[str, object] | None = None
+    # An LLM answer's usage: {"model", "input_tokens", "output_tokens", "cost_usd"}.
+    usage: dict[str, object] | None = None
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -96,4 +98,6 @@ class AuditRecord:
             values["via"] = self.via
         if self.would_deny is not None:
             values["would_deny"] = self.would_deny
+        if self.usage is not None:
+            values["usage"] = self.usage
         return values

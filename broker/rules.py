@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
+from blindkey.broker.budget import Budgets
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.model import Settings
 from blindkey.config.request_rules import Rate
+from blindkey.config.spend import Budget
 
 # The answer holds for any method and path of the target / for this method and path only /
 # for this one call (a rate counted it): how long a proxy may keep it.
@@ -155,6 +157,8 @@ class Verdict(NamedTuple):
     denied: BrokerDenied | None
     would_deny: Message | None  # report mode: the refusal enforcing would have answered
     varies: str  # ANY_REQUEST, THIS_REQUEST or THIS_CALL: how long a proxy may keep it
+    # The budget rule past which each secret of this call needs a grant (approve_above_usd).
+    ask: str | None = None
 
 
 ALLOWED = Verdict(None, None, ANY_REQUEST)
@@ -181,38 +185,68 @@ def answer_fields(denied: BrokerDenied | None, verdict: Verdict) -> Message:
 class RuleSet:
     """The compiled rules of one config load, and the rate buckets kept across loads."""
 
-    def __init__(self, settings: Settings, limiter: Limiter) -> None:
+    def __init__(self, settings: Settings, limiter: Limiter, spend: Budgets | None) -> None:
         self.limiter = limiter
+        self.spend = spend  # what agents spent (None: budgets are not counted here)
         self.report = settings.request_policy.mode == "report"
         self.secrets = _scopes("secrets", "secret", settings.secrets)
         self.agents = _scopes("agents", "agent", settings.agents)
+        self.budgets: dict[str, Budget] = {
+            name: p.budget for name, p in settings.agents.items() if p.budget is not None
+        }
+        if spend is None:
+            self.budgets = {}
         rates = {s.where: s.rate.text for s in (*self.secrets.values(), *self.agents.values())
                  if s.rate is not None}  # fmt: skip
         limiter.keep(lambda key: rates.get(key[0]) == key[2])
 
     @classmethod
-    def empty(cls, clock: Callable[[], float]) -> RuleSet:
-        return cls(Settings(), Limiter(clock))
+    def empty(cls, clock: Callable[[], float], spend: Budgets | None = None) -> RuleSet:
+        return cls(Settings(), Limiter(clock), spend)
 
     def reload(self, settings: Settings) -> RuleSet:
-        return RuleSet(settings, self.limiter)
+        return RuleSet(settings, self.limiter, self.spend)
 
     def _scopes(self, agent: str, names: Iterable[str]) -> list[Scope]:
         return [s for s in (self.agents.get(agent), *map(self.secrets.get, names)) if s]
 
     def decide(self, agent: str, names: list[str], method: str, path: str | None) -> Verdict:
-        """Methods and paths (before tiers and grants); no names: only who is asking."""
-        if not names or not (self.secrets or self.agents):
+        """Methods and paths, then budgets (before tiers and grants); no names: only who
+        is asking."""
+        if not names or not (self.secrets or self.agents or self.budgets):
             return ALLOWED
         scopes = self._scopes(agent, names)
-        if not scopes:
+        budget = self.budgets.get(agent)
+        if not scopes and budget is None:
             return ALLOWED
-        varies = THIS_CALL if any(s.rate for s in scopes) else THIS_REQUEST
+        # Spend changes with every answer: a budget's verdict holds for this call only.
+        counted = budget is not None or any(s.rate for s in scopes)
+        varies = THIS_CALL if counted else THIS_REQUEST
         for scope in scopes:
             refused = scope.refusal(method, path)
             if refused is not None:
                 return self._verdict(refused, varies)
+        if budget is not None:
+            return self._budget(agent, budget, varies)
         return Verdict(None, None, varies)
+
+    def _budget(self, agent: str, budget: Budget, varies: str) -> Verdict:
+        assert self.spend is not None
+        refused = self.spend.refusal(agent, budget)
+        if refused is not None:
+            return self._verdict(refused, varies)
+        rule = self.spend.over_approval(agent, budget)
+        if rule is None:
+            return Verdict(None, None, varies)
+        if self.report:
+            asked = BrokerDenied(
+                "approval_required",
+                f"agent {agent} spent more than {budget.approve_above_usd} USD today "
+                f"(rule {rule}): each secret it uses needs a grant",
+                detail=rule,
+            )
+            return Verdict(None, reported(asked), varies)
+        return Verdict(None, None, varies, rule)
 
     def count(self, agent: str, names: list[str], verdict: Verdict) -> Verdict:
         """Rates, for a call that passed everything else: counted only if none refuses (and
@@ -221,6 +255,8 @@ class RuleSet:
             return verdict
         limited = [(s, (s.where, agent, s.rate.text), s.rate)
                    for s in self._scopes(agent, names) if s.rate]  # fmt: skip
+        if not limited:
+            return verdict
         waits = [(self.limiter.wait(key, rate), scope, rate) for scope, key, rate in limited]
         longest, scope, rate = max(waits, key=lambda w: w[0])
         if longest <= 0.0:

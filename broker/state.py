@@ -16,6 +16,7 @@ from blindkey.broker.approvals.core import Clock, approvals_count
 from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import SecretBackend, open_backend
+from blindkey.broker.budget import Budgets, spend_gate
 from blindkey.broker.cache import MISSING, ValueView, view_for
 from blindkey.broker.credentials.aws import redaction_parts
 from blindkey.broker.credentials.minted import Credentials
@@ -82,7 +83,10 @@ class BrokerState(SlowStore):
         on_outcome: Callable[[str, str], None] | None = None,
     ) -> None:
         self.paths = paths
-        self.rules = RuleSet.empty(clock)  # its rate buckets keep time by `clock` too
+        # What agents spent on LLM calls, per UTC day and month (budget.json).
+        self.budgets = Budgets(paths.state_dir / "budget.json", clock)
+        # Its rate buckets and budgets keep time by `clock` too.
+        self.rules = RuleSet.empty(clock, self.budgets)
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
         self.approvals = Approvals(paths, clock, on_change=self._bump, on_outcome=on_outcome)
         self.credentials = Credentials(self, clock, self._bump)  # oauth2, github-app tokens
@@ -250,6 +254,8 @@ class BrokerState(SlowStore):
         values: dict[str, str] = {}
         for name, value in zip(names, found, strict=True):
             denied = verdict.denied or self._check(agent, env, name, (scheme, host, port), value)
+            if denied is None and verdict.ask is not None:  # a day's spend past approve_above
+                denied = spend_gate(self.approvals, agent, env, name, verdict.ask)
             if denied is not None:
                 return BrokerAnswer(agent, env, {}, denied, (), verdict)
             values[name] = value  # type: ignore[assignment]  # _check refused None

@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from blindkey.audit.record import AuditRecord
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError
 from blindkey.proxy.request.parse import HOP_BY_HOP
+from blindkey.proxy.request.usage import Meter
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 from blindkey.proxy.upstream.decoding import undecodable
 from blindkey.redact.redactor import FLUSH_DELAY, Redactor, RedactStream
@@ -33,8 +34,10 @@ async def relay(
     redactor: Redactor,
     record: AuditRecord,
     where: str,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
-    """Write `upstream`'s answer to the agent. Raises UpstreamError while nothing is sent."""
+    """Write `upstream`'s answer to the agent. Raises UpstreamError while nothing is sent.
+    `meter` sees what the agent gets (an LLM answer's usage)."""
     refused = undecodable(upstream.codings)
     if refused is not None:
         raise ProxyError(
@@ -50,6 +53,8 @@ async def relay(
         clean_body, count = redactor.redact(answer)
         record.redactions += count
         record.bytes_out = len(clean_body)
+        if meter is not None:
+            meter.feed(clean_body)
         return web.Response(
             status=upstream.status,
             reason=reason,
@@ -69,6 +74,8 @@ async def relay(
             async for out in outputs:
                 record.bytes_out += len(out)
                 await response.write(out)
+                if meter is not None:
+                    meter.feed(out)
     except UpstreamError as exc:
         # Headers are gone; all we can do is cut the stream so the agent sees a failure.
         log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
