@@ -84,7 +84,7 @@ async def forward(
                     request, upstream, grant.redactor, record, target.host_header, meter
                 )
         finally:
-            settle(runtime, record, meter)
+            settle(runtime, record, meter, grant.redactor)
 
 
 async def egress_check(runtime: ProxyRuntime, spec: ProxySpec, record: AuditRecord) -> None:

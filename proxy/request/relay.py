@@ -54,7 +54,7 @@ async def relay(
         record.redactions += count
         record.bytes_out = len(clean_body)
         if meter is not None:
-            meter.feed(clean_body)
+            meter.feed(answer)
         return web.Response(
             status=upstream.status,
             reason=reason,
@@ -67,15 +67,14 @@ async def relay(
     # Until the last byte is passed on, the answer counts as cut: shutdown, an agent gone
     # or an upstream reset leave the record saying so, with the bytes and redactions so far.
     record.cut()
+    chunks = upstream.iter_chunks()
+    if meter is not None:
+        chunks = _Metered(chunks, meter)
     try:
-        async with contextlib.aclosing(
-            _redacted(upstream.iter_chunks(), stream, record.request_id)
-        ) as outputs:
+        async with contextlib.aclosing(_redacted(chunks, stream, record.request_id)) as outputs:
             async for out in outputs:
                 record.bytes_out += len(out)
                 await response.write(out)
-                if meter is not None:
-                    meter.feed(out)
     except UpstreamError as exc:
         # Headers are gone; all we can do is cut the stream so the agent sees a failure.
         log.warning("%s: upstream failed mid-stream (%s)", record.request_id, exc)
@@ -88,6 +87,22 @@ async def relay(
     # The end of the stream is written by aiohttp once the handler returns: after the
     # edge has written the record, so no agent holds a whole answer without its record.
     return response
+
+
+class _Metered:
+    """The upstream's chunks, each shown to the meter as it passes (nothing is kept back)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], meter: Meter) -> None:
+        self.chunks = chunks
+        self.meter = meter
+
+    def __aiter__(self) -> _Metered:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self.chunks)
+        self.meter.feed(chunk)
+        return chunk
 
 
 def _head(

@@ -3,10 +3,11 @@
 OpenAI chat completions and responses, and Anthropic messages, whole or streamed (SSE),
 carry a `usage` object: whole answers at the top (or under `response`), streams in their
 last events (a chat chunk with `usage`, `response.completed`, Anthropic's `message_start`
-for input and `message_delta` for output). The meter reads what relay already passed to
-the agent, after redaction, so nothing a record keeps was ever a value; it holds no chunk
-back (it only looks), and it keeps at most MAX_WHOLE bytes of a JSON answer and one SSE
-line of at most MAX_LINE bytes.
+for input and `message_delta` for output). The meter reads the decoded answer as relay
+receives it (what the upstream billed, even if a cut keeps its last bytes from the
+agent); it holds no chunk back (it only looks), keeps at most MAX_WHOLE bytes of a JSON
+answer and one SSE line of at most MAX_LINE bytes, and of all it reads a record keeps
+numbers and the model's name, which passes the redactor.
 
 A stream cut before its usage event is counted from what was seen (the input of
 `message_start`, and output estimated at CHARS_PER_TOKEN characters of streamed text per
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +28,7 @@ import orjson
 from blindkey.audit.record import AuditRecord
 from blindkey.config.spend import ModelPrice, cost_usd
 from blindkey.proxy.runtime import ProxyRuntime
+from blindkey.redact.redactor import Redactor
 
 log = logging.getLogger("blindkey.proxy")
 MAX_WHOLE = 2**20
@@ -33,6 +36,7 @@ MAX_LINE = 2**16
 CHARS_PER_TOKEN = 4
 MAX_MODEL = 128
 Usage = dict[str, object]
+_MODEL = re.compile(rb'"model"\s*:\s*("[^"\\]{1,128}")')
 _spending: set[asyncio.Task[None]] = set()
 
 
@@ -44,6 +48,7 @@ class Meter:
         self._kept: list[bytes] = []
         self._size = 0
         self._overflow = False  # the current SSE line, or the JSON answer, is too long
+        self._head = b""  # of a JSON answer too long to parse whole
         self.model: str | None = None
         self.input_tokens = 0
         self.output_tokens = 0
@@ -53,11 +58,16 @@ class Meter:
 
     def feed(self, chunk: bytes) -> None:
         if not self.sse:
-            if self._size + len(chunk) > MAX_WHOLE:
+            if not self._overflow and self._size + len(chunk) > MAX_WHOLE:
+                # Too long to parse whole: keep its head (the model) and a tail (the usage).
+                whole = b"".join(self._kept)
+                self._head, self._kept, self._size = whole[:MAX_LINE], [whole], len(whole)
                 self._overflow = True
-            elif not self._overflow:
-                self._kept.append(chunk)
-                self._size += len(chunk)
+            self._kept.append(chunk)
+            self._size += len(chunk)
+            if self._overflow and self._size > 2 * MAX_LINE:
+                tail = b"".join(self._kept)[-MAX_LINE:]
+                self._kept, self._size = [tail], len(tail)
             return
         start = 0
         while (end := chunk.find(b"\n", start)) >= 0:
@@ -115,13 +125,13 @@ class Meter:
 
     def reading(self, prices: Mapping[str, ModelPrice]) -> Usage | None:
         """The usage this answer reported, priced (None: not an LLM answer, or none seen)."""
-        if not self.sse and self._kept and not self._overflow:
+        if not self.sse and self._kept:
             whole = b"".join(self._kept)
             self._kept, self._size = [], 0
-            if b'"usage"' in whole:
-                answer = _loads(whole)
-                if isinstance(answer, dict):
-                    self._event(answer)
+            if self._overflow:
+                self._event(_head_and_tail(self._head, whole))
+            elif b'"usage"' in whole:
+                self._event(_loads(whole))
         if self.model is None or not (self.usage_seen or self.text_chars):
             return None
         output = self.output_tokens
@@ -153,7 +163,9 @@ def meter_for(status: int, headers: list[tuple[str, str]]) -> Meter | None:
     return None
 
 
-def settle(runtime: ProxyRuntime, record: AuditRecord, meter: Meter | None) -> None:
+def settle(
+    runtime: ProxyRuntime, record: AuditRecord, meter: Meter | None, redactor: Redactor
+) -> None:
     """Put the answer's usage, priced by [prices], in its record, and tell the broker what
     the agent spent (its budgets are the broker's, priced there by the approved policy)."""
     if meter is None:
@@ -161,6 +173,8 @@ def settle(runtime: ProxyRuntime, record: AuditRecord, meter: Meter | None) -> N
     usage = meter.reading(runtime.settings.prices)
     if usage is None:
         return
+    # The model's name is the one text a record keeps of the answer: redacted like it.
+    (usage["model"],), _ = redactor.redact_texts([str(usage["model"])])
     record.usage = usage
     if record.agent is None:
         return
@@ -184,6 +198,24 @@ def _loads(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+def _head_and_tail(head: bytes, tail: bytes) -> dict[str, Any]:
+    """Of a JSON answer too long to parse: the first `"model"` of its head and the last
+    `"usage"` object of its tail (where every vendor puts it), each parsed alone."""
+    found: dict[str, Any] = {}
+    model = _MODEL.search(head)
+    if model is not None:
+        found["model"] = _loads(model.group(1))
+    at = tail.rfind(b'"usage"')
+    start = tail.find(b"{", at) if at >= 0 else -1
+    depth = 0
+    for end in range(start, len(tail)) if start >= 0 else ():
+        depth += {123: 1, 125: -1}.get(tail[end], 0)  # { and }
+        if depth == 0:
+            found["usage"] = _loads(tail[start : end + 1])
+            break
+    return found
 
 
 def _tokens(usage: dict[str, Any], *keys: str) -> int:
