@@ -8,12 +8,14 @@ import asyncio
 import calendar
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from blindkey.broker.agents import AgentStore
 from blindkey.broker.budget import budget_op, spend_op
+from blindkey.broker.policy import policy_view, settings_from_text, widenings
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.broker.state import BrokerAnswer, BrokerState
 from blindkey.broker.vault import FileVault
@@ -182,3 +184,30 @@ def test_a_malformed_spend_is_refused(world: World) -> None:
             spend_op(world.state, {"agent": "builder", "usage": usage}, lambda work: None)
     with pytest.raises(BrokerDenied):
         spend_op(world.state, {"agent": "../x", "usage": {}}, lambda work: None)
+
+
+def widened(before: str, after: str) -> list[str]:
+    def view(text: str) -> dict[str, Any]:
+        return policy_view(settings_from_text(Path("config.toml"), text))
+
+    return widenings(view(before), view(after), lambda name: True)
+
+
+def test_raising_or_removing_a_budget_or_lowering_a_price_widens_the_policy() -> None:
+    caps = "[agents.b]\nbudget = { daily_usd = 1.0, monthly_usd = 9.0 }\n"
+    price = '[prices."gpt-4o"]\ninput = 2.5\noutput = 10.0\n'
+    assert widened(caps + price, caps + price) == []
+    assert widened("", caps) == []  # a budget added narrows
+    assert widened(caps, caps.replace("1.0", "0.5")) == []
+    assert widened(caps, caps.replace("1.0", "2.0")) == [
+        "agent b budget daily_usd goes from 1.0 to 2.0"
+    ]
+    assert widened(caps, "") == [
+        "agent b budget daily_usd goes from 1.0 to no cap",
+        "agent b budget monthly_usd goes from 9.0 to no cap",
+    ]
+    assert widened(price, price.replace("10.0", "1.0")) == [
+        "prices.gpt-4o is lowered: budgets buy more of it"
+    ]
+    assert widened(price, "") == ["prices.gpt-4o is lowered: budgets buy more of it"]
+    assert widened(price, price.replace("10.0", "20.0")) == []
