@@ -11,7 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
-from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
+from blindkey.broker.agents import (
+    AgentRecord,
+    AgentStore,
+    live_tokens,
+    narrowed_refusal,
+    token_hash,
+)
 from blindkey.broker.approvals.core import Clock, approvals_count
 from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
@@ -22,7 +28,7 @@ from blindkey.broker.credentials.aws import redaction_parts
 from blindkey.broker.credentials.minted import Credentials
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
-from blindkey.broker.rules import ALLOWED, RuleSet, Verdict
+from blindkey.broker.rules import ALLOWED, THIS_CALL, RuleSet, Verdict
 from blindkey.broker.slow_store import SlowStore
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import entry_for, origin
@@ -83,6 +89,7 @@ class BrokerState(SlowStore):
         on_outcome: Callable[[str, str], None] | None = None,
     ) -> None:
         self.paths = paths
+        self.clock = clock  # narrowed tokens expire by it
         # What agents spent on LLM calls, per UTC day and month (budget.json).
         self.budgets = Budgets(paths.state_dir / "budget.json", clock)
         # Its rate buckets and budgets keep time by `clock` too.
@@ -155,7 +162,7 @@ class BrokerState(SlowStore):
         self.last_error = None
         self.settings = settings
         self.rules = self.rules.reload(settings)
-        self.agents_by_hash = {a.token_sha256: a for a in agents.values() if a.revoked is None}
+        self.agents_by_hash = live_tokens(agents)  # narrowed ones only with their parent
         self._follow_tiers()
         self._bump()
         return True
@@ -219,16 +226,26 @@ class BrokerState(SlowStore):
             return True
         return approvals
 
-    def authenticate(self, token: str | None) -> str:
+    def authenticate(self, token: str | None, *, narrowed: bool = False) -> str:
+        """The agent a token is; a narrowed token (`agent token`) only where `narrowed`
+        says its limits are applied (the proxy's calls)."""
+        caller = self._caller(token)
+        if caller is None:
+            return ANONYMOUS
+        if caller.narrowed is not None and not narrowed:
+            raise BrokerDenied("unauthenticated", "a narrowed token works with the proxy only")
+        return caller.agent
+
+    def _caller(self, token: str | None) -> AgentRecord | None:
         if token is None:
             if self.settings.proxy.require_agent_token:
                 raise BrokerDenied("unauthenticated", "X-AS-Agent-Token is required")
-            return ANONYMOUS
+            return None
         digest = token_hash(token)
         record = self.agents_by_hash.get(digest)
         if record is None or not hmac.compare_digest(record.token_sha256, digest):
             raise BrokerDenied("unauthenticated", "unknown or revoked agent token")
-        return record.name
+        return record
 
     def resolve(
         self, token: str | None, names: list[str], host: str, scheme: str = "https",
@@ -242,7 +259,8 @@ class BrokerState(SlowStore):
             raise BrokerDenied(
                 "broker_unavailable", self.last_error or "the broker has loaded nothing yet"
             )
-        agent = self.authenticate(token)
+        caller = self._caller(token)
+        agent = ANONYMOUS if caller is None else caller.agent
         env = self.settings.active_env
         lookup = view.lookup
         found = [lookup(env, name) for name in names]
@@ -251,6 +269,11 @@ class BrokerState(SlowStore):
             return BrokerAnswer(agent, env, {}, None, missing)
         # Methods and paths before tiers (no human is asked for a call refused anyway).
         verdict = self.rules.decide(agent, names, method, path)
+        if caller is not None and caller.narrowed is not None:  # its limits, then NAME's
+            target = (scheme, host, port)
+            limited = narrowed_refusal(caller, names, target, method, path, self.clock())
+            # Answered per call: a proxy must not keep it past the token's expiry.
+            verdict = Verdict(limited or verdict.denied, verdict.would_deny, THIS_CALL, verdict.ask)
         values: dict[str, str] = {}
         for name, value in zip(names, found, strict=True):
             denied = verdict.denied or self._check(agent, env, name, (scheme, host, port), value)
