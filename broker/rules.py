@@ -248,9 +248,12 @@ class RuleSet:
             return Verdict(None, reported(asked), varies)
         return Verdict(None, None, varies, rule)
 
-    def count(self, agent: str, names: list[str], verdict: Verdict) -> Verdict:
+    def count(
+        self, agent: str, names: list[str], verdict: Verdict, *, take: bool = True
+    ) -> Verdict:
         """Rates, for a call that passed everything else: counted only if none refuses (and
-        not at all when report mode already says the call would have been refused)."""
+        not at all when report mode already says the call would have been refused, nor
+        without `take`: a `policy test` asks, it does not call)."""
         if verdict.varies != THIS_CALL or verdict.would_deny is not None:
             return verdict
         limited = [(s, (s.where, agent, s.rate.text), s.rate)
@@ -260,7 +263,7 @@ class RuleSet:
         waits = [(self.limiter.wait(key, rate), scope, rate) for scope, key, rate in limited]
         longest, scope, rate = max(waits, key=lambda w: w[0])
         if longest <= 0.0:
-            for _, key, _ in limited:
+            for _, key, _ in limited if take else ():
                 self.limiter.take(key)
             return verdict
         retry = max(1, math.ceil(longest))

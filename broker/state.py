@@ -267,26 +267,34 @@ class BrokerState(SlowStore):
         if MISSING in found:
             missing = tuple(n for n, v in zip(names, found, strict=True) if v is MISSING)
             return BrokerAnswer(agent, env, {}, None, missing)
+        target = (scheme, host, port)
+        denied, verdict, _ = self.decide(caller, agent, env, names, found, target, method, path)
+        if denied is not None:
+            return BrokerAnswer(agent, env, {}, denied, (), verdict)
+        values = dict(zip(names, found, strict=True))  # _check refused None
+        values, unminted = self.credentials.substitute(env, values)  # type: ignore[arg-type]
+        return BrokerAnswer(agent, env, values, None, unminted, verdict)
+
+    def decide(
+        self, caller: AgentRecord | None, agent: str, env: str, names: list[str],
+        found: list[object], target: Scope, method: str, path: str | None, *, take: bool = True,
+    ) -> tuple[BrokerDenied | None, Verdict, str | None]:  # fmt: skip
+        """The one decision of a call (resolve's, and `policy test` and `replay`'s): the
+        refusal, the rules' verdict, the name refused. `take`: count it against rates."""
         # Methods and paths before tiers (no human is asked for a call refused anyway).
         verdict = self.rules.decide(agent, names, method, path)
         if caller is not None and caller.narrowed is not None:  # its limits, then NAME's
-            target = (scheme, host, port)
             limited = narrowed_refusal(caller, names, target, method, path, self.clock())
             # Answered per call: a proxy must not keep it past the token's expiry.
             verdict = Verdict(limited or verdict.denied, verdict.would_deny, THIS_CALL, verdict.ask)
-        values: dict[str, str] = {}
         for name, value in zip(names, found, strict=True):
-            denied = verdict.denied or self._check(agent, env, name, (scheme, host, port), value)
+            denied = verdict.denied or self._check(agent, env, name, target, value)
             if denied is None and verdict.ask is not None:  # a day's spend past approve_above
                 denied = spend_gate(self.approvals, agent, env, name, verdict.ask)
             if denied is not None:
-                return BrokerAnswer(agent, env, {}, denied, (), verdict)
-            values[name] = value  # type: ignore[assignment]  # _check refused None
-        verdict = self.rules.count(agent, names, verdict)  # rates: a call that passed all else
-        if verdict.denied is not None:
-            return BrokerAnswer(agent, env, {}, verdict.denied, (), verdict)
-        values, unminted = self.credentials.substitute(env, values)
-        return BrokerAnswer(agent, env, values, None, unminted, verdict)
+                return denied, verdict, name
+        verdict = self.rules.count(agent, names, verdict, take=take)  # rates: all else passed
+        return verdict.denied, verdict, None
 
     def _check(
         self, agent: str, env: str, name: str, target: Scope, value: object
