@@ -21,17 +21,14 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 import orjson
 
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.config.atomic import write_atomic
-from blindkey.config.model import AGENT_NAME
+from blindkey.config.model import AGENT_NAME, Settings
 from blindkey.config.spend import Budget, cost_usd
-
-if TYPE_CHECKING:
-    from blindkey.broker.state import BrokerState
 
 log = logging.getLogger("blindkey.broker")
 Clock = Callable[[], float]
@@ -165,7 +162,14 @@ class Budgets:
         return f"agents.{agent}.budget.approve_above_usd"
 
 
-def spend_op(state: BrokerState, request: Message, spawn: Spawn) -> Message:
+class Counting(Protocol):
+    """The broker's state, as the spend ops see it."""
+
+    budgets: Budgets
+    settings: Settings
+
+
+def spend_op(state: Counting, request: Message, spawn: Spawn) -> Message:
     """`spend` {agent, request_id, usage}: a proxy's word of what one answer used."""
     agent, usage = request.get("agent"), request.get("usage")
     if not isinstance(agent, str) or not AGENT_NAME.fullmatch(agent) or not isinstance(usage, dict):
@@ -179,7 +183,7 @@ def spend_op(state: BrokerState, request: Message, spawn: Spawn) -> Message:
     return {"id": request.get("id"), "cost_usd": usd, "day_usd": spent.day_usd}
 
 
-def budget_op(state: BrokerState, request: Message) -> Message:
+def budget_op(state: Counting, request: Message) -> Message:
     """`budget`: what `blindkey budget status` prints."""
     caps = {name: policy.budget for name, policy in state.settings.agents.items()}
     return {"id": request.get("id"), "agents": status_rows(state.budgets, caps)}

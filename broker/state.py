@@ -271,13 +271,13 @@ class BrokerState(SlowStore):
         denied, verdict, _ = self.decide(caller, agent, env, names, found, target, method, path)
         if denied is not None:
             return BrokerAnswer(agent, env, {}, denied, (), verdict)
-        values = dict(zip(names, found, strict=True))  # _check refused None
-        values, unminted = self.credentials.substitute(env, values)  # type: ignore[arg-type]
+        given = {n: v for n, v in zip(names, found, strict=True) if isinstance(v, str)}
+        values, unminted = self.credentials.substitute(env, given)  # _check refused None
         return BrokerAnswer(agent, env, values, None, unminted, verdict)
 
     def decide(
         self, caller: AgentRecord | None, agent: str, env: str, names: list[str],
-        found: list[object], target: Scope, method: str, path: str | None, *, take: bool = True,
+        found: Sequence[object], target: Scope, method: str, path: str | None, *, take: bool = True,
     ) -> tuple[BrokerDenied | None, Verdict, str | None]:  # fmt: skip
         """The one decision of a call (resolve's, and `policy test` and `replay`'s): the
         refusal, the rules' verdict, the name refused. `take`: count it against rates."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ def make_world(home: Paths, mode: str = "enforce") -> World:
 
 
 @pytest.fixture
-def world(home: Paths) -> World:
+def world(home: Paths) -> Iterator[World]:
     built = make_world(home)
     yield built
     built.state.close()

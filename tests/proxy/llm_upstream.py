@@ -8,7 +8,7 @@ events and then resets the connection before the usage event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import orjson
 from aiohttp import web
@@ -105,7 +105,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {**message, "content": content, "stop_reason": "end_turn", "usage": usage}
         )
-    start = {**message, "content": [], "usage": {"input_tokens": INPUT, "output_tokens": 1}}
+    begun = {"input_tokens": INPUT, "output_tokens": 1}
+    start: dict[str, object] = {**message, "content": [], "usage": begun}
     events = [_event("message_start", {"type": "message_start", "message": start})]
     block = {"type": "text", "text": ""}
     events.append(_event("content_block_start", {"type": "content_block_start", "index": 0,
@@ -123,7 +124,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     return await _stream(request, events[:-3] if cut else events, cut)
 
 
-async def start_llm_api() -> AsyncIterator[int]:
+async def start_llm_api() -> AsyncGenerator[int, None]:
     """Serves until the generator is closed; yields its port."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
