@@ -22,6 +22,11 @@ from tests.proxy.test_usage import GPT, clients, cost, llm_env
 CALL = cost(GPT)  # what one answer of the fake API costs at gpt-4o's price
 
 
+def api_of(env: Env) -> str:
+    """The fake API's base URL, as the openai route names it."""
+    return str(env.server.runtime.settings.routes["openai"].to)
+
+
 def budget(document: Any) -> None:
     toml_table(document, "agents", "tester")["budget"] = {
         "daily_usd": 4 * CALL - 1e-6,
@@ -91,6 +96,16 @@ async def test_a_budget_asks_a_human_then_refuses_past_its_cap(home: Paths) -> N
             assert 1 <= int(error.response.headers["Retry-After"]) <= 86400
         finally:
             await gpt.close()
+        # `policy test` asks the running broker (its explain op): the same decision.
+        url = api_of(env) + "/v1/chat/completions"
+        asked_of = ("--agent", "tester", "--method", "POST", "--url", url)
+        code, out, err = await acli("policy", "test", *asked_of, "--secret", "OPENAI_API_KEY",
+                                    "--json")  # fmt: skip
+        assert code == 0, err
+        tested = json.loads(out)
+        assert (tested["error"], tested["rule"]) == (
+            "budget_exceeded", "agents.tester.budget.daily_usd",
+        )  # fmt: skip
         code, out, err = await acli("budget", "status", "--json")
         assert code == 0, err
         (shown,) = [r for r in json.loads(out) if r["agent"] == "tester"]
