@@ -217,16 +217,8 @@ def _state(budgets: Budgets, agent: str, budget: Budget) -> str:
     return "ok"
 
 
-class GrantsInForce(Protocol):
-    def in_force(self, name: str, env: str, agent: str, target: Any = None) -> bool: ...
-
-
-def spend_gate(
-    approvals: GrantsInForce, agent: str, env: str, name: str, rule: str
-) -> BrokerDenied | None:
+def spend_refusal(agent: str, name: str, rule: str) -> BrokerDenied:
     """Past approve_above_usd, a secret goes on only under a grant of it for this agent."""
-    if approvals.in_force(name, env, agent):
-        return None
     return BrokerDenied(
         "approval_required",
         f"agent {agent} has spent more today than its budget lets it spend unasked (rule "

@@ -157,8 +157,6 @@ class Verdict(NamedTuple):
     denied: BrokerDenied | None
     would_deny: Message | None  # report mode: the refusal enforcing would have answered
     varies: str  # ANY_REQUEST, THIS_REQUEST or THIS_CALL: how long a proxy may keep it
-    # The budget rule past which each secret of this call needs a grant (approve_above_usd).
-    ask: str | None = None
 
 
 ALLOWED = Verdict(None, None, ANY_REQUEST)
@@ -246,7 +244,15 @@ class RuleSet:
                 detail=rule,
             )
             return Verdict(None, reported(asked), varies)
-        return Verdict(None, None, varies, rule)
+        return Verdict(None, None, varies)  # the gate asks for the grant (asks())
+
+    def asks(self, agent: str) -> str | None:
+        """The budget rule when `agent`'s day is past approve_above_usd and the rule is
+        enforced: each secret then needs a grant, as a controlled one does."""
+        budget = self.budgets.get(agent)
+        if budget is None or self.report or self.spend is None:
+            return None
+        return self.spend.over_approval(agent, budget)
 
     def count(
         self, agent: str, names: list[str], verdict: Verdict, *, take: bool = True

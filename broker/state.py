@@ -22,7 +22,7 @@ from blindkey.broker.approvals.core import Clock, approvals_count
 from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import SecretBackend, open_backend
-from blindkey.broker.budget import Budgets, spend_gate
+from blindkey.broker.budget import Budgets, spend_refusal
 from blindkey.broker.cache import MISSING, ValueView, view_for
 from blindkey.broker.credentials.aws import redaction_parts
 from blindkey.broker.credentials.minted import Credentials
@@ -286,11 +286,9 @@ class BrokerState(SlowStore):
         if caller is not None and caller.narrowed is not None:  # its limits, then NAME's
             limited = narrowed_refusal(caller, names, target, method, path, self.clock())
             # Answered per call: a proxy must not keep it past the token's expiry.
-            verdict = Verdict(limited or verdict.denied, verdict.would_deny, THIS_CALL, verdict.ask)
+            verdict = Verdict(limited or verdict.denied, verdict.would_deny, THIS_CALL)
         for name, value in zip(names, found, strict=True):
             denied = verdict.denied or self._check(agent, env, name, target, value)
-            if denied is None and verdict.ask is not None:  # a day's spend past approve_above
-                denied = spend_gate(self.approvals, agent, env, name, verdict.ask)
             if denied is not None:
                 return denied, verdict, name
         verdict = self.rules.count(agent, names, verdict, take=take)  # rates: all else passed
@@ -325,6 +323,9 @@ class BrokerState(SlowStore):
     ) -> BrokerDenied | None:
         if self.approvals.broken is not None:
             return self.approvals.refusal(name, policy)
+        asked = self.rules.asks(agent)  # a day's spend past approve_above_usd: a grant
+        if asked is not None and not self.approvals.in_force(name, env, agent, target):
+            return spend_refusal(agent, name, asked)
         # The hot path: an open secret that no approver ever raised needs nothing more.
         if policy.tier == "open" and not self.approvals.floors.raised(name):
             return None

@@ -79,10 +79,12 @@ async def test_a_budget_asks_a_human_then_refuses_past_its_cap(home: Paths) -> N
             with pytest.raises(openai.PermissionDeniedError) as refused:
                 await chat()
             assert refused.value.code == "approval_required"
-            assert "approve_above_usd" in str(refused.value)
+            body = refused.value.body
+            assert isinstance(body, dict)
+            approval = body.get("approval_id") or body["error"]["approval_id"]
+            # A pending request like any tier's: approved for this host, by its id.
             approver = await enrol()
-            code, _, err = await acli("approve", "OPENAI_API_KEY", "--agent", "tester",
-                                      "--code", approver.code())  # fmt: skip
+            code, _, err = await acli("approve", "--request", approval, "--code", approver.code())
             assert code == 0, err
             await chat()
             await chat()
