@@ -58,6 +58,8 @@ class AuditRecord:
     peer: str | None = None
     rule: str | None = None
     detail: str | None = None
+    # An LLM answer's usage: {"model", "input_tokens", "output_tokens", "cost_usd"}.
+    usage: dict[str, object] | None = None
     started: float = field(default_factory=time.time, repr=False)
     _clock: float = field(default_factory=time.perf_counter, repr=False)
 
@@ -116,4 +118,6 @@ class AuditRecord:
             values["via"] = self.via
         if self.would_deny is not None:
             values["would_deny"] = self.would_deny
+        if self.usage is not None:
+            values["usage"] = self.usage
         return values

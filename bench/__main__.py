@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, redaction, report, report_tables, scale, scale_report
+from bench import phases, redaction, report, report_tables, rules, scale, scale_report
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
@@ -143,6 +143,7 @@ def main_rows(bench: Bench) -> None:
     bench.start_all()
     bench.preflight()
     phases.load_matrix(bench)
+    rules.compare(bench)  # issue 28: the same proxy with rules on its secret, side by side
     phases.sse(bench)
     phases.big(bench)
     phases.idle_connections(bench)

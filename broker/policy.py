@@ -70,13 +70,21 @@ def policy_view(settings: Settings) -> View:
             for name, r in sorted(settings.routes.items())
         },
         "active_env": settings.active_env,
-        "agents": {name: rules_view(p) for name, p in sorted(settings.agents.items())},
+        "agents": {name: agent_view(p) for name, p in sorted(settings.agents.items())},
         "policy_mode": settings.request_policy.mode,
+        "prices": {m: [p.input, p.output] for m, p in sorted(settings.prices.items())},
     }
 
 
+def agent_view(policy: AgentPolicy) -> View:
+    budget = policy.budget
+    caps = None if budget is None else [budget.daily_usd, budget.monthly_usd,
+                                        budget.approve_above_usd]  # fmt: skip
+    return {**rules_view(policy), "budget": caps}
+
+
 _DEFAULT = secret_view(DEFAULT_POLICY)
-_NO_RULES = rules_view(AgentPolicy())
+_NO_RULES = agent_view(AgentPolicy())
 
 
 def _more(before: list[str], after: list[str]) -> list[str]:
@@ -108,6 +116,12 @@ def _rule_widenings(who: str, before: View, after: View) -> list[str]:
     old_rate, new_rate = before.get("rate"), after.get("rate")
     if old_rate and (not new_rate or new_rate[1] > old_rate[1]):
         found.append(f"{who} may call {new_rate[0] if new_rate else 'without a rate limit'}")
+    # A budget cap removed or raised lets an agent spend more (or more without asking).
+    old_caps, new_caps = before.get("budget") or [None] * 3, after.get("budget") or [None] * 3
+    for old, new, cap in zip(old_caps, new_caps, ("daily_usd", "monthly_usd",
+                                                  "approve_above_usd"), strict=True):  # fmt: skip
+        if old is not None and (new is None or new > old):
+            found.append(f"{who} budget {cap} goes from {old} to {new or 'no cap'}")
     return found
 
 
@@ -135,6 +149,10 @@ def widenings(before: View, after: View, held: Held) -> list[str]:
     for name in sorted(set(before.get("agents", {})) | set(after.get("agents", {}))):
         old = before.get("agents", {}).get(name, _NO_RULES)
         found += _rule_widenings(f"agent {name}", old, after["agents"].get(name, _NO_RULES))
+    for model, price in before.get("prices", {}).items():
+        new_price = after.get("prices", {}).get(model)
+        if new_price is None or new_price[0] < price[0] or new_price[1] < price[1]:
+            found.append(f"prices.{model} is lowered: budgets buy more of it")
     if after.get("policy_mode") == "report" and before.get("policy_mode", "enforce") != "report":
         found.append("[policy] mode = report: method, path and rate rules are not enforced")
     for name, route in after["routes"].items():

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
+from blindkey.broker.budget import Budgets
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.model import Settings
 from blindkey.config.request_rules import Rate
+from blindkey.config.spend import Budget
 
 # The answer holds for any method and path of the target / for this method and path only /
 # for this one call (a rate counted it): how long a proxy may keep it.
@@ -181,50 +183,93 @@ def answer_fields(denied: BrokerDenied | None, verdict: Verdict) -> Message:
 class RuleSet:
     """The compiled rules of one config load, and the rate buckets kept across loads."""
 
-    def __init__(self, settings: Settings, limiter: Limiter) -> None:
+    def __init__(self, settings: Settings, limiter: Limiter, spend: Budgets | None) -> None:
         self.limiter = limiter
+        self.spend = spend  # what agents spent (None: budgets are not counted here)
         self.report = settings.request_policy.mode == "report"
         self.secrets = _scopes("secrets", "secret", settings.secrets)
         self.agents = _scopes("agents", "agent", settings.agents)
+        self.budgets: dict[str, Budget] = {
+            name: p.budget for name, p in settings.agents.items() if p.budget is not None
+        }
+        if spend is None:
+            self.budgets = {}
         rates = {s.where: s.rate.text for s in (*self.secrets.values(), *self.agents.values())
                  if s.rate is not None}  # fmt: skip
         limiter.keep(lambda key: rates.get(key[0]) == key[2])
 
     @classmethod
-    def empty(cls, clock: Callable[[], float]) -> RuleSet:
-        return cls(Settings(), Limiter(clock))
+    def empty(cls, clock: Callable[[], float], spend: Budgets | None = None) -> RuleSet:
+        return cls(Settings(), Limiter(clock), spend)
 
     def reload(self, settings: Settings) -> RuleSet:
-        return RuleSet(settings, self.limiter)
+        return RuleSet(settings, self.limiter, self.spend)
 
     def _scopes(self, agent: str, names: Iterable[str]) -> list[Scope]:
         return [s for s in (self.agents.get(agent), *map(self.secrets.get, names)) if s]
 
     def decide(self, agent: str, names: list[str], method: str, path: str | None) -> Verdict:
-        """Methods and paths (before tiers and grants); no names: only who is asking."""
-        if not names or not (self.secrets or self.agents):
+        """Methods and paths, then budgets (before tiers and grants); no names: only who
+        is asking."""
+        if not names or not (self.secrets or self.agents or self.budgets):
             return ALLOWED
         scopes = self._scopes(agent, names)
-        if not scopes:
+        budget = self.budgets.get(agent)
+        if not scopes and budget is None:
             return ALLOWED
-        varies = THIS_CALL if any(s.rate for s in scopes) else THIS_REQUEST
+        # Spend changes with every answer: a budget's verdict holds for this call only.
+        counted = budget is not None or any(s.rate for s in scopes)
+        varies = THIS_CALL if counted else THIS_REQUEST
         for scope in scopes:
             refused = scope.refusal(method, path)
             if refused is not None:
                 return self._verdict(refused, varies)
+        if budget is not None:
+            return self._budget(agent, budget, varies)
         return Verdict(None, None, varies)
 
-    def count(self, agent: str, names: list[str], verdict: Verdict) -> Verdict:
+    def _budget(self, agent: str, budget: Budget, varies: str) -> Verdict:
+        assert self.spend is not None
+        refused = self.spend.refusal(agent, budget)
+        if refused is not None:
+            return self._verdict(refused, varies)
+        rule = self.spend.over_approval(agent, budget)
+        if rule is None:
+            return Verdict(None, None, varies)
+        if self.report:
+            asked = BrokerDenied(
+                "approval_required",
+                f"agent {agent} spent more than {budget.approve_above_usd} USD today "
+                f"(rule {rule}): each secret it uses needs a grant",
+                detail=rule,
+            )
+            return Verdict(None, reported(asked), varies)
+        return Verdict(None, None, varies)  # the gate asks for the grant (asks())
+
+    def asks(self, agent: str) -> str | None:
+        """The budget rule when `agent`'s day is past approve_above_usd and the rule is
+        enforced: each secret then needs a grant, as a controlled one does."""
+        budget = self.budgets.get(agent)
+        if budget is None or self.report or self.spend is None:
+            return None
+        return self.spend.over_approval(agent, budget)
+
+    def count(
+        self, agent: str, names: list[str], verdict: Verdict, *, take: bool = True
+    ) -> Verdict:
         """Rates, for a call that passed everything else: counted only if none refuses (and
-        not at all when report mode already says the call would have been refused)."""
+        not at all when report mode already says the call would have been refused, nor
+        without `take`: a `policy test` asks, it does not call)."""
         if verdict.varies != THIS_CALL or verdict.would_deny is not None:
             return verdict
         limited = [(s, (s.where, agent, s.rate.text), s.rate)
                    for s in self._scopes(agent, names) if s.rate]  # fmt: skip
+        if not limited:
+            return verdict
         waits = [(self.limiter.wait(key, rate), scope, rate) for scope, key, rate in limited]
         longest, scope, rate = max(waits, key=lambda w: w[0])
         if longest <= 0.0:
-            for _, key, _ in limited:
+            for _, key, _ in limited if take else ():
                 self.limiter.take(key)
             return verdict
         retry = max(1, math.ceil(longest))

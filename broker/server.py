@@ -18,6 +18,8 @@ from typing import Any
 
 from blindkey.audit.anchor import AnchorRefused, AuditAnchor
 from blindkey.broker.approvals.ops import approvals_op, hold_op, refuse_foreign
+from blindkey.broker.budget import budget_op, spend_op
+from blindkey.broker.explain import explain_op
 from blindkey.broker.peer import Client
 from blindkey.broker.placeholders import ensure_key as ensure_placeholder_key
 from blindkey.broker.placeholders import placeholders_op
@@ -86,6 +88,10 @@ class BrokerServer:
             "placeholders": lambda request, client: placeholders_op(
                 self.state, self.placeholder_key, request
             ),
+            # LLM spend: a proxy's word of an answer's usage, and `budget status`.
+            "spend": lambda request, client: spend_op(self.state, request, self._spawn),
+            "budget": lambda request, client: budget_op(self.state, request),
+            "explain": lambda request, client: explain_op(self.state, request),  # policy test
         }
 
     async def start(self) -> None:

@@ -11,17 +11,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
-from blindkey.broker.agents import AgentRecord, AgentStore, token_hash
+from blindkey.broker.agents import (
+    AgentRecord,
+    AgentStore,
+    live_tokens,
+    narrowed_refusal,
+    token_hash,
+)
 from blindkey.broker.approvals.core import Clock, approvals_count
 from blindkey.broker.approvals.model import Scope
 from blindkey.broker.approvals.service import Approvals
 from blindkey.broker.backends import SecretBackend, open_backend
+from blindkey.broker.budget import Budgets, spend_refusal
 from blindkey.broker.cache import MISSING, ValueView, view_for
 from blindkey.broker.credentials.aws import redaction_parts
 from blindkey.broker.credentials.minted import Credentials
 from blindkey.broker.policy_gate import PolicyGate
 from blindkey.broker.protocol import BrokerDenied
-from blindkey.broker.rules import ALLOWED, RuleSet, Verdict
+from blindkey.broker.rules import ALLOWED, THIS_CALL, RuleSet, Verdict
 from blindkey.broker.slow_store import SlowStore
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import entry_for, origin
@@ -82,7 +89,11 @@ class BrokerState(SlowStore):
         on_outcome: Callable[[str, str], None] | None = None,
     ) -> None:
         self.paths = paths
-        self.rules = RuleSet.empty(clock)  # its rate buckets keep time by `clock` too
+        self.clock = clock  # narrowed tokens expire by it
+        # What agents spent on LLM calls, per UTC day and month (budget.json).
+        self.budgets = Budgets(paths.state_dir / "budget.json", clock)
+        # Its rate buckets and budgets keep time by `clock` too.
+        self.rules = RuleSet.empty(clock, self.budgets)
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
         self.approvals = Approvals(paths, clock, on_change=self._bump, on_outcome=on_outcome)
         self.credentials = Credentials(self, clock, self._bump)  # oauth2, github-app tokens
@@ -151,7 +162,7 @@ class BrokerState(SlowStore):
         self.last_error = None
         self.settings = settings
         self.rules = self.rules.reload(settings)
-        self.agents_by_hash = {a.token_sha256: a for a in agents.values() if a.revoked is None}
+        self.agents_by_hash = live_tokens(agents)  # narrowed ones only with their parent
         self._follow_tiers()
         self._bump()
         return True
@@ -215,16 +226,26 @@ class BrokerState(SlowStore):
             return True
         return approvals
 
-    def authenticate(self, token: str | None) -> str:
+    def authenticate(self, token: str | None, *, narrowed: bool = False) -> str:
+        """The agent a token is; a narrowed token (`agent token`) only where `narrowed`
+        says its limits are applied (the proxy's calls)."""
+        caller = self._caller(token)
+        if caller is None:
+            return ANONYMOUS
+        if caller.narrowed is not None and not narrowed:
+            raise BrokerDenied("unauthenticated", "a narrowed token works with the proxy only")
+        return caller.agent
+
+    def _caller(self, token: str | None) -> AgentRecord | None:
         if token is None:
             if self.settings.proxy.require_agent_token:
                 raise BrokerDenied("unauthenticated", "X-AS-Agent-Token is required")
-            return ANONYMOUS
+            return None
         digest = token_hash(token)
         record = self.agents_by_hash.get(digest)
         if record is None or not hmac.compare_digest(record.token_sha256, digest):
             raise BrokerDenied("unauthenticated", "unknown or revoked agent token")
-        return record.name
+        return record
 
     def resolve(
         self, token: str | None, names: list[str], host: str, scheme: str = "https",
@@ -238,26 +259,40 @@ class BrokerState(SlowStore):
             raise BrokerDenied(
                 "broker_unavailable", self.last_error or "the broker has loaded nothing yet"
             )
-        agent = self.authenticate(token)
+        caller = self._caller(token)
+        agent = ANONYMOUS if caller is None else caller.agent
         env = self.settings.active_env
         lookup = view.lookup
         found = [lookup(env, name) for name in names]
         if MISSING in found:
             missing = tuple(n for n, v in zip(names, found, strict=True) if v is MISSING)
             return BrokerAnswer(agent, env, {}, None, missing)
+        target = (scheme, host, port)
+        denied, verdict, _ = self.decide(caller, agent, env, names, found, target, method, path)
+        if denied is not None:
+            return BrokerAnswer(agent, env, {}, denied, (), verdict)
+        given = {n: v for n, v in zip(names, found, strict=True) if isinstance(v, str)}
+        values, unminted = self.credentials.substitute(env, given)  # _check refused None
+        return BrokerAnswer(agent, env, values, None, unminted, verdict)
+
+    def decide(
+        self, caller: AgentRecord | None, agent: str, env: str, names: list[str],
+        found: Sequence[object], target: Scope, method: str, path: str | None, *, take: bool = True,
+    ) -> tuple[BrokerDenied | None, Verdict, str | None]:  # fmt: skip
+        """The one decision of a call (resolve's, and `policy test` and `replay`'s): the
+        refusal, the rules' verdict, the name refused. `take`: count it against rates."""
         # Methods and paths before tiers (no human is asked for a call refused anyway).
         verdict = self.rules.decide(agent, names, method, path)
-        values: dict[str, str] = {}
+        if caller is not None and caller.narrowed is not None:  # its limits, then NAME's
+            limited = narrowed_refusal(caller, names, target, method, path, self.clock())
+            # Answered per call: a proxy must not keep it past the token's expiry.
+            verdict = Verdict(limited or verdict.denied, verdict.would_deny, THIS_CALL)
         for name, value in zip(names, found, strict=True):
-            denied = verdict.denied or self._check(agent, env, name, (scheme, host, port), value)
+            denied = verdict.denied or self._check(agent, env, name, target, value)
             if denied is not None:
-                return BrokerAnswer(agent, env, {}, denied, (), verdict)
-            values[name] = value  # type: ignore[assignment]  # _check refused None
-        verdict = self.rules.count(agent, names, verdict)  # rates: a call that passed all else
-        if verdict.denied is not None:
-            return BrokerAnswer(agent, env, {}, verdict.denied, (), verdict)
-        values, unminted = self.credentials.substitute(env, values)
-        return BrokerAnswer(agent, env, values, None, unminted, verdict)
+                return denied, verdict, name
+        verdict = self.rules.count(agent, names, verdict, take=take)  # rates: all else passed
+        return verdict.denied, verdict, None
 
     def _check(
         self, agent: str, env: str, name: str, target: Scope, value: object
@@ -288,6 +323,9 @@ class BrokerState(SlowStore):
     ) -> BrokerDenied | None:
         if self.approvals.broken is not None:
             return self.approvals.refusal(name, policy)
+        asked = self.rules.asks(agent)  # a day's spend past approve_above_usd: a grant
+        if asked is not None and not self.approvals.in_force(name, env, agent, target):
+            return spend_refusal(agent, name, asked)
         # The hot path: an open secret that no approver ever raised needs nothing more.
         if policy.tier == "open" and not self.approvals.floors.raised(name):
             return None

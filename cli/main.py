@@ -27,12 +27,14 @@ from blindkey.cli import (
     approvals,
     audit,
     broker,
+    budget,
     ca,
     call,
     config,
     doctor,
     environment,
     mcp,
+    policy,
     proxy,
     release,
     route,
@@ -164,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_init)
     # The order of `blindkey --help`.
     for group in (proxy, secrets, environment, allowlist, agent, approvals, audit, route, call,
-                  release, mcp, service, broker, config, doctor, run, ca, ui):  # fmt: skip
+                  release, mcp, service, broker, config, doctor, run, ca, budget, policy,
+                  ui):  # fmt: skip
         group.add_commands(sub)
     return parser
 

@@ -24,6 +24,7 @@ from blindkey.config.secrets_table import (
     DEFAULT_POLICY,
     SecretPolicy,
 )
+from blindkey.config.spend import MODEL_NAME, ModelPrice
 from blindkey.config.stores import (
     BackendSettings,
     BrokerSettings,
@@ -330,6 +331,17 @@ class Settings:
         ),
     )
     request_policy: PolicySettings = field(default_factory=PolicySettings, metadata=table("policy"))
+    prices: Mapping[str, ModelPrice] = field(
+        default_factory=dict,
+        metadata=named_tables(
+            "prices",
+            ModelPrice,
+            "gpt-4o",
+            names=MODEL_NAME,
+            bad_name="is not a model name",
+            comment="USD per million tokens, for usage records and budgets",
+        ),
+    )
     routes: Mapping[str, Route] = field(
         default_factory=dict,
         metadata=named_tables(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blindkey.config.fields import setting
+from blindkey.config.spend import BUDGET, Budget
 from blindkey.config.values import Kind, choice, string_list, toml_value
 
 POLICY_MODES = ("enforce", "report")
@@ -84,6 +85,15 @@ class AgentPolicy:
     paths: tuple[str, ...] = setting(PATH_GLOBS, (), "globs on the path; empty: any path")
     rate: Rate | None = setting(  # noqa: RUF009 - Rate is frozen, shared safely
         RATE, None, "calls of this agent, all secrets together", example="600/min"
+    )
+    budget: Budget | None = setting(  # noqa: RUF009 - Budget is frozen, shared safely
+        BUDGET,
+        None,
+        "USD of priced LLM calls per UTC day/month",
+        doc="what this agent may spend on priced LLM calls (`[prices]`) per UTC day and "
+        "month: past either, calls are refused `429 budget_exceeded`; once a day's spend is "
+        "above `approve_above_usd`, each secret it uses needs a grant",
+        example={"daily_usd": 5.0, "monthly_usd": 50.0, "approve_above_usd": 4.0},
     )
 
 

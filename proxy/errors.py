@@ -23,6 +23,7 @@ STATUS = {
     "unknown_route": 404,
     "body_too_large": 413,
     "rate_limited": 429,
+    "budget_exceeded": 429,
     "upstream_error": 502,
     "broker_unavailable": 503,
     "audit_unavailable": 503,

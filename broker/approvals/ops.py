@@ -155,7 +155,7 @@ def hold_op(state: BrokerState, request: Message) -> Message:
         or not isinstance(port, int)
     ):
         raise BrokerDenied("bad_request", "malformed hold")
-    agent = state.authenticate(token)
+    agent = state.authenticate(token, narrowed=True)  # its limits were met by resolve
     env = state.settings.active_env
     target = (str(scheme), str(host), int(port))
     for name in names:

@@ -117,6 +117,10 @@ class Approvals(ApproverBook):
         self.load()
         tier, needed = self.effective(secret, settings.policy(secret))
         longest = settings.approvals.grant_ttl(tier)
+        caps = settings.agents.get(agent or "")
+        if longest is None and caps is not None and caps.budget is not None:
+            # An open secret past an agent's approve_above_usd (broker/budget.py): controlled.
+            longest = settings.approvals.grant_ttl("controlled")
         if longest is None:
             raise BlindkeyError(f"{secret} is open: it needs no grant")
         if duration is not None and (duration <= 0 or duration > longest):

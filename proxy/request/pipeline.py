@@ -39,6 +39,7 @@ from blindkey.proxy.request.relay import relay
 from blindkey.proxy.request.send import upstream_errors
 from blindkey.proxy.request.sigv4 import Outgoing, check_styles, sign_all, signs_payload, unsent
 from blindkey.proxy.request.token_scan import refusal as token_refusal
+from blindkey.proxy.request.usage import meter_for, settle
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.upstream import UpstreamRequest, UpstreamResponse
 
@@ -77,9 +78,15 @@ async def forward(
             record.bytes_in = counter.size
         if not ranged:
             refuse_parts(upstream, target)
+        meter = meter_for(upstream.status, upstream.headers)  # an LLM answer's usage
         # The relay raises UpstreamError only while nothing is sent.
-        with upstream_errors(target, grant.redactor, counter):
-            return await relay(request, upstream, grant.redactor, record, target.host_header)
+        try:
+            with upstream_errors(target, grant.redactor, counter):
+                return await relay(
+                    request, upstream, grant.redactor, record, target.host_header, meter
+                )
+        finally:
+            settle(runtime, record, meter, grant.redactor)
 
 
 async def egress_check(runtime: ProxyRuntime, spec: ProxySpec, record: AuditRecord) -> None:

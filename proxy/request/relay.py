@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from blindkey.audit.record import AuditRecord
 from blindkey.proxy.errors import REQUEST_ID_HEADER, ProxyError
 from blindkey.proxy.request.parse import HOP_BY_HOP
+from blindkey.proxy.request.usage import Meter
 from blindkey.proxy.upstream import UpstreamError, UpstreamResponse
 from blindkey.proxy.upstream.decoding import undecodable
 from blindkey.redact.redactor import FLUSH_DELAY, Redactor, RedactStream
@@ -33,8 +34,10 @@ async def relay(
     redactor: Redactor,
     record: AuditRecord,
     where: str,
+    meter: Meter | None = None,
 ) -> web.StreamResponse:
-    """Write `upstream`'s answer to the agent. Raises UpstreamError while nothing is sent."""
+    """Write `upstream`'s answer to the agent. Raises UpstreamError while nothing is sent.
+    `meter` sees what the agent gets (an LLM answer's usage)."""
     refused = undecodable(upstream.codings)
     if refused is not None:
         raise ProxyError(
@@ -50,6 +53,8 @@ async def relay(
         clean_body, count = redactor.redact(answer)
         record.redactions += count
         record.bytes_out = len(clean_body)
+        if meter is not None:
+            meter.feed(answer)
         return web.Response(
             status=upstream.status,
             reason=reason,
@@ -62,10 +67,11 @@ async def relay(
     # Until the last byte is passed on, the answer counts as cut: shutdown, an agent gone
     # or an upstream reset leave the record saying so, with the bytes and redactions so far.
     record.cut()
+    chunks = upstream.iter_chunks()
+    if meter is not None:
+        chunks = _Metered(chunks, meter)
     try:
-        async with contextlib.aclosing(
-            _redacted(upstream.iter_chunks(), stream, record.request_id)
-        ) as outputs:
+        async with contextlib.aclosing(_redacted(chunks, stream, record.request_id)) as outputs:
             async for out in outputs:
                 record.bytes_out += len(out)
                 await response.write(out)
@@ -81,6 +87,22 @@ async def relay(
     # The end of the stream is written by aiohttp once the handler returns: after the
     # edge has written the record, so no agent holds a whole answer without its record.
     return response
+
+
+class _Metered:
+    """The upstream's chunks, each shown to the meter as it passes (nothing is kept back)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], meter: Meter) -> None:
+        self.chunks = chunks
+        self.meter = meter
+
+    def __aiter__(self) -> _Metered:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self.chunks)
+        self.meter.feed(chunk)
+        return chunk
 
 
 def _head(

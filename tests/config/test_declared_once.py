@@ -38,6 +38,7 @@ from blindkey.config.model import (
 from blindkey.config.paths import resolve_paths
 from blindkey.config.request_rules import AgentPolicy, PolicySettings, parse_rate
 from blindkey.config.secrets_table import SecretPolicy
+from blindkey.config.spend import Budget, ModelPrice
 from blindkey.config.stores import (
     BackendSettings,
     BrokerSettings,
@@ -138,8 +139,13 @@ def everything_changed(tmp_path: Path) -> Settings:
             ),
             "stripe.live-key": SecretPolicy(tier="controlled"),
         },
-        agents={"builder": AgentPolicy(("GET",), ("/v1/**",), parse_rate("10/s"))},
+        agents={
+            "builder": AgentPolicy(
+                ("GET",), ("/v1/**",), parse_rate("10/s"), Budget(5.0, 50.0, 4.0)
+            )
+        },
         request_policy=PolicySettings("report"),
+        prices={"gpt-4o-mini": ModelPrice(0.15, 0.6)},
         routes={"openai": Route("https://api.openai.com", "header", "OPENAI_API_KEY", "x-api-key")},
     )
 
@@ -207,10 +213,10 @@ def test_an_undeclared_key_is_refused_naming_the_declared_ones(
 
 def test_an_undeclared_table_is_refused(tmp_path: Path) -> None:
     file = tmp_path / "config.toml"
-    file.write_text("[proxies]\nport = 1\n")
+    file.write_text("[proxyy]\nport = 1\n")
     with pytest.raises(ConfigError) as info:
         load_settings(file)
-    assert str(info.value) == f"{file}: unknown section [proxies] (did you mean [proxy]?)"
+    assert str(info.value) == f"{file}: unknown section [proxyy] (did you mean [proxy]?)"
 
 
 def test_openbao_keys_in_backend_are_the_declared_ones(tmp_path: Path) -> None:
