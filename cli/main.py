@@ -33,6 +33,7 @@ from blindkey.cli import (
     doctor,
     environment,
     mcp,
+    oauth,
     proxy,
     release,
     route,
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_init)
     # The order of `blindkey --help`.
     for group in (proxy, secrets, environment, allowlist, agent, approvals, audit, route, call,
-                  release, mcp, service, broker, config, doctor, run, ca):  # fmt: skip
+                  release, mcp, service, broker, config, doctor, run, ca, oauth):  # fmt: skip
         group.add_commands(sub)
     return parser
 
