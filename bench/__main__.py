@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, redaction, report, report_tables, rules, scale, scale_report
+from bench import phases, proxy_mode, redaction, report, report_tables, rules, scale, scale_report
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
@@ -149,6 +149,7 @@ def main_rows(bench: Bench) -> None:
     phases.idle_connections(bench)
     phases.long_values(bench)
     out["redaction_mib_s"] = redaction.rates()
+    out["proxy_mode"] = proxy_mode.from_bench(bench)
     phases.run_profile(bench)
     time.sleep(1.0)
     out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import rules
+from bench import proxy_mode, rules
 from bench.report import LOAD_TARGETS, TARGETS, Json
 
 
@@ -134,6 +134,8 @@ def render(report: Json) -> str:
         f"the worst kept run still lost {worst:.0f}% to tenants, {steal:.0f}% to steal.",
     ]
     lines += ["", *_floor_lines(report), "", *_single_figures(report), "", *_target_lines(report)]
+    if "proxy_mode" in report:
+        lines += ["", *proxy_mode.table(report["proxy_mode"])]
     return "\n".join(lines)
 
 

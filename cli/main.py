@@ -34,6 +34,7 @@ from blindkey.cli import (
     doctor,
     environment,
     mcp,
+    oauth,
     policy,
     proxy,
     release,
@@ -166,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_init)
     # The order of `blindkey --help`.
     for group in (proxy, secrets, environment, allowlist, agent, approvals, audit, route, call,
-                  release, mcp, service, broker, config, doctor, run, ca, budget, policy,
-                  ui):  # fmt: skip
+                  release, mcp, service, broker, config, doctor, run, ca, oauth, budget,
+                  policy, ui):  # fmt: skip
         group.add_commands(sub)
     return parser
 

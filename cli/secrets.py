@@ -338,6 +338,7 @@ CREDENTIAL_FLAGS = {
     "scope": "oauth2: the scope to ask for",
     "app_id": "github-app: the app's id",
     "installation_id": "github-app: the installation to act as",
+    "role_arn": "aws: assume this role (STS) with the stored keys and sign with its keys",
 }
 
 

@@ -107,6 +107,11 @@ class SecretPolicy:
     )  # fmt: skip
     # aws: the region signed for when neither the host nor X-AS-Sigv4-Region names one.
     region: str = setting(text(), "", 'aws: default region (empty: "us-east-1")')
+    # aws with a role: the stored keys only ask STS for the role's temporary keys, which sign.
+    role_arn: str = setting(text(), "", "aws: the role assumed with the stored keys (STS)")
+    sts_url: str = setting(
+        text(), "", "aws: the STS endpoint (allowlisted; empty: sts.REGION.amazonaws.com)"
+    )
     token_url: str = setting(text(), "", "oauth2: the token endpoint (allowlisted)")
     client_id: str = setting(text(), "", "oauth2: the client id")
     scope: str = setting(text(), "", "oauth2: the scope asked for")

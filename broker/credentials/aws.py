@@ -18,6 +18,7 @@ KIND = "aws"
 # AWS documents access key ids as 16 to 128 word characters (AKIA..., ASIA...).
 _KEY_ID = re.compile(r"^[A-Z0-9]{16,128}\Z")
 REGION = re.compile(r"^[a-z0-9-]{1,64}\Z")
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}\Z")
 _FIELDS = ("access_key_id", "secret_access_key", "session_token")
 _MIN_SECRET = 16
 

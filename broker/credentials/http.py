@@ -99,15 +99,27 @@ class TokenClient:
         form: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """The endpoint's JSON answer, or BrokerDenied saying what went wrong."""
+        where, status, body = await self.exchange(secret, url, headers, data=form)
+        return _answer(where, status, body)
+
+    async def exchange(
+        self,
+        secret: Secret,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        data: Mapping[str, str] | bytes | None = None,
+    ) -> tuple[str, int, bytes]:
+        """(who answered, for messages; the status; the body, at most MAX_ANSWER bytes), or
+        BrokerDenied when no answer came."""
         _, host, _ = self._checked(secret, url)
         settings = self.settings()
         where = f"token endpoint {host} of {secret.name}"
-        status: int | None = None
         try:
             async with (
                 self._session(settings) as session,
                 session.post(
-                    url, data=form, headers=dict(headers), allow_redirects=False
+                    url, data=data, headers=dict(headers), allow_redirects=False
                 ) as response,
             ):
                 status = response.status
@@ -124,7 +136,7 @@ class TokenClient:
                 "upstream_error", f"{where} cannot be reached ({type(exc).__name__})"
             ) from None
         await self._record(secret, host, status, None)
-        return _answer(where, status, body)
+        return where, status, body
 
     async def _record(
         self, secret: Secret, host: str, status: int | None, error: str | None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from blindkey.broker.credentials.aws import KIND as KIND_AWS
-from blindkey.broker.credentials.aws import REGION, stored_value
+from blindkey.broker.credentials.aws import REGION, ROLE_ARN, stored_value
 from blindkey.config.errors import UsageError
 
 # What `secrets set --kind` needs beside the stored value, by kind.
@@ -17,7 +17,7 @@ KIND_KEYS = {
     "github-app": ("app_id", "installation_id"),
     KIND_AWS: (),
 }
-OPTIONAL_KEYS = ("scope", "grant", "region")
+OPTIONAL_KEYS = ("scope", "grant", "region", "role_arn")
 
 
 def check_kind(kind: str | None, credential: dict[str, str], release: list[str]) -> None:
@@ -29,6 +29,13 @@ def check_kind(kind: str | None, credential: dict[str, str], release: list[str])
     if missing:
         flags = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise UsageError(f"--kind {kind} needs {flags}")
+    if credential.get("role_arn") and kind != KIND_AWS:
+        raise UsageError("--role-arn is for --kind aws secrets")
+    if credential.get("role_arn") and not ROLE_ARN.match(credential["role_arn"]):
+        raise UsageError(
+            f"--role-arn {credential['role_arn'][:100]!r} is not an IAM role's ARN "
+            "(arn:aws:iam::123456789012:role/NAME)"
+        )
     if kind != "value" and set(release) - {"proxy"}:
         raise UsageError(
             f"a {kind} secret is for the proxy only, never handed out: --release proxy"

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from blindkey.audit.events import append_event
 from blindkey.broker.cache import ValueView
+from blindkey.broker.credentials.assume_role import AssumeRole
 from blindkey.broker.credentials.github_app import GitHubApp
 from blindkey.broker.credentials.http import TokenClient
 from blindkey.broker.credentials.oauth2 import OAuth2
@@ -59,6 +60,7 @@ class Credentials:
             "value": PlainValue(),
             "oauth2": OAuth2(client, self.now),
             "github-app": GitHubApp(client, self.now),
+            "aws": AssumeRole(client, self.now),  # aws with a role_arn only (computed)
         }
         # Each token with the material it came from and when it is renewed.
         self._minted: dict[Key, tuple[str, Credential, float]] = {}
@@ -70,9 +72,10 @@ class Credentials:
         return self.clock()  # looked up per call: a test may replace the clock
 
     def computed(self, name: str) -> bool:
-        """A secret whose injected value is minted here (not aws: its keys sign in the
-        proxy, and are redacted part by part)."""
-        return self.state.settings.policy(name).kind in MINTED_KINDS
+        """A secret whose injected value is minted here: not aws keys, which sign in the
+        proxy (and are redacted part by part), unless they only assume a role."""
+        policy = self.state.settings.policy(name)
+        return policy.kind in MINTED_KINDS or (policy.kind == "aws" and bool(policy.role_arn))
 
     def _material(self, key: Key, stored: str) -> str:
         known = self._materials.get(key)
@@ -195,7 +198,8 @@ class Credentials:
         where it comes from), so a placeholder does not change when a refresh token rotates."""
         for name in [n for n in values if self.computed(n)]:
             p = self.state.settings.policy(name)
-            values[name] = "\0".join(
-                (p.kind, p.token_url, p.client_id, p.scope, p.app_id, p.installation_id, p.api_url)
-            )
+            parts = (p.kind, p.token_url, p.client_id, p.scope, p.app_id, p.installation_id,
+                     p.api_url)  # fmt: skip
+            # The role joins only where there is one: other placeholders stay as they were.
+            values[name] = "\0".join((*parts, p.role_arn) if p.role_arn else parts)
         return values

@@ -193,6 +193,8 @@ class Front:
     ) -> tuple[web.StreamResponse, bool]:
         """Proxy mode: a request sent to blindkey as the caller's proxy."""
         record.agent, record.env = session.agent, session.env
+        if "Expect" in request.headers:  # before its body is read (a text body is)
+            await _expect(request)
         spec, headers = await parse_forwarded(
             self.runtime.settings, request, session, target, record
         )

@@ -1,30 +1,32 @@
 """AWS Signature Version 4, for `aws` secrets: `X-AS-Inject-Sigv4`, and in proxy mode the
 re-signing of a request an AWS SDK signed with a placeholder as its access key id.
 
-Written here (hmac and hashlib, as the AWS documentation lays it out) rather than borrowed
-from botocore: botocore's signer needs botocore's request type and pulls in botocore,
-jmespath, urllib3 and dateutil for some hundred lines; its signer is the oracle of the
-tests instead (tests/proxy/test_sigv4*.py), so the two cannot drift apart unnoticed.
+The signature (broker/credentials/sigv4_sign.py) is written with hmac and hashlib, as the
+AWS documentation lays it out, rather than borrowed from botocore: botocore's signer needs
+botocore's request type and pulls in botocore, jmespath, urllib3 and dateutil for some
+hundred lines; its signer is the oracle of the tests instead (tests/proxy/test_sigv4*.py),
+so the two cannot drift apart unnoticed. The broker signs its STS calls with the same code.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from urllib.parse import quote, unquote_to_bytes
+from datetime import datetime
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from blindkey.broker.credentials.aws import AwsKeys, maybe_keys
+from blindkey.broker.credentials.sigv4_sign import Scope as Scope
+from blindkey.broker.credentials.sigv4_sign import authorization as authorization
+from blindkey.broker.credentials.sigv4_sign import canonical_query as canonical_query
+from blindkey.broker.credentials.sigv4_sign import timestamp
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.parse import Injection
 
-ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED = "UNSIGNED-PAYLOAD"
 # aws-chunked with a checksum trailer and no chunk signatures (SDKs' default for S3 uploads):
 # signed as this literal, the body streams on as it came.
@@ -39,12 +41,6 @@ _SDK_AUTH = re.compile(
     r"(?P<service>[^/,\s]+)/aws4_request\s*,\s*SignedHeaders=(?P<signed>[a-z0-9;._-]+)\s*,"
     r"\s*Signature=[0-9a-f]+\s*\Z"
 )
-
-
-@dataclass(frozen=True)
-class Scope:
-    region: str
-    service: str
 
 
 def scope_from_host(host: str) -> tuple[str, str]:
@@ -63,95 +59,6 @@ def scope_from_host(host: str) -> tuple[str, str]:
     if service == "s3" and _REGION.match(region):
         return "s3", region
     return labels[-1], ""
-
-
-def canonical_path(path: str, service: str) -> str:
-    """S3 signs the path as sent; every other service its normalised form, encoded again."""
-    if service == "s3":
-        return path or "/"
-    kept: list[str] = []
-    for segment in path.split("/"):
-        if segment == "..":
-            if kept:
-                kept.pop()
-        elif segment and segment != ".":
-            kept.append(segment)
-    normal = "/" + "/".join(kept) + ("/" if path.endswith("/") and kept else "")
-    return quote(normal, safe="/~")
-
-
-def canonical_query(query: str) -> str:
-    """Names and values decoded and encoded again as AWS does, sorted by name then value."""
-    pairs = []
-    for pair in query.split("&"):
-        if not pair:
-            continue
-        name, _, value = pair.partition("=")
-        pairs.append(
-            (
-                quote(unquote_to_bytes(name), safe="-_.~"),
-                quote(unquote_to_bytes(value), safe="-_.~"),
-            )
-        )
-    return "&".join(f"{name}={value}" for name, value in sorted(pairs))
-
-
-def _hmac(key: bytes, text: str) -> bytes:
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
-
-
-def signature(keys: AwsKeys, scope: Scope, when: str, canonical_request: str) -> str:
-    day = when[:8]
-    to_sign = "\n".join(
-        (
-            ALGORITHM,
-            when,
-            f"{day}/{scope.region}/{scope.service}/aws4_request",
-            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
-        )
-    )
-    key = _hmac(f"AWS4{keys.secret_access_key}".encode(), day)
-    for part in (scope.region, scope.service, "aws4_request"):
-        key = _hmac(key, part)
-    return hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-Lookup = Callable[[str], "list[str]"]
-
-
-def authorization(
-    keys: AwsKeys,
-    scope: Scope,
-    request: tuple[str, str, str],
-    lookup: Lookup,
-    signed: list[str],
-    when: str,
-) -> str:
-    """The Authorization value for (method, path and query, payload hash); `lookup` gives
-    a header's values by its lowercase name, and `signed` names the headers to sign."""
-    method, path_query, payload = request
-    path, _, query = path_query.partition("?")
-    names = sorted(set(signed))
-    lines = [f"{name}:{','.join(' '.join(v.split()) for v in lookup(name))}" for name in names]
-    canonical = "\n".join(
-        (
-            method.upper(),
-            canonical_path(path, scope.service),
-            canonical_query(query),
-            "\n".join(lines) + "\n",
-            ";".join(names),
-            payload,
-        )
-    )
-    proof = signature(keys, scope, when, canonical)
-    return (
-        f"{ALGORITHM} Credential={keys.access_key_id}/{when[:8]}/{scope.region}/"
-        f"{scope.service}/aws4_request, SignedHeaders={';'.join(names)}, Signature={proof}"
-    )
-
-
-def timestamp(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
 
 
 def payload_rule(declared: str | None) -> str | None:

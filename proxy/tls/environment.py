@@ -67,6 +67,9 @@ def run_environment(
     for name in BUNDLE_VARIABLES:
         environment[name] = str(bundle)
     environment["NODE_EXTRA_CA_CERTS"] = str(ca)
+    # Node's fetch and https read HTTPS_PROXY only when told to (Node 22.21 and 24.5 on);
+    # Node 20 ignores this and needs undici's EnvHttpProxyAgent (docs/agents.md).
+    environment["NODE_USE_ENV_PROXY"] = "1"
     environment.update(secrets)
     return environment
 

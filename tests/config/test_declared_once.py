@@ -128,6 +128,8 @@ def everything_changed(tmp_path: Path) -> Settings:
                 placeholder_prefix="ghp_",
                 kind="github-app",
                 region="eu-west-1",
+                role_arn="arn:aws:iam::123456789012:role/reader",
+                sts_url="https://sts.eu-west-1.amazonaws.com/",
                 token_url="https://oauth2.example.com/token",
                 client_id="cid",
                 scope="repo",

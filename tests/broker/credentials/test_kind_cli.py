@@ -53,3 +53,20 @@ def test_a_kind_without_its_keys_is_refused(home: Paths, run_cli: RunCli) -> Non
     )  # fmt: skip
     assert done.returncode == 2 and "for the proxy only" in done.stderr
     assert "GOOGLE" not in load_settings(home.config_file).secrets
+
+
+def test_aws_secret_with_a_role(home: Paths, run_cli: RunCli) -> None:
+    arn = "arn:aws:iam::123456789012:role/agent-reader"
+    keys = '{"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "' + "s" * 40 + '"}'
+    done = run_cli("secrets", "set", "AWS", "--kind", "aws", "--role-arn", arn, input=keys)
+    assert done.returncode == 0, done.stderr
+    policy = load_settings(home.config_file).policy("AWS")
+    assert (policy.kind, policy.role_arn) == ("aws", arn)
+    done = run_cli("secrets", "set", "AWS", "--kind", "aws", input=keys)
+    assert done.returncode == 0, done.stderr
+    assert load_settings(home.config_file).policy("AWS").role_arn == ""  # the kind's keys go
+    done = run_cli("secrets", "set", "G", "--kind", "oauth2", "--token-url", "https://a/t",
+                   "--client-id", "c", "--role-arn", arn, input="x" * 20)  # fmt: skip
+    assert done.returncode == 2 and "--role-arn is for --kind aws" in done.stderr
+    done = run_cli("secrets", "set", "AWS", "--kind", "aws", "--role-arn", "reader", input=keys)
+    assert done.returncode == 2 and "is not an IAM role's ARN" in done.stderr
