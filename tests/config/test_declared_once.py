@@ -30,6 +30,7 @@ from blindkey.config.model import (
     ApprovalSettings,
     AuditSettings,
     LimitSettings,
+    NotifySettings,
     ProxySettings,
     Route,
     Settings,
@@ -106,6 +107,7 @@ def everything_changed(tmp_path: Path) -> Settings:
         broker=BrokerSettings("/run/blindkey/broker.sock", (0, 1001), (1002,)),
         audit=AuditSettings(False, 8, 7),
         approvals=ApprovalSettings(3600.0, 300.0, 600.0),
+        notify=NotifySettings(False, "https://ntfy.example/blindkey-approvals", "slack"),
         allowlist=AllowlistSettings(
             (AllowEntry.parse("api.github.com"), AllowEntry.parse("http://127.0.0.1:9000")),
             (ipaddress.ip_network("fd00::/8"),),
