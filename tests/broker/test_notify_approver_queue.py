@@ -54,7 +54,7 @@ async def test_timeouts_and_a_full_queue_are_recorded_and_never_waited_on() -> N
     async def record(fields: Mapping[str, Any]) -> None:
         records.append(fields)
 
-    async with silent_receiver() as (url, arrived, release):
+    async with silent_receiver() as (url, arrived, _):
         settings = NotifySettings(desktop=False, webhook=url)
         notifier = ApproverNotifier(
             lambda: settings, record, attempts=2, backoff=0.01, timeout=0.5, queue_size=2
@@ -63,7 +63,7 @@ async def test_timeouts_and_a_full_queue_are_recorded_and_never_waited_on() -> N
         # 4 workers take one notice each and wait on the receiver...
         for n in range(4):
             notifier.offer(_event(n))
-            await eventually(lambda n=n: len(arrived) == n + 1)  # type: ignore[misc]
+            await eventually(lambda n=n: len(arrived) == n + 1)
         # ... so of 10 more, 2 fit in the queue and 8 are dropped, and none is waited on.
         started = time.perf_counter()
         for n in range(4, 14):
