@@ -152,7 +152,8 @@ class Answerer:
                 f"{approval_id}: approved by {', '.join(grant['approvers'])}; "
                 f"{needed - have} more approver(s) needed"
             )
-        return f"{approval_id}: {grant['secret']} granted for {grant['covers']} until {grant['expires']}"
+        until = grant["expires"]
+        return f"{approval_id}: {grant['secret']} granted for {grant['covers']} until {until}"
 
     def _deny(self, token: str) -> str:
         approval_id = self.board.pick(token)

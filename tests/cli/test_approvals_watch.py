@@ -71,8 +71,8 @@ async def _gate(env: Env, approvals: int = 1) -> Approver:
     return approver
 
 
-async def _ask(env: Env, path: str, secret: str = "GITHUB_TOKEN") -> str:
-    status, _, body = await env.call(headers=env.headers(path, X_AS_Inject_Bearer=secret))
+async def _ask(env: Env, path: str, name: str = "GITHUB_TOKEN") -> str:
+    status, _, body = await env.call(headers=env.headers(path, X_AS_Inject_Bearer=name))
     assert status == 403, body
     return str(orjson.loads(body)["approval_id"])
 
@@ -139,5 +139,5 @@ async def test_two_of_two_and_the_lockout_hold_in_the_watch(env: Env) -> None:
         assert all(a["ok"] is False for a in answers)
         assert "alice is locked out" in answers[-1]["message"]
         assert (await watch.until("locked_out"))["approver"] == "alice"
-    code, out, _ = await acli("approvals", "list", "--json")
+    _, out, _ = await acli("approvals", "list", "--json")
     assert [r["secret"] for r in json.loads(out)] == ["STRIPE_KEY"]  # still waiting
