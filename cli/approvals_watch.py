@@ -33,6 +33,7 @@ from blindkey.broker.approvals.codes import CodeNeeded, CodeRefused
 from blindkey.broker.approvals.events import WATCH_OP
 from blindkey.broker.approvals_link import NOT_THIS_USERS, call
 from blindkey.broker.link import Link, NotPermitted, NotRunning, connect
+from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
 
@@ -274,11 +275,21 @@ class StdinLines(Keys):
         return list(lines)
 
 
+def _frames(link: Link) -> list[dict[str, Any]]:
+    try:
+        return link.receive()
+    except BrokerUnavailable as exc:
+        raise BlindkeyError(
+            f"{exc}: the broker went away; watch again once it is back (`blindkey proxy status`)"
+        ) from exc
+
+
 def _loop(
     link: Link, request_id: int, board: Board, out: Lines, answerer: Answerer, keys: Keys
 ) -> int:
     """Until `quit`, ^D on a terminal, or the broker going away (exit 1)."""
-    selector = selectors.DefaultSelector()
+    # select(2), not epoll: stdin may be a file or /dev/null, which epoll refuses.
+    selector = selectors.SelectSelector()
     selector.register(link.fileno(), selectors.EVENT_READ, "broker")
     selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "input")
     terminal = isinstance(out, Screen)
@@ -286,7 +297,7 @@ def _loop(
         out.draw(board, keys.typed)
         for key, _ in selector.select(1.0 if terminal else None):
             if key.data == "broker":
-                for frame in link.receive():
+                for frame in _frames(link):
                     if frame.get("id") == request_id and "event" in frame:
                         board.apply(frame["event"])
                         out.event(frame["event"])

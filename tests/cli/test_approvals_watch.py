@@ -141,3 +141,30 @@ async def test_two_of_two_and_the_lockout_hold_in_the_watch(env: Env) -> None:
         assert (await watch.until("locked_out"))["approver"] == "alice"
     _, out, _ = await acli("approvals", "list", "--json")
     assert [r["secret"] for r in json.loads(out)] == ["STRIPE_KEY"]  # still waiting
+
+
+async def test_without_input_it_keeps_telling_in_plain_lines(env: Env) -> None:
+    await _gate(env)
+    before = await _ask(env, "/repos/before")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "blindkey.cli", "approvals", "watch",
+        cwd=ROOT, env={**os.environ, "BLINDKEY_HOME": str(env.paths.config_dir)},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        destination = f"http://127.0.0.1:{env.upstream_port}"
+        line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
+        assert line.split(" ", 1)[1] == (
+            f"waiting {before}: tester GET {destination}/repos/before with GITHUB_TOKEN\n"
+        )
+        # Its input ended at once; a request made after is still told.
+        for path in ("/repos/a", "/repos/b"):
+            approval_id = await _ask(env, path)
+            line = (await asyncio.wait_for(process.stdout.readline(), 15)).decode()
+            assert line.split(" ", 1)[1] == (
+                f"asks {approval_id}: tester GET {destination}{path} with GITHUB_TOKEN\n"
+            )
+    finally:
+        process.kill()
+        await process.wait()
