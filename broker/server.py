@@ -199,9 +199,10 @@ class BrokerServer:
         # A JSON op may be a list or an object: those cannot even be looked up.
         operation = self.operations.get(op) if isinstance(op, str) else None
         if client.release_only and op not in RELEASE_OPS:
-            # approvals is kept: its own check refuses every user but the broker's, on the
-            # record (code_refused, not_broker_user), the agent's user included.
-            operation = self._approvals if op == "approvals" else None
+            # approvals and its watch are kept: their own check refuses every user but the
+            # broker's, on the record (code_refused, not_broker_user), the agent's included.
+            refused_on_record = {"approvals": self._approvals, WATCH_OP: self._watch}
+            operation = refused_on_record.get(op) if isinstance(op, str) else None
         if operation is None:
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
         try:
