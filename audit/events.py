@@ -24,6 +24,7 @@ EVENTS = (
     "grant_expired",
     "code_refused",
     "locked_out",
+    "notify_failed",
     "elevate",
     "env",
     "exec",

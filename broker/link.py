@@ -140,6 +140,32 @@ class Link:
         except (OSError, ProtocolError) as exc:
             raise BrokeOff(f"{BROKE_OFF} ({exc})") from exc
 
+    # A stream (`approvals.watch`): send once, then receive its frames as they come,
+    # waiting on fileno() with select/selectors between reads.
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def send(self, op: str, **fields: object) -> int:
+        """Send a request; its id (the frames of its stream carry it)."""
+        self._last_id += 1
+        try:
+            self._sock.sendall(encode({"id": self._last_id, "op": op, **fields}))
+        except OSError as exc:
+            raise BrokeOff(f"{BROKE_OFF} ({exc})") from exc
+        return self._last_id
+
+    def receive(self) -> list[Message]:
+        """The frames one read brings (pushes included: callers pick theirs by id)."""
+        try:
+            data = self._sock.recv(READ_SIZE)
+            if not data:
+                raise BrokeOff(f"{BROKE_OFF} (the broker closed the connection)")
+            return self._frames.feed(data)
+        except TimeoutError as exc:
+            raise NoAnswer(f"the broker sent nothing within {self.timeout:g}s") from exc
+        except (OSError, ProtocolError) as exc:
+            raise BrokeOff(f"{BROKE_OFF} ({exc})") from exc
+
     def call(self, op: str, **fields: object) -> Message:
         """The reply to a request the broker granted; its refusal as BrokerDenied."""
         reply = self.ask(op, **fields)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from blindkey.audit.anchor import AnchorRefused, AuditAnchor
+from blindkey.broker.approvals.events import WATCH_OP, Watchers
+from blindkey.broker.approvals.notify_approver import tell_approvers
 from blindkey.broker.approvals.ops import approvals_op, hold_op, refuse_foreign
 from blindkey.broker.budget import budget_op, spend_op
 from blindkey.broker.explain import explain_op
@@ -71,6 +73,7 @@ class BrokerServer:
         self.audit_anchor = AuditAnchor.load(paths.state_dir)
         self.placeholder_key = ensure_placeholder_key(paths)
         self.releaser = Releaser(self.state, self._spawn)  # values for env and exec
+        self.watchers = Watchers(self.state.approvals.events)  # `approvals watch`, `ui`
         # What a client may ask, by the `op` of its request.
         self.operations: dict[str, Operation] = {
             "resolve": Resolve(self.state, self._spawn),
@@ -83,6 +86,7 @@ class BrokerServer:
             "released": self.releaser.released,
             "mcp": self.releaser.mcp,
             "approvals": self._approvals,
+            WATCH_OP: self._watch,
             "hold": lambda request, client: hold_op(self.state, request),
             "config": self._config,
             "placeholders": lambda request, client: placeholders_op(
@@ -120,7 +124,7 @@ class BrokerServer:
         now, limit = self.clock(), self.limits.idle_timeout
         for client in list(self.clients):
             quiet = now - client.active > limit
-            waits = client.caches or client in self.releaser.open
+            waits = client.caches or client in self.releaser.open or client in self.watchers
             if quiet and not waits and client.transport is not None:
                 client.transport.close()
         interval = min(max(limit / 4, 0.05), 1.0)
@@ -201,9 +205,10 @@ class BrokerServer:
         # A JSON op may be a list or an object: those cannot even be looked up.
         operation = self.operations.get(op) if isinstance(op, str) else None
         if client.release_only and op not in RELEASE_OPS:
-            # approvals is kept: its own check refuses every user but the broker's, on the
-            # record (code_refused, not_broker_user), the agent's user included.
-            operation = self._approvals if op == "approvals" else None
+            # approvals and its watch are kept: their own check refuses every user but the
+            # broker's, on the record (code_refused, not_broker_user), the agent's included.
+            refused_on_record = {"approvals": self._approvals, WATCH_OP: self._watch}
+            operation = refused_on_record.get(op) if isinstance(op, str) else None
         if operation is None:
             return {"id": request_id, "error": "bad_request", "message": f"unknown op {op!r}"}
         try:
@@ -305,6 +310,13 @@ class BrokerServer:
         self._spawn(self._answer_when_acknowledged(reply, self._pushed, targets, client))
         return None
 
+    def _watch(self, request: Message, client: Client) -> Message:
+        """Stream approvals events to this client: who may list requests may watch them."""
+        if getattr(client, "uid", None) != os.getuid():
+            refuse_foreign(self.state.paths, {"action": "watch"}, getattr(client, "uid", None))
+        listed = self.state.approvals.pending.listed()
+        return self.watchers.watch(client, request.get("id"), listed)
+
     def _config(self, request: Message, client: Client) -> Message:
         # The policy is the config.toml of the broker's own user: another user's CLI (a
         # proxy's, in the separate-broker deployment) edits a file this broker never serves.
@@ -329,6 +341,12 @@ async def serve_broker(paths: Paths, socket_path: Path, allowed_uids: frozenset[
     loop = asyncio.get_running_loop()
     watcher = loop.create_task(server.watch(), name="broker-file-watch")
     syncer = loop.create_task(server.sync(), name="broker-store-sync")
+    notifier = loop.create_task(
+        tell_approvers(
+            server.state.approvals.events, lambda: server.state.settings.notify, paths.audit_dir
+        ),
+        name="broker-notify-approvers",
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -341,7 +359,7 @@ async def serve_broker(paths: Paths, socket_path: Path, allowed_uids: frozenset[
             if os.getppid() != parent and os.environ.get("BLINDKEY_BROKER_SUPERVISED") == "1":
                 break
     finally:
-        for task in (watcher, syncer):
+        for task in (watcher, syncer, notifier):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

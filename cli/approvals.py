@@ -295,6 +295,18 @@ def _approve(sub: Subcommands) -> None:
     p = actions.add_parser("list", help="pending requests: id, agent, secret, method, host, path")
     json_flag(p)
     p.set_defaults(handler=cmd_approvals_list)
+    p = actions.add_parser(
+        "watch",
+        help="live list of pending requests; approve or deny them with a code",
+        description="Shows each call waiting for a human as the broker tells of it (who, "
+        "which secret, where, how long it waits) and reads commands: `approve N CODE`, "
+        "`deny N`, `quit` (N: the number in the list, or the request's id). On a terminal "
+        "the list is redrawn in place; otherwise each event is a line and each line of "
+        "stdin a command. Approving is `approve --request`: the same codes, 2-of-2 and lockout.",
+    )
+    p.add_argument("--approver", metavar="NAME", help="whose codes (default: the only approver)")
+    json_flag(p, "print each event as one JSON line (and each answer as one)")
+    p.set_defaults(handler="blindkey.cli.approvals_watch:cmd_approvals_watch")
     actions = action_group(sub, "grants", help="grants in force and their expiry")
     p = actions.add_parser("list", help="grants, and grants still waiting for approvers")
     json_flag(p)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from blindkey.config.fields import Invalid, named_tables, setting, table
 from blindkey.config.hosts import AllowEntry
@@ -177,6 +178,37 @@ class ApprovalSettings:
         return {"controlled": self.controlled_ttl, "restricted": self.restricted_ttl}.get(tier)
 
 
+NOTIFY_FORMATS = ("json", "slack")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """How approvers are told that a call waits for them (broker/approvals/notify_approver.py)."""
+
+    desktop: bool = setting(BOOL, True, "notify-send / osascript where present")
+    webhook: str = setting(
+        text("a URL"),
+        "",
+        'URL: POST {"event","approval_id","agent","secret","host","method","path","approve"}',
+    )
+    format: str = setting(
+        choice(NOTIFY_FORMATS),
+        "json",
+        'json: the fields above; slack: {"text": ...} for Slack incoming webhooks',
+    )
+
+    def checked(self) -> NotifySettings:
+        if self.webhook:
+            try:
+                parts = urlsplit(self.webhook)
+                parts.port  # noqa: B018 -- a bad port raises here, not at the first notice
+            except ValueError as exc:
+                raise Invalid("webhook", f"not a URL: {exc}") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise Invalid("webhook", "an absolute http(s) URL is required")
+        return self
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     # fsync each group of records; off trades crash safety of the last records for speed
@@ -297,6 +329,10 @@ class Settings:
     approvals: ApprovalSettings = field(
         default_factory=ApprovalSettings,
         metadata=table("approvals", comment="how long a grant lasts (and the most --for asks)"),
+    )
+    notify: NotifySettings = field(
+        default_factory=NotifySettings,
+        metadata=table("notify", comment="tell approvers a call waits for them"),
     )
     allowlist: AllowlistSettings = field(
         default_factory=AllowlistSettings,

@@ -38,6 +38,8 @@ CALLER_ONLY = (
     "XDG_RUNTIME_DIR",
     "XDG_DATA_HOME",
     "XDG_CACHE_HOME",
+    # A developer's desktop session: brokers under test would notify it ([notify] desktop).
+    "DBUS_SESSION_BUS_ADDRESS",
 )
 for _name in CALLER_ONLY:
     os.environ.pop(_name, None)

@@ -19,6 +19,7 @@ from blindkey.broker.approvals.codes import (
     check_code,
     locked_until,
 )
+from blindkey.broker.approvals.events import ApprovalEvents
 from blindkey.broker.approvals.grants import Floors, GrantIndex
 from blindkey.broker.approvals.model import ApprovalsState
 from blindkey.broker.approvals.pending import PendingRequests
@@ -77,8 +78,10 @@ class ApprovalsCore:
         self.state = ApprovalsState()
         self.index = GrantIndex()
         self.floors = Floors({}, False)
+        # Told as they happen: new and held requests, decisions, lockouts (events.py).
+        self.events = ApprovalEvents(clock)
         # Calls that met a gate, kept in memory for `approvals list` (10 minutes).
-        self.pending = PendingRequests(clock, on_outcome)
+        self.pending = PendingRequests(clock, on_outcome, self.events)
         self._stamp: tuple[int, int, int] | None = None
         # Why the file cannot be read now (None: it can); the floors then come from the
         # marker, and floors_known is False when there is none either.
@@ -160,6 +163,8 @@ class ApprovalsCore:
         self._adopt(state)
         for event, fields in events:
             self._audit(event, fields)
+            if event == "locked_out":
+                self.events.publish(event, {k: fields[k] for k in ("approver", "until", "source")})
         if refused is not None:
             raise refused
         return result

@@ -163,8 +163,9 @@ def hold_op(state: BrokerState, request: Message) -> Message:
         if denied is not None and denied.code == "approval_required":
             try:
                 pending = state.approvals.pending.add(
-                    agent, name, env, str(method), target, str(path), known
-                )
+                    agent, name, env, str(method), target, str(path), known,
+                    held=request.get("held") is True,
+                )  # fmt: skip
             except BlindkeyError as exc:  # past the cap: refused, no id to approve
                 raise BrokerDenied("approval_required", f"{name} needs a grant; {exc}") from None
             policy = state.settings.policy(name)

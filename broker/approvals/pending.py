@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from blindkey.broker.approvals.events import ApprovalEvents
 from blindkey.broker.approvals.model import Scope
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.hosts import origin
@@ -58,23 +59,35 @@ class PendingRequests:
         self,
         clock: Callable[[], float],
         on_outcome: Callable[[str, str], None] | None = None,
+        events: ApprovalEvents | None = None,
     ) -> None:
         self.clock = clock
         self._requests: dict[str, Pending] = {}
         # From the broker: pushes the outcome to the proxies waiting on the call.
         self.on_outcome = on_outcome
+        self.events = events or ApprovalEvents(clock)
+        # Requests a call waited on (X-AS-Wait-Approval): told once, as "held".
+        self._held: set[str] = set()
 
-    def tell(self, request_id: str, outcome: str) -> None:
+    def tell(self, pending: Pending, outcome: str) -> None:
+        """The outcome of a request no longer listed: to the proxies and the watchers."""
         if self.on_outcome is not None:
-            self.on_outcome(request_id, outcome)
+            self.on_outcome(pending.id, outcome)
+        self._publish(outcome, pending)
+        self._held.discard(pending.id)
+
+    def _publish(self, kind: str, pending: Pending) -> None:
+        fields = pending.public(self.clock())
+        fields["approval_id"] = fields.pop("id")
+        self.events.publish(kind, {**fields, "held": pending.id in self._held})
 
     def add(
         self, agent: str, secret: str, env: str, method: str, target: Scope, path: str,
-        known: str | None = None,
+        known: str | None = None, held: bool = False,
     ) -> Pending:  # fmt: skip
         """The pending request for this call; the same call again is the same request.
         `known`: the id a held call had with a broker that restarted since; it is kept
-        unless another request has it."""
+        unless another request has it. `held`: the call waits for the answer."""
         now = self.clock()
         self.forget_old(now)
         scheme, host, port = target
@@ -82,6 +95,7 @@ class PendingRequests:
         for pending in self._requests.values():
             if (pending.agent, pending.secret, pending.env, pending.method, pending.scheme,
                     pending.host, pending.port, pending.path) == call:  # fmt: skip
+                self._note_held(pending, held)
                 return pending
         mine = sum(1 for pending in self._requests.values() if pending.agent == agent)
         if mine >= MAX_PENDING_PER_AGENT:
@@ -110,12 +124,22 @@ class PendingRequests:
             created=now,
         )
         self._requests[pending.id] = pending
+        if not self._note_held(pending, held):
+            self._publish("pending", pending)
         return pending
+
+    def _note_held(self, pending: Pending, held: bool) -> bool:
+        """Tell "held" the first time a call waits on `pending`; True when told."""
+        if not held or pending.id in self._held:
+            return False
+        self._held.add(pending.id)
+        self._publish("held", pending)
+        return True
 
     def listed(self) -> list[dict[str, Any]]:
         now = self.clock()
         self.forget_old(now)
-        return [p.public(now) for p in self._requests.values()]
+        return [{**p.public(now), "held": p.id in self._held} for p in self._requests.values()]
 
     def get(self, request_id: str) -> Pending:
         self.forget_old(self.clock())
@@ -139,10 +163,10 @@ class PendingRequests:
                 continue
             if (pending.secret, pending.env) == (secret, env) and agent in ("*", pending.agent):
                 del self._requests[request_id]
-                self.tell(request_id, "approved")
+                self.tell(pending, "approved")
 
     def forget_old(self, now: float) -> None:
         for request_id, pending in list(self._requests.items()):
             if now - pending.created >= PENDING_TTL:
                 del self._requests[request_id]
-                self.tell(request_id, "expired")
+                self.tell(pending, "expired")

@@ -211,7 +211,7 @@ class Approvals(ApproverBook):
             {"request": request_id, "secret": pending.secret, "env": pending.env,
              "agent": pending.agent, "reason": "denied"},
         )  # fmt: skip
-        self.pending.tell(request_id, "denied")
+        self.pending.tell(pending, "denied")
         return pending.public(self.clock())
 
     def grants(self) -> list[dict[str, Any]]:

@@ -126,7 +126,7 @@ class ApprovalWaits:
 
 async def ask_approval(
     authoriser: Authoriser, token: str | None, names: list[str], target: tuple[str, str, int],
-    method: str, path: str, known: str | None = None,
+    method: str, path: str, known: str | None = None, held: bool = False,
 ) -> tuple[str | None, str, str]:  # fmt: skip
     """Record a call to target (scheme, host, port) that met a gate as a pending request
     (the broker's `hold` op): (approval id, the secret that needs a grant, how many
@@ -134,7 +134,9 @@ async def ask_approval(
     nothing needs one any more. `known`: the id the call had (a restarted broker takes it
     back, so the human's `approve --request ID` still finds it)."""
     scheme, host, port = target
-    extra = {} if known is None else {"approval_id": known}
+    extra: dict[str, object] = {} if known is None else {"approval_id": known}
+    if held:  # the broker tells the approvers a call waits (notifications, watchers)
+        extra["held"] = True
     reply = await authoriser.broker.call(
         "hold", token=token, names=names, scheme=scheme, host=host, port=port,
         method=method, path=path, **extra,
@@ -196,8 +198,9 @@ async def approved(runtime: ProxyRuntime, request: web.BaseRequest, spec: ProxyS
         since = runtime.waits.changes
         # Asked again (a change, a restarted broker), the call keeps the id its human has.
         approval_id, secret, count = await ask_approval(
-            authoriser, spec.token, names, destination, spec.method, path, approval_id
-        )
+            authoriser, spec.token, names, destination, spec.method, path, approval_id,
+            wait is not None,
+        )  # fmt: skip
         if approval_id is not None:
             if wait is None:
                 raise _required(approval_id, secret, shown, count=count)

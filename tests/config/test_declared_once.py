@@ -31,6 +31,7 @@ from blindkey.config.model import (
     AuditSettings,
     LimitSettings,
     MetricsSettings,
+    NotifySettings,
     ProxySettings,
     Route,
     Settings,
@@ -109,6 +110,7 @@ def everything_changed(tmp_path: Path) -> Settings:
         audit=AuditSettings(False, 8, 7, 500),
         metrics=MetricsSettings("127.0.0.1:9465"),
         approvals=ApprovalSettings(3600.0, 300.0, 600.0),
+        notify=NotifySettings(False, "https://ntfy.example/blindkey-approvals", "slack"),
         allowlist=AllowlistSettings(
             (AllowEntry.parse("api.github.com"), AllowEntry.parse("http://127.0.0.1:9000")),
             (ipaddress.ip_network("fd00::/8"),),
