@@ -106,7 +106,10 @@ def _top_up(log: AuditLog, path: Path, n: int, rotate_bytes: int) -> int:
     added = 0
     while True:
         batch = [request_record(n + added + i, time.time()) for i in range(64)]
-        line = max(len(dumps(r)) for r in batch) + 128  # seq and chain come on top
+        # seq, hash and chain come on top (some 170 bytes), and a checkpoint record every
+        # [audit] checkpoint_every: an estimate short of the truth would overshoot, rotate
+        # and start the file over, for ever.
+        line = max(len(dumps(r)) for r in batch) + 256
         room = (rotate_bytes - path.stat().st_size) // line - 1
         if room <= 0:
             return added
