@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,6 +183,38 @@ class AuditSettings:
     keep_days: int = setting(POSITIVE, 90, "delete rotated files older than this")
 
 
+def _ship_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
+    if not url:
+        return
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise Invalid(key, f"{url!r}: {exc}") from exc
+    if parts.scheme not in schemes or not parts.hostname or port is None:
+        raise Invalid(key, f"expected {' or '.join(f'{s}://HOST:PORT' for s in schemes)}, got {url!r}")
+
+
+@dataclass(frozen=True)
+class ShipSettings:
+    """Where audit records are copied, from the audit file, each exactly once (audit/ship/)."""
+
+    syslog: str = setting(
+        text("a URL"), "", "tcp://H:P or tls://H:P: RFC 5424, octet-counted (RFC 6587/5425)"
+    )
+    otlp: str = setting(text("a URL"), "", "http://H:P (or https://): OTLP/HTTP logs")
+    ca_file: str = setting(
+        text("a file path"), "", "CA bundle for tls:// and https:// (default: the system's)"
+    )
+
+    def checked(self) -> ShipSettings:
+        _ship_url("syslog", self.syslog, ("tcp", "tls"))
+        _ship_url("otlp", self.otlp, ("http", "https"))
+        if self.ca_file and not Path(self.ca_file).expanduser().is_file():
+            raise Invalid("ca_file", f"no such file {self.ca_file!r}")
+        return self
+
+
 @dataclass(frozen=True)
 class Route:
     """`/r/NAME/REST` goes to `to` + REST with `secret` injected in `style`."""
@@ -253,6 +286,10 @@ class Settings:
     )
     broker: BrokerSettings = field(default_factory=BrokerSettings, metadata=table("broker"))
     audit: AuditSettings = field(default_factory=AuditSettings, metadata=table("audit"))
+    audit_ship: ShipSettings = field(
+        default_factory=ShipSettings,
+        metadata=table("audit.ship", comment="copies of the audit for a SIEM (empty: none)"),
+    )
     approvals: ApprovalSettings = field(
         default_factory=ApprovalSettings,
         metadata=table("approvals", comment="how long a grant lasts (and the most --for asks)"),

@@ -33,6 +33,7 @@ from blindkey.config.model import (
     ProxySettings,
     Route,
     Settings,
+    ShipSettings,
 )
 from blindkey.config.paths import resolve_paths
 from blindkey.config.request_rules import AgentPolicy, PolicySettings, parse_rate
@@ -46,7 +47,9 @@ from blindkey.config.stores import (
 from blindkey.config.template import DEFAULT_CONFIG, declared_keys, render
 
 ROOT = Path(__file__).resolve().parents[2]
-_HEADER = re.compile(r"^(?:# )?\[([A-Za-z_]+)(?:\.[^\]]+)?\]")
+_HEADER = re.compile(r"^(?:# )?\[([A-Za-z_]+)((?:\.[^\]]+)?)\]")
+# Tables inside a table ([audit.ship]), as opposed to one table per name ([secrets.NAME]).
+_INNER = {section.name for section in sections(Settings) if "." in section.name}
 _KEY_LINE = re.compile(r"^(?:# )?([A-Za-z_]+) = ")
 
 
@@ -56,7 +59,8 @@ def template_keys(text: str) -> dict[str, list[str]]:
     table = ""
     for line in text.splitlines():
         if header := _HEADER.match(line):
-            table = header.group(1)
+            table = header.group(1) + header.group(2)
+            table = table if table in _INNER else header.group(1)
             found.setdefault(table, [])
         elif (key := _KEY_LINE.match(line)) and table:
             found[table].append(key.group(1))
@@ -105,6 +109,7 @@ def everything_changed(tmp_path: Path) -> Settings:
         envs=EnvironmentSettings(("dev", "prod-eu"), "prod-eu"),
         broker=BrokerSettings("/run/blindkey/broker.sock", (0, 1001), (1002,)),
         audit=AuditSettings(False, 8, 7),
+        audit_ship=ShipSettings("tls://siem.example.com:6514", "http://otel:4318", str(ca)),
         approvals=ApprovalSettings(3600.0, 300.0, 600.0),
         allowlist=AllowlistSettings(
             (AllowEntry.parse("api.github.com"), AllowEntry.parse("http://127.0.0.1:9000")),
