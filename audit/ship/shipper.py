@@ -33,6 +33,8 @@ STOP_DEADLINE = 5.0  # at stop: the time left to send what is written
 class Sink(Protocol):
     def deliver(self, records: Sequence[Record]) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class Shipper(threading.Thread):
     def __init__(
@@ -62,6 +64,12 @@ class Shipper(threading.Thread):
             self.wanted.set()
 
     def run(self) -> None:
+        try:
+            self._shipping()
+        finally:
+            self.sink.close()
+
+    def _shipping(self) -> None:
         while not self._past_deadline():
             try:
                 full = self._ship_once()

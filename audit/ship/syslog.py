@@ -89,6 +89,9 @@ class SyslogSink:
         finally:
             raw.close()
 
+    def close(self) -> None:
+        """Nothing stays open between batches."""
+
     def _deliver_tls(self, raw: socket.socket, payload: bytes) -> None:
         assert self.context is not None
         secure = self.context.wrap_socket(raw, server_hostname=self.host)  # owns the fd now
