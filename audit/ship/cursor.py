@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class Position:
 @dataclass(frozen=True)
 class Cursor:
     url: str
-    at: Position = Position()
+    at: Position = field(default_factory=Position)
     shipped_at: float | None = None  # when the last batch was confirmed
     error: str | None = None
     error_at: float | None = None
@@ -55,7 +55,9 @@ def _position(data: Any) -> Position:
     if not isinstance(data, dict):
         return Position()
     seq, inode, offset, ts = (data.get(k) for k in ("seq", "inode", "offset", "ts"))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seq, inode, offset)):
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seq, inode, offset)
+    ):
         return Position()
     return Position(seq, inode, offset, ts if isinstance(ts, str) else "")  # type: ignore[arg-type]
 

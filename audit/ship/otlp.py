@@ -23,7 +23,7 @@ from datetime import datetime
 from importlib import metadata
 
 from blindkey.audit.ship.source import Record
-from blindkey.audit.ship.syslog import TIMEOUT, ShipError
+from blindkey.audit.ship.syslog import TIMEOUT, ShipError, describe
 
 SEVERITY_INFO, SEVERITY_WARN = 9, 13
 ATTRIBUTES = ("event", "decision", "agent", "request_id")
@@ -105,7 +105,8 @@ def export_request(records: Sequence[Record], hostname: str, version: str) -> by
 class OtlpSink:
     def __init__(self, url: str, ca_file: str = "", *, timeout: float = TIMEOUT) -> None:
         parts = urllib.parse.urlsplit(url)
-        assert parts.hostname is not None and parts.port is not None  # config checked it
+        assert parts.hostname is not None  # config checked it
+        assert parts.port is not None
         self.host, self.port = parts.hostname, parts.port
         self.path = parts.path if parts.path not in ("", "/") else "/v1/logs"
         self.context: ssl.SSLContext | None = None
@@ -119,7 +120,9 @@ class OtlpSink:
     def _connect(self) -> http.client.HTTPConnection:
         if self.connection is None:
             if self.context is None:
-                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self.connection = http.client.HTTPConnection(
+                    self.host, self.port, timeout=self.timeout
+                )
             else:
                 self.connection = http.client.HTTPSConnection(
                     self.host, self.port, timeout=self.timeout, context=self.context
@@ -136,7 +139,7 @@ class OtlpSink:
             text = answer.read()
         except (OSError, http.client.HTTPException) as exc:
             self.close()
-            raise ShipError(f"{self.host}:{self.port}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc or type(exc).__name__}") from exc
+            raise ShipError(f"{self.host}:{self.port}: {describe(exc)}") from exc
         if not 200 <= answer.status < 300:
             self.close()
             said = text[:200].decode("utf-8", "replace")

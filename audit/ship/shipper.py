@@ -8,11 +8,12 @@ doubles up to MAX_BACKOFF; the records wait in the audit file meanwhile, not in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -112,10 +113,8 @@ class Shipper(threading.Thread):
         if self.cursor.error != error:
             log.error("audit shipping to %s: %s", self.url, error)
         self.cursor = self.cursor.failed(error, self.clock())
-        try:
+        with contextlib.suppress(OSError):  # logged; status shows the error before it
             save_cursor(self.path, self.cursor, durable=False)
-        except OSError:
-            pass  # the error is logged; status shows the one before
         self.backoff = min(MAX_BACKOFF, self.backoff * 2 or FIRST_BACKOFF)
         if self.deadline is not None:
             self.deadline = 0.0  # stopping and the destination fails: stop now

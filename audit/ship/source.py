@@ -17,7 +17,12 @@ from typing import Any
 import orjson
 
 from blindkey.audit.ship.cursor import Position
-from blindkey.audit.store import AUDIT_FILE, ROTATED_PREFIX, audit_files, head_of_file, rotated_files
+from blindkey.audit.store import (
+    AUDIT_FILE,
+    ROTATED_PREFIX,
+    head_of_file,
+    rotated_files,
+)
 
 BLOCK = 1 << 20
 TAIL = 1 << 17  # read back from a cursor's offset to find the record that ends there
@@ -36,7 +41,7 @@ class Record:
 @dataclass
 class Batch:
     records: list[Record] = field(default_factory=list)
-    end: Position = Position()  # where the next batch starts
+    end: Position = field(default_factory=Position)  # where the next batch starts
     note: str | None = None  # records that cannot be shipped any more, and why
 
 
@@ -113,9 +118,9 @@ class Source:
         if after.seq == 0:
             return 0, 0, Position(), None
         for index, (path, info) in enumerate(files):
-            if info.st_ino == after.inode and after.offset <= info.st_size:
-                if after == self.trusted or _ends_at(path, after):
-                    return index, after.offset, after, None
+            here = info.st_ino == after.inode and after.offset <= info.st_size
+            if here and (after == self.trusted or _ends_at(path, after)):
+                return index, after.offset, after, None
         return self._find(files, after)
 
     def _find(
@@ -138,14 +143,16 @@ class Source:
                             note += "(keep_days) before they were shipped"
                         return index, offset, Position(record.seq - 1), note
                     if record is not None and record.seq == after.seq:
-                        end = Position(record.seq, info.st_ino, offset + len(line), record.values["ts"])
+                        end = Position(
+                            record.seq, info.st_ino, offset + len(line), record.values["ts"]
+                        )
                     offset += len(line) if line.endswith(b"\n") else 0
             if end is not None:
                 self.trusted = end
                 return Batch(end=end)  # caught up: the record after it is not written yet
         head = max((h.seq for p, _ in files if (h := head_of_file(p)) is not None), default=0)
         if head < after.seq:
-            note = f"the audit starts again at seq 1 (its files were replaced after seq "
+            note = "the audit starts again at seq 1 (its files were replaced after seq "
             note += f"{after.seq}): shipping the new chain from its start"
             return 0, 0, Position(), note
         return Batch(end=after)
@@ -164,7 +171,9 @@ class Source:
         while len(batch.records) < max_records and size < max_bytes:
             path, info = files[index]
             current = index == len(files) - 1
-            taken, offset, done = self._read_file(path, info, offset, batch, max_records, max_bytes - size)
+            taken, offset, done = self._read_file(
+                path, info, offset, batch, max_records, max_bytes - size
+            )
             size += taken
             if not done or current:
                 break

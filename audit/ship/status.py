@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from blindkey.audit.ship.cursor import cursor_file, load_cursor
-from blindkey.audit.ship.source import Source
 from blindkey.audit.ship.shipping import destinations
+from blindkey.audit.ship.source import Source
 from blindkey.audit.store import audit_files, head_of_file, read_pruned
 from blindkey.config.model import ShipSettings
 

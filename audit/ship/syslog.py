@@ -62,7 +62,8 @@ def frames(records: Sequence[Record], hostname: str, procid: str) -> bytes:
 class SyslogSink:
     def __init__(self, url: str, ca_file: str = "", *, timeout: float = TIMEOUT) -> None:
         parts = urllib.parse.urlsplit(url)
-        assert parts.hostname is not None and parts.port is not None  # config checked it
+        assert parts.hostname is not None  # config checked it
+        assert parts.port is not None
         self.host, self.port = parts.hostname, parts.port
         self.context: ssl.SSLContext | None = None
         if parts.scheme == "tls":
@@ -76,7 +77,7 @@ class SyslogSink:
         try:
             raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
-            raise ShipError(f"cannot connect to {self.host}:{self.port}: {_why(exc)}") from exc
+            raise ShipError(f"cannot connect to {self.host}:{self.port}: {describe(exc)}") from exc
         try:
             if self.context is None:
                 raw.sendall(payload)
@@ -85,7 +86,7 @@ class SyslogSink:
             else:
                 self._deliver_tls(raw, payload)
         except (OSError, ssl.SSLError) as exc:
-            raise ShipError(f"{self.host}:{self.port}: {_why(exc)}") from exc
+            raise ShipError(f"{self.host}:{self.port}: {describe(exc)}") from exc
         finally:
             raw.close()
 
@@ -115,7 +116,7 @@ def _await_close(sock: socket.socket) -> None:
         pass  # a syslog receiver says nothing; anything it does send is not ours to read
 
 
-def _why(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate not trusted ({exc.verify_message})"
     if isinstance(exc, TimeoutError | socket.timeout):

@@ -85,12 +85,17 @@ class Rsyslog:
                 f' DefaultNetstreamDriverKeyFile="{work}/key.pem"'
             )
         module = 'module(load="imtcp"'
-        module += ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")' if self.tls else ")"
+        module += (
+            ' StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")'
+            if self.tls
+            else ")"
+        )
         return "\n".join(
             [
                 f'global(workDirectory="{work}"{driver})',
                 module,
-                f'input(type="imtcp" port="{self.port}" listenPortFileName="{work}/port" ruleset="out")',
+                f'input(type="imtcp" port="{self.port}" listenPortFileName="{work}/port" '
+                'ruleset="out")',
                 f'template(name="fields" type="string" string="{FIELDS}|%msg%\\n")',
                 # Direct: a message is in the file before rsyslogd reads on, so one it read is
                 # not lost when it is killed; what it did not read is the sender's to resend.
@@ -106,16 +111,15 @@ class Rsyslog:
         port_file.unlink(missing_ok=True)
         conf = self.workdir / "rsyslog.conf"
         conf.write_text(self._config())
-        with open(self.workdir / "rsyslogd.log", "ab") as errors:
-            self.process = subprocess.Popen(
-                ["rsyslogd", "-n", "-f", str(conf), "-i", str(self.workdir / "pid")],
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-            )
+        self.process = await asyncio.to_thread(self._spawn, conf)
         if self.port:  # back on its port: rsyslogd names only a port it chose
             await wait_for(lambda: _listening(self.port), 20, "rsyslogd to listen")
             return
-        await wait_for(lambda: port_file.exists() and port_file.read_text().strip() != "", 20, "rsyslogd to listen")
+        await wait_for(
+            lambda: port_file.exists() and port_file.read_text().strip() != "",
+            20,
+            "rsyslogd to listen",
+        )
         self.port = int(port_file.read_text())
 
     async def stop(self) -> None:
@@ -125,6 +129,14 @@ class Rsyslog:
         self.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(self.process.wait, 20)
         self.process = None
+
+    def _spawn(self, conf: Path) -> subprocess.Popen[bytes]:
+        with open(self.workdir / "rsyslogd.log", "ab") as errors:
+            return subprocess.Popen(
+                ["rsyslogd", "-n", "-f", str(conf), "-i", str(self.workdir / "pid")],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
 
     async def kill(self) -> None:
         assert self.process is not None
@@ -184,9 +196,7 @@ class OtlpReceiver:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -201,4 +211,3 @@ class OtlpReceiver:
             for scope in resource.scope_logs
             for record in scope.log_records
         ]
-

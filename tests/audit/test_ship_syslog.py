@@ -58,7 +58,9 @@ def everything_received(receiver: Rsyslog, audit_dir: Path) -> bool:
     return len(receiver.received()) >= len(audit_lines(audit_dir))
 
 
-async def test_records_reach_rsyslog_over_tcp_once_each_in_order(home: Paths, tmp_path: Path) -> None:
+async def test_records_reach_rsyslog_over_tcp_once_each_in_order(
+    home: Paths, tmp_path: Path
+) -> None:
     receiver = Rsyslog(tmp_path / "rsyslog")
     await receiver.start()
     try:
@@ -117,7 +119,9 @@ async def test_an_outage_of_rsyslog_mid_load_loses_and_repeats_nothing(
             await receiver.stop()  # mid-load: batches in flight when it goes
             stopped_with = len(receiver.received())
             await asyncio.sleep(0)  # the calls go on while nothing receives them
-            await wait_for(lambda: len(audit_lines(home.audit_dir)) >= stopped_with + 100, what="calls")
+            await wait_for(
+                lambda: len(audit_lines(home.audit_dir)) >= stopped_with + 100, what="calls"
+            )
             await receiver.start()  # the same port
             await load
             await wait_for(lambda: everything_received(receiver, home.audit_dir), what="records")
