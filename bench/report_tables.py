@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench import ship
 from bench.report import LOAD_TARGETS, TARGETS, Json
 
 
@@ -207,6 +208,7 @@ def _single_figures(report: Json) -> list[str]:
             f"({_ratio(row['route_vs_proxy'])}) |"
         )
     lines.extend(_against_lines(report))
+    lines.extend(ship.table_lines(report))
     big = report.get("big")
     if big and "redacted_as_expected" in big.get("blindkey", {}):
         verdict = "yes" if big["blindkey"]["redacted_as_expected"] else "**no**"
