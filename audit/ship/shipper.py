@@ -73,15 +73,15 @@ class Shipper(threading.Thread):
     def _shipping(self) -> None:
         while not self._past_deadline():
             try:
-                full = self._ship_once()
+                shipped = self._ship_once()
             except ShipError as exc:
                 self._failed(str(exc))
                 continue
             except OSError as exc:  # the audit or the cursor file: said, tried again
                 self._failed(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
                 continue
-            if full:
-                continue  # more is waiting: no pause
+            if shipped >= MAX_RECORDS or (shipped and self.stopping.is_set()):
+                continue  # more may be waiting: no pause
             if self.stopping.is_set():
                 return  # everything written is shipped
             self.wanted.wait(POLL)
@@ -91,8 +91,8 @@ class Shipper(threading.Thread):
     def _past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() > self.deadline
 
-    def _ship_once(self) -> bool:
-        """Send the next batch; whether it was a full one (more may be waiting)."""
+    def _ship_once(self) -> int:
+        """Send the next batch; how many records it held."""
         batch = self.source.read(self.cursor.at, MAX_RECORDS, MAX_BYTES)
         if batch.note is not None and batch.note != self.cursor.note:
             log.warning("audit shipping to %s: %s", self.url, batch.note)
@@ -100,14 +100,14 @@ class Shipper(threading.Thread):
         if not batch.records:
             if batch.end != self.cursor.at:  # found again by seq: no need to look again
                 self.cursor = replace(self.cursor, at=batch.end)
-            return False
+            return 0
         self.sink.deliver(batch.records)
         self.cursor = self.cursor.moved(batch.end, self.clock())
         save_cursor(self.path, self.cursor)
         if self.backoff:
             log.warning("audit shipping to %s works again", self.url)
         self.backoff = 0.0
-        return len(batch.records) >= MAX_RECORDS
+        return len(batch.records)
 
     def _failed(self, error: str) -> None:
         if self.cursor.error != error:
