@@ -192,7 +192,9 @@ def _ship_url(key: str, url: str, schemes: tuple[str, ...]) -> None:
     except ValueError as exc:
         raise Invalid(key, f"{url!r}: {exc}") from exc
     if parts.scheme not in schemes or not parts.hostname or port is None:
-        raise Invalid(key, f"expected {' or '.join(f'{s}://HOST:PORT' for s in schemes)}, got {url!r}")
+        raise Invalid(
+            key, f"expected {' or '.join(f'{s}://HOST:PORT' for s in schemes)}, got {url!r}"
+        )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ request id as attributes a query can use. A batch is confirmed by a 2xx answer.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import socket
 import ssl
@@ -30,12 +31,17 @@ ATTRIBUTES = ("event", "decision", "agent", "request_id")
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SMALL = [bytes((n,)) for n in range(0x80)]
 
 
 def _length_delimited(field: int, data: bytes) -> bytes:
@@ -59,26 +65,50 @@ def _attribute(key: str, value: str | int) -> bytes:
     return _string(1, key) + _length_delimited(2, any_value)
 
 
+@functools.lru_cache(maxsize=64)
+def _second(text: str) -> int:
+    return int(datetime.fromisoformat(text + "+00:00").timestamp())
+
+
 def _nanos(ts: str) -> int:
+    """RFC 3339 as the audit writes it (2026-12-07T14:57:07.171Z); any other form parsed
+    in full. Per record: the second is looked up, only the milliseconds read."""
+    if len(ts) == 24 and ts[19] == "." and ts[23] == "Z" and ts[20:23].isdigit():
+        return _second(ts[:19]) * 1_000_000_000 + int(ts[20:23]) * 1_000_000
     moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
 
 
-def log_record(record: Record, observed: int) -> bytes:
+# The parts that are the same in every record, encoded once.
+_TIME = _varint(1 << 3 | 1)
+_OBSERVED = _varint(11 << 3 | 1)
+_SEVERITY = {
+    False: _varint(2 << 3) + _varint(SEVERITY_INFO) + _string(3, "INFO"),
+    True: _varint(2 << 3) + _varint(SEVERITY_WARN) + _string(3, "WARN"),
+}
+_BODY = _varint(5 << 3 | 2)
+_SEQ_KEY = _string(1, "blindkey.seq")
+_KEYS = {name: _string(1, f"blindkey.{name}") for name in ATTRIBUTES}
+
+
+def log_record(record: Record, observed: bytes) -> bytes:
+    """`observed`: observed_time_unix_nano, encoded once per batch."""
     values = record.values
-    blocked = values.get("decision") == "blocked"
+    line = record.line  # UTF-8 as written: the AnyValue's string_value as it is
+    body = b"\x0a" + _varint(len(line)) + line
+    seq = _SEQ_KEY + _length_delimited(2, b"\x18" + _varint(record.seq & 0xFFFF_FFFF_FFFF_FFFF))
     parts = [
-        _fixed64(1, _nanos(values["ts"])),  # time_unix_nano
-        _varint(2 << 3) + _varint(SEVERITY_WARN if blocked else SEVERITY_INFO),
-        _string(3, "WARN" if blocked else "INFO"),
-        _length_delimited(5, _string(1, record.line.decode("utf-8", "surrogateescape"))),
-        _length_delimited(6, _attribute("blindkey.seq", record.seq)),
+        _TIME + struct.pack("<Q", _nanos(values["ts"])),
+        _SEVERITY[values.get("decision") == "blocked"],
+        _BODY + _varint(len(body)) + body,
+        b"\x32" + _varint(len(seq)) + seq,  # attributes (6)
     ]
-    for name in ATTRIBUTES:
+    for name, key in _KEYS.items():
         value = values.get(name)
         if isinstance(value, str):
-            parts.append(_length_delimited(6, _attribute(f"blindkey.{name}", value)))
-    parts.append(_fixed64(11, observed))  # observed_time_unix_nano
+            pair = key + _length_delimited(2, _string(1, value))
+            parts.append(b"\x32" + _varint(len(pair)) + pair)
+    parts.append(observed)
     return b"".join(parts)
 
 
@@ -91,7 +121,7 @@ def _version() -> str:
 
 def export_request(records: Sequence[Record], hostname: str, version: str) -> bytes:
     """ExportLogsServiceRequest{resource_logs: [ResourceLogs{resource, scope_logs}]}."""
-    observed = time.time_ns()
+    observed = _OBSERVED + struct.pack("<Q", time.time_ns())
     resource = _length_delimited(1, _attribute("service.name", "blindkey"))
     resource += _length_delimited(1, _attribute("host.name", hostname))
     scope = _string(1, "blindkey.audit") + _string(2, version)

@@ -64,7 +64,7 @@ async def test_an_otlp_outage_mid_load_loses_and_repeats_nothing(home: Paths) ->
     await receiver.start()
     try:
         async with open_env(home, shipping_to(receiver.url)) as env:
-            load = asyncio.create_task(calls(env, 300), name="calls")
+            load = asyncio.create_task(calls(env, 600), name="calls")
             await wait_for(lambda: len(receiver.bodies()) >= 30, what="the first records")
             receiver.answer = 503  # refuses: nothing of those batches counts as delivered
             refused_from = len(audit_lines(home.audit_dir))
