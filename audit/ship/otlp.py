@@ -91,6 +91,23 @@ _SEQ_KEY = _string(1, "blindkey.seq")
 _KEYS = {name: _string(1, f"blindkey.{name}") for name in ATTRIBUTES}
 
 
+@functools.lru_cache(maxsize=1024)
+def _repeated(name: str, value: str) -> bytes:
+    return _encode_attribute(name, value)
+
+
+def _encode_attribute(name: str, value: str) -> bytes:
+    pair = _KEYS[name] + _length_delimited(2, _string(1, value))
+    return b"\x32" + _varint(len(pair)) + pair
+
+
+def _attribute_field(name: str, value: str) -> bytes:
+    """attributes (6): a KeyValue; the values that repeat (event, decision, agent) once."""
+    if name == "request_id":
+        return _encode_attribute(name, value)
+    return _repeated(name, value)
+
+
 def log_record(record: Record, observed: bytes) -> bytes:
     """`observed`: observed_time_unix_nano, encoded once per batch."""
     values = record.values
@@ -103,11 +120,10 @@ def log_record(record: Record, observed: bytes) -> bytes:
         _BODY + _varint(len(body)) + body,
         b"\x32" + _varint(len(seq)) + seq,  # attributes (6)
     ]
-    for name, key in _KEYS.items():
+    for name in ATTRIBUTES:
         value = values.get(name)
         if isinstance(value, str):
-            pair = key + _length_delimited(2, _string(1, value))
-            parts.append(b"\x32" + _varint(len(pair)) + pair)
+            parts.append(_attribute_field(name, value))
     parts.append(observed)
     return b"".join(parts)
 
