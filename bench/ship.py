@@ -94,9 +94,15 @@ def ship(bench: Bench) -> None:
     for name in names:
         bench.wrk(name, CONNECTIONS, 1)  # warm-up
     rps: dict[str, list[float]] = {name: [] for name in names}
+    # The proxy's own CPU per request: the receivers' CPU, on the same two cores, is not
+    # blindkey's cost but does lower its req/s.
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for round_no in range(max(MIN_ROUNDS, bench.args.rounds)):
         for name in in_turn(names, round_no):
-            rps[name].append(bench.quiet_wrk(name, CONNECTIONS, bench.args.duration).rps)
+            result = bench.quiet_wrk(name, CONNECTIONS, bench.args.duration)
+            rps[name].append(result.rps)
+            if "proxy" in result.cpu_by_process:
+                cpu[name].append(result.cpu_by_process["proxy"])
     ratios = [a / b for a, b in zip(rps["ship_on"], rps["ship_off"], strict=True) if b]
     status = _caught_up(on, settings)
     bench.out["ship"] = {
@@ -104,6 +110,11 @@ def ship(bench: Bench) -> None:
         "rps_on": statistics.median(rps["ship_on"]),
         "rps_off": statistics.median(rps["ship_off"]),
         "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+        "proxy_cpu_us_per_request": {
+            name.removeprefix("ship_"): round(statistics.median(cpu[name]), 1)
+            for name in names
+            if cpu[name]
+        },
         "delivered": {d["destination"]: d["shipped_seq"] for d in status},
         "lag_records_after": {d["destination"]: d["lag_records"] for d in status},
         "errors": {d["destination"]: d["last_error"] for d in status},
@@ -117,11 +128,14 @@ def table_lines(report: Json) -> list[str]:
     if not row:
         return []
     ratio = row["ratio"]
+    cpu = row.get("proxy_cpu_us_per_request", {})
     lag = ", ".join(f"{k} {v}" for k, v in row["lag_records_after"].items())
     return [
         f"| req/s @{row['connections']}, audit shipping on / off (syslog + OTLP) | "
         f"{row['rps_on']:,.0f} / {row['rps_off']:,.0f} ({ratio['median']:.2f}x "
         f"({ratio['min']:.2f}-{ratio['max']:.2f})) |",
+        f"| audit shipping: proxy CPU per request on / off (us) | {cpu.get('on', '-')} / "
+        f"{cpu.get('off', '-')} |",
         f"| audit shipping: records delivered, lag after the load | "
         f"{', '.join(f'{k} {v:,}' for k, v in row['delivered'].items())}; lag {lag} |",
     ]
