@@ -141,7 +141,7 @@ async def test_an_outage_of_rsyslog_mid_load_loses_and_repeats_nothing(
     ca_file = str(receiver.workdir / "ca.pem") if tls else ""
     try:
         async with open_env(home, shipping_to(receiver.url, ca_file)) as env:
-            load = Load(env, 300)
+            load = Load(env, 800)
             await wait_for(lambda: len(receiver.received()) >= 50, what="the first records")
             await load.pause()
             lines = len(audit_lines(home.audit_dir))
