@@ -66,6 +66,7 @@ class AuditWriter:
         anchor: Callable[[int, str], Awaitable[None]] | None = None,
         checkpoint_every: int = 1000,
         observe: Callable[[dict[str, Any]], None] | None = None,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         self.path = audit_file(audit_dir)
         self.fsync = fsync
@@ -85,6 +86,8 @@ class AuditWriter:
         self.on_state = on_state
         # Given the chain's head now and then, to keep where this writer cannot rewrite it.
         self.anchor = anchor
+        # Told after each write (audit shipping: records to send).
+        self.on_written = on_written
         self.anchored = Head()
         # Shown every finished record (the proxy's metrics count them); never a value.
         self.observe = observe
@@ -238,6 +241,8 @@ class AuditWriter:
     def _written(self) -> None:
         if self._syncer is not None:
             self._syncer.written()
+        if self.on_written is not None:
+            self.on_written()
         if self._release_timer is None and self._loop is not None:
             self._release_timer = self._loop.call_later(RELEASE_INTERVAL, self._release)
 

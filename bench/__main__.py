@@ -19,7 +19,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import phases, proxy_mode, redaction, report, report_tables, rules, scale, scale_report
+from bench import (
+    phases,
+    proxy_mode,
+    redaction,
+    report,
+    report_tables,
+    rules,
+    scale,
+    scale_report,
+    ship,
+)
 from bench.harness import Bench
 from bench.tools import (
     RESULTS,
@@ -150,6 +160,7 @@ def main_rows(bench: Bench) -> None:
     phases.long_values(bench)
     out["redaction_mib_s"] = redaction.rates()
     out["proxy_mode"] = proxy_mode.from_bench(bench)
+    ship.ship(bench)
     phases.run_profile(bench)
     time.sleep(1.0)
     out["idle_rss_mb"]["after_load"] = bench.idle_rss(bench.blindkey)
@@ -183,7 +194,7 @@ def code_state() -> dict[str, object]:
 
 def finish(out: dict[str, Any]) -> int:
     out["summary"] = {"load": report.summarise_load(out.get("load", {}))}
-    out["targets"] = report.targets(out) if "load" in out else []
+    out["targets"] = report.targets(out) + ship.targets(out) if "load" in out else []
     if "scale" in out:
         out["scale"]["targets"] = scale_report.targets(out["scale"])
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

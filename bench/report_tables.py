@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import proxy_mode, rules
+from bench import proxy_mode, rules, ship
 from bench.report import LOAD_TARGETS, TARGETS, Json
 
 
@@ -211,6 +211,7 @@ def _single_figures(report: Json) -> list[str]:
         )
     lines.extend(_against_lines(report))
     lines.extend(rules.table_lines(report))
+    lines.extend(ship.table_lines(report))
     big = report.get("big")
     if big and "redacted_as_expected" in big.get("blindkey", {}):
         verdict = "yes" if big["blindkey"]["redacted_as_expected"] else "**no**"

@@ -348,3 +348,6 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument("--html", metavar="FILE", required=True, help="where to write the page")
     _window(p)
     p.set_defaults(handler=cmd_audit_report)
+    from blindkey.cli import ship  # the `audit ship` subtree lives in its own module
+
+    ship.add_commands(actions)

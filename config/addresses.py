@@ -44,3 +44,13 @@ def is_public(address: IPAddress) -> bool:
     return not any(
         address in network for network in _EXTRA_BLOCKED if network.version == address.version
     )
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback address: only processes of this machine can reach it."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -33,6 +33,8 @@ class _Table:
             raise ConfigError(f"{file}: [{name}] must be a table")
         self.file, self.name, self.table = file, name, table
         self.known: list[str] = []
+        # [audit.ship] is read as a table of its own, not as a key of [audit].
+        self.inner = {s.name.split(".", 1)[1] for s in _SECTIONS if s.name.startswith(name + ".")}
 
     def where(self, key: str = "") -> str:
         return f"{self.file}: [{self.name}] {key}: " if key else f"{self.file}: [{self.name}] "
@@ -52,7 +54,7 @@ class _Table:
 
     def finish(self) -> None:
         for key in self.table:
-            if key not in self.known:
+            if key not in self.known and key not in self.inner:
                 hint = difflib.get_close_matches(key, self.known, n=1)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ConfigError(
@@ -127,7 +129,9 @@ def _named(file: Path, section: Section, tables: object) -> dict[str, Any]:
 def _section(file: Path, section: Section, data: Mapping[str, Any]) -> Any:
     if section.named:
         return _named(file, section, data.get(section.name, {}))
-    table = data.get(section.name, {})
+    table: Any = data
+    for part in section.name.split("."):  # [audit.ship]: data["audit"]["ship"]
+        table = table.get(part, {}) if isinstance(table, dict) else {}
     if section.model is BackendSettings:
         return _backend(file, table)
     if section.model is OpenBaoSettings:
@@ -136,7 +140,7 @@ def _section(file: Path, section: Section, data: Mapping[str, Any]) -> Any:
 
 
 def parse_settings(file: Path, data: Mapping[str, Any]) -> Settings:
-    names = [section.name for section in _SECTIONS]
+    names = [section.name for section in _SECTIONS if "." not in section.name]
     for key in data:
         if key not in names:
             hint = difflib.get_close_matches(key, names, n=1)

@@ -13,10 +13,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from blindkey.config.addresses import is_loopback_host
 from blindkey.config.fields import Invalid, named_tables, setting, table
 from blindkey.config.hosts import AllowEntry
+from blindkey.config.outputs import MetricsSettings, NotifySettings, ShipSettings
 from blindkey.config.request_rules import (
     AgentPolicy,
     PolicySettings,
@@ -39,11 +40,9 @@ from blindkey.config.values import (
     PORT,
     POSITIVE,
     SIZE,
-    Kind,
     choice,
     string_list,
     text,
-    toml_value,
 )
 
 # \Z, not $: `$` also matches before a trailing newline.
@@ -61,16 +60,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _entry_text(entry: AllowEntry) -> str:
     return entry.text
-
-
-def is_loopback_host(host: str) -> bool:
-    """`localhost` or a loopback address: only processes of this machine can reach it."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -178,37 +167,6 @@ class ApprovalSettings:
         return {"controlled": self.controlled_ttl, "restricted": self.restricted_ttl}.get(tier)
 
 
-NOTIFY_FORMATS = ("json", "slack")
-
-
-@dataclass(frozen=True)
-class NotifySettings:
-    """How approvers are told that a call waits for them (broker/approvals/notify_approver.py)."""
-
-    desktop: bool = setting(BOOL, True, "notify-send / osascript where present")
-    webhook: str = setting(
-        text("a URL"),
-        "",
-        'URL: POST {"event","approval_id","agent","secret","host","method","path","approve"}',
-    )
-    format: str = setting(
-        choice(NOTIFY_FORMATS),
-        "json",
-        'json: the fields above; slack: {"text": ...} for Slack incoming webhooks',
-    )
-
-    def checked(self) -> NotifySettings:
-        if self.webhook:
-            try:
-                parts = urlsplit(self.webhook)
-                parts.port  # noqa: B018 -- a bad port raises here, not at the first notice
-            except ValueError as exc:
-                raise Invalid("webhook", f"not a URL: {exc}") from None
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise Invalid("webhook", "an absolute http(s) URL is required")
-        return self
-
-
 @dataclass(frozen=True)
 class AuditSettings:
     # fsync each group of records; off trades crash safety of the last records for speed
@@ -222,35 +180,6 @@ class AuditSettings:
         "sign the chain's head (Ed25519) every this many records, and at rotation",
         doc="how often the audit's writer signs the chain's head (`event: checkpoint`); "
         "`audit verify --file` checks a copy up to its last checkpoint",
-    )
-
-
-def _metrics_listen(value: object) -> str:
-    """`[metrics] listen`: empty (off) or a loopback `host:port` (metrics are not for other
-    machines: scrape them through a local agent)."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string like 127.0.0.1:9465, got {value!r}")
-    if not value:
-        return value
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port such as 127.0.0.1:9465, got {value!r}")
-    if not is_loopback_host(host):
-        raise ValueError(
-            f"{value!r} is not a loopback address: the metrics listener serves this machine "
-            "only (use 127.0.0.1 or [::1])"
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class MetricsSettings:
-    listen: str = setting(
-        Kind(_metrics_listen, toml_value, "loopback `host:port`"),
-        "",
-        "e.g. 127.0.0.1:9465: Prometheus text at /metrics (loopback only)",
-        doc="where the proxy serves Prometheus metrics at `/metrics` (empty: off); a "
-        "loopback address only, read at start",
     )
 
 
@@ -326,6 +255,10 @@ class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings, metadata=table("broker"))
     audit: AuditSettings = field(default_factory=AuditSettings, metadata=table("audit"))
     metrics: MetricsSettings = field(default_factory=MetricsSettings, metadata=table("metrics"))
+    audit_ship: ShipSettings = field(
+        default_factory=ShipSettings,
+        metadata=table("audit.ship", comment="copies of the audit for a SIEM (empty: none)"),
+    )
     approvals: ApprovalSettings = field(
         default_factory=ApprovalSettings,
         metadata=table("approvals", comment="how long a grant lasts (and the most --for asks)"),

@@ -4,6 +4,7 @@ from here.
 
     audit writer --on_state--> status file <--on_reloaded-- runtime
     audit writer --anchor----> broker (through the runtime's authoriser)
+    audit writer --on_written--> audit shipping (records to send)
     supervisor   --on_state--> status file
     authoriser   --on_invalidate--> runtime (config.toml re-read)
     authoriser   --on_approval----> calls waiting for a human (runtime.waits)
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from blindkey.audit.ship.shipping import Shipping
 from blindkey.audit.writer import AuditWriter
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
@@ -31,6 +33,7 @@ class ProxyParts:
     supervisor: BrokerSupervisor | ExternalBroker
     status: ProxyStatus
     calls: CallMetrics
+    shipping: Shipping
 
 
 def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
@@ -46,6 +49,7 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
 
     audit_settings = settings.audit
     calls = CallMetrics()
+    shipping = Shipping(paths.audit_dir, settings.audit_ship, sync=audit_settings.fsync)
     audit = AuditWriter(
         paths.audit_dir,
         fsync=audit_settings.fsync,
@@ -55,6 +59,7 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
         on_state=status.write,
         anchor=anchor,
         observe=observer(settings.metrics.listen, calls),
+        on_written=shipping.wake,
     )
     runtime = ProxyRuntime(paths, settings, audit, on_reloaded=status.write)
     socket_path = paths.broker_socket_at(settings.broker.socket)
@@ -64,4 +69,4 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
         if settings.broker.socket
         else BrokerSupervisor(socket_path, status.broker)
     )
-    return ProxyParts(audit, runtime, supervisor, status, calls)
+    return ProxyParts(audit, runtime, supervisor, status, calls, shipping)

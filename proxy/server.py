@@ -91,6 +91,7 @@ class ProxyServer:
         self.supervisor, self.status = parts.supervisor, parts.status
         self.calls = parts.calls
         self.metrics: MetricsListener | None = None
+        self.shipping = parts.shipping
         self._runner: web.ServerRunner | None = None
         self.guard: ConnectionGuard | None = None
         # How long the calls of an unidentified caller are counted before their summary.
@@ -125,6 +126,7 @@ class ProxyServer:
         self.runtime.set_port(self.port)
         try:
             await self.audit.start()
+            self.shipping.start()
             await self.supervisor.start()
             await self.runtime.check_broker()
             self.runtime.open_upstream()
@@ -236,6 +238,7 @@ class ProxyServer:
         await self.supervisor.stop()
         await self.runtime.close()
         await self.audit.close()
+        await asyncio.to_thread(self.shipping.stop)  # what the audit took, shipped if it can be
 
 
 async def serve(

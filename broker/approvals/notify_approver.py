@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from blindkey.audit.events import append_event
 from blindkey.broker.approvals.events import NOTICES, ApprovalEvents, Event
-from blindkey.config.model import NotifySettings
+from blindkey.config.outputs import NotifySettings
 
 log = logging.getLogger("blindkey.broker")
 

@@ -20,8 +20,8 @@ from multidict import CIMultiDictProxy
 from blindkey.audit.coalesce import Coalescer
 from blindkey.audit.record import AuditRecord
 from blindkey.broker.protocol import BrokerDenied, BrokerUnavailable, ProtocolError
+from blindkey.config.addresses import is_loopback_host
 from blindkey.config.errors import BlindkeyError
-from blindkey.config.model import is_loopback_host
 from blindkey.proxy.connections import ConnectionGuard, peer_address, peer_key
 from blindkey.proxy.errors import (
     REQUEST_ID_HEADER,

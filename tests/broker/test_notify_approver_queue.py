@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from blindkey.broker.approvals.notify_approver import ApproverNotifier
-from blindkey.config.model import NotifySettings
+from blindkey.config.outputs import NotifySettings
 from blindkey.config.paths import Paths
 from tests.approvals_helpers import cli
 from tests.broker.approvals.watch_helpers import eventually

@@ -30,12 +30,11 @@ from blindkey.config.model import (
     ApprovalSettings,
     AuditSettings,
     LimitSettings,
-    MetricsSettings,
-    NotifySettings,
     ProxySettings,
     Route,
     Settings,
 )
+from blindkey.config.outputs import MetricsSettings, NotifySettings, ShipSettings
 from blindkey.config.paths import resolve_paths
 from blindkey.config.request_rules import AgentPolicy, PolicySettings, parse_rate
 from blindkey.config.secrets_table import SecretPolicy
@@ -49,7 +48,9 @@ from blindkey.config.stores import (
 from blindkey.config.template import DEFAULT_CONFIG, declared_keys, render
 
 ROOT = Path(__file__).resolve().parents[2]
-_HEADER = re.compile(r"^(?:# )?\[([A-Za-z_]+)(?:\.[^\]]+)?\]")
+_HEADER = re.compile(r"^(?:# )?\[([A-Za-z_]+)((?:\.[^\]]+)?)\]")
+# Tables inside a table ([audit.ship]), as opposed to one table per name ([secrets.NAME]).
+_INNER = {section.name for section in sections(Settings) if "." in section.name}
 _KEY_LINE = re.compile(r"^(?:# )?([A-Za-z_]+) = ")
 
 
@@ -59,7 +60,8 @@ def template_keys(text: str) -> dict[str, list[str]]:
     table = ""
     for line in text.splitlines():
         if header := _HEADER.match(line):
-            table = header.group(1)
+            table = header.group(1) + header.group(2)
+            table = table if table in _INNER else header.group(1)
             found.setdefault(table, [])
         elif (key := _KEY_LINE.match(line)) and table:
             found[table].append(key.group(1))
@@ -109,6 +111,7 @@ def everything_changed(tmp_path: Path) -> Settings:
         broker=BrokerSettings("/run/blindkey/broker.sock", (0, 1001), (1002,)),
         audit=AuditSettings(False, 8, 7, 500),
         metrics=MetricsSettings("127.0.0.1:9465"),
+        audit_ship=ShipSettings("tls://siem.example.com:6514", "http://otel:4318", str(ca)),
         approvals=ApprovalSettings(3600.0, 300.0, 600.0),
         notify=NotifySettings(False, "https://ntfy.example/blindkey-approvals", "slack"),
         allowlist=AllowlistSettings(
