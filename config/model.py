@@ -254,11 +254,12 @@ class Settings:
     )
     broker: BrokerSettings = field(default_factory=BrokerSettings, metadata=table("broker"))
     audit: AuditSettings = field(default_factory=AuditSettings, metadata=table("audit"))
-    metrics: MetricsSettings = field(default_factory=MetricsSettings, metadata=table("metrics"))
     audit_ship: ShipSettings = field(
         default_factory=ShipSettings,
         metadata=table("audit.ship", comment="copies of the audit for a SIEM (empty: none)"),
     )
+    # After [audit.ship]: a table between [audit] and [audit.ship] splits [audit] in two.
+    metrics: MetricsSettings = field(default_factory=MetricsSettings, metadata=table("metrics"))
     approvals: ApprovalSettings = field(
         default_factory=ApprovalSettings,
         metadata=table("approvals", comment="how long a grant lasts (and the most --for asks)"),

@@ -5,9 +5,12 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import tomlkit
 from hypothesis import given
 from hypothesis import strategies as st
+from tomlkit.items import Table
 
+from blindkey.config.edit import toml_table
 from blindkey.config.loader import parse_duration, parse_settings, parse_size
 from blindkey.config.model import Settings
 from blindkey.config.template import DEFAULT_CONFIG, toml_duration, toml_size
@@ -30,3 +33,12 @@ def test_durations_round_trip(count: int, unit: float) -> None:
 @given(st.integers(1, 2**40))
 def test_sizes_round_trip(size: int) -> None:
     assert parse_size(tomllib.loads(f"s = {toml_size(size)}")["s"]) == size
+
+
+def test_each_table_of_the_default_file_is_one_table_the_cli_can_edit() -> None:
+    """A table written between `[audit]` and `[audit.ship]` would split `[audit]` in two:
+    valid TOML, but tomlkit then hands the CLI's edits a proxy, not the table."""
+    document = tomlkit.parse(DEFAULT_CONFIG)
+    for name in ("audit", "audit.ship", "metrics", "notify", "policy"):
+        table = toml_table(document, *name.split("."))
+        assert isinstance(table, Table), name
