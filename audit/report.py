@@ -202,7 +202,9 @@ def _verdict(verdict: Verdict) -> str:
     return f"<p class=bad>Chain broken at seq {verdict.bad_seq}: {escape(verdict.reason or '')}</p>"
 
 
-def render(data: ReportData, verdict: Verdict, window: str) -> str:
+def sections(data: ReportData, verdict: Verdict) -> str:
+    """The report's body: the chain's verdict, the counts, the chart, the tables and the
+    flagged records (`audit report --html` and the approvers' page show the same)."""
     summary = data.summary
     total = summary.total
     cards = "".join(
@@ -217,15 +219,21 @@ def render(data: ReportData, verdict: Verdict, window: str) -> str:
             ("other events", f"{sum(summary.events.values()) - total.calls:,}"),
         )
     )
+    return (
+        f"{_verdict(verdict)}<div class=cards>{cards}</div>"
+        f"<h2>Calls over time</h2>{_chart(data.points)}"
+        f"{_table('Per secret', summary.by_secret)}{_table('Per agent', summary.by_agent)}"
+        f"{_flagged(data.flagged, data.flagged_count)}"
+    )
+
+
+def render(data: ReportData, verdict: Verdict, window: str) -> str:
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<title>blindkey audit report</title><style>{STYLE}</style></head><body>"
         f"<h1>blindkey audit report</h1><p class=muted>{escape(window)}; made {made}</p>"
-        f"{_verdict(verdict)}<div class=cards>{cards}</div>"
-        f"<h2>Calls over time</h2>{_chart(data.points)}"
-        f"{_table('Per secret', summary.by_secret)}{_table('Per agent', summary.by_agent)}"
-        f"{_flagged(data.flagged, data.flagged_count)}"
+        f"{sections(data, verdict)}"
         f"{_events(data.events, data.events_count)}</body></html>\n"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -20,13 +19,11 @@ from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.paths import Paths
 
 if TYPE_CHECKING:
-    from blindkey.audit.chain import Head
     from blindkey.audit.reader import Filter
     from blindkey.audit.summary import Summary
     from blindkey.audit.verify import Verdict
 
 
-ANCHOR_TIMEOUT = 3.0
 PROGRESS_AFTER = 1.0  # seconds before a long listing starts saying how far it is
 
 
@@ -50,38 +47,9 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _ask_broker(paths: Paths) -> Head | None:
-    from blindkey.audit.chain import Head
-    from blindkey.broker.link import ask
-    from blindkey.broker.protocol import BrokerUnavailable
-
-    try:
-        reply = ask(paths, "audit_anchor", timeout=ANCHOR_TIMEOUT)
-    except BrokerUnavailable:
-        return None
-    seq, chain = reply.get("seq"), reply.get("chain")
-    if isinstance(seq, int) and isinstance(chain, str):
-        return Head(seq, chain)
-    return None
-
-
-def broker_anchor(paths: Paths) -> tuple[Head | None, str]:
-    """The broker's anchor, and where it came from: the running broker, else its file."""
-    from blindkey.audit.anchor import ANCHOR_FILE
-    from blindkey.audit.chain import Head
-
-    head = _ask_broker(paths)
-    if head is not None:
-        return head, "broker"
-    with contextlib.suppress(OSError, ValueError):
-        data = orjson.loads((paths.state_dir / ANCHOR_FILE).read_bytes())
-        if isinstance(data.get("seq"), int) and isinstance(data.get("chain"), str):
-            return Head(data["seq"], data["chain"]), "file"
-    return None, "none"
-
-
 def check(paths: Paths, progress: Callable[[int], None] | None = None) -> Verdict:
     from blindkey.audit.verify import verify
+    from blindkey.broker.audit_anchor import broker_anchor
 
     anchor, _ = broker_anchor(paths)
     return verify(paths.audit_dir, anchor, progress)
@@ -89,6 +57,7 @@ def check(paths: Paths, progress: Callable[[int], None] | None = None) -> Verdic
 
 def cmd_audit_verify(paths: Paths, args: argparse.Namespace) -> int:
     from blindkey.audit.verify import verify
+    from blindkey.broker.audit_anchor import broker_anchor
 
     if args.file is not None:
         return verify_copy_command(paths, args)

@@ -1,7 +1,8 @@
 """The hardened deployment whose agent's user may reach the broker's socket (listed in
-`[broker] release_uids` for `exec`): its approvals attempts through the real CLI are
-refused, and each refusal is on the broker's record as SECURITY.md promises
-(`code_refused`, reason `not_broker_user`). Real users, blindkey from its wheel."""
+`[broker] release_uids` for `exec`): its approvals attempts through the real CLI (watching
+the pending list included) are refused, and each refusal is on the broker's record as
+SECURITY.md promises (`code_refused`, reason `not_broker_user`).
+Real users, blindkey from its wheel."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def test_the_agents_approvals_attempts_are_refused_on_the_record(
         "approve": ["approve", "GH", "--code", "123456"],
         "enroll": ["totp", "enroll", "--approver", "evil", "--json"],
         "revoke": ["grants", "revoke", "--all"],
+        # Whose requests wait, and when a human is away, are the human's to see.
+        "watch": ["approvals", "watch", "--json"],
     }
     for args in attempts.values():
         run = as_agent(hardened, agent_home, "-m", "blindkey.cli", *args)

@@ -17,7 +17,7 @@ from blindkey.audit.chain import Head
 from blindkey.audit.store import audit_file, head_of_file
 from blindkey.audit.verify import verify
 from blindkey.audit.writer import ANCHOR_INTERVAL
-from blindkey.cli.audit import broker_anchor
+from blindkey.broker.audit_anchor import broker_anchor
 from blindkey.config.edit import toml_table
 from blindkey.config.paths import Paths
 from blindkey.proxy.request import pipeline
