@@ -58,27 +58,15 @@ def everything_received(receiver: Rsyslog, audit_dir: Path) -> bool:
     return len(receiver.received()) >= len(audit_lines(audit_dir))
 
 
-async def test_records_reach_rsyslog_over_tcp_once_each_in_order(
-    home: Paths, tmp_path: Path
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+async def test_records_reach_rsyslog_once_each_in_order(
+    home: Paths, tmp_path: Path, tls: bool
 ) -> None:
-    receiver = Rsyslog(tmp_path / "rsyslog")
+    """Over TCP, and over TLS verified against the configured CA file."""
+    receiver = Rsyslog(tmp_path / "rsyslog", tls=trustme.CA() if tls else None)
     await receiver.start()
     try:
-        async with open_env(home, shipping_to(receiver.url)) as env:
-            await calls(env, 30)
-            await wait_for(lambda: everything_received(receiver, home.audit_dir), what="records")
-        messages_match_the_audit(receiver, home.audit_dir)
-    finally:
-        await receiver.stop()
-
-
-async def test_records_reach_rsyslog_over_tls_verified_against_the_ca_file(
-    home: Paths, tmp_path: Path
-) -> None:
-    receiver = Rsyslog(tmp_path / "rsyslog", tls=trustme.CA())
-    await receiver.start()
-    try:
-        ca_file = str(receiver.workdir / "ca.pem")
+        ca_file = str(receiver.workdir / "ca.pem") if tls else ""
         async with open_env(home, shipping_to(receiver.url, ca_file)) as env:
             await calls(env, 30)
             await wait_for(lambda: everything_received(receiver, home.audit_dir), what="records")
