@@ -35,6 +35,14 @@ def refreshing(url: str, name: str = "GOOGLE") -> str:
     return f'\n[secrets.{name}]\nkind = "oauth2"\ntoken_url = "{url}"\nclient_id = "{CLIENT_ID}"\n'
 
 
+def google(home: Paths, token_server: TokenServer) -> str:
+    """GOOGLE, an oauth2 secret refreshed at the token server (allowlisted), stored with its
+    first refresh token; the agent's token."""
+    agent = configure(home, refreshing(token_server.url), [token_server.url[:-6]])
+    store(home, GOOGLE=FIRST_REFRESH)
+    return agent
+
+
 def client_credentials(url: str, auth: str) -> str:
     return (
         f'\n[secrets.SVC]\nkind = "oauth2"\ngrant = "client_credentials"\ntoken_url = "{url}"\n'
@@ -68,8 +76,7 @@ async def test_refresh_token_rotated_on_every_use(
     home: Paths, brokers: Brokers, token_server: TokenServer
 ) -> None:
     clock = Clock()
-    agent = configure(home, refreshing(token_server.url), [token_server.url[:-6]])
-    store(home, GOOGLE=FIRST_REFRESH)
+    agent = google(home, token_server)
     server = await started(brokers, home, clock)
     client = brokers.client(server)
     placeholder = (await client.call("placeholders", env="development"))["placeholders"]
@@ -96,8 +103,7 @@ async def test_kept_until_a_minute_before_expiry(
     home: Paths, brokers: Brokers, token_server: TokenServer
 ) -> None:
     clock = Clock()
-    agent = configure(home, refreshing(token_server.url), [token_server.url[:-6]])
-    store(home, GOOGLE=FIRST_REFRESH)
+    agent = google(home, token_server)
     server = await started(brokers, home, clock)
     client = brokers.client(server)
     first = (await resolve(client, agent, "GOOGLE"))["values"]["GOOGLE"]
@@ -117,8 +123,7 @@ async def test_kept_until_a_minute_before_expiry(
 async def test_two_callers_at_once_one_fetch(
     home: Paths, brokers: Brokers, token_server: TokenServer
 ) -> None:
-    agent = configure(home, refreshing(token_server.url), [token_server.url[:-6]])
-    store(home, GOOGLE=FIRST_REFRESH)
+    agent = google(home, token_server)
     server = await started(brokers, home)
     token_server.fault = "hold"
     calls = [
@@ -136,8 +141,7 @@ async def test_two_callers_at_once_one_fetch(
 async def test_restart_keeps_the_rotated_refresh_token(
     home: Paths, brokers: Brokers, token_server: TokenServer
 ) -> None:
-    agent = configure(home, refreshing(token_server.url), [token_server.url[:-6]])
-    store(home, GOOGLE=FIRST_REFRESH)
+    agent = google(home, token_server)
     first = await started(brokers, home)
     await resolve(brokers.client(first), agent, "GOOGLE")
     await brokers.stop(first)
