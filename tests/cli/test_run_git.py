@@ -9,21 +9,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trustme
 from aiohttp import web
 
-from blindkey.broker.vault import FileVault
-from blindkey.config.edit import edit_config, string_array, toml_table
 from blindkey.config.paths import Paths
-from tests.cli.test_run_proxy_mode import HOST, blindkey
+from tests.cli.test_run_proxy_mode import HOST, blindkey, proxy_for, upstream_tls
 from tests.proxy.conftest import SECRET
 
 USER = "x-access-token"
@@ -97,11 +92,7 @@ async def served(home: Paths, tmp_path: Path) -> AsyncIterator[Served]:
     git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "one", cwd=source)
     git("clone", "-q", "--bare", str(source), str(root / "repo.git"))
 
-    ca = trustme.CA()
-    upstream_ca = tmp_path / "upstream-ca.pem"
-    ca.cert_pem.write_to_path(str(upstream_ca))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(HOST).configure_cert(context)
+    upstream_ca, context = upstream_tls(tmp_path)
     app = web.Application()
     app[ROOT], app[SEEN] = root, []
     app.router.add_route("*", "/{tail:.*}", backend)
@@ -109,22 +100,10 @@ async def served(home: Paths, tmp_path: Path) -> AsyncIterator[Served]:
     await runner.setup()
     await web.TCPSite(runner, HOST, 0, ssl_context=context).start()
     port = int(runner.addresses[0][1])
-
-    def configure(document: Any) -> None:
-        toml_table(document, "allowlist")["hosts"] = string_array([f"https://{HOST}:{port}"])
-        toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
-        toml_table(document, "secrets", "GIT_TOKEN")["hosts"] = string_array(
-            [f"https://{HOST}:{port}"]
-        )
-
-    edit_config(home.config_file, home.lock_file, configure)
-    FileVault(home).set("development", "GIT_TOKEN", SECRET)
-    status, _, err = await blindkey(home, "proxy", "start", "--port", "0")
-    assert status == 0, err
     try:
-        yield Served(home, port, app, tmp_path / "work")
+        async with proxy_for(home, "GIT_TOKEN", port, upstream_ca):
+            yield Served(home, port, app, tmp_path / "work")
     finally:
-        await blindkey(home, "proxy", "stop")
         await runner.cleanup()
 
 

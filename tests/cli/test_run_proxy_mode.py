@@ -10,6 +10,7 @@ import os
 import ssl
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,30 +57,44 @@ async def blindkey(
     return process.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def setup(home: Paths, tmp_path: Path) -> AsyncIterator[Setup]:
+def upstream_tls(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A trustme CA's certificate file (the proxy's `ca_file`) and a server context for HOST."""
     ca = trustme.CA()
     upstream_ca = tmp_path / "upstream-ca.pem"
     ca.cert_pem.write_to_path(str(upstream_ca))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(HOST).configure_cert(context)
-    upstream, port = await start_tls_upstream(context, HOST)
+    return upstream_ca, context
+
+
+@asynccontextmanager
+async def proxy_for(home: Paths, secret: str, port: int, upstream_ca: Path) -> AsyncIterator[None]:
+    """A detached proxy that trusts `upstream_ca`, with `secret` bound to HOST:`port`."""
+    origin = f"https://{HOST}:{port}"
 
     def configure(document: Any) -> None:
-        toml_table(document, "allowlist")["hosts"] = string_array([f"https://{HOST}:{port}"])
+        toml_table(document, "allowlist")["hosts"] = string_array([origin])
         toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
-        toml_table(document, "secrets", "GITHUB_TOKEN")["hosts"] = string_array(
-            [f"https://{HOST}:{port}"]
-        )
+        toml_table(document, "secrets", secret)["hosts"] = string_array([origin])
 
     edit_config(home.config_file, home.lock_file, configure)
-    FileVault(home).set("development", "GITHUB_TOKEN", SECRET)
+    FileVault(home).set("development", secret, SECRET)
     status, _, err = await blindkey(home, "proxy", "start", "--port", "0")
     assert status == 0, err
     try:
-        yield Setup(home, upstream, port)
+        yield
     finally:
         await blindkey(home, "proxy", "stop")
+
+
+@pytest.fixture
+async def setup(home: Paths, tmp_path: Path) -> AsyncIterator[Setup]:
+    upstream_ca, context = upstream_tls(tmp_path)
+    upstream, port = await start_tls_upstream(context, HOST)
+    try:
+        async with proxy_for(home, "GITHUB_TOKEN", port, upstream_ca):
+            yield Setup(home, upstream, port)
+    finally:
         await upstream.cleanup()
 
 
