@@ -92,7 +92,7 @@ def _bind(config: Path, host: str, upstream_ca: Path | None) -> None:
     config.write_text(text + f'\n[secrets.GH]\nhosts = ["{host}"]\n')
 
 
-def test_agent_cannot_read_the_ca_key_and_proxy_mode_still_works(
+def test_agent_cannot_read_the_ca_key_and_proxy_mode_still_works(  # and the audit's signing key
     deployment: Deployment,
     broker_service: subprocess.Popen[bytes],
     tls_upstream: tuple[Upstream, Path],
@@ -107,12 +107,7 @@ def test_agent_cannot_read_the_ca_key_and_proxy_mode_still_works(
     deployment.blindkey(PROXY, proxy_home, "allowlist", "add", host)
 
     ca_path = Path(deployment.blindkey(PROXY, proxy_home, "ca", "path").strip())
-    key = ca_path.with_name("ca.key")
-    mode = key.stat()
-    assert pwd.getpwuid(mode.st_uid).pw_name == PROXY and stat.S_IMODE(mode.st_mode) == 0o600
-    for user in (AGENT, BROKER):
-        read = deployment.run(user, "cat", str(key), check=False)
-        assert read.returncode != 0 and "Permission denied" in read.stderr, (user, read)
+    _private_to_the_proxy(deployment, ca_path.with_name("ca.key"))
     # The certificate is public: the administrator hands it to the agent's user.
     handed = deployment.base / "blindkey-ca.pem"
     shutil.copyfile(ca_path, handed)
@@ -135,3 +130,16 @@ def test_agent_cannot_read_the_ca_key_and_proxy_mode_still_works(
     assert upstream.seen == [f"Bearer {VALUE}"]
     assert json.loads(called.stdout) == {"authorization": "Bearer [REDACTED:GH]"}
     assert VALUE not in called.stdout + called.stderr
+    # The audit's signing key, made by the proxy's writer at start: whoever reads it could
+    # sign a forged copy of the audit.
+    _private_to_the_proxy(deployment, proxy_home / "audit" / "checkpoint.key")
+
+
+def _private_to_the_proxy(deployment: Deployment, key: Path) -> None:
+    """Owned by the proxy's user, 0600, and neither the agent's nor the broker's user can
+    read it."""
+    mode = key.stat()
+    assert pwd.getpwuid(mode.st_uid).pw_name == PROXY and stat.S_IMODE(mode.st_mode) == 0o600
+    for user in (AGENT, BROKER):
+        read = deployment.run(user, "cat", str(key), check=False)
+        assert read.returncode != 0 and "Permission denied" in read.stderr, (user, read)
