@@ -37,7 +37,8 @@ async def relay(
     meter: Meter | None = None,
 ) -> web.StreamResponse:
     """Write `upstream`'s answer to the agent. Raises UpstreamError while nothing is sent.
-    `meter` sees what the agent gets (an LLM answer's usage)."""
+    `meter` reads the answer as the upstream sent it, decoded but before redaction (an LLM
+    answer's usage: proxy/request/usage.py redacts the one text it keeps, the model name)."""
     refused = undecodable(upstream.codings)
     if refused is not None:
         raise ProxyError(
