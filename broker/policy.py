@@ -19,6 +19,7 @@ from typing import Any
 
 from blindkey.broker.approvals.model import RANK, ApprovalsState, Floor
 from blindkey.broker.approvals.service import Approvals
+from blindkey.broker.oversight import oversight_changes, oversight_view
 from blindkey.broker.vault import read_sealed, write_sealed
 from blindkey.config.atomic import locked
 from blindkey.config.errors import BlindkeyError, ConfigError
@@ -57,7 +58,8 @@ def rules_view(policy: SecretPolicy | AgentPolicy) -> View:
 
 
 def policy_view(settings: Settings) -> View:
-    """The fields of config.toml that decide what an agent can reach (never a value)."""
+    """The fields of config.toml that decide what an agent can reach, and where the audit's
+    copies and approvers' notices go (never a value; broker/oversight.py)."""
     return {
         "allowlist": sorted(e.text for e in settings.allowlist.entries),
         "private_ranges": sorted(str(n) for n in settings.allowlist.private_ranges),
@@ -73,6 +75,7 @@ def policy_view(settings: Settings) -> View:
         "agents": {name: agent_view(p) for name, p in sorted(settings.agents.items())},
         "policy_mode": settings.request_policy.mode,
         "prices": {m: [p.input, p.output] for m, p in sorted(settings.prices.items())},
+        **oversight_view(settings),
     }
 
 
@@ -158,7 +161,7 @@ def widenings(before: View, after: View, held: Held) -> list[str]:
     for name, route in after["routes"].items():
         if before["routes"].get(name) != route:
             found.append(f"route {name} sends {route['secret']} to {route['to']}")
-    return found
+    return found + oversight_changes(before, after)
 
 
 def changed_keys(before: View, after: View) -> tuple[list[str], View, View]:

@@ -132,3 +132,29 @@ async def test_an_allowlist_added_by_hand_stays_out_until_approved(bound: Env) -
         assert status == 200
     finally:
         await other.cleanup()
+
+
+async def test_where_audit_copies_and_notices_go_waits_for_a_code(bound: Env) -> None:
+    """Re-pointing the approvers' webhook (or the SIEM's copy) is how an agent that writes
+    config.toml would act unseen: a change of [notify] or [audit.ship] waits for a code,
+    and the record names it without the webhook's path, which is its credential."""
+    approver = await _enrol()
+    text = bound.paths.config_file.read_text()
+    hook = "https://hooks.example.com/services/T0/B0/Sekrit0Path"
+    assert 'webhook = ""' in text
+    pointed = text.replace('webhook = ""', f'webhook = "{hook}"', 1)
+    bound.paths.config_file.write_text(pointed)
+    assert await bound.server.reload() is False
+    error = str(_status(bound)["config_error"])
+    assert "[notify] webhook changes" in error and "Sekrit0Path" not in error
+    (reload,) = audit_events(bound.paths.audit_dir, "config")[-1:]
+    assert reload["refused"] is True and "notify" in reload["names"]
+    assert reload["after"]["notify"]["webhook"].startswith("https://hooks.example.com/... (")
+    assert not any("Sekrit0Path" in p.read_text() for p in bound.paths.audit_dir.glob("*.jsonl"))
+    code, _, err = await acli("config", "approve", "--code", approver.code())
+    assert code == 0, err
+    assert await bound.server.reload() is True
+    # Sending the notices nowhere again is as much a change as pointing them elsewhere.
+    bound.paths.config_file.write_text(text)
+    assert await bound.server.reload() is False
+    assert "[notify] webhook changes" in str(_status(bound)["config_error"])
