@@ -174,9 +174,6 @@ class RuleSet:
         }
         if spend is None:
             self.budgets = {}
-        rates = {s.where: s.rate.text for s in (*self.secrets.values(), *self.agents.values())
-                 if s.rate is not None}  # fmt: skip
-        limiter.keep(lambda key: rates.get(key[0]) == key[2])
 
     @classmethod
     def empty(
@@ -186,7 +183,13 @@ class RuleSet:
         return cls(Settings(), Limiter(clock, file), spend)
 
     def reload(self, settings: Settings) -> RuleSet:
-        return RuleSet(settings, self.limiter, self.spend)
+        """The rules of `settings`, with the buckets of the rates it kept (and those read
+        from rates.json at start, until the first load says which rates exist)."""
+        rules = RuleSet(settings, self.limiter, self.spend)
+        rates = {s.where: s.rate.text for s in (*rules.secrets.values(), *rules.agents.values())
+                 if s.rate is not None}  # fmt: skip
+        self.limiter.keep(lambda key: rates.get(key[0]) == key[2])
+        return rules
 
     def _scopes(self, agent: str, names: Iterable[str]) -> list[Scope]:
         return [s for s in (self.agents.get(agent), *map(self.secrets.get, names)) if s]

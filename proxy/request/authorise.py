@@ -115,7 +115,6 @@ class Authoriser:
         epoch = self.broker.connection_epoch
         if epoch != self._resolutions_epoch or not self.broker.connected:
             self.forget()
-            self.leases.unspent.clear()  # another broker: it knows none of these leases
             self._resolutions_epoch = epoch
             self.on_invalidate()
 
