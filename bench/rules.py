@@ -46,6 +46,13 @@ def compare(bench: Bench) -> None:
     bench.out["rules"] = {n: summarise(runs, n) for n in names}
 
 
+def alone(bench: Bench) -> None:
+    """`--only rules`: the bench's own proxy and upstreams, then these rows and no other."""
+    bench.start_all()
+    bench.preflight()
+    compare(bench)
+
+
 def _start(bench: Bench, name: str, rules: dict[str, Any]) -> bool:
     home = bench.home.copy(bench.work / f"home-{name}")
     bench.homes.append(home)

@@ -218,11 +218,16 @@ class LeaseHolder:
     def give_back(self, lease_id: str, calls: int) -> None:
         self.unspent.append((lease_id, calls))
 
+    def release(self, pool: str) -> None:
+        """What `pool` holds goes back (with the next request for a lease)."""
+        for held in self.pools.pop(pool, ()):
+            if held.left > 0:
+                self.unspent.append((held.lease_id, held.left))
+
     def release_all(self) -> None:
         """Policy changed: nothing leased is spent again; what is left goes back."""
-        for held in self.pools.values():
-            self.unspent.extend((h.lease_id, h.left) for h in held if h.left > 0)
-        self.pools.clear()
+        for pool in list(self.pools):
+            self.release(pool)
 
     def returns(self) -> list[list[object]]:
         """What to give back, once: the wire form of a resolve's `settle`."""

@@ -72,6 +72,9 @@ class Authoriser:
         # Counted by a rate: the answer, and the pool whose leased calls it spends.
         self._leased: dict[PerRequest, tuple[Resolution, str]] = {}
         self.leases = LeaseHolder()
+        # (token, names) -> their pool: calls it holds go back before the broker decides
+        # another request of theirs, so it never refuses a call this proxy holds calls for.
+        self._pool_of: dict[tuple[str | None, tuple[str, ...]], str] = {}
         self._resolutions_epoch = -1
         self._invalidations = 0
         # sha256 of the config.toml text the broker serves (its approved policy).
@@ -171,6 +174,8 @@ class Authoriser:
         self.leases.add(pool, lease_id, calls, float(lease["seconds"]))
         if len(self._leased) >= MAX_CACHED_RESOLUTIONS:
             self._leased.clear()
+            self._pool_of.clear()
+        self._pool_of[request[0][:2]] = pool
         self._leased[request] = (resolution, pool)
         return LEASED
 
@@ -199,6 +204,9 @@ class Authoriser:
         self, token: str | None, names: list[str], host: str, scheme: str, port: int,
         method: str, path: str,
     ) -> tuple[Resolution, str, Message | None]:  # fmt: skip
+        pool = self._pool_of.get((token, tuple(names)))
+        if pool is not None:
+            self.leases.release(pool)
         unspent = self.leases.returns()  # given back with this call, or never
         reply = await self.broker.call(
             "resolve", token=token, names=names, host=host, scheme=scheme, port=port,

@@ -66,17 +66,17 @@ class World:
         await self.proxy.close()
         await self.brokers.stop(self.server)
 
-    async def call(self, agent: str = "claude") -> BrokerDenied | Grant:
+    async def call(self, agent: str = "claude", path: str = "/user") -> BrokerDenied | Grant:
         assert self.proxy is not None
         token = self.tokens[agent]
         self.proxy.catch_up()  # as the pipeline does before each call
         _, _, answer = await self.proxy.resolve(
-            token, ["GH"], "api.github.com", "https", 443, "GET", "/user"
+            token, ["GH"], "api.github.com", "https", 443, "GET", path
         )
         return answer
 
-    async def burst(self, calls: int, agent: str = "claude") -> list[bool]:
-        return [isinstance(await self.call(agent), Grant) for _ in range(calls)]
+    async def burst(self, calls: int, agent: str = "claude", path: str = "/user") -> list[bool]:
+        return [isinstance(await self.call(agent, path), Grant) for _ in range(calls)]
 
     async def configure(self, rate: str, mode: str = "enforce") -> None:
         """Put a config in force as the CLI does: the broker pushes, the proxy acknowledges."""
@@ -138,6 +138,17 @@ async def test_two_agents_have_buckets_of_their_own(world: World) -> None:
     assert await world.burst(121) == [True] * 120 + [False]
     assert await world.burst(121, "builder") == [True] * 120 + [False]
     assert not isinstance(await world.call("claude"), Grant)
+
+
+async def test_calls_leased_for_one_path_serve_the_bucket_for_every_path(world: World) -> None:
+    assert await world.burst(100) == [True] * 100
+    assert world.proxy is not None and world.proxy.leases.pools  # calls still leased
+    # A path not seen yet is decided by the broker, with what this proxy held given back
+    # first: the bucket's last 20 calls go wherever they are sent, none is held back.
+    paths = [f"/repos/acme/{n}" for n in range(21)]
+    passed = [isinstance(await world.call(path=path), Grant) for path in paths]
+    assert passed == [True] * 20 + [False]
+    assert await world.burst(1) == [False]
 
 
 async def test_a_reload_that_changes_the_rate_voids_the_leases_of_the_old_one(
