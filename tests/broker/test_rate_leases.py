@@ -78,10 +78,11 @@ class World:
     async def burst(self, calls: int, agent: str = "claude", path: str = "/user") -> list[bool]:
         return [isinstance(await self.call(agent, path), Grant) for _ in range(calls)]
 
-    async def configure(self, rate: str, mode: str = "enforce") -> None:
+    async def configure(self, rate: str, mode: str = "enforce", more: str = "") -> None:
         """Put a config in force as the CLI does: the broker pushes, the proxy acknowledges."""
         text = DEFAULT_CONFIG.replace('mode = "enforce"', f'mode = "{mode}"')
-        write_atomic(self.home.config_file, (text + RULES.format(rate=rate)).encode())
+        text += RULES.format(rate=rate) + more
+        write_atomic(self.home.config_file, text.encode())
         if self.server is None:
             return
         cli = BrokerClient(self.server.socket_path)
@@ -177,6 +178,19 @@ async def test_report_mode_records_would_deny_past_the_rate_and_refuses_nothing(
     would = [a.would_deny for a in answers if isinstance(a, Grant)]
     assert would[:120] == [None] * 120
     assert all(w is not None and w["detail"] == "secrets.GH.rate" for w in would[120:])
+
+
+async def test_calls_decided_one_by_one_get_no_lease(world: World) -> None:
+    # A budget changes with every answer, a narrowed token expires: the broker sees each.
+    _, world.tokens["narrowed"] = AgentStore(world.home.agents_file, world.home.lock_file).narrow(
+        "claude", 3600.0
+    )
+    await world.configure("120/min", more="[agents.builder]\nbudget = { daily_usd = 5.0 }\n")
+    for agent in ("builder", "narrowed"):
+        before = len(world.asked)
+        assert await world.burst(20, agent) == [True] * 20
+        assert len(world.asked) - before == 20
+    assert world.proxy is not None and not world.proxy.leases.pools
 
 
 async def test_a_restart_of_broker_and_proxy_does_not_refill_the_bucket(
