@@ -141,6 +141,23 @@ async def test_two_agents_have_buckets_of_their_own(world: World) -> None:
     assert not isinstance(await world.call("claude"), Grant)
 
 
+async def test_two_proxies_of_one_broker_share_the_bucket_to_the_call(world: World) -> None:
+    assert world.server is not None and world.proxy is not None
+    other = Authoriser(world.server.socket_path, lambda: None, lambda *_: None)
+    other.leases.clock = world.clock
+    first = world.proxy
+    try:
+        passed = 0
+        for _ in range(80):
+            for proxy in (first, other):
+                world.proxy = proxy
+                passed += isinstance(await world.call(), Grant)
+        assert passed == 120
+    finally:
+        world.proxy = first
+        await other.close()
+
+
 async def test_calls_leased_for_one_path_serve_the_bucket_for_every_path(world: World) -> None:
     assert await world.burst(100) == [True] * 100
     assert world.proxy is not None and world.proxy.leases.pools  # calls still leased
