@@ -1,8 +1,9 @@
 """The cost of policy per request (issue 28): req/s at 32 connections of the same proxy
 with rules on its secret beside the bench's own proxy without them, round by round, as
 the --against row does (the median of per-round ratios). Two rule sets: methods and paths
-(the proxy keeps the broker's answer per method and path), and the same with a rate
-(a counted call is decided by the broker every time: one socket round trip more).
+(the proxy keeps the broker's answer per method and path), and the same with a rate (the
+proxy spends calls the broker leases it: one socket round trip per lease, not per call;
+broker/leases.py).
 
 The rate is far above what the bench can send, so every call is allowed: what is measured
 is deciding, not refusing.
@@ -44,6 +45,13 @@ def compare(bench: Bench) -> None:
             log(f"rules round {round_no + 1} {target:<15} {result.rps:>8,.0f} req/s "
                 f"p50 {result.latency_us['p50']:>7,.0f} us")  # fmt: skip
     bench.out["rules"] = {n: summarise(runs, n) for n in names}
+
+
+def alone(bench: Bench) -> None:
+    """`--only rules`: the bench's own proxy and upstreams, then these rows and no other."""
+    bench.start_all()
+    bench.preflight()
+    compare(bench)
 
 
 def _start(bench: Bench, name: str, rules: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from blindkey.broker.leases import settle_all
 from blindkey.broker.peer import Client
 from blindkey.broker.protocol import BrokerDenied, Message, encode
 from blindkey.broker.rules import answer_fields
@@ -39,12 +40,18 @@ class Resolve:
             or not (path is None or isinstance(path, str))
         ):
             return {"id": request_id, "error": "bad_request", "message": "malformed resolve"}
+        settle_all(self.state.rules.limiter, request.get("settle"))  # leased calls unspent
         answer = self.state.resolve(token, names, host, scheme, port, method, path)
         if answer.missing:
             target = (scheme, host, port, method, path)
             self.spawn(self._resolve_later(request_id, token, names, target, client))
             return None
-        return self._resolved(request_id, answer)
+        reply = self._resolved(request_id, answer)
+        if request.get("lease") is True and answer.denied is None:
+            lease = self.state.rules.lease(answer.agent, names, answer.rules)
+            if lease is not None:
+                reply["lease"] = lease
+        return reply
 
     def _resolved(self, request_id: Any, answer: BrokerAnswer) -> Message:
         reply: Message = {

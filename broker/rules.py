@@ -18,10 +18,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from blindkey.broker.budget import Budgets
+from blindkey.broker.leases import LEASE_SECONDS, BucketKey, pool_name
+from blindkey.broker.leases import Limiter as Limiter  # `policy test` makes its own
 from blindkey.broker.protocol import BrokerDenied
 from blindkey.config.model import Settings
 from blindkey.config.request_rules import Rate
@@ -30,6 +33,8 @@ from blindkey.config.spend import Budget
 # The answer holds for any method and path of the target / for this method and path only /
 # for this one call (a rate counted it): how long a proxy may keep it.
 ANY_REQUEST, THIS_REQUEST, THIS_CALL = "", "request", "each"
+# For this method and path while the proxy holds calls of the lease that came with it.
+LEASED = "lease"
 _TWICE_ENCODED = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
 Message = dict[str, Any]
 
@@ -126,37 +131,12 @@ class Scope:
         )
 
 
-class Limiter:
-    """Token buckets by (rule, agent); each holds `count` and refills `count` per period."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self._buckets: dict[tuple[str, str, str], list[float]] = {}
-
-    def wait(self, key: tuple[str, str, str], rate: Rate) -> float:
-        """Seconds until the bucket holds one call (0: now); refills it as time passed."""
-        now = self.clock()
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = [float(rate.count), now]
-        # A wall clock set back must not take calls away (nor set forward add past the cap).
-        elapsed = max(0.0, now - bucket[1])
-        tokens = min(float(rate.count), bucket[0] + elapsed * rate.per_second)
-        bucket[0], bucket[1] = tokens, now
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate.per_second
-
-    def take(self, key: tuple[str, str, str]) -> None:
-        self._buckets[key][0] -= 1.0
-
-    def keep(self, wanted: Callable[[tuple[str, str, str]], bool]) -> None:
-        """Forget the buckets of rules a reload removed or changed."""
-        self._buckets = {k: v for k, v in self._buckets.items() if wanted(k)}
-
-
 class Verdict(NamedTuple):
     denied: BrokerDenied | None
     would_deny: Message | None  # report mode: the refusal enforcing would have answered
     varies: str  # ANY_REQUEST, THIS_REQUEST or THIS_CALL: how long a proxy may keep it
+    # Counted by rates only (no budget, no narrowed token): calls of it may be leased.
+    leasable: bool = False
 
 
 ALLOWED = Verdict(None, None, ANY_REQUEST)
@@ -194,16 +174,22 @@ class RuleSet:
         }
         if spend is None:
             self.budgets = {}
-        rates = {s.where: s.rate.text for s in (*self.secrets.values(), *self.agents.values())
-                 if s.rate is not None}  # fmt: skip
-        limiter.keep(lambda key: rates.get(key[0]) == key[2])
 
     @classmethod
-    def empty(cls, clock: Callable[[], float], spend: Budgets | None = None) -> RuleSet:
-        return cls(Settings(), Limiter(clock), spend)
+    def empty(
+        cls, clock: Callable[[], float], spend: Budgets | None = None, file: Path | None = None
+    ) -> RuleSet:
+        """`file`: where buckets outlive the broker (rates.json)."""
+        return cls(Settings(), Limiter(clock, file), spend)
 
     def reload(self, settings: Settings) -> RuleSet:
-        return RuleSet(settings, self.limiter, self.spend)
+        """The rules of `settings`, with the buckets of the rates it kept (and those read
+        from rates.json at start, until the first load says which rates exist)."""
+        rules = RuleSet(settings, self.limiter, self.spend)
+        rates = {s.where: s.rate.text for s in (*rules.secrets.values(), *rules.agents.values())
+                 if s.rate is not None}  # fmt: skip
+        self.limiter.keep(lambda key: rates.get(key[0]) == key[2])
+        return rules
 
     def _scopes(self, agent: str, names: Iterable[str]) -> list[Scope]:
         return [s for s in (self.agents.get(agent), *map(self.secrets.get, names)) if s]
@@ -226,7 +212,7 @@ class RuleSet:
                 return self._verdict(refused, varies)
         if budget is not None:
             return self._budget(agent, budget, varies)
-        return Verdict(None, None, varies)
+        return Verdict(None, None, varies, counted)
 
     def _budget(self, agent: str, budget: Budget, varies: str) -> Verdict:
         assert self.spend is not None
@@ -271,6 +257,8 @@ class RuleSet:
         if longest <= 0.0:
             for _, key, _ in limited if take else ():
                 self.limiter.take(key)
+            if take:
+                self.limiter.save()
             return verdict
         retry = max(1, math.ceil(longest))
         who = f"agent {agent}"
@@ -283,6 +271,21 @@ class RuleSet:
             retry_after=retry,
         )
         return self._verdict(refused, THIS_CALL)
+
+    def lease(self, agent: str, names: list[str], verdict: Verdict) -> Message | None:
+        """More calls like the one just counted (`count`), for a proxy to spend alone: the
+        reply's `lease`, or None (not counted by rates only, refused, or buckets too low)."""
+        if not verdict.leasable or verdict.denied is not None or verdict.would_deny is not None:
+            return None
+        limited: list[tuple[BucketKey, Rate]] = [((s.where, agent, s.rate.text), s.rate)
+                   for s in self._scopes(agent, names) if s.rate]  # fmt: skip
+        granted = self.limiter.lease(limited) if limited else None
+        if granted is None:
+            return None
+        self.limiter.save()
+        lease_id, calls = granted
+        pool = pool_name(key for key, _ in limited)
+        return {"id": lease_id, "pool": pool, "calls": calls, "seconds": LEASE_SECONDS}
 
     def _verdict(self, refused: BrokerDenied, varies: str) -> Verdict:
         if self.report:

@@ -93,7 +93,7 @@ class BrokerState(SlowStore):
         # What agents spent on LLM calls, per UTC day and month (budget.json).
         self.budgets = Budgets(paths.state_dir / "budget.json", clock)
         # Its rate buckets and budgets keep time by `clock` too.
-        self.rules = RuleSet.empty(clock, self.budgets)
+        self.rules = RuleSet.empty(clock, self.budgets, paths.state_dir / "rates.json")
         # Approvers, grants and tier floors: the broker's own file, never config.toml.
         self.approvals = Approvals(paths, clock, on_change=self._bump, on_outcome=on_outcome)
         self.credentials = Credentials(self, clock, self._bump)  # oauth2, github-app tokens

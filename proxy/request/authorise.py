@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blindkey.broker.client import BrokerClient
+from blindkey.broker.leases import LeaseHolder
 from blindkey.broker.protocol import BrokerDenied, Message
-from blindkey.broker.rules import ANY_REQUEST, THIS_REQUEST
+from blindkey.broker.rules import ANY_REQUEST, LEASED, THIS_CALL, THIS_REQUEST
 from blindkey.config.errors import BlindkeyError
 from blindkey.redact.redactor import Redactor
 
@@ -43,6 +44,7 @@ ResolutionKey = tuple[str | None, tuple[str, ...], str, str, int]
 # Kept under ResolutionKey when the broker's answer depends on the request's method and
 # path (rules of the request): look under the key with both instead; THIS_CALL: not kept.
 Kept = Resolution | str
+PerRequest = tuple[ResolutionKey, str, str]
 
 
 class Authoriser:
@@ -66,7 +68,13 @@ class Authoriser:
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
         self._resolutions: dict[ResolutionKey, Kept] = {}
-        self._per_request: dict[tuple[ResolutionKey, str, str], Resolution] = {}
+        self._per_request: dict[PerRequest, Resolution] = {}
+        # Counted by a rate: the answer, and the pool whose leased calls it spends.
+        self._leased: dict[PerRequest, tuple[Resolution, str]] = {}
+        self.leases = LeaseHolder()
+        # (token, names) -> their pool: calls it holds go back before the broker decides
+        # another request of theirs, so it never refuses a call this proxy holds calls for.
+        self._pool_of: dict[tuple[str | None, tuple[str, ...]], str] = {}
         self._resolutions_epoch = -1
         self._invalidations = 0
         # sha256 of the config.toml text the broker serves (its approved policy).
@@ -75,6 +83,9 @@ class Authoriser:
     def forget(self) -> None:
         self._resolutions.clear()
         self._per_request.clear()
+        self._leased.clear()
+        # Leases are the policy of before: spent no more, given back with the next lease.
+        self.leases.release_all()
 
     def _on_push(self, message: Message) -> None:
         """An invalidation: the broker tells the CLI the change is in force once this
@@ -123,10 +134,14 @@ class Authoriser:
             cached = self._resolutions.get(key)
             if cached == THIS_REQUEST:
                 cached = self._per_request.get((key, method, path))
+            elif cached == LEASED:
+                cached = self._spend_lease((key, method, path))
             if cached is not None and not isinstance(cached, str):
                 return cached
         epoch, invalidations = self.broker.connection_epoch, self._invalidations
-        resolution, varies = await self._ask_broker(token, names, host, scheme, port, method, path)
+        resolution, varies, lease = await self._ask_broker(
+            token, names, host, scheme, port, method, path
+        )
         # An invalidation handled while this call waited may be newer than its answer
         # (both can arrive in one read): the answer serves this call, which began before
         # the change, and no later one.
@@ -135,9 +150,34 @@ class Authoriser:
             and invalidations == self._invalidations
         )
         passing = isinstance(resolution[2], BrokerDenied) and resolution[2].code in PASSING
+        if lease is not None:
+            varies = self._hold(lease, (key, method, path), resolution, unchanged)
         if unchanged and not passing:
             self._keep(key, method, path, resolution, varies)
         return resolution
+
+    def _spend_lease(self, request: PerRequest) -> Resolution | None:
+        kept = self._leased.get(request)
+        if kept is None or not self.leases.spend(kept[1]):
+            return None
+        return kept[0]
+
+    def _hold(
+        self, lease: Message, request: PerRequest, resolution: Resolution, unchanged: bool
+    ) -> str:
+        """Keep the calls the broker leased with this answer (unless policy changed while it
+        was asked: then they go back unspent); how long the answer may be kept."""
+        lease_id, pool, calls = str(lease["id"]), str(lease["pool"]), int(lease["calls"])
+        if not unchanged:
+            self.leases.give_back(lease_id, calls)
+            return THIS_CALL
+        self.leases.add(pool, lease_id, calls, float(lease["seconds"]))
+        if len(self._leased) >= MAX_CACHED_RESOLUTIONS:
+            self._leased.clear()
+            self._pool_of.clear()
+        self._pool_of[request[0][:2]] = pool
+        self._leased[request] = (resolution, pool)
+        return LEASED
 
     def _keep(
         self, key: ResolutionKey, method: str, path: str, resolution: Resolution, varies: str
@@ -147,7 +187,8 @@ class Authoriser:
         if varies == ANY_REQUEST:
             self._resolutions[key] = resolution
             return
-        # Rules of the request: the target's key says so; a counted call is never kept.
+        # Rules of the request: the target's key says so; a counted call is kept only
+        # with a lease of calls (_hold).
         self._resolutions[key] = varies
         if varies == THIS_REQUEST:
             if len(self._per_request) >= MAX_CACHED_RESOLUTIONS:
@@ -162,21 +203,25 @@ class Authoriser:
     async def _ask_broker(
         self, token: str | None, names: list[str], host: str, scheme: str, port: int,
         method: str, path: str,
-    ) -> tuple[Resolution, str]:  # fmt: skip
+    ) -> tuple[Resolution, str, Message | None]:  # fmt: skip
+        pool = self._pool_of.get((token, tuple(names)))
+        if pool is not None:
+            self.leases.release(pool)
+        unspent = self.leases.returns()  # given back with this call, or never
         reply = await self.broker.call(
             "resolve", token=token, names=names, host=host, scheme=scheme, port=port,
-            method=method, path=path,
+            method=method, path=path, lease=True, **({"settle": unspent} if unspent else {}),
         )  # fmt: skip
         agent, env = str(reply["agent"]), str(reply["env"])
         varies = str(reply.get("varies", ANY_REQUEST))
         denied = reply.get("denied")
         if denied:
-            return (agent, env, refusal(denied)), varies
+            return (agent, env, refusal(denied)), varies, None
         values: dict[str, str] = dict(reply["values"])
         redactor = await self._current_redactor(int(reply["generation"]), values)
         would_deny = reply.get("would_deny")
         grant = Grant(agent, env, values, redactor, would_deny)
-        return (agent, env, grant), varies
+        return (agent, env, grant), varies, reply.get("lease")
 
     async def _current_redactor(self, generation: int, needed: Mapping[str, str]) -> Redactor:
         async with self._redactor_lock:
