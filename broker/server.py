@@ -24,6 +24,7 @@ from blindkey.broker.budget import budget_op, spend_op
 from blindkey.broker.explain import explain_op
 from blindkey.broker.peer import Client
 from blindkey.broker.placeholders import ensure_key as ensure_placeholder_key
+from blindkey.redact.cache import derive_key as derive_cache_key
 from blindkey.broker.placeholders import placeholders_op
 from blindkey.broker.policy_ops import config_op
 from blindkey.broker.protocol import (
@@ -261,6 +262,8 @@ class BrokerServer:
             "id": request.get("id"),
             "generation": state.generation,
             "values": state.redaction_set(),
+            # Seals the proxy's compiled matcher on disk: released as the values are.
+            "cache_key": derive_cache_key(self.placeholder_key).hex(),
         }
 
     def _refresh(self, request: Message, client: Client) -> Message | None:

@@ -22,6 +22,7 @@ from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.request.approval_wait import ApprovalWaits
 from blindkey.proxy.request.authorise import Authoriser
+from blindkey.redact.cache import cache_dir
 from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 
@@ -58,6 +59,7 @@ class ProxyRuntime:
             paths.broker_socket_at(settings.broker.socket),
             self._reload_if_changed,
             self.waits.pushed,
+            cache_dir(paths.state_dir),
         )
         self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).

@@ -18,6 +18,7 @@ from blindkey.broker.client import BrokerClient
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.broker.rules import ANY_REQUEST, THIS_REQUEST
 from blindkey.config.errors import BlindkeyError
+from blindkey.redact.cache import shard_cache
 from blindkey.redact.redactor import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
@@ -53,6 +54,7 @@ class Authoriser:
         socket_path: Path,
         on_invalidate: Callable[[], None],
         on_approval: Callable[[str | None, str], None],
+        cache_dir: Path | None = None,
     ) -> None:
         # on_invalidate: what else must be re-read before a change counts as applied
         # (config.toml: the allowlist is the proxy's to enforce).
@@ -62,6 +64,7 @@ class Authoriser:
         self.on_approval = on_approval
         self.broker = BrokerClient(socket_path, on_push=self._on_push)
         self._redactor = Redactor({})
+        self.cache_dir = cache_dir  # the compiled redactor, sealed (redact/cache.py)
         self._redactor_values: dict[str, str] = {}
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
@@ -184,7 +187,8 @@ class Authoriser:
                 reply = await self.broker.call("redaction_set")
                 values = dict(reply["values"])
                 # Compiling patterns for 50 values of 4 KB takes a while: not on the loop.
-                self._redactor = await asyncio.to_thread(Redactor, values)
+                cache = shard_cache(self.cache_dir, reply.get("cache_key"))
+                self._redactor = await asyncio.to_thread(Redactor, values, cache)
                 self._redactor_values = values
                 self._redactor_generation = int(reply["generation"])
             redactor, known = self._redactor, self._redactor_values
