@@ -68,6 +68,9 @@ class Authoriser:
         self._redactor_values: dict[str, str] = {}
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
+        # Rebuilds begun by a change, before any call asks: the change's shard compiles
+        # while the agent has not called yet, and a removed value's sealed shard goes now.
+        self.rebuilding: set[asyncio.Task[None]] = set()
         self._resolutions: dict[ResolutionKey, Kept] = {}
         self._per_request: dict[tuple[ResolutionKey, str, str], Resolution] = {}
         self._resolutions_epoch = -1
@@ -97,6 +100,9 @@ class Authoriser:
             self.config_sha256 = message.get("config_sha256")
             self.on_invalidate()
             self.on_approval(None, "changed")
+            task = asyncio.get_running_loop().create_task(self.refresh(), name="redactor-rebuild")
+            self.rebuilding.add(task)
+            task.add_done_callback(self.rebuilding.discard)
         elif event == "approval":
             approval_id = message.get("approval_id")
             if isinstance(approval_id, str):
@@ -204,7 +210,17 @@ class Authoriser:
         with contextlib.suppress(BlindkeyError):
             await self._current_redactor(self._redactor_generation - 1, {})
 
+    async def refresh(self) -> None:
+        """After a change, the new set's redactor, unless a call built it first (changes in
+        a burst queue here and build once)."""
+        async with self._redactor_lock:
+            stale = self._redactor_generation == -1
+        if stale:
+            await self.warm()
+
     async def close(self) -> None:
+        for task in list(self.rebuilding):
+            task.cancel()
         await self.broker.close()
 
 
