@@ -24,7 +24,6 @@ from blindkey.broker.budget import budget_op, spend_op
 from blindkey.broker.explain import explain_op
 from blindkey.broker.peer import Client
 from blindkey.broker.placeholders import ensure_key as ensure_placeholder_key
-from blindkey.redact.cache import derive_key as derive_cache_key
 from blindkey.broker.placeholders import placeholders_op
 from blindkey.broker.policy_ops import config_op
 from blindkey.broker.protocol import (
@@ -44,6 +43,7 @@ from blindkey.broker.sockets import (
 )
 from blindkey.broker.state import BrokerState
 from blindkey.config.paths import Paths
+from blindkey.redact.cache import derive_key as derive_cache_key
 
 log = logging.getLogger("blindkey.broker")
 WATCH_INTERVAL = 0.2

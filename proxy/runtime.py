@@ -22,9 +22,9 @@ from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
 from blindkey.proxy.request.approval_wait import ApprovalWaits
 from blindkey.proxy.request.authorise import Authoriser
-from blindkey.redact.cache import cache_dir
 from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
+from blindkey.redact.cache import cache_dir
 
 log = logging.getLogger("blindkey.proxy")
 

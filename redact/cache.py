@@ -19,11 +19,13 @@ so a removed value's forms do not stay on disk past the proxy's next build.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
 import platform
 import struct
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -46,24 +48,22 @@ def derive_key(secret: bytes) -> bytes:
     return hmac.new(secret, b"blindkey redaction cache key v1", hashlib.sha256).digest()
 
 
+@functools.cache
 def _code_digest() -> bytes:
     """What the shards are made by: a cache written by other code is never read."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
     for name in ("forms.py", "shards.py", "longer.py", "cache.py"):
         digest.update((here / name).read_bytes())
-    build = f"{hyperscan.__version__} {platform.machine()} {platform.python_implementation()}"
+    build = f"{version('hyperscan')} {platform.machine()} {platform.python_implementation()}"
     digest.update(build.encode())
     return digest.digest()
-
-
-_CODE = _code_digest()
 
 
 def _group_bytes(group: Group) -> bytes:
     """The group, spelled so no two groups spell the same (each text after its length)."""
     spelled = "".join(f"{len(name)}:{name}{len(value)}:{value}" for name, value in group)
-    return MAGIC + _CODE + spelled.encode("utf-8", "surrogatepass")
+    return MAGIC + _code_digest() + spelled.encode("utf-8", "surrogatepass")
 
 
 def _pack(meta: dict[str, object], blobs: list[bytes]) -> bytes:

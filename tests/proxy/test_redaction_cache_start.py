@@ -73,10 +73,14 @@ async def test_the_seal_key_is_the_brokers_and_in_no_file(home: Paths) -> None:
         reply = await env.server.runtime.authoriser.broker.call("redaction_set")
     key = bytes.fromhex(reply["cache_key"])
     assert key == derive_key(key_file(home).read_bytes())
-    for path in Path(home.state_dir).rglob("*"):
-        if path.is_file():
-            content = path.read_bytes()
-            assert key not in content and key.hex().encode() not in content, path
+    holding = [path for path, content in contents(home.state_dir) if key in content]
+    assert holding == []
+    spelled = [path for path, content in contents(home.state_dir) if key.hex().encode() in content]
+    assert spelled == []
+
+
+def contents(directory: Path) -> list[tuple[Path, bytes]]:
+    return [(path, path.read_bytes()) for path in directory.rglob("*") if path.is_file()]
 
 
 async def test_a_removed_value_is_rebuilt_without_a_call_and_its_shard_goes(
