@@ -9,6 +9,7 @@ import gc
 import http.client
 import os
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -115,10 +116,22 @@ def bind_check(settings: Settings, host: str | None, allow_remote: bool) -> None
         raise UsageError(f"--host {refused}")
 
 
+def _ready_pipe(named: str | None) -> int | None:
+    """The readiness pipe `proxy start` passed, if that is what the variable names: one
+    left over in a user's environment must not make the daemon write to, and close, some
+    other file it holds (its stdout is fd 1)."""
+    if not named or not named.isdigit():
+        return None
+    try:
+        return int(named) if stat.S_ISFIFO(os.fstat(int(named)).st_mode) else None
+    except OSError:
+        return None
+
+
 def run_foreground(
     paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
 ) -> int:
-    ready = os.environ.pop(READY_FD, None)  # not for the broker, nor anything else spawned
+    ready = _ready_pipe(os.environ.pop(READY_FD, None))  # not passed on to the broker
     settings = load_settings(paths.config_file)
     bind_check(settings, host, allow_remote)
     lock_fd = _lock_pid_file(paths)
@@ -134,7 +147,7 @@ def run_foreground(
                 host or settings.proxy.host,
                 settings.proxy.port if port is None else port,
                 allow_remote,
-                int(ready) if ready and ready.isdigit() else None,
+                ready,
             )
         )
     finally:
