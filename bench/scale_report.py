@@ -59,7 +59,10 @@ def _secrets(scale: Json) -> list[Json]:
     for key, label in (
         ("first_call_after_start", "first call after `proxy start`"),
         ("first_call_after_change", "first call after a change"),
+        ("first_call_after_restart", "first call after a restart (matcher cached)"),
     ):
+        if key not in rows:
+            continue
         call = rows[key]
         status = call["status"]
         if status != 200:
@@ -162,7 +165,8 @@ def _notes(scale: Json) -> list[str]:
     if "import_s" in secrets:
         notes.append(
             f"- {secrets['secrets']:,} secrets: `secrets import` took {secrets['import_s']:g} s; "
-            f"`proxy start` {secrets['start_s']:g} s; the next call after the change "
+            f"`proxy start` {secrets['start_s']:g} s (a restart: {secrets.get('restart_s', '-')}"
+            " s); the next call after the change "
             f"{secrets['next_call']['seconds']:g} s; broker RSS {secrets['broker_rss_mb']:g} MB"
         )
     audit = scale.get("audit", {})

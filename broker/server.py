@@ -43,6 +43,7 @@ from blindkey.broker.sockets import (
 )
 from blindkey.broker.state import BrokerState
 from blindkey.config.paths import Paths
+from blindkey.redact.cache import derive_key as derive_cache_key
 
 log = logging.getLogger("blindkey.broker")
 WATCH_INTERVAL = 0.2
@@ -261,6 +262,8 @@ class BrokerServer:
             "id": request.get("id"),
             "generation": state.generation,
             "values": state.redaction_set(),
+            # Seals the proxy's compiled matcher on disk: released as the values are.
+            "cache_key": derive_cache_key(self.placeholder_key).hex(),
         }
 
     def _refresh(self, request: Message, client: Client) -> Message | None:

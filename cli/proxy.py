@@ -18,11 +18,11 @@ from blindkey.config.paths import Paths
 
 
 def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
-    from blindkey.proxy import lifecycle
+    from blindkey.proxy import detach, lifecycle
 
     if args.foreground:
         return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
-    current = lifecycle.start_detached(paths, args.host, args.port, args.allow_remote)
+    current = detach.start_detached(paths, args.host, args.port, args.allow_remote)
     say(
         f"blindkey proxy running on http://{current.status.get('host')}:"
         f"{current.status.get('port')} (pid {current.pid})"

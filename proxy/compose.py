@@ -14,6 +14,7 @@ The last two are wired by ProxyRuntime, which owns both ends.
 
 from __future__ import annotations
 
+from asyncio.subprocess import Process
 from dataclasses import dataclass
 
 from blindkey.audit.ship.shipping import Shipping
@@ -36,7 +37,9 @@ class ProxyParts:
     shipping: Shipping
 
 
-def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
+def compose_proxy(
+    paths: Paths, settings: Settings, host: str, broker: Process | None = None
+) -> ProxyParts:
     # The status file reads the runtime and the writer, which tell it when they change:
     # the closures below name parts made a line later, and run only once all exist.
     status = ProxyStatus(
@@ -67,6 +70,6 @@ def compose_proxy(paths: Paths, settings: Settings, host: str) -> ProxyParts:
     supervisor: BrokerSupervisor | ExternalBroker = (
         ExternalBroker(socket_path, status.broker)
         if settings.broker.socket
-        else BrokerSupervisor(socket_path, status.broker)
+        else BrokerSupervisor(socket_path, status.broker, broker)
     )
     return ProxyParts(audit, runtime, supervisor, status, calls, shipping)

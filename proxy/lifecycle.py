@@ -9,7 +9,7 @@ import gc
 import http.client
 import os
 import signal
-import subprocess
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -17,18 +17,18 @@ from typing import Any
 
 import orjson
 
-from blindkey.audit.store import audit_file, head_of_file
-from blindkey.broker import link
-from blindkey.broker.protocol import BrokerUnavailable
 from blindkey.config.errors import BlindkeyError, UsageError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import LimitSettings, Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.supervisor import spawn_broker
 from blindkey.proxy.systemd import ServiceNotifier
 
-START_TIMEOUT = 15.0
 STOP_MARGIN = 15.0
 EXIT_NOT_RUNNING = 3
+# `proxy start` hands the daemon the write end of a pipe under this name (proxy/detach.py);
+# the daemon writes to it once it serves.
+READY_FD = "BLINDKEY_READY_FD"
 
 
 @dataclass(frozen=True)
@@ -110,17 +110,30 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0, gen1, gen2)
 
 
-def _bind_check(settings: Settings, host: str | None, allow_remote: bool) -> None:
+def bind_check(settings: Settings, host: str | None, allow_remote: bool) -> None:
     refused = None if allow_remote else settings.proxy.bind_error(host)
     if refused is not None:
         raise UsageError(f"--host {refused}")
 
 
+def _ready_pipe(named: str | None) -> int | None:
+    """The readiness pipe `proxy start` passed, if that is what the variable names: one
+    left over in a user's environment must not make the daemon write to, and close, some
+    other file it holds (its stdout is fd 1)."""
+    if not named or not named.isdigit():
+        return None
+    try:
+        return int(named) if stat.S_ISFIFO(os.fstat(int(named)).st_mode) else None
+    except OSError:
+        return None
+
+
 def run_foreground(
     paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
 ) -> int:
+    ready = _ready_pipe(os.environ.pop(READY_FD, None))  # not passed on to the broker
     settings = load_settings(paths.config_file)
-    _bind_check(settings, host, allow_remote)
+    bind_check(settings, host, allow_remote)
     lock_fd = _lock_pid_file(paths)
     try:
         with contextlib.suppress(ImportError):
@@ -134,6 +147,7 @@ def run_foreground(
                 host or settings.proxy.host,
                 settings.proxy.port if port is None else port,
                 allow_remote,
+                ready,
             )
         )
     finally:
@@ -144,9 +158,35 @@ def run_foreground(
 
 
 async def _serve_until_signal(
-    paths: Paths, settings: Settings, host: str, port: int, allow_remote: bool
+    paths: Paths,
+    settings: Settings,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    ready_fd: int | None = None,
 ) -> None:
     """`serve` with the process's signals: TERM and INT stop it, HUP reloads config.toml."""
+    # The broker first, so it loads while this process imports its HTTP stack; nothing is
+    # served before the supervisor has seen its socket (ProxyServer.start).
+    socket = settings.broker.socket
+    broker = None if socket else await spawn_broker(paths.broker_socket_at(socket))
+    try:
+        await _serve_with(paths, settings, host, port, allow_remote, ready_fd, broker)
+    finally:
+        if broker is not None and broker.returncode is None:  # never handed over
+            broker.terminate()
+            await broker.wait()
+
+
+async def _serve_with(
+    paths: Paths,
+    settings: Settings,
+    host: str,
+    port: int,
+    allow_remote: bool,
+    ready_fd: int | None,
+    broker: asyncio.subprocess.Process | None,
+) -> None:
     # Here, not at the top: `proxy status` and `proxy stop` need no HTTP stack (0.3 s).
     from blindkey.proxy.server import ProxyServer, serve
 
@@ -179,6 +219,10 @@ async def _serve_until_signal(
             )
         sys.stderr.flush()
         notifier.ready(f"listening on {host}:{server.port}")
+        if ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"1")
+                os.close(ready_fd)
 
     await serve(
         paths,
@@ -188,74 +232,8 @@ async def _serve_until_signal(
         allow_remote=allow_remote,
         shutdown_trigger=until_stopped,
         on_ready=on_ready,
+        broker=broker,
     )
-
-
-def start_detached(
-    paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
-) -> Running:
-    current = running(paths)
-    if current is not None:
-        raise BlindkeyError(
-            f"the proxy is already running (pid {current.pid}); `blindkey proxy stop` first"
-        )
-    settings = load_settings(paths.config_file)
-    _bind_check(settings, host, allow_remote)
-    command = [sys.executable, "-m", "blindkey.cli", "proxy", "start", "--foreground"]
-    if host is not None:
-        command += ["--host", host]
-    if allow_remote:
-        command += ["--allow-remote"]
-    if port is not None:
-        command += ["--port", str(port)]
-    log_fd = os.open(paths.proxy_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    log_start = os.lseek(log_fd, 0, os.SEEK_END)
-    try:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fd,
-            stderr=log_fd,
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        os.close(log_fd)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise BlindkeyError(
-                _failure_line(paths, log_start)
-                or f"the proxy exited with status {child.returncode}"
-            )
-        current = running(paths)
-        port = current.status.get("port") if current is not None else None
-        if current is not None and port:
-            if health(current.status.get("host", settings.proxy.host), int(port)):
-                return current
-            # Written by the /health just refused, when the broker cannot serve.
-            broker_error = (running(paths) or current).status.get("broker_error")
-            if broker_error:
-                child.terminate()
-                raise BlindkeyError(f"the proxy cannot serve: {broker_error}")
-        time.sleep(0.02)
-    child.terminate()
-    raise BlindkeyError(
-        f"the proxy did not become healthy within {START_TIMEOUT:.0f}s; see {paths.proxy_log}"
-    )
-
-
-def _failure_line(paths: Paths, offset: int) -> str | None:
-    try:
-        with paths.proxy_log.open("rb") as handle:
-            handle.seek(offset)
-            lines = handle.read().decode("utf-8", "replace").strip().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        if line.startswith("blindkey: "):
-            return line[len("blindkey: ") :]
-    return lines[-1] if lines else None
 
 
 def stop(paths: Paths) -> int | None:
@@ -318,6 +296,8 @@ def deployment(paths: Paths, settings: Settings) -> str:
 def _live_audit(paths: Paths | None, audit: Any) -> Any:
     """The status file's audit state with the record count read from the file now: the
     status file is rewritten when the state changes, not per record."""
+    from blindkey.audit.store import audit_file, head_of_file
+
     if paths is None or not isinstance(audit, dict):
         return audit
     head = head_of_file(audit_file(paths.audit_dir))
@@ -366,6 +346,9 @@ def describe(
 def ask_broker(paths: Paths, timeout: float = 2.0) -> dict[str, Any] | None:
     """The broker's own ping answer (its backend's last error among it), or None when this
     user cannot reach it. Asked afresh: the proxy only notes whether the broker serves."""
+    from blindkey.broker import link
+    from blindkey.broker.protocol import BrokerUnavailable
+
     try:
         return link.ask(paths, "ping", timeout=timeout)
     except BrokerUnavailable:

@@ -24,6 +24,7 @@ from blindkey.proxy.request.approval_wait import ApprovalWaits
 from blindkey.proxy.request.authorise import Authoriser
 from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
+from blindkey.redact.cache import cache_dir
 
 log = logging.getLogger("blindkey.proxy")
 
@@ -58,6 +59,7 @@ class ProxyRuntime:
             paths.broker_socket_at(settings.broker.socket),
             self._reload_if_changed,
             self.waits.pushed,
+            cache_dir(paths.state_dir),
         )
         self.upstream: UpstreamPool | None = None
         # The system resolver unless a test substitutes one (answers cannot be forged here).

@@ -76,6 +76,7 @@ class ProxyServer:
         port: int,
         allow_remote: bool = False,
         clock: Callable[[], float] | None = None,
+        broker: asyncio.subprocess.Process | None = None,
     ) -> None:
         refused = None if allow_remote else settings.proxy.bind_error(host)
         if refused is not None:
@@ -86,7 +87,7 @@ class ProxyServer:
         self.requested_port = port
         self.port = port
         self.clock = clock  # the connection guard's, unless the loop's
-        parts = compose_proxy(paths, settings, host)
+        parts = compose_proxy(paths, settings, host, broker)  # broker: spawned early
         self.audit, self.runtime = parts.audit, parts.runtime
         self.supervisor, self.status = parts.supervisor, parts.status
         self.calls = parts.calls
@@ -250,11 +251,14 @@ async def serve(
     allow_remote: bool = False,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[ProxyServer], None] | None = None,
+    broker: asyncio.subprocess.Process | None = None,
 ) -> None:
     """Run the proxy until `shutdown_trigger` returns (forever without one), then stop in
     order: stop accepting, drain, stop the broker, flush the audit. Signals are the
     caller's business (lifecycle.py maps them to the trigger)."""
-    server = ProxyServer(paths, settings, host=host, port=port, allow_remote=allow_remote)
+    server = ProxyServer(
+        paths, settings, host=host, port=port, allow_remote=allow_remote, broker=broker
+    )
     await server.start()
     try:
         if on_ready is not None:

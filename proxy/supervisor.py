@@ -21,32 +21,52 @@ BACKOFF_MAX = 2.0
 HEALTHY_AFTER = 10.0
 
 
+async def spawn_broker(socket_path: Path) -> asyncio.subprocess.Process:
+    """The broker's process, on its way up. A proxy starting spawns it first thing, so the
+    broker loads while the proxy does (each takes about a second of imports); the
+    supervisor then waits for its socket before anything is served."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    env = {**os.environ, "BLINDKEY_BROKER_SUPERVISED": "1"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "blindkey.broker",
+        "serve",
+        "--socket",
+        str(socket_path),
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
 class BrokerSupervisor:
-    def __init__(self, socket_path: Path, on_state: Callable[[str, int | None], None]) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        on_state: Callable[[str, int | None], None],
+        spawned: asyncio.subprocess.Process | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.on_state = on_state
-        self.process: asyncio.subprocess.Process | None = None
+        # A broker spawn_broker started early for this socket: the first start adopts it.
+        self.process: asyncio.subprocess.Process | None = spawned
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
-        await self._spawn()
+        if self.process is not None and self.process.returncode is None:
+            await self._until_listening()
+        else:
+            await self._spawn()
         self._watch_task = asyncio.create_task(self._watch(), name="broker-supervisor")
 
     async def _spawn(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        env = {**os.environ, "BLINDKEY_BROKER_SUPERVISED": "1"}
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "blindkey.broker",
-            "serve",
-            "--socket",
-            str(self.socket_path),
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
+        self.process = await spawn_broker(self.socket_path)
+        await self._until_listening()
+
+    async def _until_listening(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + START_TIMEOUT
         while not await self._socket_ready():
             if self.process.returncode is not None:

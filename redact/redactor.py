@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from blindkey.config.model import MAX_VALUE_BYTES
 from blindkey.redact.forms import encodings as encodings  # the forms, for their tests
 from blindkey.redact.shards import NUL_ANCHOR as NUL_ANCHOR  # for its tests
-from blindkey.redact.shards import Span, build_shards, shard_count, shard_of
+from blindkey.redact.shards import ShardStore, Span, build_shards, shard_count, shard_of
 from blindkey.redact.views import LINE_BREAKS, WIDEST_ESCAPE, View, active_views
 
 # The stream's hold never falls below this, and is a power of two: all it tells an agent
@@ -61,7 +61,7 @@ class Redactor:
     comparison.
     """
 
-    def __init__(self, secrets: Mapping[str, str]) -> None:
+    def __init__(self, secrets: Mapping[str, str], cache: ShardStore | None = None) -> None:
         present = [(name, value) for name, value in secrets.items() if value]
         for name, value in present:
             if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
@@ -71,7 +71,7 @@ class Redactor:
         # Longer values first so a value that contains another is reported under its own name.
         for name, value in sorted(present, key=lambda kv: (-len(kv[1]), kv[0])):
             groups[shard_of(name, count)].append((name, value))
-        self.shards = build_shards([tuple(group) for group in groups if group])
+        self.shards = build_shards([tuple(group) for group in groups if group], cache)
         self.max_len = max((shard.longest for shard in self.shards), default=0)
         self.min_len = min((shard.shortest for shard in self.shards), default=0)
         self.hold = _rounded(self.max_len)

@@ -16,11 +16,13 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from typing import Any, Protocol, cast
 
 import hyperscan
 
 from blindkey.redact.forms import caseless_encodings, encodings, secret_parts
+from blindkey.redact.longer import COLUMNS as LONGER_COLUMNS
+from blindkey.redact.longer import Form, LongerForms
 
 # Hyperscan gets at most this much of a pattern; a longer one is confirmed by comparison.
 ANCHOR = 1024
@@ -76,12 +78,15 @@ class _Matcher:
     often either way, no worse).
     """
 
-    def __init__(self, keys: list[tuple[bytes, bool]]) -> None:
-        self.databases: list[tuple[hyperscan.Database, array[int]]] = []
+    def __init__(self, databases: list[tuple[hyperscan.Database, array[int]]], kinds: list[str]):
+        self.databases = databases
+        self.kinds = kinds  # of each database: LITERAL, CASELESS or ESCAPES
         # A database has one scratch space: streams redacted on worker threads take turns
         # (a shard, and so its lock, is shared by every redactor built while it was current).
         self.lock = threading.Lock()
-        self.kinds: list[str] = []  # of each database: LITERAL, CASELESS or ESCAPES
+
+    @classmethod
+    def compiled(cls, keys: list[tuple[bytes, bool]]) -> _Matcher:
         groups = {
             LITERAL: [
                 i for i, (key, caseless) in enumerate(keys) if b"\0" not in key and not caseless
@@ -91,10 +96,12 @@ class _Matcher:
             ],
             ESCAPES: [i for i, (key, _) in enumerate(keys) if b"\0" in key],
         }
+        databases, kinds = [], []
         for kind, ids in groups.items():
             if ids:
-                self.databases.append((_compiled(keys, ids, kind), array("i", ids)))
-                self.kinds.append(kind)
+                databases.append((_compiled(keys, ids, kind), array("i", ids)))
+                kinds.append(kind)
+        return cls(databases, kinds)
 
     def scan(self, data: bytes) -> list[Found]:
         found: list[Found] = []
@@ -153,15 +160,59 @@ class Shard:
         # kept (10,000 values: 200,000 forms, ~90 MB as objects), the rest are compared.
         self._lengths = array("i")
         self._owners = array("i")  # -1: compare against _longer
-        self._longer: dict[int, list[tuple[bytes, bool, int]]] = {}
+        longer: dict[int, list[Form]] = {}
         for anchor_id, ((anchor, _), forms) in enumerate(anchors.items()):
             self._lengths.append(len(anchor))
             if len(forms) == 1 and len(forms[0][0]) == len(anchor):
                 self._owners.append(forms[0][2])
             else:
                 self._owners.append(-1)
-                self._longer[anchor_id] = sorted(forms, key=lambda form: -len(form[0]))
-        self._matcher = _Matcher(list(anchors))
+                longer[anchor_id] = sorted(forms, key=lambda form: -len(form[0]))
+        self._longer = LongerForms.of(longer)
+        self._matcher = _Matcher.compiled(list(anchors))
+
+    def dump(self) -> tuple[dict[str, object], list[bytes]]:
+        """What `restore` needs besides the group: scalars, and the arrays and databases as
+        bytes (native byte order: the cache binds itself to this platform)."""
+        meta: dict[str, object] = {
+            "longest": self.longest,
+            "shortest": self.shortest,
+            "longest_plain": self.longest_plain,
+            "breaks": self.breaks,
+            "kinds": self._matcher.kinds,
+        }
+        blobs = [self._lengths.tobytes(), self._owners.tobytes()]
+        blobs += [column.tobytes() for column in self._longer.columns()]
+        blobs.append(self._longer.forms)
+        for database, ids in self._matcher.databases:
+            blobs += [ids.tobytes(), hyperscan.dumpb(database)]
+        return meta, blobs
+
+    @classmethod
+    def restore(cls, group: Group, meta: dict[str, Any], blobs: list[bytes]) -> Shard:
+        """The shard `dump` described, for `group`, without compiling. Only for what the
+        cache authenticated as made from exactly this group (redact/cache.py)."""
+        shard = cls.__new__(cls)
+        shard.marks = [f"[REDACTED:{name}]".encode() for name, _ in group]
+        shard.ranks = [-len(value) for _, value in group]
+        shard.longest, shard.shortest = int(meta["longest"]), int(meta["shortest"])
+        shard.longest_plain, shard.breaks = int(meta["longest_plain"]), bool(meta["breaks"])
+        shard._lengths, shard._owners = array("i", blobs[0]), array("i", blobs[1])
+        if len(shard._lengths) != len(shard._owners):
+            raise ValueError("a cached shard's anchors and owners differ in number")
+        columns = [array("i", blob) for blob in blobs[2 : 2 + LONGER_COLUMNS]]
+        shard._longer = LongerForms(columns, blobs[2 + LONGER_COLUMNS])
+        databases = []
+        rest = blobs[3 + LONGER_COLUMNS :]
+        for ids, serialized in zip(rest[0::2], rest[1::2], strict=True):
+            database = hyperscan.loadb(serialized, hyperscan.HS_MODE_BLOCK)
+            database.scratch = hyperscan.Scratch(database)
+            databases.append((database, array("i", ids)))
+        kinds = [str(kind) for kind in meta["kinds"]]
+        if len(kinds) != len(databases):
+            raise ValueError("a cached shard's databases and kinds differ in number")
+        shard._matcher = _Matcher(databases, kinds)
+        return shard
 
     def matches(self, data: bytes) -> list[Span]:
         spans: list[Span] = []
@@ -179,13 +230,11 @@ class Shard:
         return spans
 
 
-def _anchored(
-    names: dict[tuple[bytes, bool], int],
-) -> dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]]:
+def _anchored(names: dict[tuple[bytes, bool], int]) -> dict[tuple[bytes, bool], list[Form]]:
     """The forms by the anchor Hyperscan looks for: the shortest other form a form begins
     with (a value's base64, padded or not, begins with its aligned core: one pattern, not
     three), else its first ANCHOR bytes (NUL_ANCHOR with NULs). The rest is compared."""
-    anchors: dict[tuple[bytes, bool], list[tuple[bytes, bool, int]]] = {}
+    anchors: dict[tuple[bytes, bool], list[Form]] = {}
     for caseless in (False, True):
         # Sorted, a form's prefixes come before it, and every form between them begins
         # with them too: a stack holds the chain of forms that begin the current one.
@@ -231,10 +280,14 @@ class _Recent:
 _recent = _Recent()
 
 
-def build_shards(groups: Sequence[Group]) -> list[Shard]:
-    """One shard per group, taken from the last build when the group is unchanged; the
-    others are compiled side by side (Hyperscan lets go of the GIL while it compiles)."""
+def build_shards(groups: Sequence[Group], cache: ShardStore | None = None) -> list[Shard]:
+    """One shard per group, taken from the last build when the group is unchanged, else
+    from `cache` (a start: decrypted, not compiled); the others are compiled side by side
+    (Hyperscan lets go of the GIL while it compiles) and given to the cache."""
     found = {group: _recent.get(group) for group in groups}
+    if cache is not None:
+        for group in [group for group, shard in found.items() if shard is None]:
+            found[group] = cache.load(group)
     missing = [group for group, shard in found.items() if shard is None]
     if len(missing) > 1:
         with ThreadPoolExecutor(min(len(missing), BUILDERS), "blindkey-redact") as pool:
@@ -243,4 +296,15 @@ def build_shards(groups: Sequence[Group]) -> list[Shard]:
         found[missing[0]] = Shard(missing[0])
     built = {group: shard for group, shard in found.items() if shard is not None}
     _recent.keep(built)
+    if cache is not None:
+        cache.keep(built)
     return list(built.values())
+
+
+class ShardStore(Protocol):
+    """Where compiled shards outlive the process (redact/cache.py)."""
+
+    def load(self, group: Group) -> Shard | None: ...
+
+    def keep(self, shards: dict[Group, Shard]) -> None:
+        """Store those not stored yet; forget every shard not among them."""

@@ -19,6 +19,7 @@ from blindkey.broker.leases import LeaseHolder
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.broker.rules import ANY_REQUEST, LEASED, THIS_CALL, THIS_REQUEST
 from blindkey.config.errors import BlindkeyError
+from blindkey.redact.cache import shard_cache
 from blindkey.redact.redactor import Redactor
 
 MAX_CACHED_RESOLUTIONS = 4096
@@ -55,6 +56,7 @@ class Authoriser:
         socket_path: Path,
         on_invalidate: Callable[[], None],
         on_approval: Callable[[str | None, str], None],
+        cache_dir: Path | None = None,
     ) -> None:
         # on_invalidate: what else must be re-read before a change counts as applied
         # (config.toml: the allowlist is the proxy's to enforce).
@@ -64,9 +66,13 @@ class Authoriser:
         self.on_approval = on_approval
         self.broker = BrokerClient(socket_path, on_push=self._on_push)
         self._redactor = Redactor({})
+        self.cache_dir = cache_dir  # the compiled redactor, sealed (redact/cache.py)
         self._redactor_values: dict[str, str] = {}
         self._redactor_generation = -1
         self._redactor_lock = asyncio.Lock()
+        # Rebuilds begun by a change, before any call asks: the change's shard compiles
+        # while the agent has not called yet, and a removed value's sealed shard goes now.
+        self.rebuilding: set[asyncio.Task[None]] = set()
         self._resolutions: dict[ResolutionKey, Kept] = {}
         self._per_request: dict[PerRequest, Resolution] = {}
         # Counted by a rate: the answer, and the pool whose leased calls it spends.
@@ -105,6 +111,9 @@ class Authoriser:
             self.config_sha256 = message.get("config_sha256")
             self.on_invalidate()
             self.on_approval(None, "changed")
+            task = asyncio.get_running_loop().create_task(self.refresh(), name="redactor-rebuild")
+            self.rebuilding.add(task)
+            task.add_done_callback(self.rebuilding.discard)
         elif event == "approval":
             approval_id = message.get("approval_id")
             if isinstance(approval_id, str):
@@ -229,7 +238,8 @@ class Authoriser:
                 reply = await self.broker.call("redaction_set")
                 values = dict(reply["values"])
                 # Compiling patterns for 50 values of 4 KB takes a while: not on the loop.
-                self._redactor = await asyncio.to_thread(Redactor, values)
+                cache = shard_cache(self.cache_dir, reply.get("cache_key"))
+                self._redactor = await asyncio.to_thread(Redactor, values, cache)
                 self._redactor_values = values
                 self._redactor_generation = int(reply["generation"])
             redactor, known = self._redactor, self._redactor_values
@@ -245,7 +255,17 @@ class Authoriser:
         with contextlib.suppress(BlindkeyError):
             await self._current_redactor(self._redactor_generation - 1, {})
 
+    async def refresh(self) -> None:
+        """After a change, the new set's redactor, unless a call built it first (changes in
+        a burst queue here and build once)."""
+        async with self._redactor_lock:
+            stale = self._redactor_generation == -1
+        if stale:
+            await self.warm()
+
     async def close(self) -> None:
+        for task in list(self.rebuilding):
+            task.cancel()
         await self.broker.close()
 
 
