@@ -33,6 +33,7 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 DEFAULT_REGION = "us-east-1"  # where AWS's global endpoints (iam, sts, s3.amazonaws.com) sign
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+\Z")
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
 # Signed besides x-amz-*: what AWS services check, and nothing a hop on the way rewrites.
 _ALWAYS_SIGNED = ("host", "content-type", "content-md5")
@@ -62,14 +63,19 @@ def scope_from_host(host: str) -> tuple[str, str]:
 
 
 def payload_rule(declared: str | None) -> str | None:
-    """The literal to sign when the caller asked for an unsigned payload (whole, or chunked
-    with an unsigned trailer); None: hash the body. A streaming-chunked upload with signed
-    chunks is refused: each chunk would need a signature made with the key."""
+    """What to sign as the payload's hash: the literal of an unsigned payload (whole, or
+    chunked with an unsigned trailer), or the SHA-256 the caller already declared (an SDK
+    always does); None: hash the body. A declared hash is signed as it is, and the body
+    streams: the upstream checks the body against it, so a wrong one fails there, and reading
+    a multi-GiB upload whole to hash it again would only refuse it. A streaming-chunked upload
+    with signed chunks is refused: each chunk would need a signature made with the key."""
     if declared is None:
         return None
     text = declared.strip()
     if text.upper() in (UNSIGNED, UNSIGNED_TRAILER):
         return text.upper()
+    if _SHA256_HEX.match(text):
+        return text.lower()
     if text.upper().startswith("STREAMING-"):
         raise ProxyError(
             "bad_request",

@@ -1,0 +1,126 @@
+"""S3 uploads in proxy mode, as botocore sends them: its own S3 client, in its own process,
+signs with the placeholder as its access key id; blindkey signs again with the real keys;
+the upstream takes the upload only if S3 would (s3_oracle.py: botocore's signer, the
+aws-chunked body, its checksum trailer, its chunk signatures). Each upload is larger than
+the proxy's max_request_body, so one that was read whole would be refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import trustme
+from aiohttp import web
+
+from blindkey.broker.vault import FileVault
+from blindkey.config.edit import string_array, toml_table
+from blindkey.config.paths import Paths
+from blindkey.proxy.tls.ca import ensure_ca
+from tests.proxy import s3_agent
+from tests.proxy.conftest import Env, open_env
+from tests.proxy.s3_oracle import STORE, Store, start_s3
+from tests.proxy.sigv4_oracle import SESSION_KEYS
+from tests.proxy.test_attack_dos import audit_records
+
+SIZE = 1024 * 1024 + 5  # > max_request_body (64KiB), and not a whole number of chunks
+# The agent's own timeouts are 10 s: one upload may take no longer than this, far below the
+# per-test limit, so a proxy that hangs fails the test with its reason.
+DEADLINE = 30.0
+
+
+@dataclass
+class S3:
+    env: Env
+    upstream: web.AppRunner
+    port: int
+    placeholder: str
+
+    @property
+    def store(self) -> Store:
+        return self.upstream.app[STORE]
+
+    async def upload(self, mode: str, size: int = SIZE) -> dict[str, Any]:
+        proxy = f"http://agent:{self.env.token}@127.0.0.1:{self.env.server.port}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, s3_agent.__file__, mode, proxy, f"https://127.0.0.1:{self.port}",
+            str(self.env.paths.ca_cert), self.placeholder, str(size),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), DEADLINE)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            pytest.fail(f"the {mode} upload did not finish in {DEADLINE} s")
+        assert process.returncode == 0, out
+        return dict(orjson.loads(out))
+
+
+@pytest.fixture
+async def s3(home: Paths, tmp_path: Path) -> AsyncIterator[S3]:
+    ca = trustme.CA()
+    upstream_ca = tmp_path / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(upstream_ca))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    upstream, port = await start_s3(SESSION_KEYS, context)
+    ensure_ca(home)
+    FileVault(home).set("development", "AWS", SESSION_KEYS.to_value())
+
+    def configure(document: Any) -> None:
+        toml_table(document, "allowlist")["hosts"].append(f"https://127.0.0.1:{port}")
+        toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
+        section = toml_table(document, "secrets", "AWS")
+        section["kind"] = "aws"
+        section["hosts"] = string_array([f"https://127.0.0.1:{port}"])
+
+    try:
+        async with open_env(home, configure) as env:
+            reply = await env.server.runtime.authoriser.broker.call(
+                "placeholders", env="development"
+            )
+            yield S3(env, upstream, port, str(reply["placeholders"]["AWS"]))
+    finally:
+        await upstream.cleanup()
+
+
+def _stored(s3: S3, key: str, size: int = SIZE) -> dict[str, str]:
+    assert s3.store.objects[f"/bucket/{key}"] == s3_agent.content(size)
+    headers = s3.store.headers[-1]
+    assert f"Credential={SESSION_KEYS.access_key_id}/" in headers["authorization"]
+    for wire in s3.store.wire_bodies:
+        assert s3.placeholder.encode() not in wire
+    records = [r for r in audit_records(s3.env.paths.audit_dir) if r.get("via") == "connect"]
+    assert records[-1]["secrets"] == ["AWS"] and records[-1]["styles"] == ["sigv4"]
+    assert records[-1]["status"] == 200
+    return headers
+
+
+async def test_put_object_with_a_checksum_trailer_streams_through(s3: S3) -> None:
+    """botocore's default: aws-chunked, the CRC32 in a trailer, the payload signed as the
+    literal STREAMING-UNSIGNED-PAYLOAD-TRAILER; the body goes on as it came."""
+    assert await s3.upload("trailer") == {"status": 200}
+    headers = _stored(s3, "trailer.bin")
+    assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    assert headers["x-amz-trailer"] == "x-amz-checksum-crc32"
+    assert headers["content-encoding"] == "aws-chunked"
+    signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    assert {"content-encoding", "x-amz-decoded-content-length", "x-amz-trailer"} <= set(signed)
+
+
+async def test_put_object_without_a_checksum_signs_the_sdks_payload_hash(s3: S3) -> None:
+    """request_checksum_calculation="when_required": with no checksum header botocore hashes
+    the body into X-Amz-Content-Sha256. That hash is signed as declared (S3 checks the body
+    against it), so the body streams instead of being read whole to be hashed again."""
+    assert await s3.upload("when-required") == {"status": 200}
+    headers = _stored(s3, "when-required.bin")
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(s3_agent.content(SIZE)).hexdigest()
+    assert headers["content-length"] == str(SIZE)
