@@ -26,6 +26,7 @@ from blindkey.broker.credentials.sigv4_sign import canonical_query as canonical_
 from blindkey.broker.credentials.sigv4_sign import timestamp
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.parse import Injection
+from blindkey.proxy.request.sigv4_chunks import SIGNED_CHUNKS, ChunkSigner
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 # aws-chunked with a checksum trailer and no chunk signatures (SDKs' default for S3 uploads):
@@ -76,12 +77,15 @@ def payload_rule(declared: str | None) -> str | None:
         return text.upper()
     if _SHA256_HEX.match(text):
         return text.lower()
+    if text.upper() == SIGNED_CHUNKS:
+        return SIGNED_CHUNKS
     if text.upper().startswith("STREAMING-"):
         raise ProxyError(
             "bad_request",
-            f"X-Amz-Content-Sha256: {text[:48]}: blindkey does not sign streaming-chunked "
-            "uploads (each chunk is signed with the key); send the body whole, or with "
-            "X-Amz-Content-Sha256: UNSIGNED-PAYLOAD (S3 over https accepts it)",
+            f"X-Amz-Content-Sha256: {text[:48]}: blindkey does not sign this kind of "
+            f"streaming-chunked upload (it signs {SIGNED_CHUNKS} and {UNSIGNED_TRAILER}); "
+            "let the SDK send unsigned payloads with a trailing checksum (botocore's default, "
+            "and the AWS SDKs' over https), or X-Amz-Content-Sha256: UNSIGNED-PAYLOAD",
         )
     return None
 
@@ -173,10 +177,11 @@ def sign(
     keys: AwsKeys,
     configured_region: str,
     now: datetime | None = None,
-) -> None:
+) -> ChunkSigner | None:
     """Sign the request in place: X-Amz-Date, X-Amz-Content-Sha256, X-Amz-Security-Token
     when the keys have one, and Authorization. Signed: the headers the SDK signed (proxy
-    mode), else host, content-type, content-md5 and every x-amz-* header."""
+    mode), else host, content-type, content-md5 and every x-amz-* header. For a body of
+    signed chunks: what signs them (sigv4_chunks.py)."""
     scope, sdk_signed = _scope(injection, outgoing.host, configured_region)
     payload = payload_rule(headers.get("X-Amz-Content-Sha256"))
     if payload is None:
@@ -205,6 +210,9 @@ def sign(
         signed = default_signed(present)
     request = (outgoing.method, outgoing.path_query, payload)
     headers["Authorization"] = authorization(keys, scope, request, lookup, signed, when)
+    if payload != SIGNED_CHUNKS:
+        return None
+    return ChunkSigner.of(keys, scope, when, headers["Authorization"])
 
 
 def signs_payload(injections: Sequence[Injection], headers: CIMultiDict[str]) -> bool:
@@ -220,13 +228,17 @@ def sign_all(
     values: Mapping[str, str],
     outgoing: Outgoing,
     region_of: Callable[[str], str],
-) -> None:
-    """Every Sigv4 injection of the call (at most one: it owns Authorization)."""
+) -> list[ChunkSigner]:
+    """Every Sigv4 injection of the call (at most one: it owns Authorization); what signs
+    the chunks of the body again, if the body is of signed chunks."""
+    chunks: list[ChunkSigner] = []
     for injection in injections:
         if injection.style == "sigv4":
             keys = maybe_keys(values[injection.secret])
             assert keys is not None  # check_styles refused any other value
-            sign(headers, outgoing, injection, keys, region_of(injection.secret))
+            signer = sign(headers, outgoing, injection, keys, region_of(injection.secret))
+            chunks.extend([signer] if signer is not None else [])
+    return chunks
 
 
 def sdk_key_id(authorization: str) -> str | None:

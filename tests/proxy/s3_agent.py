@@ -6,7 +6,9 @@ as its access key id. Prints one JSON line: the HTTP status and S3's error code,
 
 MODE: `trailer` (botocore's default: STREAMING-UNSIGNED-PAYLOAD-TRAILER), `when-required`
 (no checksum asked: UNSIGNED-PAYLOAD), `signed-chunks` (STREAMING-AWS4-HMAC-SHA256-PAYLOAD,
-which botocore does not send: made here as the AWS SDKs for Java and JavaScript make it).
+which botocore does not send: made here as the AWS SDKs for Java and JavaScript make it),
+`signed-chunks-trailer` (the same declared as STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER),
+`bad-chunks` (signed chunks, the first running on past its size).
 """
 
 from __future__ import annotations
@@ -63,7 +65,17 @@ def _chunk_signature(key: bytes, when: str, scope: str, previous: str, chunk: by
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
-def signed_chunks(proxy: str, endpoint: str, ca: str, key_id: str, size: int) -> Any:
+class StreamingSigner(S3SigV4Auth):  # type: ignore[misc]  # botocore has no type hints
+    """botocore's S3 signer, with the payload declared as signed chunks (it hashes the body
+    otherwise, and has no signer of its own for chunks)."""
+
+    declared = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+
+    def payload(self, request: AWSRequest) -> str:
+        return self.declared
+
+
+def signed_chunks(mode: str, proxy: str, endpoint: str, ca: str, key_id: str, size: int) -> Any:
     data = content(size)
     chunks = [data[at : at + CHUNK] for at in range(0, len(data), CHUNK)] + [b""]
     encoded_length = sum(len(f"{len(c):x};chunk-signature=") + 64 + 4 + len(c) for c in chunks)
@@ -73,7 +85,10 @@ def signed_chunks(proxy: str, endpoint: str, ca: str, key_id: str, size: int) ->
         "Content-Length": str(encoded_length),
     }  # fmt: skip
     request = AWSRequest("PUT", f"{endpoint}/bucket/signed-chunks.bin", headers=headers)
-    S3SigV4Auth(Credentials(key_id, DUMMY_SECRET), "s3", REGION).add_auth(request)
+    signer = StreamingSigner(Credentials(key_id, DUMMY_SECRET), "s3", REGION)
+    if mode == "signed-chunks-trailer":
+        signer.declared += "-TRAILER"
+    signer.add_auth(request)
     authorization = request.headers["Authorization"]
     scope = authorization.split("Credential=", 1)[1].split(",", 1)[0].split("/", 1)[1]
     when, previous = request.headers["X-Amz-Date"], authorization.rsplit("Signature=", 1)[1]
@@ -85,6 +100,9 @@ def signed_chunks(proxy: str, endpoint: str, ca: str, key_id: str, size: int) ->
         previous = _chunk_signature(key, when, scope, previous, chunk)
         body += f"{len(chunk):x};chunk-signature={previous}\r\n".encode() + chunk + b"\r\n"
     assert len(body) == encoded_length
+    if mode == "bad-chunks":  # the first chunk runs on past its size (the length holds)
+        first_end = body.index(b"\r\n") + 2 + CHUNK
+        body = body[:first_end] + b"!!" + body[first_end + 2 :]
     request.data = body
     session = URLLib3Session(verify=ca, proxies={"https": proxy}, timeout=TIMEOUT)
     try:
@@ -96,8 +114,8 @@ def signed_chunks(proxy: str, endpoint: str, ca: str, key_id: str, size: int) ->
 
 def main() -> None:
     mode, proxy, endpoint, ca, key_id, size = sys.argv[1:7]
-    if mode == "signed-chunks":
-        result = signed_chunks(proxy, endpoint, ca, key_id, int(size))
+    if mode in ("signed-chunks", "signed-chunks-trailer", "bad-chunks"):
+        result = signed_chunks(mode, proxy, endpoint, ca, key_id, int(size))
     else:
         result = sdk_put(mode, proxy, endpoint, ca, key_id, int(size))
     print(json.dumps(result))

@@ -18,6 +18,8 @@ from blindkey.broker.credentials.aws import AwsKeys
 from tests.proxy.sigv4_oracle import botocore_authorization
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+SIGNED_CHUNKS = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 
 
 @dataclass
@@ -102,6 +104,9 @@ def _problems(
     if "aws-chunked" not in headers.get("content-encoding", ""):
         ok = declared in ("UNSIGNED-PAYLOAD", hashlib.sha256(body).hexdigest())
         return ("" if ok else "XAmzContentSHA256Mismatch"), body
+    literal = declared == UNSIGNED_TRAILER or declared.startswith(SIGNED_CHUNKS)
+    if not literal and declared != hashlib.sha256(body).hexdigest():
+        return "XAmzContentSHA256Mismatch", b""
     decoded = decode_aws_chunked(body)
     if str(len(decoded.data)) != headers.get("x-amz-decoded-content-length"):
         return "IncompleteBody", b""
@@ -110,7 +115,7 @@ def _problems(
         crc = base64.b64encode(zlib.crc32(decoded.data).to_bytes(4, "big")).decode()
         if trailer != "x-amz-checksum-crc32" or decoded.trailers.get(trailer) != crc:
             return "BadDigest", b""
-    if declared.startswith("STREAMING-AWS4-HMAC-SHA256-PAYLOAD"):
+    if declared.startswith(SIGNED_CHUNKS):
         scope = sent.split("Credential=", 1)[1].split(",", 1)[0].split("/", 1)[1]
         seed = sent.rsplit("Signature=", 1)[1]
         given = [signature for signature, _ in decoded.signatures]

@@ -63,9 +63,11 @@ def test_payload_rules() -> None:
     assert payload_rule("e3b0c442") is None
     trailer = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     assert payload_rule(trailer) == trailer
+    signed_chunks = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    assert payload_rule(signed_chunks) == signed_chunks  # signed again (sigv4_chunks.py)
     for streaming in (
-        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
         "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
     ):
         with pytest.raises(ProxyError, match="streaming-chunked"):
             payload_rule(streaming)

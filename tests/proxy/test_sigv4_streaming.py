@@ -7,9 +7,12 @@ the proxy's max_request_body, so one that was read whole would be refused."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import ssl
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,3 +127,75 @@ async def test_put_object_without_a_checksum_signs_the_sdks_payload_hash(s3: S3)
     headers = _stored(s3, "when-required.bin")
     assert headers["x-amz-content-sha256"] == hashlib.sha256(s3_agent.content(SIZE)).hexdigest()
     assert headers["content-length"] == str(SIZE)
+
+
+async def test_signed_chunks_are_signed_again_as_they_stream(s3: S3) -> None:
+    """STREAMING-AWS4-HMAC-SHA256-PAYLOAD (the AWS SDKs for Java and JavaScript): every
+    chunk's signature, made by the SDK with a key that is not AWS's, is replaced by one
+    made with the real key and chained from blindkey's signature of the request."""
+    assert await s3.upload("signed-chunks") == {"status": 200, "body": ""}
+    headers = _stored(s3, "signed-chunks.bin")
+    assert headers["x-amz-content-sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    assert int(headers["content-length"]) == len(s3.store.wire_bodies[-1]) > SIZE
+
+
+async def test_signed_chunks_with_a_trailer_are_refused_clearly(s3: S3) -> None:
+    """STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER (a signed trailer too) is not signed again:
+    refused before anything leaves, recorded, with what to configure instead; no hang."""
+    answer = await s3.upload("signed-chunks-trailer")
+    error = orjson.loads(answer["body"])
+    assert answer["status"] == 400 and error["error"] == "bad_request"
+    assert "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" in error["message"]
+    assert "trailing checksum" in error["message"]
+    assert not s3.store.headers
+    record = audit_records(s3.env.paths.audit_dir)[-1]
+    assert record["reason"] == "bad_request" and record["status"] == 400
+    assert "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" in record["detail"]
+
+
+async def test_a_malformed_chunk_fails_the_upload_clearly(s3: S3) -> None:
+    """A chunk that runs on past its size: the upload stops there (the upstream never gets
+    a whole body to store), and the agent is told why; no hang."""
+    answer = await s3.upload("bad-chunks")
+    error = orjson.loads(answer["body"])
+    assert answer["status"] == 400 and error["error"] == "bad_request", answer
+    assert "does not end where its size says" in error["message"]
+    assert not s3.store.objects
+    record = audit_records(s3.env.paths.audit_dir)[-1]
+    assert record["reason"] == "bad_request" and record["status"] == 400
+
+
+def _aws_chunked(data: bytes, signed: bool) -> bytes:
+    """An aws-chunked body as an agent on /proxy sends it: it holds no key, so its chunk
+    signatures are anything (blindkey makes them); unsigned, with a CRC32 trailer."""
+    chunks = [data[at : at + s3_agent.CHUNK] for at in range(0, len(data), s3_agent.CHUNK)]
+    out = b""
+    for chunk in [*chunks, b""]:
+        extension = ";chunk-signature=" + "0" * 64 if signed else ""
+        out += f"{len(chunk):x}{extension}\r\n".encode() + chunk + (b"\r\n" if chunk else b"")
+    if signed:
+        return out + b"\r\n"
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    return out + f"x-amz-checksum-crc32:{crc}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("declared", ["STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                                      "STREAMING-UNSIGNED-PAYLOAD-TRAILER"])  # fmt: skip
+async def test_x_as_inject_sigv4_streams_chunked_uploads(s3: S3, declared: str) -> None:
+    """The same on /proxy: X-AS-Inject-Sigv4 signs the headers, and signs the chunks when
+    they are to be signed; the body (past max_request_body) streams."""
+    data = s3_agent.content(SIZE)
+    signed = declared.startswith("STREAMING-AWS4")
+    headers = s3.env.to(
+        f"https://127.0.0.1:{s3.port}/bucket/via-proxy.bin", **{
+            "X-AS-Inject-Sigv4": "AWS", "X-AS-Sigv4-Service": "s3",
+            "X-AS-Sigv4-Region": "eu-west-1", "X-Amz-Content-Sha256": declared,
+            "Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(SIZE),
+            **({} if signed else {"X-Amz-Trailer": "x-amz-checksum-crc32"}),
+        },
+    )  # fmt: skip
+    call = s3.env.call("PUT", headers=headers, data=io.BytesIO(_aws_chunked(data, signed)))
+    status, _, body = await asyncio.wait_for(call, DEADLINE)
+    assert status == 200, body
+    assert s3.store.objects["/bucket/via-proxy.bin"] == data
+    assert s3.store.headers[-1]["x-amz-content-sha256"] == declared
