@@ -184,7 +184,8 @@ def sign(
     signed chunks: what signs them (sigv4_chunks.py)."""
     scope, sdk_signed = _scope(injection, outgoing.host, configured_region)
     payload = payload_rule(headers.get("X-Amz-Content-Sha256"))
-    if payload is None:
+    if payload is None or (_SHA256_HEX.match(payload) and outgoing.body is not None):
+        # A body in hand is hashed as it is sent: a value put into it changed it.
         payload = hashlib.sha256(outgoing.body or b"").hexdigest()
     when = timestamp(now)
     for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "X-Amz-Security-Token"):
@@ -213,6 +214,16 @@ def sign(
     if payload != SIGNED_CHUNKS:
         return None
     return ChunkSigner.of(keys, scope, when, headers["Authorization"])
+
+
+def streams_as_declared(headers: Mapping[str, str]) -> bool:
+    """An upload an SDK declared unsigned or chunked: its body is the SDK's, streamed as it
+    came (a text upload to S3 can be GiBs), never read whole to look for placeholders; one
+    swapped in would break its chunks' framing anyway."""
+    declared = headers.get("X-Amz-Content-Sha256", "").strip().upper()
+    return declared.startswith(("UNSIGNED-", "STREAMING-")) or (
+        "aws-chunked" in headers.get("Content-Encoding", "").lower()
+    )
 
 
 def signs_payload(injections: Sequence[Injection], headers: CIMultiDict[str]) -> bool:

@@ -4,7 +4,8 @@ as its access key id. Prints one JSON line: the HTTP status and S3's error code,
 
     python s3_agent.py MODE PROXY ENDPOINT CA_FILE PLACEHOLDER SIZE
 
-MODE: `trailer` (botocore's default: STREAMING-UNSIGNED-PAYLOAD-TRAILER), `when-required`
+MODE: `trailer` (botocore's default: STREAMING-UNSIGNED-PAYLOAD-TRAILER), `text` (the same,
+with a text Content-Type, which proxy mode reads for placeholders otherwise), `when-required`
 (no checksum asked: UNSIGNED-PAYLOAD), `signed-chunks` (STREAMING-AWS4-HMAC-SHA256-PAYLOAD,
 which botocore does not send: made here as the AWS SDKs for Java and JavaScript make it),
 `signed-chunks-trailer` (the same declared as STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER),
@@ -39,7 +40,7 @@ def content(size: int) -> bytes:
 
 
 def sdk_put(mode: str, proxy: str, endpoint: str, ca: str, key_id: str, size: int) -> Any:
-    checksums = {"request_checksum_calculation": "when_required"} if mode != "trailer" else {}
+    checksums = {"request_checksum_calculation": "when_required"} if mode == "when-required" else {}
     config = Config(
         proxies={"https": proxy}, s3={"addressing_style": "path"}, retries={"max_attempts": 1},
         connect_timeout=TIMEOUT, read_timeout=TIMEOUT, **checksums,
@@ -49,7 +50,8 @@ def sdk_put(mode: str, proxy: str, endpoint: str, ca: str, key_id: str, size: in
         aws_access_key_id=key_id, aws_secret_access_key=DUMMY_SECRET,
     )  # fmt: skip
     try:
-        client.put_object(Bucket="bucket", Key=f"{mode}.bin", Body=content(size))
+        typed = {"ContentType": "text/csv"} if mode == "text" else {}
+        client.put_object(Bucket="bucket", Key=f"{mode}.bin", Body=content(size), **typed)
         return {"status": 200}
     except ClientError as exc:
         meta = exc.response["ResponseMetadata"]

@@ -119,6 +119,14 @@ async def test_put_object_with_a_checksum_trailer_streams_through(s3: S3) -> Non
     assert {"content-encoding", "x-amz-decoded-content-length", "x-amz-trailer"} <= set(signed)
 
 
+async def test_a_text_upload_an_sdk_signed_streams_too(s3: S3) -> None:
+    """A text Content-Type, which proxy mode reads whole to look for placeholders: an
+    upload an SDK declared chunked (or unsigned) is the SDK's, and streams as it came."""
+    assert await s3.upload("text") == {"status": 200}
+    headers = _stored(s3, "text.bin")
+    assert headers["content-type"] == "text/csv"
+
+
 async def test_put_object_without_a_checksum_signs_the_sdks_payload_hash(s3: S3) -> None:
     """request_checksum_calculation="when_required": with no checksum header botocore hashes
     the body into X-Amz-Content-Sha256. That hash is signed as declared (S3 checks the body
@@ -199,3 +207,23 @@ async def test_x_as_inject_sigv4_streams_chunked_uploads(s3: S3, declared: str) 
     assert status == 200, body
     assert s3.store.objects["/bucket/via-proxy.bin"] == data
     assert s3.store.headers[-1]["x-amz-content-sha256"] == declared
+
+
+async def test_a_body_a_value_was_put_into_is_hashed_as_sent(s3: S3) -> None:
+    """A declared hash is trusted only for a body that streams as it came: one blindkey
+    holds and changed (X-AS-Inject-Body-*) is hashed again, else S3 would refuse it."""
+    sent = b'{"token": "", "n": 1}'
+    headers = s3.env.to(
+        f"https://127.0.0.1:{s3.port}/bucket/with-value.json", **{
+            "X-AS-Inject-Sigv4": "AWS", "X-AS-Sigv4-Service": "s3",
+            "X-AS-Sigv4-Region": "eu-west-1", "X-AS-Inject-Body-token": "GITHUB_TOKEN",
+            "X-Amz-Content-Sha256": hashlib.sha256(sent).hexdigest(),
+            "Content-Type": "application/json",
+        },
+    )  # fmt: skip
+    status, _, body = await asyncio.wait_for(s3.env.call("PUT", headers=headers, data=sent), 20)
+    assert status == 200, body
+    stored = s3.store.objects["/bucket/with-value.json"]
+    assert stored != sent and s3.store.headers[-1]["x-amz-content-sha256"] == (
+        hashlib.sha256(stored).hexdigest()
+    )
