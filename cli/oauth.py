@@ -10,7 +10,6 @@ import sys
 from blindkey.cli.approvals import approver_code, exit_for_refusal
 from blindkey.config.arguments import Subcommands, action_group, positive
 from blindkey.config.console import say
-from blindkey.config.errors import UsageError
 from blindkey.config.paths import Paths
 
 
@@ -24,30 +23,32 @@ def _announce(text: str) -> None:
 def cmd_oauth_login(paths: Paths, args: argparse.Namespace) -> int:
     from blindkey.broker.credentials.device import device_flow
     from blindkey.broker.credentials.login import Client, authorization_code
+    from blindkey.broker.credentials.presets import endpoints
     from blindkey.broker.secrets_ops import NewSecret, check_name, store_secret
 
     check_name(args.name)
-    if not args.auth_url and not args.device_url:
-        raise UsageError("oauth login needs --auth-url (a browser) or --device-url (a code)")
-    client = Client(args.token_url, args.client_id, args.auth_url or "", args.scope or "",
-                    args.device_url or "")  # fmt: skip
-    if args.device_url:
+    given = endpoints(args.preset, auth_url=args.auth_url, token_url=args.token_url,
+                      device_url=args.device_url, scope=args.scope, hosts=args.host,
+                      device=args.device)  # fmt: skip
+    client = Client(given.token_url, args.client_id, given.auth_url, given.scope,
+                    given.device_url)  # fmt: skip
+    if client.device_url:
         token = device_flow(client, _announce)
     else:
         token = authorization_code(
             client, _announce, open_browser=not args.no_browser, timeout=args.timeout
         )
-    credential = {"token_url": args.token_url, "client_id": args.client_id,
+    credential = {"token_url": client.token_url, "client_id": args.client_id,
                   "grant": "refresh_token"}  # fmt: skip
-    if args.scope:
-        credential["scope"] = args.scope
-    new = NewSecret(args.name, env=args.env, hosts=args.host, kind="oauth2",
+    if client.scope:
+        credential["scope"] = client.scope
+    new = NewSecret(args.name, env=args.env, hosts=list(given.hosts), kind="oauth2",
                     credential=credential, by=args.by, code=args.code)  # fmt: skip
     stored = store_secret(paths, new, lambda: token)
     hosts = ", ".join(str(h) for h in stored.policy.hosts) or "any allowlisted host"
     say(
         f"stored {stored.name} in {stored.env}: an oauth2 refresh token; the proxy injects "
-        f"access tokens from {args.token_url} (which must be on the allowlist); hosts: {hosts}"
+        f"access tokens from {client.token_url} (which must be on the allowlist); hosts: {hosts}"
     )
     return 0
 
@@ -71,8 +72,21 @@ def add_commands(sub: Subcommands) -> None:
         "X-AS-Inject-Bearer: NAME injects a fresh access token.",
     )
     p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="github, google or microsoft: their authorisation, token and device endpoints, "
+        "default scopes (github: 'repo read:user'; google: 'openid email profile', offline "
+        "access; microsoft: 'offline_access User.Read', tenant 'common') and API host "
+        "(api.github.com, www.googleapis.com, graph.microsoft.com); a flag given as well wins",
+    )
+    p.add_argument(
+        "--device",
+        action="store_true",
+        help="with --preset: log in with a code (the preset's device endpoint), no redirect",
+    )
     p.add_argument("--auth-url", metavar="URL", help="the authorisation endpoint (browser)")
-    p.add_argument("--token-url", metavar="URL", required=True, help="the token endpoint")
+    p.add_argument("--token-url", metavar="URL", help="the token endpoint (unless --preset)")
     p.add_argument("--client-id", metavar="ID", required=True, help="the OAuth client's id")
     p.add_argument("--scope", metavar="S", help="the scopes to ask for, space-separated")
     p.add_argument(
@@ -85,7 +99,8 @@ def add_commands(sub: Subcommands) -> None:
         action="append",
         default=[],
         metavar="HOST",
-        help="bind the secret to this API host, as `secrets set --host` (repeatable)",
+        help="bind the secret to this API host, as `secrets set --host` (repeatable; "
+        "default with --preset: its API host)",
     )
     p.add_argument("--env", help="environment (default: the active one)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL; open no browser")

@@ -57,19 +57,41 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
 
 
+def credential_scope(scope: Scope, when: str) -> str:
+    return f"{when[:8]}/{scope.region}/{scope.service}/aws4_request"
+
+
+def signing_key(keys: AwsKeys, scope: Scope, when: str) -> bytes:
+    key = _hmac(f"AWS4{keys.secret_access_key}".encode(), when[:8])
+    for part in (scope.region, scope.service, "aws4_request"):
+        key = _hmac(key, part)
+    return key
+
+
 def signature(keys: AwsKeys, scope: Scope, when: str, canonical_request: str) -> str:
-    day = when[:8]
     to_sign = "\n".join(
         (
             ALGORITHM,
             when,
-            f"{day}/{scope.region}/{scope.service}/aws4_request",
+            credential_scope(scope, when),
             hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
         )
     )
-    key = _hmac(f"AWS4{keys.secret_access_key}".encode(), day)
-    for part in (scope.region, scope.service, "aws4_request"):
-        key = _hmac(key, part)
+    key = signing_key(keys, scope, when)
+    return hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+def chunk_signature(key: bytes, when: str, scope: str, previous: str, chunk: bytes) -> str:
+    """One chunk's signature in a STREAMING-AWS4-HMAC-SHA256-PAYLOAD body: chained from the
+    one before it (the first from the request's own signature), as S3's documentation lays
+    it out. `key` is signing_key(...), `scope` credential_scope(...)."""
+    to_sign = "\n".join(
+        (f"{ALGORITHM}-PAYLOAD", when, scope, previous, EMPTY_SHA256,
+         hashlib.sha256(chunk).hexdigest())
+    )  # fmt: skip
     return hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
 

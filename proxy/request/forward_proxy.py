@@ -32,7 +32,11 @@ from blindkey.proxy.request.parse import (
     parse_target,
     request_headers,
 )
-from blindkey.proxy.request.sigv4 import injection_key, parse_sdk_authorization
+from blindkey.proxy.request.sigv4 import (
+    injection_key,
+    parse_sdk_authorization,
+    streams_as_declared,
+)
 from blindkey.proxy.tls.head import no_token, proxy_token
 from blindkey.proxy.tls.session import Session, bound_secrets
 
@@ -122,7 +126,12 @@ async def parse_forwarded(
     raw = request_headers(request)
     authority, path_query = target.host_header, target.path_query
     body = None
-    if request.body_exists and is_text(request.headers.get("Content-Type", "")):
+    resigned = sdk_signatures(raw, session.placeholders)
+    if (
+        request.body_exists
+        and is_text(request.headers.get("Content-Type", ""))
+        and not (resigned and streams_as_declared(request.headers))
+    ):
         limits = settings.limits
         body = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
     names = found_in(_searched(raw, path_query, body), session.placeholders)
@@ -136,7 +145,6 @@ async def parse_forwarded(
             f"{'that secret is' if len(foreign) == 1 else 'those secrets are'} not bound to "
             "(for this agent): a placeholder is replaced only on the way to its own hosts",
         )
-    resigned = sdk_signatures(raw, session.placeholders)
     injections = tuple(resigned.get(name, Injection(STYLE, "", name)) for name in sorted(names))
     spec = ProxySpec(
         target,

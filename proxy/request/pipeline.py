@@ -38,6 +38,7 @@ from blindkey.proxy.request.parse import ProxySpec, Target
 from blindkey.proxy.request.relay import relay
 from blindkey.proxy.request.send import upstream_errors
 from blindkey.proxy.request.sigv4 import Outgoing, check_styles, sign_all, signs_payload, unsent
+from blindkey.proxy.request.sigv4_chunks import resigned
 from blindkey.proxy.request.token_scan import refusal as token_refusal
 from blindkey.proxy.request.usage import meter_for, settle
 from blindkey.proxy.runtime import ProxyRuntime
@@ -152,8 +153,9 @@ async def injected(
     length = request.content_length if isinstance(body, CountingBody) else None
     signed = Outgoing(spec.method, target.host, target.host_header, path_query,
                       body if isinstance(body, bytes) else None, length)  # fmt: skip
-    sign_all(headers, spec.injections, grant.values, signed,
-             lambda name: runtime.settings.policy(name).region)  # fmt: skip
+    chunk_signers = sign_all(headers, spec.injections, grant.values, signed,
+                             lambda name: runtime.settings.policy(name).region)  # fmt: skip
+    body = resigned(body, chunk_signers)  # signed chunks: signed again as they stream
     return UpstreamRequest(
         spec.method,
         target.scheme,

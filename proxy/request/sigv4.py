@@ -26,6 +26,7 @@ from blindkey.broker.credentials.sigv4_sign import canonical_query as canonical_
 from blindkey.broker.credentials.sigv4_sign import timestamp
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.parse import Injection
+from blindkey.proxy.request.sigv4_chunks import SIGNED_CHUNKS, ChunkSigner
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 # aws-chunked with a checksum trailer and no chunk signatures (SDKs' default for S3 uploads):
@@ -33,6 +34,7 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 DEFAULT_REGION = "us-east-1"  # where AWS's global endpoints (iam, sts, s3.amazonaws.com) sign
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+\Z")
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _AWS_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
 # Signed besides x-amz-*: what AWS services check, and nothing a hop on the way rewrites.
 _ALWAYS_SIGNED = ("host", "content-type", "content-md5")
@@ -62,20 +64,28 @@ def scope_from_host(host: str) -> tuple[str, str]:
 
 
 def payload_rule(declared: str | None) -> str | None:
-    """The literal to sign when the caller asked for an unsigned payload (whole, or chunked
-    with an unsigned trailer); None: hash the body. A streaming-chunked upload with signed
-    chunks is refused: each chunk would need a signature made with the key."""
+    """What to sign as the payload's hash: the literal of an unsigned payload (whole, or
+    chunked with an unsigned trailer), or the SHA-256 the caller already declared (an SDK
+    always does); None: hash the body. A declared hash is signed as it is, and the body
+    streams: the upstream checks the body against it, so a wrong one fails there, and reading
+    a multi-GiB upload whole to hash it again would only refuse it. A streaming-chunked upload
+    with signed chunks is refused: each chunk would need a signature made with the key."""
     if declared is None:
         return None
     text = declared.strip()
     if text.upper() in (UNSIGNED, UNSIGNED_TRAILER):
         return text.upper()
+    if _SHA256_HEX.match(text):
+        return text.lower()
+    if text.upper() == SIGNED_CHUNKS:
+        return SIGNED_CHUNKS
     if text.upper().startswith("STREAMING-"):
         raise ProxyError(
             "bad_request",
-            f"X-Amz-Content-Sha256: {text[:48]}: blindkey does not sign streaming-chunked "
-            "uploads (each chunk is signed with the key); send the body whole, or with "
-            "X-Amz-Content-Sha256: UNSIGNED-PAYLOAD (S3 over https accepts it)",
+            f"X-Amz-Content-Sha256: {text[:48]}: blindkey does not sign this kind of "
+            f"streaming-chunked upload (it signs {SIGNED_CHUNKS} and {UNSIGNED_TRAILER}); "
+            "let the SDK send unsigned payloads with a trailing checksum (botocore's default, "
+            "and the AWS SDKs' over https), or X-Amz-Content-Sha256: UNSIGNED-PAYLOAD",
         )
     return None
 
@@ -167,13 +177,15 @@ def sign(
     keys: AwsKeys,
     configured_region: str,
     now: datetime | None = None,
-) -> None:
+) -> ChunkSigner | None:
     """Sign the request in place: X-Amz-Date, X-Amz-Content-Sha256, X-Amz-Security-Token
     when the keys have one, and Authorization. Signed: the headers the SDK signed (proxy
-    mode), else host, content-type, content-md5 and every x-amz-* header."""
+    mode), else host, content-type, content-md5 and every x-amz-* header. For a body of
+    signed chunks: what signs them (sigv4_chunks.py)."""
     scope, sdk_signed = _scope(injection, outgoing.host, configured_region)
     payload = payload_rule(headers.get("X-Amz-Content-Sha256"))
-    if payload is None:
+    if payload is None or (_SHA256_HEX.match(payload) and outgoing.body is not None):
+        # A body in hand is hashed as it is sent: a value put into it changed it.
         payload = hashlib.sha256(outgoing.body or b"").hexdigest()
     when = timestamp(now)
     for name in ("Authorization", "X-Amz-Date", "X-Amz-Content-Sha256", "X-Amz-Security-Token"):
@@ -199,6 +211,19 @@ def sign(
         signed = default_signed(present)
     request = (outgoing.method, outgoing.path_query, payload)
     headers["Authorization"] = authorization(keys, scope, request, lookup, signed, when)
+    if payload != SIGNED_CHUNKS:
+        return None
+    return ChunkSigner.of(keys, scope, when, headers["Authorization"])
+
+
+def streams_as_declared(headers: Mapping[str, str]) -> bool:
+    """An upload an SDK declared unsigned or chunked: its body is the SDK's, streamed as it
+    came (a text upload to S3 can be GiBs), never read whole to look for placeholders; one
+    swapped in would break its chunks' framing anyway."""
+    declared = headers.get("X-Amz-Content-Sha256", "").strip().upper()
+    return declared.startswith(("UNSIGNED-", "STREAMING-")) or (
+        "aws-chunked" in headers.get("Content-Encoding", "").lower()
+    )
 
 
 def signs_payload(injections: Sequence[Injection], headers: CIMultiDict[str]) -> bool:
@@ -214,13 +239,17 @@ def sign_all(
     values: Mapping[str, str],
     outgoing: Outgoing,
     region_of: Callable[[str], str],
-) -> None:
-    """Every Sigv4 injection of the call (at most one: it owns Authorization)."""
+) -> list[ChunkSigner]:
+    """Every Sigv4 injection of the call (at most one: it owns Authorization); what signs
+    the chunks of the body again, if the body is of signed chunks."""
+    chunks: list[ChunkSigner] = []
     for injection in injections:
         if injection.style == "sigv4":
             keys = maybe_keys(values[injection.secret])
             assert keys is not None  # check_styles refused any other value
-            sign(headers, outgoing, injection, keys, region_of(injection.secret))
+            signer = sign(headers, outgoing, injection, keys, region_of(injection.secret))
+            chunks.extend([signer] if signer is not None else [])
+    return chunks
 
 
 def sdk_key_id(authorization: str) -> str | None:

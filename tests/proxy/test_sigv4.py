@@ -174,7 +174,7 @@ async def test_a_hashed_body_is_bounded(signed: Signed) -> None:
 
 async def test_streaming_chunked_is_refused_clearly(signed: Signed) -> None:
     headers = signed.headers("/bucket/key", service="s3", **{
-        "X-Amz-Content-Sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"})  # fmt: skip
+        "X-Amz-Content-Sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"})  # fmt: skip
     status, _, body = await signed.env.call("PUT", headers=headers, data=b"5;chunk-signature=0")
     error = orjson.loads(body)
     assert status == 400 and error["error"] == "bad_request"

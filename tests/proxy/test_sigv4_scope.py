@@ -58,12 +58,16 @@ def test_an_sdk_authorization_is_read() -> None:
 def test_payload_rules() -> None:
     assert payload_rule(None) is None
     assert payload_rule("UNSIGNED-PAYLOAD") == "UNSIGNED-PAYLOAD"
-    assert payload_rule("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") is None
+    declared = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+    assert payload_rule(declared) == declared.lower()  # an SDK's hash: signed as declared
+    assert payload_rule("e3b0c442") is None
     trailer = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     assert payload_rule(trailer) == trailer
+    signed_chunks = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+    assert payload_rule(signed_chunks) == signed_chunks  # signed again (sigv4_chunks.py)
     for streaming in (
-        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
         "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-ECDSA-P256-SHA256-PAYLOAD",
     ):
         with pytest.raises(ProxyError, match="streaming-chunked"):
             payload_rule(streaming)
