@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from blindkey.audit.ship.cursor import cursor_file, load_cursor, save_cursor
+from blindkey.audit.ship.cursor import Position, cursor_file, load_cursor, save_cursor
 from blindkey.audit.ship.source import Record, Source
 from blindkey.audit.ship.syslog import ShipError
 
@@ -111,16 +111,25 @@ class Shipper(threading.Thread):
             if batch.end != self.cursor.at:  # found again by seq: no need to look again
                 self.cursor = replace(self.cursor, at=batch.end)
             return 0
-        self.sink.deliver(batch.records)
-        self.cursor = self.cursor.moved(batch.end, self.clock())
-        durable = self.stopping.is_set() or time.monotonic() - self.synced_at >= CURSOR_SYNC
-        save_cursor(self.path, self.cursor, durable=durable)
-        if durable:
-            self.synced_at = time.monotonic()
+        try:
+            self.sink.deliver(batch.records)
+        except ShipError as exc:
+            if exc.delivered:  # those are not sent again
+                self._moved(batch.records[exc.delivered - 1].end, durable=True)
+            raise
+        self._moved(batch.end)
         if self.backoff:
             log.warning("audit shipping to %s works again", self.url)
         self.backoff = 0.0
         return len(batch.records)
+
+    def _moved(self, end: Position, *, durable: bool = False) -> None:
+        self.cursor = self.cursor.moved(end, self.clock())
+        durable = durable or self.stopping.is_set()
+        durable = durable or time.monotonic() - self.synced_at >= CURSOR_SYNC
+        save_cursor(self.path, self.cursor, durable=durable)
+        if durable:
+            self.synced_at = time.monotonic()
 
     def _failed(self, error: str) -> None:
         if self.cursor.error != error:

@@ -28,10 +28,11 @@ BLOCK = 1 << 20
 TAIL = 1 << 17  # read back from a cursor's offset to find the record that ends there
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     line: bytes  # as written, without its newline
     values: dict[str, Any]
+    end: Position = field(default_factory=Position)  # just past it: a cursor after it
 
     @property
     def seq(self) -> int:
@@ -214,8 +215,9 @@ class Source:
                 if record is None or record.seq <= batch.end.seq:
                     batch.end = Position(batch.end.seq, info.st_ino, offset + taken, batch.end.ts)
                     continue
-                batch.records.append(record)
                 batch.end = Position(record.seq, info.st_ino, offset + taken, record.values["ts"])
+                record.end = batch.end
+                batch.records.append(record)
             if batch.records and self.sync and path.name == AUDIT_FILE:
                 os.fsync(fd)  # what is shipped is on the disk first
             done = taken == len(whole) and len(data) < want  # read to the end of the file
