@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from blindkey.audit.ship.cursor import Position, cursor_file, load_cursor, save_cursor
-from blindkey.audit.ship.source import Record, Source
+from blindkey.audit.ship.source import Batch, Record, Source
 from blindkey.audit.ship.syslog import ShipError
 
 log = logging.getLogger("blindkey.audit")
@@ -44,6 +44,10 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class Reader(Protocol):
+    def read(self, after: Position, max_records: int, max_bytes: int) -> Batch: ...
+
+
 class Shipper(threading.Thread):
     def __init__(
         self,
@@ -54,11 +58,12 @@ class Shipper(threading.Thread):
         *,
         sync: bool = True,
         clock: Callable[[], float] = time.time,
+        source: Reader | None = None,
     ) -> None:
         super().__init__(name=f"audit-ship-{kind}", daemon=True)
         self.kind, self.url, self.sink = kind, url, sink
         self.path = cursor_file(audit_dir, kind)
-        self.source = Source(audit_dir, sync=sync)
+        self.source = source or Source(audit_dir, sync=sync)
         self.clock = clock
         self.cursor = load_cursor(self.path, url)
         self.wanted = threading.Event()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from blindkey.audit.ship.journald import JournaldSink
 from blindkey.audit.ship.otlp import OtlpSink
+from blindkey.audit.ship.shared import SharedSource
 from blindkey.audit.ship.shipper import Shipper, Sink
 from blindkey.audit.ship.syslog import SyslogSink
 from blindkey.config.outputs import ShipSettings
@@ -30,8 +31,9 @@ def sink_for(kind: str, url: str, settings: ShipSettings) -> Sink:
 
 class Shippers:
     def __init__(self, audit_dir: Path, settings: ShipSettings, *, sync: bool = True) -> None:
+        shared = SharedSource(audit_dir, sync=sync)
         self.shippers = [
-            Shipper(kind, url, sink_for(kind, url, settings), audit_dir, sync=sync)
+            Shipper(kind, url, sink_for(kind, url, settings), audit_dir, source=shared)
             for kind, url in destinations(settings).items()
         ]
 
