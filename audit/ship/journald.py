@@ -22,7 +22,7 @@ import struct
 from collections.abc import Sequence
 
 from blindkey.audit.ship.source import Record
-from blindkey.audit.ship.syslog import ShipError, describe
+from blindkey.audit.ship.syslog import TIMEOUT, ShipError, describe
 from blindkey.config.outputs import JOURNAL_SOCKET
 
 IDENTIFIER = b"SYSLOG_IDENTIFIER=blindkey\n"
@@ -59,8 +59,9 @@ def entry(record: Record) -> bytes:
 
 
 class JournaldSink:
-    def __init__(self, path: str = JOURNAL_SOCKET) -> None:
+    def __init__(self, path: str = JOURNAL_SOCKET, *, timeout: float = TIMEOUT) -> None:
         self.path = path
+        self.timeout = timeout  # a receiver that stops reading fills its queue: not forever
         self.sock: socket.socket | None = None
 
     def deliver(self, records: Sequence[Record]) -> None:
@@ -74,6 +75,7 @@ class JournaldSink:
     def _send(self, data: bytes) -> None:
         if self.sock is None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sock.settimeout(self.timeout)
             self.sock.connect(self.path)
         try:
             self.sock.send(data)
