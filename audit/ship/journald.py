@@ -99,4 +99,3 @@ class JournaldSink:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-

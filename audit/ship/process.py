@@ -10,6 +10,7 @@ that window is covered by the one before it).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -50,13 +51,12 @@ class Shipping:
     def wake(self) -> None:
         """From the audit writer, after an append: cheap, never blocks."""
         now = time.monotonic()
-        if now - self._woken < WAKE_EVERY:
+        if now - self._woken < WAKE_EVERY or self._stopping:
             return
         self._woken = now
-        try:
+        # A full pipe holds wake-ups not read yet: one more adds nothing.
+        with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"w")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups not read yet: one more adds nothing
 
     def apply(self, settings: ShipSettings) -> None:
         """At a reload: the child is replaced when [audit.ship] changed (each destination
