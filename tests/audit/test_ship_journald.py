@@ -65,8 +65,7 @@ async def test_records_reach_the_journal_once_each_in_order_through_an_outage(
             await calls(env, 20)
             url = "unix:" + str(path)
             await wait_for(
-                lambda: load_cursor(cursor_file(home.audit_dir, "journald"), url).error
-                is not None,
+                lambda: load_cursor(cursor_file(home.audit_dir, "journald"), url).error is not None,
                 what="the outage to be noticed",
             )
             receiver.start()
