@@ -118,7 +118,9 @@ class ShipSettings:
         _ship_url("syslog", self.syslog, ("tcp", "tls"))
         _ship_url("otlp", self.otlp, ("http", "https"))
         if self.journald and not self.journal_socket.startswith("/"):
-            raise Invalid("journal_socket", f"an absolute path is required, got {self.journal_socket!r}")
+            raise Invalid(
+                "journal_socket", f"an absolute path is required, got {self.journal_socket!r}"
+            )
         if self.ca_file and not Path(self.ca_file).expanduser().is_file():
             raise Invalid("ca_file", f"no such file {self.ca_file!r}")
         return self

@@ -83,7 +83,7 @@ class Shipping:
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
             # It sends what it can within STOP_DEADLINE; one that does not end is killed.
-            timer = threading.Timer(EXIT_GRACE, lambda: child.poll() is None and child.kill())
+            timer = threading.Timer(EXIT_GRACE, _kill_if_alive, args=(child,))
             timer.daemon = True
             timer.start()
 
@@ -116,3 +116,9 @@ class Shipping:
         command = [sys.executable, "-m", "blindkey.audit.ship"]
         command.append(spec(self.audit_dir, settings, sync=self.sync))
         return subprocess.Popen(command, stdin=self._wake_r, close_fds=True)
+
+
+def _kill_if_alive(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        log.error("audit shipping did not stop within %.0f s: killed", EXIT_GRACE)
+        child.kill()
