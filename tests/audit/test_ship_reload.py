@@ -85,3 +85,27 @@ async def test_shipping_turned_off_at_reload_stops_its_process(home: Paths, tmp_
             assert len(journal.messages()) < len(audit_lines(home.audit_dir))
     finally:
         journal.stop()
+
+
+async def test_a_shipping_process_that_dies_is_started_again(home: Paths) -> None:
+    """Killed (SIGKILL: nothing of its own runs) while its receiver refuses: a new one
+    starts from the cursor, and every record arrives once, in order."""
+    receiver = OtlpReceiver()
+    await receiver.start()
+    receiver.answer = 503
+    try:
+        async with open_env(home, ship(otlp=receiver.url)) as env:
+            await calls(env, 10)
+            path = cursor_file(home.audit_dir, "otlp")
+            await wait_for(lambda: load_cursor(path, receiver.url).error is not None)
+            killed = env.server.shipping.child
+            assert killed is not None
+            killed.kill()
+            await wait_for(
+                lambda: env.server.shipping.child not in (None, killed), what="a new process"
+            )
+            receiver.answer = 200
+            await calls(env, 5)
+            await wait_for(lambda: has_everything(receiver.bodies(), home.audit_dir))
+    finally:
+        await receiver.stop()
