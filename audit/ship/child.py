@@ -23,7 +23,9 @@ import orjson
 from blindkey.audit.ship.shipping import Shippers
 from blindkey.config.outputs import ShipSettings
 
-NICE = 10  # below the proxy and its broker, above what is niced to the floor (19)
+# The lowest priority: under full load the proxy's calls come first and shipping catches up
+# as the load eases (its lag is in `audit ship status`).
+NICE = 19
 
 
 def spec(audit_dir: Path, settings: ShipSettings, *, sync: bool) -> str:
