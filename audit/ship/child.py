@@ -5,7 +5,9 @@ Reading, encoding and sending records is CPU the proxy's event loop would otherw
 proxy, niced, so under load the proxy's calls come first and shipping catches up as the
 load eases. Its standard input is the proxy's wake-up pipe (a byte: records were
 written); SIGTERM, or the pipe's end (the proxy is gone), stops it after it has sent what
-it can within STOP_DEADLINE. Cursors make it restartable at any point.
+it can within STOP_DEADLINE; SIGUSR1 (replaced at a reload) after the batch in flight, so
+records written after the reload go where the new [audit.ship] says. Cursors make it
+restartable at any point.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from blindkey.audit.ship.shipper import STOP_DEADLINE
 from blindkey.audit.ship.shipping import Shippers
 from blindkey.config.outputs import ShipSettings
 
@@ -57,11 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(OSError):
         os.nice(NICE)
     done = threading.Event()
+    within = [STOP_DEADLINE]
+
+    def replaced(*_: object) -> None:
+        within[0] = 0.0
+        done.set()
+
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGUSR1, replaced)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy's Ctrl-C is the proxy's to handle
     shippers = Shippers(audit_dir, settings, sync=sync)
     shippers.start()
     threading.Thread(target=_wakes, args=(shippers, done), daemon=True).start()
-    while not done.wait(1.0):  # a timeout: the SIGTERM handler runs between waits
+    while not done.wait(1.0):  # a timeout: the signal handlers run between waits
         pass
-    shippers.stop()
+    shippers.stop(within[0])

@@ -65,7 +65,7 @@ class Shipping:
             if settings == self.settings or self._stopping:
                 return
             self.settings = settings
-            self._end_child()
+            self._end_child(signal.SIGUSR1)  # after its batch in flight, not a drain
 
     def stop(self) -> None:
         """Blocking, up to EXIT_GRACE: run it off the event loop."""
@@ -77,11 +77,11 @@ class Shipping:
         os.close(self._wake_w)
         os.close(self._wake_r)
 
-    def _end_child(self) -> None:
+    def _end_child(self, how: signal.Signals = signal.SIGTERM) -> None:
         self._changed.set()
         child = self.child
         if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+            child.send_signal(how)
             # It sends what it can within STOP_DEADLINE; one that does not end is killed.
             timer = threading.Timer(EXIT_GRACE, _kill_if_alive, args=(child,))
             timer.daemon = True

@@ -148,13 +148,14 @@ class Shipper(threading.Thread):
             return
         self.stopping.wait(self.backoff)
 
-    def request_stop(self) -> None:
-        """Send what is written if the destination takes it within STOP_DEADLINE, then end."""
-        self.deadline = time.monotonic() + STOP_DEADLINE
+    def request_stop(self, within: float = STOP_DEADLINE) -> None:
+        """Send what is written if the destination takes it `within` seconds, then end (0:
+        end after the batch in flight)."""
+        self.deadline = time.monotonic() + within
         self.stopping.set()
         self.wanted.set()
 
-    def stop(self) -> None:
-        self.request_stop()
+    def stop(self, within: float = STOP_DEADLINE) -> None:
+        self.request_stop(within)
         if self.is_alive():
-            self.join(STOP_DEADLINE + 1)
+            self.join(STOP_DEADLINE + 1)  # a batch in flight is confirmed (or not) first

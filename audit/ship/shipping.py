@@ -8,7 +8,7 @@ from pathlib import Path
 from blindkey.audit.ship.journald import JournaldSink
 from blindkey.audit.ship.otlp import OtlpSink
 from blindkey.audit.ship.shared import SharedSource
-from blindkey.audit.ship.shipper import Shipper, Sink
+from blindkey.audit.ship.shipper import STOP_DEADLINE, Shipper, Sink
 from blindkey.audit.ship.syslog import SyslogSink
 from blindkey.config.outputs import ShipSettings
 
@@ -45,9 +45,9 @@ class Shippers:
         for shipper in self.shippers:
             shipper.wake()
 
-    def stop(self) -> None:
-        """Blocking, up to STOP_DEADLINE."""
+    def stop(self, within: float = STOP_DEADLINE) -> None:
+        """Blocking, up to `within` (and the batch in flight)."""
         for shipper in self.shippers:
-            shipper.request_stop()  # all of them finish at once, not one after another
+            shipper.request_stop(within)  # all of them finish at once, not one after another
         for shipper in self.shippers:
-            shipper.stop()
+            shipper.stop(within)

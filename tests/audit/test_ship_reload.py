@@ -27,8 +27,13 @@ def ship(**keys: Any) -> Any:
 
 
 async def reloaded(env: Env, change: Any) -> None:
+    """The change in force: the process shipping by the old settings has ended (after the
+    batch it had in flight), so what is written next goes by the new ones."""
+    before = env.server.shipping.child
     env.configure(change)
     assert await env.server.reload()
+    if before is not None:
+        await wait_for(lambda: before.poll() is not None, what="the replaced process to end")
 
 
 def has_everything(received: list[bytes], audit_dir: Path) -> bool:
