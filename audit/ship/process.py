@@ -35,8 +35,7 @@ class Shipping:
     def __init__(self, audit_dir: Path, settings: ShipSettings, *, sync: bool = True) -> None:
         self.audit_dir, self.sync = audit_dir, sync
         self.settings = settings
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+        self._wake: tuple[int, int] | None = None  # the pipe (read end, write end), at start
         self._woken = 0.0
         self._lock = threading.Lock()  # the child and the settings, between the two threads
         self._changed = threading.Event()  # a new settings or a stop: the child ends
@@ -45,18 +44,20 @@ class Shipping:
         self._keeper: threading.Thread | None = None
 
     def start(self) -> None:
+        self._wake = os.pipe()
+        os.set_blocking(self._wake[1], False)
         self._keeper = threading.Thread(target=self._keep, name="audit-ship", daemon=True)
         self._keeper.start()
 
     def wake(self) -> None:
         """From the audit writer, after an append: cheap, never blocks."""
         now = time.monotonic()
-        if now - self._woken < WAKE_EVERY or self._stopping:
+        if now - self._woken < WAKE_EVERY or self._stopping or self._wake is None:
             return
         self._woken = now
         # A full pipe holds wake-ups not read yet: one more adds nothing.
         with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"w")
+            os.write(self._wake[1], b"w")
 
     def apply(self, settings: ShipSettings) -> None:
         """At a reload: the child is replaced when [audit.ship] changed (each destination
@@ -74,8 +75,9 @@ class Shipping:
             self._end_child()
         if self._keeper is not None:
             self._keeper.join(EXIT_GRACE + 1)
-        os.close(self._wake_w)
-        os.close(self._wake_r)
+        if self._wake is not None:
+            for fd in self._wake:
+                os.close(fd)
 
     def _end_child(self, how: signal.Signals = signal.SIGTERM) -> None:
         self._changed.set()
@@ -94,17 +96,22 @@ class Shipping:
                 if self._stopping:
                     return
                 self._changed.clear()
-                settings = self.settings
-                child = self.child = self._spawn(settings)
-            if child is None:
+                began = time.monotonic()
+                ended: str | None = None
+                try:
+                    child = self.child = self._spawn(self.settings)
+                except OSError as exc:  # no process to be had now (EAGAIN, ENOMEM): again later
+                    child = self.child = None
+                    ended = f"not started: {exc.strerror or exc}"
+            if child is not None:
+                ended = f"exit {child.wait()}"
+            elif ended is None:  # no destination: nothing runs until a reload changes that
                 self._changed.wait()
                 continue
-            began = time.monotonic()
-            code = child.wait()
             if self._changed.is_set():
                 backoff = 0.0
                 continue
-            log.error("audit shipping stopped (exit %s): starting it again", code)
+            log.error("audit shipping stopped (%s): starting it again", ended)
             # A child that keeps dying is started less and less often.
             steady = time.monotonic() - began > MAX_BACKOFF
             backoff = FIRST_RESTART if steady else min(MAX_BACKOFF, backoff * 2 or FIRST_RESTART)
@@ -115,7 +122,8 @@ class Shipping:
             return None
         command = [sys.executable, "-m", "blindkey.audit.ship"]
         command.append(spec(self.audit_dir, settings, sync=self.sync))
-        return subprocess.Popen(command, stdin=self._wake_r, close_fds=True)
+        assert self._wake is not None  # made by start()
+        return subprocess.Popen(command, stdin=self._wake[0], close_fds=True)
 
 
 def _kill_if_alive(child: subprocess.Popen[bytes]) -> None:
