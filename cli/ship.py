@@ -24,7 +24,7 @@ def cmd_audit_ship_status(paths: Paths, args: argparse.Namespace) -> int:
         emit_json(found)
         return 0
     if not found:
-        say("no destinations: set [audit.ship] syslog or otlp in config.toml")
+        say("no destinations: set [audit.ship] syslog, otlp or journald in config.toml")
         return 0
     rows = [
         (
@@ -49,7 +49,7 @@ def add_commands(audit_actions: Subcommands) -> None:
     actions = action_group(
         audit_actions,
         "ship",
-        help="copies of the audit sent to syslog and OTLP ([audit.ship])",
+        help="copies of the audit sent to syslog, OTLP and the journal ([audit.ship])",
         description="The running proxy sends each audit record to the destinations of "
         "[audit.ship] once, in order, from the audit file; a cursor per destination says "
         "what was delivered, so outages and restarts lose nothing.",

@@ -14,6 +14,7 @@ from blindkey.config.fields import Invalid, setting
 from blindkey.config.values import BOOL, Kind, choice, text, toml_value
 
 NOTIFY_FORMATS = ("json", "slack")
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,28 @@ class ShipSettings:
     ca_file: str = setting(
         text("a file path"), "", "CA bundle for tls:// and https:// (default: the system's)"
     )
+    journald: bool = setting(
+        BOOL,
+        False,
+        "each record to the systemd journal (MESSAGE = the record, BLINDKEY_* fields)",
+        doc="send each record to the systemd journal by its native protocol: MESSAGE is the "
+        "record's line, SYSLOG_IDENTIFIER=blindkey, PRIORITY 6 (4: a blocked call), and "
+        "BLINDKEY_SEQ, BLINDKEY_EVENT, BLINDKEY_DECISION, BLINDKEY_AGENT, "
+        "BLINDKEY_REQUEST_ID to select on (`journalctl SYSLOG_IDENTIFIER=blindkey`)",
+    )
+    journal_socket: str = setting(
+        text("a socket path"),
+        JOURNAL_SOCKET,
+        "journald's native socket (another path: a relay that speaks the same protocol)",
+    )
 
     def checked(self) -> ShipSettings:
         _ship_url("syslog", self.syslog, ("tcp", "tls"))
         _ship_url("otlp", self.otlp, ("http", "https"))
+        if self.journald and not self.journal_socket.startswith("/"):
+            raise Invalid(
+                "journal_socket", f"an absolute path is required, got {self.journal_socket!r}"
+            )
         if self.ca_file and not Path(self.ca_file).expanduser().is_file():
             raise Invalid("ca_file", f"no such file {self.ca_file!r}")
         return self

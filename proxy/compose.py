@@ -5,6 +5,7 @@ from here.
     audit writer --on_state--> status file <--on_reloaded-- runtime
     audit writer --anchor----> broker (through the runtime's authoriser)
     audit writer --on_written--> audit shipping (records to send)
+    runtime      --on_reloaded--> audit shipping ([audit.ship] as reloaded)
     supervisor   --on_state--> status file
     authoriser   --on_invalidate--> runtime (config.toml re-read)
     authoriser   --on_approval----> calls waiting for a human (runtime.waits)
@@ -17,7 +18,7 @@ from __future__ import annotations
 from asyncio.subprocess import Process
 from dataclasses import dataclass
 
-from blindkey.audit.ship.shipping import Shipping
+from blindkey.audit.ship.process import Shipping
 from blindkey.audit.writer import AuditWriter
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
@@ -64,7 +65,12 @@ def compose_proxy(
         observe=observer(settings.metrics.listen, calls),
         on_written=shipping.wake,
     )
-    runtime = ProxyRuntime(paths, settings, audit, on_reloaded=status.write)
+
+    def reloaded() -> None:
+        status.write()
+        shipping.apply(runtime.settings.audit_ship)  # [audit.ship] applies at reload too
+
+    runtime = ProxyRuntime(paths, settings, audit, on_reloaded=reloaded)
     socket_path = paths.broker_socket_at(settings.broker.socket)
     # A broker run as its own service (`[broker] socket`) is connected to, never spawned.
     supervisor: BrokerSupervisor | ExternalBroker = (

@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from blindkey.audit.ship.cursor import cursor_file, load_cursor, save_cursor
-from blindkey.audit.ship.source import Record, Source
+from blindkey.audit.ship.cursor import Position, cursor_file, load_cursor, save_cursor
+from blindkey.audit.ship.source import Batch, Record, Source
 from blindkey.audit.ship.syslog import ShipError
 
 log = logging.getLogger("blindkey.audit")
@@ -44,6 +44,10 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class Reader(Protocol):
+    def read(self, after: Position, max_records: int, max_bytes: int) -> Batch: ...
+
+
 class Shipper(threading.Thread):
     def __init__(
         self,
@@ -54,11 +58,12 @@ class Shipper(threading.Thread):
         *,
         sync: bool = True,
         clock: Callable[[], float] = time.time,
+        source: Reader | None = None,
     ) -> None:
         super().__init__(name=f"audit-ship-{kind}", daemon=True)
         self.kind, self.url, self.sink = kind, url, sink
         self.path = cursor_file(audit_dir, kind)
-        self.source = Source(audit_dir, sync=sync)
+        self.source = source or Source(audit_dir, sync=sync)
         self.clock = clock
         self.cursor = load_cursor(self.path, url)
         self.wanted = threading.Event()
@@ -111,16 +116,25 @@ class Shipper(threading.Thread):
             if batch.end != self.cursor.at:  # found again by seq: no need to look again
                 self.cursor = replace(self.cursor, at=batch.end)
             return 0
-        self.sink.deliver(batch.records)
-        self.cursor = self.cursor.moved(batch.end, self.clock())
-        durable = self.stopping.is_set() or time.monotonic() - self.synced_at >= CURSOR_SYNC
-        save_cursor(self.path, self.cursor, durable=durable)
-        if durable:
-            self.synced_at = time.monotonic()
+        try:
+            self.sink.deliver(batch.records)
+        except ShipError as exc:
+            if exc.delivered:  # those are not sent again
+                self._moved(batch.records[exc.delivered - 1].end, durable=True)
+            raise
+        self._moved(batch.end)
         if self.backoff:
             log.warning("audit shipping to %s works again", self.url)
         self.backoff = 0.0
         return len(batch.records)
+
+    def _moved(self, end: Position, *, durable: bool = False) -> None:
+        self.cursor = self.cursor.moved(end, self.clock())
+        durable = durable or self.stopping.is_set()
+        durable = durable or time.monotonic() - self.synced_at >= CURSOR_SYNC
+        save_cursor(self.path, self.cursor, durable=durable)
+        if durable:
+            self.synced_at = time.monotonic()
 
     def _failed(self, error: str) -> None:
         if self.cursor.error != error:
@@ -134,13 +148,14 @@ class Shipper(threading.Thread):
             return
         self.stopping.wait(self.backoff)
 
-    def request_stop(self) -> None:
-        """Send what is written if the destination takes it within STOP_DEADLINE, then end."""
-        self.deadline = time.monotonic() + STOP_DEADLINE
+    def request_stop(self, within: float = STOP_DEADLINE) -> None:
+        """Send what is written if the destination takes it `within` seconds, then end (0:
+        end after the batch in flight)."""
+        self.deadline = time.monotonic() + within
         self.stopping.set()
         self.wanted.set()
 
-    def stop(self) -> None:
-        self.request_stop()
+    def stop(self, within: float = STOP_DEADLINE) -> None:
+        self.request_stop(within)
         if self.is_alive():
-            self.join(STOP_DEADLINE + 1)
+            self.join(STOP_DEADLINE + 1)  # a batch in flight is confirmed (or not) first

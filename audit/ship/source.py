@@ -28,14 +28,20 @@ BLOCK = 1 << 20
 TAIL = 1 << 17  # read back from a cursor's offset to find the record that ends there
 
 
-@dataclass(frozen=True)
 class Record:
-    line: bytes  # as written, without its newline
-    values: dict[str, Any]
+    """A record as read: its line as written (without its newline), its values, and where
+    it ends (a plain class: one is made per record shipped, the cheaper the better)."""
+
+    __slots__ = ("inode", "line", "offset", "seq", "values")
+
+    def __init__(self, line: bytes, values: dict[str, Any], seq: int) -> None:
+        self.line, self.values, self.seq = line, values, seq
+        self.inode = self.offset = 0
 
     @property
-    def seq(self) -> int:
-        return int(self.values["seq"])
+    def end(self) -> Position:
+        """Just past it: a cursor after it."""
+        return Position(self.seq, self.inode, self.offset, self.values["ts"])
 
 
 @dataclass
@@ -53,9 +59,9 @@ def parse(line: bytes) -> Record | None:
     if not isinstance(values, dict):
         return None
     seq = values.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(values.get("ts"), str):
+    if type(seq) is not int or type(values.get("ts")) is not str:  # bool is not int here
         return None
-    return Record(line, values)
+    return Record(line, values, seq)
 
 
 def _listing(audit_dir: Path) -> list[tuple[Path, os.stat_result]]:
@@ -206,16 +212,20 @@ class Source:
                 data, want = data + more, want + BLOCK
             whole = data[: data.rfind(b"\n") + 1]
             taken = 0
+            records, last = batch.records, batch.end.seq
+            inode = info.st_ino
             for line in whole.splitlines(keepends=True):
-                if len(batch.records) >= max_records:
+                if len(records) >= max_records:
                     break
                 taken += len(line)
                 record = parse(line[:-1])
-                if record is None or record.seq <= batch.end.seq:
-                    batch.end = Position(batch.end.seq, info.st_ino, offset + taken, batch.end.ts)
-                    continue
-                batch.records.append(record)
-                batch.end = Position(record.seq, info.st_ino, offset + taken, record.values["ts"])
+                if record is not None and record.seq > last:
+                    record.inode, record.offset = inode, offset + taken
+                    records.append(record)
+                    last = record.seq
+            if taken:  # past lines that are not records too: they are not looked at again
+                ts = records[-1].values["ts"] if records else batch.end.ts
+                batch.end = Position(last, inode, offset + taken, ts)
             if batch.records and self.sync and path.name == AUDIT_FILE:
                 os.fsync(fd)  # what is shipped is on the disk first
             done = taken == len(whole) and len(data) < want  # read to the end of the file

@@ -29,7 +29,12 @@ TIMEOUT = 10.0
 
 
 class ShipError(Exception):
-    """A batch was not confirmed; it is sent again after a pause."""
+    """A batch was not confirmed; it is sent again after a pause. `delivered`: how many of
+    its first records were (a destination that takes records one by one), not sent again."""
+
+    def __init__(self, message: str, delivered: int = 0) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")

@@ -173,7 +173,7 @@ class Door(asyncio.Protocol):
         agent, env = await identify(runtime, token)
         record.agent, record.env = agent, env
         target = Target("https", head.host, head.port, "/", f"https://{head.authority}/")
-        runtime.egress.check(target)
+        record.rule = runtime.egress.check(target).text
         if not runtime.audit.available:
             raise ProxyError(
                 "audit_unavailable",
@@ -211,6 +211,7 @@ class Door(asyncio.Protocol):
                     loop.create_connection(lambda: Pipe(self.connection), address, head.port),
                     timeout,
                 )
+                record.peer = _peer(address, head.port)
                 break
         if pipe is None:
             raise ProxyError("upstream_error", f"cannot connect to {head.authority}")
@@ -245,6 +246,8 @@ class Door(asyncio.Protocol):
                         "env": record.env,
                         "host": record.host,
                         "port": int(record.url.rpartition(":")[2] or 0),
+                        "peer": record.peer,
+                        "rule": record.rule,
                         "bytes_up": self.bytes_up,
                         "bytes_down": bytes_down,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -313,6 +316,11 @@ class Door(asyncio.Protocol):
             return
         early, self.buffer = self.buffer, b""
         self.connection.go_inside(tls, self.make_handler(), session, early)
+
+
+def _peer(address: str, port: int) -> str:
+    """As a /proxy record's `peer` names the address dialled (proxy/request/egress.py)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _loopback(address: str) -> bool:

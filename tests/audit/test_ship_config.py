@@ -30,6 +30,8 @@ def test_destinations_are_read_from_the_nested_table(tmp_path: Path) -> None:
         "otlp": "http://127.0.0.1:4318",
     }
     assert destinations(load(tmp_path, "[audit]\nfsync = true\n")) == {}
+    journal = load(tmp_path, '[audit.ship]\njournald = true\njournal_socket = "/run/j.sock"\n')
+    assert destinations(journal) == {"journald": "unix:/run/j.sock"}
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,8 @@ def test_destinations_are_read_from_the_nested_table(tmp_path: Path) -> None:
         ('otlp = "tcp://h:4318"', "otlp"),
         ('otlp = "http://:4318"', "otlp"),
         ('ca_file = "/no/such/ca.pem"', "ca_file"),
+        ('journald = true\njournal_socket = "run/journal.sock"', "journal_socket"),
+        ('journald = "yes"', "journald"),
     ],
 )
 def test_a_wrong_destination_is_refused_naming_its_key(tmp_path: Path, text: str, key: str) -> None:

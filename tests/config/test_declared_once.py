@@ -111,7 +111,9 @@ def everything_changed(tmp_path: Path) -> Settings:
         broker=BrokerSettings("/run/blindkey/broker.sock", (0, 1001), (1002,)),
         audit=AuditSettings(False, 8, 7, 500),
         metrics=MetricsSettings("127.0.0.1:9465"),
-        audit_ship=ShipSettings("tls://siem.example.com:6514", "http://otel:4318", str(ca)),
+        audit_ship=ShipSettings(
+            "tls://siem.example.com:6514", "http://otel:4318", str(ca), True, "/run/journal.sock"
+        ),
         approvals=ApprovalSettings(3600.0, 300.0, 600.0),
         notify=NotifySettings(False, "https://ntfy.example/blindkey-approvals", "slack"),
         allowlist=AllowlistSettings(

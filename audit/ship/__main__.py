@@ -1,0 +1,3 @@
+from blindkey.audit.ship.child import main
+
+main()
