@@ -97,6 +97,11 @@ class ProxySpec:
         return sorted({i.style for i in self.injections})
 
     @property
+    def signs(self) -> bool:
+        """Whether the call signs with AWS keys (X-AS-Inject-Sigv4)."""
+        return any(i.style == "sigv4" for i in self.injections)
+
+    @property
     def buffers_body(self) -> bool:
         return self.body is not None or any(i.style in ("body", "form") for i in self.injections)
 

@@ -139,21 +139,27 @@ async def injected(
 ) -> UpstreamRequest:
     """The request that goes upstream, with the values in place."""
     target = spec.target
-    check_styles(spec.injections, grant.values)
+    # SigV4's checks and signature cost only the calls that bind AWS keys: which values are
+    # keys is known once per broker answer (Grant.aws), which injections sign, by the spec.
+    signs = spec.signs
+    values: Mapping[str, str] = grant.values
+    if signs or grant.aws:
+        check_styles(spec.injections, values)
+        values = unsent(spec.injections, values)  # AWS keys sign, and are never sent
     headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
-    values = unsent(spec.injections, grant.values)  # AWS keys sign, and are never sent
     if spec.placeholders is not None:  # proxy mode: the values where the placeholders were
         headers = swap_headers(headers, spec.placeholders, values)
         path_query = swap_path(path_query, spec.placeholders, values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
     body = await request_body(runtime, request, spec, values, headers, record)
     length = request.content_length if isinstance(body, CountingBody) else None
-    signed = Outgoing(spec.method, target.host, target.host_header, path_query,
-                      body if isinstance(body, bytes) else None, length)  # fmt: skip
-    sign_all(headers, spec.injections, grant.values, signed,
-             lambda name: runtime.settings.policy(name).region)  # fmt: skip
+    if signs:
+        signed = Outgoing(spec.method, target.host, target.host_header, path_query,
+                          body if isinstance(body, bytes) else None, length)  # fmt: skip
+        sign_all(headers, spec.injections, grant.values, signed,
+                 lambda name: runtime.settings.policy(name).region)  # fmt: skip
     return UpstreamRequest(
         spec.method,
         target.scheme,
@@ -184,7 +190,7 @@ async def request_body(
             body = swap_body(body, content_type, spec.placeholders, values)
         record.bytes_in = len(body)
         return body
-    if not (spec.buffers_body or signs_payload(spec.injections, headers)):
+    if not (spec.buffers_body or (spec.signs and signs_payload(spec.injections, headers))):
         return CountingBody(request, spec.token_scan) if request.body_exists else None
     limits = runtime.settings.limits
     original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
@@ -204,7 +210,9 @@ def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
     `?partNumber=`), and slices shorter than a value pass any redactor."""
     if upstream.status == 416:
         return
-    if upstream.status == 206 or any(n.lower() == "content-range" for n, _ in upstream.headers):
+    if upstream.status == 206 or any(
+        len(name) == 13 and name.lower() == "content-range" for name, _ in upstream.headers
+    ):
         raise ProxyError(
             "upstream_error",
             f"{target.host_header} answered with a part of its content ({upstream.status}, "

@@ -54,7 +54,7 @@ async def relay(
         clean_body, count = redactor.redact(answer)
         record.redactions += count
         record.bytes_out = len(clean_body)
-        if meter is not None:
+        if meter is not None and b'"usage"' in answer:  # a whole answer without it has none
             meter.feed(answer)
         return web.Response(
             status=upstream.status,

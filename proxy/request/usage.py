@@ -153,7 +153,7 @@ def meter_for(status: int, headers: list[tuple[str, str]]) -> Meter | None:
     if not 200 <= status < 300:
         return None
     for name, value in headers:
-        if name.lower() == "content-type":
+        if len(name) == 12 and name.lower() == "content-type":  # the length first: cheaper
             kind = value.split(";", 1)[0].strip().lower()
             if kind == "text/event-stream":
                 return Meter(sse=True)
