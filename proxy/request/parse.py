@@ -96,7 +96,7 @@ class ProxySpec:
     def styles(self) -> list[str]:
         return sorted({i.style for i in self.injections})
 
-    @property
+    @functools.cached_property
     def signs(self) -> bool:
         """Whether the call signs with AWS keys (X-AS-Inject-Sigv4)."""
         return any(i.style == "sigv4" for i in self.injections)
@@ -231,7 +231,8 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
         elif lowered in SIGV4_SCOPE_HEADERS:
             sigv4_scope[lowered] = value.strip()
     target = parse_target(target_url)
-    injections = sigv4_scoped(injections, sigv4_scope)
+    if sigv4_scope:
+        injections = sigv4_scoped(injections, sigv4_scope)
     if not injections:
         raise _bad("at least one X-AS-Inject-* header is required")
     seen = set()
