@@ -42,7 +42,8 @@ class Grant:
     def aws(self) -> frozenset[str]:
         """The secrets whose values are AWS keys: told apart once per broker answer (which
         is kept), so a call that binds none skips every SigV4 check."""
-        return frozenset(name for name, value in self.values.items() if maybe_keys(value) is not None)
+        values = self.values
+        return frozenset(name for name in values if maybe_keys(values[name]) is not None)
 
 
 # The caller's agent and environment, and the values released or the broker's refusal.

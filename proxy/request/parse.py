@@ -96,10 +96,11 @@ class ProxySpec:
     def styles(self) -> list[str]:
         return sorted({i.style for i in self.injections})
 
-    @functools.cached_property
+    @property
     def signs(self) -> bool:
-        """Whether the call signs with AWS keys (X-AS-Inject-Sigv4)."""
-        return any(i.style == "sigv4" for i in self.injections)
+        """Whether the call signs with AWS keys (X-AS-Inject-Sigv4). Not cached: a spec is
+        made per call, and functools.cached_property takes a lock on each first use."""
+        return any(injection.style == "sigv4" for injection in self.injections)
 
     @property
     def buffers_body(self) -> bool:

@@ -76,9 +76,10 @@ async def forward(
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
+        content_type, part = _content_headers(upstream.headers)
         if not ranged:
-            refuse_parts(upstream, target)
-        meter = meter_for(upstream.status, upstream.headers)  # an LLM answer's usage
+            refuse_parts(upstream, target, part)
+        meter = meter_for(upstream.status, content_type)  # an LLM answer's usage
         # The relay raises UpstreamError only while nothing is sent.
         try:
             with upstream_errors(target, grant.redactor, counter):
@@ -204,13 +205,13 @@ async def request_body(
     return body
 
 
-def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
+def refuse_parts(upstream: UpstreamResponse, target: Target, content_range: bool) -> None:
     """A 206 (or a Content-Range on another answer) is a part: refused unless asked for. A
     Range header was not sent, but an upstream may answer with parts anyway (S3's
     `?partNumber=`), and slices shorter than a value pass any redactor."""
     if upstream.status == 416:
         return
-    if upstream.status == 206 or _has_content_range(upstream.headers):
+    if upstream.status == 206 or content_range:
         raise ProxyError(
             "upstream_error",
             f"{target.host_header} answered with a part of its content ({upstream.status}, "
@@ -220,8 +221,14 @@ def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
         )
 
 
-def _has_content_range(headers: list[tuple[str, str]]) -> bool:
-    for name, _ in headers:  # a loop, not any(): every answer passes here
-        if len(name) == 13 and name.lower() == "content-range":  # the length first: cheaper
-            return True
-    return False
+def _content_headers(headers: list[tuple[str, str]]) -> tuple[str | None, bool]:
+    """The answer's first Content-Type, and whether it has a Content-Range: one pass over
+    its headers, lengths compared first (every answer passes here)."""
+    content_type, content_range = None, False
+    for name, value in headers:  # a loop, not a comprehension: every answer passes here
+        size = len(name)
+        if size == 12 and content_type is None and name.lower() == "content-type":
+            content_type = value
+        elif size == 13 and name.lower() == "content-range":
+            content_range = True
+    return content_type, content_range
