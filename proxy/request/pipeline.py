@@ -154,7 +154,7 @@ async def injected(
         headers = swap_headers(headers, spec.placeholders, values)
         path_query = swap_path(path_query, spec.placeholders, values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
-    body = await request_body(runtime, request, spec, values, headers, record)
+    body = await request_body(runtime, request, spec, values, headers, record, signs=signs)
     length = request.content_length if isinstance(body, CountingBody) else None
     if signs:
         signed = Outgoing(spec.method, target.host, target.host_header, path_query,
@@ -181,6 +181,8 @@ async def request_body(
     values: Mapping[str, str],
     headers: CIMultiDict[str],
     record: AuditRecord,
+    *,
+    signs: bool,
 ) -> bytes | CountingBody | None:
     """The body to send: read whole for a Body-*/Form-* injection, else streamed (through
     a route's token scan)."""
@@ -191,7 +193,7 @@ async def request_body(
             body = swap_body(body, content_type, spec.placeholders, values)
         record.bytes_in = len(body)
         return body
-    if not (spec.buffers_body or (spec.signs and signs_payload(spec.injections, headers))):
+    if not (spec.buffers_body or (signs and signs_payload(spec.injections, headers))):
         return CountingBody(request, spec.token_scan) if request.body_exists else None
     limits = runtime.settings.limits
     original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
