@@ -200,7 +200,8 @@ class AuditWriter:
         callers goes on (answers) before it. A caller cancelled meanwhile leaves its record
         to be written all the same."""
         values = self._finish(record)
-        if self._loop is None or self.backlog:
+        waiting = self.waiting  # `backlog`, without its two calls: this runs per request
+        if self._loop is None or waiting.held or waiting.gap.count:
             return None if self.submit(values) else values
         waiter = self._loop.create_future()
         self._turn.append(values)

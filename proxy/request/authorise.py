@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from blindkey.broker.client import BrokerClient
+from blindkey.broker.credentials.aws import maybe_keys
 from blindkey.broker.leases import LeaseHolder
 from blindkey.broker.protocol import BrokerDenied, Message
 from blindkey.broker.rules import ANY_REQUEST, LEASED, THIS_CALL, THIS_REQUEST
@@ -37,6 +39,13 @@ class Grant:
     redactor: Redactor
     # [policy] mode = "report": the refusal a method, path or rate rule would have answered.
     would_deny: dict[str, object] | None = None
+
+    @functools.cached_property
+    def aws(self) -> frozenset[str]:
+        """The secrets whose values are AWS keys: told apart once per broker answer (which
+        is kept), so a call that binds none skips every SigV4 check."""
+        values = self.values
+        return frozenset(name for name in values if maybe_keys(values[name]) is not None)
 
 
 # The caller's agent and environment, and the values released or the broker's refusal.

@@ -97,6 +97,12 @@ class ProxySpec:
         return sorted({i.style for i in self.injections})
 
     @property
+    def signs(self) -> bool:
+        """Whether the call signs with AWS keys (X-AS-Inject-Sigv4). Not cached: a spec is
+        made per call, and functools.cached_property takes a lock on each first use."""
+        return any(injection.style == "sigv4" for injection in self.injections)
+
+    @property
     def buffers_body(self) -> bool:
         return self.body is not None or any(i.style in ("body", "form") for i in self.injections)
 
@@ -226,7 +232,8 @@ def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
         elif lowered in SIGV4_SCOPE_HEADERS:
             sigv4_scope[lowered] = value.strip()
     target = parse_target(target_url)
-    injections = sigv4_scoped(injections, sigv4_scope)
+    if sigv4_scope:
+        injections = sigv4_scoped(injections, sigv4_scope)
     if not injections:
         raise _bad("at least one X-AS-Inject-* header is required")
     seen = set()

@@ -77,9 +77,10 @@ async def forward(
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
+        content_type, part = _content_headers(upstream.headers)
         if not ranged:
-            refuse_parts(upstream, target)
-        meter = meter_for(upstream.status, upstream.headers)  # an LLM answer's usage
+            refuse_parts(upstream, target, part)
+        meter = meter_for(upstream.status, content_type)  # an LLM answer's usage
         # The relay raises UpstreamError only while nothing is sent.
         try:
             with upstream_errors(target, grant.redactor, counter):
@@ -140,22 +141,28 @@ async def injected(
 ) -> UpstreamRequest:
     """The request that goes upstream, with the values in place."""
     target = spec.target
-    check_styles(spec.injections, grant.values)
+    # SigV4's checks and signature cost only the calls that bind AWS keys: which values are
+    # keys is known once per broker answer (Grant.aws), which injections sign, by the spec.
+    signs = spec.signs
+    values: Mapping[str, str] = grant.values
+    if signs or grant.aws:
+        check_styles(spec.injections, values)
+        values = unsent(spec.injections, values)  # AWS keys sign, and are never sent
     headers = upstream_headers(request, raw_headers, allow_range=ranged)
     inject_headers(headers, spec.injections, grant.values)
     path_query, shown = inject_query(target.path_query, spec.injections, grant.values)
-    values = unsent(spec.injections, grant.values)  # AWS keys sign, and are never sent
     if spec.placeholders is not None:  # proxy mode: the values where the placeholders were
         headers = swap_headers(headers, spec.placeholders, values)
         path_query = swap_path(path_query, spec.placeholders, values)
     record.url = f"{target.scheme}://{target.host_header}{shown}"
-    body = await request_body(runtime, request, spec, values, headers, record)
+    body = await request_body(runtime, request, spec, values, headers, record, signs=signs)
     length = request.content_length if isinstance(body, CountingBody) else None
-    signed = Outgoing(spec.method, target.host, target.host_header, path_query,
-                      body if isinstance(body, bytes) else None, length)  # fmt: skip
-    chunk_signers = sign_all(headers, spec.injections, grant.values, signed,
-                             lambda name: runtime.settings.policy(name).region)  # fmt: skip
-    body = resigned(body, chunk_signers)  # signed chunks: signed again as they stream
+    if signs:
+        signed = Outgoing(spec.method, target.host, target.host_header, path_query,
+                          body if isinstance(body, bytes) else None, length)  # fmt: skip
+        chunk_signers = sign_all(headers, spec.injections, grant.values, signed,
+                                 lambda name: runtime.settings.policy(name).region)  # fmt: skip
+        body = resigned(body, chunk_signers)  # signed chunks: signed again as they stream
     return UpstreamRequest(
         spec.method,
         target.scheme,
@@ -176,6 +183,8 @@ async def request_body(
     values: Mapping[str, str],
     headers: CIMultiDict[str],
     record: AuditRecord,
+    *,
+    signs: bool,
 ) -> bytes | CountingBody | None:
     """The body to send: read whole for a Body-*/Form-* injection, else streamed (through
     a route's token scan)."""
@@ -186,7 +195,7 @@ async def request_body(
             body = swap_body(body, content_type, spec.placeholders, values)
         record.bytes_in = len(body)
         return body
-    if not (spec.buffers_body or signs_payload(spec.injections, headers)):
+    if not (spec.buffers_body or (signs and signs_payload(spec.injections, headers))):
         return CountingBody(request, spec.token_scan) if request.body_exists else None
     limits = runtime.settings.limits
     original = await read_limited(request, limits.max_request_body, limits.body_read_timeout)
@@ -200,13 +209,13 @@ async def request_body(
     return body
 
 
-def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
+def refuse_parts(upstream: UpstreamResponse, target: Target, content_range: bool) -> None:
     """A 206 (or a Content-Range on another answer) is a part: refused unless asked for. A
     Range header was not sent, but an upstream may answer with parts anyway (S3's
     `?partNumber=`), and slices shorter than a value pass any redactor."""
     if upstream.status == 416:
         return
-    if upstream.status == 206 or any(n.lower() == "content-range" for n, _ in upstream.headers):
+    if upstream.status == 206 or content_range:
         raise ProxyError(
             "upstream_error",
             f"{target.host_header} answered with a part of its content ({upstream.status}, "
@@ -214,3 +223,16 @@ def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
             "value in slices too short to redact; a human can permit parts for the secrets "
             "of this call with [secrets.NAME] allow_range = true",
         )
+
+
+def _content_headers(headers: list[tuple[str, str]]) -> tuple[str | None, bool]:
+    """The answer's first Content-Type, and whether it has a Content-Range: one pass over
+    its headers, lengths compared first (every answer passes here)."""
+    content_type, content_range = None, False
+    for name, value in headers:  # a loop, not a comprehension: every answer passes here
+        size = len(name)
+        if size == 12 and content_type is None and name.lower() == "content-type":
+            content_type = value
+        elif size == 13 and name.lower() == "content-range":
+            content_range = True
+    return content_type, content_range

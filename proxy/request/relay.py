@@ -54,7 +54,7 @@ async def relay(
         clean_body, count = redactor.redact(answer)
         record.redactions += count
         record.bytes_out = len(clean_body)
-        if meter is not None:
+        if meter is not None and b'"usage"' in answer:  # a whole answer without it has none
             meter.feed(answer)
         return web.Response(
             status=upstream.status,
@@ -114,9 +114,10 @@ def _head(
     # Everything the agent receives passes the redactor: the status line's reason phrase,
     # header names and values (one scan over all of them when nothing matches). A name
     # holding a value cannot be rewritten into a valid name, so that header is dropped.
-    texts, count = redactor.redact_texts(
-        [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
-    )
+    texts = [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
+    count = 0
+    if not _nothing_in(redactor, texts):
+        texts, count = redactor.redact_texts(texts)
     if count:
         record.redactions += count
         names, values = texts[1 : 1 + len(kept)], texts[1 + len(kept) :]
@@ -128,6 +129,22 @@ def _head(
     headers_back = CIMultiDict(kept)
     headers_back[REQUEST_ID_HEADER] = record.request_id
     return texts[0], headers_back
+
+
+def _nothing_in(redactor: Redactor, texts: list[str]) -> bool:
+    """True when no value is in any of `texts` (an answer's head), found in one scan.
+
+    Each text is a substring of the texts joined, and so is each one's view (a view decodes
+    escapes, which a space cannot begin or end): no match in the whole is none in a part.
+    Joined by a space rather than redact_texts' line break, which makes the line-break view
+    scan the head a second time although no header holds a line break. A match the joint
+    makes (a value spanning two texts) only costs the scan of each text on its own.
+    """
+    joined = " ".join(texts)
+    if not joined.isascii():
+        return False
+    _, count = redactor.redact(joined.encode())
+    return count == 0
 
 
 async def _redacted(

@@ -148,18 +148,16 @@ class Meter:
         return usage
 
 
-def meter_for(status: int, headers: list[tuple[str, str]]) -> Meter | None:
-    """A meter for an answer that may carry usage: a 2xx in JSON or SSE; else None."""
-    if not 200 <= status < 300:
+def meter_for(status: int, content_type: str | None) -> Meter | None:
+    """A meter for an answer that may carry usage: a 2xx in JSON or SSE (`content_type`:
+    the answer's first Content-Type); else None."""
+    if content_type is None or not 200 <= status < 300:
         return None
-    for name, value in headers:
-        if name.lower() == "content-type":
-            kind = value.split(";", 1)[0].strip().lower()
-            if kind == "text/event-stream":
-                return Meter(sse=True)
-            if kind == "application/json":
-                return Meter(sse=False)
-            return None
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "text/event-stream":
+        return Meter(sse=True)
+    if kind == "application/json":
+        return Meter(sse=False)
     return None
 
 
