@@ -51,13 +51,13 @@ class Shipping:
 
     def wake(self) -> None:
         """From the audit writer, after an append: cheap, never blocks."""
-        now = time.monotonic()
-        if now - self._woken < WAKE_EVERY or self._stopping or self._wake is None:
+        now, pipe = time.monotonic(), self._wake
+        if now - self._woken < WAKE_EVERY or self._stopping or pipe is None:
             return
         self._woken = now
         # A full pipe holds wake-ups not read yet: one more adds nothing.
         with contextlib.suppress(BlockingIOError):
-            os.write(self._wake[1], b"w")
+            os.write(pipe[1], b"w")
 
     def apply(self, settings: ShipSettings) -> None:
         """At a reload: the child is replaced when [audit.ship] changed (each destination
@@ -75,9 +75,12 @@ class Shipping:
             self._end_child()
         if self._keeper is not None:
             self._keeper.join(EXIT_GRACE + 1)
-        if self._wake is not None:
-            for fd in self._wake:
-                os.close(fd)
+        with self._lock:
+            # Once only: a second stop (the server's is idempotent) must not close an fd
+            # number that another file of this process may hold by now.
+            pipe, self._wake = self._wake, None
+        for fd in pipe or ():
+            os.close(fd)
 
     def _end_child(self, how: signal.Signals = signal.SIGTERM) -> None:
         self._changed.set()

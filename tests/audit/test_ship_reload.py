@@ -114,3 +114,23 @@ async def test_a_shipping_process_that_dies_is_started_again(home: Paths) -> Non
             await wait_for(lambda: has_everything(receiver.bodies(), home.audit_dir))
     finally:
         await receiver.stop()
+
+
+def test_a_second_stop_closes_nothing_twice(tmp_path: Path) -> None:
+    """The server's stop may run twice; the wake-up pipe's fds are closed once, so a number
+    another file of the process holds by then is never closed under it."""
+    import os
+
+    from blindkey.audit.ship.process import Shipping
+    from blindkey.config.outputs import ShipSettings
+
+    shipping = Shipping(tmp_path, ShipSettings())
+    shipping.start()
+    shipping.stop()
+    reused = os.open(os.devnull, os.O_RDONLY)  # takes the lowest free number: a pipe's
+    try:
+        shipping.stop()
+        shipping.wake()
+        os.fstat(reused)  # still open
+    finally:
+        os.close(reused)
