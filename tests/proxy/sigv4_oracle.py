@@ -3,18 +3,27 @@ judge: it signs again what it received, with the real keys, and compares."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
+import trustme
 from aiohttp import web
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from blindkey.broker.credentials.aws import AwsKeys
+from blindkey.broker.vault import FileVault
+from blindkey.config.edit import string_array, toml_table
+from blindkey.config.paths import Paths
+from blindkey.proxy.tls.ca import ensure_ca
+from tests.proxy.conftest import Env, open_env
 
 KEYS = AwsKeys("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 SESSION_KEYS = AwsKeys(
@@ -84,3 +93,39 @@ async def start_oracle(
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
     (address,) = runner.addresses
     return runner, int(address[1])
+
+
+Start = Callable[[AwsKeys, ssl.SSLContext], Awaitable[tuple[web.AppRunner, int]]]
+
+
+@contextlib.asynccontextmanager
+async def aws_proxy_mode(
+    home: Paths, tmp_path: Path, start: Start
+) -> AsyncIterator[tuple[Env, web.AppRunner, int, str]]:
+    """A proxy holding SESSION_KEYS as secret AWS, bound to an HTTPS upstream made by
+    `start` (trusted through [proxy] ca_file); yields it with the upstream, its port and
+    the placeholder an SDK signs with."""
+    ca = trustme.CA()
+    upstream_ca = tmp_path / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(upstream_ca))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    upstream, port = await start(SESSION_KEYS, context)
+    ensure_ca(home)
+    FileVault(home).set("development", "AWS", SESSION_KEYS.to_value())
+
+    def configure(document: Any) -> None:
+        toml_table(document, "allowlist")["hosts"].append(f"https://127.0.0.1:{port}")
+        toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
+        section = toml_table(document, "secrets", "AWS")
+        section["kind"] = "aws"
+        section["hosts"] = string_array([f"https://127.0.0.1:{port}"])
+
+    try:
+        async with open_env(home, configure) as env:
+            reply = await env.server.runtime.authoriser.broker.call(
+                "placeholders", env="development"
+            )
+            yield env, upstream, port, str(reply["placeholders"]["AWS"])
+    finally:
+        await upstream.cleanup()

@@ -5,7 +5,6 @@ real keys. The keys never go on the wire as they are, and never come back."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,19 +12,15 @@ from typing import Any
 
 import orjson
 import pytest
-import trustme
 from aiohttp import web
 from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.httpsession import URLLib3Session
 
-from blindkey.broker.vault import FileVault
-from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
-from blindkey.proxy.tls.ca import ensure_ca
-from tests.proxy.conftest import Env, open_env
-from tests.proxy.sigv4_oracle import SEEN, SESSION_KEYS, start_oracle
+from tests.proxy.conftest import Env
+from tests.proxy.sigv4_oracle import SEEN, SESSION_KEYS, aws_proxy_mode, start_oracle
 from tests.proxy.test_attack_dos import audit_records
 
 # What the program holds besides the placeholder: any secret key will do, it signs nothing
@@ -60,30 +55,8 @@ class Mode:
 
 @pytest.fixture
 async def mode(home: Paths, tmp_path: Path) -> AsyncIterator[Mode]:
-    ca = trustme.CA()
-    upstream_ca = tmp_path / "upstream-ca.pem"
-    ca.cert_pem.write_to_path(str(upstream_ca))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    oracle, port = await start_oracle(SESSION_KEYS, context)
-    ensure_ca(home)
-    FileVault(home).set("development", "AWS", SESSION_KEYS.to_value())
-
-    def configure(document: Any) -> None:
-        toml_table(document, "allowlist")["hosts"].append(f"https://127.0.0.1:{port}")
-        toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
-        section = toml_table(document, "secrets", "AWS")
-        section["kind"] = "aws"
-        section["hosts"] = string_array([f"https://127.0.0.1:{port}"])
-
-    try:
-        async with open_env(home, configure) as env:
-            reply = await env.server.runtime.authoriser.broker.call(
-                "placeholders", env="development"
-            )
-            yield Mode(env, oracle, port, str(reply["placeholders"]["AWS"]))
-    finally:
-        await oracle.cleanup()
+    async with aws_proxy_mode(home, tmp_path, start_oracle) as (env, upstream, port, placeholder):
+        yield Mode(env, upstream, port, placeholder)
 
 
 def _signed_by_sdk(mode: Mode, request: AWSRequest, service: str) -> AWSRequest:

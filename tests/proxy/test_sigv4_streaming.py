@@ -10,7 +10,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import ssl
 import sys
 import zlib
 from collections.abc import AsyncIterator
@@ -20,17 +19,13 @@ from typing import Any
 
 import orjson
 import pytest
-import trustme
 from aiohttp import web
 
-from blindkey.broker.vault import FileVault
-from blindkey.config.edit import string_array, toml_table
 from blindkey.config.paths import Paths
-from blindkey.proxy.tls.ca import ensure_ca
 from tests.proxy import s3_agent
-from tests.proxy.conftest import Env, open_env
+from tests.proxy.conftest import Env
 from tests.proxy.s3_oracle import STORE, Store, start_s3
-from tests.proxy.sigv4_oracle import SESSION_KEYS
+from tests.proxy.sigv4_oracle import SESSION_KEYS, aws_proxy_mode
 from tests.proxy.test_attack_dos import audit_records
 
 SIZE = 1024 * 1024 + 5  # > max_request_body (64KiB), and not a whole number of chunks
@@ -69,30 +64,8 @@ class S3:
 
 @pytest.fixture
 async def s3(home: Paths, tmp_path: Path) -> AsyncIterator[S3]:
-    ca = trustme.CA()
-    upstream_ca = tmp_path / "upstream-ca.pem"
-    ca.cert_pem.write_to_path(str(upstream_ca))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    upstream, port = await start_s3(SESSION_KEYS, context)
-    ensure_ca(home)
-    FileVault(home).set("development", "AWS", SESSION_KEYS.to_value())
-
-    def configure(document: Any) -> None:
-        toml_table(document, "allowlist")["hosts"].append(f"https://127.0.0.1:{port}")
-        toml_table(document, "proxy")["ca_file"] = str(upstream_ca)
-        section = toml_table(document, "secrets", "AWS")
-        section["kind"] = "aws"
-        section["hosts"] = string_array([f"https://127.0.0.1:{port}"])
-
-    try:
-        async with open_env(home, configure) as env:
-            reply = await env.server.runtime.authoriser.broker.call(
-                "placeholders", env="development"
-            )
-            yield S3(env, upstream, port, str(reply["placeholders"]["AWS"]))
-    finally:
-        await upstream.cleanup()
+    async with aws_proxy_mode(home, tmp_path, start_s3) as (env, upstream, port, placeholder):
+        yield S3(env, upstream, port, placeholder)
 
 
 def _stored(s3: S3, key: str, size: int = SIZE) -> dict[str, str]:
