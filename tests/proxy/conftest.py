@@ -113,26 +113,29 @@ async def open_env(
         if configure is not None:
             configure(document)
 
-    edit_config(home.config_file, home.lock_file, base_config)
-    vault = FileVault(home)
-    vault.set("development", "GITHUB_TOKEN", SECRET)
-    vault.set("development", "STRIPE_KEY", OTHER)
-    vault.set("development", "BASIC_PAIR", BASIC)
-    token = AgentStore(home.agents_file, home.lock_file).add("tester")
-    server = ProxyServer(
-        home, load_settings(home.config_file), host="127.0.0.1", port=0, clock=clock
-    )
-    if prepare is not None:
-        prepare(server)
-    await server.start()
-    session = aiohttp.ClientSession(auto_decompress=False)
-    try:
+    # Every step of the teardown runs even when one before it raises (a test's own stop
+    # that failed, a setup step that failed): a server or upstream left listening makes
+    # uvloop's loop.close() wait for its handles for ever, and pytest hangs instead of
+    # reporting the failure.
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(upstream.cleanup)
+        cleanup.callback(upstream.app[RELEASE_SSE].set)
+        edit_config(home.config_file, home.lock_file, base_config)
+        vault = FileVault(home)
+        vault.set("development", "GITHUB_TOKEN", SECRET)
+        vault.set("development", "STRIPE_KEY", OTHER)
+        vault.set("development", "BASIC_PAIR", BASIC)
+        token = AgentStore(home.agents_file, home.lock_file).add("tester")
+        server = ProxyServer(
+            home, load_settings(home.config_file), host="127.0.0.1", port=0, clock=clock
+        )
+        if prepare is not None:
+            prepare(server)
+        await server.start()
+        cleanup.push_async_callback(server.stop)
+        session = aiohttp.ClientSession(auto_decompress=False)
+        cleanup.push_async_callback(session.close)
         yield Env(home, server, port, upstream, token, session)
-    finally:
-        upstream.app[RELEASE_SSE].set()
-        await session.close()
-        await server.stop()
-        await upstream.cleanup()
 
 
 async def status_after_reload(
