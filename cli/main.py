@@ -46,7 +46,7 @@ from blindkey.cli import (
 )
 from blindkey.config.arguments import CommandParser
 from blindkey.config.console import say
-from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.errors import BlindkeyError, reported
 from blindkey.config.home import init_config
 from blindkey.config.paths import Paths, resolve_paths
 
@@ -184,22 +184,13 @@ def _handler(chosen: str | Handler) -> Handler:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = resolve_paths()
-    try:
+
+    def command() -> int:
         if getattr(args, "needs_home", True) and args.handler is not cmd_init:
             ensure_home(paths)
         return int(_handler(args.handler)(paths, args))
-    except UsageError as exc:
-        sys.stderr.write(f"blindkey: {exc}\n")
-        return 2
-    except BlindkeyError as exc:
-        sys.stderr.write(f"blindkey: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        sys.stderr.write(f"blindkey: {exc.strerror or exc}{where}\n")
-        return 1
+
+    return reported(command)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class BlindkeyError(Exception):
     """An expected failure: the CLI prints it as one line and exits 1."""
@@ -13,3 +16,22 @@ class ConfigError(BlindkeyError):
 
 class UsageError(BlindkeyError):
     """The command line asks for something that cannot be done (exit 2)."""
+
+
+def reported(command: Callable[[], int]) -> int:
+    """Run a command of a `blindkey` entry point: its exit status, or one line on stderr
+    for what stopped it (a usage error 2, any other BlindkeyError or OSError 1, Ctrl-C 130)."""
+    try:
+        return int(command())
+    except UsageError as exc:
+        sys.stderr.write(f"blindkey: {exc}\n")
+        return 2
+    except BlindkeyError as exc:
+        sys.stderr.write(f"blindkey: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"blindkey: {exc.strerror or exc}{where}\n")
+        return 1

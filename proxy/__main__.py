@@ -5,10 +5,9 @@ tree, whose imports took a third of the proxy's time to start."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.errors import reported
 from blindkey.config.paths import resolve_paths
 from blindkey.proxy.lifecycle import run_foreground
 
@@ -19,16 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--allow-remote", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        return run_foreground(resolve_paths(), args.host, args.port, args.allow_remote)
-    except UsageError as exc:
-        sys.stderr.write(f"blindkey: {exc}\n")
-        return 2
-    except BlindkeyError as exc:
-        sys.stderr.write(f"blindkey: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return reported(
+        lambda: run_foreground(resolve_paths(), args.host, args.port, args.allow_remote)
+    )
 
 
 if __name__ == "__main__":
