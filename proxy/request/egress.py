@@ -102,11 +102,14 @@ def dialled(connection: UpstreamConnection) -> str | None:
     record's `peer`, the address the egress policy vetted."""
     if connection.transport is None:
         return None
+    if connection.peer is not None:  # a pooled connection dialled it for an earlier call
+        return connection.peer
     peer = connection.transport.get_extra_info("peername")
     if not isinstance(peer, tuple) or len(peer) < 2:
         return None
     host = str(peer[0])
-    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    connection.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return connection.peer
 
 
 class VettingResolver(AbstractResolver):

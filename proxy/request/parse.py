@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -88,23 +88,25 @@ class ProxySpec:
     via: str | None = None
     placeholders: Mapping[str, str] | None = None
 
-    @property
-    def secret_names(self) -> list[str]:
-        return sorted({i.secret for i in self.injections})
+    # Worked out once per spec, not per read: several stages and the record read them, and
+    # a spec parsed from the same headers is memoised (parse_spec).
+    secret_names: list[str] = field(init=False, repr=False, compare=False)
+    styles: list[str] = field(init=False, repr=False, compare=False)
+    # Whether the call signs with AWS keys (X-AS-Inject-Sigv4).
+    signs: bool = field(init=False, repr=False, compare=False)
+    buffers_body: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def styles(self) -> list[str]:
-        return sorted({i.style for i in self.injections})
-
-    @property
-    def signs(self) -> bool:
-        """Whether the call signs with AWS keys (X-AS-Inject-Sigv4). Not cached: a spec is
-        made per call, and functools.cached_property takes a lock on each first use."""
-        return any(injection.style == "sigv4" for injection in self.injections)
-
-    @property
-    def buffers_body(self) -> bool:
-        return self.body is not None or any(i.style in ("body", "form") for i in self.injections)
+    def __post_init__(self) -> None:
+        injections = self.injections
+        derived = {
+            "secret_names": sorted({i.secret for i in injections}),
+            "styles": sorted({i.style for i in injections}),
+            "signs": any(i.style == "sigv4" for i in injections),
+            "buffers_body": self.body is not None
+            or any(i.style in ("body", "form") for i in injections),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 def _bad(message: str) -> ProxyError:
@@ -211,13 +213,20 @@ def request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
 
 def parse_spec(method: str, raw_headers: list[tuple[str, str]]) -> ProxySpec:
     """Read the X-AS-* headers; `raw_headers` keeps the case the caller sent."""
+    given = tuple((name, value) for name, value in raw_headers if name[:5].lower() == PREFIX)
+    return _parsed_spec(method, given)
+
+
+# An agent sends the same X-AS-* headers call after call: the spec they make is parsed
+# once (a refusal raises, and exceptions are not cached). The key holds the caller's
+# token, as the spec does.
+@functools.lru_cache(maxsize=1024)
+def _parsed_spec(method: str, given: tuple[tuple[str, str], ...]) -> ProxySpec:
     target_url = as_method = token = None
     injections: list[Injection] = []
     sigv4_scope: dict[str, str] = {}
-    for name, raw_value in raw_headers:
+    for name, raw_value in given:
         lowered = name.lower()
-        if not lowered.startswith(PREFIX):
-            continue
         value = header_text(name, raw_value)
         if lowered == "x-as-target-url":
             if target_url is not None:

@@ -45,13 +45,13 @@ async def relay(
             "upstream_error",
             f"{where} answered with content encoding {refused[:32]!r}, which blindkey cannot scan",
         )
-    reason, headers_back = _head(upstream, redactor, record)
-    record.status = upstream.status
     size = upstream.content_length
     if size is not None and size <= SMALL_BODY and not upstream.codings:
         # Most API answers are small: one read, one redaction, one write with a length.
         answer = await upstream.read()
-        clean_body, count = redactor.redact(answer)
+        reason, headers_back, clean = _head(upstream, redactor, record, answer)
+        record.status = upstream.status
+        clean_body, count = (answer, 0) if clean else redactor.redact(answer)
         record.redactions += count
         record.bytes_out = len(clean_body)
         if meter is not None and b'"usage"' in answer:  # a whole answer without it has none
@@ -62,6 +62,8 @@ async def relay(
             body=clean_body,
             headers=headers_back,
         )
+    reason, headers_back, _ = _head(upstream, redactor, record)
+    record.status = upstream.status
     response = web.StreamResponse(status=upstream.status, reason=reason, headers=headers_back)
     await response.prepare(request)
     stream = redactor.stream()
@@ -107,16 +109,20 @@ class _Metered:
 
 
 def _head(
-    upstream: UpstreamResponse, redactor: Redactor, record: AuditRecord
-) -> tuple[str, CIMultiDict[str]]:
-    """The reason phrase and the headers the agent gets."""
+    upstream: UpstreamResponse, redactor: Redactor, record: AuditRecord, body: bytes = b""
+) -> tuple[str, CIMultiDict[str], bool]:
+    """The reason phrase and the headers the agent gets, and whether `body` (a small answer
+    read whole) holds no value either: found in the same scan as the head."""
     kept = [(name, value) for name, value in upstream.headers if name.lower() not in _NOT_RETURNED]
     # Everything the agent receives passes the redactor: the status line's reason phrase,
     # header names and values (one scan over all of them when nothing matches). A name
     # holding a value cannot be rewritten into a valid name, so that header is dropped.
     texts = [upstream.reason, *(name for name, _ in kept), *(value for _, value in kept)]
     count = 0
-    if not _nothing_in(redactor, texts):
+    if _nothing_in(redactor, texts, body):
+        clean = True
+    else:
+        clean = False
         texts, count = redactor.redact_texts(texts)
     if count:
         record.redactions += count
@@ -128,22 +134,27 @@ def _head(
         ]
     headers_back = CIMultiDict(kept)
     headers_back[REQUEST_ID_HEADER] = record.request_id
-    return texts[0], headers_back
+    return texts[0], headers_back, clean
 
 
-def _nothing_in(redactor: Redactor, texts: list[str]) -> bool:
-    """True when no value is in any of `texts` (an answer's head), found in one scan.
+def _nothing_in(redactor: Redactor, texts: list[str], body: bytes = b"") -> bool:
+    """True when no value is in any of `texts` (an answer's head) nor in `body`, found in
+    one scan.
 
-    Each text is a substring of the texts joined, and so is each one's view (a view decodes
-    escapes, which a space cannot begin or end): no match in the whole is none in a part.
-    Joined by a space rather than redact_texts' line break, which makes the line-break view
-    scan the head a second time although no header holds a line break. A match the joint
-    makes (a value spanning two texts) only costs the scan of each text on its own.
+    Each text, and the body, is a substring of them all joined, and so is each one's view
+    (a view decodes escapes, which a space cannot begin or end): no match in the whole is
+    none in a part. Joined by a space rather than redact_texts' line break, which makes the
+    line-break view scan the head a second time although no header holds a line break. A
+    match the joint makes (a value spanning two parts) only costs the scan of each part on
+    its own.
     """
     joined = " ".join(texts)
     if not joined.isascii():
         return False
-    _, count = redactor.redact(joined.encode())
+    data = joined.encode()
+    if body:
+        data = b"%b %b" % (data, body)
+    _, count = redactor.redact(data)
     return count == 0
 
 

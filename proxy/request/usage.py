@@ -43,6 +43,21 @@ _spending: set[asyncio.Task[None]] = set()
 class Meter:
     """Fed the answer as the agent gets it; `reading()` is its usage, or None."""
 
+    # One per 2xx JSON answer, most of which never feed it (relay: no "usage" in them).
+    __slots__ = (
+        "_head",
+        "_kept",
+        "_overflow",
+        "_size",
+        "final",
+        "input_tokens",
+        "model",
+        "output_tokens",
+        "sse",
+        "text_chars",
+        "usage_seen",
+    )  # fmt: skip
+
     def __init__(self, sse: bool) -> None:
         self.sse = sse
         self._kept: list[bytes] = []

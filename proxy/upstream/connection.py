@@ -40,6 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response: UpstreamResponse | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.peer: str | None = None  # ip:port dialled, worked out by the first call on it
         self._drain: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------

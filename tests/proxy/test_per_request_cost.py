@@ -5,14 +5,18 @@ meter. Each shortcut is checked to decide exactly as the full path it skips woul
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
+from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.authorise import Grant
 from blindkey.proxy.request.parse import parse_spec
 from blindkey.proxy.request.pipeline import _content_headers
 from blindkey.proxy.request.relay import _nothing_in
 from blindkey.proxy.request.usage import meter_for
+from blindkey.redact.forms import encodings
 from blindkey.redact.redactor import Redactor
 from blindkey.redact.views import active_views
 
@@ -85,3 +89,53 @@ def test_the_meter_is_made_for_json_and_sse_successes_only() -> None:
     assert meter_for(200, "text/html") is None
     assert meter_for(200, None) is None
     assert meter_for(404, "application/json") is None
+
+
+def _spellings(value: str) -> list[bytes]:
+    """The value as an answer's body may carry it: every form the redactor knows, and the
+    spellings its views undo (escaped, percent-encoded, base64 in lines, UTF-16)."""
+    raw = value.encode()
+    b64 = base64.b64encode(raw)
+    return [
+        *sorted(encodings(value)),
+        "".join(f"\\u{ord(c):04x}" for c in value).encode(),
+        "".join(f"%{b:02X}" for b in raw).encode(),
+        b"\\n".join(b64[i : i + 8] for i in range(0, len(b64), 8)),
+        b"\r\n".join(b64[i : i + 8] for i in range(0, len(b64), 8)),
+        value.encode("utf-16-le"),
+    ]
+
+
+@pytest.mark.parametrize("where", ["alone", "first", "last", "in json"])
+def test_a_small_answer_is_clean_only_when_its_body_is(where: str) -> None:
+    """The head and a small body share one scan: for every spelling of a value the body's
+    own scan finds, the shared scan must say "not clean" too (and then each is redacted on
+    its own, as before)."""
+    redactor = Redactor({"GH": VALUE, "SPACED": SPACED})
+    found = 0
+    for spelling in _spellings(VALUE) + _spellings(SPACED):
+        body = {
+            "alone": spelling,
+            "first": spelling + b'", "n": 1}',
+            "last": b'{"token": "' + spelling,
+            "in json": b'{"a": "x\\\\", "token": "' + spelling + b'", "b": "%"}',
+        }[where]
+        if redactor.redact(body)[1]:
+            found += 1
+            assert not _nothing_in(redactor, HEAD, body), spelling
+    assert found >= 40  # the body's own scan finds (nearly) every spelling: none is vacuous
+    assert _nothing_in(redactor, HEAD, b'{"id": 1, "note": "no value \\u0041 %41 here"}')
+
+
+def test_the_same_headers_make_one_spec_and_a_refusal_is_never_kept() -> None:
+    headers = [("X-AS-Target-URL", "https://api.github.com/user"), ("X-AS-Inject-Bearer", "GH")]
+    first = parse_spec("GET", [("Accept", "*/*"), *headers, ("X-AS-Agent-Token", "t1")])
+    again = parse_spec("GET", [*headers, ("X-AS-Agent-Token", "t1"), ("User-Agent", "x")])
+    other = parse_spec("GET", [*headers, ("X-AS-Agent-Token", "t2")])
+    assert again is first and other is not first and other.token == "t2"
+    assert first.secret_names == ["GH"] and first.styles == ["bearer"]
+    assert parse_spec("POST", [*headers]).method == "POST"
+    twice = [*headers, ("X-AS-Inject-Bearer", "OTHER")]
+    for _ in range(2):  # a refusal raises each time: nothing of it is kept
+        with pytest.raises(ProxyError, match="same place"):
+            parse_spec("GET", twice)
