@@ -8,6 +8,7 @@ docs/configuration.md; none of them lists a key of its own.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -342,3 +343,15 @@ class Settings:
 
     def policy(self, name: str) -> SecretPolicy:
         return self.secrets.get(name, DEFAULT_POLICY)
+
+    # Read by every proxied call: worked out once per loaded configuration (a secret
+    # without a table has the defaults, which allow neither).
+    @functools.cached_property
+    def short_allowed(self) -> frozenset[str]:
+        """The secrets stored with --allow-short."""
+        return frozenset(name for name, policy in self.secrets.items() if policy.allow_short)
+
+    @functools.cached_property
+    def range_allowed(self) -> frozenset[str]:
+        """The secrets whose calls may send Range and get parts back (allow_range)."""
+        return frozenset(name for name, policy in self.secrets.items() if policy.allow_range)

@@ -57,14 +57,15 @@ async def forward(
     record.method, record.host = spec.method, target.host
     record.secrets, record.styles = names, spec.styles
     settings = runtime.settings
-    record.short_secrets = [n for n in names if settings.policy(n).allow_short]
+    short = settings.short_allowed
+    record.short_secrets = [name for name in names if name in short] if short else []
     runtime.authoriser.catch_up()
 
     await egress_check(runtime, spec, record)
     grant = await authorise(runtime, request, spec, record)
 
     # Inject.
-    ranged = all(settings.policy(name).allow_range for name in names)
+    ranged = settings.range_allowed.issuperset(names)
     outgoing = await injected(runtime, request, spec, raw_headers, grant, record, ranged=ranged)
     counter = outgoing.body if isinstance(outgoing.body, CountingBody) else None
 
@@ -77,10 +78,9 @@ async def forward(
     async with upstream:
         if counter is not None:
             record.bytes_in = counter.size
-        content_type, part = _content_headers(upstream.headers)
         if not ranged:
-            refuse_parts(upstream, target, part)
-        meter = meter_for(upstream.status, content_type)  # an LLM answer's usage
+            refuse_parts(upstream, target)
+        meter = meter_for(upstream.status, upstream.content_type)  # an LLM answer's usage
         # The relay raises UpstreamError only while nothing is sent.
         try:
             with upstream_errors(target, grant.redactor, counter):
@@ -209,13 +209,13 @@ async def request_body(
     return body
 
 
-def refuse_parts(upstream: UpstreamResponse, target: Target, content_range: bool) -> None:
+def refuse_parts(upstream: UpstreamResponse, target: Target) -> None:
     """A 206 (or a Content-Range on another answer) is a part: refused unless asked for. A
     Range header was not sent, but an upstream may answer with parts anyway (S3's
     `?partNumber=`), and slices shorter than a value pass any redactor."""
     if upstream.status == 416:
         return
-    if upstream.status == 206 or content_range:
+    if upstream.status == 206 or upstream.content_range:
         raise ProxyError(
             "upstream_error",
             f"{target.host_header} answered with a part of its content ({upstream.status}, "
@@ -223,16 +223,3 @@ def refuse_parts(upstream: UpstreamResponse, target: Target, content_range: bool
             "value in slices too short to redact; a human can permit parts for the secrets "
             "of this call with [secrets.NAME] allow_range = true",
         )
-
-
-def _content_headers(headers: list[tuple[str, str]]) -> tuple[str | None, bool]:
-    """The answer's first Content-Type, and whether it has a Content-Range: one pass over
-    its headers, lengths compared first (every answer passes here)."""
-    content_type, content_range = None, False
-    for name, value in headers:  # a loop, not a comprehension: every answer passes here
-        size = len(name)
-        if size == 12 and content_type is None and name.lower() == "content-type":
-            content_type = value
-        elif size == 13 and name.lower() == "content-range":
-            content_range = True
-    return content_type, content_range

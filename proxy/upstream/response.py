@@ -48,6 +48,10 @@ class UpstreamResponse:
         self.reason_bytes = b""
         self.headers: list[tuple[str, str]] = []
         self.content_length: int | None = None
+        # The first Content-Type (the usage meter's) and whether any Content-Range came (a
+        # part, refused unless asked for), found in the pass that finds the framing.
+        self.content_type: str | None = None
+        self.content_range = False
         # Every coding to undo, in the order applied: Content-Encoding's, then the transfer
         # codings other than chunked (RFC 9112 §6.1), which llhttp passes on undecoded.
         self.codings: list[str] = []
@@ -105,6 +109,11 @@ class UpstreamResponse:
                 encodings.append(value)
             elif lowered == "transfer-encoding":
                 transfer.append(value)
+            elif lowered == "content-type":
+                if self.content_type is None:
+                    self.content_type = value
+            elif lowered == "content-range":
+                self.content_range = True
         self.codings = codings(encodings) if encodings else []
         if transfer:
             self.codings.extend(self._transfer_codings(transfer))

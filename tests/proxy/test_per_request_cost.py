@@ -5,17 +5,23 @@ meter. Each shortcut is checked to decide exactly as the full path it skips woul
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import tomllib
+from pathlib import Path
 
 import orjson
 import pytest
 
+from blindkey.config.loader import parse_settings
+from blindkey.config.secrets_table import DEFAULT_POLICY
 from blindkey.proxy.errors import ProxyError
 from blindkey.proxy.request.authorise import Grant
 from blindkey.proxy.request.parse import parse_spec
-from blindkey.proxy.request.pipeline import _content_headers
 from blindkey.proxy.request.relay import _nothing_in
 from blindkey.proxy.request.usage import meter_for
+from blindkey.proxy.upstream.connection import UpstreamConnection
+from blindkey.proxy.upstream.response import UpstreamLimits, UpstreamResponse
 from blindkey.redact.forms import encodings
 from blindkey.redact.redactor import Redactor
 from blindkey.redact.views import active_views
@@ -69,18 +75,30 @@ def test_a_non_ascii_head_takes_the_full_path() -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "found"),
+    ("head", "found"),
     [
-        ([("Content-Type", "a/json"), ("Content-Length", "2")], ("a/json", False)),
-        ([("content-range", "bytes 0-1/9"), ("CONTENT-TYPE", "text/plain")], ("text/plain", True)),
-        ([("Content-Type", "text/x-a"), ("Content-Type", "x/y")], ("text/x-a", False)),
-        ([("X-Content-Type", "a/b"), ("Content-Ranges", "x")], (None, False)),
+        ("HTTP/1.1 200 OK\r\nContent-Type: a/json\r\nContent-Length: 2", ("a/json", False)),
+        ("HTTP/1.1 200 OK\r\ncontent-range: bytes 0-1/9\r\nCONTENT-TYPE: text/plain",
+         ("text/plain", True)),
+        ("HTTP/1.1 200 OK\r\nContent-Type: text/x-a\r\nContent-Type: x/y", ("text/x-a", False)),
+        ("HTTP/1.1 200 OK\r\nX-Content-Type: a/b\r\nContent-Ranges: x", (None, False)),
+        ("HTTP/1.1 103 Early Hints\r\nContent-Type: x/interim\r\nContent-Range: x\r\n\r\n"
+         "HTTP/1.1 200 OK\r\nContent-Type: a/json", ("a/json", False)),
     ],
 )  # fmt: skip
-def test_one_pass_finds_the_content_type_and_any_range(
-    headers: list[tuple[str, str]], found: tuple[str | None, bool]
+async def test_the_framing_pass_finds_the_content_type_and_any_range(
+    head: str, found: tuple[str | None, bool]
 ) -> None:
-    assert _content_headers(headers) == found
+    """The answer's first Content-Type (for the usage meter) and any Content-Range (a part)
+    come out of the pass over its headers that finds its framing: no pass of their own,
+    and an interim answer's headers are not the answer's."""
+    loop = asyncio.get_running_loop()
+    connection = UpstreamConnection(("http", "example.com", 80), loop, print, print)
+    limits = UpstreamLimits(connect_timeout=1, read_timeout=1, total_timeout=1, max_field=8192)
+    response = connection.response = UpstreamResponse(connection, "GET", limits, loop.time() + 1)
+    connection.data_received(f"{head}\r\n\r\n".encode())
+    assert response.headers_done
+    assert (response.content_type, response.content_range) == found
 
 
 def test_the_meter_is_made_for_json_and_sse_successes_only() -> None:
@@ -139,3 +157,17 @@ def test_the_same_headers_make_one_spec_and_a_refusal_is_never_kept() -> None:
     for _ in range(2):  # a refusal raises each time: nothing of it is kept
         with pytest.raises(ProxyError, match="same place"):
             parse_spec("GET", twice)
+
+
+def test_the_parts_and_short_sets_decide_as_each_policy_would() -> None:
+    text = (
+        "[secrets.RANGED]\nallow_range = true\n[secrets.SHORT]\nallow_short = true\n"
+        "[secrets.PLAIN]\nhosts = []\n"
+    )
+    settings = parse_settings(Path("config.toml"), tomllib.loads(text))
+    names = ["RANGED", "SHORT", "PLAIN", "NO_TABLE"]
+    assert settings.range_allowed == {n for n in names if settings.policy(n).allow_range}
+    assert settings.short_allowed == {n for n in names if settings.policy(n).allow_short}
+    assert settings.range_allowed == {"RANGED"} and settings.short_allowed == {"SHORT"}
+    # A secret without a table is in neither set: as its (default) policy decides.
+    assert not DEFAULT_POLICY.allow_range and not DEFAULT_POLICY.allow_short
