@@ -8,6 +8,7 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -22,8 +23,10 @@ from blindkey.proxy.metrics import MetricsListener, Sources
 from blindkey.proxy.request.edge import Front
 from blindkey.proxy.runtime import FileStamp
 from blindkey.proxy.site import GuardedSite
-from blindkey.proxy.tls.ca import LeafCache, load_ca
 from blindkey.proxy.tls.connect import Door
+
+if TYPE_CHECKING:  # proxy mode's CA loads cryptography.x509: at the first CONNECT (_leaves)
+    from blindkey.proxy.tls.ca import LeafCache
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25
@@ -109,6 +112,8 @@ class ProxyServer:
 
     def _leaves(self) -> LeafCache:
         """Leaf certificates for intercepted tunnels, from the CA `init` made (read once)."""
+        from blindkey.proxy.tls.ca import LeafCache, load_ca
+
         if self.leaf_cache is None:
             self.leaf_cache = LeafCache(load_ca(self.paths), self.paths.runtime_dir)
         return self.leaf_cache
