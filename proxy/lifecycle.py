@@ -2,33 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import gc
-import http.client
 import os
 import signal
+import socket
 import stat
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.loader import load_settings
-from blindkey.config.model import LimitSettings, Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.supervisor import spawn_broker
-from blindkey.proxy.systemd import ServiceNotifier
+
+# Loaded where used: `proxy start` imports this module before it spawns the daemon, and the
+# daemon before it spawns its broker; neither needs the event loop or the config model yet.
+if TYPE_CHECKING:
+    import asyncio
+
+    from blindkey.config.model import Settings
 
 STOP_MARGIN = 15.0
 EXIT_NOT_RUNNING = 3
 # `proxy start` hands the daemon the write end of a pipe under this name (proxy/detach.py);
 # the daemon writes to it once it serves.
 READY_FD = "BLINDKEY_READY_FD"
+STATUS_LINE_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,25 @@ def running(paths: Paths) -> Running | None:
 
 
 def health(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether GET /health answers 200: the status line alone, read off a plain socket
+    (http.client and the email parser under it cost `proxy start` 40 ms to import)."""
     # A wildcard listener is reached over loopback.
     connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-    connection = http.client.HTTPConnection(connect_host, port, timeout=timeout)
+    authority = f"[{connect_host}]:{port}" if ":" in connect_host else f"{connect_host}:{port}"
+    request = f"GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     try:
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
+        with socket.create_connection((connect_host, port), timeout=timeout) as connection:
+            connection.sendall(request.encode("ascii"))
+            head = b""
+            while b"\r\n" not in head and len(head) < STATUS_LINE_MAX:
+                chunk = connection.recv(STATUS_LINE_MAX)
+                if not chunk:
+                    break
+                head += chunk
     except OSError:
         return False
-    finally:
-        connection.close()
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1] == b"200"
 
 
 # Young-generation collections every GC_GEN0 allocations instead of CPython's 700: a proxied
@@ -131,6 +143,10 @@ def _ready_pipe(named: str | None) -> int | None:
 def run_foreground(
     paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
 ) -> int:
+    import asyncio
+
+    from blindkey.config.loader import load_settings
+
     ready = _ready_pipe(os.environ.pop(READY_FD, None))  # not passed on to the broker
     settings = load_settings(paths.config_file)
     bind_check(settings, host, allow_remote)
@@ -168,8 +184,10 @@ async def _serve_until_signal(
     """`serve` with the process's signals: TERM and INT stop it, HUP reloads config.toml."""
     # The broker first, so it loads while this process imports its HTTP stack; nothing is
     # served before the supervisor has seen its socket (ProxyServer.start).
-    socket = settings.broker.socket
-    broker = None if socket else await spawn_broker(paths.broker_socket_at(socket))
+    from blindkey.proxy.supervisor import spawn_broker
+
+    external = settings.broker.socket
+    broker = None if external else await spawn_broker(paths.broker_socket_at(external))
     try:
         await _serve_with(paths, settings, host, port, allow_remote, ready_fd, broker)
     finally:
@@ -187,8 +205,11 @@ async def _serve_with(
     ready_fd: int | None,
     broker: asyncio.subprocess.Process | None,
 ) -> None:
+    import asyncio
+
     # Here, not at the top: `proxy status` and `proxy stop` need no HTTP stack (0.3 s).
     from blindkey.proxy.server import ProxyServer, serve
+    from blindkey.proxy.systemd import ServiceNotifier
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -208,7 +229,6 @@ async def _serve_with(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-        tune_gc()
         sys.stderr.write(
             f"blindkey proxy listening on http://{host}:{server.port} (pid {os.getpid()})\n"
         )
@@ -223,6 +243,9 @@ async def _serve_with(
             with contextlib.suppress(OSError):
                 os.write(ready_fd, b"1")
                 os.close(ready_fd)
+        # After the word, not before: `proxy start` wakes and dials /health while this full
+        # collection runs (the call is answered right after it: nothing is served meanwhile).
+        tune_gc()
 
     await serve(
         paths,
@@ -238,6 +261,9 @@ async def _serve_with(
 
 def stop(paths: Paths) -> int | None:
     """Stop the running proxy; return its pid, or None when nothing ran."""
+    from blindkey.config.loader import load_settings
+    from blindkey.config.model import LimitSettings
+
     current = running(paths)
     if current is None:
         return None
@@ -308,6 +334,8 @@ def describe(
     current: Running, broker: dict[str, Any] | None = None, paths: Paths | None = None
 ) -> dict[str, Any]:
     """What `proxy status` shows; `broker` is the broker's ping answer when it was reached."""
+    from blindkey.config.loader import load_settings
+
     status = current.status
     kind = None
     if paths is not None:
