@@ -26,6 +26,7 @@ from blindkey.proxy.site import GuardedSite
 from blindkey.proxy.tls.connect import Door
 
 if TYPE_CHECKING:  # proxy mode's CA loads cryptography.x509: at the first CONNECT (_leaves)
+    from blindkey.proxy.broker_process import BrokerProcess
     from blindkey.proxy.tls.ca import LeafCache
 
 log = logging.getLogger("blindkey.proxy")
@@ -79,7 +80,7 @@ class ProxyServer:
         port: int,
         allow_remote: bool = False,
         clock: Callable[[], float] | None = None,
-        broker: asyncio.subprocess.Process | None = None,
+        broker: BrokerProcess | None = None,
     ) -> None:
         refused = None if allow_remote else settings.proxy.bind_error(host)
         if refused is not None:
@@ -256,7 +257,7 @@ async def serve(
     allow_remote: bool = False,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[ProxyServer], None] | None = None,
-    broker: asyncio.subprocess.Process | None = None,
+    broker: BrokerProcess | None = None,
 ) -> None:
     """Run the proxy until `shutdown_trigger` returns (forever without one), then stop in
     order: stop accepting, drain, stop the broker, flush the audit. Signals are the

@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from blindkey.config.atomic import locked, write_atomic
 from blindkey.config.paths import Paths
-from blindkey.proxy.tls.errors import CaError
+from blindkey.proxy.tls.errors import CaError as CaError  # named here too: the CA raises it
 
 CA_YEARS = 10
 LEAF_DAYS = 7
