@@ -18,10 +18,10 @@ from blindkey.config.paths import Paths
 
 
 def cmd_proxy_start(paths: Paths, args: argparse.Namespace) -> int:
-    from blindkey.proxy import detach, lifecycle
+    from blindkey.proxy import daemon, detach
 
     if args.foreground:
-        return lifecycle.run_foreground(paths, args.host, args.port, args.allow_remote)
+        return daemon.run_foreground(paths, args.host, args.port, args.allow_remote)
     current = detach.start_detached(paths, args.host, args.port, args.allow_remote)
     say(
         f"blindkey proxy running on http://{current.status.get('host')}:"

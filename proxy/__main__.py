@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from blindkey.config.errors import reported
 from blindkey.config.paths import resolve_paths
-from blindkey.proxy.lifecycle import run_foreground
+from blindkey.proxy.daemon import run_foreground
 
 
 def main(argv: Sequence[str] | None = None) -> int:

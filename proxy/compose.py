@@ -15,13 +15,13 @@ The last two are wired by ProxyRuntime, which owns both ends.
 
 from __future__ import annotations
 
-from asyncio.subprocess import Process
 from dataclasses import dataclass
 
 from blindkey.audit.ship.process import Shipping
 from blindkey.audit.writer import AuditWriter
 from blindkey.config.model import Settings
 from blindkey.config.paths import Paths
+from blindkey.proxy.broker_process import BrokerProcess
 from blindkey.proxy.metrics import CallMetrics, observer
 from blindkey.proxy.runtime import ProxyRuntime
 from blindkey.proxy.status import ProxyStatus
@@ -39,7 +39,7 @@ class ProxyParts:
 
 
 def compose_proxy(
-    paths: Paths, settings: Settings, host: str, broker: Process | None = None
+    paths: Paths, settings: Settings, host: str, broker: BrokerProcess | None = None
 ) -> ProxyParts:
     # The status file reads the runtime and the writer, which tell it when they change:
     # the closures below name parts made a line later, and run only once all exist.

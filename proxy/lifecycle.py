@@ -1,34 +1,32 @@
-"""`blindkey proxy start|stop|status|reload`: pid file, detaching, signals at the edge."""
+"""`blindkey proxy stop|status|reload` and what `proxy start` checks: the running proxy
+found by its pid file's lock, its /health, its status. The daemon itself is daemon.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import fcntl
-import gc
-import http.client
 import os
 import signal
-import stat
-import sys
+import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from blindkey.config.errors import BlindkeyError, UsageError
-from blindkey.config.loader import load_settings
-from blindkey.config.model import LimitSettings, Settings
 from blindkey.config.paths import Paths
-from blindkey.proxy.supervisor import spawn_broker
-from blindkey.proxy.systemd import ServiceNotifier
+
+# Loaded where used: `proxy start` imports this module before it launches the daemon, and the
+# daemon before it launches its broker; neither needs the config model yet.
+if TYPE_CHECKING:
+    from blindkey.config.model import Settings
 
 STOP_MARGIN = 15.0
 EXIT_NOT_RUNNING = 3
 # `proxy start` hands the daemon the write end of a pipe under this name (proxy/detach.py);
-# the daemon writes to it once it serves.
+# the daemon (proxy/daemon.py) writes to it once it serves.
 READY_FD = "BLINDKEY_READY_FD"
+STATUS_LINE_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -37,23 +35,7 @@ class Running:
     status: dict[str, Any]
 
 
-def _lock_pid_file(paths: Paths) -> int:
-    """Hold an exclusive lock on the pid file for the life of this process."""
-    fd = os.open(paths.pid_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        pid = _read_pid(paths)
-        raise BlindkeyError(
-            f"the proxy is already running (pid {pid}); `blindkey proxy stop` first"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-def _read_pid(paths: Paths) -> int | None:
+def read_pid(paths: Paths) -> int | None:
     try:
         return int(paths.pid_file.read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -69,7 +51,7 @@ def running(paths: Paths) -> Running | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        pid = _read_pid(paths)
+        pid = read_pid(paths)
         if pid is None:
             return None
         try:
@@ -83,31 +65,25 @@ def running(paths: Paths) -> Running | None:
 
 
 def health(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether GET /health answers 200: the status line alone, read off a plain socket
+    (http.client and the email parser under it cost `proxy start` 40 ms to import)."""
     # A wildcard listener is reached over loopback.
     connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
-    connection = http.client.HTTPConnection(connect_host, port, timeout=timeout)
+    authority = f"[{connect_host}]:{port}" if ":" in connect_host else f"{connect_host}:{port}"
+    request = f"GET /health HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     try:
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
+        with socket.create_connection((connect_host, port), timeout=timeout) as connection:
+            connection.sendall(request.encode("ascii"))
+            head = b""
+            while b"\r\n" not in head and len(head) < STATUS_LINE_MAX:
+                chunk = connection.recv(STATUS_LINE_MAX)
+                if not chunk:
+                    break
+                head += chunk
     except OSError:
         return False
-    finally:
-        connection.close()
-
-
-# Young-generation collections every GC_GEN0 allocations instead of CPython's 700: a proxied
-# request allocates a few hundred objects, almost none in cycles, and the default made the
-# collector run every couple of requests (bench: user CPU per request 75 -> 67 us at 32
-# connections).
-GC_GEN0 = 20_000
-
-
-def tune_gc() -> None:
-    """Once serving: start-up objects move out of the collector's way, collections thin out."""
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0, gen1, gen2)
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and parts[1] == b"200"
 
 
 def bind_check(settings: Settings, host: str | None, allow_remote: bool) -> None:
@@ -116,128 +92,11 @@ def bind_check(settings: Settings, host: str | None, allow_remote: bool) -> None
         raise UsageError(f"--host {refused}")
 
 
-def _ready_pipe(named: str | None) -> int | None:
-    """The readiness pipe `proxy start` passed, if that is what the variable names: one
-    left over in a user's environment must not make the daemon write to, and close, some
-    other file it holds (its stdout is fd 1)."""
-    if not named or not named.isdigit():
-        return None
-    try:
-        return int(named) if stat.S_ISFIFO(os.fstat(int(named)).st_mode) else None
-    except OSError:
-        return None
-
-
-def run_foreground(
-    paths: Paths, host: str | None, port: int | None, allow_remote: bool = False
-) -> int:
-    ready = _ready_pipe(os.environ.pop(READY_FD, None))  # not passed on to the broker
-    settings = load_settings(paths.config_file)
-    bind_check(settings, host, allow_remote)
-    lock_fd = _lock_pid_file(paths)
-    try:
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.install()
-        asyncio.run(
-            _serve_until_signal(
-                paths,
-                settings,
-                host or settings.proxy.host,
-                settings.proxy.port if port is None else port,
-                allow_remote,
-                ready,
-            )
-        )
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            paths.pid_file.unlink()
-        os.close(lock_fd)
-    return 0
-
-
-async def _serve_until_signal(
-    paths: Paths,
-    settings: Settings,
-    host: str,
-    port: int,
-    allow_remote: bool,
-    ready_fd: int | None = None,
-) -> None:
-    """`serve` with the process's signals: TERM and INT stop it, HUP reloads config.toml."""
-    # The broker first, so it loads while this process imports its HTTP stack; nothing is
-    # served before the supervisor has seen its socket (ProxyServer.start).
-    socket = settings.broker.socket
-    broker = None if socket else await spawn_broker(paths.broker_socket_at(socket))
-    try:
-        await _serve_with(paths, settings, host, port, allow_remote, ready_fd, broker)
-    finally:
-        if broker is not None and broker.returncode is None:  # never handed over
-            broker.terminate()
-            await broker.wait()
-
-
-async def _serve_with(
-    paths: Paths,
-    settings: Settings,
-    host: str,
-    port: int,
-    allow_remote: bool,
-    ready_fd: int | None,
-    broker: asyncio.subprocess.Process | None,
-) -> None:
-    # Here, not at the top: `proxy status` and `proxy stop` need no HTTP stack (0.3 s).
-    from blindkey.proxy.server import ProxyServer, serve
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[bool]] = set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    notifier = ServiceNotifier()
-
-    async def until_stopped() -> None:
-        await stop.wait()
-        await notifier.stopping()
-
-    def on_ready(server: ProxyServer) -> None:
-        def on_hup() -> None:
-            task = loop.create_task(server.reload(), name="sighup-reload")
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-        tune_gc()
-        sys.stderr.write(
-            f"blindkey proxy listening on http://{host}:{server.port} (pid {os.getpid()})\n"
-        )
-        if server.allow_remote:
-            sys.stderr.write(
-                "blindkey: WARNING: calls from other machines are accepted: every caller needs "
-                "an agent token, and remote callers must be in [proxy] allowed_peers\n"
-            )
-        sys.stderr.flush()
-        notifier.ready(f"listening on {host}:{server.port}")
-        if ready_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(ready_fd, b"1")
-                os.close(ready_fd)
-
-    await serve(
-        paths,
-        settings,
-        host=host,
-        port=port,
-        allow_remote=allow_remote,
-        shutdown_trigger=until_stopped,
-        on_ready=on_ready,
-        broker=broker,
-    )
-
-
 def stop(paths: Paths) -> int | None:
     """Stop the running proxy; return its pid, or None when nothing ran."""
+    from blindkey.config.loader import load_settings
+    from blindkey.config.model import LimitSettings
+
     current = running(paths)
     if current is None:
         return None
@@ -308,6 +167,8 @@ def describe(
     current: Running, broker: dict[str, Any] | None = None, paths: Paths | None = None
 ) -> dict[str, Any]:
     """What `proxy status` shows; `broker` is the broker's ping answer when it was reached."""
+    from blindkey.config.loader import load_settings
+
     status = current.status
     kind = None
     if paths is not None:

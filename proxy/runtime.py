@@ -23,6 +23,7 @@ from blindkey.config.paths import Paths
 from blindkey.proxy.request.approval_wait import ApprovalWaits
 from blindkey.proxy.request.authorise import Authoriser
 from blindkey.proxy.request.egress import EgressPolicy, VettingResolver
+from blindkey.proxy.trust import upstream_context
 from blindkey.proxy.upstream import UpstreamLimits, UpstreamPool
 from blindkey.redact.cache import cache_dir
 
@@ -33,10 +34,7 @@ FileStamp = tuple[int, int, int, int]
 
 
 def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if settings.proxy.ca_file:
-        context.load_verify_locations(settings.proxy.ca_file)
-    return context
+    return upstream_context(settings.proxy.ca_file)  # the system's CAs loaded once (trust.py)
 
 
 class ProxyRuntime:

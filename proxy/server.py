@@ -8,6 +8,7 @@ import errno
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -22,8 +23,11 @@ from blindkey.proxy.metrics import MetricsListener, Sources
 from blindkey.proxy.request.edge import Front
 from blindkey.proxy.runtime import FileStamp
 from blindkey.proxy.site import GuardedSite
-from blindkey.proxy.tls.ca import LeafCache, load_ca
 from blindkey.proxy.tls.connect import Door
+
+if TYPE_CHECKING:  # proxy mode's CA loads cryptography.x509: at the first CONNECT (_leaves)
+    from blindkey.proxy.broker_process import BrokerProcess
+    from blindkey.proxy.tls.ca import LeafCache
 
 log = logging.getLogger("blindkey.proxy")
 CONFIG_POLL = 0.25
@@ -76,7 +80,7 @@ class ProxyServer:
         port: int,
         allow_remote: bool = False,
         clock: Callable[[], float] | None = None,
-        broker: asyncio.subprocess.Process | None = None,
+        broker: BrokerProcess | None = None,
     ) -> None:
         refused = None if allow_remote else settings.proxy.bind_error(host)
         if refused is not None:
@@ -109,6 +113,8 @@ class ProxyServer:
 
     def _leaves(self) -> LeafCache:
         """Leaf certificates for intercepted tunnels, from the CA `init` made (read once)."""
+        from blindkey.proxy.tls.ca import LeafCache, load_ca
+
         if self.leaf_cache is None:
             self.leaf_cache = LeafCache(load_ca(self.paths), self.paths.runtime_dir)
         return self.leaf_cache
@@ -251,7 +257,7 @@ async def serve(
     allow_remote: bool = False,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     on_ready: Callable[[ProxyServer], None] | None = None,
-    broker: asyncio.subprocess.Process | None = None,
+    broker: BrokerProcess | None = None,
 ) -> None:
     """Run the proxy until `shutdown_trigger` returns (forever without one), then stop in
     order: stop accepting, drain, stop the broker, flush the audit. Signals are the

@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from blindkey.broker.protocol import BrokerUnavailable, ProtocolError, encode, read_frame
+from blindkey.proxy.broker_process import BrokerProcess, launch_broker
 
 log = logging.getLogger("blindkey.proxy")
 START_TIMEOUT = 10.0
@@ -21,36 +20,17 @@ BACKOFF_MAX = 2.0
 HEALTHY_AFTER = 10.0
 
 
-async def spawn_broker(socket_path: Path) -> asyncio.subprocess.Process:
-    """The broker's process, on its way up. A proxy starting spawns it first thing, so the
-    broker loads while the proxy does (each takes about a second of imports); the
-    supervisor then waits for its socket before anything is served."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)
-    env = {**os.environ, "BLINDKEY_BROKER_SUPERVISED": "1"}
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "blindkey.broker",
-        "serve",
-        "--socket",
-        str(socket_path),
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
-
-
 class BrokerSupervisor:
     def __init__(
         self,
         socket_path: Path,
         on_state: Callable[[str, int | None], None],
-        spawned: asyncio.subprocess.Process | None = None,
+        spawned: BrokerProcess | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.on_state = on_state
-        # A broker spawn_broker started early for this socket: the first start adopts it.
-        self.process: asyncio.subprocess.Process | None = spawned
+        # The broker the proxy launched first thing for this socket: the first start adopts it.
+        self.process: BrokerProcess | None = spawned
         self._watch_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -62,7 +42,7 @@ class BrokerSupervisor:
         self._watch_task = asyncio.create_task(self._watch(), name="broker-supervisor")
 
     async def _spawn(self) -> None:
-        self.process = await spawn_broker(self.socket_path)
+        self.process = launch_broker(self.socket_path)
         await self._until_listening()
 
     async def _until_listening(self) -> None:

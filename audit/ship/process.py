@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-from blindkey.audit.ship.child import spec
 from blindkey.audit.ship.shipper import BATCH_DELAY, MAX_BACKOFF, STOP_DEADLINE
 from blindkey.audit.ship.shipping import destinations
 from blindkey.config.outputs import ShipSettings
@@ -123,6 +122,8 @@ class Shipping:
     def _spawn(self, settings: ShipSettings) -> subprocess.Popen[bytes] | None:
         if not destinations(settings):
             return None
+        from blindkey.audit.ship.child import spec  # what a proxy that ships needs alone
+
         command = [sys.executable, "-m", "blindkey.audit.ship"]
         command.append(spec(self.audit_dir, settings, sync=self.sync))
         assert self._wake is not None  # made by start()

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blindkey.audit.ship.journald import JournaldSink
-from blindkey.audit.ship.otlp import OtlpSink
-from blindkey.audit.ship.shared import SharedSource
 from blindkey.audit.ship.shipper import STOP_DEADLINE, Shipper, Sink
-from blindkey.audit.ship.syslog import SyslogSink
 from blindkey.config.outputs import ShipSettings
+
+# The sinks and the shared reader are imported where they are made: the proxy imports this
+# module for `destinations` alone, and the shipping process only the sinks it is given.
 
 JOURNAL_SCHEME = "unix:"
 
@@ -25,12 +24,22 @@ def destinations(settings: ShipSettings) -> dict[str, str]:
 
 def sink_for(kind: str, url: str, settings: ShipSettings) -> Sink:
     if kind == "journald":
+        from blindkey.audit.ship.journald import JournaldSink
+
         return JournaldSink(url.removeprefix(JOURNAL_SCHEME))
-    return (SyslogSink if kind == "syslog" else OtlpSink)(url, settings.ca_file)
+    if kind == "syslog":
+        from blindkey.audit.ship.syslog import SyslogSink
+
+        return SyslogSink(url, settings.ca_file)
+    from blindkey.audit.ship.otlp import OtlpSink
+
+    return OtlpSink(url, settings.ca_file)
 
 
 class Shippers:
     def __init__(self, audit_dir: Path, settings: ShipSettings, *, sync: bool = True) -> None:
+        from blindkey.audit.ship.shared import SharedSource
+
         shared = SharedSource(audit_dir, sync=sync)
         self.shippers = [
             Shipper(kind, url, sink_for(kind, url, settings), audit_dir, source=shared)

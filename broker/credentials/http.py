@@ -4,54 +4,21 @@ address checked is the address dialled), and nothing waits longer than the timeo
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
-import socket
-import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
-
 from blindkey.broker.credentials.provider import Secret
 from blindkey.broker.protocol import BrokerDenied
-from blindkey.config.addresses import is_public
 from blindkey.config.hosts import DEFAULT_PORTS, entry_for, origin
 from blindkey.config.model import Settings
 
-MAX_TOKEN_TIMEOUT = 30.0
 MAX_ANSWER = 256 * 1024
 # An OAuth2 error code is a short token; anything else the server says could echo material.
 _ERROR_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 Audit = Callable[[Mapping[str, Any]], Awaitable[None]]
-
-
-class _Vetting(AbstractResolver):
-    def __init__(self, settings: Settings) -> None:
-        self.ranges = settings.allowlist.private_ranges
-        self._inner = DefaultResolver()
-
-    def _allowed(self, text: str) -> bool:
-        address = ipaddress.ip_address(text)
-        in_range = any(address in n for n in self.ranges if n.version == address.version)
-        return in_range or is_public(address)
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self._allowed(r["host"])]
-        if not allowed:
-            raise BrokerDenied("blocked_address", f"{host} resolves to an address not allowed")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class TokenClient:
@@ -78,18 +45,6 @@ class TokenClient:
             )
         return scheme, host, port
 
-    def _session(self, settings: Settings) -> aiohttp.ClientSession:
-        context = ssl.create_default_context()
-        if settings.proxy.ca_file:
-            context.load_verify_locations(str(Path(settings.proxy.ca_file).expanduser()))
-        timeout = min(settings.proxy.upstream_timeout, MAX_TOKEN_TIMEOUT)
-        connector = aiohttp.TCPConnector(resolver=_Vetting(settings), ssl=context)
-        return aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,  # no HTTP(S)_PROXY: the material goes to the endpoint only
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        )
-
     async def post(
         self,
         secret: Secret,
@@ -115,9 +70,12 @@ class TokenClient:
         _, host, _ = self._checked(secret, url)
         settings = self.settings()
         where = f"token endpoint {host} of {secret.name}"
+        # Here, not at the top: the broker starts without aiohttp's client (session.py).
+        from blindkey.broker.credentials.session import ClientError, token_session
+
         try:
             async with (
-                self._session(settings) as session,
+                token_session(settings) as session,
                 session.post(
                     url, data=data, headers=dict(headers), allow_redirects=False
                 ) as response,
@@ -130,7 +88,7 @@ class TokenClient:
         except BrokerDenied as exc:
             await self._record(secret, host, None, exc.code)
             raise
-        except (aiohttp.ClientError, OSError) as exc:
+        except (ClientError, OSError) as exc:
             await self._record(secret, host, None, "unreachable")
             raise BrokerDenied(
                 "upstream_error", f"{where} cannot be reached ({type(exc).__name__})"

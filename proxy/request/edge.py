@@ -41,7 +41,7 @@ from blindkey.proxy.request.pipeline import forward
 from blindkey.proxy.request.recorded import recorded
 from blindkey.proxy.request.routes import ROUTE_PREFIX, parse_route, record_url
 from blindkey.proxy.runtime import ProxyRuntime
-from blindkey.proxy.tls.ca import CaError
+from blindkey.proxy.tls.errors import CaError
 from blindkey.proxy.tls.session import Session
 from blindkey.proxy.tls.websocket import is_websocket, websocket
 

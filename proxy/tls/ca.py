@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from blindkey.config.atomic import locked, write_atomic
-from blindkey.config.errors import BlindkeyError
 from blindkey.config.paths import Paths
+from blindkey.proxy.tls.errors import CaError as CaError  # named here too: the CA raises it
 
 CA_YEARS = 10
 LEAF_DAYS = 7
@@ -45,10 +45,6 @@ Clock = Callable[[], datetime.datetime]
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-class CaError(BlindkeyError):
-    """The CA files are missing, unreadable or do not belong together."""
 
 
 @dataclass(frozen=True)

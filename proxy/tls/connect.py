@@ -37,7 +37,6 @@ from blindkey.proxy.request.edge import to_proxy_error
 from blindkey.proxy.request.forward_proxy import identify, placeholders_of
 from blindkey.proxy.request.parse import Target
 from blindkey.proxy.tls.blind import IdleDeadline, Pipe
-from blindkey.proxy.tls.ca import LeafCache
 from blindkey.proxy.tls.head import ConnectHead, head_end, no_token, parse_head
 from blindkey.proxy.tls.session import Session, bound_secrets
 from blindkey.proxy.upstream import BlockedAddressError
@@ -45,6 +44,7 @@ from blindkey.proxy.upstream import BlockedAddressError
 if TYPE_CHECKING:
     from blindkey.proxy.connections import GuardedConnection
     from blindkey.proxy.runtime import ProxyRuntime
+    from blindkey.proxy.tls.ca import LeafCache
 
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 _REASONS = {400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required",
