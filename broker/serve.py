@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from blindkey.broker.vault import VaultError, ensure_key
+from blindkey.broker.home import ensure_home
 from blindkey.config.errors import BlindkeyError
 from blindkey.config.loader import load_settings
 from blindkey.config.model import Settings
-from blindkey.config.paths import Paths, ensure_dirs, resolve_paths
+from blindkey.config.paths import Paths, resolve_paths
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,19 +50,6 @@ def serve(paths: Paths, socket: str | None, allow_uid: Sequence[int]) -> int:
         uvloop.install()
     asyncio.run(serve_broker(paths, socket_path, uids))
     return 0
-
-
-def ensure_home(paths: Paths) -> None:
-    """What every command makes where it is missing (config/home.py), with the default
-    config's template loaded only when config.toml is: not on every start (0.05 s)."""
-    ensure_dirs(paths)
-    if not paths.config_file.exists():
-        from blindkey.config.home import init_config
-
-        init_config(paths, "file")
-    # As every command does: a vault whose key is gone is reported when it is opened.
-    with contextlib.suppress(VaultError):
-        ensure_key(paths)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

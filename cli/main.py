@@ -12,7 +12,6 @@ are named by "module:function" strings, imported the same way.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import subprocess
 import sys
@@ -20,10 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from blindkey.broker.home import ensure_home
 from blindkey.config.arguments import CommandParser
 from blindkey.config.console import say
 from blindkey.config.errors import BlindkeyError, reported
-from blindkey.config.paths import Paths, ensure_dirs, resolve_paths
+from blindkey.config.paths import Paths, resolve_paths
 
 EPILOG = """\
 A first session:
@@ -42,22 +42,6 @@ Handler = Callable[[Paths, argparse.Namespace], int]
 GROUPS = ("proxy", "secrets", "environment", "allowlist", "agent", "approvals", "audit",
           "route", "call", "release", "mcp", "service", "broker", "config", "doctor", "run",
           "ca", "oauth", "budget", "policy", "ui")  # fmt: skip
-
-
-def ensure_home(paths: Paths, backend: str = "file") -> bool:
-    ensure_dirs(paths)
-    if paths.config_file.exists() and paths.vault_key.exists():
-        # Nothing to make: no command pays for the template and the cipher's imports.
-        return False
-    from blindkey.broker.vault import VaultError, ensure_key
-    from blindkey.config.home import init_config
-
-    created = init_config(paths, backend)
-    # A vault whose key is gone is reported by the commands that open it; the others
-    # (proxy status, stop, logs, the audit) must still work, or nothing could stop a proxy.
-    with contextlib.suppress(VaultError):
-        ensure_key(paths)
-    return created
 
 
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:

@@ -18,6 +18,9 @@ class UsageError(BlindkeyError):
     """The command line asks for something that cannot be done (exit 2)."""
 
 
+USAGE_STATUS = 2  # a command line that asks for what cannot be done
+
+
 def reported(command: Callable[[], int]) -> int:
     """Run a command of a `blindkey` entry point: its exit status, or one line on stderr
     for what stopped it (a usage error 2, any other BlindkeyError or OSError 1, Ctrl-C 130)."""
@@ -25,7 +28,7 @@ def reported(command: Callable[[], int]) -> int:
         return int(command())
     except UsageError as exc:
         sys.stderr.write(f"blindkey: {exc}\n")
-        return 2
+        return USAGE_STATUS
     except BlindkeyError as exc:
         sys.stderr.write(f"blindkey: {exc}\n")
         return 1

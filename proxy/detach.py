@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from blindkey.config.errors import BlindkeyError, UsageError
+from blindkey.config.errors import USAGE_STATUS, BlindkeyError, UsageError
 from blindkey.config.paths import Paths
 from blindkey.proxy.lifecycle import READY_FD, Running, health, running
 
@@ -17,7 +17,6 @@ START_TIMEOUT = 15.0
 # How long `proxy start` waits on the readiness pipe between its other checks (the child's
 # exit, a broker error in the status file): the pipe wakes it as soon as the daemon serves.
 READY_WAIT = 0.25
-USAGE_EXIT = 2  # config/errors.reported's status for a UsageError
 
 
 def start_detached(
@@ -72,7 +71,7 @@ def _until_healthy(
         if child.poll() is not None:
             said = _failure_line(paths, log_start)
             # 2: the daemon refused the command line (a --host it may not listen on).
-            refused = UsageError if child.returncode == USAGE_EXIT else BlindkeyError
+            refused = UsageError if child.returncode == USAGE_STATUS else BlindkeyError
             raise refused(said or f"the proxy exited with status {child.returncode}")
         current = running(paths)
         port = current.status.get("port") if current is not None else None
